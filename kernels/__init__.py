@@ -1,0 +1,1 @@
+"""Triton kernels of spadfast, installed as ``spadfast.kernels`` (one op per module)."""

@@ -1,0 +1,109 @@
+"""Argument checks shared by the reference ops, the Triton launchers and the public API.
+
+Messages follow the form "`<arg>` must be ..., got ...". Shape checks are free (no host sync); data-dependent checks
+(binary values, NaN) read the tensor and can be turned off with ``validate=False`` in hot loops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+LayoutRestore = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def as_b1hw(x: torch.Tensor, name: str) -> tuple[torch.Tensor, LayoutRestore]:
+    """View ``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]`` as ``[B,1,H,W]`` (no copy) and return the inverse view."""
+    check_tensor(x, name)
+    shape = tuple(x.shape)
+    if x.dim() == 2:
+        view = x.unsqueeze(0).unsqueeze(0)
+
+        def restore(y: torch.Tensor) -> torch.Tensor:
+            return y[0, 0]
+    elif x.dim() == 3:
+        view = x.unsqueeze(1)
+
+        def restore(y: torch.Tensor) -> torch.Tensor:
+            return y[:, 0]
+    elif x.dim() == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"`{name}` must have exactly one channel ([B,1,H,W]), got shape {shape}")
+        view = x
+
+        def restore(y: torch.Tensor) -> torch.Tensor:
+            return y
+    else:
+        raise ValueError(f"`{name}` must have shape [H,W], [B,H,W] or [B,1,H,W], got shape {shape}")
+    if view.shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one image, got an empty batch (shape {shape})")
+    if view.shape[2] == 0 or view.shape[3] == 0:
+        raise ValueError(f"`{name}` must have H >= 1 and W >= 1, got shape {shape}")
+    return view, restore
+
+
+def check_mask(mask: torch.Tensor, name: str = "mask", validate: bool = True) -> None:
+    """A mask is bool, or holds only 0 and 1 in an integer or floating dtype."""
+    if mask.dtype.is_complex:
+        raise TypeError(f"`{name}` must be bool, integer or floating, got {mask.dtype}")
+    if mask.requires_grad:
+        raise ValueError(f"`{name}` must not require grad: SPAD ops act on labels and are not differentiable")
+    if not validate or mask.dtype == torch.bool:
+        return
+    if mask.is_floating_point() and bool(torch.isnan(mask).any()):
+        raise ValueError(f"`{name}` must not contain NaN")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        bad = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
+        raise ValueError(f"`{name}` must be binary (bool or values in {{0, 1}}), got values such as {bad}")
+
+
+def check_like(x: torch.Tensor | None, ref: torch.Tensor, name: str, ref_name: str, floating: bool) -> None:
+    """``x`` (optional) must have ``ref``'s shape and device; floating dtype or bool as asked."""
+    if x is None:
+        return
+    check_tensor(x, name)
+    if tuple(x.shape) != tuple(ref.shape):
+        raise ValueError(f"`{name}` must have the shape of `{ref_name}` {tuple(ref.shape)}, got {tuple(x.shape)}")
+    if x.device != ref.device:
+        raise ValueError(f"`{name}` must be on {ref.device} like `{ref_name}`, got {x.device}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating tensor, got {x.dtype}")
+    if not floating and x.dtype != torch.bool:
+        raise TypeError(f"`{name}` must be a bool tensor, got {x.dtype}")
+
+
+def check_nonneg(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def check_int(value: int, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
+
+
+def check_random_source(noise, generator, seed, offset) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
+    if seed is not None:
+        check_int(seed, "seed", 0)
+    check_int(offset, "offset", 0)
+
+
+def float_out_dtype(x: torch.Tensor) -> torch.dtype:
+    """Floating inputs keep their dtype; bool and integer masks produce float32."""
+    return x.dtype if x.is_floating_point() else torch.float32

@@ -1,0 +1,128 @@
+"""Public SPAD ops with backend dispatch.
+
+Each op has the signature of its reference in :mod:`spadfast.reference` plus ``backend``:
+``"auto"`` (Triton for CUDA tensors when Triton imports, the reference otherwise), ``"reference"`` or ``"triton"``
+(on CPU tensors only under ``TRITON_INTERPRET=1``). The Triton launchers live in :mod:`spadfast.kernels`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+from . import reference
+
+BACKENDS = ("auto", "reference", "triton")
+
+__all__ = ["canny", "boundary_blur", "target_noise", "ddim_step", "triton_available", "resolve_backend", "BACKENDS"]
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when Triton imports (a GPU is not required: the interpreter runs on CPU)."""
+    try:
+        importlib.import_module("triton")
+    except Exception:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    """Resolve ``backend`` for an input on ``tensor.device`` to ``"reference"`` or ``"triton"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if tensor.is_cuda and triton_available() else "reference"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the `triton` package, which does not import here")
+        if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                "backend='triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is imported; "
+                "use backend='reference' or a CUDA tensor"
+            )
+    return backend
+
+
+def _impl(name: str, backend: str, tensor: object):
+    if not isinstance(tensor, torch.Tensor):
+        return getattr(reference, name)  # the reference raises the TypeError naming the argument
+    if resolve_backend(backend, tensor) == "reference":
+        return getattr(reference, name)
+    module = importlib.import_module(f"spadfast.kernels.{'ddim' if name == 'ddim_step' else name}")
+    return getattr(module, name)
+
+
+def canny(mask: torch.Tensor, validate: bool = True, *, backend: str = "auto") -> torch.Tensor:
+    """Boundary of a binary mask, byte-exact with ``cv2.Canny(m*255, 100, 200) > 0``.
+
+    See :func:`spadfast.reference.canny`.
+    """
+    return _impl("canny", backend, mask)(mask, validate=validate)
+
+
+@functools.wraps(reference.boundary_blur, assigned=("__doc__",))
+def boundary_blur(
+    mask: torch.Tensor,
+    sigma: float,
+    strength: float,
+    radius: int = 1,
+    noise: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+    truncate: float = 3.0,
+    validate: bool = True,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    return _impl("boundary_blur", backend, mask)(
+        mask, sigma, strength, radius, noise, base, generator, seed, offset, truncate, validate
+    )
+
+
+@functools.wraps(reference.target_noise, assigned=("__doc__",))
+def target_noise(
+    mask: torch.Tensor,
+    strength: float,
+    anchor_size: int = 4,
+    keep_ratio: float = 0.25,
+    noise: torch.Tensor | None = None,
+    anchors: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+    validate: bool = True,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    return _impl("target_noise", backend, mask)(
+        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate
+    )
+
+
+@functools.wraps(reference.ddim_step, assigned=("__doc__",))
+def ddim_step(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_prod_t: float | torch.Tensor,
+    alpha_prod_t_prev: float | torch.Tensor,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    clip_sample_range: float | None = None,
+    prediction_type: str = "epsilon",
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+    validate: bool = True,
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _impl("ddim_step", backend, sample)(
+        sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, noise, clip_sample_range, prediction_type,
+        generator, seed, offset, validate,
+    )

@@ -1,0 +1,107 @@
+"""Noise schedules, DDIM timestep selection and the progress-aware scheduler (PaS).
+
+Beta schedules reproduce diffusers' ``DDIMScheduler`` (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``, the
+latter also reachable as ``cosine``) to float32 rounding. DDIM timesteps follow diffusers' three spacings, but the
+previous timestep of each step is read from the selected array (never from ``t - T // S``, which is wrong for
+``linspace`` and ``trailing`` when S does not divide T).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+PROGRESS_KINDS = ("linear", "cosine", "step")
+
+
+def make_betas(
+    kind: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
+    """Betas ``[T]`` float32 for a named schedule (diffusers' definitions)."""
+    if kind not in BETA_SCHEDULES:
+        raise ValueError(f"`kind` must be one of {BETA_SCHEDULES}, got {kind!r}")
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+        raise ValueError(f"`num_train_timesteps` must be an int >= 1, got {num_train_timesteps!r}")
+    T = num_train_timesteps
+    if kind == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    if kind == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """``prod_{s<=t} (1 - beta_s)``, float32 ``[T]``."""
+    return torch.cumprod(1.0 - betas.float(), dim=0)
+
+
+def ddim_timesteps(
+    num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading", steps_offset: int = 0
+) -> torch.Tensor:
+    """Descending int64 timesteps ``[S]`` exactly as diffusers' ``DDIMScheduler.set_timesteps`` picks them."""
+    T, S = num_train_timesteps, num_inference_steps
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"`spacing` must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
+        raise ValueError(f"`num_inference_steps` must be an int in [1, {T}], got {S!r}")
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, S).round()[::-1].astype(np.int64)
+    elif spacing == "leading":
+        ratio = T // S
+        ts = (np.arange(0, S) * ratio).round()[::-1].astype(np.int64) + steps_offset
+    else:
+        ts = np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1
+    return torch.from_numpy(ts.copy())
+
+
+def ddim_alphas(
+    alphas_cumprod_: torch.Tensor, timesteps: torch.Tensor, set_alpha_to_one: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step ``(alpha_prod_t, alpha_prod_t_prev)``, float32 ``[S]`` each.
+
+    The previous alpha of step i is the alpha of ``timesteps[i+1]``; after the last step it is 1 (``set_alpha_to_one``)
+    or ``alphas_cumprod[0]``, as in diffusers.
+    """
+    ac = alphas_cumprod_.float()
+    final = torch.ones((), dtype=torch.float32) if set_alpha_to_one else ac[0]
+    a_t = ac[timesteps]
+    a_prev = torch.cat([ac[timesteps[1:]], final.view(1).to(ac.device)])
+    return a_t, a_prev
+
+
+def progress_strength(
+    progress: float, kind: str = "linear", max: float = 1.0, end: float = 1.0, stages: int = 4
+) -> float:
+    """PaS: perturbation strength at training progress ``p = step / total_steps``.
+
+    Decays from ``max`` at p = 0 to exactly 0 at ``p >= end`` (``end`` in (0, 1]; the last ``1 - end`` of training
+    sees clean masks). With ``q = min(p / end, 1)``: ``linear`` gives ``max * (1 - q)``, ``cosine``
+    ``max * (1 + cos(pi q)) / 2``, ``step`` ``max * (1 - floor(q * stages) / stages)`` (``stages`` plateaus).
+    """
+    if kind not in PROGRESS_KINDS:
+        raise ValueError(f"`kind` must be one of {PROGRESS_KINDS}, got {kind!r}")
+    if not (isinstance(progress, (int, float)) and math.isfinite(progress)) or progress < 0:
+        raise ValueError(f"`progress` must be a finite number >= 0, got {progress!r}")
+    if not 0 < end <= 1:
+        raise ValueError(f"`end` must lie in (0, 1], got {end!r}")
+    if max < 0:
+        raise ValueError(f"`max` must be >= 0, got {max!r}")
+    q = min(progress / end, 1.0)
+    if q >= 1.0:
+        return 0.0
+    if kind == "linear":
+        return max * (1.0 - q)
+    if kind == "cosine":
+        return max * 0.5 * (1.0 + math.cos(math.pi * q))
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+        raise ValueError(f"`stages` must be an int >= 1, got {stages!r}")
+    return max * (1.0 - math.floor(q * stages) / stages)
