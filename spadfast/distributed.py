@@ -1,0 +1,41 @@
+"""torchrun / DDP helpers: process-group set-up from the environment, rank queries, rank-0 guards."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); nccl on CUDA, gloo on CPU.
+
+    Returns True when running distributed. A group someone else initialised is reused as is.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return dist.is_available() and dist.is_initialized()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
