@@ -38,10 +38,10 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
         return "triton" if tensor.is_cuda and triton_available() else "reference"
     if backend == "triton":
         if not triton_available():
-            raise RuntimeError("backend='triton' needs the `triton` package, which does not import here")
+            raise ValueError("`backend` 'triton' needs the `triton` package, which does not import here")
         if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(
-                "backend='triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is imported; "
+                "`backend` 'triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is imported; "
                 "use backend='reference' or a CUDA tensor"
             )
     return backend

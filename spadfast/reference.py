@@ -178,11 +178,20 @@ def random_normal(like: torch.Tensor, generator: torch.Generator | None, seed: i
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=torch.float32)
 
 
-def _seeded_generator(device: torch.device, seed: int | None, offset: int) -> torch.Generator | None:
+def _mix64(x: int) -> int:
+    """splitmix64 finaliser: a bijective 64-bit hash."""
+    x &= 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def _seeded_generator(device: torch.device, seed: int | None, offset: int, stream: int = 0) -> torch.Generator | None:
+    """A generator seeded by a hash of (seed, stream, offset): distinct triples never share a seed in practice."""
     if seed is None:
         return None
     g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + offset) % (2**63))
+    g.manual_seed(_mix64(_mix64(_mix64(seed) ^ stream) ^ offset) % (2**63))
     return g
 
 
@@ -233,9 +242,9 @@ def boundary_blur(
     band = _band_b1hw(_canny_b1hw(mf), radius)
     if noise_v is None:
         noise_v = random_normal(mf, generator, seed, offset)
-    inside = gaussian_blur(mf, sigma, truncate) + strength * noise_v.float()
-    outside = mf if base_v is None else base_v.float()
-    return restore(torch.where(band, inside, outside).to(out_dtype))
+    inside = (gaussian_blur(mf, sigma, truncate) + strength * noise_v.float()).to(out_dtype)
+    outside = mf.to(out_dtype) if base_v is None else base_v
+    return restore(torch.where(band, inside, outside))
 
 
 # ------------------------------------------------------------------------------------------------- target noise
@@ -304,7 +313,7 @@ def target_noise(
 
     mf = m.float()
     if anchors_v is None:
-        gen = generator if generator is not None else _seeded_generator(m.device, seed, offset + 1)
+        gen = generator if generator is not None else _seeded_generator(m.device, seed, offset, stream=1)
         anchors_v = anchor_mask(tuple(m.shape), anchor_size, keep_ratio, m.device, gen)
     if noise_v is None:
         noise_v = random_normal(mf, generator, seed, offset)
@@ -369,7 +378,11 @@ def check_ddim_args(sample, model_output, eta, noise, clip_sample_range, predict
             raise ValueError(f"`noise` must have the shape of `sample` {tuple(sample.shape)}, got {tuple(noise.shape)}")
         if not noise.is_floating_point():
             raise TypeError(f"`noise` must be a floating tensor, got {noise.dtype}")
-    for name, t in (("sample", sample), ("model_output", model_output)):
+        if noise.device != sample.device:
+            raise ValueError(f"`noise` must be on {sample.device} like `sample`, got {noise.device}")
+    for name, t in (("sample", sample), ("model_output", model_output), ("noise", noise)):
+        if t is None:
+            continue
         if t.requires_grad:
             raise ValueError(f"`{name}` must not require grad: ddim_step is a sampling op and not differentiable")
 

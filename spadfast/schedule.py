@@ -91,10 +91,12 @@ def progress_strength(
         raise ValueError(f"`kind` must be one of {PROGRESS_KINDS}, got {kind!r}")
     if not (isinstance(progress, (int, float)) and math.isfinite(progress)) or progress < 0:
         raise ValueError(f"`progress` must be a finite number >= 0, got {progress!r}")
-    if not 0 < end <= 1:
+    if not (isinstance(end, (int, float)) and 0 < end <= 1):
         raise ValueError(f"`end` must lie in (0, 1], got {end!r}")
-    if max < 0:
-        raise ValueError(f"`max` must be >= 0, got {max!r}")
+    if not (isinstance(max, (int, float)) and math.isfinite(max)) or max < 0:
+        raise ValueError(f"`max` must be a finite number >= 0, got {max!r}")
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+        raise ValueError(f"`stages` must be an int >= 1, got {stages!r}")
     q = min(progress / end, 1.0)
     if q >= 1.0:
         return 0.0
@@ -102,6 +104,4 @@ def progress_strength(
         return max * (1.0 - q)
     if kind == "cosine":
         return max * 0.5 * (1.0 + math.cos(math.pi * q))
-    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
-        raise ValueError(f"`stages` must be an int >= 1, got {stages!r}")
     return max * (1.0 - math.floor(q * stages) / stages)

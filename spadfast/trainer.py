@@ -192,6 +192,8 @@ class SPADTrainer:
         loader = DataLoader(
             self.train_data, batch_sampler=stream, num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
+            # a private generator: the loader must not consume the global RNG (dropout's), or resume drifts
+            generator=torch.Generator().manual_seed(self.config.seed + start_micro),
         )
         return iter(loader)
 

@@ -1,0 +1,99 @@
+"""``spadfast verify``: every Triton kernel against its reference on this device, as a table; exit 1 on failure."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from . import ops, reference
+
+TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+
+
+@dataclass
+class Case:
+    op: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    run: Callable[[str], torch.Tensor | tuple[torch.Tensor, ...]]
+    exact: bool
+
+
+def _blob_masks(shape: tuple[int, ...], device: str, gen: torch.Generator) -> torch.Tensor:
+    """Random smooth blobs (thresholded low-resolution noise): realistic masks with many boundaries."""
+    B, _, H, W = shape
+    low = torch.rand((B, 1, max(1, H // 8), max(1, W // 8)), generator=gen)
+    up = torch.nn.functional.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)
+    return (up > 0.5).to(device)
+
+
+def build_cases(device: str, quick: bool) -> list[Case]:
+    gen = torch.Generator().manual_seed(1234)
+    shapes = [(1, 1, 31, 47), (3, 1, 127, 255)] if quick else [(1, 1, 31, 47), (3, 1, 127, 255), (8, 1, 256, 256)]
+    cases: list[Case] = []
+    for shape in shapes:
+        mask = _blob_masks(shape, device, gen)
+        cases.append(Case("canny", shape, torch.bool, lambda b, m=mask: ops.canny(m, backend=b), exact=True))
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            md = mask.to(dtype)
+            noise = torch.randn(shape, generator=gen).to(device, dtype)
+            anchors = reference.anchor_mask(shape, 4, 0.25, generator=gen).to(device)
+            cases.append(Case("boundary_blur", shape, dtype, lambda b, m=md, n=noise: ops.boundary_blur(
+                m, 1.5, 0.3, 2, noise=n, backend=b), exact=False))
+            cases.append(Case("target_noise", shape, dtype, lambda b, m=md, n=noise, a=anchors: ops.target_noise(
+                m, 0.5, 4, 0.25, noise=n, anchors=a, backend=b), exact=False))
+            x = torch.randn(shape, generator=gen).to(device, dtype)
+            out = torch.randn(shape, generator=gen).to(device, dtype)
+            a_t = (torch.rand(shape[0], generator=gen) * 0.9 + 0.05).to(device)
+            a_prev = (a_t + (1 - a_t) * 0.5).to(device)
+            for pt in ("epsilon", "sample", "v_prediction"):
+                cases.append(Case(f"ddim_step[{pt}]", shape, dtype, lambda b, x=x, o=out, at=a_t, ap=a_prev, n=noise,
+                                  pt=pt: ops.ddim_step(x, o, at, ap, 0.5, n, 1.0, pt, backend=b), exact=False))
+    return cases
+
+
+def _max_error(a, b) -> float:
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    return max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b))
+
+
+def _passes(a, b, case: Case) -> bool:
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    if case.exact:
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+    rtol, atol = TOLERANCES[case.dtype]
+    return all(torch.allclose(x.float(), y.float(), rtol=rtol, atol=atol) for x, y in zip(a, b))
+
+
+def run_verify(device: str | None = None, quick: bool = False) -> int:
+    """Print the comparison table; return 0 when every case passes, 1 otherwise."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("verify on CPU needs TRITON_INTERPRET=1 (set before starting Python) or --device cuda")
+    if not ops.triton_available():
+        raise ValueError("verify needs the `triton` package, which does not import here")
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU (Triton interpreter)"
+    print(f"spadfast verify on {name}, torch {torch.__version__}, triton {__import__('triton').__version__}")
+    header = f"{'op':<24} {'shape':<18} {'dtype':<10} {'max error':>10}  {'check':<10} result"
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for case in build_cases(device, quick):
+        try:
+            got, want = case.run("triton"), case.run("reference")
+            err, ok = _max_error(got, want), _passes(got, want, case)
+            detail = f"{err:10.3g}"
+        except Exception as e:  # a crashing kernel is a failed row, not a crashed report
+            ok, detail = False, f"{type(e).__name__}: {e}"[:60]
+        failures += not ok
+        check = "exact" if case.exact else "tolerance"
+        dtype = str(case.dtype).replace("torch.", "")
+        print(f"{case.op:<24} {str(case.shape):<18} {dtype:<10} {detail:>10}  {check:<10} {'PASS' if ok else 'FAIL'}")
+    print(f"{'all passed' if failures == 0 else f'{failures} failed'}")
+    return 1 if failures else 0
