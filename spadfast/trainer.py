@@ -380,7 +380,8 @@ class SPADTrainer:
         """EMA-model DDIM ensemble: probabilities, uncertainty and thresholded masks (see :class:`SampleResult`)."""
         images, _ = self._check_images(images)
         return self.sampler.sample(
-            images, steps=steps or self.config.sample_steps, ensemble=ensemble or self.config.ensemble, seed=seed,
+            images, steps=self.config.sample_steps if steps is None else steps,
+            ensemble=self.config.ensemble if ensemble is None else ensemble, seed=seed,
             threshold=self.config.threshold, return_members=return_members,
         )
 

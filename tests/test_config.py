@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from spadfast import PerturbConfig, SPADConfig
+
+
+def test_defaults_are_valid_and_round_trip(tmp_path):
+    cfg = SPADConfig()
+    assert cfg.model_in_channels == 2
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert SPADConfig.from_file(path) == cfg
+
+
+def test_yaml_and_nested_perturb(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("image_size: 32\nchannel_mults: [1, 2]\nperturb:\n  scd_max: 0.2\n  pas_kind: step\n")
+    cfg = SPADConfig.from_file(path)
+    assert cfg.image_size == 32 and cfg.channel_mults == (1, 2)
+    assert isinstance(cfg.perturb, PerturbConfig) and cfg.perturb.scd_max == 0.2 and cfg.perturb.pas_kind == "step"
+
+
+def test_condition_mode_adds_a_channel():
+    assert SPADConfig(perturb_mode="condition", image_channels=3).model_in_channels == 5
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [({"imag_size": 3}, "`imag_size`"), ({"perturb": {"scd": 1}}, "`perturb.scd`")],
+)
+def test_unknown_keys_name_the_key(data, key):
+    with pytest.raises(ValueError, match=key):
+        SPADConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "data, exc, name",
+    [
+        ({"lr": "fast"}, TypeError, "`lr`"),
+        ({"image_size": 32.5}, TypeError, "`image_size`"),
+        ({"compile": "yes"}, TypeError, "`compile`"),
+        ({"prediction_type": "noise"}, ValueError, "`prediction_type`"),
+        ({"perturb_mode": "both"}, ValueError, "`perturb_mode`"),
+        ({"amp": "fp8"}, ValueError, "`amp`"),
+        ({"image_size": 30}, ValueError, "`image_size`"),
+        ({"ema_decay": 1.0}, ValueError, "`ema_decay`"),
+        ({"perturb": {"keep_ratio": 2.0}}, ValueError, "`keep_ratio`"),
+        ({"perturb": {"pas_kind": "exp"}}, ValueError, "`pas_kind`"),
+        ({"sample_steps": 2000}, ValueError, "`sample_steps`"),
+    ],
+)
+def test_bad_values_name_the_field(data, exc, name):
+    with pytest.raises(exc, match=name):
+        SPADConfig.from_dict(data)
+
+
+def test_bad_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        SPADConfig.from_file(bad)
+    with pytest.raises(ValueError, match="missing.yaml"):
+        SPADConfig.from_file(tmp_path / "missing.yaml")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("batchsize: 3\n")
+    with pytest.raises(ValueError, match=r"unknown.yaml.*`batchsize`"):
+        SPADConfig.from_file(unknown)

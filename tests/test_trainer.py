@@ -1,0 +1,113 @@
+import json
+
+import pytest
+import torch
+
+from spadfast import SPADConfig, SPADTrainer
+from spadfast.data import write_synthetic_folder
+
+from .helpers import tiny_config
+
+
+def _states_equal(a: SPADTrainer, b: SPADTrainer) -> list[str]:
+    ta, tb = a.state_tensors(), b.state_tensors()
+    assert ta.keys() == tb.keys()
+    return [k for k in ta if not torch.equal(ta[k], tb[k])]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(dropout=0.1), dict(grad_accum=2, perturb_mode="condition", prediction_type="v_prediction")],
+)
+def test_resume_is_bit_exact(tmp_path, overrides):
+    cfg = tiny_config(**overrides)
+    straight = SPADTrainer(cfg)
+    straight.fit(6)
+    first = SPADTrainer(cfg)
+    first.fit(3)
+    first.save(tmp_path / "run")
+    resumed = SPADTrainer.from_checkpoint(tmp_path / "run")
+    assert resumed.step == 3
+    resumed.fit(3)
+    assert resumed.step == straight.step == 6
+    assert _states_equal(straight, resumed) == []
+    # the EMA weights differ from the raw weights (EMA is really tracked and restored)
+    ema = dict(straight.ema.named_parameters())
+    assert any(not torch.equal(p, ema[n]) for n, p in straight.model.named_parameters())
+
+
+def test_fit_defaults_to_remaining_steps_and_logs(tmp_path):
+    trainer = SPADTrainer(tiny_config(train_steps=4, log_every=2), out_dir=tmp_path)
+    records = trainer.fit(1)
+    assert trainer.step == 1 and records == []
+    trainer.fit()
+    assert trainer.step == 4
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in lines)
+    assert trainer.fit() == []
+
+
+def test_sample_shapes_range_and_determinism():
+    trainer = SPADTrainer(tiny_config())
+    trainer.fit(2)
+    images = torch.rand(2, 1, 16, 16) * 2 - 1
+    probs = trainer.sample(images, steps=2, ensemble=3)
+    assert probs.shape == (2, 1, 16, 16) and probs.min() >= 0 and probs.max() <= 1
+    assert torch.equal(probs, trainer.sample(images, steps=2, ensemble=3))
+    assert trainer.sample(images[0], steps=2, ensemble=1).shape == (1, 16, 16)
+    result = trainer.segment(images, steps=2, ensemble=3, return_members=True)
+    assert result.members.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(result.members.mean(1, keepdim=True), result.probs)
+    torch.testing.assert_close(result.members.std(1, keepdim=True, unbiased=False), result.std)
+    assert torch.equal(result.mask, result.probs > 0.5)
+
+
+def test_sample_rejects_bad_images():
+    trainer = SPADTrainer(tiny_config())
+    with pytest.raises(TypeError, match="`images`"):
+        trainer.sample([[0.0]])
+    with pytest.raises(ValueError, match="`images`"):
+        trainer.sample(torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="`images`"):
+        trainer.sample(torch.full((1, 1, 16, 16), float("nan")))
+    with pytest.raises(ValueError, match="`ensemble`"):
+        trainer.sample(torch.zeros(1, 1, 16, 16), ensemble=0)
+
+
+def test_bf16_autocast_and_sample_prediction_runs():
+    trainer = SPADTrainer(tiny_config(amp="bf16", prediction_type="sample"))
+    trainer.fit(2)
+    assert torch.isfinite(trainer.sample(torch.zeros(1, 1, 16, 16), steps=2)).all()
+
+
+def test_folder_data_errors_before_training(tmp_path):
+    root = write_synthetic_folder(tmp_path / "data", 4, 16, seed=0)
+    (root / "masks" / "0002.png").unlink()
+    with pytest.raises(ValueError, match="0002"):
+        SPADTrainer(tiny_config(), train_data=root)
+    with pytest.raises(TypeError, match="`config`"):
+        SPADTrainer(42)
+    with pytest.raises(ValueError, match="`amp`"):
+        SPADTrainer(tiny_config(amp="fp16"))  # fp16 needs CUDA
+
+
+def test_trains_on_a_folder(tmp_path):
+    root = write_synthetic_folder(tmp_path / "data", 5, 16, seed=0)
+    trainer = SPADTrainer(tiny_config(), train_data=str(root))
+    trainer.fit(2)
+    assert trainer.step == 2
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"garbage!" * 8)
+    with pytest.raises(ValueError, match="checkpoint.safetensors"):
+        SPADTrainer.from_checkpoint(tmp_path)
+
+
+def test_custom_model_and_config_dict():
+    cfg = tiny_config().to_dict()
+    trainer = SPADTrainer(cfg)
+    assert isinstance(trainer.config, SPADConfig)
+    with pytest.raises(TypeError, match="`model`"):
+        SPADTrainer(tiny_config(), model="unet")
