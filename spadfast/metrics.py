@@ -73,7 +73,8 @@ def _as_bhw(x: object, name: str) -> np.ndarray:
         raise ValueError(f"`{name}` must not contain NaN")
     bad = (a != 0) & (a != 1)
     if bad.any():
-        raise ValueError(f"`{name}` must be binary (bool or values in {{0, 1}}), got values such as {a[bad][:3].tolist()}")
+        sample = a[bad][:3].tolist()
+        raise ValueError(f"`{name}` must be binary (bool or values in {{0, 1}}), got values such as {sample}")
     return a != 0
 
 

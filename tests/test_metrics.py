@@ -1,0 +1,335 @@
+"""spadfast.metrics against independent computations: coordinate sets for Dice/IoU, scipy erosion plus brute-force
+pairwise distances (cdist) and a hand-written percentile for HD95; an optional cross-check against MONAI."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
+from spadfast import metrics
+from spadfast.metrics import dice, hd95, iou, summarize, surface
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent references
+
+
+def ref_dice_iou(p: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    a = set(zip(*np.nonzero(p)))
+    b = set(zip(*np.nonzero(t)))
+    if not a and not b:
+        return 1.0, 1.0
+    return 2 * len(a & b) / (len(a) + len(b)), len(a & b) / len(a | b)
+
+
+def ref_surface(m: np.ndarray) -> np.ndarray:
+    cross = ndimage.generate_binary_structure(2, 1)
+    return m ^ ndimage.binary_erosion(m, structure=cross, border_value=0)
+
+
+def ref_percentile95(d: np.ndarray) -> float:
+    d = sorted(d.tolist())
+    pos = 0.95 * (len(d) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(d) - 1)
+    return d[lo] + (d[hi] - d[lo]) * (pos - lo)
+
+
+def ref_hd95(p: np.ndarray, t: np.ndarray, spacing=(1.0, 1.0)) -> float:
+    sp, st = ref_surface(p), ref_surface(t)
+    if not sp.any() and not st.any():
+        return 0.0
+    if not sp.any() or not st.any():
+        return math.inf
+    a = np.argwhere(sp) * np.asarray(spacing)
+    b = np.argwhere(st) * np.asarray(spacing)
+    d = cdist(a, b)
+    return max(ref_percentile95(d.min(axis=1)), ref_percentile95(d.min(axis=0)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random masks of many kinds
+
+
+def random_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    kind = rng.integers(0, 9)
+    if kind == 0:  # smooth blob
+        sigma = rng.uniform(0.5, 4.0)
+        field = ndimage.gaussian_filter(rng.standard_normal((h, w)), sigma, mode="wrap")
+        return field > rng.uniform(-0.3, 0.3) * field.std()
+    if kind == 1:  # salt noise
+        return rng.random((h, w)) < rng.uniform(0.02, 0.6)
+    if kind == 2:  # a few single pixels
+        m = np.zeros((h, w), bool)
+        k = rng.integers(1, 4)
+        m[rng.integers(0, h, k), rng.integers(0, w, k)] = True
+        return m
+    if kind == 3:  # rectangle touching the border
+        m = np.zeros((h, w), bool)
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        m[: y0 + 1, x0:] = True if rng.random() < 0.5 else False
+        m[y0:, : x0 + 1] = True
+        return m
+    if kind == 4:
+        return np.zeros((h, w), bool)
+    if kind == 5:
+        return np.ones((h, w), bool)
+    if kind == 6:  # ellipse, possibly clipped by the border
+        yy, xx = np.mgrid[:h, :w]
+        cy, cx = rng.uniform(-2, h + 1), rng.uniform(-2, w + 1)
+        ry, rx = rng.uniform(0.5, h), rng.uniform(0.5, w)
+        return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    if kind == 7:  # thin lines
+        m = np.zeros((h, w), bool)
+        m[rng.integers(0, h), :] = True
+        m[:, rng.integers(0, w)] = rng.random() < 0.5
+        return m
+    return ndimage.binary_dilation(rng.random((h, w)) < 0.05, iterations=int(rng.integers(0, 3)))
+
+
+def random_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    p = random_mask(rng, h, w)
+    r = rng.random()
+    if r < 0.35:
+        t = random_mask(rng, h, w)
+    elif r < 0.6:  # a near miss: shifted copy
+        t = np.roll(p, (int(rng.integers(-3, 4)), int(rng.integers(-3, 4))), axis=(0, 1))
+    elif r < 0.8:
+        t = ndimage.binary_dilation(p, iterations=int(rng.integers(1, 3))) if p.any() else random_mask(rng, h, w)
+    else:
+        t = p.copy()
+        flip = rng.random((h, w)) < 0.05
+        t ^= flip
+    return p, t
+
+
+def random_cases(seed: int, n: int, max_side: int = 29) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h, w = int(rng.integers(1, max_side + 1)), int(rng.integers(1, max_side + 1))
+        out.append(random_pair(rng, h, w))
+    return out
+
+
+CASES = random_cases(0, 400)
+SPACINGS = [(1.0, 1.0), (0.7, 1.3), (2.5, 0.4)]
+
+
+@pytest.fixture(params=["scipy", "numpy"])
+def backend(request, monkeypatch):
+    """HD95 runs on scipy's EDT when scipy is present; the numpy fallback must agree too."""
+    if request.param == "numpy":
+        monkeypatch.setattr(metrics, "_scipy_edt", None)
+    return request.param
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Agreement with the references
+
+
+def test_dice_iou_match_coordinate_sets():
+    for p, t in CASES:
+        d_ref, j_ref = ref_dice_iou(p, t)
+        assert dice(p, t) == pytest.approx(d_ref, rel=1e-12, abs=0)
+        assert iou(p, t) == pytest.approx(j_ref, rel=1e-12, abs=0)
+
+
+def test_surface_matches_scipy_erosion():
+    for p, t in CASES:
+        np.testing.assert_array_equal(surface(p), ref_surface(p))
+        np.testing.assert_array_equal(surface(torch.from_numpy(t)), ref_surface(t))
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_hd95_matches_brute_force(backend, spacing):
+    for p, t in CASES:
+        want = ref_hd95(p, t, spacing)
+        got = hd95(p, t, spacing=spacing)
+        assert isinstance(got, float)
+        if math.isinf(want):
+            assert got == math.inf
+        else:
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-12), (p.astype(int), t.astype(int))
+
+
+def test_hd95_larger_images_match_brute_force(backend):
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        h, w = int(rng.integers(60, 97)), int(rng.integers(60, 97))
+        p, t = random_pair(rng, h, w)
+        spacing = (float(rng.uniform(0.3, 3)), float(rng.uniform(0.3, 3)))
+        want = ref_hd95(p, t, spacing)
+        got = hd95(p, t, spacing)
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12) or (math.isinf(want) and got == math.inf)
+
+
+def test_numpy_fallback_chunks(monkeypatch):
+    monkeypatch.setattr(metrics, "_scipy_edt", None)
+    monkeypatch.setattr(metrics, "_FALLBACK_CHUNK", 7)  # several chunks, the last one partial
+    for p, t in CASES[:60]:
+        want = ref_hd95(p, t, (0.7, 1.3))
+        assert hd95(p, t, (0.7, 1.3)) == pytest.approx(want, rel=1e-12, abs=1e-12) or math.isinf(want)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conventions and known values
+
+
+def test_empty_conventions():
+    z = np.zeros((7, 9), bool)
+    m = z.copy()
+    m[3, 4] = True
+    assert dice(z, z) == 1.0 and iou(z, z) == 1.0 and hd95(z, z) == 0.0
+    assert dice(z, m) == 0.0 and iou(m, z) == 0.0
+    assert hd95(z, m) == math.inf and hd95(m, z) == math.inf
+
+
+def test_known_values():
+    full = np.ones((5, 6), bool)
+    assert hd95(full, full) == 0.0 and dice(full, full) == 1.0
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    a[0, 0] = True
+    b[3, 4] = True
+    assert hd95(a, b) == 5.0
+    assert hd95(a, b, spacing=(2.0, 0.5)) == pytest.approx(math.hypot(6.0, 2.0))
+    # The border counts as surface: a full mask's surface is the image frame, a shifted square's is its ring.
+    sq = np.zeros((10, 10), bool)
+    sq[1:9, 1:9] = True
+    assert hd95(full[:5, :5], full[:5, :5]) == 0.0
+    # Ring vs frame: 4 of the frame's 36 pixels (its corners, > 5%) lie sqrt(2) from the ring, the rest 1.
+    assert hd95(sq, np.ones((10, 10), bool)) == math.sqrt(2.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches, layouts and dtypes
+
+
+def test_batched_equals_per_image():
+    rng = np.random.default_rng(2)
+    h, w = 17, 23
+    pairs = [random_pair(rng, h, w) for _ in range(12)]
+    p = np.stack([a for a, _ in pairs])
+    t = np.stack([b for _, b in pairs])
+    spacing = (1.5, 0.5)
+    per_image = {
+        "dice": np.array([dice(a, b) for a, b in pairs]),
+        "iou": np.array([iou(a, b) for a, b in pairs]),
+        "hd95": np.array([hd95(a, b, spacing) for a, b in pairs]),
+    }
+    layouts = [
+        (p, t),
+        (p[:, None], t[:, None]),
+        (torch.from_numpy(p), torch.from_numpy(t)),
+        (torch.from_numpy(p).float()[:, None], torch.from_numpy(t).float()[:, None]),
+        (p.astype(np.uint8), t.astype(np.int64)),
+        (torch.from_numpy(p).half(), torch.from_numpy(t).to(torch.int32)),
+    ]
+    for a, b in layouts:
+        for name, fn in (("dice", dice), ("iou", iou)):
+            got = fn(a, b)
+            assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == (12,)
+            np.testing.assert_array_equal(got, per_image[name])
+        got = hd95(a, b, spacing)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == (12,)
+        np.testing.assert_array_equal(got, per_image["hd95"])
+
+
+def test_single_image_returns_float_and_accepts_grad_tensors():
+    p = torch.zeros(6, 6, requires_grad=True)
+    t = torch.ones(6, 6)
+    for fn in (dice, iou, hd95):
+        assert isinstance(fn(p, t), float)
+    assert isinstance(dice(p[None], t[None]), np.ndarray)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs
+
+
+@pytest.mark.parametrize("fn", [dice, iou, hd95])
+def test_bad_inputs(fn):
+    good = np.zeros((4, 4), bool)
+    with pytest.raises(TypeError, match="`pred`"):
+        fn([[0, 1]], good)
+    with pytest.raises(TypeError, match="`target`"):
+        fn(good, None)
+    with pytest.raises(TypeError, match="`pred`"):
+        fn(torch.zeros(4, 4, dtype=torch.complex64), good)
+    with pytest.raises(TypeError, match="`target`"):
+        fn(good, np.array([["a"] * 4] * 4))
+    with pytest.raises(ValueError, match="`target` must have the shape of `pred`"):
+        fn(good, np.zeros((4, 5), bool))
+    with pytest.raises(ValueError, match="`target` must have the shape of `pred`"):
+        fn(good[None], good[None, None])
+    with pytest.raises(ValueError, match="`pred` must be binary"):
+        fn(np.full((4, 4), 2), good)
+    with pytest.raises(ValueError, match="`target` must be binary"):
+        fn(good, torch.full((4, 4), 0.5))
+    nan = np.zeros((4, 4))
+    nan[1, 1] = np.nan
+    with pytest.raises(ValueError, match="`pred` must not contain NaN"):
+        fn(nan, good)
+    with pytest.raises(ValueError, match="`pred` must have exactly one channel"):
+        fn(np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="`pred` must have shape"):
+        fn(np.zeros(4), np.zeros(4))
+    with pytest.raises(ValueError, match="`pred` must hold at least one image"):
+        fn(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+    with pytest.raises(ValueError, match="`target` must have H >= 1"):
+        fn(good, np.zeros((4, 0)))
+
+
+def test_bad_spacing():
+    m = np.ones((3, 3), bool)
+    for bad in [(1.0,), "ab", 1.0, (1.0, "x"), (True, 1.0)]:
+        with pytest.raises(TypeError, match="`spacing`"):
+            hd95(m, m, spacing=bad)
+    for bad in [(0.0, 1.0), (-1.0, 1.0), (float("inf"), 1.0), (1.0, float("nan"))]:
+        with pytest.raises(ValueError, match="`spacing`"):
+            hd95(m, m, spacing=bad)
+    assert hd95(m, m, spacing=[2, np.float32(0.5)]) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summarize
+
+
+def test_summarize():
+    cases = [
+        {"name": "a", "dice": 1.0, "iou": 1.0, "hd95": 2.0},
+        {"name": "b", "dice": 0.5, "iou": 0.25, "hd95": math.inf},
+        {"name": "c", "dice": 0.0, "iou": 0.0, "hd95": 4.0},
+    ]
+    assert summarize(cases) == {"dice": 0.5, "iou": pytest.approx(1.25 / 3), "hd95": 3.0}
+    assert math.isnan(summarize(cases[1:2])["hd95"])
+    assert all(math.isnan(v) for v in summarize([]).values())
+    with pytest.raises(ValueError, match="hd95"):
+        summarize([{"dice": 1.0, "iou": 1.0}])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optional: MONAI itself
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_hd95_matches_monai():
+    monai_metrics = pytest.importorskip("monai.metrics")
+    rng = np.random.default_rng(3)
+    for spacing in SPACINGS:
+        for _ in range(40):
+            h, w = int(rng.integers(2, 40)), int(rng.integers(2, 40))
+            p, t = random_pair(rng, h, w)
+            if not p.any() or not t.any():
+                continue
+            want = monai_metrics.compute_hausdorff_distance(
+                torch.from_numpy(p)[None, None].float(),
+                torch.from_numpy(t)[None, None].float(),
+                percentile=95,
+                spacing=spacing,
+            )
+            # MONAI returns float32.
+            assert hd95(p, t, spacing) == pytest.approx(float(want), rel=1e-5, abs=1e-5)
