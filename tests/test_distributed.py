@@ -1,0 +1,73 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from spadfast import SPADTrainer
+from spadfast.checkpoint import read_checkpoint
+
+from .helpers import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config(log_every=1).to_dict()))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "spadfast", "train", "--out", str(run), "--steps", "3",
+           "--config", str(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    files = sorted(p.name for p in run.iterdir())
+    assert files == ["checkpoint.safetensors", "log.jsonl"]  # rank 0 only, no leftover temp files
+    logs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3]  # one writer
+    tensors, meta = read_checkpoint(run)
+    assert meta["step"] == 3 and meta["world_size"] == 2
+    trainer = SPADTrainer.from_checkpoint(run)
+    assert trainer.step == 3
+    assert torch.isfinite(trainer.sample(torch.zeros(1, 1, 16, 16), steps=2)).all()
+
+
+SCRIPT = """
+import json, sys
+import torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+from tests.helpers import tiny_config
+from spadfast import SPADTrainer
+trainer = SPADTrainer(tiny_config())
+trainer.fit(2)
+flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+gathered = [None, None]
+dist.all_gather_object(gathered, (flat.tolist(), trainer.rank))
+if trainer.rank == 0:
+    a, b = gathered[0][0], gathered[1][0]
+    json.dump({{"equal": a == b, "ranks": sorted(g[1] for g in gathered)}}, open({out!r}, "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_keeps_ranks_in_sync(tmp_path):
+    out = tmp_path / "result.json"
+    script = tmp_path / "ddp_sync.py"
+    script.write_text(SCRIPT.format(root=str(ROOT), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result == {"equal": True, "ranks": [0, 1]}
