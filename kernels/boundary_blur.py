@@ -1,0 +1,207 @@
+"""BcD in one pass: ``gaussian_blur(mask, sigma) + strength * noise`` inside ``band = dilate(canny(mask), radius)``
+(square element), ``base`` (default: the mask) elsewhere.
+
+Layout ``(B, 1, H, W)``, any dtype and strides, no copies. Each program owns a ``BLOCK_H x BLOCK_W`` tile of one image
+and recomputes everything from clamped loads: the band by streaming the Canny stencil over the ``(2*radius+5)^2``
+window (``spadfast.kernels.canny._edge_near``), the separable Gaussian (taps ``spadfast.reference.gaussian_weights``,
+rows then columns, replicated border) and the noise, an explicit tensor or in-kernel Philox
+``randn(seed, offset + b*H*W + r*W + c)``. fp32 inside, cast on store.
+
+Reference: spadfast.reference.boundary_blur
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from spadfast._validation import (
+    as_b1hw,
+    check_int,
+    check_like,
+    check_mask,
+    check_nonneg,
+    check_random_source,
+    float_out_dtype,
+)
+from spadfast.kernels.canny import _clamped, _edge_near, launch_config, pointer_view
+from spadfast.reference import gaussian_weights
+
+
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _boundary_blur_kernel(
+    mask_ptr,
+    noise_ptr,
+    base_ptr,
+    taps_ptr,
+    out_ptr,
+    H,
+    W,
+    strength,
+    seed,
+    offset,
+    stride_mb,
+    stride_mh,
+    stride_mw,
+    stride_nb,
+    stride_nh,
+    stride_nw,
+    stride_bb,
+    stride_bh,
+    stride_bw,
+    stride_ob,
+    stride_oh,
+    stride_ow,
+    R_BAND: tl.constexpr,
+    R_BLUR: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+    HAS_BASE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    pid_w = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    r = (pid_h * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    c = (pid_w * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    valid = (r < H) & (c < W)
+    r64 = r.to(tl.int64)
+    c64 = c.to(tl.int64)
+    m_ptr = mask_ptr + pid_b * stride_mb
+
+    # Band: an edge pixel within Chebyshev distance R_BAND; edges are never outside the image (the reference's
+    # max-pool padding).
+    band = _edge_near(m_ptr, r, c, H, W, stride_mh, stride_mw, R_BAND) & valid
+
+    # Separable Gaussian, rows then columns, replicated border; loads only in the band, where the value is used.
+    blur = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for i in range(2 * R_BLUR + 1):  # runtime loop over rows: bounded live set
+        row_off = _clamped(r + (i - R_BLUR), H, stride_mh)
+        row = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+        for j in tl.static_range(2 * R_BLUR + 1):
+            col_off = _clamped(c + (j - R_BLUR), W, stride_mw)
+            x = tl.load(m_ptr + row_off + col_off, mask=band, other=0).to(tl.float32)
+            row += tl.load(taps_ptr + j) * x
+        blur += tl.load(taps_ptr + i) * row
+
+    if HAS_NOISE:
+        n_off = pid_b * stride_nb + r64 * stride_nh + c64 * stride_nw
+        noise = tl.load(noise_ptr + n_off, mask=band, other=0).to(tl.float32)
+    else:
+        noise = tl.randn(seed, offset + (pid_b * H + r64) * W + c64)
+    inside = blur + strength * noise
+
+    if HAS_BASE:
+        outside = tl.load(base_ptr + pid_b * stride_bb + r64 * stride_bh + c64 * stride_bw, mask=valid, other=0)
+    else:
+        outside = tl.load(m_ptr + r64 * stride_mh + c64 * stride_mw, mask=valid, other=0)
+    out = tl.where(band, inside, outside.to(tl.float32))
+    o_off = pid_b * stride_ob + r64 * stride_oh + c64 * stride_ow
+    tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_taps(sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
+    """``gaussian_weights`` on ``device``, cached; on CUDA copied from pinned memory without a host sync."""
+    taps = gaussian_weights(sigma, truncate)
+    if device.type == "cuda":
+        return taps.pin_memory().to(device, non_blocking=True)
+    return taps.to(device)
+
+
+def _check_no_grad(x: torch.Tensor | None, name: str) -> None:
+    if x is not None and x.requires_grad:
+        raise ValueError(f"`{name}` must not require grad: SPAD ops act on labels and are not differentiable")
+
+
+def _draw_seed(generator: torch.Generator | None) -> int:
+    # The one host read of this op: a seed for the in-kernel Philox stream (a sync when `generator` is on CUDA).
+    bound = 2**31 - 1
+    if generator is None:
+        return int(torch.randint(0, bound, (1,)))
+    return int(torch.randint(0, bound, (1,), generator=generator, device=generator.device))
+
+
+def boundary_blur(
+    mask: torch.Tensor,
+    sigma: float,
+    strength: float,
+    radius: int = 1,
+    noise: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+    truncate: float = 3.0,
+    validate: bool = True,
+    *,
+    block_h: int | None = None,
+    block_w: int | None = None,
+) -> torch.Tensor:
+    """BcD: blur the mask around its boundary and add Gaussian noise there (Triton).
+
+    Same arguments and results as :func:`spadfast.reference.boundary_blur`, except for the noise bits when it is
+    drawn: in-kernel Philox ``randn(seed, offset + b*H*W + r*W + c)``, so a call consumes ``B*H*W`` offsets (advance
+    ``offset`` by that much for an independent draw under the same seed). With no ``seed``, one is drawn from
+    ``generator`` (a host sync when the generator is on CUDA) or from torch's global CPU generator.
+
+    Args:
+        mask: ``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]`` binary mask, any dtype and strides.
+        sigma: Gaussian width in pixels (>= 0); the blur radius ``ceil(truncate * sigma)`` is a compile-time constant.
+        strength: standard deviation of the added noise (>= 0).
+        radius: band half-width in pixels (>= 0), a compile-time constant.
+        noise: optional floating tensor of the mask's shape.
+        base: optional floating tensor of the mask's shape returned outside the band.
+        generator, seed, offset: the Philox stream when ``noise`` is None.
+        truncate: Gaussian support in units of ``sigma``.
+        validate: check binary values / NaN (host sync).
+        block_h, block_w: tile override (powers of two); default by heuristic.
+
+    Returns:
+        Tensor of the mask's shape in ``base.dtype``, else the mask's dtype if floating, else float32.
+
+    Raises:
+        TypeError, ValueError: bad shapes, dtypes, devices or values, or an input that requires grad.
+    """
+    m, restore = as_b1hw(mask, "mask")
+    check_mask(m, "mask", validate)
+    sigma = check_nonneg(sigma, "sigma")
+    strength = check_nonneg(strength, "strength")
+    check_int(radius, "radius", 0)
+    check_random_source(noise, generator, seed, offset)
+    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
+    base_v = as_b1hw(base, "base")[0] if base is not None else None
+    check_like(noise_v, m, "noise", "mask", floating=True)
+    check_like(base_v, m, "base", "mask", floating=True)
+    _check_no_grad(noise_v, "noise")
+    _check_no_grad(base_v, "base")
+    out_dtype = base_v.dtype if base_v is not None else float_out_dtype(m)
+
+    B, _, H, W = m.shape
+    taps = _device_taps(sigma, float(truncate), m.device)
+    if noise_v is None and seed is None:
+        seed = _draw_seed(generator)
+    # One element per thread: the band's row window keeps ~60 (radius 1) to ~120 (radius 3) fp32 values live per
+    # element; past radius 2, 8 warps (255 registers a thread) instead of 16 (128) avoid spills.
+    tile = (16, 32) if radius <= 2 else (8, 32)
+    BLOCK_H, BLOCK_W, num_warps = launch_config(H, W, m.is_cuda, block_h, block_w, tile, elems_per_thread=1)
+
+    x = pointer_view(m)
+    out = torch.empty_like(m, dtype=out_dtype)
+    n = noise_v if noise_v is not None else out  # placeholders are never read
+    b = base_v if base_v is not None else out
+    grid = (triton.cdiv(W, BLOCK_W), triton.cdiv(H, BLOCK_H), B)
+    _boundary_blur_kernel[grid](
+        x, n, b, taps, out, H, W, strength, seed if seed is not None else 0, offset,
+        x.stride(0), x.stride(2), x.stride(3),
+        n.stride(0), n.stride(2), n.stride(3),
+        b.stride(0), b.stride(2), b.stride(3),
+        out.stride(0), out.stride(2), out.stride(3),
+        R_BAND=radius, R_BLUR=(taps.numel() - 1) // 2,
+        HAS_NOISE=noise_v is not None, HAS_BASE=base_v is not None,
+        BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=num_warps,
+    )  # fmt: skip
+    return restore(out)
