@@ -26,11 +26,12 @@ setup(
         "safetensors",
         "pyyaml",
         "tqdm",
+        "scipy",
     ],
     extras_require={
         "triton": ["triton"],
         "nvtx": ["nvtx"],
-        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers"],
+        "test": ["pytest", "pytest-benchmark", "diffusers", "monai"],
     },
     entry_points={"console_scripts": ["spadfast=spadfast.cli:main"]},
 )

@@ -74,6 +74,8 @@ def check_like(x: torch.Tensor | None, ref: torch.Tensor, name: str, ref_name: s
         raise ValueError(f"`{name}` must have the shape of `{ref_name}` {tuple(ref.shape)}, got {tuple(x.shape)}")
     if x.device != ref.device:
         raise ValueError(f"`{name}` must be on {ref.device} like `{ref_name}`, got {x.device}")
+    if x.requires_grad:
+        raise ValueError(f"`{name}` must not require grad: SPAD ops act on labels and are not differentiable")
     if floating and not x.is_floating_point():
         raise TypeError(f"`{name}` must be a floating tensor, got {x.dtype}")
     if not floating and x.dtype != torch.bool:

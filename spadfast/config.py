@@ -55,6 +55,7 @@ class SPADConfig:
     device: str = "auto"
     compile: bool = False
     compile_mode: str = "default"
+    ops_backend: str = "auto"  # SPAD perturbation and DDIM update: auto (Triton on CUDA) | reference | triton
     channels_last: bool = True
     augment: bool = True
     num_workers: int = 0
@@ -99,6 +100,7 @@ class SPADConfig:
             (self.grad_accum >= 1, "grad_accum", ">= 1"),
             (0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)"),
             (self.amp in AMP_DTYPES, "amp", f"one of {AMP_DTYPES}"),
+            (self.ops_backend in ("auto", "reference", "triton"), "ops_backend", "one of auto, reference, triton"),
             (self.seed >= 0, "seed", ">= 0"),
             (self.sample_steps >= 1, "sample_steps", ">= 1"),
             (self.sample_steps <= self.num_train_timesteps, "sample_steps", "<= num_train_timesteps"),

@@ -162,7 +162,7 @@ class SPADTrainer:
             self.ema, alphas_cumprod(betas), prediction_type=cfg.prediction_type, perturb_mode=cfg.perturb_mode,
             steps=cfg.sample_steps, eta=cfg.eta, spacing=cfg.timestep_spacing, clip_sample=cfg.clip_sample,
             chunk=cfg.sample_chunk, cuda_graph=cfg.cuda_graph, amp_dtype=self.amp_dtype,
-            channels_last=cfg.channels_last,
+            channels_last=cfg.channels_last, backend=cfg.ops_backend,
         )
 
     # ------------------------------------------------------------------------------------------------ data
@@ -226,7 +226,9 @@ class SPADTrainer:
         progress = self.step / cfg.train_steps
         with nvtx_range("spad_perturb"):
             offset = (micro * self.world_size + self.rank) * 2 * mask.numel()
-            perturbed = spad_perturb(mask, progress, cfg.perturb, seed=cfg.seed, offset=offset, validate=False)
+            perturbed = spad_perturb(
+                mask, progress, cfg.perturb, seed=cfg.seed, offset=offset, validate=False, backend=cfg.ops_backend
+            )
         clean = mask * 2 - 1
         pert = perturbed * 2 - 1
         x0, cond = (pert, None) if cfg.perturb_mode == "target" else (clean, pert)
