@@ -1,6 +1,5 @@
 import pytest
 
-
 from spadfast import verify
 
 
