@@ -23,7 +23,8 @@ def demo_config(device: str = "auto") -> SPADConfig:
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if on_gpu:
         return SPADConfig(
-            image_size=64, base_channels=32, train_steps=3000, prediction_type="sample", batch_size=32, lr=1e-3, warmup_steps=100,
+            image_size=64, base_channels=32, train_steps=3000, prediction_type="sample", batch_size=32, lr=1e-3,
+            warmup_steps=100,
             ema_decay=0.995, log_every=100, synthetic_train=4096, amp="bf16", device=device,
         )
     # x0 ("sample") prediction: on binary masks it reaches a usable model in a few hundred steps where epsilon

@@ -20,7 +20,7 @@ BACKENDS = ("auto", "reference", "triton")
 __all__ = ["canny", "boundary_blur", "target_noise", "ddim_step", "triton_available", "resolve_backend", "BACKENDS"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """True when Triton imports (a GPU is not required: the interpreter runs on CPU)."""
     try:

@@ -25,6 +25,13 @@ def load_for_model(path: Path, channels: int, size: int) -> tuple[np.ndarray, tu
     return np.ascontiguousarray(image.transpose(2, 0, 1)) * 2.0 - 1.0, native
 
 
+def _to_native(values: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of a float map back to the image's native size (no-op when sizes agree)."""
+    if values.shape == (h, w):
+        return values
+    return cv2.resize(values, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def predict_folder(
     trainer,
     images_dir: str | Path,
@@ -62,11 +69,11 @@ def predict_folder(
         probs, std = result.probs[:, 0].float().cpu().numpy(), result.std[:, 0].float().cpu().numpy()
         for i, stem in enumerate(chunk):
             h, w = loaded[stem][1]
-            prob = cv2.resize(probs[i], (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != probs[i].shape else probs[i]
+            prob = _to_native(probs[i], h, w)
             mask = prob > cfg.threshold
             write_mask_png(out_dir / f"{stem}.png", mask)
             if uncertainty:
-                u = cv2.resize(std[i], (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != std[i].shape else std[i]
+                u = _to_native(std[i], h, w)
                 (out_dir / "uncertainty").mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(out_dir / "uncertainty" / f"{stem}.png"),
                             np.clip(u * 2 * 255, 0, 255).astype(np.uint8))

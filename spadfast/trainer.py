@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-from contextlib import nullcontext
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,8 @@ class SPADTrainer:
         image, mask = data[0]
         if image.dim() != 3 or image.shape[0] != cfg.image_channels:
             raise ValueError(
-                f"`{name}` images must be [C={cfg.image_channels},H,W] (config.image_channels), got {tuple(image.shape)}"
+                f"`{name}` images must be [C={cfg.image_channels},H,W] (config.image_channels), "
+                f"got {tuple(image.shape)}"
             )
         if mask.dim() != 3 or mask.shape[0] != 1 or mask.shape[1:] != image.shape[1:]:
             raise ValueError(f"`{name}` masks must be [1,H,W] matching the image, got {tuple(mask.shape)}")
@@ -198,7 +199,7 @@ class SPADTrainer:
         return iter(loader)
 
     def _augment(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample flips and 90-degree rotations, identical for image and mask, drawn from the trainer's generator."""
+        """Per-sample flips and 90-degree rotations, identical for image and mask, from the trainer's generator."""
         B = image.shape[0]
         ops = torch.randint(0, 8, (B,), generator=self.generator, device=self.device)
         if image.shape[-1] != image.shape[-2]:
@@ -418,7 +419,9 @@ class SPADTrainer:
         """Write a checkpoint (rank 0; other ranks wait) atomically; ``path`` is a run directory or a file."""
         written = resolve_path(path)
         if dist_utils.is_main():
-            groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.state_dict()["param_groups"]]
+            groups = [
+                {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.state_dict()["param_groups"]
+            ]
             meta = {
                 "config": self.config.to_dict(),
                 "step": self.step,
