@@ -2,7 +2,8 @@
 
 Outputs under ``OUT``: ``run/checkpoint.safetensors`` and ``run/log.jsonl``, ``test/images`` + ``test/masks`` (the
 held-out split), ``pred/`` (0/255 PNG masks), ``overlays/`` (image with predicted contour in green and ground truth in
-red), ``metrics.json`` (the ``evaluate`` format).
+red), ``metrics.json`` (the ``evaluate`` format), ``perturbation.png`` (rows p = 0, 0.25, 0.5, 0.75, 1; columns
+mask, Canny edges, ScD, BcD, both: what training sees).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 
 from .config import SPADConfig
+from .visualize import perturbation_grid
 
 TEST_SEED = 987_654
 
@@ -38,7 +41,7 @@ def demo_config(device: str = "auto") -> SPADConfig:
 
 def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int = 32) -> dict[str, Any]:
     """Run the demo end to end and return the ``evaluate`` report (also written to ``OUT/metrics.json``)."""
-    from .data import write_synthetic_folder
+    from .data import SyntheticLesions, write_synthetic_folder
     from .evaluate import evaluate_folders
     from .predict import predict_folder
     from .trainer import SPADTrainer
@@ -50,6 +53,9 @@ def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int =
     trainer.save(out / "run")
     test_dir = out / "test"
     write_synthetic_folder(test_dir, test_size, cfg.image_size, TEST_SEED)
+    _, example_mask = SyntheticLesions(1, image_size=64, seed=TEST_SEED).numpy(0)
+    grid = perturbation_grid(torch.from_numpy(example_mask[0]), cfg=cfg.perturb)
+    cv2.imwrite(str(out / "perturbation.png"), grid)
     predict_folder(trainer, test_dir / "images", out / "pred", overlay=True, overlay_gt=test_dir / "masks",
                    overlay_dir=out / "overlays")
     report = evaluate_folders(out / "pred", test_dir / "masks")
