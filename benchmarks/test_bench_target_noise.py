@@ -1,0 +1,61 @@
+"""ScD (target_noise): spadfast reference, torch.compile of it, the Triton kernel (explicit noise and Philox)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from benchutils import (
+    OP_CASES,
+    blob_masks,
+    compiled_reference,
+    nbytes,
+    run_timed,
+    skip_unless_available,
+    triton_launcher,
+)
+
+from spadfast import reference
+
+PROVIDERS = ["reference", "compiled", "triton", "triton-philox"]
+# PerturbConfig's defaults at progress 0.
+STRENGTH, ANCHOR_SIZE, KEEP_RATIO = 0.5, 4, 0.25
+
+
+@pytest.mark.parametrize("case", OP_CASES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_bench_target_noise(benchmark, provider, case, base_info):
+    B, H, W = case
+    skip_unless_available(provider)
+    mask = blob_masks(B, H, W)
+    g = torch.Generator(device=mask.device).manual_seed(1)
+    noise = torch.randn(mask.shape, generator=g, device=mask.device)
+    anchors = reference.anchor_mask(tuple(mask.shape), ANCHOR_SIZE, KEEP_RATIO, mask.device, g)
+    info = dict(base_info, provider=provider, shape=[B, 1, H, W], dtype="float32",
+                strength=STRENGTH, anchor_size=ANCHOR_SIZE, keep_ratio=KEEP_RATIO)
+    args = (mask, STRENGTH, ANCHOR_SIZE, KEEP_RATIO)
+
+    if provider == "reference":
+        def fn():
+            return reference.target_noise(*args, noise=noise, anchors=anchors, validate=False)
+    elif provider == "compiled":
+        compiled = compiled_reference("target_noise")
+
+        def fn():
+            return compiled(*args, noise=noise, anchors=anchors, validate=False)
+    elif provider == "triton":
+        launcher = triton_launcher("target_noise")
+
+        def fn():
+            return launcher(*args, noise=noise, anchors=anchors, validate=False)
+    elif provider == "triton-philox":
+        launcher = triton_launcher("target_noise")
+        noise = anchors = None  # both drawn in-kernel
+
+        def fn():
+            return launcher(*args, seed=0, offset=0, validate=False)
+    else:
+        raise AssertionError(provider)
+
+    # read mask, noise (float32), anchors (bool); write the float32 output
+    run_timed(benchmark, fn, group=f"target_noise-{B}x{H}x{W}", info=info,
+              bytes_moved=nbytes(mask, noise, anchors) + nbytes(mask))
