@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
 from benchutils import DEVICE, device_name, sync
 
 

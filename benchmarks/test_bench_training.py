@@ -7,7 +7,6 @@ perturbation, forward, backward, gradient clipping, AdamW and the EMA update. Pe
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
 
@@ -26,9 +25,7 @@ from benchutils import (
     synthetic_images,
 )
 
-import spadfast.trainer as trainer_module
 from spadfast.config import SPADConfig
-from spadfast.perturb import spad_perturb
 from spadfast.trainer import SPADTrainer
 
 PROVIDERS = ["eager", "compiled", "compiled+kernels", "compiled+reference"]
@@ -42,23 +39,21 @@ CPU_STEP_LIMIT_S = 5.0  # a CPU case whose warm step is slower than this is skip
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_bench_training(benchmark, provider, case, base_info, device, monkeypatch):
+def test_bench_training(benchmark, provider, case, base_info, device):
     skip_unless_available(provider, uses_triton=ON_CUDA)
     B, S = case
     compiled = provider != "eager"
     if compiled and not ON_CUDA and S > 64:
         pytest.skip("torch.compile of the UNet's forward+backward takes minutes on CPU: compiled 256x256 is GPU only")
-    # The trainer has no knob for the perturbation backend (spad_perturb's `backend=` stays "auto"), so the two
-    # GPU variants pin it by wrapping spad_perturb where the trainer looks it up.
+    # SPADConfig.ops_backend pins the perturbation (and DDIM) backend of the two GPU variants.
     backend = {"compiled+kernels": "triton", "compiled+reference": "reference"}.get(provider)
-    if backend is not None:
-        monkeypatch.setattr(trainer_module, "spad_perturb", functools.partial(spad_perturb, backend=backend))
 
     masks = blob_masks(B, S, S, device)
     images = synthetic_images(masks)
     train_data = [(images[i].cpu(), masks[i].cpu()) for i in range(B)]
     cfg = SPADConfig(
         image_size=S, batch_size=B, device=str(device), compile=compiled, progress_bar=False, train_steps=1000,
+        ops_backend=backend or "auto",
         **MODEL_CONFIG,
     )
     trainer = SPADTrainer(cfg, train_data=train_data)
