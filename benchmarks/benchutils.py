@@ -21,13 +21,19 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 CUDA_PROVIDERS = {"triton", "triton-philox", "kornia", "cuda_graph", "compiled+kernels", "compiled+reference"}
 TRITON_PROVIDERS = {"triton", "triton-philox", "compiled+kernels"}
 
+# SPADFAST_BENCH_FULL=1 on a CPU machine: the default UNet and the full-size sampling/training cases (slow; minutes).
+FULL_CPU = os.environ.get("SPADFAST_BENCH_FULL") == "1"
+
 GPU_ONLY = pytest.mark.skipif(not ON_CUDA, reason="large case: GPU only (the CPU suite keeps to small shapes)")
+FULL_ONLY = pytest.mark.skipif(not (ON_CUDA or FULL_CPU), reason="full-size case: GPU or SPADFAST_BENCH_FULL=1")
 CPU_ONLY = pytest.mark.skipif(ON_CUDA, reason="CPU-sized case: the GPU suite runs the full-size one")
 
 # Denoiser used by the sampling and training benchmarks (untrained: timing does not need a trained model).
 # GPU: SPADConfig's default UNet. CPU: a tiny UNet, so the CPU suite finishes in minutes on 2 cores.
 MODEL_CONFIG: dict[str, object] = (
-    {} if ON_CUDA else {"base_channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1, "attention_levels": ()}
+    {}
+    if ON_CUDA or FULL_CPU
+    else {"base_channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1, "attention_levels": ()}
 )
 
 # Op shapes (B, H, W): the CPU suite runs the small ones only, so it finishes in minutes on 2 cores.

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 from benchutils import (
+    FULL_CPU,
     GPU_ONLY,
     MODEL_CONFIG,
     ON_CUDA,
@@ -29,7 +30,7 @@ from spadfast.trainer import SPADTrainer
 
 PROVIDERS = ["eager", "cuda_graph", "diffusers"]
 ENSEMBLE, STEPS = 5, 25
-SIZE = 256 if ON_CUDA else 64
+SIZE = 256 if ON_CUDA or FULL_CPU else 64
 CASES = [
     pytest.param(1, id="latency"),  # one image
     pytest.param(64, id="throughput", marks=GPU_ONLY),  # 64 images x 5 members = 320 rows, in chunks of 64
