@@ -99,8 +99,11 @@ class DDIMSampler:
         t_model, a_t, a_prev = self.set_timesteps(steps, x.device)
         n = x.shape[0]
         cond = torch.zeros_like(x) if self.perturb_mode == "condition" else None
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA-graph capture
         autocast = (
-            torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+            torch.autocast(x.device.type, dtype=self.amp_dtype, cache_enabled=False)
+            if self.amp_dtype is not None
+            else nullcontext()
         )
         for i in range(steps):
             with nvtx_range(f"ddim_step_{i}"):
