@@ -18,15 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spadfast._validation import (
-    as_b1hw,
-    check_int,
-    check_like,
-    check_mask,
-    check_nonneg,
-    check_random_source,
-    float_out_dtype,
-)
+from spadfast._validation import draw_seed, prepare_boundary_blur
 from spadfast.kernels.canny import _clamped, _edge_near, launch_config, pointer_view
 from spadfast.reference import gaussian_weights
 
@@ -112,19 +104,6 @@ def _device_taps(sigma: float, truncate: float, device: torch.device) -> torch.T
     return taps.to(device)
 
 
-def _check_no_grad(x: torch.Tensor | None, name: str) -> None:
-    if x is not None and x.requires_grad:
-        raise ValueError(f"`{name}` must not require grad: SPAD ops act on labels and are not differentiable")
-
-
-def _draw_seed(generator: torch.Generator | None) -> int:
-    # The one host read of this op: a seed for the in-kernel Philox stream (a sync when `generator` is on CUDA).
-    bound = 2**31 - 1
-    if generator is None:
-        return int(torch.randint(0, bound, (1,)))
-    return int(torch.randint(0, bound, (1,), generator=generator, device=generator.device))
-
-
 def boundary_blur(
     mask: torch.Tensor,
     sigma: float,
@@ -166,24 +145,14 @@ def boundary_blur(
     Raises:
         TypeError, ValueError: bad shapes, dtypes, devices or values, or an input that requires grad.
     """
-    m, restore = as_b1hw(mask, "mask")
-    check_mask(m, "mask", validate)
-    sigma = check_nonneg(sigma, "sigma")
-    strength = check_nonneg(strength, "strength")
-    check_int(radius, "radius", 0)
-    check_random_source(noise, generator, seed, offset)
-    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
-    base_v = as_b1hw(base, "base")[0] if base is not None else None
-    check_like(noise_v, m, "noise", "mask", floating=True)
-    check_like(base_v, m, "base", "mask", floating=True)
-    _check_no_grad(noise_v, "noise")
-    _check_no_grad(base_v, "base")
-    out_dtype = base_v.dtype if base_v is not None else float_out_dtype(m)
+    m, restore, sigma, strength, noise_v, base_v, out_dtype = prepare_boundary_blur(
+        mask, sigma, strength, radius, noise, base, generator, seed, offset, validate
+    )
 
     B, _, H, W = m.shape
     taps = _device_taps(sigma, float(truncate), m.device)
     if noise_v is None and seed is None:
-        seed = _draw_seed(generator)
+        seed = draw_seed(generator)
     # One element per thread: the band's row window keeps ~60 (radius 1) to ~120 (radius 3) fp32 values live per
     # element; past radius 2, 8 warps (255 registers a thread) instead of 16 (128) avoid spills.
     tile = (16, 32) if radius <= 2 else (8, 32)

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spadfast._validation import check_random_source
+from spadfast._validation import check_random_source, draw_seed
 from spadfast.reference import PREDICTION_TYPES, _alpha, check_ddim_args
 
 __all__ = ["ddim_step"]
@@ -157,12 +157,6 @@ def _ddim_step_kernel(
     tl.store(x0_ptr + off_x, x0.to(x0_ptr.dtype.element_ty), mask=valid)
 
 
-def _draw_seed(generator: torch.Generator | None) -> int:
-    """A Philox seed in ``[0, 2**31 - 1)`` from ``generator`` (or torch's global CPU generator); a host sync."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
-
-
 def _row_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, acc = [], 1
     for size in reversed(shape):
@@ -260,7 +254,7 @@ def ddim_step(
 
     noise_mode = 0 if eta == 0 else (1 if noise is not None else 2)
     if noise_mode == 2:
-        seed = _draw_seed(generator) if seed is None else seed
+        seed = draw_seed(generator) if seed is None else seed
     seed = 0 if seed is None else seed % (1 << 63)
     x0 = torch.empty_like(sample)
     prev = torch.empty_like(sample)

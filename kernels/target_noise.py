@@ -16,17 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from spadfast._validation import (
-    as_b1hw,
-    check_int,
-    check_like,
-    check_mask,
-    check_nonneg,
-    check_random_source,
-    float_out_dtype,
-)
+from spadfast._validation import draw_seed, prepare_target_noise
 
-__all__ = ["anchor_seed", "draw_seed", "target_noise"]
+__all__ = ["anchor_seed", "target_noise"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -85,12 +77,6 @@ def _target_noise_kernel(
     noisy = (m > 0.5) & (anchor == 0)
     out = tl.where(noisy, m + strength * n, m)
     tl.store(out_ptr + b * stride_ob + y * stride_oh + x * stride_ow, out.to(out_ptr.dtype.element_ty), mask=inside)
-
-
-def draw_seed(generator: torch.Generator | None) -> int:
-    """A Philox seed in ``[0, 2**31 - 1)`` from ``generator`` (or torch's global CPU generator); a host sync."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
 
 
 def anchor_seed(seed: int) -> int:
@@ -152,27 +138,16 @@ def target_noise(
         >>> m = torch.zeros(1, 1, 8, 8); m[..., 2:6, 2:6] = 1
         >>> out = target_noise(m, 0.5, seed=0)  # doctest: +SKIP
     """
-    m, restore = as_b1hw(mask, "mask")
-    check_mask(m, "mask", validate)
-    strength = check_nonneg(strength, "strength")
-    check_int(anchor_size, "anchor_size", 1)
-    keep_ratio = check_nonneg(keep_ratio, "keep_ratio")
-    if keep_ratio > 1:
-        raise ValueError(f"`keep_ratio` must be in [0, 1], got {keep_ratio}")
-    check_random_source(noise, generator, seed, offset)
-    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
-    anchors_v = as_b1hw(anchors, "anchors")[0] if anchors is not None else None
-    check_like(noise_v, m, "noise", "mask", floating=True)
-    check_like(anchors_v, m, "anchors", "mask", floating=False)
-    if noise_v is not None and noise_v.requires_grad:
-        raise ValueError("`noise` must not require grad: target_noise acts on labels and is not differentiable")
+    m, restore, strength, keep_ratio, noise_v, anchors_v, out_dtype = prepare_target_noise(
+        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate
+    )
 
     B, _, H, W = m.shape
     hc, wc = triton.cdiv(H, anchor_size), triton.cdiv(W, anchor_size)
     if noise_v is None or anchors_v is None:
         seed = draw_seed(generator) if seed is None else seed
     seed = 0 if seed is None else seed % (1 << 63)
-    out = torch.empty_like(m, dtype=float_out_dtype(m))
+    out = torch.empty_like(m, dtype=out_dtype)
     block_h, block_w = block_size if block_size is not None else _block_shape(H, W)
     grid = (triton.cdiv(W, block_w), triton.cdiv(H, block_h), B)
     # Absent operands are replaced by the mask (never read: HAS_NOISE / HAS_ANCHORS are compile-time switches).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -104,6 +105,65 @@ def check_random_source(noise, generator, seed, offset) -> None:
     if seed is not None:
         check_int(seed, "seed", 0)
     check_int(offset, "offset", 0)
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """A Philox seed in ``[0, 2**31 - 1)`` from ``generator`` (or torch's global CPU generator); a host read."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
+
+
+class BoundaryBlurArgs(NamedTuple):
+    mask: torch.Tensor  # [B,1,H,W] view of the input
+    restore: LayoutRestore
+    sigma: float
+    strength: float
+    noise: torch.Tensor | None  # [B,1,H,W] views
+    base: torch.Tensor | None
+    out_dtype: torch.dtype
+
+
+def prepare_boundary_blur(mask, sigma, strength, radius, noise, base, generator, seed, offset, validate):
+    """Validate ``boundary_blur``'s arguments (shared by the reference and the Triton launcher)."""
+    m, restore = as_b1hw(mask, "mask")
+    check_mask(m, "mask", validate)
+    sigma = check_nonneg(sigma, "sigma")
+    strength = check_nonneg(strength, "strength")
+    check_int(radius, "radius", 0)
+    check_random_source(noise, generator, seed, offset)
+    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
+    base_v = as_b1hw(base, "base")[0] if base is not None else None
+    check_like(noise_v, m, "noise", "mask", floating=True)
+    check_like(base_v, m, "base", "mask", floating=True)
+    out_dtype = base_v.dtype if base_v is not None else float_out_dtype(m)
+    return BoundaryBlurArgs(m, restore, sigma, strength, noise_v, base_v, out_dtype)
+
+
+class TargetNoiseArgs(NamedTuple):
+    mask: torch.Tensor
+    restore: LayoutRestore
+    strength: float
+    keep_ratio: float
+    noise: torch.Tensor | None
+    anchors: torch.Tensor | None
+    out_dtype: torch.dtype
+
+
+def prepare_target_noise(mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate):
+    """Validate ``target_noise``'s arguments (shared by the reference and the Triton launcher)."""
+    m, restore = as_b1hw(mask, "mask")
+    check_mask(m, "mask", validate)
+    strength = check_nonneg(strength, "strength")
+    check_int(anchor_size, "anchor_size", 1)
+    keep_ratio = check_nonneg(keep_ratio, "keep_ratio")
+    if keep_ratio > 1:
+        raise ValueError(f"`keep_ratio` must be in [0, 1], got {keep_ratio}")
+    check_random_source(noise, generator, seed, offset)
+    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
+    anchors_v = as_b1hw(anchors, "anchors")[0] if anchors is not None else None
+    check_like(noise_v, m, "noise", "mask", floating=True)
+    check_like(anchors_v, m, "anchors", "mask", floating=False)
+    return TargetNoiseArgs(m, restore, strength, keep_ratio, noise_v, anchors_v, float_out_dtype(m))
 
 
 def float_out_dtype(x: torch.Tensor) -> torch.dtype:

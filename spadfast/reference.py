@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from ._validation import (
     as_b1hw,
     check_int,
-    check_like,
     check_mask,
     check_nonneg,
     check_random_source,
     check_tensor,
-    float_out_dtype,
+    prepare_boundary_blur,
+    prepare_target_noise,
 )
 
 # OpenCV's fixed-point tangent constants (canny.cpp): tan(22.5 deg) * 2**15 and the 2**15 shift.
@@ -226,18 +226,9 @@ def boundary_blur(
     Returns:
         Floating tensor of the mask's shape (the mask's dtype if floating, else float32).
     """
-    m, restore = as_b1hw(mask, "mask")
-    check_mask(m, "mask", validate)
-    sigma = check_nonneg(sigma, "sigma")
-    strength = check_nonneg(strength, "strength")
-    check_int(radius, "radius", 0)
-    check_random_source(noise, generator, seed, offset)
-    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
-    base_v = as_b1hw(base, "base")[0] if base is not None else None
-    check_like(noise_v, m, "noise", "mask", floating=True)
-    check_like(base_v, m, "base", "mask", floating=True)
-    out_dtype = base_v.dtype if base_v is not None else float_out_dtype(m)
-
+    m, restore, sigma, strength, noise_v, base_v, out_dtype = prepare_boundary_blur(
+        mask, sigma, strength, radius, noise, base, generator, seed, offset, validate
+    )
     mf = m.float()
     band = _band_b1hw(_canny_b1hw(mf), radius)
     if noise_v is None:
@@ -297,20 +288,9 @@ def target_noise(
     Returns:
         Floating tensor of the mask's shape (the mask's dtype if floating, else float32).
     """
-    m, restore = as_b1hw(mask, "mask")
-    check_mask(m, "mask", validate)
-    strength = check_nonneg(strength, "strength")
-    check_int(anchor_size, "anchor_size", 1)
-    keep_ratio = check_nonneg(keep_ratio, "keep_ratio")
-    if keep_ratio > 1:
-        raise ValueError(f"`keep_ratio` must be in [0, 1], got {keep_ratio}")
-    check_random_source(noise, generator, seed, offset)
-    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
-    anchors_v = as_b1hw(anchors, "anchors")[0] if anchors is not None else None
-    check_like(noise_v, m, "noise", "mask", floating=True)
-    check_like(anchors_v, m, "anchors", "mask", floating=False)
-    out_dtype = float_out_dtype(m)
-
+    m, restore, strength, keep_ratio, noise_v, anchors_v, out_dtype = prepare_target_noise(
+        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate
+    )
     mf = m.float()
     if anchors_v is None:
         gen = generator if generator is not None else _seeded_generator(m.device, seed, offset, stream=1)
