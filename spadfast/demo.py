@@ -35,7 +35,7 @@ def demo_config(device: str = "auto") -> SPADConfig:
     return SPADConfig(
         image_size=32, base_channels=16, channel_mults=(1, 2, 2), attention_levels=(), train_steps=1000,
         batch_size=16, lr=2e-3, warmup_steps=50, ema_decay=0.99, log_every=50, synthetic_train=2048,
-        prediction_type="sample", sample_steps=10, ensemble=3, device=device,
+        prediction_type="sample", sample_steps=10, ensemble=3, val_every=250, val_samples=16, device=device,
     )
 
 
