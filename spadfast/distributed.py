@@ -27,6 +27,8 @@ def init_from_env(device: torch.device) -> bool:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return dist.is_available() and dist.is_initialized()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL communicators bind to the current device: one GPU per rank
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return True
