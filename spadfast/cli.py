@@ -116,10 +116,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .config import SPADConfig
+    from .demo import demo_config, run_demo
 
-    report = run_demo(args.out, _load_config(args) if (args.config or args.steps or args.device) else None,
-                      test_size=args.test_size)
+    base = SPADConfig.from_file(args.config) if args.config else demo_config(args.device or "auto")
+    changes = {"train_steps": args.steps} if args.steps is not None else {}
+    if args.device:
+        changes["device"] = args.device
+    cfg = SPADConfig.from_dict({**base.to_dict(), **changes}) if changes else base
+    report = run_demo(args.out, cfg, test_size=args.test_size)
     print(f"spadfast demo: mean Dice {report['mean']['dice']:.3f}, IoU {report['mean']['iou']:.3f}, "
           f"HD95 {report['mean']['hd95']:.2f} px on {len(report['cases'])} held-out images; see {args.out}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,20 @@ class SPADConfig:
         self.attention_levels = tuple(int(c) for c in self.attention_levels)
         if isinstance(self.perturb, dict):
             self.perturb = _build(PerturbConfig, self.perturb, "perturb.")
+        if not isinstance(self.perturb, PerturbConfig):
+            raise TypeError(f"`perturb` must be a mapping of PerturbConfig keys, got {self.perturb!r}")
         checks = [
             (self.image_size >= 8, "image_size", ">= 8"),
             (self.image_channels >= 1, "image_channels", ">= 1"),
             (self.base_channels >= 1, "base_channels", ">= 1"),
             (len(self.channel_mults) >= 1, "channel_mults", "non-empty"),
             (self.num_train_timesteps >= 1, "num_train_timesteps", ">= 1"),
+            (0 < self.beta_start < 1, "beta_start", "in (0, 1)"),
+            (self.beta_start <= self.beta_end < 1, "beta_end", "in [beta_start, 1)"),
+            (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)"),
+            (self.num_workers >= 0, "num_workers", ">= 0"),
+            (_valid_device(self.device), "device", "'auto', 'cpu', 'cuda' or 'cuda:N'"),
             (self.beta_schedule in BETA_SCHEDULES, "beta_schedule", f"one of {BETA_SCHEDULES}"),
             (self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}"),
             (self.perturb_mode in PERTURB_MODES, "perturb_mode", f"one of {PERTURB_MODES}"),
@@ -158,21 +167,44 @@ class SPADConfig:
             raise type(e)(f"config file {str(path)!r}: {e}") from None
 
 
+_NULLABLE = {"clip_sample"}  # fields documented as "None disables"
+
+
+def _valid_device(name: str) -> bool:
+    if name == "auto":
+        return True
+    try:
+        import torch
+
+        return torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, ValueError):
+        return False
+
+
 def _check_types(obj) -> None:
     """Scalar fields keep the type of their default (ints accepted for floats); errors name the field."""
     for f in dataclasses.fields(obj):
         if f.default is dataclasses.MISSING:
             continue
         value, default = getattr(obj, f.name), f.default
+        if value is None and f.name in _NULLABLE:
+            continue
         if default is None:
-            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-            kind = "a number or null"
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                   and math.isfinite(value))
+            kind = "a finite number or null"
         elif isinstance(default, bool):
             ok, kind = isinstance(value, bool), "a bool"
         elif isinstance(default, int):
             ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
         elif isinstance(default, float):
-            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a finite number"
+            ok = ok and math.isfinite(value)
             if ok:
                 setattr(obj, f.name, float(value))
         elif isinstance(default, str):

@@ -2,8 +2,8 @@
 
 Outputs under ``OUT``: ``run/checkpoint.safetensors`` and ``run/log.jsonl``, ``test/images`` + ``test/masks`` (the
 held-out split), ``pred/`` (0/255 PNG masks), ``overlays/`` (image with predicted contour in green and ground truth in
-red), ``metrics.json`` (the ``evaluate`` format), ``perturbation.png`` (rows p = 0, 0.25, 0.5, 0.75, 1; columns
-mask, Canny edges, ScD, BcD, both: what training sees).
+red), ``metrics.json`` (the ``evaluate`` format), ``config.json`` (the run's config), ``perturbation.png`` (rows
+p = 0, 0.25, 0.5, 0.75, 1; columns mask, Canny edges, ScD, BcD, both: what training sees).
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int =
     predict_folder(trainer, test_dir / "images", out / "pred", overlay=True, overlay_gt=test_dir / "masks",
                    overlay_dir=out / "overlays")
     report = evaluate_folders(out / "pred", test_dir / "masks")
-    report["config"] = {"train_steps": cfg.train_steps, "image_size": cfg.image_size,
-                        "sample_steps": cfg.sample_steps, "ensemble": cfg.ensemble, "device": str(trainer.device)}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "device": str(trainer.device)}, indent=2))
     return report

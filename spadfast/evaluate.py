@@ -6,10 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .data import read_mask
-from .metrics import dice, hd95, iou
+from .metrics import dice, hd95, iou, summarize
 
 MASK_SUFFIXES = (".png",)
 
@@ -54,8 +52,7 @@ def evaluate_folders(
             "iou": float(iou(p, g)),
             "hd95": float(hd95(p, g, spacing=spacing)),
         })
-    mean = {k: float(np.mean([c[k] for c in cases])) for k in ("dice", "iou", "hd95")}
-    return {"cases": cases, "mean": mean}
+    return {"cases": cases, "mean": summarize(cases)}
 
 
 def format_table(report: dict[str, Any]) -> str:

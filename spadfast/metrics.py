@@ -274,8 +274,9 @@ def hd95(pred: MaskLike, target: MaskLike, spacing: Sequence[float] = (1.0, 1.0)
 def summarize(cases: Iterable[Mapping[str, float]]) -> dict[str, float]:
     """Mean Dice, IoU and HD95 over per-case records such as ``{"name": ..., "dice": ..., "iou": ..., "hd95": ...}``.
 
-    The Dice and IoU means take every case. The HD95 mean takes the finite values only (a case where exactly one
-    mask is empty has HD95 ``inf``); it is ``nan`` when no case has a finite HD95. Every mean is ``nan`` for no cases.
+    Plain arithmetic means over every case: a case where exactly one mask is empty has HD95 ``inf``, and then the
+    mean HD95 is ``inf`` too (a missed or hallucinated lesion is not averaged away). Every mean is ``nan`` for no
+    cases.
 
     Args:
         cases: records holding at least the keys ``"dice"``, ``"iou"`` and ``"hd95"``.
@@ -288,7 +289,7 @@ def summarize(cases: Iterable[Mapping[str, float]]) -> dict[str, float]:
 
     Example:
         >>> summarize([{"dice": 1.0, "iou": 1.0, "hd95": 0.0}, {"dice": 0.5, "iou": 0.25, "hd95": float("inf")}])
-        {'dice': 0.75, 'iou': 0.625, 'hd95': 0.0}
+        {'dice': 0.75, 'iou': 0.625, 'hd95': inf}
     """
     cols: dict[str, list[float]] = {"dice": [], "iou": [], "hd95": []}
     for i, case in enumerate(cases):
@@ -299,7 +300,5 @@ def summarize(cases: Iterable[Mapping[str, float]]) -> dict[str, float]:
     out = {}
     for key, col in cols.items():
         vals = np.asarray(col, dtype=np.float64)
-        if key == "hd95":
-            vals = vals[np.isfinite(vals)]
         out[key] = float(vals.mean()) if vals.size else math.nan
     return out

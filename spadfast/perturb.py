@@ -90,7 +90,7 @@ def spad_perturb(
     f = perturb_factor(progress, cfg)
     out_dtype = mask.dtype if mask.is_floating_point() else torch.float32
     if f == 0.0:
-        return mask.to(out_dtype)
+        return mask.to(out_dtype, copy=True)
     scd = ops.target_noise(
         mask, cfg.scd_max * f, cfg.anchor_size, cfg.keep_ratio,
         generator=generator, seed=seed, offset=offset, validate=validate, backend=backend,

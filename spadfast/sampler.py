@@ -76,6 +76,7 @@ class DDIMSampler:
         self.channels_last = channels_last
         self.backend = backend
         self._eta_seed: int | None = None
+        self._rows = 0  # rows (images x members) of the current call: eta-noise offsets never overlap across chunks
         self._graphs: dict[tuple, tuple] = {}
         self._coeffs: dict[tuple, tuple] = {}
         self.steps = steps
@@ -94,7 +95,7 @@ class DDIMSampler:
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    def _loop(self, x: torch.Tensor, images: torch.Tensor, steps: int) -> torch.Tensor:
+    def _loop(self, x: torch.Tensor, images: torch.Tensor, steps: int, row0: int = 0) -> torch.Tensor:
         """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,1,H,W]`` (float32). No host sync."""
         t_model, a_t, a_prev = self.set_timesteps(steps, x.device)
         n = x.shape[0]
@@ -112,16 +113,17 @@ class DDIMSampler:
                     out = self.model(torch.cat(parts, dim=1), t_model[i].expand(n))
                 x, x0 = ops.ddim_step(
                     x, out.float(), a_t[i], a_prev[i], self.eta, None, self.clip_sample, self.prediction_type,
-                    seed=self._eta_seed, offset=i * x.numel(), validate=False, backend=self.backend,
+                    seed=self._eta_seed, offset=(i * self._rows + row0) * x[0].numel(), validate=False,
+                    backend=self.backend,
                 )
                 if cond is not None:
                     cond = x0
         return x
 
-    def _run(self, x: torch.Tensor, images: torch.Tensor, steps: int) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, images: torch.Tensor, steps: int, row0: int = 0) -> torch.Tensor:
         use_graph = self.cuda_graph and x.is_cuda and self.eta == 0.0
         if not use_graph:
-            return self._loop(x, images, steps)
+            return self._loop(x, images, steps, row0)
         key = (tuple(x.shape), tuple(images.shape), images.dtype, steps, x.device)
         if key not in self._graphs:
             self._graphs[key] = self._capture(x, images, steps)
@@ -156,8 +158,10 @@ class DDIMSampler:
     ) -> SampleResult:
         """Segment ``images`` (float ``[B,C,H,W]`` in [-1, 1]) with a K-member DDIM ensemble.
 
-        ``seed`` fixes the initial noise (drawn on the CPU, so results do not depend on the chunk size or device
-        generator); ``None`` draws from torch's global generator.
+        ``seed`` fixes the initial noise (drawn on the CPU, so with ``eta == 0`` results do not depend on the chunk
+        size or the device); ``None`` draws from torch's global generator. With ``eta > 0`` the step noise is
+        in-kernel Philox keyed by (step, row, pixel) on the Triton backend, so chunking does not change it either;
+        the reference backend draws it per chunk (deterministic for a given seed and chunk size).
         """
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"`images` must be a torch.Tensor, got {type(images).__name__}")
@@ -165,8 +169,10 @@ class DDIMSampler:
             raise ValueError(f"`images` must have shape [B,C,H,W] with B >= 1, got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise TypeError(f"`images` must be a floating tensor in [-1, 1], got {images.dtype}")
-        if bool(torch.isnan(images).any()):
-            raise ValueError("`images` must not contain NaN")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("`images` must be finite (no NaN or inf)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise TypeError(f"`seed` must be an int >= 0 or None, got {seed!r}")
         steps = self.steps if steps is None else steps
         T = self.alphas_cumprod.numel()
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
@@ -178,6 +184,7 @@ class DDIMSampler:
         K = ensemble
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         x_T = torch.randn((B * K, 1, H, W), generator=gen)
+        self._rows = B * K
         self._eta_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if self.eta > 0 else None
         imgs = images.to(device=device, dtype=torch.float32).repeat_interleave(K, dim=0)
         if self.channels_last:
@@ -188,7 +195,7 @@ class DDIMSampler:
             outs = []
             for start in range(0, B * K, self.chunk):
                 xs = x_T[start : start + self.chunk].to(device)
-                outs.append(self._run(xs, imgs[start : start + self.chunk], steps))
+                outs.append(self._run(xs, imgs[start : start + self.chunk], steps, start))
             x = torch.cat(outs)
         finally:
             self.model.train(was_training)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -179,6 +181,14 @@ class SPADTrainer:
         if len(data) == 0:
             raise ValueError(f"`{name}` is empty")
         image, mask = data[0]
+        if not isinstance(image, torch.Tensor) or not isinstance(mask, torch.Tensor):
+            raise TypeError(
+                f"`{name}` must yield (image, mask) torch tensors, got ({type(image).__name__}, {type(mask).__name__})"
+            )
+        if not image.is_floating_point() or not bool(torch.isfinite(image).all()):
+            raise ValueError(f"`{name}` images must be finite floating tensors in [-1, 1] (item 0: {image.dtype})")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"`{name}` masks must hold only 0 and 1 (item 0 holds {mask.unique()[:4].tolist()})")
         if image.dim() != 3 or image.shape[0] != cfg.image_channels:
             raise ValueError(
                 f"`{name}` images must be [C={cfg.image_channels},H,W] (config.image_channels), "
@@ -320,6 +330,10 @@ class SPADTrainer:
                 bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.train_steps:
                 loss = (running / n_running).item()  # sync point: once per log interval
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss is {loss} at step {self.step}: check the data (NaN/inf images?) or lower `lr`"
+                    )
                 elapsed = time.perf_counter() - t0
                 record = {"step": self.step, "loss": loss, "lr": self._lr(self.step - 1),
                           "steps_per_s": n_running / max(elapsed, 1e-9)}
@@ -409,15 +423,47 @@ class SPADTrainer:
         for k, v in self.scaler.state_dict().items():
             if isinstance(v, (int, float)):
                 tensors[f"scaler.{k}"] = torch.tensor(float(v), dtype=torch.float64)
-        tensors["rng.generator"] = self.generator.get_state()
-        tensors["rng.torch_cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        per_rank = [self._rng_states()]
+        if self.distributed:  # a collective: every rank calls save()
+            per_rank = [None] * self.world_size
+            torch.distributed.all_gather_object(per_rank, self._rng_states())
+        for r, states in enumerate(per_rank):
+            for k, v in states.items():
+                tensors[f"rng.rank{r}.{k}"] = v
         return tensors
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """This rank's random states: the trainer's generator, torch's CPU RNG (dropout on CPU), CUDA RNG."""
+        states = {"generator": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    def _restore_rng(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> None:
+        prefix = f"rng.rank{self.rank}."
+        same_device = meta.get("device_type") == self.device.type
+        if same_device and f"{prefix}generator" in tensors:
+            self.generator.set_state(tensors[f"{prefix}generator"])
+            torch.set_rng_state(tensors[f"{prefix}torch_cpu"])
+            if f"{prefix}torch_cuda" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors[f"{prefix}torch_cuda"], self.device)
+            return
+        # Another device type or world size: the saved streams do not apply. Reseed deterministically from
+        # (seed, rank, step); training continues correctly, but not bit-identically to an uninterrupted run.
+        warnings.warn(
+            f"checkpoint {source!r} was written on {meta.get('device_type')} with {meta.get('world_size')} "
+            f"process(es); resuming on {self.device.type} as rank {self.rank} of {self.world_size} reseeds the "
+            "random streams, so the continuation is not bit-identical to an uninterrupted run",
+            stacklevel=3,
+        )
+        mixed = (self.config.seed * 1_000_003 + self.step) * 1_009 + self.rank
+        self.generator.manual_seed(mixed % 2**63)
+        torch.manual_seed(mixed % 2**63)
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint (rank 0; other ranks wait) atomically; ``path`` is a run directory or a file."""
         written = resolve_path(path)
+        tensors = self.state_tensors()  # every rank: gathers the per-rank random states
         if dist_utils.is_main():
             groups = [
                 {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.state_dict()["param_groups"]
@@ -427,10 +473,11 @@ class SPADTrainer:
                 "step": self.step,
                 "optimizer_param_groups": groups,
                 "world_size": self.world_size,
+                "device_type": self.device.type,
                 "history": self.history[-100:],
                 "spadfast_version": __import__("spadfast").__version__,
             }
-            written = write_checkpoint(path, self.state_tensors(), meta)
+            written = write_checkpoint(path, tensors, meta)
         dist_utils.barrier()
         return written
 
@@ -446,11 +493,18 @@ class SPADTrainer:
     ) -> SPADTrainer:
         """Rebuild a trainer from ``save``'s checkpoint and resume exactly where it stopped."""
         tensors, meta = read_checkpoint(path)
+        source = str(resolve_path(path))
+        for key in ("config", "step", "optimizer_param_groups"):
+            if key not in meta:
+                raise ValueError(f"checkpoint {source!r} lacks {key!r} in its metadata: not a SPADTrainer checkpoint")
         cfg_dict = dict(meta["config"])
         if device is not None:
             cfg_dict["device"] = device
+        if cfg_dict.get("amp") == "fp16" and resolve_device(cfg_dict.get("device", "auto")).type != "cuda":
+            warnings.warn("checkpoint trained with amp='fp16' continues with amp='none' off CUDA", stacklevel=2)
+            cfg_dict["amp"] = "none"
         trainer = cls(SPADConfig.from_dict(cfg_dict), train_data, val_data, model, out_dir)
-        trainer.load_state(tensors, meta, str(resolve_path(path)))
+        trainer.load_state(tensors, meta, source)
         return trainer
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "checkpoint") -> None:
@@ -466,6 +520,11 @@ class SPADTrainer:
         for k, v in sub("optim.").items():
             idx, name = k.split(".", 1)
             state.setdefault(int(idx), {})[name] = v
+        params = list(self.model.parameters())
+        for idx, st in state.items():
+            for name, v in st.items():
+                if v.dim() > 0 and (idx >= len(params) or v.shape != params[idx].shape):
+                    raise ValueError(f"checkpoint {source!r}: optimizer state {idx}.{name} does not match the model")
         groups = meta["optimizer_param_groups"]
         params = self.optimizer.state_dict()["param_groups"]
         for g, p in zip(groups, params):
@@ -474,9 +533,6 @@ class SPADTrainer:
         scaler_state = {k: (int(v.item()) if k.endswith("tracker") else v.item()) for k, v in sub("scaler.").items()}
         if scaler_state and self.scaler.is_enabled():
             self.scaler.load_state_dict(scaler_state)
-        self.generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.torch_cpu"])
-        if "rng.torch_cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.torch_cuda"], self.device)
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
+        self._restore_rng(tensors, meta, source)

@@ -66,3 +66,29 @@ def test_bad_files_name_the_file(tmp_path):
     unknown.write_text("batchsize: 3\n")
     with pytest.raises(ValueError, match=r"unknown.yaml.*`batchsize`"):
         SPADConfig.from_file(unknown)
+
+
+def test_nullable_clip_and_yaml_exponent_strings(tmp_path):
+    assert SPADConfig(clip_sample=None).clip_sample is None
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\nbeta_start: 1e-4\n")  # PyYAML reads these as strings
+    cfg = SPADConfig.from_file(path)
+    assert cfg.lr == 1e-3 and cfg.beta_start == 1e-4
+
+
+@pytest.mark.parametrize(
+    "data, exc, name",
+    [
+        ({"beta_end": 2.0}, ValueError, "`beta_end`"),
+        ({"beta_start": 0.0}, ValueError, "`beta_start`"),
+        ({"grad_clip": float("nan")}, TypeError, "`grad_clip`"),
+        ({"eta": float("inf")}, TypeError, "`eta`"),
+        ({"weight_decay": -1.0}, ValueError, "`weight_decay`"),
+        ({"device": "tpu"}, ValueError, "`device`"),
+        ({"perturb": "x"}, TypeError, "`perturb`"),
+        ({"perturb": {"scd_max": float("nan")}}, TypeError, "`scd_max`"),
+    ],
+)
+def test_values_that_would_fail_later_are_rejected_now(data, exc, name):
+    with pytest.raises(exc, match=name):
+        SPADConfig.from_dict(data)

@@ -85,3 +85,4 @@ def test_cuda_graph_matches_eager():
     torch.testing.assert_close(first.probs, eager.probs, rtol=1e-5, atol=1e-5)
     assert torch.equal(first.probs, second.probs)
     assert len(graph._graphs) == 1
+

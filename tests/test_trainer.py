@@ -111,3 +111,39 @@ def test_custom_model_and_config_dict():
     assert isinstance(trainer.config, SPADConfig)
     with pytest.raises(TypeError, match="`model`"):
         SPADTrainer(tiny_config(), model="unet")
+
+
+def test_checkpoint_from_another_device_type_reseeds_with_a_warning(tmp_path):
+    from spadfast.checkpoint import read_checkpoint, write_checkpoint
+
+    trainer = SPADTrainer(tiny_config())
+    trainer.fit(2)
+    trainer.save(tmp_path)
+    tensors, meta = read_checkpoint(tmp_path)
+    meta["device_type"] = "cuda"  # as if trained on a GPU: its generator state does not fit a CPU generator
+    tensors["rng.rank0.generator"] = torch.zeros(16, dtype=torch.uint8)
+    write_checkpoint(tmp_path, tensors, meta)
+    with pytest.warns(UserWarning, match="reseeds"):
+        resumed = SPADTrainer.from_checkpoint(tmp_path)
+    assert resumed.step == 2
+    resumed.fit(1)
+    assert torch.isfinite(resumed.sample(torch.zeros(1, 1, 16, 16), steps=2)).all()
+
+
+def test_bad_dataset_items_fail_before_training():
+    good = [(torch.rand(1, 16, 16) * 2 - 1, torch.ones(1, 16, 16))]
+    with pytest.raises(ValueError, match="`train_data` masks"):
+        SPADTrainer(tiny_config(), train_data=[(good[0][0], torch.full((1, 16, 16), 255.0))])
+    with pytest.raises(ValueError, match="`train_data` images"):
+        SPADTrainer(tiny_config(), train_data=[(torch.full((1, 16, 16), float("nan")), good[0][1])])
+    with pytest.raises(TypeError, match="`train_data`"):
+        SPADTrainer(tiny_config(), train_data=[(good[0][0].numpy(), good[0][1].numpy())])
+    assert SPADTrainer(tiny_config(), train_data=good).train_data is good
+
+
+def test_sample_rejects_infinite_images_and_bad_seed():
+    trainer = SPADTrainer(tiny_config())
+    with pytest.raises(ValueError, match="`images`"):
+        trainer.sample(torch.full((1, 1, 16, 16), float("inf")))
+    with pytest.raises(TypeError, match="`seed`"):
+        trainer.sample(torch.zeros(1, 1, 16, 16), seed=1.5)
