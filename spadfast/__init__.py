@@ -2,6 +2,33 @@
 
 __version__ = "0.1.0"
 
+
+def _register_source_kernels() -> None:
+    """Make ``spadfast.kernels`` importable from a source checkout that was never pip-installed.
+
+    setup.py installs the top-level ``kernels/`` folder as ``spadfast.kernels`` (``package_dir``); without an install
+    that mapping does not exist, so point the subpackage at the folder here.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec(__name__ + ".kernels") is not None:
+        return
+    init = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
+    if not init.is_file():
+        return
+    spec = importlib.util.spec_from_file_location(
+        __name__ + ".kernels", init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    sys.modules[__name__].kernels = module
+
+
+_register_source_kernels()
+
 from . import metrics, ops, reference, schedule  # noqa: E402
 from .config import SPADConfig  # noqa: E402
 from .perturb import PerturbConfig, spad_perturb  # noqa: E402

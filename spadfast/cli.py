@@ -81,6 +81,8 @@ def cmd_train(args) -> int:
             raise ValueError(f"--resume: no checkpoint at {str(resolve_path(args.out))!r}")
         trainer = SPADTrainer.from_checkpoint(args.out, args.data, args.val, out_dir=args.out, device=args.device)
         if args.steps is not None:
+            if args.steps < 1:
+                raise ValueError(f"`--steps` must be >= 1, got {args.steps}")
             trainer.config.train_steps = args.steps
     else:
         trainer = SPADTrainer(_load_config(args), args.data, args.val, out_dir=args.out)
@@ -110,8 +112,9 @@ def cmd_evaluate(args) -> int:
     report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing))
     print(format_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        from .checkpoint import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(report, indent=2))
     return 0
 
 

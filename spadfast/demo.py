@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import torch
 
+from .checkpoint import write_text_atomic
 from .config import SPADConfig
 from .visualize import perturbation_grid
 
@@ -59,6 +60,6 @@ def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int =
     predict_folder(trainer, test_dir / "images", out / "pred", overlay=True, overlay_gt=test_dir / "masks",
                    overlay_dir=out / "overlays")
     report = evaluate_folders(out / "pred", test_dir / "masks")
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "device": str(trainer.device)}, indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(report, indent=2))
+    write_text_atomic(out / "config.json", json.dumps({**cfg.to_dict(), "device": str(trainer.device)}, indent=2))
     return report
