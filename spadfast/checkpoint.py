@@ -33,7 +33,14 @@ def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
     """Write ``tensors`` and ``meta`` to ``path`` atomically; returns the file written."""
     target = resolve_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    flat, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().to("cpu").contiguous()
+        if v.numel() and v.untyped_storage().data_ptr() in seen:
+            v = v.clone()  # tied weights: safetensors refuses shared storage; loading re-ties them by copy
+        if v.numel():
+            seen.add(v.untyped_storage().data_ptr())
+        flat[k] = v
     header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(meta)}
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=target.parent)
     os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -44,6 +45,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"`device` is {name!r} but CUDA is not available")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if device.index is not None and world > 1 and device.index != dist_utils.local_rank():
+            warnings.warn(f"`device` {name!r} under torchrun: using cuda:{dist_utils.local_rank()} for this rank "
+                          "(one GPU per process)", stacklevel=3)
+            device = torch.device("cuda", dist_utils.local_rank())
         if device.index is None:
             device = torch.device("cuda", dist_utils.local_rank())
     return device
@@ -342,6 +348,7 @@ class SPADTrainer:
                 if cfg.val_every and self.step % cfg.val_every == 0 and self.val_data is not None:
                     record["val_dice"] = self.validate()
                 records.append(record)
+                self.history.append(record)  # before any mid-fit checkpoint, so it carries the log so far
                 self._log(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", **({"dice": f"{record['val_dice']:.3f}"}
@@ -352,7 +359,6 @@ class SPADTrainer:
                 self.save(self.out_dir)
         if bar is not None:
             bar.close()
-        self.history.extend(records)
         return records
 
     def _log(self, record: dict[str, Any]) -> None:

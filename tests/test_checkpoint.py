@@ -48,3 +48,26 @@ def test_corrupt_missing_and_foreign_files_are_named(tmp_path):
     good.write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(ValueError, match="t.safetensors"):
         ckpt.read_checkpoint(good)
+
+
+def test_tied_weights_are_saved_and_stay_tied(tmp_path):
+    from spadfast import SPADTrainer
+
+    from .helpers import tiny_config
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(2, 1, 3, padding=1)
+            self.b = torch.nn.Conv2d(2, 1, 3, padding=1)
+            self.b.weight = self.a.weight
+
+        def forward(self, x, t):
+            return self.a(x) + self.b(x) * 0.5
+
+    trainer = SPADTrainer(tiny_config(), model=Tied())
+    trainer.fit(1)
+    trainer.save(tmp_path)
+    resumed = SPADTrainer.from_checkpoint(tmp_path, model=Tied())
+    assert resumed.model.a.weight is resumed.model.b.weight
+    assert torch.equal(resumed.model.a.weight, trainer.model.a.weight)
