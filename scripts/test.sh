@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 export TRITON_INTERPRET=1
-exec .venv/bin/python -m pytest tests -q "$@"
+exec .venv/bin/python -m pytest tests spadfast kernels --doctest-modules -q "$@"
