@@ -179,6 +179,27 @@ def triton_launcher(op: str) -> Callable:
     return getattr(module, op)
 
 
+def op_provider(op: str, provider: str, args: tuple, explicit: dict, philox: dict) -> Callable[[], object] | None:
+    """The timed callable of a spadfast op for the shared providers, or None for a peer the caller handles.
+
+    ``reference``, ``compiled`` and ``triton`` call ``op(*args, **explicit)`` (explicit noise: the same work for
+    every provider); ``triton-philox`` calls the launcher with ``philox`` (seed/offset, noise drawn in-kernel).
+    """
+    if provider == "reference":
+        from spadfast import reference
+
+        fn, kwargs = getattr(reference, op), explicit
+    elif provider == "compiled":
+        fn, kwargs = compiled_reference(op), explicit
+    elif provider == "triton":
+        fn, kwargs = triton_launcher(op), explicit
+    elif provider == "triton-philox":
+        fn, kwargs = triton_launcher(op), philox
+    else:
+        return None
+    return lambda: fn(*args, **kwargs, validate=False)
+
+
 def run_timed(
     benchmark,
     fn: Callable[[], object],

@@ -7,14 +7,11 @@ import torch
 from benchutils import (
     OP_CASES,
     blob_masks,
-    compiled_reference,
     nbytes,
+    op_provider,
     run_timed,
     skip_unless_available,
-    triton_launcher,
 )
-
-from spadfast import reference
 
 PROVIDERS = ["reference", "compiled", "triton", "triton-philox"]
 # PerturbConfig's maxima (progress 0): the widest band and blur the trainer asks for.
@@ -33,27 +30,12 @@ def test_bench_boundary_blur(benchmark, provider, case, base_info):
     info = dict(base_info, provider=provider, shape=[B, 1, H, W], dtype="float32",
                 sigma=SIGMA, strength=STRENGTH, radius=RADIUS)
 
-    if provider == "reference":
-        def fn():
-            return reference.boundary_blur(mask, SIGMA, STRENGTH, RADIUS, noise=noise, base=base, validate=False)
-    elif provider == "compiled":
-        compiled = compiled_reference("boundary_blur")
-
-        def fn():
-            return compiled(mask, SIGMA, STRENGTH, RADIUS, noise=noise, base=base, validate=False)
-    elif provider == "triton":
-        launcher = triton_launcher("boundary_blur")
-
-        def fn():
-            return launcher(mask, SIGMA, STRENGTH, RADIUS, noise=noise, base=base, validate=False)
-    elif provider == "triton-philox":
-        launcher = triton_launcher("boundary_blur")
-        noise = None  # drawn in-kernel
-
-        def fn():
-            return launcher(mask, SIGMA, STRENGTH, RADIUS, base=base, seed=0, offset=0, validate=False)
-    else:
+    args = (mask, SIGMA, STRENGTH, RADIUS)
+    fn = op_provider("boundary_blur", provider, args, dict(noise=noise, base=base), dict(base=base, seed=0, offset=0))
+    if fn is None:
         raise AssertionError(provider)
+    if provider == "triton-philox":
+        noise = None  # drawn in-kernel: not read from memory
 
     # read mask, noise, base; write the float32 output
     run_timed(benchmark, fn, group=f"boundary_blur-{B}x{H}x{W}", info=info,

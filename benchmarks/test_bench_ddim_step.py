@@ -6,11 +6,11 @@ The deterministic (eta = 0) update is what the sampler runs; it is timed end to 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
-from benchutils import OP_CASES, compiled_reference, nbytes, run_timed, skip_unless_available, triton_launcher
-
-from spadfast import reference
+from benchutils import OP_CASES, nbytes, op_provider, run_timed, skip_unless_available
 
 PROVIDERS = ["reference", "compiled", "triton", "triton-philox", "diffusers"]
 ETA, CLIP, STEPS, STEP_INDEX = 1.0, 1.0, 25, 10
@@ -43,32 +43,16 @@ def test_bench_ddim_step(benchmark, provider, case, base_info, device):
     info = dict(base_info, provider=provider, shape=[B, 1, H, W], dtype="float32", eta=ETA, clip_sample_range=CLIP,
                 timestep=t, alpha_prod_t=a_t, alpha_prod_t_prev=a_prev)
 
-    if provider == "reference":
-        def fn():
-            return reference.ddim_step(sample, model_output, a_t, a_prev, ETA, noise, CLIP, validate=False)
-    elif provider == "compiled":
-        compiled = compiled_reference("ddim_step")
-
-        def fn():
-            return compiled(sample, model_output, a_t, a_prev, ETA, noise, CLIP, validate=False)
-    elif provider == "triton":
-        launcher = triton_launcher("ddim_step")
-
-        def fn():
-            return launcher(sample, model_output, a_t, a_prev, ETA, noise, CLIP, validate=False)
-    elif provider == "triton-philox":
-        launcher = triton_launcher("ddim_step")
-        noise = None  # drawn in-kernel
-
-        def fn():
-            return launcher(sample, model_output, a_t, a_prev, ETA, None, CLIP, seed=0, offset=0, validate=False)
-    elif provider == "diffusers":
+    args = (sample, model_output, a_t, a_prev, ETA)
+    fn = op_provider("ddim_step", provider, args, dict(noise=noise, clip_sample_range=CLIP),
+                     dict(clip_sample_range=CLIP, seed=0, offset=0))
+    if provider == "diffusers":
         info["note"] = "DDIMScheduler.step (host-side table lookup per call, as diffusers does)"
-
-        def fn():
-            return sched.step(model_output, t, sample, eta=ETA, variance_noise=noise, return_dict=False)
-    else:
+        fn = functools.partial(sched.step, model_output, t, sample, eta=ETA, variance_noise=noise, return_dict=False)
+    elif fn is None:
         raise AssertionError(provider)
+    if provider == "triton-philox":
+        noise = None  # drawn in-kernel: not read from memory
 
     # read sample, model_output, noise; write prev_sample and pred_original_sample
     run_timed(benchmark, fn, group=f"ddim_step-{B}x{H}x{W}", info=info,

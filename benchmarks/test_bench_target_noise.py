@@ -7,11 +7,10 @@ import torch
 from benchutils import (
     OP_CASES,
     blob_masks,
-    compiled_reference,
     nbytes,
+    op_provider,
     run_timed,
     skip_unless_available,
-    triton_launcher,
 )
 
 from spadfast import reference
@@ -34,27 +33,11 @@ def test_bench_target_noise(benchmark, provider, case, base_info):
                 strength=STRENGTH, anchor_size=ANCHOR_SIZE, keep_ratio=KEEP_RATIO)
     args = (mask, STRENGTH, ANCHOR_SIZE, KEEP_RATIO)
 
-    if provider == "reference":
-        def fn():
-            return reference.target_noise(*args, noise=noise, anchors=anchors, validate=False)
-    elif provider == "compiled":
-        compiled = compiled_reference("target_noise")
-
-        def fn():
-            return compiled(*args, noise=noise, anchors=anchors, validate=False)
-    elif provider == "triton":
-        launcher = triton_launcher("target_noise")
-
-        def fn():
-            return launcher(*args, noise=noise, anchors=anchors, validate=False)
-    elif provider == "triton-philox":
-        launcher = triton_launcher("target_noise")
-        noise = anchors = None  # both drawn in-kernel
-
-        def fn():
-            return launcher(*args, seed=0, offset=0, validate=False)
-    else:
+    fn = op_provider("target_noise", provider, args, dict(noise=noise, anchors=anchors), dict(seed=0, offset=0))
+    if fn is None:
         raise AssertionError(provider)
+    if provider == "triton-philox":
+        noise = anchors = None  # both drawn in-kernel: not read from memory
 
     # read mask, noise (float32), anchors (bool); write the float32 output
     run_timed(benchmark, fn, group=f"target_noise-{B}x{H}x{W}", info=info,
