@@ -147,3 +147,14 @@ def test_sample_rejects_infinite_images_and_bad_seed():
         trainer.sample(torch.full((1, 1, 16, 16), float("inf")))
     with pytest.raises(TypeError, match="`seed`"):
         trainer.sample(torch.zeros(1, 1, 16, 16), seed=1.5)
+
+
+def test_periodic_validation_and_checkpoints(tmp_path):
+    trainer = SPADTrainer(tiny_config(train_steps=4, log_every=2, val_every=2, val_samples=2, checkpoint_every=3),
+                          out_dir=tmp_path)
+    trainer.fit()
+    logs = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "val_dice" in r] == [2, 4]
+    assert all(0.0 <= r["val_dice"] <= 1.0 for r in logs if "val_dice" in r)
+    resumed = SPADTrainer.from_checkpoint(tmp_path)  # the checkpoint written at step 3, mid-fit
+    assert resumed.step == 3 and [r["step"] for r in resumed.history] == [2]
