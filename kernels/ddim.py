@@ -235,17 +235,10 @@ def ddim_step(
     """
     check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type)
     check_random_source(noise, generator, seed, offset)
-    if noise is not None:
-        if noise.device != sample.device:
-            raise ValueError(f"`noise` must be on {sample.device} like `sample`, got {noise.device}")
-        if noise.requires_grad:
-            raise ValueError("`noise` must not require grad: ddim_step is a sampling op and not differentiable")
     shape = sample.shape
     alphas = []
     for value, name in ((alpha_prod_t, "alpha_prod_t"), (alpha_prod_t_prev, "alpha_prod_t_prev")):
         if isinstance(value, torch.Tensor):
-            if value.requires_grad:
-                raise ValueError(f"`{name}` must not require grad: ddim_step is a sampling op and not differentiable")
             alphas.append(_expanded(_alpha(value, name, sample, validate), name, shape))
         else:
             _alpha(value, name, _META_REF, validate)

@@ -310,6 +310,8 @@ def _alpha(value, name: str, ref: torch.Tensor, validate: bool) -> torch.Tensor:
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise TypeError(f"`{name}` must be a float or a tensor, got {type(value).__name__}")
     if isinstance(value, torch.Tensor):
+        if value.requires_grad:
+            raise ValueError(f"`{name}` must not require grad: ddim_step is a sampling op and not differentiable")
         a = value.to(device=ref.device, dtype=torch.float32)
         if a.dim() == 1 and a.numel() == ref.shape[0] and ref.dim() > 1:
             a = a.view(-1, *([1] * (ref.dim() - 1)))

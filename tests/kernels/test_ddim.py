@@ -7,6 +7,8 @@ from scipy import stats
 from spadfast import ops, reference
 from spadfast.kernels.ddim import ddim_step as triton_ddim_step
 
+from .layouts import LAYOUTS, column_major
+
 # (rtol, atol): the kernel and the reference both compute in fp32 and round once to the output dtype.
 TOLERANCES = {
     torch.float32: (1e-5, 1e-5),
@@ -68,29 +70,6 @@ def test_alpha_forms(kernel_device, shape, alpha_kind):
         a_prev = a_t + 0.1
     args = (sample, model_output, a_t, a_prev, 0.5, noise, 1.5, "epsilon")
     _assert_pair_close(_triton(*args), reference.ddim_step(*args), torch.float32)
-
-
-def _channels_last(x):
-    return x.to(memory_format=torch.channels_last)
-
-
-def _column_major(x):
-    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
-
-
-def _strided_view(x):
-    big = torch.randn(x.shape[0] * 2, x.shape[1], x.shape[2] + 3, x.shape[3] * 2, device=x.device, dtype=x.dtype)
-    view = big[::2, :, 1 : 1 + x.shape[2], ::2]
-    view.copy_(x)
-    return view
-
-
-LAYOUTS = {
-    "contiguous": lambda x: x,
-    "channels_last": _channels_last,
-    "column_major": _column_major,
-    "strided_view": _strided_view,
-}
 
 
 @pytest.mark.parametrize("sample_layout", list(LAYOUTS))
@@ -179,7 +158,7 @@ def test_philox_determinism(kernel_device):
     assert not torch.equal(a, _stochastic(sample, model_output, seed=7, offset=4))
     assert not torch.equal(a, _stochastic(sample, model_output, seed=8, offset=3))
     # Counters are the row-major element index: the draws do not depend on the layout.
-    cl = _stochastic(_column_major(sample), _column_major(model_output), seed=7, offset=3)
+    cl = _stochastic(column_major(sample), column_major(model_output), seed=7, offset=3)
     assert torch.equal(a, cl)
     # offset shifts the counters: with offset k, element i draws what element i + k draws with offset 0.
     zero = torch.zeros_like(sample)

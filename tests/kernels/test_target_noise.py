@@ -7,6 +7,8 @@ from scipy import stats
 from spadfast import ops, reference
 from spadfast.kernels.target_noise import target_noise as triton_target_noise
 
+from .layouts import LAYOUTS, column_major
+
 # (rtol, atol) for noised pixels: kernel and reference both compute mask + strength * noise in fp32 and round once.
 TOLERANCES = {
     torch.float32: (1e-5, 1e-5),
@@ -60,29 +62,6 @@ def test_explicit_matches_reference(kernel_device, shape, mask_dtype, noise_dtyp
     _check_against_reference(got, mask, noise, anchors)
 
 
-def _channels_last(x):
-    return x.to(memory_format=torch.channels_last)
-
-
-def _column_major(x):
-    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
-
-
-def _strided_view(x):
-    big = torch.zeros(x.shape[0] * 2, 1, x.shape[2] + 5, x.shape[3] * 3, device=x.device, dtype=x.dtype)
-    view = big[1::2, :, 2 : 2 + x.shape[2], 1::3]
-    view.copy_(x)
-    return view
-
-
-LAYOUTS = {
-    "contiguous": lambda x: x,
-    "channels_last": _channels_last,
-    "column_major": _column_major,
-    "strided_view": _strided_view,
-}
-
-
 @pytest.mark.parametrize("mask_layout", list(LAYOUTS))
 @pytest.mark.parametrize("other_layout", ["contiguous", "column_major", "strided_view"])
 @pytest.mark.parametrize("mask_dtype", [torch.float16, torch.bool])
@@ -119,7 +98,7 @@ def test_philox_determinism(kernel_device):
     assert not torch.equal(a, _draw(mask, seed=7, offset=6))
     assert not torch.equal(a, _draw(mask, seed=8, offset=5))
     # Counters are logical pixel indices: the draws do not depend on the layout.
-    assert torch.equal(a, _draw(_column_major(mask), seed=7, offset=5))
+    assert torch.equal(a, _draw(column_major(mask), seed=7, offset=5))
     assert torch.equal(a, _draw(mask.bool(), seed=7, offset=5))
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     b = _draw(mask, generator=g1)
