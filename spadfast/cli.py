@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every Triton kernel against its reference on this device")
     p.add_argument("--device", help="cuda or cpu (cpu needs TRITON_INTERPRET=1); default: cuda if available")
     p.add_argument("--quick", action="store_true", help="fewer, smaller cases")
+    p.add_argument("--compile-only", action="store_true",
+                   help="compile every kernel launch variant ahead of time for --arch targets (no GPU needed)")
+    p.add_argument("--arch", action="append", metavar="SM",
+                   help="target for --compile-only, e.g. sm_80, sm_90 (repeatable; default: sm_80 and sm_90)")
     return parser
 
 
@@ -136,7 +140,7 @@ def cmd_demo(args) -> int:
 def cmd_verify(args) -> int:
     from .verify import run_verify
 
-    return run_verify(device=args.device, quick=args.quick)
+    return run_verify(device=args.device, quick=args.quick, compile_only=args.compile_only, archs=args.arch)
 
 
 def main(argv: list[str] | None = None) -> int:
