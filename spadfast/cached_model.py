@@ -1,0 +1,242 @@
+"""Cached-encoder denoiser: the image is encoded once, a light mask denoiser runs at every DDIM step.
+
+Across the K ensemble members and S sampling steps of one image, the image never changes; only the noisy mask does.
+:class:`SPADCachedUNet` splits the denoiser accordingly:
+
+- :meth:`~SPADCachedUNet.encode` (once per image, no timestep): a UNet of the image alone, ``base_channels`` wide,
+  built from :mod:`spadfast.model`'s residual / attention blocks, with a learned constant in place of the time
+  embedding. The up-path output of every level is projected (1x1 conv) to ``2 * d_i`` channels, ``d_i`` the
+  denoiser's width at that level, giving one feature map per level, finest first:
+  ``features[i]: [N, 2 * d_i, H_pad / 2**i, W_pad / 2**i]`` (``H_pad``, ``W_pad``: H, W padded up to a multiple of
+  ``2 ** (levels - 1)``).
+- :meth:`~SPADCachedUNet.denoise` (every step, every member): a narrow UNet of the noisy mask (``d_i =
+  denoiser_channels * channel_mults[i]``, no attention by default) with the sinusoidal time embedding; at level
+  ``i`` the first half of ``features[i]`` is added to the input of the down path, the second half to the input of
+  the up path.
+
+So the per-step cost is that of the narrow UNet (about ``(denoiser_channels / base_channels) ** 2`` of the UNet's
+convolutions at the same resolutions, and no attention), while the image is seen through a full-width UNet.
+Features of N images can be repeated per member (``[f.repeat_interleave(K, 0) for f in features]``) and fed to
+``denoise`` with N*K noisy masks: the result equals ``forward`` on the repeated images.
+
+Channel order of :meth:`~SPADCachedUNet.forward`'s input (drop-in for the trainer and sampler, which call
+``model(cat[x_t, image(, cond)], t)``): channel 0 is the noisy mask, channels ``1 .. image_channels`` the image,
+and in ``perturb_mode="condition"`` (``mask_channels == 2``) the last channel is the condition (self-conditioning
+x0 estimate). ``denoise`` sees ``cat[x_t(, cond)]``, i.e. ``mask_channels`` channels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import _Attention, _Level, _norm, _ResBlock, _TimeEmbedding
+
+__all__ = ["SPADCachedUNet"]
+
+
+def _check_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+
+
+class _UNetTrunk(nn.Module):
+    """Down path, bottleneck and up path of a UNet (no stem, no head); returns the up-path output of every level.
+
+    The blocks are :mod:`spadfast.model`'s; ``inject`` (optional, one ``[N, 2 * ch_i, ...]`` map per level) adds its
+    first half to the down-path input and its second half to the up-path input of level ``i``.
+    """
+
+    def __init__(self, chs: list[int], num_res_blocks: int, temb_dim: int, attention_levels: tuple[int, ...],
+                 num_heads: int, dropout: float, groups: int):
+        super().__init__()
+        n = len(chs)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        for i, ch in enumerate(chs):
+            self.down.append(_Level([ch] * num_res_blocks, ch, temb_dim, i in attention_levels, num_heads, dropout,
+                                    groups))
+            if i < n - 1:
+                self.downsample.append(nn.Conv2d(ch, chs[i + 1], 3, stride=2, padding=1))
+        mid = chs[-1]
+        self.mid1 = _ResBlock(mid, mid, temb_dim, dropout, groups)
+        self.mid_attn = _Attention(mid, num_heads, groups) if attention_levels else nn.Identity()
+        self.mid2 = _ResBlock(mid, mid, temb_dim, dropout, groups)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, ch in enumerate(chs):
+            self.up.append(_Level([2 * ch] * num_res_blocks, ch, temb_dim, i in attention_levels, num_heads, dropout,
+                                  groups))
+            if i > 0:
+                self.upsample.append(nn.Conv2d(ch, chs[i - 1], 3, padding=1))
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor,
+                inject: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        inj = [f.chunk(2, dim=1) for f in inject] if inject is not None else None
+        skips = []
+        for i, level in enumerate(self.down):
+            if inj is not None:
+                h = h + inj[i][0]
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(h, temb))
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
+        outs: list[torch.Tensor] = [h] * len(self.up)
+        for i in reversed(range(len(self.up))):
+            if inj is not None:
+                h = h + inj[i][1]
+            level = self.up[i]
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(torch.cat([h, skips.pop()], dim=1), temb))
+            outs[i] = h
+            if i > 0:
+                h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return outs
+
+
+class SPADCachedUNet(nn.Module):
+    """Image encoder run once per image + light mask denoiser run per step (see the module docstring).
+
+    Args:
+        image_channels: channels of the image (``C_img``).
+        mask_channels: channels :meth:`denoise` sees: 1 (noisy mask) or 2 (noisy mask + condition channel,
+            ``perturb_mode="condition"``).
+        out_channels: channels of the prediction.
+        base_channels, channel_mults, num_res_blocks, attention_levels, num_heads, dropout, groups: the image
+            encoder's UNet, as in :class:`spadfast.model.SPADUNet`.
+        denoiser_channels: width of the denoiser's level 0 (level ``i``: ``denoiser_channels * channel_mults[i]``).
+        denoiser_res_blocks: residual blocks per level in the denoiser's down and up paths.
+        denoiser_attention: self-attention at the denoiser's coarsest level and bottleneck.
+
+    Raises:
+        ValueError: on a non-positive size, ``mask_channels`` not 1 or 2, an empty ``channel_mults``, an attention
+            level out of range, or ``num_heads`` not dividing an attended width.
+
+    Example:
+        >>> model = SPADCachedUNet(image_channels=3, mask_channels=1, base_channels=8, channel_mults=(1, 2),
+        ...                        denoiser_channels=4, attention_levels=())
+        >>> image, x_t, t = torch.randn(2, 3, 37, 53), torch.randn(2, 1, 37, 53), torch.tensor([10.0, 999.0])
+        >>> features = model.encode(image)                      # once per image
+        >>> model.denoise(x_t, features, t).shape               # every step
+        torch.Size([2, 1, 37, 53])
+        >>> torch.equal(model(torch.cat([x_t, image], 1), t), model.denoise(x_t, features, t))
+        True
+    """
+
+    def __init__(
+        self,
+        image_channels: int,
+        mask_channels: int,
+        out_channels: int = 1,
+        base_channels: int = 32,
+        channel_mults: tuple[int, ...] = (1, 2, 4),
+        num_res_blocks: int = 1,
+        attention_levels: tuple[int, ...] = (2,),
+        dropout: float = 0.0,
+        num_heads: int = 4,
+        groups: int = 8,
+        denoiser_channels: int = 8,
+        denoiser_res_blocks: int = 1,
+        denoiser_attention: bool = False,
+    ):
+        super().__init__()
+        for name, value in (("image_channels", image_channels), ("out_channels", out_channels),
+                            ("base_channels", base_channels), ("num_res_blocks", num_res_blocks),
+                            ("num_heads", num_heads), ("groups", groups), ("denoiser_channels", denoiser_channels),
+                            ("denoiser_res_blocks", denoiser_res_blocks)):
+            _check_int(name, value)
+        if mask_channels not in (1, 2) or isinstance(mask_channels, bool):
+            raise ValueError(f"`mask_channels` must be 1 or 2, got {mask_channels!r}")
+        channel_mults = tuple(channel_mults)
+        if not channel_mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mults):
+            raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
+        n = len(channel_mults)
+        attention_levels = tuple(sorted(set(attention_levels)))
+        if any(not 0 <= lvl < n for lvl in attention_levels):
+            raise ValueError(f"`attention_levels` must lie in [0, {n - 1}], got {attention_levels!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+        chs = [base_channels * m for m in channel_mults]
+        dchs = [denoiser_channels * m for m in channel_mults]
+        for lvl in attention_levels + ((n - 1,) if attention_levels else ()):
+            if chs[lvl] % num_heads:
+                raise ValueError(f"`num_heads` must divide the width {chs[lvl]} of attended level {lvl}, "
+                                 f"got {num_heads}")
+        d_heads = num_heads if dchs[-1] % num_heads == 0 else 1
+        self.image_channels, self.mask_channels, self.out_channels = image_channels, mask_channels, out_channels
+        self.in_channels = mask_channels + image_channels  # forward's input, like SPADUNet.in_channels
+        self.multiple = 2 ** (n - 1)
+
+        # Image encoder: a time-free UNet; its blocks get a learned constant embedding.
+        enc_temb = 4 * base_channels
+        self.enc_embed = nn.Parameter(torch.zeros(1, enc_temb))
+        self.enc_stem = nn.Conv2d(image_channels, chs[0], 3, padding=1)
+        self.encoder = _UNetTrunk(chs, num_res_blocks, enc_temb, attention_levels, num_heads, dropout, groups)
+        self.enc_proj = nn.ModuleList(
+            nn.Sequential(_norm(c, groups), nn.SiLU(), nn.Conv2d(c, 2 * d, 1)) for c, d in zip(chs, dchs)
+        )
+
+        # Mask denoiser: a narrow UNet with the time embedding.
+        dec_temb = 4 * dchs[0]
+        self.time_embed = _TimeEmbedding(max(base_channels, 2 * dchs[0]), dec_temb)
+        self.stem = nn.Conv2d(mask_channels, dchs[0], 3, padding=1)
+        self.denoiser = _UNetTrunk(dchs, denoiser_res_blocks, dec_temb, (n - 1,) if denoiser_attention else (),
+                                   d_heads, dropout, groups)
+        self.out_norm = _norm(dchs[0], groups)
+        self.out_conv = nn.Conv2d(dchs[0], out_channels, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        pad_h, pad_w = -H % self.multiple, -W % self.multiple
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+    def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale image features (no timestep): ``[N, 2 * d_i, H_pad / 2**i, W_pad / 2**i]`` per level ``i``,
+        finest first. Run once per image; repeat per member with ``repeat_interleave(K, 0)``."""
+        if image.dim() != 4 or image.shape[1] != self.image_channels:
+            raise ValueError(f"`image` must have shape [N, {self.image_channels}, H, W], got {tuple(image.shape)}")
+        h = self.enc_stem(self._pad(image))
+        outs = self.encoder(h, self.enc_embed.expand(h.shape[0], -1))
+        return [proj(o) for proj, o in zip(self.enc_proj, outs)]
+
+    def denoise(self, x: torch.Tensor, features: list[torch.Tensor], t: torch.Tensor | float) -> torch.Tensor:
+        """Predict the denoising target from the noisy mask ``x`` (``[N, mask_channels, H, W]``), the image
+        ``features`` of :meth:`encode` (N rows, e.g. repeated per member) and timesteps ``t`` (``[N]``, a 0-d tensor
+        or a number; training units, e.g. ``0..T-1``). Returns ``[N, out_channels, H, W]``."""
+        if x.dim() != 4 or x.shape[1] != self.mask_channels:
+            raise ValueError(f"`x` must have shape [N, {self.mask_channels}, H, W], got {tuple(x.shape)}")
+        N, _, H, W = x.shape
+        if len(features) != len(self.enc_proj):
+            raise ValueError(f"`features` must hold {len(self.enc_proj)} maps (one per level), got {len(features)}")
+        Hp, Wp = H + (-H % self.multiple), W + (-W % self.multiple)
+        if features[0].shape[0] != N or tuple(features[0].shape[-2:]) != (Hp, Wp):
+            raise ValueError(f"`features[0]` must have {N} rows and size {(Hp, Wp)} (x's, padded), "
+                             f"got {tuple(features[0].shape)}")
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((N,), float(t), device=x.device)
+        t = t.to(device=x.device)
+        if t.dim() == 0:
+            t = t.expand(N)
+        if t.shape != (N,):
+            raise ValueError(f"`t` must have shape [{N}] or be a scalar, got {tuple(t.shape)}")
+        temb = self.time_embed(t)
+        h = self.stem(self._pad(x))
+        h = self.denoiser(h, temb, features)[0]
+        h = self.out_conv(F.silu(self.out_norm(h)))
+        return h[:, :, :H, :W] if (Hp, Wp) != (H, W) else h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """``denoise(mask, encode(image), t)`` with ``x = cat[x_t, image(, cond)]`` (``[N, in_channels, H, W]``):
+        channel 0 is the noisy mask, channels ``1 .. image_channels`` the image, the last one the condition when
+        ``mask_channels == 2`` (the trainer's and sampler's order)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"`x` must have shape [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        c = self.image_channels
+        image = x[:, 1 : 1 + c]
+        mask = x[:, :1] if self.mask_channels == 1 else torch.cat([x[:, :1], x[:, 1 + c :]], dim=1)
+        return self.denoise(mask, self.encode(image), t)
