@@ -1,9 +1,22 @@
-"""Sampling latency and throughput: ``SPADTrainer.segment`` (``DDIMSampler.sample``) against a diffusers loop.
+"""Sampling latency and throughput: ``SPADTrainer.segment`` (``DDIMSampler.sample``) against the loops people write.
 
-Providers: ``eager`` (``cuda_graph=False``), ``cuda_graph`` (the whole S-step loop captured once, then replayed; CUDA
-only) and ``diffusers`` (``DDIMScheduler.set_timesteps`` then, per step, ``model(cat[x, image], t)`` and
-``scheduler.step``, with the same model, schedule, members, chunking and the same final mean / std). The model is
-untrained (timing does not depend on the weights): SPADConfig's default UNet on GPU, a tiny one on CPU.
+Providers, one group per (images, members, steps, size, model), all with the same model, schedule and members:
+
+- ``naive``: the peer (``naive_sampler.naive_sample``): members one after another at batch 1, diffusers'
+  ``DDIMScheduler``, the timestep read on the host each step, ``model(cat[x, image], t)`` every step, as MedSegDiff's
+  sampling script does. It runs first in each group; every other row records ``ratio_to_naive`` (naive's mean time
+  / this row's mean time: > 1 is faster than naive) in ``extra_info`` and prints it.
+- ``eager`` (``cuda_graph=False``), ``cuda_graph`` (the whole S-step loop captured once, then replayed; CUDA only):
+  ``SPADTrainer.segment``.
+- ``diffusers``: ``DDIMScheduler.set_timesteps`` then, per step, ``model(cat[x, image], t)`` and ``scheduler.step``
+  on all members at once, same chunking and the same final mean / std.
+- ``encode_once`` (cached model only): ``naive_sampler.cached_sample``, spadfast's batched loop for a model with
+  ``encode`` / ``denoise``: the image is encoded once, features repeated per member, S steps of the light denoiser +
+  ``ops.ddim_step``.
+
+Models (``model`` parameter): ``unet`` (``SPADUNet``) and ``cached`` (``SPADCachedUNet`` with the same encoder
+widths; ``denoiser_channels`` its default, a quarter of ``base_channels``). Both are untrained (timing does not
+depend on the weights): SPADConfig's default widths on GPU (and with ``SPADFAST_BENCH_FULL=1``), a tiny model on CPU.
 """
 
 from __future__ import annotations
@@ -24,39 +37,46 @@ from benchutils import (
     synthetic_images,
     warmup,
 )
+from naive_sampler import cached_sample, diffusers_scheduler, naive_sample
 
+from spadfast.cached_model import SPADCachedUNet
 from spadfast.config import SPADConfig
 from spadfast.trainer import SPADTrainer
 
-PROVIDERS = ["eager", "cuda_graph", "diffusers"]
+PROVIDERS = ["naive", "eager", "cuda_graph", "diffusers", "encode_once"]
+MODELS = ["unet", "cached"]
 ENSEMBLE, STEPS = 5, 25
 SIZE = 256 if ON_CUDA or FULL_CPU else 64
 CASES = [
     pytest.param(1, id="latency"),  # one image
     pytest.param(64, id="throughput", marks=GPU_ONLY),  # 64 images x 5 members = 320 rows, in chunks of 64
 ]
+_NAIVE_MEAN: dict[tuple, float] = {}  # (images, model) -> naive's mean seconds, for ratio_to_naive
 
 
-def _trainer(cuda_graph: bool, device: torch.device) -> SPADTrainer:
+def _trainer(cuda_graph: bool, device: torch.device, model_name: str) -> SPADTrainer:
     cfg = SPADConfig(
         image_size=SIZE, device=str(device), progress_bar=False, sample_steps=STEPS, ensemble=ENSEMBLE,
         cuda_graph=cuda_graph, synthetic_train=4, synthetic_val=2, batch_size=2, **MODEL_CONFIG,
     )
-    return SPADTrainer(cfg)
+    model = None
+    if model_name == "cached":
+        torch.manual_seed(cfg.seed)
+        model = SPADCachedUNet(
+            image_channels=cfg.image_channels, mask_channels=1, base_channels=cfg.base_channels,
+            channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
+            attention_levels=cfg.attention_levels, dropout=cfg.dropout,
+        )
+    return SPADTrainer(cfg, model=model)
 
 
 def _diffusers_sampler(trainer: SPADTrainer, device: torch.device):
-    """A plain diffusers DDIM loop with the trainer's EMA model and schedule (the baseline users would write)."""
-    diffusers = pytest.importorskip("diffusers")
+    """A plain diffusers DDIM loop with the trainer's EMA model and schedule, members batched."""
+    pytest.importorskip("diffusers")
     cfg = trainer.config
     if cfg.perturb_mode != "target":
         pytest.skip("the diffusers loop is written for perturb_mode='target'")
-    scheduler = diffusers.DDIMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
-        beta_schedule={"linear": "linear", "cosine": "squaredcos_cap_v2"}[cfg.beta_schedule],
-        clip_sample=cfg.clip_sample is not None, clip_sample_range=cfg.clip_sample or 1.0, set_alpha_to_one=True,
-        prediction_type=cfg.prediction_type, timestep_spacing=cfg.timestep_spacing,
-    )
+    scheduler = diffusers_scheduler(cfg)
     model = trainer.ema.eval()
 
     @torch.no_grad()
@@ -81,26 +101,43 @@ def _diffusers_sampler(trainer: SPADTrainer, device: torch.device):
     return sample
 
 
+def _provider_fn(provider: str, trainer: SPADTrainer, images: torch.Tensor, device: torch.device):
+    cfg = trainer.config
+    if provider in ("eager", "cuda_graph"):
+        return lambda: trainer.segment(images, steps=STEPS, ensemble=ENSEMBLE, seed=0)
+    if provider == "diffusers":
+        diffusers_sample = _diffusers_sampler(trainer, device)
+        return lambda: diffusers_sample(images)
+    if provider == "naive":
+        pytest.importorskip("diffusers")
+        scheduler = diffusers_scheduler(cfg)
+        return lambda: naive_sample(trainer.ema, scheduler, images, STEPS, ENSEMBLE, seed=0, eta=cfg.eta,
+                                    threshold=cfg.threshold)
+    # encode_once
+    if not hasattr(trainer.ema, "encode"):
+        pytest.skip("encode_once needs a model with encode/denoise (the cached model)")
+    imgs = images.float()
+    return lambda: cached_sample(
+        trainer.ema, imgs, trainer.alphas_cumprod, STEPS, ENSEMBLE, seed=0, spacing=cfg.timestep_spacing,
+        clip_sample=cfg.clip_sample, prediction_type=cfg.prediction_type, threshold=cfg.threshold,
+        amp_dtype=trainer.amp_dtype, channels_last=cfg.channels_last,
+    )
+
+
+@pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("images_per_call", CASES)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_bench_sampling(benchmark, provider, images_per_call, base_info, device):
+def test_bench_sampling(benchmark, provider, images_per_call, model_name, base_info, device):
     skip_unless_available(provider, uses_triton=ON_CUDA)
     B = images_per_call
-    trainer = _trainer(cuda_graph=provider == "cuda_graph", device=device)
+    trainer = _trainer(cuda_graph=provider == "cuda_graph", device=device, model_name=model_name)
     images = synthetic_images(blob_masks(B, SIZE, SIZE, device))
-    if provider in ("eager", "cuda_graph"):
-        def fn():
-            return trainer.segment(images, steps=STEPS, ensemble=ENSEMBLE, seed=0)
-    else:
-        diffusers_sample = _diffusers_sampler(trainer, device)
+    fn = _provider_fn(provider, trainer, images, device)
 
-        def fn():
-            return diffusers_sample(images)
-
-    benchmark.group = f"sampling-{B}img-x{ENSEMBLE}members-{STEPS}steps-{SIZE}x{SIZE}"
+    benchmark.group = f"sampling-{B}img-x{ENSEMBLE}members-{STEPS}steps-{SIZE}x{SIZE}-{model_name}"
     benchmark.extra_info.update(
-        base_info, provider=provider, shape=[B, 1, SIZE, SIZE], dtype="float32", ensemble=ENSEMBLE, steps=STEPS,
-        rows=B * ENSEMBLE, chunk=trainer.config.sample_chunk,
+        base_info, provider=provider, model=model_name, shape=[B, 1, SIZE, SIZE], dtype="float32",
+        ensemble=ENSEMBLE, steps=STEPS, rows=B * ENSEMBLE, chunk=trainer.config.sample_chunk,
         model_params=sum(p.numel() for p in trainer.ema.parameters()),
         model_config=MODEL_CONFIG or "SPADConfig defaults",
     )
@@ -114,8 +151,17 @@ def test_bench_sampling(benchmark, provider, images_per_call, base_info, device)
         return out
 
     rounds = (10 if B == 1 else 3) if ON_CUDA else 3
+    if provider == "naive" and (B > 1 or not ON_CUDA):
+        rounds = 2  # batch-1 loops are long: 2 rounds suffice
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
     record_throughput(benchmark, None, device)
     mean = benchmark.extra_info.get("mean_s")
     if mean:
         benchmark.extra_info["images_per_s"] = round(B / mean, 3)
+        key = (B, model_name)
+        if provider == "naive":
+            _NAIVE_MEAN[key] = mean
+        naive = _NAIVE_MEAN.get(key)
+        benchmark.extra_info["ratio_to_naive"] = round(naive / mean, 2) if naive else None
+        print(f"\n{benchmark.group} {provider}: {mean * 1e3:.1f} ms, ratio_to_naive "
+              f"{benchmark.extra_info['ratio_to_naive'] or 'n/a (naive not run first)'}")

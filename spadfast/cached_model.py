@@ -107,7 +107,8 @@ class SPADCachedUNet(nn.Module):
         out_channels: channels of the prediction.
         base_channels, channel_mults, num_res_blocks, attention_levels, num_heads, dropout, groups: the image
             encoder's UNet, as in :class:`spadfast.model.SPADUNet`.
-        denoiser_channels: width of the denoiser's level 0 (level ``i``: ``denoiser_channels * channel_mults[i]``).
+        denoiser_channels: width of the denoiser's level 0 (level ``i``: ``denoiser_channels * channel_mults[i]``);
+            default ``max(1, base_channels // 4)`` (8 for the default 32: a step costs about 1/16 of the UNet's).
         denoiser_res_blocks: residual blocks per level in the denoiser's down and up paths.
         denoiser_attention: self-attention at the denoiser's coarsest level and bottleneck.
 
@@ -138,11 +139,13 @@ class SPADCachedUNet(nn.Module):
         dropout: float = 0.0,
         num_heads: int = 4,
         groups: int = 8,
-        denoiser_channels: int = 8,
+        denoiser_channels: int | None = None,
         denoiser_res_blocks: int = 1,
         denoiser_attention: bool = False,
     ):
         super().__init__()
+        if denoiser_channels is None:
+            denoiser_channels = max(1, base_channels // 4) if isinstance(base_channels, int) else base_channels
         for name, value in (("image_channels", image_channels), ("out_channels", out_channels),
                             ("base_channels", base_channels), ("num_res_blocks", num_res_blocks),
                             ("num_heads", num_heads), ("groups", groups), ("denoiser_channels", denoiser_channels),
