@@ -1,6 +1,6 @@
 """spadfast: fast Structure- and Progress-Aware Diffusion (SPAD) for medical image segmentation."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def _register_source_kernels() -> None:

@@ -3,20 +3,22 @@
 Tensor keys are fixed and versioned (``FORMAT_VERSION``): ``model.<param>``, ``ema.<param>``,
 ``optim.<index>.<state>``, ``scaler.<name>``, ``rng.<name>``. The safetensors ``__metadata__`` holds
 ``{"format": "spadfast", "version": 1, "meta": <JSON>}`` with the config, the step, optimizer hyperparameters and
-anything else that is not a tensor. A crash mid-write leaves the previous checkpoint intact (temp file + rename).
+anything else that is not a tensor. A crash mid-write leaves the previous checkpoint intact
+(:func:`spadfast.files.write_atomic`: temp file, fsync, rename).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .files import write_atomic
 
 FORMAT = "spadfast"
 FORMAT_VERSION = 1
@@ -42,48 +44,7 @@ def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
             seen.add(v.untyped_storage().data_ptr())
         flat[k] = v
     header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(meta)}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is shared like any other output file
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file (JSON reports) via a temp file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return write_atomic(target, lambda tmp: save_file(flat, str(tmp), metadata=header))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -111,3 +72,97 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"checkpoint {str(target)!r} has a corrupt metadata header: {e}") from None
     return tensors, meta
+
+
+# ----------------------------------------------------------------------------------------- training state
+
+
+def pack_training_state(
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rng_per_rank: list[dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a training run under the checkpoint's fixed keys (see the module docstring)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v
+    for k, v in ema.state_dict().items():
+        tensors[f"ema.{k}"] = v
+    for idx, state in optimizer.state_dict()["state"].items():
+        for k, v in state.items():
+            tensors[f"optim.{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    for k, v in scaler.state_dict().items():
+        if isinstance(v, (int, float)):
+            tensors[f"scaler.{k}"] = torch.tensor(float(v), dtype=torch.float64)
+    for r, states in enumerate(rng_per_rank):
+        for k, v in states.items():
+            tensors[f"rng.rank{r}.{k}"] = v
+    return tensors
+
+
+def optimizer_param_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The optimizer's hyperparameters (JSON), without the parameter lists."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
+
+
+def unpack_training_state(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scaler: torch.amp.GradScaler | None,
+    source: str,
+) -> None:
+    """Load :func:`pack_training_state`'s tensors into the modules (optimizer and scaler optional, for inference)."""
+
+    def sub(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    try:
+        model.load_state_dict(sub("model."))
+        ema.load_state_dict(sub("ema."))
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {source!r} does not match the model: {e}") from None
+    if optimizer is not None:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in sub("optim.").items():
+            idx, name = k.split(".", 1)
+            state.setdefault(int(idx), {})[name] = v
+        params = list(model.parameters())
+        for idx, st in state.items():
+            for name, v in st.items():
+                if v.dim() > 0 and (idx >= len(params) or v.shape != params[idx].shape):
+                    raise ValueError(f"checkpoint {source!r}: optimizer state {idx}.{name} does not match the model")
+        groups = [dict(g) for g in meta["optimizer_param_groups"]]
+        for g, p in zip(groups, optimizer.state_dict()["param_groups"]):
+            g["params"] = p["params"]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    if scaler is not None and scaler.is_enabled():
+        scaler_state = {k: (int(v.item()) if k.endswith("tracker") else v.item()) for k, v in sub("scaler.").items()}
+        if scaler_state:
+            scaler.load_state_dict(scaler_state)
+
+
+def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random states: the trainer's generator, torch's CPU RNG (dropout on CPU), the CUDA RNG."""
+    states = {"generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_rng(
+    tensors: dict[str, torch.Tensor], rank: int, generator: torch.Generator, device: torch.device
+) -> bool:
+    """Restore rank ``rank``'s saved random states; False (nothing changed) when the checkpoint lacks them."""
+    prefix = f"rng.rank{rank}."
+    if f"{prefix}generator" not in tensors:
+        return False
+    generator.set_state(tensors[f"{prefix}generator"])
+    torch.set_rng_state(tensors[f"{prefix}torch_cpu"])
+    if f"{prefix}torch_cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors[f"{prefix}torch_cuda"], device)
+    return True

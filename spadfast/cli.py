@@ -87,6 +87,10 @@ def cmd_train(args) -> int:
         if args.steps is not None:
             if args.steps < 1:
                 raise ValueError(f"`--steps` must be >= 1, got {args.steps}")
+            if trainer.config.pas_steps is None:
+                # PaS keeps the horizon it was trained with: "train longer" adds clean-mask steps, never
+                # re-opens the perturbation by moving the progress p = step / horizon back
+                trainer.config.pas_steps = trainer.config.train_steps
             trainer.config.train_steps = args.steps
     else:
         trainer = SPADTrainer(_load_config(args), args.data, args.val, out_dir=args.out)
@@ -98,12 +102,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_folder
-    from .trainer import SPADTrainer
+    from .predict import Segmenter, predict_folder
 
-    trainer = SPADTrainer.from_checkpoint(args.checkpoint, device=args.device)
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
     names = predict_folder(
-        trainer, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
+        segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
         batch_size=args.batch_size, overlay=args.overlay, uncertainty=args.uncertainty,
     )
     print(f"spadfast: wrote {len(names)} masks to {args.out}")
@@ -116,7 +119,7 @@ def cmd_evaluate(args) -> int:
     report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing))
     print(format_table(report))
     if args.json:
-        from .checkpoint import write_text_atomic
+        from .files import write_text_atomic
 
         write_text_atomic(args.json, json.dumps(report, indent=2))
     return 0

@@ -1,4 +1,4 @@
-"""``SPADConfig``: every knob of a spadfast run in one dataclass, loadable from YAML or JSON."""
+"""``SPADConfig`` and ``PerturbConfig``: every knob of a spadfast run in dataclasses, loadable from YAML or JSON."""
 
 from __future__ import annotations
 
@@ -9,12 +9,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .perturb import PerturbConfig
-from .schedule import BETA_SCHEDULES, TIMESTEP_SPACINGS
+from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 PERTURB_MODES = ("target", "condition")
 AMP_DTYPES = ("none", "bf16", "fp16")
+MODEL_TYPES = ("unet", "cached_unet")
+
+
+@dataclass
+class PerturbConfig:
+    """Knobs of the SPAD perturbation (see the module docstring; documented in the README)."""
+
+    enabled: bool = True
+    pas_kind: str = "cosine"  # linear | cosine | step
+    pas_end: float = 0.8  # progress at which the perturbation reaches 0 (the rest of training sees clean masks)
+    pas_stages: int = 4  # plateaus of the "step" kind
+    scd_max: float = 0.5  # ScD noise std at p = 0 (mask units)
+    anchor_size: int = 4  # anchor cell side, pixels
+    keep_ratio: float = 0.25  # fraction of anchor cells left unaltered
+    bcd_max: float = 0.3  # BcD noise std at p = 0
+    blur_sigma_max: float = 2.0  # BcD Gaussian width at p = 0, pixels
+    band_radius_max: int = 3  # BcD band half-width at p = 0, pixels
+    clamp: bool = True
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.pas_kind not in PROGRESS_KINDS:
+            raise ValueError(f"`pas_kind` must be one of {PROGRESS_KINDS}, got {self.pas_kind!r}")
+        if not 0 < self.pas_end <= 1:
+            raise ValueError(f"`pas_end` must lie in (0, 1], got {self.pas_end}")
+        for name in ("scd_max", "bcd_max", "blur_sigma_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.keep_ratio <= 1:
+            raise ValueError(f"`keep_ratio` must lie in [0, 1], got {self.keep_ratio}")
+        if self.anchor_size < 1 or self.band_radius_max < 0 or self.pas_stages < 1:
+            raise ValueError("`anchor_size` and `pas_stages` must be >= 1 and `band_radius_max` >= 0")
 
 
 @dataclass
@@ -26,6 +57,7 @@ class SPADConfig:
     """
 
     # model
+    model_type: str = "unet"  # unet | cached_unet (image encoder run once per image when sampling)
     image_size: int = 64
     image_channels: int = 1
     base_channels: int = 32
@@ -44,6 +76,7 @@ class SPADConfig:
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     # training
     train_steps: int = 2000
+    pas_steps: int | None = None  # PaS horizon: progress p = step / pas_steps (None: train_steps)
     batch_size: int = 16
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -87,6 +120,7 @@ class SPADConfig:
         if not isinstance(self.perturb, PerturbConfig):
             raise TypeError(f"`perturb` must be a mapping of PerturbConfig keys, got {self.perturb!r}")
         checks = [
+            (self.model_type in MODEL_TYPES, "model_type", f"one of {MODEL_TYPES}"),
             (self.image_size >= 8, "image_size", ">= 8"),
             (self.image_channels >= 1, "image_channels", ">= 1"),
             (self.base_channels >= 1, "base_channels", ">= 1"),
@@ -103,6 +137,7 @@ class SPADConfig:
             (self.perturb_mode in PERTURB_MODES, "perturb_mode", f"one of {PERTURB_MODES}"),
             (0 <= self.condition_dropout <= 1, "condition_dropout", "in [0, 1]"),
             (self.train_steps >= 1, "train_steps", ">= 1"),
+            (self.pas_steps is None or self.pas_steps >= 1, "pas_steps", "None or >= 1"),
             (self.batch_size >= 1, "batch_size", ">= 1"),
             (self.lr > 0, "lr", "> 0"),
             (self.warmup_steps >= 0, "warmup_steps", ">= 0"),
@@ -114,7 +149,7 @@ class SPADConfig:
             (self.sample_steps >= 1, "sample_steps", ">= 1"),
             (self.sample_steps <= self.num_train_timesteps, "sample_steps", "<= num_train_timesteps"),
             (self.ensemble >= 1, "ensemble", ">= 1"),
-            (self.eta >= 0, "eta", ">= 0"),
+            (0 <= self.eta <= 1, "eta", "in [0, 1] (above 1 the DDIM update is NaN)"),
             (self.timestep_spacing in TIMESTEP_SPACINGS, "timestep_spacing", f"one of {TIMESTEP_SPACINGS}"),
             (self.clip_sample is None or self.clip_sample > 0, "clip_sample", "None or > 0"),
             (0 < self.threshold < 1, "threshold", "in (0, 1)"),
@@ -134,6 +169,18 @@ class SPADConfig:
     def model_in_channels(self) -> int:
         """Noisy mask + image channels (+ the condition channel in "condition" mode)."""
         return 1 + self.image_channels + (1 if self.perturb_mode == "condition" else 0)
+
+    @property
+    def pas_horizon(self) -> int:
+        """Steps over which PaS runs from p = 0 to p = 1 (``pas_steps``, or ``train_steps`` when unset)."""
+        return self.pas_steps if self.pas_steps is not None else self.train_steps
+
+    @property
+    def amp_dtype(self):
+        """``amp`` as a torch dtype (None for "none")."""
+        import torch
+
+        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,7 +214,7 @@ class SPADConfig:
             raise type(e)(f"config file {str(path)!r}: {e}") from None
 
 
-_NULLABLE = {"clip_sample"}  # fields documented as "None disables"
+_NULLABLE = {"clip_sample", "pas_steps"}  # fields documented as "None disables"
 
 
 def _valid_device(name: str) -> bool:
@@ -189,7 +236,10 @@ def _check_types(obj) -> None:
         value, default = getattr(obj, f.name), f.default
         if value is None and f.name in _NULLABLE:
             continue
-        if default is None:
+        if default is None and str(f.type).startswith("int"):
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+            kind = "an int or null"
+        elif default is None:
             ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
                                    and math.isfinite(value))
             kind = "a finite number or null"

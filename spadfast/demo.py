@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import torch
 
-from .checkpoint import write_text_atomic
 from .config import SPADConfig
+from .files import write_text_atomic
 from .visualize import perturbation_grid
 
 TEST_SEED = 987_654

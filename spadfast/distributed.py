@@ -1,8 +1,9 @@
-"""torchrun / DDP helpers: process-group set-up from the environment, rank queries, rank-0 guards."""
+"""torchrun / DDP helpers: device resolution, process-group set-up from the environment, rank queries, rank-0 guards."""
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -41,3 +42,23 @@ def local_rank() -> int:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: this rank's CUDA device when available, else CPU. Under torchrun each rank uses cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"`device` is {name!r} but CUDA is not available")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if device.index is not None and world > 1 and device.index != local_rank():
+            warnings.warn(f"`device` {name!r} under torchrun: using cuda:{local_rank()} for this rank "
+                          "(one GPU per process)", stacklevel=3)
+            device = torch.device("cuda", local_rank())
+        if device.index is None:
+            device = torch.device("cuda", local_rank())
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"`device` {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device

@@ -255,3 +255,21 @@ class SPADUNet(nn.Module):
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable, by default) parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_model(config) -> nn.Module:
+    """The denoiser a :class:`~spadfast.SPADConfig` describes (``model_type``): the one place that maps keys to it.
+
+    ``"unet"``: :class:`SPADUNet` on ``cat[x_t, image(, cond)]``. ``"cached_unet"``:
+    :class:`spadfast.cached_model.SPADCachedUNet`, whose image encoder runs once per image when sampling.
+    """
+    kwargs = dict(base_channels=config.base_channels, channel_mults=config.channel_mults,
+                  num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
+                  dropout=config.dropout)
+    if config.model_type == "cached_unet":
+        from .cached_model import SPADCachedUNet
+
+        mask_channels = config.model_in_channels - config.image_channels
+        return SPADCachedUNet(image_channels=config.image_channels, mask_channels=mask_channels, out_channels=1,
+                              **kwargs)
+    return SPADUNet(in_channels=config.model_in_channels, out_channels=1, **kwargs)

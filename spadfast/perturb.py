@@ -15,45 +15,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from . import ops
-from .schedule import PROGRESS_KINDS, progress_strength
+from .config import PerturbConfig
+from .schedule import progress_strength
 
-
-@dataclass
-class PerturbConfig:
-    """Knobs of the SPAD perturbation (see the module docstring; documented in the README)."""
-
-    enabled: bool = True
-    pas_kind: str = "cosine"  # linear | cosine | step
-    pas_end: float = 0.8  # progress at which the perturbation reaches 0 (the rest of training sees clean masks)
-    pas_stages: int = 4  # plateaus of the "step" kind
-    scd_max: float = 0.5  # ScD noise std at p = 0 (mask units)
-    anchor_size: int = 4  # anchor cell side, pixels
-    keep_ratio: float = 0.25  # fraction of anchor cells left unaltered
-    bcd_max: float = 0.3  # BcD noise std at p = 0
-    blur_sigma_max: float = 2.0  # BcD Gaussian width at p = 0, pixels
-    band_radius_max: int = 3  # BcD band half-width at p = 0, pixels
-    clamp: bool = True
-
-    def __post_init__(self) -> None:
-        from .config import _check_types
-
-        _check_types(self)
-        if self.pas_kind not in PROGRESS_KINDS:
-            raise ValueError(f"`pas_kind` must be one of {PROGRESS_KINDS}, got {self.pas_kind!r}")
-        if not 0 < self.pas_end <= 1:
-            raise ValueError(f"`pas_end` must lie in (0, 1], got {self.pas_end}")
-        for name in ("scd_max", "bcd_max", "blur_sigma_max"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.keep_ratio <= 1:
-            raise ValueError(f"`keep_ratio` must lie in [0, 1], got {self.keep_ratio}")
-        if self.anchor_size < 1 or self.band_radius_max < 0 or self.pas_stages < 1:
-            raise ValueError("`anchor_size` and `pas_stages` must be >= 1 and `band_radius_max` >= 0")
+__all__ = ["PerturbConfig", "perturb_factor", "spad_perturb"]
 
 
 def perturb_factor(progress: float, cfg: PerturbConfig) -> float:

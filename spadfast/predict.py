@@ -8,21 +8,58 @@ import cv2
 import numpy as np
 import torch
 
-from .data import _index_folder, _resize_image, overlay_contour, read_image, read_mask, write_mask_png
+from .files import index_folder, read_image, read_mask, read_model_input, write_mask_png
+from .sampler import DDIMSampler, SampleResult, image_noise_key
+from .visualize import overlay_contour
 
 
-def load_for_model(path: Path, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Image file -> float32 ``[C,size,size]`` in [-1, 1] and its native ``(H, W)``."""
-    image = read_image(path)  # [H,W] or [H,W,3] RGB in [0, 1]
-    native = image.shape[:2]
-    if image.ndim == 3 and channels == 1:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    elif image.ndim == 2 and channels == 3:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    image = _resize_image(image, (size, size))
-    if image.ndim == 2:
-        image = image[:, :, None]
-    return np.ascontiguousarray(image.transpose(2, 0, 1)) * 2.0 - 1.0, native
+class Segmenter:
+    """Inference only: a checkpoint's EMA model and its sampler (no optimizer, no DDP, no datasets).
+
+    ``segment`` has :meth:`spadfast.SPADTrainer.segment`'s signature, so either can drive :func:`predict_folder`.
+    """
+
+    def __init__(self, config, model: torch.nn.Module, alphas_cumprod: torch.Tensor) -> None:
+        self.config = config
+        self.model = model.eval().requires_grad_(False)
+        self.sampler = DDIMSampler.from_config(config, self.model, alphas_cumprod)
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str | None = None) -> Segmenter:
+        """Load the EMA weights of a run folder or ``.safetensors`` file onto ``device`` (default: the config's)."""
+        from .checkpoint import read_checkpoint, resolve_path
+        from .distributed import resolve_device
+        from .model import build_model
+        from .schedule import alphas_cumprod, make_betas
+        from .trainer import config_from_checkpoint
+
+        tensors, meta = read_checkpoint(path)
+        source = str(resolve_path(path))
+        cfg = config_from_checkpoint(meta, source, device)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg)
+        ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        try:
+            model.load_state_dict(ema)
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {source!r} does not match the model: {e}") from None
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = model.to(resolve_device(cfg.device), memory_format=memory_format)
+        betas = make_betas(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+        return cls(cfg, model, alphas_cumprod(betas))
+
+    def segment(self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None,
+                seed: int | None = 0, return_members: bool = False,
+                noise_keys: list[int] | None = None) -> SampleResult:
+        cfg = self.config
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != cfg.image_channels:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"`images` must be [B,{cfg.image_channels},H,W] float tensors, got {shape}")
+        return self.sampler.sample(
+            images, steps=cfg.sample_steps if steps is None else steps,
+            ensemble=cfg.ensemble if ensemble is None else ensemble, seed=seed, threshold=cfg.threshold,
+            return_members=return_members, noise_keys=noise_keys,
+        )
 
 
 def _to_native(values: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -33,7 +70,7 @@ def _to_native(values: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def predict_folder(
-    trainer,
+    segmenter,
     images_dir: str | Path,
     out_dir: str | Path,
     steps: int | None = None,
@@ -47,25 +84,28 @@ def predict_folder(
 ) -> list[str]:
     """Write ``OUT/<stem>.png`` (0/255) for every image of ``images_dir``; returns the stems.
 
-    Images are resized to ``config.image_size`` for the model; probabilities are resized back to each image's
-    native size (bilinear) before thresholding. ``overlay`` writes ``overlays/<stem>.png`` (prediction in green,
-    and ground truth from ``overlay_gt/<stem>.png`` in red when given); ``uncertainty`` writes the ensemble std
-    scaled to 0-255 to ``uncertainty/<stem>.png``.
+    ``segmenter`` is a :class:`Segmenter` or a :class:`~spadfast.SPADTrainer`. Each image's initial noise is keyed by
+    its file stem (:func:`spadfast.sampler.image_noise_key`), so its mask does not depend on ``batch_size`` or on
+    the other files of the folder. Images are resized to ``config.image_size`` for the model; probabilities are
+    resized back to each image's native size (bilinear) before thresholding. ``overlay`` writes
+    ``overlays/<stem>.png`` (prediction in green, and ground truth from ``overlay_gt/<stem>.png`` in red when
+    given); ``uncertainty`` writes the ensemble std scaled to 0-255 to ``uncertainty/<stem>.png``.
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
-    files = _index_folder(images_dir)
+    files = index_folder(images_dir)
     if not files:
         raise ValueError(f"`images` folder {str(images_dir)!r} holds no images (PNG/JPEG/TIFF/BMP)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
-    cfg = trainer.config
-    loaded = {stem: load_for_model(p, cfg.image_channels, cfg.image_size) for stem, p in files.items()}
+    cfg = segmenter.config
+    loaded = {stem: read_model_input(p, cfg.image_size, cfg.image_channels) for stem, p in files.items()}
     stems = sorted(loaded)
     overlay_dir = Path(overlay_dir) if overlay_dir is not None else out_dir / "overlays"
     for start in range(0, len(stems), batch_size):
         chunk = stems[start : start + batch_size]
         batch = torch.from_numpy(np.stack([loaded[s][0] for s in chunk])).float()
-        result = trainer.segment(batch, steps=steps, ensemble=ensemble, seed=seed + start)
+        keys = [image_noise_key(s) for s in chunk]
+        result = segmenter.segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
         probs, std = result.probs[:, 0].float().cpu().numpy(), result.std[:, 0].float().cpu().numpy()
         for i, stem in enumerate(chunk):
             h, w = loaded[stem][1]

@@ -2,13 +2,22 @@
 
 The loop denoises ``x_T ~ N(0, I)`` of shape ``[B*K, 1, H, W]`` (K ensemble members per image, sampled as one batch)
 conditioned on the images. Every per-step coefficient is precomputed into device tensors by :meth:`set_timesteps`,
-so a step never syncs with the host; on CUDA (``eta == 0``) the whole S-step loop is captured once per
-(rows, size, steps) in a CUDA graph and replayed. Members are mapped to probabilities ``(x0 + 1) / 2`` clipped to
-[0, 1]; the result is their mean, their standard deviation (uncertainty) and the mean thresholded.
+so a step never syncs with the host; on CUDA (``eta == 0``) the whole S-step loop is captured in a CUDA graph
+and replayed. The graph cache is keyed by everything the loop depends on (shapes, dtype, steps, device, model
+identity, prediction type, perturb mode, eta, clipping, spacing, backend, autocast dtype, memory format), bounded
+(least recently used, ``graph_cache_size`` entries), and a failed capture warns once and samples eagerly.
+A model with ``encode(image)`` and ``denoise(x, features, t)`` (:class:`spadfast.cached_model.SPADCachedUNet`) has
+its image features computed once per image and reused by every member and step. Members are mapped to
+probabilities ``(x0 + 1) / 2`` clipped to [0, 1]; the result is their mean, their standard deviation (uncertainty)
+and the mean thresholded.
 """
 
 from __future__ import annotations
 
+import warnings
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -17,7 +26,7 @@ from torch import nn
 
 from . import ops
 from .profiling import nvtx_range
-from .schedule import ddim_alphas, ddim_timesteps
+from .schedule import check_eta, ddim_alphas, ddim_timesteps
 
 
 @dataclass
@@ -31,20 +40,56 @@ class SampleResult:
     members: torch.Tensor | None = None
 
 
+def image_noise_key(name: str) -> int:
+    """A stable 31-bit key for an image name (CRC-32): its initial noise then depends on the name only."""
+    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+
+
+class _CudaGraphs:
+    """Captures a loop function in a CUDA graph on the device of its inputs. Replaced by a fake in CPU tests."""
+
+    def supports(self, x: torch.Tensor) -> bool:
+        return x.is_cuda
+
+    def capture(self, fn, static_inputs: tuple[torch.Tensor, ...]):
+        """Warm ``fn(*static_inputs)`` up on a side stream, capture it; returns ``(replay, static_out)``."""
+        device = static_inputs[0].device
+        with torch.cuda.device(device):  # streams and the capture belong to the tensors' device, not the current
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: Triton compilation, cuDNN autotuning, allocator
+                    fn(*static_inputs)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = fn(*static_inputs)
+
+        def replay() -> None:
+            with torch.cuda.device(device):
+                graph.replay()
+
+        return replay, static_out
+
+
 class DDIMSampler:
     """DDIM sampler for a conditional mask denoiser ``model(cat[x_t, image(, cond)], t) -> prediction``.
 
     Args:
-        model: the denoiser; it sees ``[N, 1 + C (+1), H, W]`` and float timesteps ``[N]``.
+        model: the denoiser; it sees ``[N, 1 + C (+1), H, W]`` and float timesteps ``[N]``. A model that also has
+            ``encode(image) -> features`` and ``denoise(cat[x_t(, cond)], features, t)`` is called that way, with
+            the features computed once per image.
         alphas_cumprod: float32 ``[T]`` training schedule.
         prediction_type: what the model predicts: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
         perturb_mode: ``"condition"`` adds the previous step's x0 estimate as an input channel (zeros at step 0).
-        steps, eta, spacing, clip_sample: DDIM settings (``clip_sample`` None disables clipping of x0).
+        steps, eta, spacing, clip_sample: DDIM settings (``clip_sample`` None disables clipping of x0; ``eta`` in
+            [0, 1]).
         chunk: most rows (images x members) per forward; larger batches run in chunks.
         cuda_graph: capture and replay the loop on CUDA when ``eta == 0``.
         amp_dtype: autocast dtype for the model (None: full precision).
         channels_last: feed the model channels-last inputs.
         backend: ops backend for the DDIM update.
+        graph_cache_size: most captured graphs kept (least recently used evicted).
     """
 
     def __init__(
@@ -62,12 +107,13 @@ class DDIMSampler:
         amp_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         backend: str = "auto",
+        graph_cache_size: int = 4,
     ) -> None:
         self.model = model
         self.alphas_cumprod = alphas_cumprod.float().cpu()
         self.prediction_type = prediction_type
         self.perturb_mode = perturb_mode
-        self.eta = float(eta)
+        self.eta = check_eta(eta)
         self.spacing = spacing
         self.clip_sample = clip_sample
         self.chunk = int(chunk)
@@ -75,15 +121,28 @@ class DDIMSampler:
         self.amp_dtype = amp_dtype
         self.channels_last = channels_last
         self.backend = backend
+        self.graph_cache_size = int(graph_cache_size)
         self._eta_seed: int | None = None
         self._rows = 0  # rows (images x members) of the current call: eta-noise offsets never overlap across chunks
-        self._graphs: dict[tuple, tuple] = {}
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
+        self._graph_backend = _CudaGraphs()
+        self._graph_failed_warned = False
         self._coeffs: dict[tuple, tuple] = {}
         self.steps = steps
 
+    @classmethod
+    def from_config(cls, config, model: nn.Module, alphas_cumprod: torch.Tensor) -> DDIMSampler:
+        """The sampler a :class:`~spadfast.SPADConfig` describes (the one place that maps config keys to it)."""
+        return cls(
+            model, alphas_cumprod, prediction_type=config.prediction_type, perturb_mode=config.perturb_mode,
+            steps=config.sample_steps, eta=config.eta, spacing=config.timestep_spacing,
+            clip_sample=config.clip_sample, chunk=config.sample_chunk, cuda_graph=config.cuda_graph,
+            amp_dtype=config.amp_dtype, channels_last=config.channels_last, backend=config.ops_backend,
+        )
+
     def set_timesteps(self, steps: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Precompute ``(t_model [S] float32, alpha_prod_t [S], alpha_prod_t_prev [S])`` on ``device`` (cached)."""
-        key = (steps, str(device))
+        key = (steps, str(device), self.spacing)
         if key not in self._coeffs:
             T = self.alphas_cumprod.numel()
             ts = ddim_timesteps(T, steps, self.spacing)
@@ -95,11 +154,18 @@ class DDIMSampler:
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    def _loop(self, x: torch.Tensor, images: torch.Tensor, steps: int, row0: int = 0) -> torch.Tensor:
-        """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,1,H,W]`` (float32). No host sync."""
+    def _cached_encoder(self) -> bool:
+        return callable(getattr(self.model, "encode", None)) and callable(getattr(self.model, "denoise", None))
+
+    def _loop(self, x: torch.Tensor, *context: torch.Tensor, steps: int, row0: int = 0) -> torch.Tensor:
+        """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,1,H,W]`` (float32). No host sync.
+
+        ``context`` is ``(images,)`` for a plain denoiser or the image features of a cached-encoder model.
+        """
         t_model, a_t, a_prev = self.set_timesteps(steps, x.device)
         n = x.shape[0]
         cond = torch.zeros_like(x) if self.perturb_mode == "condition" else None
+        cached = self._cached_encoder()
         # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA-graph capture
         autocast = (
             torch.autocast(x.device.type, dtype=self.amp_dtype, cache_enabled=False)
@@ -108,9 +174,13 @@ class DDIMSampler:
         )
         for i in range(steps):
             with nvtx_range(f"ddim_step_{i}"):
-                parts = [x, images] if cond is None else [x, images, cond]
                 with autocast:
-                    out = self.model(torch.cat(parts, dim=1), t_model[i].expand(n))
+                    if cached:
+                        inp = x if cond is None else torch.cat([x, cond], dim=1)
+                        out = self.model.denoise(inp, list(context), t_model[i].expand(n))
+                    else:
+                        parts = [x, *context] if cond is None else [x, *context, cond]
+                        out = self.model(torch.cat(parts, dim=1), t_model[i].expand(n))
                 x, x0 = ops.ddim_step(
                     x, out.float(), a_t[i], a_prev[i], self.eta, None, self.clip_sample, self.prediction_type,
                     seed=self._eta_seed, offset=(i * self._rows + row0) * x[0].numel(), validate=False,
@@ -120,31 +190,56 @@ class DDIMSampler:
                     cond = x0
         return x
 
-    def _run(self, x: torch.Tensor, images: torch.Tensor, steps: int, row0: int = 0) -> torch.Tensor:
-        use_graph = self.cuda_graph and x.is_cuda and self.eta == 0.0
+    def _graph_key(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int) -> tuple:
+        return (
+            tuple(x.shape), tuple((tuple(c.shape), c.dtype, c.is_contiguous(memory_format=torch.channels_last))
+                                  for c in context),
+            steps, x.device, id(self.model), self.prediction_type, self.perturb_mode, self.eta, self.clip_sample,
+            self.spacing, self.backend, self.amp_dtype, self.channels_last, tuple(self.alphas_cumprod.shape),
+        )
+
+    def _run(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int, row0: int = 0) -> torch.Tensor:
+        use_graph = self.cuda_graph and self.eta == 0.0 and self._graph_backend.supports(x)
         if not use_graph:
-            return self._loop(x, images, steps, row0)
-        key = (tuple(x.shape), tuple(images.shape), images.dtype, steps, x.device)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(x, images, steps)
-        graph, static_x, static_img, static_out = self._graphs[key]
-        static_x.copy_(x)
-        static_img.copy_(images)
-        graph.replay()
+            return self._loop(x, *context, steps=steps, row0=row0)
+        key = self._graph_key(x, context, steps)
+        entry = self._graphs.get(key)
+        if entry is None:
+            static = (x.clone(), *(c.clone() for c in context))
+            try:
+                replay, static_out = self._graph_backend.capture(lambda *a: self._loop(*a, steps=steps), static)
+            except Exception as e:  # noqa: BLE001  (any capture failure: sample eagerly instead)
+                if not self._graph_failed_warned:
+                    warnings.warn(f"CUDA-graph capture of the sampling loop failed ({type(e).__name__}: {e}); "
+                                  "sampling eagerly from now on", RuntimeWarning, stacklevel=3)
+                    self._graph_failed_warned = True
+                self.cuda_graph = False
+                return self._loop(x, *context, steps=steps, row0=row0)
+            # the model is kept alive by the entry, so id(model) in the key cannot be reused while it is cached
+            entry = (replay, static, static_out, self.model)
+            self._graphs[key] = entry
+            while len(self._graphs) > max(1, self.graph_cache_size):
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        replay, static, static_out, _ = entry
+        for dst, src in zip(static, (x, *context)):
+            dst.copy_(src)
+        replay()
         return static_out.clone()
 
-    def _capture(self, x: torch.Tensor, images: torch.Tensor, steps: int):
-        static_x, static_img = x.clone(), images.clone()
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up: Triton compilation, cuDNN autotuning, allocator
-                self._loop(static_x, static_img, steps)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self._loop(static_x, static_img, steps)
-        return graph, static_x, static_img, static_out
+    def _initial_noise(
+        self, B: int, K: int, H: int, W: int, seed: int | None, keys: Sequence[int] | None
+    ) -> torch.Tensor:
+        """``x_T`` ``[B*K,1,H,W]`` on the CPU: one draw for the batch, or per image from ``(seed, keys[b])``."""
+        if keys is None:
+            gen = torch.Generator().manual_seed(seed) if seed is not None else None
+            return torch.randn((B * K, 1, H, W), generator=gen)
+        base = 0 if seed is None else seed
+        parts = [
+            torch.randn((K, 1, H, W), generator=torch.Generator().manual_seed((base * 1_000_003 + k) % 2**63))
+            for k in keys
+        ]
+        return torch.cat(parts)
 
     @torch.no_grad()
     def sample(
@@ -155,11 +250,14 @@ class DDIMSampler:
         seed: int | None = 0,
         threshold: float = 0.5,
         return_members: bool = False,
+        noise_keys: Sequence[int] | None = None,
     ) -> SampleResult:
         """Segment ``images`` (float ``[B,C,H,W]`` in [-1, 1]) with a K-member DDIM ensemble.
 
         ``seed`` fixes the initial noise (drawn on the CPU, so with ``eta == 0`` results do not depend on the chunk
-        size or the device); ``None`` draws from torch's global generator. With ``eta > 0`` the step noise is
+        size or the device); ``None`` draws from torch's global generator. ``noise_keys`` (B ints >= 0, e.g.
+        :func:`image_noise_key` of file names) draws each image's noise from ``(seed, key)`` alone, so an image
+        gets the same mask whatever batch it is in or wherever it sits. With ``eta > 0`` the step noise is
         in-kernel Philox keyed by (step, row, pixel) on the Triton backend, so chunking does not change it either;
         the reference backend draws it per chunk (deterministic for a given seed and chunk size).
         """
@@ -179,27 +277,40 @@ class DDIMSampler:
             raise ValueError(f"`steps` must be an int in [1, {T}], got {steps!r}")
         if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
             raise ValueError(f"`ensemble` must be an int >= 1, got {ensemble!r}")
-        device = self._model_device()
         B, _, H, W = images.shape
+        if noise_keys is not None:
+            noise_keys = list(noise_keys)
+            if len(noise_keys) != B or any(isinstance(k, bool) or not isinstance(k, int) or k < 0
+                                           for k in noise_keys):
+                raise ValueError(f"`noise_keys` must be {B} ints >= 0 (one per image), got {noise_keys!r}")
+        device = self._model_device()
         K = ensemble
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        x_T = torch.randn((B * K, 1, H, W), generator=gen)
+        x_T = self._initial_noise(B, K, H, W, seed, noise_keys)
         self._rows = B * K
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self._eta_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if self.eta > 0 else None
-        imgs = images.to(device=device, dtype=torch.float32).repeat_interleave(K, dim=0)
+        imgs = images.to(device=device, dtype=torch.float32)
         if self.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         was_training = self.model.training
         self.model.eval()
         try:
+            if self._cached_encoder():
+                context = tuple(f.repeat_interleave(K, dim=0) for f in self.model.encode(imgs))
+            else:
+                context = (imgs.repeat_interleave(K, dim=0),)
             outs = []
             for start in range(0, B * K, self.chunk):
                 xs = x_T[start : start + self.chunk].to(device)
-                outs.append(self._run(xs, imgs[start : start + self.chunk], steps, start))
+                outs.append(self._run(xs, tuple(c[start : start + self.chunk] for c in context), steps, start))
             x = torch.cat(outs)
         finally:
             self.model.train(was_training)
         members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, H, W)
         probs = members.mean(dim=1, keepdim=True)
         std = members.std(dim=1, keepdim=True, unbiased=False)
+        if not bool(torch.isfinite(probs).all()):
+            raise FloatingPointError(
+                "sampling produced non-finite values: the model weights or the images hold NaN/inf"
+            )
         return SampleResult(probs, std, probs > threshold, members if return_members else None)

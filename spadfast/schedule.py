@@ -1,9 +1,10 @@
 """Noise schedules, DDIM timestep selection and the progress-aware scheduler (PaS).
 
 Beta schedules reproduce diffusers' ``DDIMScheduler`` (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``, the
-latter also reachable as ``cosine``) to float32 rounding. DDIM timesteps follow diffusers' three spacings, but the
-previous timestep of each step is read from the selected array (never from ``t - T // S``, which is wrong for
-``linspace`` and ``trailing`` when S does not divide T).
+latter also reachable as ``cosine``) to float32 rounding. DDIM timesteps follow diffusers' three spacings in
+integer arithmetic (exactly S distinct steps for every S), and the previous timestep of each step is read from the
+selected array (never from ``t - T // S``, which is wrong for ``linspace`` and ``trailing`` when S does not divide
+T). The forward process (:func:`add_noise`) and the training targets live here too.
 """
 
 from __future__ import annotations
@@ -44,23 +45,47 @@ def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1.0 - betas.float(), dim=0)
 
 
+def _round_ratio(num: np.ndarray, den: int) -> np.ndarray:
+    """``round(num / den)`` for non-negative int64 ``num``, half to even (numpy's rule), in exact integer arithmetic."""
+    q, r = np.divmod(num, den)
+    up = (2 * r > den) | ((2 * r == den) & (q % 2 == 1))
+    return q + up
+
+
 def ddim_timesteps(
     num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading", steps_offset: int = 0
 ) -> torch.Tensor:
-    """Descending int64 timesteps ``[S]`` exactly as diffusers' ``DDIMScheduler.set_timesteps`` picks them."""
+    """Descending int64 timesteps ``[S]``: exactly S distinct values in ``[0, T)`` for every S in ``[1, T]``.
+
+    The three spacings of diffusers' ``DDIMScheduler.set_timesteps``, computed in integer arithmetic:
+    ``leading`` ``i * (T // S) + steps_offset``; ``trailing`` ``round(T - i T / S) - 1``; ``linspace``
+    ``round(i (T - 1) / (S - 1))`` (rounding half to even, as numpy does). diffusers computes ``trailing`` with a
+    float ``np.arange(T, 0, -T / S)``, which for 62 of the 1000 step counts at T = 1000 (61, 103, 121, ...) yields
+    S + 1 values ending at -1; spadfast does not reproduce that: it returns the S values diffusers means, and agrees
+    with diffusers exactly wherever diffusers returns S values.
+    """
     T, S = num_train_timesteps, num_inference_steps
     if spacing not in TIMESTEP_SPACINGS:
         raise ValueError(f"`spacing` must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"`num_train_timesteps` must be an int >= 1, got {T!r}")
     if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
         raise ValueError(f"`num_inference_steps` must be an int in [1, {T}], got {S!r}")
-    if spacing == "linspace":
-        ts = np.linspace(0, T - 1, S).round()[::-1].astype(np.int64)
-    elif spacing == "leading":
+    i = np.arange(S, dtype=np.int64)
+    if spacing == "leading":
         ratio = T // S
-        ts = (np.arange(0, S) * ratio).round()[::-1].astype(np.int64) + steps_offset
+        if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0 \
+                or (S - 1) * ratio + steps_offset > T - 1:
+            raise ValueError(f"`steps_offset` must be an int in [0, {T - 1 - (S - 1) * ratio}] for S = {S}, "
+                             f"got {steps_offset!r}")
+        ts = i * ratio + steps_offset
+    elif spacing == "trailing":
+        ts = _round_ratio(T * (S - i), S) - 1
     else:
-        ts = np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1
-    return torch.from_numpy(ts.copy())
+        ts = _round_ratio(i * (T - 1), S - 1) if S > 1 else np.zeros(1, np.int64)
+    if spacing != "trailing":
+        ts = ts[::-1]
+    return torch.from_numpy(ts.astype(np.int64, copy=True))
 
 
 def ddim_alphas(
@@ -76,6 +101,36 @@ def ddim_alphas(
     a_t = ac[timesteps]
     a_prev = torch.cat([ac[timesteps[1:]], final.view(1).to(ac.device)])
     return a_t, a_prev
+
+
+def check_eta(eta: float) -> float:
+    """DDIM's eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like variance); above 1 the update is NaN."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        raise TypeError(f"`eta` must be a number in [0, 1], got {type(eta).__name__}")
+    if not (0.0 <= eta <= 1.0):  # also rejects NaN
+        raise ValueError(f"`eta` must lie in [0, 1] (above 1, 1 - alpha_prev - sigma^2 < 0), got {eta!r}")
+    return float(eta)
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_prod: torch.Tensor) -> torch.Tensor:
+    """The forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``; ``alpha_prod`` broadcasts per row."""
+    return alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * eps
+
+
+def training_target(
+    prediction_type: str, x0: torch.Tensor, eps: torch.Tensor, alpha_prod: torch.Tensor
+) -> torch.Tensor:
+    """What a model of ``prediction_type`` must output for ``x_t = add_noise(x0, eps, alpha_prod)``.
+
+    ``epsilon``: eps; ``sample``: x0; ``v_prediction``: ``v = sqrt(abar) eps - sqrt(1 - abar) x0``.
+    """
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        return alpha_prod.sqrt() * eps - (1 - alpha_prod).sqrt() * x0
+    raise ValueError(f"`prediction_type` must be one of epsilon, sample, v_prediction, got {prediction_type!r}")
 
 
 def progress_strength(

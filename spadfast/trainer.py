@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,69 +21,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from . import distributed as dist_utils
-from .checkpoint import read_checkpoint, resolve_path, write_checkpoint
+from ._version import __version__
+from .augment import dihedral
+from .batches import batch_iterator, coerce_dataset
+from .checkpoint import (
+    capture_rng,
+    optimizer_param_groups,
+    pack_training_state,
+    read_checkpoint,
+    resolve_path,
+    restore_rng,
+    unpack_training_state,
+    write_checkpoint,
+)
 from .config import SPADConfig
+from .distributed import resolve_device
 from .metrics import dice
-from .model import SPADUNet
+from .model import build_model
 from .perturb import spad_perturb
 from .profiling import nvtx_range
 from .sampler import DDIMSampler, SampleResult
-from .schedule import alphas_cumprod, make_betas
-
-_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: this rank's CUDA device when available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"`device` is {name!r} but CUDA is not available")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if device.index is not None and world > 1 and device.index != dist_utils.local_rank():
-            warnings.warn(f"`device` {name!r} under torchrun: using cuda:{dist_utils.local_rank()} for this rank "
-                          "(one GPU per process)", stacklevel=3)
-            device = torch.device("cuda", dist_utils.local_rank())
-        if device.index is None:
-            device = torch.device("cuda", dist_utils.local_rank())
-    return device
-
-
-class _BatchIndexStream(torch.utils.data.Sampler):
-    """Endless stream of per-rank index batches starting at micro-batch ``start``, epoch after epoch.
-
-    Epoch ``e`` is a ``DistributedSampler`` permutation seeded by (seed, e), so position ``i`` of the stream is a pure
-    function of i: resuming at any step needs no iterator state.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, start: int = 0) -> None:
-        self.sampler = DistributedSampler(
-            dataset, num_replicas=dist_utils.world_size(), rank=dist_utils.rank(), shuffle=True, seed=seed
-        )
-        self.batch_size = batch_size
-        self.start = start
-
-    def __iter__(self) -> Iterator[list[int]]:
-        per_epoch = len(self.sampler)
-        first = self.start * self.batch_size
-        epoch, pos = divmod(first, per_epoch)
-        buf: list[int] = []
-        while True:
-            self.sampler.set_epoch(epoch)
-            buf.extend(list(self.sampler)[pos:])
-            pos = 0
-            epoch += 1
-            while len(buf) >= self.batch_size:
-                yield buf[: self.batch_size]
-                buf = buf[self.batch_size :]
-
-    def __len__(self) -> int:  # endless; DataLoader only needs a number
-        return 2**62
+from .schedule import add_noise, alphas_cumprod, make_betas, training_target
 
 
 class SPADTrainer:
@@ -129,22 +89,20 @@ class SPADTrainer:
         self.distributed = dist_utils.init_from_env(self.device)
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.amp_dtype = _AMP[cfg.amp]
+        self.amp_dtype = cfg.amp_dtype
 
-        self.train_data = self._resolve_data(train_data, "train_data", cfg.synthetic_train, cfg.seed)
+        size, channels = cfg.image_size, cfg.image_channels
+        self.train_data = coerce_dataset(train_data, "train_data", size, channels, cfg.synthetic_train, cfg.seed)
         if val_data is None and train_data is None:
-            val_data = self._resolve_data(None, "val_data", cfg.synthetic_val, cfg.seed + 10_007)
-        self.val_data = self._resolve_data(val_data, "val_data", 0, 0) if val_data is not None else None
+            val_data = coerce_dataset(None, "val_data", size, channels, cfg.synthetic_val, cfg.seed + 10_007)
+        self.val_data = coerce_dataset(val_data, "val_data", size, channels) if val_data is not None else None
 
         torch.manual_seed(cfg.seed)  # model initialisation is identical on every rank
-        if model is None:
-            model = SPADUNet(
-                in_channels=cfg.model_in_channels, out_channels=1, base_channels=cfg.base_channels,
-                channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
-                attention_levels=cfg.attention_levels, dropout=cfg.dropout,
-            )
+        model = build_model(cfg) if model is None else model
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        # dropout and other global draws differ per rank (DDP ranks must not share dropout masks)
+        torch.manual_seed((cfg.seed * 1_000_003 + 7_919 * (self.rank + 1)) % 2**63)
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -166,70 +124,7 @@ class SPADTrainer:
         self.generator.manual_seed(cfg.seed * 1_000 + self.rank)
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self.sampler = DDIMSampler(
-            self.ema, alphas_cumprod(betas), prediction_type=cfg.prediction_type, perturb_mode=cfg.perturb_mode,
-            steps=cfg.sample_steps, eta=cfg.eta, spacing=cfg.timestep_spacing, clip_sample=cfg.clip_sample,
-            chunk=cfg.sample_chunk, cuda_graph=cfg.cuda_graph, amp_dtype=self.amp_dtype,
-            channels_last=cfg.channels_last, backend=cfg.ops_backend,
-        )
-
-    # ------------------------------------------------------------------------------------------------ data
-    def _resolve_data(self, data, name: str, synthetic_n: int, seed: int) -> Dataset:
-        from .data import SegmentationFolder, SyntheticLesions
-
-        cfg = self.config
-        if data is None:
-            return SyntheticLesions(synthetic_n, image_size=cfg.image_size, seed=seed, channels=cfg.image_channels)
-        if isinstance(data, (str, Path)):
-            return SegmentationFolder(data, image_size=cfg.image_size, channels=cfg.image_channels, augment=False)
-        if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
-            raise TypeError(f"`{name}` must be a Dataset, a folder path or None, got {type(data).__name__}")
-        if len(data) == 0:
-            raise ValueError(f"`{name}` is empty")
-        image, mask = data[0]
-        if not isinstance(image, torch.Tensor) or not isinstance(mask, torch.Tensor):
-            raise TypeError(
-                f"`{name}` must yield (image, mask) torch tensors, got ({type(image).__name__}, {type(mask).__name__})"
-            )
-        if not image.is_floating_point() or not bool(torch.isfinite(image).all()):
-            raise ValueError(f"`{name}` images must be finite floating tensors in [-1, 1] (item 0: {image.dtype})")
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError(f"`{name}` masks must hold only 0 and 1 (item 0 holds {mask.unique()[:4].tolist()})")
-        if image.dim() != 3 or image.shape[0] != cfg.image_channels:
-            raise ValueError(
-                f"`{name}` images must be [C={cfg.image_channels},H,W] (config.image_channels), "
-                f"got {tuple(image.shape)}"
-            )
-        if mask.dim() != 3 or mask.shape[0] != 1 or mask.shape[1:] != image.shape[1:]:
-            raise ValueError(f"`{name}` masks must be [1,H,W] matching the image, got {tuple(mask.shape)}")
-        return data
-
-    def _loader(self, start_micro: int) -> Iterator:
-        stream = _BatchIndexStream(self.train_data, self.config.batch_size, self.config.seed, start_micro)
-        loader = DataLoader(
-            self.train_data, batch_sampler=stream, num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-            # a private generator: the loader must not consume the global RNG (dropout's), or resume drifts
-            generator=torch.Generator().manual_seed(self.config.seed + start_micro),
-        )
-        return iter(loader)
-
-    def _augment(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample flips and 90-degree rotations, identical for image and mask, from the trainer's generator."""
-        B = image.shape[0]
-        ops = torch.randint(0, 8, (B,), generator=self.generator, device=self.device)
-        if image.shape[-1] != image.shape[-2]:
-            ops = ops % 4  # rotations by 90 degrees need square images
-        both = torch.cat([image, mask], dim=1)
-        out = both
-        flip_h = (ops % 2 == 1).view(B, 1, 1, 1)
-        flip_v = ((ops // 2) % 2 == 1).view(B, 1, 1, 1)
-        transpose = (ops // 4 == 1).view(B, 1, 1, 1)
-        out = torch.where(flip_h, out.flip(-1), out)
-        out = torch.where(flip_v, out.flip(-2), out)
-        if image.shape[-1] == image.shape[-2]:
-            out = torch.where(transpose, out.transpose(-1, -2), out)
-        return out[:, : image.shape[1]], out[:, image.shape[1] :]
+        self.sampler = DDIMSampler.from_config(cfg, self.ema, alphas_cumprod(betas))
 
     # -------------------------------------------------------------------------------------------- training
     def _lr(self, step: int) -> float:
@@ -238,16 +133,14 @@ class SPADTrainer:
         return self.config.lr * min(1.0, (step + 1) / self.config.warmup_steps)
 
     def _loss(self, image: torch.Tensor, mask: torch.Tensor, micro: int) -> torch.Tensor:
+        """Diffusion loss of one micro-batch: perturb the mask (SPAD), noise it, predict, MSE to the target."""
         cfg = self.config
         B = mask.shape[0]
-        progress = self.step / cfg.train_steps
         with nvtx_range("spad_perturb"):
             offset = (micro * self.world_size + self.rank) * 2 * mask.numel()
-            perturbed = spad_perturb(
-                mask, progress, cfg.perturb, seed=cfg.seed, offset=offset, validate=False, backend=cfg.ops_backend
-            )
-        clean = mask * 2 - 1
-        pert = perturbed * 2 - 1
+            perturbed = spad_perturb(mask, self.step / cfg.pas_horizon, cfg.perturb, seed=cfg.seed, offset=offset,
+                                     validate=False, backend=cfg.ops_backend)
+        clean, pert = mask * 2 - 1, perturbed * 2 - 1
         x0, cond = (pert, None) if cfg.perturb_mode == "target" else (clean, pert)
         if cond is not None and cfg.condition_dropout > 0:
             keep = torch.rand((B, 1, 1, 1), generator=self.generator, device=self.device) >= cfg.condition_dropout
@@ -255,21 +148,14 @@ class SPADTrainer:
         t = torch.randint(0, cfg.num_train_timesteps, (B,), generator=self.generator, device=self.device)
         eps = torch.randn(x0.shape, generator=self.generator, device=self.device)
         a = self.alphas_cumprod[t].view(B, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        if cfg.prediction_type == "epsilon":
-            target = eps
-        elif cfg.prediction_type == "sample":
-            target = x0
-        else:
-            target = a.sqrt() * eps - (1 - a).sqrt() * x0
-        parts = [x_t, image] if cond is None else [x_t, image, cond]
-        inp = torch.cat(parts, dim=1)
+        x_t = add_noise(x0, eps, a)
+        inp = torch.cat([x_t, image] if cond is None else [x_t, image, cond], dim=1)
         if cfg.channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             with nvtx_range("forward"):
                 pred = self._train_model(inp, t.float())
-        return F.mse_loss(pred.float(), target)
+        return F.mse_loss(pred.float(), training_target(cfg.prediction_type, x0, eps, a))
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -290,11 +176,11 @@ class SPADTrainer:
             image = image.to(self.device, non_blocking=True).float()
             mask = mask.to(self.device, non_blocking=True).float()
             if cfg.augment:
-                image, mask = self._augment(image, mask)
+                symmetry = torch.randint(0, 8, (image.shape[0],), generator=self.generator, device=self.device)
+                image, mask = dihedral(image, mask, symmetry)
             last = k == cfg.grad_accum - 1
-            sync_ctx = self._train_model.no_sync() if self.distributed and not last and hasattr(
-                self._train_model, "no_sync") else nullcontext()
-            with sync_ctx:
+            no_sync = self.distributed and not last and hasattr(self._train_model, "no_sync")
+            with self._train_model.no_sync() if no_sync else nullcontext():
                 loss = self._loss(image, mask, self.step * cfg.grad_accum + k) / cfg.grad_accum
                 with nvtx_range("backward"):
                     self.scaler.scale(loss).backward()
@@ -320,7 +206,8 @@ class SPADTrainer:
         if steps == 0:
             return []
         self.model.train()
-        batches = self._loader(self.step * cfg.grad_accum)
+        batches = batch_iterator(self.train_data, cfg.batch_size, cfg.seed, self.step * cfg.grad_accum,
+                                 cfg.num_workers, pin_memory=self.device.type == "cuda")
         bar = None
         if cfg.progress_bar and dist_utils.is_main():
             from tqdm.auto import tqdm
@@ -334,6 +221,7 @@ class SPADTrainer:
             n_running += 1
             if bar is not None:
                 bar.update(1)
+            validate = bool(cfg.val_every) and self.step % cfg.val_every == 0 and self.val_data is not None
             if self.step % cfg.log_every == 0 or self.step == cfg.train_steps:
                 loss = (running / n_running).item()  # sync point: once per log interval
                 if not math.isfinite(loss):
@@ -345,7 +233,7 @@ class SPADTrainer:
                           "steps_per_s": n_running / max(elapsed, 1e-9)}
                 running.zero_()
                 n_running, t0 = 0, time.perf_counter()
-                if cfg.val_every and self.step % cfg.val_every == 0 and self.val_data is not None:
+                if validate:
                     record["val_dice"] = self.validate()
                 records.append(record)
                 self.history.append(record)  # before any mid-fit checkpoint, so it carries the log so far
@@ -353,7 +241,7 @@ class SPADTrainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", **({"dice": f"{record['val_dice']:.3f}"}
                                                           if "val_dice" in record else {}))
-            elif cfg.val_every and self.step % cfg.val_every == 0 and self.val_data is not None:
+            elif validate:
                 self._log({"step": self.step, "val_dice": self.validate()})
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None:
                 self.save(self.out_dir)
@@ -398,14 +286,14 @@ class SPADTrainer:
 
     def segment(
         self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None, seed: int | None = 0,
-        return_members: bool = False,
+        return_members: bool = False, noise_keys: list[int] | None = None,
     ) -> SampleResult:
         """EMA-model DDIM ensemble: probabilities, uncertainty and thresholded masks (see :class:`SampleResult`)."""
         images, _ = self._check_images(images)
         return self.sampler.sample(
             images, steps=self.config.sample_steps if steps is None else steps,
             ensemble=self.config.ensemble if ensemble is None else ensemble, seed=seed,
-            threshold=self.config.threshold, return_members=return_members,
+            threshold=self.config.threshold, return_members=return_members, noise_keys=noise_keys,
         )
 
     def sample(
@@ -418,70 +306,26 @@ class SPADTrainer:
 
     # ------------------------------------------------------------------------------------------ checkpoint
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors: dict[str, torch.Tensor] = {}
-        for k, v in self.model.state_dict().items():
-            tensors[f"model.{k}"] = v
-        for k, v in self.ema.state_dict().items():
-            tensors[f"ema.{k}"] = v
-        for idx, state in self.optimizer.state_dict()["state"].items():
-            for k, v in state.items():
-                tensors[f"optim.{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-        for k, v in self.scaler.state_dict().items():
-            if isinstance(v, (int, float)):
-                tensors[f"scaler.{k}"] = torch.tensor(float(v), dtype=torch.float64)
-        per_rank = [self._rng_states()]
-        if self.distributed:  # a collective: every rank calls save()
+        """Every tensor of the run, every rank's random states included (a collective under DDP)."""
+        per_rank = [capture_rng(self.generator, self.device)]
+        if self.distributed:
             per_rank = [None] * self.world_size
-            torch.distributed.all_gather_object(per_rank, self._rng_states())
-        for r, states in enumerate(per_rank):
-            for k, v in states.items():
-                tensors[f"rng.rank{r}.{k}"] = v
-        return tensors
-
-    def _rng_states(self) -> dict[str, torch.Tensor]:
-        """This rank's random states: the trainer's generator, torch's CPU RNG (dropout on CPU), CUDA RNG."""
-        states = {"generator": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            states["torch_cuda"] = torch.cuda.get_rng_state(self.device)
-        return states
-
-    def _restore_rng(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> None:
-        prefix = f"rng.rank{self.rank}."
-        same_device = meta.get("device_type") == self.device.type
-        if same_device and f"{prefix}generator" in tensors:
-            self.generator.set_state(tensors[f"{prefix}generator"])
-            torch.set_rng_state(tensors[f"{prefix}torch_cpu"])
-            if f"{prefix}torch_cuda" in tensors and self.device.type == "cuda":
-                torch.cuda.set_rng_state(tensors[f"{prefix}torch_cuda"], self.device)
-            return
-        # Another device type or world size: the saved streams do not apply. Reseed deterministically from
-        # (seed, rank, step); training continues correctly, but not bit-identically to an uninterrupted run.
-        warnings.warn(
-            f"checkpoint {source!r} was written on {meta.get('device_type')} with {meta.get('world_size')} "
-            f"process(es); resuming on {self.device.type} as rank {self.rank} of {self.world_size} reseeds the "
-            "random streams, so the continuation is not bit-identical to an uninterrupted run",
-            stacklevel=3,
-        )
-        mixed = (self.config.seed * 1_000_003 + self.step) * 1_009 + self.rank
-        self.generator.manual_seed(mixed % 2**63)
-        torch.manual_seed(mixed % 2**63)
+            torch.distributed.all_gather_object(per_rank, capture_rng(self.generator, self.device))
+        return pack_training_state(self.model, self.ema, self.optimizer, self.scaler, per_rank)
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint (rank 0; other ranks wait) atomically; ``path`` is a run directory or a file."""
         written = resolve_path(path)
         tensors = self.state_tensors()  # every rank: gathers the per-rank random states
         if dist_utils.is_main():
-            groups = [
-                {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.state_dict()["param_groups"]
-            ]
             meta = {
                 "config": self.config.to_dict(),
                 "step": self.step,
-                "optimizer_param_groups": groups,
+                "optimizer_param_groups": optimizer_param_groups(self.optimizer),
                 "world_size": self.world_size,
                 "device_type": self.device.type,
-                "history": self.history[-100:],
-                "spadfast_version": __import__("spadfast").__version__,
+                "history": self.history,
+                "spadfast_version": __version__,
             }
             written = write_checkpoint(path, tensors, meta)
         dist_utils.barrier()
@@ -500,45 +344,43 @@ class SPADTrainer:
         """Rebuild a trainer from ``save``'s checkpoint and resume exactly where it stopped."""
         tensors, meta = read_checkpoint(path)
         source = str(resolve_path(path))
-        for key in ("config", "step", "optimizer_param_groups"):
-            if key not in meta:
-                raise ValueError(f"checkpoint {source!r} lacks {key!r} in its metadata: not a SPADTrainer checkpoint")
-        cfg_dict = dict(meta["config"])
-        if device is not None:
-            cfg_dict["device"] = device
-        if cfg_dict.get("amp") == "fp16" and resolve_device(cfg_dict.get("device", "auto")).type != "cuda":
-            warnings.warn("checkpoint trained with amp='fp16' continues with amp='none' off CUDA", stacklevel=2)
-            cfg_dict["amp"] = "none"
-        trainer = cls(SPADConfig.from_dict(cfg_dict), train_data, val_data, model, out_dir)
+        cfg = config_from_checkpoint(meta, source, device)
+        trainer = cls(cfg, train_data, val_data, model, out_dir)
         trainer.load_state(tensors, meta, source)
         return trainer
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "checkpoint") -> None:
-        def sub(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        try:
-            self.model.load_state_dict(sub("model."))
-            self.ema.load_state_dict(sub("ema."))
-        except RuntimeError as e:
-            raise ValueError(f"checkpoint {source!r} does not match the model: {e}") from None
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in sub("optim.").items():
-            idx, name = k.split(".", 1)
-            state.setdefault(int(idx), {})[name] = v
-        params = list(self.model.parameters())
-        for idx, st in state.items():
-            for name, v in st.items():
-                if v.dim() > 0 and (idx >= len(params) or v.shape != params[idx].shape):
-                    raise ValueError(f"checkpoint {source!r}: optimizer state {idx}.{name} does not match the model")
-        groups = meta["optimizer_param_groups"]
-        params = self.optimizer.state_dict()["param_groups"]
-        for g, p in zip(groups, params):
-            g["params"] = p["params"]
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        scaler_state = {k: (int(v.item()) if k.endswith("tracker") else v.item()) for k, v in sub("scaler.").items()}
-        if scaler_state and self.scaler.is_enabled():
-            self.scaler.load_state_dict(scaler_state)
+        """Load a checkpoint's tensors and metadata into this trainer (model, EMA, optimizer, scaler, RNG, step)."""
+        unpack_training_state(tensors, meta, self.model, self.ema, self.optimizer, self.scaler, source)
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
-        self._restore_rng(tensors, meta, source)
+        saved_device, saved_world = meta.get("device_type"), meta.get("world_size")
+        if saved_device == self.device.type and saved_world == self.world_size:
+            if restore_rng(tensors, self.rank, self.generator, self.device):
+                return
+        # Another device type or world size: the saved streams do not apply (rank r's stream belongs to another data
+        # partition). Reseed deterministically from (seed, rank, step): training continues correctly, but not
+        # bit-identically to an uninterrupted run.
+        warnings.warn(
+            f"checkpoint {source!r} was written on {saved_device} with {saved_world} process(es); resuming on "
+            f"{self.device.type} as rank {self.rank} of {self.world_size} reseeds the random streams, so the "
+            "continuation is not bit-identical to an uninterrupted run",
+            stacklevel=3,
+        )
+        mixed = ((self.config.seed * 1_000_003 + self.step) * 1_009 + self.rank) % 2**63
+        self.generator.manual_seed(mixed)
+        torch.manual_seed(mixed)
+
+
+def config_from_checkpoint(meta: dict[str, Any], source: str, device: str | None = None) -> SPADConfig:
+    """The run's config from checkpoint metadata, on ``device`` when given (fp16 AMP falls back off CUDA)."""
+    for key in ("config", "step", "optimizer_param_groups"):
+        if key not in meta:
+            raise ValueError(f"checkpoint {source!r} lacks {key!r} in its metadata: not a SPADTrainer checkpoint")
+    cfg_dict = dict(meta["config"])
+    if device is not None:
+        cfg_dict["device"] = device
+    if cfg_dict.get("amp") == "fp16" and resolve_device(cfg_dict.get("device", "auto")).type != "cuda":
+        warnings.warn("checkpoint trained with amp='fp16' continues with amp='none' off CUDA", stacklevel=3)
+        cfg_dict["amp"] = "none"
+    return SPADConfig.from_dict(cfg_dict)

@@ -1,0 +1,97 @@
+"""Training data for the trainer: dataset coercion (folder, Dataset or synthetic) and the resumable batch stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from . import distributed as dist_utils
+
+
+def coerce_dataset(
+    data: Dataset | str | Path | None, name: str, image_size: int, channels: int, synthetic_n: int = 0,
+    synthetic_seed: int = 0,
+) -> Dataset:
+    """A training/validation dataset from what the user passed, checked before any work starts.
+
+    Args:
+        data: a folder holding ``images/`` and ``masks/``, a Dataset of ``(image [C,H,W] in [-1,1],
+            mask [1,H,W] in {0,1})`` or None (``synthetic_n`` synthetic lesions from ``synthetic_seed``).
+        name: the argument's name, for errors (``"train_data"``).
+        image_size, channels: what the model expects (``config.image_size``, ``config.image_channels``).
+    """
+    from .folders import SegmentationFolder
+    from .synthetic import SyntheticLesions
+
+    if data is None:
+        return SyntheticLesions(synthetic_n, image_size=image_size, seed=synthetic_seed, channels=channels)
+    if isinstance(data, (str, Path)):
+        return SegmentationFolder(data, image_size=image_size, channels=channels, augment=False)
+    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise TypeError(f"`{name}` must be a Dataset, a folder path or None, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError(f"`{name}` is empty")
+    image, mask = data[0]
+    if not isinstance(image, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        raise TypeError(
+            f"`{name}` must yield (image, mask) torch tensors, got ({type(image).__name__}, {type(mask).__name__})"
+        )
+    if not image.is_floating_point() or not bool(torch.isfinite(image).all()):
+        raise ValueError(f"`{name}` images must be finite floating tensors in [-1, 1] (item 0: {image.dtype})")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"`{name}` masks must hold only 0 and 1 (item 0 holds {mask.unique()[:4].tolist()})")
+    if image.dim() != 3 or image.shape[0] != channels:
+        raise ValueError(
+            f"`{name}` images must be [C={channels},H,W] (config.image_channels), got {tuple(image.shape)}"
+        )
+    if mask.dim() != 3 or mask.shape[0] != 1 or mask.shape[1:] != image.shape[1:]:
+        raise ValueError(f"`{name}` masks must be [1,H,W] matching the image, got {tuple(mask.shape)}")
+    return data
+
+
+class BatchIndexStream(torch.utils.data.Sampler):
+    """Endless stream of per-rank index batches starting at micro-batch ``start``, epoch after epoch.
+
+    Epoch ``e`` is a ``DistributedSampler`` permutation seeded by (seed, e), so position ``i`` of the stream is a pure
+    function of i: resuming at any step needs no iterator state.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, start: int = 0) -> None:
+        self.sampler = DistributedSampler(
+            dataset, num_replicas=dist_utils.world_size(), rank=dist_utils.rank(), shuffle=True, seed=seed
+        )
+        self.batch_size = batch_size
+        self.start = start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_epoch = len(self.sampler)
+        first = self.start * self.batch_size
+        epoch, pos = divmod(first, per_epoch)
+        buf: list[int] = []
+        while True:
+            self.sampler.set_epoch(epoch)
+            buf.extend(list(self.sampler)[pos:])
+            pos = 0
+            epoch += 1
+            while len(buf) >= self.batch_size:
+                yield buf[: self.batch_size]
+                buf = buf[self.batch_size :]
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 2**62
+
+
+def batch_iterator(
+    dataset: Dataset, batch_size: int, seed: int, start_micro: int, num_workers: int, pin_memory: bool
+) -> Iterator:
+    """Batches ``(images [B,C,H,W], masks [B,1,H,W])`` of this rank from micro-batch ``start_micro`` on."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=BatchIndexStream(dataset, batch_size, seed, start_micro), num_workers=num_workers,
+        pin_memory=pin_memory, persistent_workers=False,
+        # a private generator: the loader must not consume the global RNG (dropout's), or resume drifts
+        generator=torch.Generator().manual_seed(seed + start_micro),
+    )
+    return iter(loader)

@@ -1,0 +1,153 @@
+"""``SegmentationFolder``: image/mask pairs from ``root/images`` and ``root/masks``, paired by file stem."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ._validation import check_int
+from .augment import dihedral
+from .files import (
+    IMAGE_EXTENSIONS,
+    check_channels,
+    check_size,
+    index_folder,
+    load_stored,
+    read_mask,
+    resize_image,
+    resize_mask,
+    stored_to_model,
+)
+
+_SALT = 0x5BAD  # keeps the augmentation stream apart from other users of (seed, epoch, index)
+
+
+class SegmentationFolder(Dataset):
+    """Image/mask pairs from ``root/images`` and ``root/masks``, paired by file stem.
+
+    Every pair is read once in ``__init__``: a missing partner, an unreadable or corrupt file, an image and mask
+    of different sizes, mixed native sizes with ``image_size=None`` or an empty folder raise ``ValueError`` naming
+    the file before any training starts. With ``cache=True`` (default) the decoded, resized pixels stay in memory
+    in their stored dtype (uint8/uint16), otherwise files are read again on each access.
+
+    Images: PNG, JPEG, TIFF or BMP, gray or RGB(A), 8- or 16-bit, divided by the dtype's max and mapped to
+    ``[-1, 1]``; resized with INTER_AREA (shrinking) or INTER_LINEAR. Masks: see :func:`read_mask` (nonzero is
+    foreground; JPEG masks thresholded at half range); resized with INTER_NEAREST_EXACT.
+
+    Augmentation (training only): one of the 8 symmetries of the square (:func:`spadfast.augment.dihedral`; the
+    4 flips for non-square images), identical for image and mask, drawn from ``(seed, epoch, index)`` so it is
+    reproducible with any number of loader workers; call :meth:`set_epoch` each epoch for fresh draws.
+
+    Args:
+        root: folder holding ``images/`` and ``masks/``.
+        image_size: ``None`` (keep the native size; all images must share it), an int S (S x S) or ``(H, W)``.
+        channels: ``None`` (from the first image: 1 for gray, 3 for colour), 1 (colour converted to gray) or 3
+            (gray replicated).
+        augment: apply a random symmetry per item.
+        seed: augmentation seed.
+        cache: keep decoded pixels in memory.
+
+    Returns (per item):
+        ``(image, mask)``: image float32 ``[C,H,W]`` in ``[-1, 1]``, mask float32 ``[1,H,W]`` in ``{0, 1}``.
+
+    Attributes:
+        names: sorted list of stems. paths: list of ``(image_path, mask_path)``. image_size: ``(H, W)`` of items.
+        channels: C.
+
+    Example:
+        >>> import tempfile
+        >>> from spadfast.synthetic import write_synthetic_folder
+        >>> root = write_synthetic_folder(tempfile.mkdtemp(), n=3, image_size=32, seed=0)
+        >>> ds = SegmentationFolder(root, image_size=16)
+        >>> ds.names, tuple(ds[0][0].shape), tuple(ds[0][1].shape)
+        (['0000', '0001', '0002'], (1, 16, 16), (1, 16, 16))
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int | tuple[int, int] | None = None,
+        channels: int | None = None,
+        augment: bool = False,
+        seed: int = 0,
+        cache: bool = True,
+    ):
+        self.root = Path(root)
+        size = check_size(image_size)
+        want_channels = check_channels(channels, allow_none=True)
+        self.augment = bool(augment)
+        self.seed = check_int(seed, "seed", 0)
+        self.cache = bool(cache)
+        self.epoch = 0
+
+        images = index_folder(self.root / "images")
+        masks = index_folder(self.root / "masks")
+        if not images:
+            raise ValueError(f"{self.root / 'images'} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        for stem, p in images.items():
+            if stem not in masks:
+                raise ValueError(f"{p} has no mask: expected {self.root / 'masks' / stem}.<png|jpg|tif|bmp>")
+        for stem, p in masks.items():
+            if stem not in images:
+                raise ValueError(f"{p} has no image: expected {self.root / 'images' / stem}.<png|jpg|tif|bmp>")
+        self.names: list[str] = sorted(images)
+        self.paths: list[tuple[Path, Path]] = [(images[s], masks[s]) for s in self.names]
+
+        self.channels: int = 0
+        self._native = size is None
+        self.image_size: tuple[int, int] = size or (0, 0)
+        self._items: list[tuple[np.ndarray, np.ndarray, float]] = []
+        for image_path, mask_path in self.paths:
+            image, mask, scale = self._load(image_path, mask_path, check=True, want_channels=want_channels)
+            if self.cache:
+                self._items.append((image, mask, scale))
+
+    def _load(
+        self, image_path: Path, mask_path: Path, check: bool = False, want_channels: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Decoded, resized image (stored dtype, ``[H,W]`` or ``[H,W,3]``), bool mask and the image's scale."""
+        image, scale = load_stored(image_path)
+        mask = read_mask(mask_path)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(
+                f"{image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {mask_path} is "
+                f"{mask.shape[1]}x{mask.shape[0]}"
+            )
+        if check:
+            if not self.channels:
+                self.channels = want_channels or (1 if image.ndim == 2 else 3)
+            if self._native and self.image_size == (0, 0):
+                self.image_size = mask.shape
+            elif self._native and self.image_size != mask.shape:
+                raise ValueError(
+                    f"{image_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but {self.paths[0][0]} is "
+                    f"{self.image_size[1]}x{self.image_size[0]}: pass image_size to resize to one size"
+                )
+        return resize_image(image, self.image_size), resize_mask(mask, self.image_size), scale
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the augmentation draws of this epoch (they depend on ``(seed, epoch, index)``)."""
+        self.epoch = check_int(epoch, "epoch", 0)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = check_int(index, "index", -len(self))
+        if index < 0:
+            index += len(self)
+        if index >= len(self):
+            raise IndexError(f"index {index} is out of range for SegmentationFolder of length {len(self)}")
+        image, mask, scale = self._items[index] if self.cache else self._load(*self.paths[index])
+        image_t = torch.from_numpy(stored_to_model(image, scale, self.channels))
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32))
+        if self.augment:
+            rng = np.random.default_rng([_SALT, self.seed, self.epoch, index])
+            op = torch.tensor([int(rng.integers(8))])
+            image_b, mask_b = dihedral(image_t[None], mask_t[None], op)
+            image_t, mask_t = image_b[0].contiguous(), mask_b[0].contiguous()
+        return image_t, mask_t
