@@ -33,11 +33,7 @@ def demo_config(device: str = "auto") -> SPADConfig:
         )
     # x0 ("sample") prediction: on binary masks it reaches a usable model in a few hundred steps where epsilon
     # prediction needs several times more (Dice 0.95 vs 0.72 after 400 steps on this demo; 1000 steps: 0.95).
-    return SPADConfig(
-        image_size=32, base_channels=16, channel_mults=(1, 2, 2), attention_levels=(), train_steps=1000,
-        batch_size=16, lr=2e-3, warmup_steps=50, ema_decay=0.99, log_every=50, synthetic_train=2048,
-        prediction_type="sample", sample_steps=10, ensemble=3, val_every=250, val_samples=16, device=device,
-    )
+    return SPADConfig.preset("cpu-small", synthetic_train=2048, device=device)
 
 
 def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int = 32) -> dict[str, Any]:
