@@ -157,26 +157,23 @@ def reset_peak_memory(device: torch.device | str = DEVICE) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-
-
 _COMPILED: dict[str, Callable] = {}
 
 
 def compiled_reference(op: str) -> Callable:
     """``torch.compile(spadfast.reference.<op>)``, one wrapper per op (static shapes: one graph per shape)."""
     if op not in _COMPILED:
-        from spadfast import reference
+        from spadfast.op_table import OPS
 
-        _COMPILED[op] = torch.compile(getattr(reference, op), dynamic=False)
+        _COMPILED[op] = torch.compile(OPS[op].reference, dynamic=False)
     return _COMPILED[op]
 
 
 def triton_launcher(op: str) -> Callable:
-    """The Triton launcher ``spadfast.kernels.<module>.<op>`` (same signature as the reference)."""
-    import importlib
+    """The Triton launcher of ``op`` from the op table (same signature as the reference)."""
+    from spadfast.op_table import OPS
 
-    module = importlib.import_module(f"spadfast.kernels.{'ddim' if op == 'ddim_step' else op}")
-    return getattr(module, op)
+    return OPS[op].launcher
 
 
 def op_provider(op: str, provider: str, args: tuple, explicit: dict, philox: dict) -> Callable[[], object] | None:
@@ -186,9 +183,9 @@ def op_provider(op: str, provider: str, args: tuple, explicit: dict, philox: dic
     every provider); ``triton-philox`` calls the launcher with ``philox`` (seed/offset, noise drawn in-kernel).
     """
     if provider == "reference":
-        from spadfast import reference
+        from spadfast.op_table import OPS
 
-        fn, kwargs = getattr(reference, op), explicit
+        fn, kwargs = OPS[op].reference, explicit
     elif provider == "compiled":
         fn, kwargs = compiled_reference(op), explicit
     elif provider == "triton":

@@ -19,8 +19,12 @@ import triton
 import triton.language as tl
 
 from spadfast._validation import draw_seed, prepare_boundary_blur
-from spadfast.kernels.canny import _clamped, _edge_near, launch_config, pointer_view
 from spadfast.reference import gaussian_weights
+
+from .canny import _edge_near
+from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_offset
+
+__all__ = ["MAX_RADIUS", "boundary_blur", "plan_boundary_blur", "tile_for_radius"]
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])
@@ -54,11 +58,9 @@ def _boundary_blur_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    pid_w = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    r = (pid_h * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    c = (pid_w * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    pid_b = tl.program_id(0).to(tl.int64)
+    r = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    c = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
     valid = (r < H) & (c < W)
     r64 = r.to(tl.int64)
     c64 = c.to(tl.int64)
@@ -71,27 +73,27 @@ def _boundary_blur_kernel(
     # Separable Gaussian, rows then columns, replicated border; loads only in the band, where the value is used.
     blur = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
     for i in range(2 * R_BLUR + 1):  # runtime loop over rows: bounded live set
-        row_off = _clamped(r + (i - R_BLUR), H, stride_mh)
+        row_off = clamped_offset(r + (i - R_BLUR), H, stride_mh)
         row = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
         for j in tl.static_range(2 * R_BLUR + 1):
-            col_off = _clamped(c + (j - R_BLUR), W, stride_mw)
+            col_off = clamped_offset(c + (j - R_BLUR), W, stride_mw)
             x = tl.load(m_ptr + row_off + col_off, mask=band, other=0).to(tl.float32)
             row += tl.load(taps_ptr + j) * x
         blur += tl.load(taps_ptr + i) * row
 
     if HAS_NOISE:
-        n_off = pid_b * stride_nb + r64 * stride_nh + c64 * stride_nw
+        n_off = tile_offset(pid_b, r, c, stride_nb, stride_nh, stride_nw)
         noise = tl.load(noise_ptr + n_off, mask=band, other=0).to(tl.float32)
     else:
         noise = tl.randn(seed, offset + (pid_b * H + r64) * W + c64)
     inside = blur + strength * noise
 
     if HAS_BASE:
-        outside = tl.load(base_ptr + pid_b * stride_bb + r64 * stride_bh + c64 * stride_bw, mask=valid, other=0)
+        outside = tl.load(base_ptr + tile_offset(pid_b, r, c, stride_bb, stride_bh, stride_bw), mask=valid, other=0)
     else:
         outside = tl.load(m_ptr + r64 * stride_mh + c64 * stride_mw, mask=valid, other=0)
     out = tl.where(band, inside, outside.to(tl.float32))
-    o_off = pid_b * stride_ob + r64 * stride_oh + c64 * stride_ow
+    o_off = tile_offset(pid_b, r, c, stride_ob, stride_oh, stride_ow)
     tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=valid)
 
 
@@ -102,6 +104,61 @@ def _device_taps(sigma: float, truncate: float, device: torch.device) -> torch.T
     if device.type == "cuda":
         return taps.pin_memory().to(device, non_blocking=True)
     return taps.to(device)
+
+
+# Band radius bound: the streamed Canny window keeps O(radius) rows of state per element; past MAX_RADIUS the tile
+# below would spill (see benchmarks/RESULTS.md, static table).
+MAX_RADIUS = 6
+ELEMS_PER_THREAD = 1
+
+
+def tile_for_radius(radius: int) -> tuple[int, int]:
+    """GPU tile for a band radius: one element per thread; ~60 (radius 1) to ~120 (radius 3) fp32 values live per
+    element, so 16 warps (128 registers a thread) up to radius 2, then 8 warps (255 registers)."""
+    return (16, 32) if radius <= 2 else (8, 32)
+
+
+def plan_boundary_blur(
+    mask: torch.Tensor,
+    sigma: float,
+    strength: float,
+    radius: int = 1,
+    noise: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+    truncate: float = 3.0,
+    validate: bool = True,
+    *,
+    block_size: tuple[int, int] | None = None,
+) -> Launch:
+    """Validate, allocate and decide the launch of :func:`boundary_blur` (its compile-time variant included)."""
+    m, restore, sigma, strength, noise_v, base_v, out_dtype = prepare_boundary_blur(
+        mask, sigma, strength, radius, noise, base, generator, seed, offset, validate
+    )
+    if radius > MAX_RADIUS:
+        raise ValueError(f"`radius` must be <= {MAX_RADIUS} (the kernel's register budget), got {radius}")
+    B, _, H, W = m.shape
+    taps = _device_taps(sigma, float(truncate), m.device)
+    if noise_v is None and seed is None:
+        seed = draw_seed(generator)
+    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, tile_for_radius(radius), ELEMS_PER_THREAD, block_size)
+    x = pointer_view(m)
+    out = torch.empty_like(m, dtype=out_dtype)
+    n = noise_v if noise_v is not None else out  # placeholders are never read
+    b = base_v if base_v is not None else out
+    args = (
+        x, n, b, taps, out, H, W, strength, seed if seed is not None else 0, offset,
+        x.stride(0), x.stride(2), x.stride(3),
+        n.stride(0), n.stride(2), n.stride(3),
+        b.stride(0), b.stride(2), b.stride(3),
+        out.stride(0), out.stride(2), out.stride(3),
+    )  # fmt: skip
+    constexprs = dict(R_BAND=radius, R_BLUR=(taps.numel() - 1) // 2, HAS_NOISE=noise_v is not None,
+                      HAS_BASE=base_v is not None, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)  # fmt: skip
+    grid = grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask")
+    return Launch("boundary_blur", _boundary_blur_kernel, grid, args, constexprs, num_warps, m.device, restore(out))
 
 
 def boundary_blur(
@@ -117,8 +174,7 @@ def boundary_blur(
     truncate: float = 3.0,
     validate: bool = True,
     *,
-    block_h: int | None = None,
-    block_w: int | None = None,
+    block_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """BcD: blur the mask around its boundary and add Gaussian noise there (Triton).
 
@@ -131,46 +187,22 @@ def boundary_blur(
         mask: ``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]`` binary mask, any dtype and strides.
         sigma: Gaussian width in pixels (>= 0); the blur radius ``ceil(truncate * sigma)`` is a compile-time constant.
         strength: standard deviation of the added noise (>= 0).
-        radius: band half-width in pixels (>= 0), a compile-time constant.
+        radius: band half-width in pixels, 0 to ``MAX_RADIUS``, a compile-time constant.
         noise: optional floating tensor of the mask's shape.
         base: optional floating tensor of the mask's shape returned outside the band.
         generator, seed, offset: the Philox stream when ``noise`` is None.
         truncate: Gaussian support in units of ``sigma``.
         validate: check binary values / NaN (host sync).
-        block_h, block_w: tile override (powers of two); default by heuristic.
+        block_size: ``(BLOCK_H, BLOCK_W)`` tile override (powers of two); default by ``tile_config``.
 
     Returns:
         Tensor of the mask's shape in ``base.dtype``, else the mask's dtype if floating, else float32.
 
     Raises:
-        TypeError, ValueError: bad shapes, dtypes, devices or values, or an input that requires grad.
+        TypeError, ValueError: bad shapes, dtypes, devices or values, ``radius > MAX_RADIUS``, or an input that
+            requires grad.
+        KernelLaunchError: the kernel failed to compile or launch.
     """
-    m, restore, sigma, strength, noise_v, base_v, out_dtype = prepare_boundary_blur(
-        mask, sigma, strength, radius, noise, base, generator, seed, offset, validate
-    )
-
-    B, _, H, W = m.shape
-    taps = _device_taps(sigma, float(truncate), m.device)
-    if noise_v is None and seed is None:
-        seed = draw_seed(generator)
-    # One element per thread: the band's row window keeps ~60 (radius 1) to ~120 (radius 3) fp32 values live per
-    # element; past radius 2, 8 warps (255 registers a thread) instead of 16 (128) avoid spills.
-    tile = (16, 32) if radius <= 2 else (8, 32)
-    BLOCK_H, BLOCK_W, num_warps = launch_config(H, W, m.is_cuda, block_h, block_w, tile, elems_per_thread=1)
-
-    x = pointer_view(m)
-    out = torch.empty_like(m, dtype=out_dtype)
-    n = noise_v if noise_v is not None else out  # placeholders are never read
-    b = base_v if base_v is not None else out
-    grid = (triton.cdiv(W, BLOCK_W), triton.cdiv(H, BLOCK_H), B)
-    _boundary_blur_kernel[grid](
-        x, n, b, taps, out, H, W, strength, seed if seed is not None else 0, offset,
-        x.stride(0), x.stride(2), x.stride(3),
-        n.stride(0), n.stride(2), n.stride(3),
-        b.stride(0), b.stride(2), b.stride(3),
-        out.stride(0), out.stride(2), out.stride(3),
-        R_BAND=radius, R_BLUR=(taps.numel() - 1) // 2,
-        HAS_NOISE=noise_v is not None, HAS_BASE=base_v is not None,
-        BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=num_warps,
-    )  # fmt: skip
-    return restore(out)
+    return launch(plan_boundary_blur(
+        mask, sigma, strength, radius, noise, base, generator, seed, offset, truncate, validate, block_size=block_size
+    ))  # fmt: skip

@@ -16,15 +16,13 @@ import triton.language as tl
 
 from spadfast._validation import as_b1hw, check_mask
 
+from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_offset
+
+__all__ = ["TILE", "ELEMS_PER_THREAD", "canny", "plan_canny"]
+
 # OpenCV's fixed-point tangent constants, the values spadfast.reference uses (tan(22.5 deg) * 2**15 and 2**15).
 TG22: tl.constexpr = tl.constexpr(13573.0)
 SHIFT: tl.constexpr = tl.constexpr(32768.0)
-
-
-@triton.jit
-def _clamped(idx, n, stride):
-    # Replicated border: out-of-image rows/columns read the nearest edge row/column.
-    return tl.minimum(tl.maximum(idx, 0), n - 1).to(tl.int64) * stride
 
 
 @triton.jit
@@ -87,15 +85,15 @@ def _edge_near(x_ptr, r, c, H, W, stride_h, stride_w, R: tl.constexpr):
     # Column offsets -R-2..R+2, clamped (replicated border): no load is ever out of bounds.
     cols = ()
     for j in tl.static_range(2 * R + 5):
-        cols = cols + (_clamped(c + (j - R - 2), W, stride_w),)
-    xa = _load_row(x_ptr, _clamped(r - R - 2, H, stride_h), cols)
-    xb = _load_row(x_ptr, _clamped(r - R - 1, H, stride_h), cols)
-    xc = _load_row(x_ptr, _clamped(r - R, H, stride_h), cols)
+        cols = cols + (clamped_offset(c + (j - R - 2), W, stride_w),)
+    xa = _load_row(x_ptr, clamped_offset(r - R - 2, H, stride_h), cols)
+    xb = _load_row(x_ptr, clamped_offset(r - R - 1, H, stride_h), cols)
+    xc = _load_row(x_ptr, clamped_offset(r - R, H, stride_h), cols)
     ru = r - R - 1
     _, _, m0 = _gradient_row(xa, xb, xc, (ru >= 0) & (ru < H), c, W, R)
     xa = xb
     xb = xc
-    xc = _load_row(x_ptr, _clamped(r - R + 1, H, stride_h), cols)
+    xc = _load_row(x_ptr, clamped_offset(r - R + 1, H, stride_h), cols)
     ru = r - R
     dx1, dy1, m1 = _gradient_row(xa, xb, xc, (ru >= 0) & (ru < H), c, W, R)
     near = tl.zeros(r.shape, tl.int1) & tl.zeros(c.shape, tl.int1)
@@ -103,7 +101,7 @@ def _edge_near(x_ptr, r, c, H, W, stride_h, stride_w, R: tl.constexpr):
     for dr in range(-R, R + 1):
         xa = xb
         xb = xc
-        xc = _load_row(x_ptr, _clamped(r + dr + 2, H, stride_h), cols)
+        xc = _load_row(x_ptr, clamped_offset(r + dr + 2, H, stride_h), cols)
         ru = r + dr + 1
         dx2, dy2, m2 = _gradient_row(xa, xb, xc, (ru >= 0) & (ru < H), c, W, R)
         for b in tl.static_range(2 * R + 1):
@@ -131,68 +129,46 @@ def _canny_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    pid_w = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    r = (pid_h * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    c = (pid_w * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    pid_b = tl.program_id(0).to(tl.int64)
+    r = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    c = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
     edge = _edge_near(x_ptr + pid_b * stride_xb, r, c, H, W, stride_xh, stride_xw, 0)
-    out_off = pid_b * stride_ob + r.to(tl.int64) * stride_oh + c.to(tl.int64) * stride_ow
+    out_off = tile_offset(pid_b, r, c, stride_ob, stride_oh, stride_ow)
     tl.store(out_ptr + out_off, edge.to(tl.uint8), mask=(r < H) & (c < W))
 
 
-def launch_config(
-    H: int,
-    W: int,
-    is_cuda: bool,
-    block_h: int | None = None,
-    block_w: int | None = None,
-    tile: tuple[int, int] = (16, 32),
-    elems_per_thread: int = 4,
-) -> tuple[int, int, int]:
-    """``(BLOCK_H, BLOCK_W, num_warps)``: ``tile`` (shrunk to small images) on a GPU, sized so that the per-element
-    stencil state fits in registers; under the CPU interpreter, whose cost is per program, tiles up to 128x128."""
-    cap_h, cap_w = tile if is_cuda else (128, 128)
-    bw = block_w or min(triton.next_power_of_2(W), cap_w)
-    bh = block_h or min(triton.next_power_of_2(H), max(cap_h, (cap_h * cap_w) // bw))
-    num_warps = max(1, min(16, (bh * bw) // (32 * elems_per_thread)))
-    return bh, bw, num_warps
+# GPU tile and work per thread: the stencil keeps ~30 fp32 values live per element, 4 elements a thread fit.
+TILE = (16, 32)
+ELEMS_PER_THREAD = 4
 
 
-def pointer_view(x: torch.Tensor) -> torch.Tensor:
-    """Bool tensors are read through a uint8 view of the same storage (no copy, same strides)."""
-    return x.view(torch.uint8) if x.dtype == torch.bool else x
+def plan_canny(mask: torch.Tensor, validate: bool = True, *, block_size: tuple[int, int] | None = None) -> Launch:
+    """Validate, allocate and decide the launch of :func:`canny` (its compile-time variant included)."""
+    m, restore = as_b1hw(mask, "mask")
+    check_mask(m, "mask", validate)
+    B, _, H, W = m.shape
+    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, TILE, ELEMS_PER_THREAD, block_size)
+    out = torch.empty_like(m, dtype=torch.bool)
+    x, o = pointer_view(m), out.view(torch.uint8)
+    args = (x, o, H, W, x.stride(0), x.stride(2), x.stride(3), o.stride(0), o.stride(2), o.stride(3))
+    return Launch("canny", _canny_kernel, grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask"), args,
+                  dict(BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W), num_warps, m.device, restore(out))  # fmt: skip
 
 
-def canny(
-    mask: torch.Tensor, validate: bool = True, *, block_h: int | None = None, block_w: int | None = None
-) -> torch.Tensor:
+def canny(mask: torch.Tensor, validate: bool = True, *, block_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Boundary of a binary mask, byte-exact with ``cv2.Canny(mask_uint8 * 255, 100, 200) > 0``.
 
     Args:
         mask: ``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]`` binary mask (bool, or 0/1 in any integer or float dtype), any
             strides (channels-last and views are read in place).
         validate: check that the mask is binary (a host sync); turn off in hot loops.
-        block_h, block_w: tile override (powers of two); default by heuristic.
+        block_size: ``(BLOCK_H, BLOCK_W)`` tile override (powers of two); default by :func:`tile_config`.
 
     Returns:
         bool tensor of the mask's shape, True on edge pixels.
 
     Raises:
         TypeError, ValueError: the mask is not a tensor, has the wrong shape, is empty, not binary or requires grad.
+        KernelLaunchError: the kernel failed to compile or launch.
     """
-    m, restore = as_b1hw(mask, "mask")
-    check_mask(m, "mask", validate)
-    B, _, H, W = m.shape
-    BLOCK_H, BLOCK_W, num_warps = launch_config(H, W, m.is_cuda, block_h, block_w)
-    out = torch.empty_like(m, dtype=torch.bool)
-    x = pointer_view(m)
-    o = out.view(torch.uint8)
-    grid = (triton.cdiv(W, BLOCK_W), triton.cdiv(H, BLOCK_H), B)
-    _canny_kernel[grid](
-        x, o, H, W,
-        x.stride(0), x.stride(2), x.stride(3),
-        o.stride(0), o.stride(2), o.stride(3),
-        BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=num_warps,
-    )  # fmt: skip
-    return restore(out)
+    return launch(plan_canny(mask, validate, block_size=block_size))

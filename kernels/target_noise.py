@@ -18,7 +18,9 @@ import triton.language as tl
 
 from spadfast._validation import draw_seed, prepare_target_noise
 
-__all__ = ["anchor_seed", "target_noise"]
+from .utils import Launch, grid_3d, launch, pointer_view, tile_config, tile_offset
+
+__all__ = ["anchor_seed", "plan_target_noise", "target_noise"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -56,27 +58,30 @@ def _target_noise_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    pid_w = tl.program_id(0).to(tl.int64)
-    pid_h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    y = (pid_h * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    x = (pid_w * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    b = tl.program_id(0).to(tl.int64)
+    y = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    x = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
     inside = (y < H) & (x < W)
 
-    m = tl.load(mask_ptr + b * stride_mb + y * stride_mh + x * stride_mw, mask=inside, other=0).to(tl.float32)
+    m_off = tile_offset(b, y, x, stride_mb, stride_mh, stride_mw)
+    m = tl.load(mask_ptr + m_off, mask=inside, other=0).to(tl.float32)
     if HAS_ANCHORS:
-        anchor = tl.load(anchors_ptr + b * stride_ab + y * stride_ah + x * stride_aw, mask=inside, other=0) != 0
+        anchor = tl.load(anchors_ptr + tile_offset(b, y, x, stride_ab, stride_ah, stride_aw), mask=inside, other=0)
+        anchor = anchor != 0
     else:
         # Every pixel of a cell draws the same counter, hence the same uniform: anchors are whole cells.
-        cell = (b * HC + y // ANCHOR_SIZE) * WC + x // ANCHOR_SIZE
+        cell = (b * HC + (y // ANCHOR_SIZE).to(tl.int64)) * WC + (x // ANCHOR_SIZE).to(tl.int64)
         anchor = tl.rand(anchor_seed, offset + cell) < keep_ratio
     if HAS_NOISE:
-        n = tl.load(noise_ptr + b * stride_nb + y * stride_nh + x * stride_nw, mask=inside, other=0).to(tl.float32)
+        n = tl.load(noise_ptr + tile_offset(b, y, x, stride_nb, stride_nh, stride_nw), mask=inside, other=0)
+        n = n.to(tl.float32)
     else:
-        n = tl.randn(seed, offset + (b * H + y) * W + x)  # logical index: the same draws for every layout
+        # logical index: the same draws for every layout
+        n = tl.randn(seed, offset + (b * H + y.to(tl.int64)) * W + x.to(tl.int64))
     noisy = (m > 0.5) & (anchor == 0)
     out = tl.where(noisy, m + strength * n, m)
-    tl.store(out_ptr + b * stride_ob + y * stride_oh + x * stride_ow, out.to(out_ptr.dtype.element_ty), mask=inside)
+    o_off = tile_offset(b, y, x, stride_ob, stride_oh, stride_ow)
+    tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def anchor_seed(seed: int) -> int:
@@ -88,14 +93,51 @@ def anchor_seed(seed: int) -> int:
     return (z & ((1 << 63) - 1)) | (1 << 62)
 
 
-def _as_kernel_arg(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.uint8) if t.dtype == torch.bool else t
+# GPU tile and work per thread: Philox normal + uniform keep ~40 registers per element live; 4 elements a thread.
+TILE = (16, 64)
+ELEMS_PER_THREAD = 4
 
 
-def _block_shape(H: int, W: int) -> tuple[int, int]:
-    block_w = min(128, triton.next_power_of_2(W))
-    block_h = min(triton.next_power_of_2(H), max(1, 4096 // block_w))
-    return block_h, block_w
+def plan_target_noise(
+    mask: torch.Tensor,
+    strength: float,
+    anchor_size: int = 4,
+    keep_ratio: float = 0.25,
+    noise: torch.Tensor | None = None,
+    anchors: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+    validate: bool = True,
+    *,
+    block_size: tuple[int, int] | None = None,
+) -> Launch:
+    """Validate, allocate and decide the launch of :func:`target_noise` (its compile-time variant included)."""
+    m, restore, strength, keep_ratio, noise_v, anchors_v, out_dtype = prepare_target_noise(
+        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate
+    )
+    B, _, H, W = m.shape
+    hc, wc = triton.cdiv(H, anchor_size), triton.cdiv(W, anchor_size)
+    if noise_v is None or anchors_v is None:
+        seed = draw_seed(generator) if seed is None else seed
+    seed = 0 if seed is None else seed % (1 << 63)
+    out = torch.empty_like(m, dtype=out_dtype)
+    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, TILE, ELEMS_PER_THREAD, block_size)
+    # Absent operands are replaced by the mask (never read: HAS_NOISE / HAS_ANCHORS are compile-time switches).
+    x = pointer_view(m)
+    n = pointer_view(noise_v if noise_v is not None else m)
+    a = pointer_view(anchors_v if anchors_v is not None else m)
+    args = (
+        x, n, a, out, H, W, hc, wc, strength, keep_ratio, seed, anchor_seed(seed), offset,
+        x.stride(0), x.stride(2), x.stride(3),
+        n.stride(0), n.stride(2), n.stride(3),
+        a.stride(0), a.stride(2), a.stride(3),
+        out.stride(0), out.stride(2), out.stride(3),
+    )  # fmt: skip
+    constexprs = dict(ANCHOR_SIZE=anchor_size if anchors_v is None else 1, HAS_NOISE=noise_v is not None,
+                      HAS_ANCHORS=anchors_v is not None, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)  # fmt: skip
+    grid = grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask")
+    return Launch("target_noise", _target_noise_kernel, grid, args, constexprs, num_warps, m.device, restore(out))
 
 
 def target_noise(
@@ -125,7 +167,7 @@ def target_noise(
             global CPU generator. The bits differ from the reference's, the distribution does not.
         seed: Philox seed (taken modulo ``2**63``); ``offset`` shifts the counters of both streams.
         validate: check binary values / NaN (host sync).
-        block_size: ``(BLOCK_H, BLOCK_W)`` powers of two overriding the heuristic (tests).
+        block_size: ``(BLOCK_H, BLOCK_W)`` tile override (powers of two); default by ``tile_config``.
 
     Returns:
         Floating tensor of the mask's shape (the mask's dtype if floating, else float32), laid out like the mask
@@ -133,56 +175,13 @@ def target_noise(
 
     Raises:
         TypeError, ValueError: as the reference; ValueError also when ``noise`` requires grad.
+        KernelLaunchError: the kernel failed to compile or launch.
 
     Example:
         >>> m = torch.zeros(1, 1, 8, 8); m[..., 2:6, 2:6] = 1
         >>> out = target_noise(m, 0.5, seed=0)  # doctest: +SKIP
     """
-    m, restore, strength, keep_ratio, noise_v, anchors_v, out_dtype = prepare_target_noise(
-        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate
-    )
-
-    B, _, H, W = m.shape
-    hc, wc = triton.cdiv(H, anchor_size), triton.cdiv(W, anchor_size)
-    if noise_v is None or anchors_v is None:
-        seed = draw_seed(generator) if seed is None else seed
-    seed = 0 if seed is None else seed % (1 << 63)
-    out = torch.empty_like(m, dtype=out_dtype)
-    block_h, block_w = block_size if block_size is not None else _block_shape(H, W)
-    grid = (triton.cdiv(W, block_w), triton.cdiv(H, block_h), B)
-    # Absent operands are replaced by the mask (never read: HAS_NOISE / HAS_ANCHORS are compile-time switches).
-    n_arg = noise_v if noise_v is not None else m
-    a_arg = anchors_v if anchors_v is not None else m
-    _target_noise_kernel[grid](
-        _as_kernel_arg(m),
-        _as_kernel_arg(n_arg),
-        _as_kernel_arg(a_arg),
-        out,
-        H,
-        W,
-        hc,
-        wc,
-        strength,
-        keep_ratio,
-        seed,
-        anchor_seed(seed),
-        offset,
-        m.stride(0),
-        m.stride(2),
-        m.stride(3),
-        n_arg.stride(0),
-        n_arg.stride(2),
-        n_arg.stride(3),
-        a_arg.stride(0),
-        a_arg.stride(2),
-        a_arg.stride(3),
-        out.stride(0),
-        out.stride(2),
-        out.stride(3),
-        ANCHOR_SIZE=anchor_size if anchors_v is None else 1,
-        HAS_NOISE=noise_v is not None,
-        HAS_ANCHORS=anchors_v is not None,
-        BLOCK_H=block_h,
-        BLOCK_W=block_w,
-    )
-    return restore(out)
+    return launch(plan_target_noise(
+        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate,
+        block_size=block_size,
+    ))  # fmt: skip

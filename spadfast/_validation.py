@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._constants import PREDICTION_TYPES
+
 LayoutRestore = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -169,3 +171,70 @@ def prepare_target_noise(mask, strength, anchor_size, keep_ratio, noise, anchors
 def float_out_dtype(x: torch.Tensor) -> torch.dtype:
     """Floating inputs keep their dtype; bool and integer masks produce float32."""
     return x.dtype if x.is_floating_point() else torch.float32
+
+
+def check_alpha(value, name: str, ref: torch.Tensor, validate: bool) -> torch.Tensor:
+    """A float or a tensor broadcastable per sample -> float32 tensor broadcastable against ``ref``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+        raise TypeError(f"`{name}` must be a float or a tensor, got {type(value).__name__}")
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad:
+            raise ValueError(f"`{name}` must not require grad: ddim_step is a sampling op and not differentiable")
+        a = value.to(device=ref.device, dtype=torch.float32)
+        if a.dim() == 1 and a.numel() == ref.shape[0] and ref.dim() > 1:
+            a = a.view(-1, *([1] * (ref.dim() - 1)))
+        try:
+            torch.broadcast_shapes(a.shape, ref.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"`{name}` must be a float, a [B] tensor or broadcastable to `sample` {tuple(ref.shape)}, "
+                f"got shape {tuple(value.shape)}"
+            ) from None
+        if validate and not bool(((a > 0) & (a <= 1)).all()):
+            raise ValueError(f"`{name}` must lie in (0, 1], got values in [{a.min().item()}, {a.max().item()}]")
+        return a
+    if not (0.0 < float(value) <= 1.0):
+        raise ValueError(f"`{name}` must lie in (0, 1], got {value}")
+    return torch.tensor(float(value), dtype=torch.float32, device=ref.device)
+
+
+def check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type) -> None:
+    """Shape, dtype, device and value checks of ``ddim_step`` shared by every backend (no host sync)."""
+    check_tensor(sample, "sample")
+    check_tensor(model_output, "model_output")
+    if not sample.is_floating_point():
+        raise TypeError(f"`sample` must be a floating tensor, got {sample.dtype}")
+    if not model_output.is_floating_point():
+        raise TypeError(f"`model_output` must be a floating tensor, got {model_output.dtype}")
+    if sample.dim() == 0 or sample.numel() == 0:
+        raise ValueError(f"`sample` must be a non-empty tensor with a batch dimension, got shape {tuple(sample.shape)}")
+    if model_output.shape != sample.shape:
+        raise ValueError(
+            f"`model_output` must have the shape of `sample` {tuple(sample.shape)}, got {tuple(model_output.shape)}"
+        )
+    if model_output.device != sample.device:
+        raise ValueError(f"`model_output` must be on {sample.device} like `sample`, got {model_output.device}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        raise TypeError(f"`eta` must be a number in [0, 1], got {type(eta).__name__}")
+    if not 0.0 <= eta <= 1.0:  # NaN fails both comparisons
+        raise ValueError(f"`eta` must lie in [0, 1], got {eta!r}")
+    if clip_sample_range is not None:
+        if isinstance(clip_sample_range, bool) or not isinstance(clip_sample_range, (int, float)):
+            raise TypeError(f"`clip_sample_range` must be a number or None, got {type(clip_sample_range).__name__}")
+        if not clip_sample_range > 0:
+            raise ValueError(f"`clip_sample_range` must be > 0, got {clip_sample_range}")
+    if noise is not None:
+        check_tensor(noise, "noise")
+        if noise.shape != sample.shape:
+            raise ValueError(f"`noise` must have the shape of `sample` {tuple(sample.shape)}, got {tuple(noise.shape)}")
+        if not noise.is_floating_point():
+            raise TypeError(f"`noise` must be a floating tensor, got {noise.dtype}")
+        if noise.device != sample.device:
+            raise ValueError(f"`noise` must be on {sample.device} like `sample`, got {noise.device}")
+    for name, t in (("sample", sample), ("model_output", model_output), ("noise", noise)):
+        if t is None:
+            continue
+        if t.requires_grad:
+            raise ValueError(f"`{name}` must not require grad: ddim_step is a sampling op and not differentiable")

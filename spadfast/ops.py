@@ -2,7 +2,12 @@
 
 Each op has the signature of its reference in :mod:`spadfast.reference` plus ``backend``:
 ``"auto"`` (Triton for CUDA tensors when Triton imports, the reference otherwise), ``"reference"`` or ``"triton"``
-(on CPU tensors only under ``TRITON_INTERPRET=1``). The Triton launchers live in :mod:`spadfast.kernels`.
+(on CPU tensors only under ``TRITON_INTERPRET=1``). The Triton launchers live in :mod:`spadfast.kernels`; the op
+table :data:`spadfast.op_table.OPS` maps each op to both.
+
+Safe degradation: with ``backend="auto"``, a Triton kernel that fails to compile or launch warns once (naming the
+op, the variant and the error) and the op runs its reference for the rest of the process; ``backend="triton"``
+raises :class:`spadfast.kernels.utils.KernelLaunchError`.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import warnings
 
 import torch
 
 from . import reference
-
-BACKENDS = ("auto", "reference", "triton")
+from ._constants import BACKENDS
+from .op_table import OPS
 
 __all__ = ["canny", "boundary_blur", "target_noise", "ddim_step", "triton_available", "resolve_backend", "BACKENDS"]
 
@@ -47,13 +53,40 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     return backend
 
 
-def _impl(name: str, backend: str, tensor: object):
+def _doc_from(ref):
+    """Copy the reference's docstring (not its signature: ``ops`` adds ``backend``)."""
+
+    def decorate(fn):
+        fn.__doc__ = ref.__doc__
+        return fn
+
+    return decorate
+
+
+# Ops whose Triton kernel failed under backend="auto": op -> the error message (they run the reference from then on).
+_FALLBACKS: dict[str, str] = {}
+
+
+def _dispatch(name: str, backend: str, tensor: object, *args):
+    spec = OPS[name]
     if not isinstance(tensor, torch.Tensor):
-        return getattr(reference, name)  # the reference raises the TypeError naming the argument
-    if resolve_backend(backend, tensor) == "reference":
-        return getattr(reference, name)
-    module = importlib.import_module(f"spadfast.kernels.{'ddim' if name == 'ddim_step' else name}")
-    return getattr(module, name)
+        return spec.reference(*args)  # the reference raises the TypeError naming the argument
+    if resolve_backend(backend, tensor) == "reference" or (backend == "auto" and name in _FALLBACKS):
+        return spec.reference(*args)
+    if backend != "auto":
+        return spec.launcher(*args)
+    from spadfast.kernels.utils import KernelLaunchError
+
+    try:
+        return spec.launcher(*args)
+    except KernelLaunchError as e:
+        _FALLBACKS[name] = str(e)
+        warnings.warn(
+            f"{e}. backend='auto' runs spadfast.reference.{name} for the rest of this process",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return spec.reference(*args)
 
 
 def canny(mask: torch.Tensor, validate: bool = True, *, backend: str = "auto") -> torch.Tensor:
@@ -61,10 +94,10 @@ def canny(mask: torch.Tensor, validate: bool = True, *, backend: str = "auto") -
 
     See :func:`spadfast.reference.canny`.
     """
-    return _impl("canny", backend, mask)(mask, validate=validate)
+    return _dispatch("canny", backend, mask, mask, validate)
 
 
-@functools.wraps(reference.boundary_blur, assigned=("__doc__",))
+@_doc_from(reference.boundary_blur)
 def boundary_blur(
     mask: torch.Tensor,
     sigma: float,
@@ -80,12 +113,13 @@ def boundary_blur(
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
-    return _impl("boundary_blur", backend, mask)(
-        mask, sigma, strength, radius, noise, base, generator, seed, offset, truncate, validate
-    )
+    return _dispatch(
+        "boundary_blur", backend, mask,
+        mask, sigma, strength, radius, noise, base, generator, seed, offset, truncate, validate,
+    )  # fmt: skip
 
 
-@functools.wraps(reference.target_noise, assigned=("__doc__",))
+@_doc_from(reference.target_noise)
 def target_noise(
     mask: torch.Tensor,
     strength: float,
@@ -100,12 +134,13 @@ def target_noise(
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
-    return _impl("target_noise", backend, mask)(
-        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate
-    )
+    return _dispatch(
+        "target_noise", backend, mask,
+        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate,
+    )  # fmt: skip
 
 
-@functools.wraps(reference.ddim_step, assigned=("__doc__",))
+@_doc_from(reference.ddim_step)
 def ddim_step(
     sample: torch.Tensor,
     model_output: torch.Tensor,
@@ -122,7 +157,8 @@ def ddim_step(
     *,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _impl("ddim_step", backend, sample)(
+    return _dispatch(
+        "ddim_step", backend, sample,
         sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, noise, clip_sample_range, prediction_type,
         generator, seed, offset, validate,
     )

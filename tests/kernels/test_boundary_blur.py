@@ -10,14 +10,9 @@ from scipy import stats
 
 from spadfast import ops, reference
 from spadfast.kernels.boundary_blur import boundary_blur as triton_boundary_blur
+from spadfast.op_table import TOLERANCES
 
 from .test_canny import random_mask
-
-TOLERANCES = {
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (1e-3, 1e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
 
 
 def assert_matches(out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -106,7 +101,7 @@ def test_across_tiles(kernel_device):
     mask = random_mask((1, 1, 37, 53), "noise", seed=9).to(kernel_device)
     noise = torch.randn(mask.shape, device=kernel_device)
     args = (mask, 1.0, 0.5, 2, noise)
-    assert_matches(triton_boundary_blur(*args, block_h=32, block_w=32), reference.boundary_blur(*args))
+    assert_matches(triton_boundary_blur(*args, block_size=(32, 32)), reference.boundary_blur(*args))
 
 
 def test_strided_inputs(kernel_device):

@@ -49,7 +49,7 @@ def test_matches_reference(kernel_device, shape, kind):
 def test_matches_reference_across_tiles(kernel_device):
     # Small pinned tiles: every halo crosses a tile seam in both directions.
     mask = random_mask((2, 1, 37, 53), "noise", seed=5).to(kernel_device)
-    assert torch.equal(triton_canny(mask, block_h=16, block_w=32), reference.canny(mask))
+    assert torch.equal(triton_canny(mask, block_size=(16, 32)), reference.canny(mask))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (3, 3), (2, 1, 1, 7), (2, 5, 2)])

@@ -6,17 +6,11 @@ from scipy import stats
 
 from spadfast import ops, reference
 from spadfast.kernels.ddim import ddim_step as triton_ddim_step
+from spadfast.op_table import PREDICTION_TYPES, TOLERANCES
 
 from .layouts import LAYOUTS, column_major
 
-# (rtol, atol): the kernel and the reference both compute in fp32 and round once to the output dtype.
-TOLERANCES = {
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (1e-3, 1e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-BLOCK = 8192  # one or two programs per call under the interpreter
+BLOCK = (64, 128)  # one program per image for the shapes below under the interpreter
 
 
 def _inputs(shape, device, dtype=torch.float32):
@@ -53,13 +47,15 @@ def test_matches_reference(kernel_device, dtype, prediction_type, eta, clip):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 3, 17, 19), (5, 33), (4, 7, 9)])
-@pytest.mark.parametrize("alpha_kind", ["float", "per_row", "b111", "per_channel", "full"])
+@pytest.mark.parametrize("alpha_kind", ["float", "scalar_tensor", "per_row", "b111", "per_channel", "full"])
 def test_alpha_forms(kernel_device, shape, alpha_kind):
     sample, model_output, noise, a_t, a_prev = _inputs(shape, kernel_device)
     B = shape[0]
     ones = [1] * (len(shape) - 1)
     if alpha_kind == "float":
         a_t, a_prev = 0.37, 0.52
+    elif alpha_kind == "scalar_tensor":  # what the sampler passes: a 0-d device tensor per step
+        a_t, a_prev = a_t[0], a_prev[0]
     elif alpha_kind == "b111":
         a_t, a_prev = a_t.view(B, *ones), a_prev.view(B, *ones)
     elif alpha_kind == "per_channel":  # broadcast along every dimension but the last
@@ -75,14 +71,24 @@ def test_alpha_forms(kernel_device, shape, alpha_kind):
 @pytest.mark.parametrize("sample_layout", list(LAYOUTS))
 @pytest.mark.parametrize("other_layout", ["contiguous", "channels_last", "strided_view"])
 def test_layouts(kernel_device, sample_layout, other_layout):
-    sample, model_output, noise, a_t, a_prev = _inputs((2, 3, 17, 21), kernel_device)
+    # [B,1,H,W], what the sampler passes: every layout is read in place.
+    sample, model_output, noise, a_t, a_prev = _inputs((2, 1, 17, 21), kernel_device)
     want = reference.ddim_step(sample, model_output, a_t, a_prev, 0.5, noise, None, "v_prediction")
     s = LAYOUTS[sample_layout](sample)
     mo, n = LAYOUTS[other_layout](model_output), LAYOUTS[other_layout](noise)
     got = _triton(s, mo, a_t, a_prev, 0.5, n, None, "v_prediction")
     _assert_pair_close(got, want, torch.float32)
-    if s.is_contiguous(memory_format=torch.channels_last) and not s.is_contiguous():
-        assert got[0].stride() == s.stride()  # outputs keep the sample's dense layout
+    if sample_layout != "strided_view":  # outputs keep the sample's dense layout
+        assert got[0][:, 0].stride() == got[1][:, 0].stride() == s[:, 0].stride()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "column_major", "strided_view"])
+def test_multichannel_layouts(kernel_device, layout):
+    # C > 1 in channels-last has no [B, M, N] view: the launcher copies it; the result is unchanged.
+    sample, model_output, noise, a_t, a_prev = _inputs((2, 3, 17, 21), kernel_device)
+    args = (a_t, a_prev, 0.5, noise, None, "epsilon")
+    got = _triton(LAYOUTS[layout](sample), LAYOUTS[layout](model_output), *args)
+    _assert_pair_close(got, reference.ddim_step(sample, model_output, *args), torch.float32)
 
 
 def test_rank5_mixed_layouts_fall_back(kernel_device):

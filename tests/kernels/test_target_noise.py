@@ -6,15 +6,10 @@ from scipy import stats
 
 from spadfast import ops, reference
 from spadfast.kernels.target_noise import target_noise as triton_target_noise
+from spadfast.op_table import TOLERANCES
 
 from .layouts import LAYOUTS, column_major
 
-# (rtol, atol) for noised pixels: kernel and reference both compute mask + strength * noise in fp32 and round once.
-TOLERANCES = {
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (1e-3, 1e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
 BLOCK = (64, 128)  # one program per image for every shape below under the interpreter
 
 

@@ -1,0 +1,11 @@
+"""Names shared across spadfast with one definition each (a leaf module: imports nothing from spadfast)."""
+
+from __future__ import annotations
+
+# Prediction targets of the denoiser, as diffusers names them; their order is the DDIM kernel's PREDICTION code.
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+# ``backend=`` of every op: "auto" (Triton on CUDA tensors, the reference otherwise), or one of them forced.
+BACKENDS = ("auto", "reference", "triton")
+
+__all__ = ["PREDICTION_TYPES", "BACKENDS"]
