@@ -24,7 +24,7 @@ from spadfast.reference import gaussian_weights
 from .canny import _edge_near
 from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_offset
 
-__all__ = ["MAX_RADIUS", "boundary_blur", "plan_boundary_blur", "tile_for_radius"]
+__all__ = ["MAX_RADIUS", "boundary_blur", "tile_for_radius"]
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])
@@ -118,49 +118,6 @@ def tile_for_radius(radius: int) -> tuple[int, int]:
     return (16, 32) if radius <= 2 else (8, 32)
 
 
-def plan_boundary_blur(
-    mask: torch.Tensor,
-    sigma: float,
-    strength: float,
-    radius: int = 1,
-    noise: torch.Tensor | None = None,
-    base: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    offset: int = 0,
-    truncate: float = 3.0,
-    validate: bool = True,
-    *,
-    block_size: tuple[int, int] | None = None,
-) -> Launch:
-    """Validate, allocate and decide the launch of :func:`boundary_blur` (its compile-time variant included)."""
-    m, restore, sigma, strength, noise_v, base_v, out_dtype = prepare_boundary_blur(
-        mask, sigma, strength, radius, noise, base, generator, seed, offset, validate
-    )
-    if radius > MAX_RADIUS:
-        raise ValueError(f"`radius` must be <= {MAX_RADIUS} (the kernel's register budget), got {radius}")
-    B, _, H, W = m.shape
-    taps = _device_taps(sigma, float(truncate), m.device)
-    if noise_v is None and seed is None:
-        seed = draw_seed(generator)
-    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, tile_for_radius(radius), ELEMS_PER_THREAD, block_size)
-    x = pointer_view(m)
-    out = torch.empty_like(m, dtype=out_dtype)
-    n = noise_v if noise_v is not None else out  # placeholders are never read
-    b = base_v if base_v is not None else out
-    args = (
-        x, n, b, taps, out, H, W, strength, seed if seed is not None else 0, offset,
-        x.stride(0), x.stride(2), x.stride(3),
-        n.stride(0), n.stride(2), n.stride(3),
-        b.stride(0), b.stride(2), b.stride(3),
-        out.stride(0), out.stride(2), out.stride(3),
-    )  # fmt: skip
-    constexprs = dict(R_BAND=radius, R_BLUR=(taps.numel() - 1) // 2, HAS_NOISE=noise_v is not None,
-                      HAS_BASE=base_v is not None, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)  # fmt: skip
-    grid = grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask")
-    return Launch("boundary_blur", _boundary_blur_kernel, grid, args, constexprs, num_warps, m.device, restore(out))
-
-
 def boundary_blur(
     mask: torch.Tensor,
     sigma: float,
@@ -203,6 +160,29 @@ def boundary_blur(
             requires grad.
         KernelLaunchError: the kernel failed to compile or launch.
     """
-    return launch(plan_boundary_blur(
-        mask, sigma, strength, radius, noise, base, generator, seed, offset, truncate, validate, block_size=block_size
-    ))  # fmt: skip
+    m, restore, sigma, strength, noise_v, base_v, out_dtype = prepare_boundary_blur(
+        mask, sigma, strength, radius, noise, base, generator, seed, offset, validate
+    )
+    if radius > MAX_RADIUS:
+        raise ValueError(f"`radius` must be <= {MAX_RADIUS} (the kernel's register budget), got {radius}")
+    B, _, H, W = m.shape
+    taps = _device_taps(sigma, float(truncate), m.device)
+    if noise_v is None and seed is None:
+        seed = draw_seed(generator)
+    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, tile_for_radius(radius), ELEMS_PER_THREAD, block_size)
+    x = pointer_view(m)
+    out = torch.empty_like(m, dtype=out_dtype)
+    n = noise_v if noise_v is not None else out  # placeholders are never read
+    b = base_v if base_v is not None else out
+    args = (
+        x, n, b, taps, out, H, W, strength, seed if seed is not None else 0, offset,
+        x.stride(0), x.stride(2), x.stride(3),
+        n.stride(0), n.stride(2), n.stride(3),
+        b.stride(0), b.stride(2), b.stride(3),
+        out.stride(0), out.stride(2), out.stride(3),
+    )  # fmt: skip
+    constexprs = dict(R_BAND=radius, R_BLUR=(taps.numel() - 1) // 2, HAS_NOISE=noise_v is not None,
+                      HAS_BASE=base_v is not None, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)  # fmt: skip
+    grid = grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask")
+    return launch(Launch("boundary_blur", _boundary_blur_kernel, grid, args, constexprs, num_warps, m.device,
+                         restore(out)))  # fmt: skip

@@ -18,7 +18,7 @@ from spadfast._validation import as_b1hw, check_mask
 
 from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_offset
 
-__all__ = ["TILE", "ELEMS_PER_THREAD", "canny", "plan_canny"]
+__all__ = ["TILE", "ELEMS_PER_THREAD", "canny"]
 
 # OpenCV's fixed-point tangent constants, the values spadfast.reference uses (tan(22.5 deg) * 2**15 and 2**15).
 TG22: tl.constexpr = tl.constexpr(13573.0)
@@ -142,19 +142,6 @@ TILE = (16, 32)
 ELEMS_PER_THREAD = 4
 
 
-def plan_canny(mask: torch.Tensor, validate: bool = True, *, block_size: tuple[int, int] | None = None) -> Launch:
-    """Validate, allocate and decide the launch of :func:`canny` (its compile-time variant included)."""
-    m, restore = as_b1hw(mask, "mask")
-    check_mask(m, "mask", validate)
-    B, _, H, W = m.shape
-    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, TILE, ELEMS_PER_THREAD, block_size)
-    out = torch.empty_like(m, dtype=torch.bool)
-    x, o = pointer_view(m), out.view(torch.uint8)
-    args = (x, o, H, W, x.stride(0), x.stride(2), x.stride(3), o.stride(0), o.stride(2), o.stride(3))
-    return Launch("canny", _canny_kernel, grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask"), args,
-                  dict(BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W), num_warps, m.device, restore(out))  # fmt: skip
-
-
 def canny(mask: torch.Tensor, validate: bool = True, *, block_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Boundary of a binary mask, byte-exact with ``cv2.Canny(mask_uint8 * 255, 100, 200) > 0``.
 
@@ -171,4 +158,12 @@ def canny(mask: torch.Tensor, validate: bool = True, *, block_size: tuple[int, i
         TypeError, ValueError: the mask is not a tensor, has the wrong shape, is empty, not binary or requires grad.
         KernelLaunchError: the kernel failed to compile or launch.
     """
-    return launch(plan_canny(mask, validate, block_size=block_size))
+    m, restore = as_b1hw(mask, "mask")
+    check_mask(m, "mask", validate)
+    B, _, H, W = m.shape
+    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, TILE, ELEMS_PER_THREAD, block_size)
+    out = torch.empty_like(m, dtype=torch.bool)
+    x, o = pointer_view(m), out.view(torch.uint8)
+    args = (x, o, H, W, x.stride(0), x.stride(2), x.stride(3), o.stride(0), o.stride(2), o.stride(3))
+    return launch(Launch("canny", _canny_kernel, grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask"), args,
+                         dict(BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W), num_warps, m.device, restore(out)))  # fmt: skip

@@ -28,7 +28,7 @@ from spadfast._validation import check_alpha, check_ddim_args, check_random_sour
 
 from .utils import Launch, grid_3d, launch, tile_config, tile_offset
 
-__all__ = ["ELEMS_PER_THREAD", "TILE", "ddim_step", "plan_ddim_step"]
+__all__ = ["ELEMS_PER_THREAD", "TILE", "ddim_step"]
 
 # GPU tile and work per thread: a streaming elementwise update; 4 elements a thread, 8 warps.
 TILE = (8, 128)
@@ -173,60 +173,6 @@ def _alpha_operand(value, name: str, sample: torch.Tensor, validate: bool, B: in
     return ALPHA_FULL, 1.0, _operand(a.expand(sample.shape), B, M, N)
 
 
-def plan_ddim_step(
-    sample: torch.Tensor,
-    model_output: torch.Tensor,
-    alpha_prod_t: float | torch.Tensor,
-    alpha_prod_t_prev: float | torch.Tensor,
-    eta: float = 0.0,
-    noise: torch.Tensor | None = None,
-    clip_sample_range: float | None = None,
-    prediction_type: str = "epsilon",
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    offset: int = 0,
-    validate: bool = True,
-    *,
-    block_size: tuple[int, int] | None = None,
-) -> Launch:
-    """Validate, allocate and decide the launch of :func:`ddim_step` (its compile-time variant included)."""
-    check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type)
-    check_random_source(noise, generator, seed, offset)
-    shape = sample.shape
-    B = shape[0]
-    N = shape[-1] if sample.dim() > 1 else 1
-    M = math.prod(shape[1:-1]) if sample.dim() > 2 else 1
-    mode_t, scalar_t, at = _alpha_operand(alpha_prod_t, "alpha_prod_t", sample, validate, B, M, N)
-    mode_p, scalar_p, ap = _alpha_operand(alpha_prod_t_prev, "alpha_prod_t_prev", sample, validate, B, M, N)
-
-    noise_mode = 0 if eta == 0 else (1 if noise is not None else 2)
-    if noise_mode == 2:
-        seed = draw_seed(generator) if seed is None else seed
-    seed = 0 if seed is None else seed % (1 << 63)
-    s, mo = _operand(sample, B, M, N), _operand(model_output, B, M, N)
-    n = _operand(noise, B, M, N) if noise is not None else s  # placeholders are never read
-    prev, x0 = torch.empty_like(sample), torch.empty_like(sample)
-    prev_v, x0_v = _bmn(prev, B, M, N), _bmn(x0, B, M, N)
-    if prev_v is None or x0_v is None:  # the sample's layout has no [B, M, N] view: row-major outputs
-        prev, x0 = (torch.empty(shape, dtype=sample.dtype, device=sample.device) for _ in range(2))
-        prev_v, x0_v = prev.view(B, M, N), x0.view(B, M, N)
-    at = at if at is not None else s
-    ap = ap if ap is not None else s
-
-    BLOCK_H, BLOCK_W, num_warps = tile_config(M, N, sample.device, TILE, ELEMS_PER_THREAD, block_size)
-    args = (
-        s, mo, n, at, ap, prev_v, x0_v, scalar_t, scalar_p, float(eta),
-        float(clip_sample_range) if clip_sample_range is not None else 0.0, seed, offset, M, N,
-        *s.stride(), *mo.stride(), *n.stride(), *at.stride(), *ap.stride(), *prev_v.stride(), *x0_v.stride(),
-    )  # fmt: skip
-    constexprs = dict(
-        PREDICTION=PREDICTION_TYPES.index(prediction_type), CLIP=clip_sample_range is not None, NOISE=noise_mode,
-        ALPHA_T=mode_t, ALPHA_PREV=mode_p, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W,
-    )  # fmt: skip
-    grid = grid_3d(B, M, N, BLOCK_H, BLOCK_W, "sample")
-    return Launch("ddim_step", _ddim_step_kernel, grid, args, constexprs, num_warps, sample.device, (prev, x0))
-
-
 def ddim_step(
     sample: torch.Tensor,
     model_output: torch.Tensor,
@@ -269,7 +215,39 @@ def ddim_step(
             ``noise`` is on another device, or when a tensor alpha broadcasts to a larger shape than ``sample``.
         KernelLaunchError: the kernel failed to compile or launch.
     """
-    return launch(plan_ddim_step(
-        sample, model_output, alpha_prod_t, alpha_prod_t_prev, eta, noise, clip_sample_range, prediction_type,
-        generator, seed, offset, validate, block_size=block_size,
-    ))  # fmt: skip
+    check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type)
+    check_random_source(noise, generator, seed, offset)
+    shape = sample.shape
+    B = shape[0]
+    N = shape[-1] if sample.dim() > 1 else 1
+    M = math.prod(shape[1:-1]) if sample.dim() > 2 else 1
+    mode_t, scalar_t, at = _alpha_operand(alpha_prod_t, "alpha_prod_t", sample, validate, B, M, N)
+    mode_p, scalar_p, ap = _alpha_operand(alpha_prod_t_prev, "alpha_prod_t_prev", sample, validate, B, M, N)
+
+    noise_mode = 0 if eta == 0 else (1 if noise is not None else 2)
+    if noise_mode == 2:
+        seed = draw_seed(generator) if seed is None else seed
+    seed = 0 if seed is None else seed % (1 << 63)
+    s, mo = _operand(sample, B, M, N), _operand(model_output, B, M, N)
+    n = _operand(noise, B, M, N) if noise is not None else s  # placeholders are never read
+    prev, x0 = torch.empty_like(sample), torch.empty_like(sample)
+    prev_v, x0_v = _bmn(prev, B, M, N), _bmn(x0, B, M, N)
+    if prev_v is None or x0_v is None:  # the sample's layout has no [B, M, N] view: row-major outputs
+        prev, x0 = (torch.empty(shape, dtype=sample.dtype, device=sample.device) for _ in range(2))
+        prev_v, x0_v = prev.view(B, M, N), x0.view(B, M, N)
+    at = at if at is not None else s
+    ap = ap if ap is not None else s
+
+    BLOCK_H, BLOCK_W, num_warps = tile_config(M, N, sample.device, TILE, ELEMS_PER_THREAD, block_size)
+    args = (
+        s, mo, n, at, ap, prev_v, x0_v, scalar_t, scalar_p, float(eta),
+        float(clip_sample_range) if clip_sample_range is not None else 0.0, seed, offset, M, N,
+        *s.stride(), *mo.stride(), *n.stride(), *at.stride(), *ap.stride(), *prev_v.stride(), *x0_v.stride(),
+    )  # fmt: skip
+    constexprs = dict(
+        PREDICTION=PREDICTION_TYPES.index(prediction_type), CLIP=clip_sample_range is not None, NOISE=noise_mode,
+        ALPHA_T=mode_t, ALPHA_PREV=mode_p, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W,
+    )  # fmt: skip
+    grid = grid_3d(B, M, N, BLOCK_H, BLOCK_W, "sample")
+    return launch(Launch("ddim_step", _ddim_step_kernel, grid, args, constexprs, num_warps, sample.device,
+                         (prev, x0)))  # fmt: skip

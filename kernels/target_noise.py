@@ -20,7 +20,7 @@ from spadfast._validation import draw_seed, prepare_target_noise
 
 from .utils import Launch, grid_3d, launch, pointer_view, tile_config, tile_offset
 
-__all__ = ["anchor_seed", "plan_target_noise", "target_noise"]
+__all__ = ["anchor_seed", "target_noise"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -98,48 +98,6 @@ TILE = (16, 64)
 ELEMS_PER_THREAD = 4
 
 
-def plan_target_noise(
-    mask: torch.Tensor,
-    strength: float,
-    anchor_size: int = 4,
-    keep_ratio: float = 0.25,
-    noise: torch.Tensor | None = None,
-    anchors: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    offset: int = 0,
-    validate: bool = True,
-    *,
-    block_size: tuple[int, int] | None = None,
-) -> Launch:
-    """Validate, allocate and decide the launch of :func:`target_noise` (its compile-time variant included)."""
-    m, restore, strength, keep_ratio, noise_v, anchors_v, out_dtype = prepare_target_noise(
-        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate
-    )
-    B, _, H, W = m.shape
-    hc, wc = triton.cdiv(H, anchor_size), triton.cdiv(W, anchor_size)
-    if noise_v is None or anchors_v is None:
-        seed = draw_seed(generator) if seed is None else seed
-    seed = 0 if seed is None else seed % (1 << 63)
-    out = torch.empty_like(m, dtype=out_dtype)
-    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, TILE, ELEMS_PER_THREAD, block_size)
-    # Absent operands are replaced by the mask (never read: HAS_NOISE / HAS_ANCHORS are compile-time switches).
-    x = pointer_view(m)
-    n = pointer_view(noise_v if noise_v is not None else m)
-    a = pointer_view(anchors_v if anchors_v is not None else m)
-    args = (
-        x, n, a, out, H, W, hc, wc, strength, keep_ratio, seed, anchor_seed(seed), offset,
-        x.stride(0), x.stride(2), x.stride(3),
-        n.stride(0), n.stride(2), n.stride(3),
-        a.stride(0), a.stride(2), a.stride(3),
-        out.stride(0), out.stride(2), out.stride(3),
-    )  # fmt: skip
-    constexprs = dict(ANCHOR_SIZE=anchor_size if anchors_v is None else 1, HAS_NOISE=noise_v is not None,
-                      HAS_ANCHORS=anchors_v is not None, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)  # fmt: skip
-    grid = grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask")
-    return Launch("target_noise", _target_noise_kernel, grid, args, constexprs, num_warps, m.device, restore(out))
-
-
 def target_noise(
     mask: torch.Tensor,
     strength: float,
@@ -181,7 +139,29 @@ def target_noise(
         >>> m = torch.zeros(1, 1, 8, 8); m[..., 2:6, 2:6] = 1
         >>> out = target_noise(m, 0.5, seed=0)  # doctest: +SKIP
     """
-    return launch(plan_target_noise(
-        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate,
-        block_size=block_size,
-    ))  # fmt: skip
+    m, restore, strength, keep_ratio, noise_v, anchors_v, out_dtype = prepare_target_noise(
+        mask, strength, anchor_size, keep_ratio, noise, anchors, generator, seed, offset, validate
+    )
+    B, _, H, W = m.shape
+    hc, wc = triton.cdiv(H, anchor_size), triton.cdiv(W, anchor_size)
+    if noise_v is None or anchors_v is None:
+        seed = draw_seed(generator) if seed is None else seed
+    seed = 0 if seed is None else seed % (1 << 63)
+    out = torch.empty_like(m, dtype=out_dtype)
+    BLOCK_H, BLOCK_W, num_warps = tile_config(H, W, m.device, TILE, ELEMS_PER_THREAD, block_size)
+    # Absent operands are replaced by the mask (never read: HAS_NOISE / HAS_ANCHORS are compile-time switches).
+    x = pointer_view(m)
+    n = pointer_view(noise_v if noise_v is not None else m)
+    a = pointer_view(anchors_v if anchors_v is not None else m)
+    args = (
+        x, n, a, out, H, W, hc, wc, strength, keep_ratio, seed, anchor_seed(seed), offset,
+        x.stride(0), x.stride(2), x.stride(3),
+        n.stride(0), n.stride(2), n.stride(3),
+        a.stride(0), a.stride(2), a.stride(3),
+        out.stride(0), out.stride(2), out.stride(3),
+    )  # fmt: skip
+    constexprs = dict(ANCHOR_SIZE=anchor_size if anchors_v is None else 1, HAS_NOISE=noise_v is not None,
+                      HAS_ANCHORS=anchors_v is not None, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)  # fmt: skip
+    grid = grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask")
+    return launch(Launch("target_noise", _target_noise_kernel, grid, args, constexprs, num_warps, m.device,
+                         restore(out)))  # fmt: skip

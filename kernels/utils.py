@@ -1,13 +1,16 @@
 """What every spadfast launcher shares: the tile rule, the grid, pointer views, clamped indexing and the launch.
 
-A launcher validates its inputs, allocates its outputs and returns a :class:`Launch` (``plan_<op>``); :func:`launch`
-runs it on the inputs' device. ``spadfast.aot`` compiles the very same plans ahead of time, so the variants checked
-there are the ones that run.
+A launcher validates its inputs, allocates its outputs, decides a :class:`Launch` and hands it to :func:`launch`, which
+runs it on the inputs' device. Under :func:`plan` the same launcher returns the :class:`Launch` instead of running it
+(call it with ``meta`` tensors to allocate nothing): ``spadfast.aot`` compiles those plans ahead of time, so the
+variants it checks are exactly the ones that run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +27,7 @@ __all__ = [
     "device_context",
     "grid_3d",
     "launch",
+    "plan",
     "pointer_view",
     "tile_config",
 ]
@@ -73,9 +77,26 @@ def device_context(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+_PLANNING = threading.local()
+
+
+def plan(launcher: Callable, *args, **kwargs) -> Launch:
+    """The :class:`Launch` that ``launcher(*args, **kwargs)`` would run, without running it."""
+    _PLANNING.depth = getattr(_PLANNING, "depth", 0) + 1
+    try:
+        spec = launcher(*args, **kwargs)
+    finally:
+        _PLANNING.depth -= 1
+    if not isinstance(spec, Launch):
+        raise TypeError(f"{getattr(launcher, '__name__', launcher)!r} is not a spadfast kernel launcher")
+    return spec
+
+
 def launch(spec: Launch) -> Any:
     """Run ``spec`` under :func:`device_context` of its device; compile or launch errors become
-    :class:`KernelLaunchError` (naming the op and variant). Returns ``spec.result``."""
+    :class:`KernelLaunchError` (naming the op and variant). Returns ``spec.result`` (under :func:`plan`: ``spec``)."""
+    if getattr(_PLANNING, "depth", 0):
+        return spec
     with device_context(spec.device):
         try:
             spec.kernel[spec.grid](*spec.args, **spec.constexprs, num_warps=spec.num_warps)

@@ -2,8 +2,8 @@
 benchmarks and the tests (so a new op is one row here plus its four files).
 
 Each row names the reference (:mod:`spadfast.reference`), the Triton module under ``spadfast.kernels`` with its
-launcher and its planner (``plan_<op>``: the launch a call would make, for the ahead-of-time check), and the public
-function in :mod:`spadfast.ops`. Kernel modules are imported lazily: spadfast imports without Triton.
+launcher (whose :func:`spadfast.kernels.utils.plan` gives the launch a call would make, for the ahead-of-time check),
+and the public function in :mod:`spadfast.ops`. Kernel modules are imported lazily: spadfast imports without Triton.
 """
 
 from __future__ import annotations
@@ -49,8 +49,12 @@ class OpSpec:
 
     @property
     def planner(self) -> Callable:
-        """``plan_<op>``: the launcher's arguments in, the :class:`spadfast.kernels.utils.Launch` it would run out."""
-        return getattr(self._kernel(), f"plan_{self.name}")
+        """The launcher's arguments in, the :class:`spadfast.kernels.utils.Launch` it would run out (nothing runs)."""
+        import functools
+
+        from spadfast.kernels.utils import plan
+
+        return functools.partial(plan, self.launcher)
 
     @property
     def ops_fn(self) -> Callable:

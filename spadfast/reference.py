@@ -319,12 +319,24 @@ def ddim_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update, equal to diffusers' ``DDIMScheduler.step`` (``use_clipped_model_output=False``).
 
+    Stages, with equation numbers of Song et al., "Denoising Diffusion Implicit Models" (ICLR 2021,
+    arXiv:2010.02502), writing ``a`` for the cumulative product of alphas:
+
+    1. ``a_t``, ``a_prev`` and ``beta_t = 1 - a_t`` (the caller looks up the previous timestep).
+    2. Predicted ``x_0`` and ``eps``: Eq. (12)'s "predicted x_0", ``(x_t - sqrt(1 - a_t) * eps) / sqrt(a_t)``, or
+       its inversions for ``sample`` and ``v_prediction`` (Salimans & Ho 2022, v = sqrt(a) eps - sqrt(1 - a) x_0).
+    3. Optional clipping of ``x_0`` to ``[-r, r]``.
+    4. ``sigma_t(eta) = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)``, Eq. (16).
+    5. The "direction pointing to x_t", ``sqrt(1 - a_prev - sigma_t**2) * eps``, Eq. (12).
+    6. ``x_{t-1} = sqrt(a_prev) * x_0 + direction``, Eq. (12) without its random term.
+    7. ``+ sigma_t * noise``, Eq. (12)'s random term, when ``eta > 0``.
+
     Args:
         sample: ``x_t``, any floating tensor with a leading batch dimension (``[B,C,H,W]`` typically).
         model_output: the network's prediction, same shape as ``sample``.
         alpha_prod_t, alpha_prod_t_prev: cumulative alphas in (0, 1] as floats, ``[B]`` tensors (one per row, rows
             may sit at different timesteps) or tensors broadcastable to ``sample``.
-        eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like variance).
+        eta: DDIM stochasticity in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like variance).
         noise: standard-normal tensor of ``sample``'s shape used when ``eta > 0`` (diffusers' ``variance_noise``);
             else drawn from ``generator`` or ``seed``/``offset``.
         clip_sample_range: clamp the predicted ``x0`` to ``[-r, r]`` (None: no clipping).
@@ -333,14 +345,26 @@ def ddim_step(
 
     Returns:
         ``(prev_sample, pred_original_sample)``, both of ``sample``'s shape and dtype.
+
+    Raises:
+        TypeError, ValueError: bad shapes, dtypes or devices, alphas outside (0, 1], ``eta`` outside [0, 1] or NaN,
+            an input that requires grad.
+
+    Example:
+        >>> x, eps = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+        >>> prev, x0 = ddim_step(x, eps, 0.25, 1.0)
+        >>> float(x0[0, 0, 0, 0]), float(prev[0, 0, 0, 0])
+        (2.0, 2.0)
     """
     check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type)
     check_random_source(noise, generator, seed, offset)
+    # 1. alphas (float32, broadcastable per sample)
     a_t = check_alpha(alpha_prod_t, "alpha_prod_t", sample, validate)
     a_prev = check_alpha(alpha_prod_t_prev, "alpha_prod_t_prev", sample, validate)
+    beta_t = 1 - a_t
     x = sample.float()
     out = model_output.float()
-    beta_t = 1 - a_t
+    # 2. predicted x_0 and eps, Eq. (12)
     if prediction_type == "epsilon":
         x0 = (x - beta_t**0.5 * out) / a_t**0.5
         eps = out
@@ -350,13 +374,17 @@ def ddim_step(
     else:
         x0 = a_t**0.5 * x - beta_t**0.5 * out
         eps = a_t**0.5 * out + beta_t**0.5 * x
+    # 3. clipping
     if clip_sample_range is not None:
         x0 = x0.clamp(-clip_sample_range, clip_sample_range)
-    # diffusers' _get_variance; at alpha_prod_t == 1 it divides 0 by 0, where spadfast uses variance 0.
+    # 4. sigma_t(eta), Eq. (16); at alpha_prod_t == 1 diffusers divides 0 by 0, where spadfast uses variance 0.
     variance = torch.where(beta_t > 0, (1 - a_prev) / beta_t.clamp_min(1e-30) * (1 - a_t / a_prev), 0.0)
     std = eta * variance**0.5
+    # 5. direction pointing to x_t, Eq. (12)
     direction = (1 - a_prev - std**2) ** 0.5 * eps
+    # 6. x_{t-1} without the random term, Eq. (12)
     prev = a_prev**0.5 * x0 + direction
+    # 7. the random term sigma_t * noise
     if eta > 0:
         if noise is None:
             noise = random_normal(x, generator, seed, offset)
