@@ -1,0 +1,294 @@
+"""Plots: training curves with the PaS schedule, metric distributions, ablation bars (matplotlib, imported lazily).
+
+Every function builds a :class:`matplotlib.figure.Figure` directly on the Agg canvas (no ``pyplot``, so no global
+backend or figure state is touched) and writes the file atomically (:func:`spadfast.files.write_atomic`).
+``matplotlib`` is an optional dependency: it is imported when a plot is drawn, and its absence is an ImportError
+saying how to install it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .files import write_atomic
+
+__all__ = ["read_log", "run_config", "pas_curve", "plot_curves", "plot_metric_distributions", "plot_ablation",
+           "add_arguments", "main"]
+
+METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95"}
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("spadfast plots need matplotlib: pip install matplotlib") from e
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path, dpi: int = 100) -> Path:
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    if fmt not in ("png", "svg", "pdf"):
+        raise ValueError(f"plot file {str(path)!r} must end in .png, .svg or .pdf")
+    fig.tight_layout()
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+
+
+# ---------------------------------------------------------------------------------------------- training curves
+
+
+def read_log(run: str | Path, log_file: str = "log.jsonl") -> list[dict[str, Any]]:
+    """The records of ``RUN/log.jsonl`` (``{"step", "loss", "lr", "steps_per_s"[, "val_dice"]}`` or
+    ``{"step", "val_dice"}``), in file order.
+
+    Raises:
+        ValueError: ``run`` is not a folder, has no log, or the log has a line that is not a JSON record with a
+            ``"step"`` (names the file and line).
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise ValueError(f"run folder {str(run)!r} does not exist")
+    path = run / log_file
+    if not path.is_file():
+        raise ValueError(f"run folder {str(run)!r} has no training log {log_file} (is it a `spadfast train --out` "
+                         "folder?)")
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i} is not JSON: {e}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise ValueError(f"{path}:{i} is not a log record with an integer \"step\"")
+        records.append(rec)
+    if not records:
+        raise ValueError(f"training log {str(path)!r} is empty")
+    return records
+
+
+def run_config(run: str | Path):
+    """The :class:`SPADConfig` stored in ``RUN/checkpoint.safetensors``'s header, or None without a checkpoint.
+
+    Reads the safetensors header only (no tensors).
+    """
+    from safetensors import safe_open
+
+    from .checkpoint import resolve_path
+    from .config import SPADConfig
+
+    path = resolve_path(run)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["meta"])
+        return SPADConfig.from_dict(meta["config"])
+    except Exception as e:
+        raise ValueError(f"checkpoint {str(path)!r} has no readable spadfast config: {e}") from None
+
+
+def pas_curve(config, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """PaS over training steps: ``{"factor": f(p), "scd": scd_max * f, "bcd": bcd_max * f}``, float64 ``[N]``
+    each, with ``p = step / (pas_steps or train_steps)`` and ``f`` = :func:`spadfast.perturb.perturb_factor`.
+
+    Example:
+        >>> from spadfast.config import SPADConfig
+        >>> cfg = SPADConfig(train_steps=100, perturb={"pas_kind": "linear", "pas_end": 0.5})
+        >>> pas_curve(cfg, np.array([0, 25, 50, 100]))["factor"].tolist()
+        [1.0, 0.5, 0.0, 0.0]
+    """
+    from .perturb import perturb_factor
+
+    horizon = config.pas_horizon
+    f = np.array([perturb_factor(float(s) / horizon, config.perturb) for s in steps], dtype=np.float64)
+    return {"factor": f, "scd": config.perturb.scd_max * f, "bcd": config.perturb.bcd_max * f}
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``key``; a step logged twice (a resumed run) keeps its last value."""
+    by_step: dict[int, float] = {}
+    for r in records:
+        if key in r and r[key] is not None:
+            by_step[int(r["step"])] = float(r[key])
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
+
+
+def plot_curves(run: str | Path, out: str | Path | None = None, log_file: str = "log.jsonl") -> Path:
+    """Loss (top) and validation Dice (bottom) against steps from ``RUN/log.jsonl``, each with the PaS strength on
+    a second axis, recomputed from the checkpoint's config (omitted, with a note, when the run has no checkpoint).
+
+    Args:
+        run: a ``spadfast train --out`` folder.
+        out: image file (``.png``/``.svg``/``.pdf``); default ``RUN/curves.png``.
+
+    Returns:
+        The file written.
+
+    Raises:
+        ValueError: no run folder or no log (see :func:`read_log`), or an unreadable checkpoint.
+    """
+    run = Path(run)
+    records = read_log(run, log_file)
+    cfg = run_config(run)
+    out = Path(out) if out is not None else run / "curves.png"
+    loss_steps, loss = _series(records, "loss")
+    dice_steps, dice = _series(records, "val_dice")
+    last = max(int(r["step"]) for r in records)
+    if cfg is not None:
+        last = max(last, cfg.train_steps)
+    fig = _figure(7.5, 5.5)
+    ax_loss, ax_dice = fig.subplots(2, 1, sharex=True)
+    if loss.size:
+        ax_loss.plot(loss_steps, loss, color="tab:blue", marker="." if loss.size < 30 else None, label="loss")
+        if (loss > 0).all():
+            ax_loss.set_yscale("log")
+    else:
+        ax_loss.text(0.5, 0.5, "no loss records", transform=ax_loss.transAxes, ha="center", va="center")
+    ax_loss.set_ylabel("training loss")
+    if dice.size:
+        ax_dice.plot(dice_steps, dice, color="tab:green", marker="o", label="val Dice")
+        ax_dice.set_ylim(min(0.0, float(dice.min())), 1.0)
+    else:
+        ax_dice.text(0.5, 0.5, "no validation Dice in the log (config.val_every = 0?)", transform=ax_dice.transAxes,
+                     ha="center", va="center", color="0.4")
+    ax_dice.set_ylabel("validation Dice (EMA)")
+    ax_dice.set_xlabel("optimizer step")
+    ax_dice.set_xlim(0, max(last, 1))
+    title = f"{run.name}: {last} steps"
+    if cfg is not None:
+        grid = np.unique(np.linspace(0, max(last, 1), num=min(max(last, 1) + 1, 2000)).round().astype(np.int64))
+        pas = pas_curve(cfg, grid)
+        p = cfg.perturb
+        label = (f"PaS f(p), {p.pas_kind}" if p.enabled else "PaS off (perturb.enabled = False)")
+        for ax in (ax_loss, ax_dice):
+            twin = ax.twinx()
+            twin.fill_between(grid, pas["factor"], step=None, color="tab:orange", alpha=0.12, linewidth=0)
+            twin.plot(grid, pas["factor"], color="tab:orange", linewidth=1.2, label=label)
+            twin.set_ylim(0, 1.05)
+            twin.set_ylabel("PaS strength f(p)", color="tab:orange")
+            twin.tick_params(axis="y", colors="tab:orange")
+        title += (f"; ScD std {p.scd_max:g}·f, BcD std {p.bcd_max:g}·f, blur σ {p.blur_sigma_max:g}·f; "
+                  f"p = step / {cfg.pas_horizon}" if p.enabled else "; no SPAD perturbation")
+        ax_loss.legend(handles=ax_loss.get_lines() + twin.get_lines(), loc="upper right", fontsize=8)
+    else:
+        title += " (no checkpoint: PaS schedule not shown)"
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------------------- metric distributions
+
+
+def _finite(values: list[float]) -> tuple[np.ndarray, int]:
+    a = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(a)
+    return a[keep], int((~keep).sum())
+
+
+def plot_metric_distributions(report: dict[str, Any], out: str | Path) -> Path:
+    """Histograms of per-case Dice, IoU and HD95 from ``evaluate_folders``'s report (infinite HD95 counted in the
+    panel title, not drawn); when cases carry ``"per_class"``, a second row of per-class box plots.
+
+    Args:
+        report: ``{"cases": [{"name", "dice", "iou", "hd95"[, "per_class": {"1": {...}}]}, ...], "mean": {...}}``.
+        out: image file (``.png``/``.svg``/``.pdf``).
+
+    Returns:
+        The file written.
+    """
+    cases = report["cases"]
+    classes = sorted({k for c in cases for k in c.get("per_class", {})}, key=lambda k: (len(k), k))
+    rows = 2 if classes else 1
+    fig = _figure(9.0, 2.8 * rows)
+    axes = np.atleast_2d(fig.subplots(rows, 3, squeeze=False))
+    for j, m in enumerate(("dice", "iou", "hd95")):
+        ax = axes[0, j]
+        vals, n_inf = _finite([c[m] for c in cases])
+        bins = np.linspace(0, 1, 21) if m != "hd95" else min(30, max(5, int(np.sqrt(max(vals.size, 1)))))
+        if vals.size:
+            ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8, edgecolor="white")
+            ax.axvline(float(np.median(vals)), color="k", linestyle="--", linewidth=1, label="median")
+        ax.set_title(f"{METRIC_LABELS[m]} ({len(cases)} cases" + (f", {n_inf} inf" if n_inf else "") + ")",
+                     fontsize=9)
+        ax.set_xlabel(METRIC_LABELS[m] + (" (px)" if m == "hd95" else ""))
+        ax.set_ylabel("cases")
+        if m != "hd95":
+            ax.set_xlim(0, 1)
+        if classes:
+            box_ax = axes[1, j]
+            data, labels = [], []
+            for k in classes:
+                v, _ = _finite([c["per_class"][k][m] for c in cases if k in c.get("per_class", {})])
+                data.append(v if v.size else np.array([np.nan]))
+                labels.append(f"class {k}")
+            box_ax.boxplot(data, labels=labels) if _old_boxplot() else box_ax.boxplot(data, tick_labels=labels)
+            box_ax.set_ylabel(METRIC_LABELS[m])
+            box_ax.set_title(f"{METRIC_LABELS[m]} per class", fontsize=9)
+    return _save(fig, out)
+
+
+def _old_boxplot() -> bool:
+    import matplotlib
+
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return (major, minor) < (3, 9)
+
+
+# ------------------------------------------------------------------------------------------------ ablation bars
+
+
+def plot_ablation(result: dict[str, Any], out: str | Path) -> Path:
+    """Bars of mean Dice, IoU and HD95 per variant with ± std over seeds (``spadfast.ablate.aggregate``'s
+    result); infinite or missing values are marked, not drawn."""
+    rows = result["rows"]
+    names = [r["variant"] for r in rows]
+    fig = _figure(max(7.0, 1.1 * len(names) + 3), 3.4)
+    axes = fig.subplots(1, 3)
+    x = np.arange(len(names))
+    for ax, m in zip(axes, ("dice", "iou", "hd95")):
+        means = np.array([r[m] for r in rows], dtype=np.float64)
+        stds = np.array([r[f"{m}_std"] for r in rows], dtype=np.float64)
+        ok = np.isfinite(means)
+        colors = ["tab:orange" if n == "SPAD" else ("0.55" if n == "baseline" else "tab:blue") for n in names]
+        ax.bar(x[ok], means[ok], yerr=np.where(np.isfinite(stds), stds, 0)[ok], color=np.array(colors)[ok],
+               capsize=3)
+        for i in np.nonzero(~ok)[0]:
+            ax.text(x[i], 0, "inf" if math.isinf(means[i]) else "n/a", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(METRIC_LABELS[m] + (" ↓ (px)" if m == "hd95" else " ↑"), fontsize=9)
+        if m != "hd95" and ok.any():
+            lo = float(np.nanmin(means[ok] - np.where(np.isfinite(stds), stds, 0)[ok]))
+            ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    fig.suptitle(f"{result.get('train_steps', '?')} steps, {result.get('seeds', '?')} seed(s), "
+                 f"{result.get('n_heldout', '?')} held-out cases", fontsize=9)
+    return _save(fig, out)
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``spadfast plot``."""
+    parser.add_argument("run", type=Path, help="run folder holding log.jsonl (and checkpoint.safetensors)")
+    parser.add_argument("--out", type=Path, help="image file (.png/.svg/.pdf; default: RUN/curves.png)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Handler of ``spadfast plot``."""
+    path = plot_curves(args.run, args.out)
+    print(f"spadfast plot: wrote {path}")
+    return 0
