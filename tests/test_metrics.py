@@ -10,7 +10,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from spadfast import metrics
-from spadfast.metrics import dice, hd95, iou, summarize, surface
+from spadfast.metrics import dice, hd95, iou, labels_from_probs, per_class_metrics, summarize, surface
 
 # ---------------------------------------------------------------------------------------------------------------
 # Independent references
@@ -333,3 +333,190 @@ def test_hd95_matches_monai():
             )
             # MONAI returns float32.
             assert hd95(p, t, spacing) == pytest.approx(float(want), rel=1e-5, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3-D masks (spacing of length 3), per-class metrics, the label rule and the registry
+
+
+def ref_surface3(m: np.ndarray) -> np.ndarray:
+    cross = ndimage.generate_binary_structure(3, 1)
+    return m ^ ndimage.binary_erosion(m, structure=cross, border_value=0)
+
+
+def ref_hd95_3d(p: np.ndarray, t: np.ndarray, spacing) -> float:
+    sp, st = ref_surface3(p), ref_surface3(t)
+    if not sp.any() and not st.any():
+        return 0.0
+    if not sp.any() or not st.any():
+        return math.inf
+    d = cdist(np.argwhere(sp) * np.asarray(spacing), np.argwhere(st) * np.asarray(spacing))
+    return max(ref_percentile95(d.min(axis=1)), ref_percentile95(d.min(axis=0)))
+
+
+def random_volume_pair(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
+    kind = rng.integers(0, 4)
+    if kind == 0:  # smooth blobs
+        field = ndimage.gaussian_filter(rng.standard_normal(shape), rng.uniform(0.7, 2.0))
+        p = field > 0.2 * field.std()
+    elif kind == 1:
+        p = rng.random(shape) < 0.1
+    elif kind == 2:  # a box touching the border
+        p = np.zeros(shape, bool)
+        p[: rng.integers(1, shape[0] + 1), rng.integers(0, shape[1]) :, 1:] = True
+    else:
+        p = np.zeros(shape, bool)
+    r = rng.random()
+    if r < 0.4:
+        t = np.roll(p, tuple(int(v) for v in rng.integers(-2, 3, 3)), axis=(0, 1, 2))
+    elif r < 0.7:
+        t = ndimage.binary_dilation(p) if p.any() else rng.random(shape) < 0.05
+    else:
+        t = p ^ (rng.random(shape) < 0.03)
+    return p, t
+
+
+SPACINGS_3D = [(1.0, 1.0, 1.0), (0.8, 0.8, 2.5), (3.0, 0.5, 1.2)]
+CASES_3D = [random_volume_pair(np.random.default_rng(10 + i), (12, 10, 6)) for i in range(24)]
+
+
+@pytest.mark.parametrize("spacing", SPACINGS_3D)
+def test_hd95_3d_matches_brute_force(backend, spacing):
+    for p, t in CASES_3D:
+        want = ref_hd95_3d(p, t, spacing)
+        got = hd95(p, t, spacing=spacing)
+        assert isinstance(got, float)
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12) or (math.isinf(want) and got == math.inf)
+
+
+def test_dice_iou_surface_3d():
+    for p, t in CASES_3D:
+        d_ref, j_ref = ref_dice_iou(p, t)
+        assert dice(p, t, spacing=(1, 1, 1)) == pytest.approx(d_ref, rel=1e-12)
+        assert iou(p, t, spacing=(2.0, 1.0, 0.5)) == pytest.approx(j_ref, rel=1e-12)
+        np.testing.assert_array_equal(surface(p, ndim=3), ref_surface3(p))
+
+
+def test_3d_batches_and_layouts():
+    p = np.stack([a for a, _ in CASES_3D[:5]])
+    t = np.stack([b for _, b in CASES_3D[:5]])
+    sp = (0.8, 0.8, 2.5)
+    want = np.array([hd95(a, b, sp) for a, b in CASES_3D[:5]])
+    for a, b in [(p, t), (p[:, None], t[:, None]), (torch.from_numpy(p).float(), torch.from_numpy(t).int())]:
+        np.testing.assert_array_equal(hd95(a, b, sp), want)
+        assert dice(a, b, sp).shape == (5,)
+    with pytest.raises(ValueError, match=r"\[D,H,W\]"):
+        hd95(p[0, 0], t[0, 0], sp)  # 2-D masks with a 3-D spacing
+    with pytest.raises(ValueError, match="exactly one channel"):
+        dice(np.zeros((2, 2, 3, 3, 3)), np.zeros((2, 2, 3, 3, 3)), spacing=sp)
+    # Without a 3-D spacing a [D,H,W] array stays a batch of 2-D images, as before.
+    assert hd95(p[0], t[0]).shape == (12,)
+
+
+def test_squared_edt_numpy_matches_scipy():
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        dst = rng.random((7, 9, 5)) < 0.05
+        dst[0, 0, 0] = True
+        sp = tuple(float(v) for v in rng.uniform(0.3, 3, 3))
+        want = ndimage.distance_transform_edt(~dst, sampling=sp) ** 2
+        np.testing.assert_allclose(metrics._squared_edt_numpy(dst, sp), want, rtol=1e-12, atol=1e-12)
+
+
+def _monai_hd95(p, t, spacing):
+    from monai.metrics import compute_hausdorff_distance
+
+    return float(compute_hausdorff_distance(torch.from_numpy(p)[None, None].float(),
+                                            torch.from_numpy(t)[None, None].float(), percentile=95,
+                                            spacing=list(spacing)))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_3d_matches_monai():
+    monai_metrics = pytest.importorskip("monai.metrics")
+    rng = np.random.default_rng(7)
+    for spacing in SPACINGS_3D:
+        for _ in range(8):
+            p, t = random_volume_pair(rng, (14, 11, 7))
+            if not p.any() or not t.any():
+                continue
+            assert hd95(p, t, spacing) == pytest.approx(_monai_hd95(p, t, spacing), rel=1e-5, abs=1e-5)
+            want_dice = monai_metrics.compute_dice(torch.from_numpy(p)[None, None].float(),
+                                                   torch.from_numpy(t)[None, None].float())
+            assert dice(p, t, spacing) == pytest.approx(float(want_dice), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_per_class_matches_monai_2d_and_3d():
+    monai_metrics = pytest.importorskip("monai.metrics")
+    from monai.networks.utils import one_hot
+
+    rng = np.random.default_rng(8)
+    for shape, spacing in [((20, 17), (0.7, 1.9)), ((12, 10, 6), (0.8, 0.8, 2.5))]:
+        field = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+        gt = np.digitize(field, np.quantile(field, [0.5, 0.8]))  # labels 0, 1, 2
+        pred = np.roll(gt, 1, axis=0)
+        pred[(rng.random(shape) < 0.02)] = 2
+        got = per_class_metrics(pred, gt, classes=[1, 2], spacing=spacing)
+        oh_p = one_hot(torch.from_numpy(pred)[None, None], 3)
+        oh_t = one_hot(torch.from_numpy(gt)[None, None], 3)
+        want_hd = monai_metrics.compute_hausdorff_distance(oh_p, oh_t, include_background=False, percentile=95,
+                                                           spacing=list(spacing))[0]
+        want_dice = monai_metrics.compute_dice(oh_p, oh_t, include_background=False)[0]
+        for i, c in enumerate(("1", "2")):
+            assert got[c]["hd95"] == pytest.approx(float(want_hd[i]), rel=1e-5, abs=1e-5)
+            assert got[c]["dice"] == pytest.approx(float(want_dice[i]), rel=1e-6)
+            assert got[c]["iou"] == pytest.approx(iou(pred == int(c), gt == int(c), spacing=spacing))
+
+
+def test_per_class_conventions_and_errors():
+    gt = np.zeros((5, 6, 4), np.uint8)
+    gt[1:3, 1:3, 1:3] = 1
+    res = per_class_metrics(gt, gt, classes=range(1, 4), spacing=(1.0, 2.0, 3.0))
+    assert list(res) == ["1", "2", "3"]
+    assert res["1"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0}
+    assert res["3"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0}  # absent from both
+    res = per_class_metrics(torch.zeros(5, 6, 4), gt.astype(float), classes=[1], spacing=(1.0, 2.0, 3.0))
+    assert res["1"]["hd95"] == math.inf and res["1"]["dice"] == 0.0
+    assert per_class_metrics(gt[0], gt[0], [1])["1"]["dice"] == 1.0  # 2-D, unit spacing
+    with pytest.raises(ValueError, match="`spacing` must have one entry per axis"):
+        per_class_metrics(gt, gt, [1], spacing=(1.0, 1.0))
+    with pytest.raises(ValueError, match="`gt_labels` must have the shape"):
+        per_class_metrics(gt, gt[:4], [1])
+    with pytest.raises(ValueError, match="integer labels"):
+        per_class_metrics(gt + 0.5, gt, [1])
+    with pytest.raises(ValueError, match="`classes`"):
+        per_class_metrics(gt, gt, [])
+
+
+def test_labels_from_probs():
+    probs = np.array([[[0.9, 0.2, 0.6, 0.5]], [[0.05, 0.7, 0.6, 0.5]]], np.float32)  # [K=2, 1, 4]
+    np.testing.assert_array_equal(labels_from_probs(probs), [[1, 2, 1, 0]])
+    got = labels_from_probs(torch.from_numpy(probs)[None].repeat(3, 1, 1, 1))
+    assert got.dtype == torch.int64 and got.shape == (3, 1, 4)
+    assert got.tolist() == [[[1, 2, 1, 0]]] * 3
+    assert labels_from_probs(probs, threshold=0.8).tolist() == [[1, 0, 0, 0]]
+    # K = 1 is the binary rule probs > threshold.
+    one = torch.rand(2, 1, 5, 5)
+    assert torch.equal(labels_from_probs(one), (one[:, 0] > 0.5).long())
+    with pytest.raises(ValueError, match="`probs`"):
+        labels_from_probs(np.zeros((4, 4)))
+
+
+def test_registry_drives_summarize(monkeypatch):
+    assert set(metrics.METRICS) == {"dice", "iou", "hd95"}
+    cases = [
+        {"name": "a", "dice": 1.0, "iou": 1.0, "hd95": 0.0,
+         "per_class": {"1": {"dice": 1.0, "iou": 1.0, "hd95": 0.0}, "2": {"dice": 0.5, "iou": 0.25, "hd95": 2.0}}},
+        {"name": "b", "dice": 0.5, "iou": 0.5, "hd95": 4.0,
+         "per_class": {"1": {"dice": 0.0, "iou": 0.0, "hd95": 6.0}, "2": {"dice": 1.0, "iou": 1.0, "hd95": 2.0}}},
+    ]
+    out = summarize(cases)
+    assert out["per_class"] == {"1": {"dice": 0.5, "iou": 0.5, "hd95": 3.0}, "2": {"dice": 0.75, "iou": 0.625,
+                                                                                     "hd95": 2.0}}
+    assert out["dice"] == 0.75
+    monkeypatch.setitem(metrics.METRICS, "volume_diff", lambda p, t, spacing=None: 0.0)
+    with pytest.raises(ValueError, match="volume_diff"):
+        summarize(cases)
