@@ -86,3 +86,193 @@ def test_cuda_graph_matches_eager():
     assert torch.equal(first.probs, second.probs)
     assert len(graph._graphs) == 1
 
+
+
+# ------------------------------------------------------------------------------------- graph path, on the CPU
+class FakeGraphs:
+    """Stands in for CUDA graphs on the CPU: ``capture`` runs the loop once on the static buffers (as a capture
+    records it) and ``replay`` re-runs it on whatever the static buffers hold, writing into the same output."""
+
+    def __init__(self, fail: bool = False):
+        self.captures = 0
+        self.fail = fail
+
+    def supports(self, x):
+        return True
+
+    def capture(self, fn, static_inputs):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures += 1
+        static_out = fn(*static_inputs)
+
+        def replay():
+            static_out.copy_(fn(*static_inputs))
+
+        return replay, static_out
+
+
+def _graph_sampler(**kw):
+    model = kw.pop("model", None) or ToyDenoiser(3 if kw.get("perturb_mode") == "condition" else 2)
+    sampler = DDIMSampler(model, alphas_cumprod(make_betas("linear", 1000)), steps=kw.pop("steps", 3), **kw)
+    sampler._graph_backend = FakeGraphs()
+    return sampler
+
+
+SETTINGS = [
+    ("backend", "reference", "auto"), ("clip_sample", 1.0, None), ("prediction_type", "epsilon", "sample"),
+    ("prediction_type", "epsilon", "v_prediction"), ("spacing", "trailing", "leading"),
+    ("spacing", "trailing", "linspace"), ("amp_dtype", None, torch.bfloat16), ("channels_last", False, True),
+]
+
+
+@pytest.mark.parametrize("name,before,after", SETTINGS)
+def test_graph_cache_never_replays_a_stale_setting(name, before, after):
+    """Changing any setting after a capture gives what a fresh eager sampler with that setting gives."""
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    sampler = _graph_sampler(**{name: before})
+    sampler.sample(images, ensemble=2, seed=1)
+    setattr(sampler, name, after)
+    got = sampler.sample(images, ensemble=2, seed=1)
+    eager = _graph_sampler(**{name: after}, model=sampler.model)
+    eager.cuda_graph = False
+    want = eager.sample(images, ensemble=2, seed=1)
+    torch.testing.assert_close(got.probs, want.probs, rtol=0, atol=1e-6)
+    assert sampler._graph_backend.captures == 2
+
+
+def test_graph_cache_tracks_model_identity_and_perturb_mode():
+    images = torch.rand(1, 1, 8, 8) * 2 - 1
+    sampler = _graph_sampler()
+    first = sampler.sample(images, seed=0).probs
+    sampler.model = ToyDenoiser(2)  # another model (e.g. a reloaded EMA): a new capture, not the old graph
+    with torch.no_grad():
+        sampler.model.weight.mul_(-1.5)
+    second = sampler.sample(images, seed=0).probs
+    assert sampler._graph_backend.captures == 2 and not torch.equal(first, second)
+    sampler.model, sampler.perturb_mode = ToyDenoiser(3), "condition"
+    sampler.sample(images, seed=0)
+    assert sampler._graph_backend.captures == 3
+
+
+def test_graph_replay_equals_eager_and_cache_is_bounded():
+    sampler = _graph_sampler(graph_cache_size=2)
+    eager = _graph_sampler(model=sampler.model)
+    eager.cuda_graph = False
+    for size in (8, 9, 8, 10, 8):  # 10 evicts 9, the least recently used (8 was used again after 9)
+        images = torch.rand(2, 1, size, size) * 2 - 1
+        for seed in (0, 1):  # a replay with new inputs in the static buffers
+            got = sampler.sample(images, ensemble=2, seed=seed)
+            torch.testing.assert_close(got.probs, eager.sample(images, ensemble=2, seed=seed).probs,
+                                       rtol=0, atol=1e-6)
+        assert len(sampler._graphs) <= 2
+    assert sampler._graph_backend.captures == 3  # 8, 9, 10: the later 8s are replays (FIFO would recapture)
+
+
+def test_failed_capture_warns_once_and_samples_eagerly():
+    sampler = _graph_sampler()
+    sampler._graph_backend = FakeGraphs(fail=True)
+    eager = _graph_sampler(model=sampler.model)
+    eager.cuda_graph = False
+    images = torch.rand(1, 1, 8, 8) * 2 - 1
+    with pytest.warns(RuntimeWarning, match="sampling eagerly"):
+        got = sampler.sample(images, seed=0)
+    torch.testing.assert_close(got.probs, eager.sample(images, seed=0).probs, rtol=0, atol=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler.sample(images, seed=0)  # no second warning
+
+
+def test_cuda_graph_capture_and_replay_run_on_the_tensors_device(monkeypatch):
+    """The capture's streams, the capture itself and every replay enter the device of the inputs (cuda:1 here),
+    never the current device. CUDA is mocked: this checks the bookkeeping of the CUDA-only branch on any machine."""
+    from spadfast import sampler as sampler_mod
+
+    entered, log = [], []
+
+    class FakeDevice:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(str(self.device))
+
+        def __exit__(self, *exc):
+            return False
+
+    class FakeStream:
+        def __init__(self, device=None):
+            log.append(("stream", str(device)))
+
+        def wait_stream(self, other):
+            pass
+
+    class FakeGraph:
+        def replay(self):
+            log.append(("replay", entered[-1]))
+
+    cuda = sampler_mod.torch.cuda
+    monkeypatch.setattr(cuda, "device", FakeDevice)
+    monkeypatch.setattr(cuda, "Stream", FakeStream)
+    monkeypatch.setattr(cuda, "current_stream", lambda device=None: FakeStream(device))
+    monkeypatch.setattr(cuda, "stream", lambda s: FakeDevice("stream"))
+    monkeypatch.setattr(cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(cuda, "graph", lambda g: FakeDevice("graph"))
+
+    x = torch.zeros(2, 1, 4, 4)
+    calls = []
+    graphs = sampler_mod._CudaGraphs()
+    fake_device = torch.device("cuda", 1)
+
+    def fn(a):
+        calls.append(a)
+        return a + 1
+
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: fake_device), raising=False)
+    replay, out = graphs.capture(fn, (x,))
+    replay()
+    monkeypatch.undo()
+    assert entered[0] == "cuda:1" and ("stream", "cuda:1") in log
+    assert ("replay", "cuda:1") in log
+    assert len(calls) == 3  # two warm-up runs and the captured one
+
+
+@pytest.mark.parametrize("eta", [-0.5, 1.0 + 1e-6, 1.5, 2.0, float("nan"), float("inf")])
+def test_eta_outside_unit_interval_is_rejected(eta):
+    with pytest.raises(ValueError, match="`eta`"):
+        DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", 100)), eta=eta)
+
+
+def test_every_eta_in_unit_interval_samples_finite():
+    images = torch.rand(1, 1, 6, 6) * 2 - 1
+    for eta in torch.linspace(0, 1, 21).tolist():
+        sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", 1000)), steps=7, eta=eta)
+        assert torch.isfinite(sampler.sample(images, ensemble=2, seed=0).probs).all(), eta
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_every_step_count_ends_on_the_clean_sample(spacing):
+    """For every S in [1, T] the loop's last step targets alpha_prev = 1 (t = -1, the clean sample), never the
+    noisiest alpha (the trailing bug of issue 8), and its alphas increase monotonically."""
+    T = 1000
+    sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", T)), spacing=spacing)
+    for S in range(1, T + 1):
+        _, a_t, a_prev = sampler.set_timesteps(S, "cpu")
+        assert a_t.shape == (S,) and a_prev[-1] == 1.0, (spacing, S)
+        assert (a_prev[:-1] > a_t[:-1]).all() and (a_t[1:] > a_t[:-1]).all(), (spacing, S)
+
+
+def test_noise_keys_make_an_image_independent_of_its_batch():
+    """With per-image noise keys an image gets the same members whether alone, first or last in a batch."""
+    sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", 1000)), steps=3, chunk=3)
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    keys = [11, 7, 2024, 3]
+    whole = sampler.sample(images, ensemble=2, seed=5, noise_keys=keys, return_members=True).members
+    for order in ([3, 2, 1, 0], [1, 3], [2]):
+        part = sampler.sample(images[order], ensemble=2, seed=5, noise_keys=[keys[i] for i in order],
+                              return_members=True).members
+        torch.testing.assert_close(part, whole[order], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="`noise_keys`"):
+        sampler.sample(images, noise_keys=[1, 2])
