@@ -139,6 +139,8 @@ def run(data: str, model_name: str, out: Path, steps: int | None) -> dict:
     (out / f"{data}_{model_name}.json").write_text(json.dumps(result, indent=2))
     if model_name == "unet" and data == "demo":
         trainer.save(out / "demo_unet_run")  # reused by scripts/measure_fewstep.py
+    elif data == "demo":
+        torch.save(trainer.ema.state_dict(), out / f"demo_{model_name}_ema.pt")  # measure_fewstep.py --state
     return result
 
 
