@@ -94,3 +94,24 @@ def test_demo_small(tmp_path):
     assert len(report["cases"]) == 3 and {"dice", "iou", "hd95"} <= set(report["mean"])
     assert len(list((tmp_path / "demo" / "overlays").glob("*.png"))) == 3
     assert (tmp_path / "demo" / "run" / "checkpoint.safetensors").is_file()
+
+
+def test_resume_with_more_steps_keeps_the_pas_horizon(tmp_path):
+    """``train --resume --steps 2N`` after N steps: PaS keeps its N-step horizon, so the extra steps see clean
+    masks (progress >= 1) instead of re-opening the perturbation (issue 8, item 6)."""
+    from spadfast.checkpoint import read_checkpoint
+    from spadfast.perturb import perturb_factor
+
+    data = write_synthetic_folder(tmp_path / "data", 6, 16, seed=0)
+    cfg = _config_file(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--steps", "4", "--config", str(cfg)]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), "--resume", "--steps", "8"]) == 0
+    _, meta = read_checkpoint(run)
+    config = meta["config"]
+    assert meta["step"] == 8 and config["train_steps"] == 8 and config["pas_steps"] == 4
+    from spadfast import SPADConfig
+
+    resumed = SPADConfig.from_dict(config)
+    for step in range(4, 9):
+        assert perturb_factor(step / resumed.pas_horizon, resumed.perturb) == 0.0

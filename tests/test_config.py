@@ -92,3 +92,26 @@ def test_nullable_clip_and_yaml_exponent_strings(tmp_path):
 def test_values_that_would_fail_later_are_rejected_now(data, exc, name):
     with pytest.raises(exc, match=name):
         SPADConfig.from_dict(data)
+
+
+def test_eta_sweep_accepts_exactly_the_unit_interval():
+    import math
+
+    from spadfast import SPADConfig
+
+    for eta in [i / 20 for i in range(21)]:
+        assert SPADConfig(eta=eta).eta == eta
+    for eta in (-1e-9, -1.0, 1.0 + 1e-9, 1.5, 10.0, math.inf, math.nan):
+        with pytest.raises((ValueError, TypeError), match="`eta`"):
+            SPADConfig(eta=eta)
+
+
+def test_pas_steps_is_an_optional_positive_int():
+    from spadfast import SPADConfig
+
+    assert SPADConfig(train_steps=10).pas_horizon == 10
+    assert SPADConfig(train_steps=10, pas_steps=4).pas_horizon == 4
+    with pytest.raises(TypeError, match="`pas_steps`"):
+        SPADConfig(pas_steps=2.5)
+    with pytest.raises(ValueError, match="`pas_steps`"):
+        SPADConfig(pas_steps=0)

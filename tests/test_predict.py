@@ -1,0 +1,110 @@
+"""spadfast.predict: the image a model sees, per-image noise keys, and the inference-only Segmenter."""
+
+import itertools
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from spadfast import SPADTrainer
+from spadfast.folders import SegmentationFolder
+from spadfast.predict import Segmenter, predict_folder
+from spadfast.sampler import image_noise_key
+
+from .helpers import tiny_config
+
+
+def _write_folder(root, specs):
+    """Images of several kinds (dtype, channels, native size), each with a random mask of its size."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for name, (dtype, channels, h, w, ext) in specs.items():
+        top = np.iinfo(dtype).max
+        shape = (h, w) if channels == 1 else (h, w, 3)
+        image = rng.integers(0, top, size=shape, endpoint=True).astype(dtype)
+        cv2.imwrite(str(root / "images" / f"{name}{ext}"), image)
+        cv2.imwrite(str(root / "masks" / f"{name}.png"), (rng.random((h, w)) > 0.5).astype(np.uint8) * 255)
+    return root
+
+
+SPECS = {
+    f"{dt.__name__}_{c}_{h}x{w}{ext[1:]}": (dt, c, h, w, ext)
+    for (dt, c, (h, w), ext) in itertools.product(
+        (np.uint8, np.uint16), (1, 3), ((16, 16), (23, 17), (40, 31), (9, 12)), (".png", ".tif")
+    )
+}
+
+
+class Spy:
+    """A segmenter that records the tensors that reach the model, and returns empty probabilities."""
+
+    def __init__(self, config):
+        self.config = config
+        self.seen: dict[int, torch.Tensor] = {}
+
+    def segment(self, images, steps=None, ensemble=None, seed=0, return_members=False, noise_keys=None):
+        from spadfast.sampler import SampleResult
+
+        for image, key in zip(images, noise_keys):
+            self.seen[key] = image.clone()
+        zeros = torch.zeros(images.shape[0], 1, *images.shape[2:])
+        return SampleResult(zeros, zeros, zeros > 0.5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [16, 20])
+def test_a_folder_image_reaches_the_model_bit_identically_in_training_and_prediction(tmp_path, channels, size):
+    """Every stored kind (8/16-bit, gray/RGB, PNG/TIFF, shrunk or enlarged): the training item and the tensor that
+    ``predict`` hands to the model are the same bits (issue 8, item 8)."""
+    root = _write_folder(tmp_path / "data", SPECS)
+    folder = SegmentationFolder(root, image_size=size, channels=channels)
+    spy = Spy(tiny_config(image_size=16, image_channels=channels))
+    spy.config.image_size = size  # the config check wants a multiple of 2; the folder and predict do not care
+    predict_folder(spy, root / "images", tmp_path / "pred", batch_size=5)
+    assert len(spy.seen) == len(SPECS)
+    for i, name in enumerate(folder.names):
+        assert torch.equal(folder[i][0], spy.seen[image_noise_key(name)]), name
+
+
+def test_same_image_same_mask_whatever_batch_size_or_folder(tmp_path):
+    """Initial noise is keyed by the file name: batch size and the other files do not change a mask (item 9)."""
+    from spadfast.data import write_synthetic_folder
+
+    data = write_synthetic_folder(tmp_path / "data", 5, 16, seed=1)
+    trainer = SPADTrainer(tiny_config())
+    trainer.fit(2)
+    trainer.save(tmp_path / "run")
+    segmenter = Segmenter.from_checkpoint(tmp_path / "run")
+    outputs = []
+    for batch_size in (1, 2, 5):
+        out = tmp_path / f"pred{batch_size}"
+        predict_folder(segmenter, data / "images", out, batch_size=batch_size, uncertainty=True)
+        outputs.append(out)
+    subset = tmp_path / "subset"
+    (subset / "images").mkdir(parents=True)
+    for name in ("0001.png", "0004.png"):
+        (subset / "images" / name).write_bytes((data / "images" / name).read_bytes())
+    predict_folder(segmenter, subset / "images", tmp_path / "pred_subset", batch_size=2, uncertainty=True)
+    for name in sorted(p.name for p in (data / "images").iterdir()):
+        ref = cv2.imread(str(outputs[0] / "uncertainty" / name), cv2.IMREAD_UNCHANGED)
+        assert ref.any(), "members must differ, or the test cannot tell noise apart"
+        for out in outputs[1:]:
+            assert np.array_equal(cv2.imread(str(out / "uncertainty" / name), cv2.IMREAD_UNCHANGED), ref), name
+            assert (out / name).read_bytes() == (outputs[0] / name).read_bytes()
+        if name in ("0001.png", "0004.png"):
+            got = cv2.imread(str(tmp_path / "pred_subset" / "uncertainty" / name), cv2.IMREAD_UNCHANGED)
+            assert np.array_equal(got, ref), name
+
+
+def test_segmenter_matches_the_trainers_ema_sampling(tmp_path):
+    trainer = SPADTrainer(tiny_config())
+    trainer.fit(3)
+    trainer.save(tmp_path)
+    segmenter = Segmenter.from_checkpoint(tmp_path)
+    assert not hasattr(segmenter, "optimizer")
+    images = torch.rand(2, 1, 16, 16) * 2 - 1
+    a = trainer.segment(images, steps=3, ensemble=2, seed=4)
+    b = segmenter.segment(images, steps=3, ensemble=2, seed=4)
+    assert torch.equal(a.probs, b.probs) and torch.equal(a.std, b.std)
