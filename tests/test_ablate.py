@@ -1,0 +1,179 @@
+"""spadfast.ablate: variants, the fixed split, seeds, skip-on-rerun, resume from a checkpoint, bad settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from spadfast import ablate
+from spadfast.ablate import (
+    _merge,
+    add_arguments,
+    aggregate,
+    format_markdown,
+    main,
+    make_split,
+    run_ablation,
+    slug,
+    variant_overrides,
+)
+from spadfast.config import SPADConfig
+from spadfast.synthetic import write_synthetic_folder
+
+TINY = dict(image_size=16, base_channels=8, channel_mults=(1, 2), attention_levels=(), sample_steps=2, ensemble=1,
+            batch_size=2, val_every=2, val_samples=2, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_synthetic_folder(tmp_path_factory.mktemp("data"), n=8, image_size=16, seed=0)
+
+
+def _runs(out: Path) -> list[str]:
+    return sorted(str(p.parent.relative_to(out / "runs")) for p in (out / "runs").rglob("metrics.json"))
+
+
+def test_variants_and_their_configs():
+    base = SPADConfig.preset("cpu-small").to_dict()
+    table = variant_overrides(base)
+    assert list(table) == ["SPAD", "w/o ScD", "w/o BcD", "baseline", "PaS linear", "PaS step", "condition mode"]
+    cfg = {n: SPADConfig.from_dict(_merge(base, o)) for n, o in table.items()}
+    assert cfg["SPAD"].to_dict() == base
+    assert cfg["w/o ScD"].perturb.scd_max == 0 and cfg["w/o ScD"].perturb.bcd_max == base["perturb"]["bcd_max"]
+    p = cfg["w/o BcD"].perturb
+    assert (p.bcd_max, p.blur_sigma_max, p.band_radius_max, p.scd_max) == (0, 0, 0, base["perturb"]["scd_max"])
+    assert cfg["baseline"].perturb.enabled is False
+    assert cfg["PaS step"].perturb.pas_kind == "step" and cfg["condition mode"].perturb_mode == "condition"
+    linear_base = _merge(base, {"perturb": {"pas_kind": "linear"}, "perturb_mode": "condition"})
+    assert list(variant_overrides(linear_base))[4:] == ["PaS cosine", "PaS step", "target mode"]
+    assert [slug(n) for n in table] == ["spad", "wo-scd", "wo-bcd", "baseline", "pas-linear", "pas-step",
+                                        "condition-mode"]
+
+
+def test_split_is_seeded_and_disjoint():
+    stems = [f"{i:02d}" for i in range(10)]
+    train, val = make_split(stems, 0.3, seed=1)
+    assert len(val) == 3 and sorted(train + val) == stems and not set(train) & set(val)
+    assert make_split(list(reversed(stems)), 0.3, seed=1) == (train, val)
+    assert make_split(stems, 0.3, seed=2) != (train, val)
+    with pytest.raises(ValueError, match="at least 2"):
+        make_split(["a"], 0.5, 0)
+
+
+def test_seeds_split_skip_and_table(data, tmp_path, monkeypatch):
+    out = tmp_path / "abl"
+    lines: list[str] = []
+    result = run_ablation(data, out, seeds=2, steps=2, overrides=TINY, variants=["SPAD", "baseline"], log=lines.append)
+    assert _runs(out) == ["baseline/seed0", "baseline/seed1", "spad/seed0", "spad/seed1"]
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["heldout"]) == 2 and sorted(split["train"] + split["heldout"]) == [f"{i:04d}" for i in range(8)]
+    assert sorted(p.stem for p in (out / "data" / "val" / "masks").iterdir()) == split["heldout"]
+    assert sorted(p.stem for p in (out / "data" / "train" / "images").iterdir()) == split["train"]
+    for variant in ("spad", "baseline"):
+        for seed in (0, 1):
+            record = json.loads((out / "runs" / variant / f"seed{seed}" / "metrics.json").read_text())
+            assert record["config"]["seed"] == seed and record["steps"] == 2
+            assert record["config"]["perturb"]["enabled"] is (variant == "spad")
+            assert [c["name"] for c in record["report"]["cases"]] == [f"{s}.png" for s in split["heldout"]]
+    row = {r["variant"]: r for r in result["rows"]}
+    assert row["SPAD"]["seeds"] == [0, 1] and row["baseline"]["seeds"] == [0, 1]
+    md = (out / "ablation.md").read_text()
+    assert "| SPAD |" in md and "| baseline |" in md and "**" in md and "±" in md
+    assert (out / "ablation.png").is_file() and json.loads((out / "ablation.json").read_text())["seeds"] == 2
+
+    # rerun: everything is skipped (training would fail), a new seed and variant run, the split is unchanged
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(ablate, "train_and_evaluate", no_training)
+    lines.clear()
+    run_ablation(data, out, seeds=2, steps=2, overrides=TINY, variants=["SPAD", "baseline"], log=lines.append)
+    assert sum("skipped" in line for line in lines) == 4
+    monkeypatch.undo()
+    run_ablation(data, out, seeds=1, steps=2, overrides=TINY, variants=["w/o ScD"], log=lines.append)
+    assert "wo-scd/seed0" in _runs(out) and json.loads((out / "split.json").read_text()) == split
+    record = json.loads((out / "runs" / "wo-scd" / "seed0" / "metrics.json").read_text())
+    assert record["config"]["perturb"]["scd_max"] == 0
+
+    with pytest.raises(ValueError, match="settings.json"):  # another budget in the same folder
+        run_ablation(data, out, seeds=1, steps=3, overrides=TINY, variants=["SPAD"], log=lines.append)
+    with pytest.raises(ValueError, match="split.json"):  # another split in the same folder
+        run_ablation(data, out, seeds=1, steps=2, overrides=TINY, variants=["SPAD"], split_seed=5,
+                     log=lines.append)
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        run_ablation(data, out, steps=2, overrides=TINY, variants=["nope"], log=lines.append)
+
+
+def test_resume_from_checkpoint(data, tmp_path, monkeypatch):
+    from spadfast.trainer import SPADTrainer
+
+    out = tmp_path / "abl"
+    real_step = SPADTrainer.train_step
+    calls = {"n": 0}
+
+    def dies_at_step_3(self, batches):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("power cut")
+        return real_step(self, batches)
+
+    monkeypatch.setattr(SPADTrainer, "train_step", dies_at_step_3)
+    overrides = {**TINY, "checkpoint_every": 2}
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(data, out, steps=4, overrides=overrides, variants=["SPAD"], log=lambda m: None)
+    run = out / "runs" / "spad" / "seed0"
+    assert (run / "checkpoint.safetensors").is_file() and not (run / "metrics.json").exists()
+    monkeypatch.undo()
+    lines: list[str] = []
+    run_ablation(data, out, steps=4, overrides=overrides, variants=["SPAD"], log=lines.append)
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["resumed_from"] == 2 and record["steps"] == 4
+    assert any("resuming at step 2" in line for line in lines)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4]  # no duplicate records from the interrupted attempt
+
+
+def test_val_folder_and_foreign_out(data, tmp_path):
+    val = write_synthetic_folder(tmp_path / "val", n=3, image_size=16, seed=9)
+    out = tmp_path / "abl"
+    run_ablation(data, out, val=val, steps=1, overrides=TINY, variants=["baseline"], log=lambda m: None)
+    split = json.loads((out / "split.json").read_text())
+    assert split["val"] == str(val) and len(split["train"]) == 8 and split["heldout"] == ["0000", "0001", "0002"]
+    assert not (out / "data" / "train").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("x")
+    with pytest.raises(ValueError, match="foreign"):
+        run_ablation(data, foreign, steps=1, overrides=TINY, variants=["SPAD"], log=lambda m: None)
+
+
+def test_aggregate_and_markdown_bold_ties():
+    runs = {
+        "SPAD": [{"seed": 0, "mean": {"dice": 0.9, "iou": 0.8, "hd95": 1.0}},
+                 {"seed": 1, "mean": {"dice": 0.8, "iou": 0.7, "hd95": 2.0}}],
+        "baseline": [{"seed": 0, "mean": {"dice": 0.85, "iou": 0.75, "hd95": float("inf")}},
+                     {"seed": 1, "mean": {"dice": 0.85, "iou": 0.75, "hd95": 1.0}}],
+    }
+    result = aggregate(runs)
+    spad = result["rows"][0]
+    assert spad["dice"] == pytest.approx(0.85) and spad["dice_std"] == pytest.approx(0.0707107, abs=1e-6)
+    assert result["best"] == {"dice": ["SPAD", "baseline"], "iou": ["SPAD", "baseline"], "hd95": ["SPAD"]}
+    md = format_markdown({**result, "preset": "p", "train_steps": 1, "seeds": 2, "n_train": 1, "n_heldout": 1})
+    assert "| SPAD |  | **0.8500 ± 0.0707** |" in md and "| inf |" in md
+
+
+def test_cli_handler_on_finished_folder(data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "abl"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", str(data), "--out", str(out), "--steps", "1", "--variants", "baseline"])
+    # the CLI has no model-size flags: give the preset the tiny model for this test
+    real_preset = SPADConfig.preset.__func__
+    monkeypatch.setattr(SPADConfig, "preset", classmethod(lambda cls, name, **kw: real_preset(cls, name,
+                                                                                             **{**TINY, **kw})))
+    assert main(args) == 0
+    assert "| baseline |" in capsys.readouterr().out
