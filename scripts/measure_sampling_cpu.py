@@ -85,6 +85,7 @@ def spadfast_fn(name: str, model, image, ac, cfg, steps: int, members: int, bf16
 
 
 def emit(record: dict) -> None:
+    record.setdefault("load_1m", round(os.getloadavg()[0], 2))  # other processes skew CPU timings: say how busy
     print(json.dumps(record), flush=True)
 
 
