@@ -126,13 +126,16 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.nda
     return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
 
 
-def plot_curves(run: str | Path, out: str | Path | None = None, log_file: str = "log.jsonl") -> Path:
+def plot_curves(
+    run: str | Path, out: str | Path | None = None, log_file: str = "log.jsonl", layout: str = "column"
+) -> Path:
     """Loss (top) and validation Dice (bottom) against steps from ``RUN/log.jsonl``, each with the PaS strength on
     a second axis, recomputed from the checkpoint's config (omitted, with a note, when the run has no checkpoint).
 
     Args:
         run: a ``spadfast train --out`` folder.
         out: image file (``.png``/``.svg``/``.pdf``); default ``RUN/curves.png``.
+        layout: ``"column"`` (loss above Dice) or ``"row"`` (side by side, a wide short figure for pages).
 
     Returns:
         The file written.
@@ -149,8 +152,10 @@ def plot_curves(run: str | Path, out: str | Path | None = None, log_file: str = 
     last = max(int(r["step"]) for r in records)
     if cfg is not None:
         last = max(last, cfg.train_steps)
-    fig = _figure(7.5, 5.5)
-    ax_loss, ax_dice = fig.subplots(2, 1, sharex=True)
+    if layout not in ("column", "row"):
+        raise ValueError(f"`layout` must be 'column' or 'row', got {layout!r}")
+    fig = _figure(7.5, 5.5) if layout == "column" else _figure(8.5, 2.9)
+    ax_loss, ax_dice = fig.subplots(2, 1, sharex=True) if layout == "column" else fig.subplots(1, 2)
     if loss.size:
         ax_loss.plot(loss_steps, loss, color="tab:blue", marker="." if loss.size < 30 else None, label="loss")
         if (loss > 0).all():
@@ -165,8 +170,9 @@ def plot_curves(run: str | Path, out: str | Path | None = None, log_file: str = 
         ax_dice.text(0.5, 0.5, "no validation Dice in the log (config.val_every = 0?)", transform=ax_dice.transAxes,
                      ha="center", va="center", color="0.4")
     ax_dice.set_ylabel("validation Dice (EMA)")
-    ax_dice.set_xlabel("optimizer step")
-    ax_dice.set_xlim(0, max(last, 1))
+    for ax in (ax_dice,) if layout == "column" else (ax_loss, ax_dice):
+        ax.set_xlabel("optimizer step")
+        ax.set_xlim(0, max(last, 1))
     title = f"{run.name}: {last} steps"
     if cfg is not None:
         grid = np.unique(np.linspace(0, max(last, 1), num=min(max(last, 1) + 1, 2000)).round().astype(np.int64))

@@ -267,6 +267,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}thead th{background:#f
 .sw{display:inline-block;width:12px;height:12px;vertical-align:-1px;margin-right:4px;border:1px solid #999}
 .pager{margin:8px 0}.pager button{margin-right:4px;padding:2px 8px;cursor:pointer}
 .pager button.on{background:#1d2330;color:#fff}.pc{font-size:11px;color:#5b6473}
+.top{display:flex;flex-wrap:wrap;gap:0 16px;align-items:flex-start}.top section{flex:0 1 auto}
+.top .plots img{height:190px;width:auto;max-width:none}.top #training img{height:250px}
+.summary td,.summary th{padding:3px 8px}
 """
 
 _JS = """
@@ -326,26 +329,30 @@ def _page(report: dict[str, Any], rows_html: list[str], header_cells: list[str],
         f"<title>spadfast report: {n} cases</title>", f"<style>{_CSS}</style>",
         "<noscript><style>tbody.page{display:table-row-group!important}</style></noscript>", "</head><body>",
         f'<header><h1>spadfast evaluation report — {n} cases</h1><p>{info}</p></header><main>',
-        '<section id="summary"><h2>Summary</h2><table class="summary"><thead><tr><th>scope</th><th>metric</th>'
-        '<th>mean</th><th>median</th><th>min</th><th>max</th></tr></thead><tbody>',
+        '<div class="top"><section id="summary"><h2>Summary</h2><table class="summary"><thead><tr><th>scope</th>'
+        '<th>metric</th><th>mean</th><th>median</th><th>min</th><th>max</th></tr></thead><tbody>',
         *_summary_rows(report),
         "</tbody></table>",
-        '<p class="note">Dice and IoU of two empty masks are 1; HD95 (pixels, or the evaluation spacing) is inf '
-        "where exactly one mask is empty, and then the mean is inf too.</p></section>",
+        '<p class="note">Dice and IoU of two empty masks are 1; HD95 (pixels, or the<br>evaluation spacing) is '
+        "inf where exactly one mask is empty, and then<br>the mean is inf too. Click a plot for full size.</p>"
+        "</section>",
     ]
     if "metrics" in plots:
         parts += ['<section id="distributions" class="plots"><h2>Distributions</h2>',
-                  f'<img src="{plots["metrics"]}" alt="metric histograms"></section>']
+                  f'<a href="{plots["metrics"]}"><img src="{plots["metrics"]}" alt="metric histograms"></a>',
+                  "</section>"]
     if "curves" in plots or curves_note:
         parts.append('<section id="training" class="plots"><h2>Training</h2>')
         if "curves" in plots:
-            parts.append(f'<img src="{plots["curves"]}" alt="training curves">')
+            parts.append(f'<a href="{plots["curves"]}"><img src="{plots["curves"]}" alt="training curves"></a>')
         if curves_note:
             parts.append(f'<p class="note">{curves_note}</p>')
         parts.append("</section>")
+    parts.append("</div>")
     pages = [rows_html[i : i + page_size] for i in range(0, len(rows_html), page_size)]
     parts += [
-        '<section id="cases"><h2>Cases, worst first</h2>',
+        f'<section id="cases"><h2>Cases, worst first <span class="note">{n} cases'
+        + (f", pages of {page_size}" if n > page_size else "") + "</span></h2>",
         '<p class="legend"><span><i class="sw" style="background:#f00"></i>ground truth</span>'
         '<span><i class="sw" style="background:#0f0"></i>prediction</span>'
         '<span class="note">sorted by Dice ascending, then HD95 descending; uncertainty = ensemble std '
@@ -454,7 +461,7 @@ def write_report(
             plot_metric_distributions(report, tmp / "plots" / "metrics.png")
             plots["metrics"] = "plots/metrics.png"
             if run is not None:
-                plot_curves(run, tmp / "plots" / "curves.png")
+                plot_curves(run, tmp / "plots" / "curves.png", layout="row")
                 plots["curves"] = "plots/curves.png"
                 curves_note = f"Run <code>{html.escape(str(run))}</code>."
         except ImportError:
