@@ -1,0 +1,199 @@
+"""Segment NIfTI volumes slice by slice and write label maps in the patient's space (the input's grid and header).
+
+A volume is normalised and sliced exactly as :class:`spadfast.volumes.VolumeSlices` does for training
+(:func:`spadfast.volumes.normalize_volume`, :func:`spadfast.volumes.slice_volume`), each slice is segmented at the
+model's size, the class probabilities are resized back to the slice's native in-plane size (bilinear), and labels
+follow :func:`spadfast.metrics.labels_from_probs` (background unless some class probability exceeds the threshold;
+then the most probable class). The label map is written with the input's shape, affine and header (qform/sform and
+their codes); optional probability and uncertainty volumes (float32 ``[I,J,K,K_classes]``, classes last) go to
+``probabilities/`` and ``uncertainty/`` beside it, so that an output folder of label maps can be evaluated as is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import labels_from_probs
+from .sampler import image_noise_key
+from .volumes import (
+    case_stem,
+    coarsest_axis,
+    group_cases,
+    in_plane_shape,
+    load_case,
+    normalize_volume,
+    read_dataset_json,
+    resize_plane,
+    slice_volume,
+    volume_stem,
+    write_nifti,
+)
+
+__all__ = ["labels_from_probs", "predict_volume", "predict_volume_folder"]
+
+
+def _resolve_size(image_size: object, segmenter) -> tuple[int, int]:
+    from .files import check_size
+
+    size = check_size(image_size if image_size is not None else segmenter.config.image_size)
+    assert size is not None
+    return size
+
+
+def predict_volume(
+    segmenter,
+    image_paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    out_path: str | os.PathLike,
+    axis: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    steps: int | None = None,
+    ensemble: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    write_probabilities: bool = False,
+    write_uncertainty: bool = False,
+    modalities: Sequence[str] | None = None,
+    window: tuple[float, float] | None = None,
+    threshold: float | None = None,
+) -> Path:
+    """Segment one case and write its label map ``out_path`` (``.nii.gz``) on the input's voxel grid.
+
+    Args:
+        segmenter: a :class:`spadfast.predict.Segmenter` or :class:`spadfast.SPADTrainer` (anything with
+            ``config.image_channels``, ``config.image_size`` and ``segment(images [B,C,S,S], steps=, ensemble=,
+            seed=, noise_keys=) -> SampleResult`` whose ``probs`` and ``std`` are float ``[B,K,S,S]``, K foreground
+            classes).
+        image_paths: the case's modalities ``[<case>_0000.nii.gz, ...]`` (or one 3-D / channels-last 4-D file).
+        out_path: where to write the label map (``.nii.gz`` or ``.nii``).
+        axis: array axis to slice along, as in training; None: this volume's coarsest spacing.
+        image_size: the model's slice size (default ``config.image_size``).
+        steps, ensemble, seed: sampling settings passed to ``segment``. Each slice's initial noise is keyed by
+            ``"<case>/<axis>/<slice>"``, so its labels do not depend on ``batch_size``.
+        batch_size: slices per ``segment`` call.
+        write_probabilities: also write ``probabilities/<case>.nii.gz`` beside ``out_path``: float32
+            ``[I,J,K,K_classes]`` mean class probabilities.
+        write_uncertainty: also write ``uncertainty/<case>.nii.gz``: float32 ``[I,J,K,K_classes]`` ensemble std.
+        modalities: one name per channel, as in dataset.json (``"CT"`` selects the CT normalisation); must match
+            training. window: a fixed ``(lo, hi)`` intensity window, as in training.
+        threshold: class probability that beats the background (default ``config.threshold``, else 0.5).
+
+    Returns:
+        ``Path(out_path)``. The label map is uint8 (uint16 beyond 254 classes) with exactly the input's spatial
+        shape, affine and header geometry.
+
+    Raises:
+        ValueError: unreadable inputs (see :func:`spadfast.volumes.load_case`), channels unlike
+            ``config.image_channels``, a bad ``axis``/``batch_size``/``out_path``.
+    """
+    if isinstance(image_paths, (str, os.PathLike)):
+        image_paths = [image_paths]
+    paths = [Path(p) for p in image_paths]
+    if not paths:
+        raise ValueError("`image_paths` must name at least one volume")
+    out_path = Path(out_path)
+    if volume_stem(out_path) is None:
+        raise ValueError(f"`out_path` must end in .nii.gz or .nii, got {out_path}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
+    cfg = segmenter.config
+    size = _resolve_size(image_size, segmenter)
+    if threshold is None:
+        threshold = float(getattr(cfg, "threshold", 0.5))
+    case = load_case(paths, len(modalities) if modalities else int(cfg.image_channels))
+    image = case.image
+    assert image is not None
+    if image.shape[0] != cfg.image_channels:
+        raise ValueError(f"{paths[0]}: the case has {image.shape[0]} channels but the model expects "
+                         f"config.image_channels = {cfg.image_channels}")
+    if axis is None:
+        axis = coarsest_axis(case.spacing)
+    elif isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= int(axis) <= 2:
+        raise ValueError(f"`axis` must be None, 0, 1 or 2, got {axis!r}")
+    axis = int(axis) % 3
+    normed, _ = normalize_volume(image, modalities, window)
+    n_slices = case.shape[axis]
+    h, w = in_plane_shape(case.shape, axis)
+    name = case_stem(volume_stem(paths[0]) or paths[0].name)[0]
+
+    labels: np.ndarray | None = None
+    probs_vol: np.ndarray | None = None
+    std_vol: np.ndarray | None = None
+    for start in range(0, n_slices, batch_size):
+        idx = list(range(start, min(start + batch_size, n_slices)))
+        batch = torch.from_numpy(np.stack([slice_volume(normed, axis, k, size) for k in idx]))
+        keys = [image_noise_key(f"{name}/{axis}/{k}") for k in idx]
+        result = segmenter.segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
+        probs = result.probs.detach().float().cpu().numpy()
+        std = result.std.detach().float().cpu().numpy() if write_uncertainty else None
+        k_classes = probs.shape[1]
+        if labels is None:
+            labels = np.zeros(case.shape, np.uint8 if k_classes < 255 else np.uint16)
+            if write_probabilities:
+                probs_vol = np.zeros((*case.shape, k_classes), np.float32)
+            if write_uncertainty:
+                std_vol = np.zeros((*case.shape, k_classes), np.float32)
+        native = np.stack([np.stack([resize_plane(p, (h, w)) for p in slice_probs]) for slice_probs in probs])
+        slice_labels = labels_from_probs(native, threshold)  # [B,h,w]
+        for b, k in enumerate(idx):
+            _put(labels, axis, k, slice_labels[b].astype(labels.dtype))
+            if probs_vol is not None:
+                _put(probs_vol, axis, k, np.moveaxis(native[b], 0, -1))
+            if std_vol is not None:
+                assert std is not None
+                u = np.stack([resize_plane(p, (h, w)) for p in std[b]])
+                _put(std_vol, axis, k, np.moveaxis(u, 0, -1))
+    assert labels is not None
+    write_nifti(out_path, labels, reference=case.reference)
+    file_name = out_path.name
+    if probs_vol is not None:
+        write_nifti(out_path.parent / "probabilities" / file_name, probs_vol, reference=case.reference)
+    if std_vol is not None:
+        write_nifti(out_path.parent / "uncertainty" / file_name, std_vol, reference=case.reference)
+    return out_path
+
+
+def _put(volume: np.ndarray, axis: int, index: int, plane: np.ndarray) -> None:
+    """``volume[..., index, ...] = plane`` along ``axis`` (the plane keeps the other axes in order)."""
+    sl: list[object] = [slice(None)] * volume.ndim
+    sl[axis] = index
+    volume[tuple(sl)] = plane
+
+
+def predict_volume_folder(
+    segmenter,
+    images_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    axis: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    steps: int | None = None,
+    ensemble: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    write_probabilities: bool = False,
+    write_uncertainty: bool = False,
+    modalities: Sequence[str] | None = None,
+    window: tuple[float, float] | None = None,
+    threshold: float | None = None,
+) -> list[str]:
+    """Segment every case of ``images_dir`` (e.g. ``imagesTs/``; ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...
+    grouped by case) and write ``out_dir/<case>.nii.gz``; returns the case names.
+
+    ``modalities`` default: the ``dataset.json`` beside ``images_dir`` (in its parent folder), if any. Other
+    arguments as in :func:`predict_volume`.
+    """
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    groups = group_cases(images_dir)
+    if modalities is None:
+        modalities = list(read_dataset_json(images_dir.parent).modalities) or None
+    for case, paths in groups.items():
+        predict_volume(
+            segmenter, paths, out_dir / f"{case}.nii.gz", axis=axis, image_size=image_size, steps=steps,
+            ensemble=ensemble, seed=seed, batch_size=batch_size, write_probabilities=write_probabilities,
+            write_uncertainty=write_uncertainty, modalities=modalities, window=window, threshold=threshold,
+        )
+    return list(groups)

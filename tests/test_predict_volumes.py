@@ -1,0 +1,179 @@
+"""spadfast.predict_volumes with a fake segmenter: a predicted volume read back has exactly the source geometry
+(shape, affine, qform/sform and their codes, zooms) for oblique affines and anisotropic spacing, 3-class labels
+come back where the image says they are, and the slices it feeds the model are VolumeSlices' slices."""
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from spadfast import SampleResult, SPADConfig
+from spadfast.metrics import labels_from_probs, per_class_metrics
+from spadfast.predict_volumes import predict_volume, predict_volume_folder
+from spadfast.volumes import VolumeSlices, write_demo_volumes, write_nifti
+
+WINDOW = (0.0, 300.0)  # label c has intensity 100 c: -1, -1/3, 1/3, 1 after the window
+CENTRES = (-1 / 3, 1 / 3, 1.0)
+
+
+class FakeSegmenter:
+    """Class k's probability is 1 at its intensity centre and falls to 0.5 half-way to the next one."""
+
+    def __init__(self, channels: int = 1, size: int = 16, classes: int = 2):
+        self.config = SPADConfig(image_size=size, image_channels=channels, device="cpu", channel_mults=(1,),
+                                 attention_levels=())
+        self.classes = classes
+        self.batches: list[torch.Tensor] = []
+        self.keys: list[int] = []
+
+    def segment(self, images, steps=None, ensemble=None, seed=0, noise_keys=None):
+        assert images.dim() == 4 and images.shape[1] == self.config.image_channels
+        self.batches.append(images.clone())
+        self.keys.extend(noise_keys)
+        x = images[:, :1]
+        probs = torch.cat([(1 - 3 * (x - c).abs()).clamp(0, 1) for c in CENTRES[: self.classes]], dim=1)
+        std = 0.1 * probs
+        return SampleResult(probs, std, probs > 0.5)
+
+
+def oblique_affine(spacing=(0.7, 1.1, 3.0), angles=(0.3, -0.2, 0.5), origin=(-12.5, 40.0, 7.25)):
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rz @ ry @ rx @ np.diag(spacing)
+    aff[:3, 3] = origin
+    return aff
+
+
+def three_class_labels(shape=(12, 10, 6)) -> np.ndarray:
+    lab = np.zeros(shape, np.uint8)
+    lab[2:9, 2:8, 1:5] = 1
+    lab[4:7, 3:6, 2:4] = 2
+    return lab
+
+
+def write_source(path, lab, affine, qform_code=1, sform_code=2, dtype=np.int16, slope=None):
+    image = (lab.astype(np.float32) * 100).astype(dtype)
+    img = nib.Nifti1Image(image, affine)
+    img.set_qform(affine, code=qform_code)
+    img.set_sform(affine, code=sform_code)
+    if slope is not None:
+        img.header.set_slope_inter(*slope)
+    nib.save(img, str(path))
+    return path
+
+
+def assert_same_geometry(out_path, src_path, shape):
+    out, src = nib.load(str(out_path)), nib.load(str(src_path))
+    assert out.shape == shape
+    np.testing.assert_array_equal(out.affine, src.affine)
+    for get in ("get_qform", "get_sform"):
+        m_out, code_out = getattr(out.header, get)(coded=True)
+        m_src, code_src = getattr(src.header, get)(coded=True)
+        assert code_out == code_src
+        np.testing.assert_array_equal(m_out, m_src)
+    assert out.header.get_zooms()[:3] == src.header.get_zooms()[:3]
+    assert out.header.get_xyzt_units() == src.header.get_xyzt_units()
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_native_size_round_trip_is_exact(tmp_path, axis):
+    lab = three_class_labels()
+    src = write_source(tmp_path / "case_0000.nii.gz", lab, oblique_affine())
+    shape = lab.shape
+    plane = [s for i, s in enumerate(shape) if i != (2 if axis is None else axis)]
+    seg = FakeSegmenter(size=plane[0])
+    out = predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz", axis=axis, image_size=tuple(plane),
+                         window=WINDOW, batch_size=4)
+    assert out == tmp_path / "out" / "case.nii.gz"
+    assert_same_geometry(out, src, shape)
+    got = nib.load(str(out))
+    assert got.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(got.dataobj), lab)
+
+
+def test_resized_slices_scaled_source_and_outputs(tmp_path):
+    """Model size 16 vs native 12x10 (bilinear both ways), a scaled int16 source (slope/inter must not leak into
+    the label map), and the optional probability and uncertainty volumes."""
+    lab = three_class_labels((20, 14, 5))
+    aff = oblique_affine(spacing=(0.6, 0.9, 4.0))
+    # stored 100 c with slope 2, inter -1024: scaled intensities -1024, -824, -624 (same window positions)
+    src = write_source(tmp_path / "p_0000.nii", lab, aff, qform_code=2, sform_code=1, slope=(2.0, -1024.0))
+    assert np.asarray(nib.load(str(src)).dataobj).min() == -1024
+    seg = FakeSegmenter(size=16)
+    out = predict_volume(seg, [src], tmp_path / "o" / "p.nii.gz", axis=None, window=(-1024, -424),
+                         write_probabilities=True, write_uncertainty=True)
+    assert_same_geometry(out, src, lab.shape)
+    got = nib.load(str(out))
+    assert (got.dataobj.slope, got.dataobj.inter) == (1.0, 0.0)
+    pred = np.asarray(got.dataobj)
+    assert pred.dtype == np.uint8 and set(np.unique(pred)) <= {0, 1, 2}
+    scores = per_class_metrics(pred, lab, classes=[1, 2], spacing=(0.6, 0.9, 4.0))
+    # The fake calls the blend of classes 1 and 2 (intensity 0) background, so edges cost a little.
+    assert scores["1"]["dice"] > 0.75 and scores["2"]["dice"] > 0.6, scores
+    probs = nib.load(str(tmp_path / "o" / "probabilities" / "p.nii.gz"))
+    std = nib.load(str(tmp_path / "o" / "uncertainty" / "p.nii.gz"))
+    assert probs.shape == (*lab.shape, 2) and probs.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(probs.affine, nib.load(str(src)).affine)
+    p = np.asarray(probs.dataobj)
+    np.testing.assert_array_equal(labels_from_probs(np.moveaxis(p, -1, 1)), pred)  # the one label rule ([I,K,J,Z])
+    np.testing.assert_allclose(np.asarray(std.dataobj), 0.1 * p, rtol=1e-5, atol=1e-6)
+    # the fed slices: 5 slices of 16x16 along the coarsest axis (2), keyed by case and slice
+    assert sum(b.shape[0] for b in seg.batches) == 5 and seg.batches[0].shape[1:] == (1, 16, 16)
+    assert len(set(seg.keys)) == 5
+
+
+def test_binary_model_writes_0_1(tmp_path):
+    lab = (three_class_labels() > 0).astype(np.uint8)
+    src = write_source(tmp_path / "b_0000.nii.gz", lab, oblique_affine())
+    out = predict_volume(FakeSegmenter(size=12, classes=1), [src], tmp_path / "b.nii.gz", axis=2,
+                         image_size=(12, 10), window=WINDOW)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), lab)
+
+
+def test_folder_of_multimodal_cases_matches_training_slices(tmp_path):
+    """predict_volume_folder groups _0000/_0001 by case, reads modalities from dataset.json, and feeds the model
+    exactly the slices VolumeSlices serves for training (one normalisation and slicing path)."""
+    root = write_demo_volumes(tmp_path / "d", n_cases=2, shape=(14, 12, 5), num_classes=3, n_test=0)
+    # add a second modality per case
+    for p in sorted((root / "imagesTr").glob("*_0000.nii.gz")):
+        img = nib.load(str(p))
+        write_nifti(p.with_name(p.name.replace("_0000", "_0001")), np.asarray(img.dataobj) * 2.0 + 5,
+                    reference=img)
+    meta = (root / "dataset.json").read_text().replace('"modality": {\n    "0": "MR"\n  }',
+                                                         '"modality": {"0": "MR", "1": "T2"}')
+    (root / "dataset.json").write_text(meta)
+    ds = VolumeSlices(root, image_size=16, foreground_fraction=None)
+    assert ds.modalities == ["MR", "T2"]
+    seg = FakeSegmenter(channels=2, size=16, classes=2)
+    names = predict_volume_folder(seg, root / "imagesTr", tmp_path / "pred", batch_size=3)
+    assert names == ["case_000", "case_001"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["case_000.nii.gz", "case_001.nii.gz"]
+    fed = torch.cat(seg.batches)
+    want = torch.stack([ds[i][0] for i in range(len(ds))])
+    torch.testing.assert_close(fed, want, rtol=0, atol=0)
+    for case in names:
+        assert_same_geometry(tmp_path / "pred" / f"{case}.nii.gz", root / "imagesTr" / f"{case}_0000.nii.gz",
+                             (14, 12, 5))
+
+
+def test_bad_arguments(tmp_path):
+    lab = three_class_labels()
+    src = write_source(tmp_path / "c_0000.nii.gz", lab, oblique_affine())
+    seg = FakeSegmenter(channels=2)
+    with pytest.raises(ValueError, match="config.image_channels"):
+        predict_volume(seg, [src], tmp_path / "c.nii.gz")
+    with pytest.raises(ValueError, match="`out_path`"):
+        predict_volume(FakeSegmenter(), [src], tmp_path / "c.png")
+    with pytest.raises(ValueError, match="`axis`"):
+        predict_volume(FakeSegmenter(), [src], tmp_path / "c.nii.gz", axis=5)
+    with pytest.raises(ValueError, match="`batch_size`"):
+        predict_volume(FakeSegmenter(), [src], tmp_path / "c.nii.gz", batch_size=0)
+    broken = tmp_path / "d_0000.nii.gz"
+    broken.write_bytes(src.read_bytes()[:200])
+    with pytest.raises(ValueError, match="d_0000.nii.gz"):
+        predict_volume(FakeSegmenter(), [broken], tmp_path / "d.nii.gz")
