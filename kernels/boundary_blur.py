@@ -113,9 +113,11 @@ ELEMS_PER_THREAD = 1
 
 
 def tile_for_radius(radius: int) -> tuple[int, int]:
-    """GPU tile for a band radius: one element per thread; ~60 (radius 1) to ~120 (radius 3) fp32 values live per
-    element, so 16 warps (128 registers a thread) up to radius 2, then 8 warps (255 registers)."""
-    return (16, 32) if radius <= 2 else (8, 32)
+    """GPU tile for a band radius, one element per thread (each recomputes its own window, so the tile sets only
+    the warps per program). Up to radius 2 the state fits 128 registers: 16 warps, 25 % occupancy. From radius 3 it
+    needs 134-165 registers (sm_90 / sm_80): 16 warps would cap it at 128 and spill (72 B on sm_80), so 4 warps,
+    three programs per SM, 18.75 % occupancy (8 warps would give 12.5 %). Measured in benchmarks/RESULTS.md."""
+    return (16, 32) if radius <= 2 else (4, 32)
 
 
 def boundary_blur(

@@ -1,4 +1,8 @@
-"""``spadfast verify``: every Triton kernel against its reference on this device, as a table; exit 1 on failure."""
+"""``spadfast verify``: every Triton kernel against its reference on this device, as a table; exit 1 on failure.
+
+``--compile-only`` compiles every kernel launch variant ahead of time for named GPU targets instead (no GPU needed):
+see :mod:`spadfast.kernels.aot`.
+"""
 
 from __future__ import annotations
 
@@ -69,8 +73,35 @@ def _passes(a, b, case: Case) -> bool:
     return all(torch.allclose(x.float(), y.float(), rtol=rtol, atol=atol) for x, y in zip(a, b))
 
 
-def run_verify(device: str | None = None, quick: bool = False) -> int:
-    """Print the comparison table; return 0 when every case passes, 1 otherwise."""
+def run_compile_check(archs: list[str] | None = None, quick: bool = False) -> int:
+    """Compile every launch variant for ``archs`` (default sm_80 and sm_90) and print one row per variant and target
+    (op, variant, arch, registers, spills, shared memory, estimated occupancy); 1 when any fails to compile or a
+    variant reachable from the defaults spills, else 0."""
+    if not ops.triton_available():
+        raise ValueError("verify --compile-only needs the `triton` package, which does not import here")
+    from spadfast.kernels import aot
+
+    archs = list(archs or aot.DEFAULT_ARCHS)
+    for arch in archs:
+        if arch not in aot.ARCHS:
+            raise ValueError(f"`arch` must be one of {sorted(aot.ARCHS)}, got {arch!r}")
+    print(f"spadfast verify --compile-only: triton {__import__('triton').__version__}, targets {', '.join(archs)}")
+    results = aot.run(archs, quick=quick)
+    print(aot.format_table(results))
+    bad = aot.failed(results)
+    print(f"{len(results)} rows: " + (f"{len(bad)} failed" if bad else "all compiled, no spills in default variants"))
+    return 1 if bad else 0
+
+
+def run_verify(
+    device: str | None = None, quick: bool = False, compile_only: bool = False, archs: list[str] | None = None
+) -> int:
+    """Print the comparison table; return 0 when every case passes, 1 otherwise.
+
+    ``compile_only``: :func:`run_compile_check` for ``archs`` instead (no device used).
+    """
+    if compile_only:
+        return run_compile_check(archs, quick)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

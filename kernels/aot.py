@@ -1,0 +1,441 @@
+"""Ahead-of-time compile check: every kernel launch variant, compiled for named GPU targets without a GPU.
+
+The variants come from the launchers themselves: each case below is a call of a launcher on ``meta`` tensors, and
+:func:`spadfast.kernels.utils.plan` returns the launch that call would make on CUDA (grid, arguments, constexprs,
+warps). Triton's own binder turns those arguments into the signature and specialisation attributes it would use at
+launch, and :func:`triton.compile` builds PTX and a cubin for ``GPUTarget("cuda", cc, 32)``; the ptxas log gives
+registers and spills. So the check cannot drift from what runs.
+
+The cases cover every dtype, Philox vs explicit noise, with and without ``base`` / ``anchors``, every band radius
+(0..``MAX_RADIUS``) and every (radius, blur) pair that :class:`spadfast.PerturbConfig`'s defaults produce over
+training, the tile shrink of small images, and int32 vs int64 scalars (Philox offsets and seeds >= 2**31, strides
+>= 2**31). Cases marked ``default`` are reachable from spadfast's default configuration (training perturbation and
+DDIM sampling); the budget for them is no spills.
+
+Run ``python -m spadfast.kernels.aot --arch sm_80 --arch sm_90`` (or ``spadfast verify --compile-only``). Triton
+compiles under the interpreter only in a process where ``TRITON_INTERPRET`` is unset: :func:`run` re-executes itself
+in such a process when needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["ARCHS", "Case", "Result", "cases", "compile_case", "compile_all", "format_table", "main", "run"]
+
+ARCHS = {"sm_80": 80, "sm_90": 90, "sm_100": 100}
+DEFAULT_ARCHS = ("sm_80", "sm_90")
+META = torch.device("meta")
+
+# Per-SM limits for the occupancy estimate: registers, warps, blocks, shared memory (bytes, opt-in maximum).
+_SM_LIMITS = {80: (65536, 64, 32, 163 * 1024), 90: (65536, 64, 32, 227 * 1024), 100: (65536, 64, 32, 227 * 1024)}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One launcher call: ``launcher(*args(), **kwargs)`` on meta tensors; ``default``: reachable from defaults."""
+
+    op: str
+    label: str
+    call: Callable[[], tuple[tuple, dict]]
+    default: bool = False
+
+
+@dataclass
+class Result:
+    op: str
+    variant: str  # case label, then the constexprs / warps / int64 scalars that select the binary
+    arch: str
+    default: bool
+    registers: int | None = None
+    spills: int | None = None  # bytes of spill stores + loads
+    shared: int | None = None  # bytes of shared memory per block
+    occupancy: float | None = None  # resident warps / max warps per SM, from registers, warps and shared memory
+    num_warps: int | None = None
+    div64: int | None = None  # 64-bit integer divisions / remainders in the PTX (index arithmetic to avoid)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------------ the cases
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "u8": torch.uint8, "bool": torch.bool}
+_BIG = 2**31 + 7  # an int64 scalar
+_SAMPLING = (5, 1, 256, 256)  # DDIM sampling: B*K = 5 ensemble members of one 256x256 image (the defaults)
+_TRAINING = (8, 1, 256, 256)  # a training batch of masks
+_SMALL = (1, 1, 31, 47)  # odd and small: the tile shrinks
+
+
+def _t(shape, dtype=torch.float32) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=META)
+
+
+def _wide_strides(shape, dtype=torch.float32) -> torch.Tensor:
+    """A meta view whose batch stride exceeds 2**31 (int64 stride arguments)."""
+    B, C, H, W = shape
+    return torch.empty_strided(shape, (2**31 + H * W, H * W, W, 1), dtype=dtype, device=META)
+
+
+def _perturb_pairs(cfg) -> list[tuple[float, int, float]]:
+    """``(f, radius, sigma)`` at the midpoints of every interval of the PaS factor f on which spad_perturb's
+    ``(ceil(band_radius_max * f), ceil(truncate * blur_sigma_max * f))`` is constant: every (band, blur) variant
+    training at these settings launches."""
+    cuts = {1.0}
+    for k in range(1, cfg.band_radius_max + 1):
+        cuts.add(k / cfg.band_radius_max)
+    blur_steps = math.ceil(3.0 * cfg.blur_sigma_max)
+    for k in range(1, blur_steps + 1):
+        cuts.add(k / (3.0 * cfg.blur_sigma_max))
+    edges = sorted(c for c in cuts if 0 < c <= 1)
+    out, lo = [], 0.0
+    for hi in edges:
+        f = (lo + hi) / 2
+        out.append((f, math.ceil(cfg.band_radius_max * f), cfg.blur_sigma_max * f))
+        lo = hi
+    return out
+
+
+def _canny_cases() -> list[Case]:
+    out = []
+    for name, dtype in _DTYPES.items():
+        out.append(Case("canny", f"{name} 8x256x256", lambda d=dtype: ((_t(_TRAINING, d),), {"validate": False}),
+                        default=name == "fp32"))  # fmt: skip
+    out.append(Case("canny", "fp32 1x31x47", lambda: ((_t(_SMALL),), {"validate": False})))
+    out.append(Case("canny", "u8 int64-strides", lambda: ((_wide_strides((2, 1, 256, 256), torch.uint8),),
+                                                           {"validate": False})))  # fmt: skip
+    return out
+
+
+def _boundary_blur_cases() -> list[Case]:
+    from spadfast.kernels.boundary_blur import MAX_RADIUS
+    from spadfast.perturb import PerturbConfig
+
+    def call(shape=_TRAINING, dtype=torch.float32, sigma=1.0, radius=1, noise=False, base=False, seed=1, offset=0,
+             wide=False):  # fmt: skip
+        def make():
+            mask = _wide_strides(shape, dtype) if wide else _t(shape, dtype)
+            fdtype = dtype if dtype.is_floating_point else torch.float32
+            kw = dict(noise=_t(shape, fdtype) if noise else None, base=_t(shape, fdtype) if base else None,
+                      seed=None if noise else seed, offset=offset, validate=False)  # fmt: skip
+            return (mask, sigma, 0.3, radius), kw
+
+        return make
+
+    cases = [Case("boundary_blur", f"{n} philox", call(dtype=d)) for n, d in _DTYPES.items()]
+    cases += [
+        Case("boundary_blur", "fp32 explicit-noise", call(noise=True)),
+        Case("boundary_blur", "fp16 explicit-noise base", call(dtype=torch.float16, noise=True, base=True)),
+        Case("boundary_blur", "fp32 philox 1x31x47", call(shape=_SMALL)),
+        Case("boundary_blur", "fp32 philox offset-i64", call(offset=_BIG)),
+        Case("boundary_blur", "fp32 philox seed-i64", call(seed=_BIG)),
+        Case("boundary_blur", "fp32 philox int64-strides", call(wide=True)),
+        Case("boundary_blur", "fp32 sigma=0", call(sigma=0.0)),
+    ]
+    cases += [Case("boundary_blur", f"fp32 radius={r}", call(radius=r)) for r in range(MAX_RADIUS + 1)]
+    # What training launches with the default PerturbConfig (base = the ScD output, Philox, validate off); the
+    # Philox offset passes int32 until B*H*W*step counts exceed 2**31 and int64 afterwards.
+    for f, radius, sigma in _perturb_pairs(PerturbConfig()):
+        for offset, tag in ((0, ""), (_BIG, " offset-i64")):
+            cases.append(Case("boundary_blur", f"perturb f={f:.3f} radius={radius} sigma={sigma:.2f}{tag}",
+                              call(sigma=sigma, radius=radius, base=True, offset=offset), default=True))  # fmt: skip
+    return cases
+
+
+def _target_noise_cases() -> list[Case]:
+    from spadfast.perturb import PerturbConfig
+
+    cfg = PerturbConfig()
+
+    def call(shape=_TRAINING, dtype=torch.float32, anchor_size=cfg.anchor_size, noise=False, anchors=False, seed=1,
+             offset=0, wide=False):  # fmt: skip
+        def make():
+            mask = _wide_strides(shape, dtype) if wide else _t(shape, dtype)
+            fdtype = dtype if dtype.is_floating_point else torch.float32
+            kw = dict(noise=_t(shape, fdtype) if noise else None, anchors=_t(shape, torch.bool) if anchors else None,
+                      seed=seed, offset=offset, validate=False)  # fmt: skip
+            return (mask, 0.5, anchor_size, cfg.keep_ratio), kw
+
+        return make
+
+    cases = [Case("target_noise", f"{n} philox", call(dtype=d), default=n == "fp32") for n, d in _DTYPES.items()]
+    cases += [
+        Case("target_noise", "fp32 philox offset-i64", call(offset=_BIG), default=True),
+        Case("target_noise", "fp32 explicit-noise", call(noise=True)),
+        Case("target_noise", "fp32 explicit-anchors", call(anchors=True)),
+        Case("target_noise", "bf16 explicit-noise explicit-anchors", call(dtype=torch.bfloat16, noise=True,
+                                                                          anchors=True)),  # fmt: skip
+        Case("target_noise", "fp32 philox 1x31x47", call(shape=_SMALL)),
+        Case("target_noise", "fp32 philox int64-strides", call(wide=True)),
+    ]
+    cases += [Case("target_noise", f"fp32 anchor_size={a}", call(anchor_size=a)) for a in (1, 3, 8, 16)]
+    return cases
+
+
+def _ddim_cases() -> list[Case]:
+    from spadfast._constants import PREDICTION_TYPES
+
+    def call(shape=_SAMPLING, dtype=torch.float32, prediction="epsilon", clip=1.0, eta=0.0, noise=False,
+             alpha="step", offset=0):  # fmt: skip
+        def make():
+            x, out = _t(shape, dtype), _t(shape, dtype)
+            if alpha == "float":
+                a_t, a_prev = 0.5, 0.7
+            elif alpha == "step":  # the sampler's: one 0-d device tensor per step
+                a_t, a_prev = _t(()), _t(())
+            elif alpha == "row":
+                a_t, a_prev = _t((shape[0],)), _t((shape[0],))
+            else:  # full
+                a_t, a_prev = _t(shape), _t(shape)
+            kw = dict(noise=_t(shape, dtype) if noise else None, clip_sample_range=clip, prediction_type=prediction,
+                      seed=None if noise else 1, offset=offset, validate=False)  # fmt: skip
+            return (x, out, a_t, a_prev, eta), kw
+
+        return make
+
+    cases = []
+    # The sampler: every prediction type, with and without clipping, eta = 0 and eta > 0 (Philox).
+    for pt in PREDICTION_TYPES:
+        for clip in (None, 1.0):
+            for eta in (0.0, 1.0):
+                label = f"fp32 {pt} clip={clip} eta={eta:g}{' philox' if eta else ''}"
+                cases.append(Case("ddim_step", label, call(prediction=pt, clip=clip, eta=eta),
+                                  default=pt == "epsilon" and clip == 1.0 and eta == 0))  # fmt: skip
+    cases += [Case("ddim_step", f"{n} epsilon", call(dtype=d)) for n, d in list(_DTYPES.items())[:3]]
+    cases += [
+        Case("ddim_step", "fp32 explicit-noise", call(eta=0.5, noise=True)),
+        Case("ddim_step", "fp32 philox offset-i64", call(eta=0.5, offset=_BIG)),
+        Case("ddim_step", "fp32 alphas float", call(alpha="float")),
+        Case("ddim_step", "fp32 alphas [B]", call(alpha="row")),
+        Case("ddim_step", "fp32 alphas full", call(alpha="full")),
+        Case("ddim_step", "fp32 1x1x31x47", call(shape=_SMALL)),
+    ]
+    return cases
+
+
+def cases(ops: Iterable[str] | None = None) -> list[Case]:
+    """Every case of the named ops (default: all four), in table order."""
+    builders = {"canny": _canny_cases, "boundary_blur": _boundary_blur_cases, "target_noise": _target_noise_cases,
+                "ddim_step": _ddim_cases}  # fmt: skip
+    return [c for op in (ops or builders) for c in builders[op]()]
+
+
+# ------------------------------------------------------------------------------------------------------ compiling
+def _parse_ptxas(log: str) -> tuple[int | None, int | None]:
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return (int(regs.group(1)) if regs else None, int(spill.group(1)) + int(spill.group(2)) if spill else None)
+
+
+def occupancy(cc: int, registers: int, num_warps: int, shared: int) -> float:
+    """Resident warps per SM over the maximum, from registers (allocated per warp in units of 256), warps per block
+    and shared memory per block (the CUDA occupancy calculator's rule, without the L1/shared carve-out choice)."""
+    regs_sm, warps_sm, blocks_sm, smem_sm = _SM_LIMITS[cc]
+    per_warp = math.ceil(max(registers, 1) * 32 / 256) * 256
+    blocks = min(blocks_sm, warps_sm // num_warps, regs_sm // (per_warp * num_warps))
+    if shared:
+        blocks = min(blocks, smem_sm // shared)
+    return blocks * num_warps / warps_sm
+
+
+class _Compiler:
+    """Triton's binder and compiler for one target; results cached per process."""
+
+    def __init__(self, arch: str):
+        from triton.backends.compiler import GPUTarget
+        from triton.backends.nvidia.compiler import sm_arch_from_capability
+        from triton.compiler import make_backend
+
+        if arch not in ARCHS:
+            raise ValueError(f"`arch` must be one of {sorted(ARCHS)}, got {arch!r}")
+        self.arch, self.cc = arch, ARCHS[arch]
+        self.target_name = sm_arch_from_capability(self.cc)  # sm_90 compiles as sm_90a, as Triton does
+        self.target = GPUTarget("cuda", self.cc, 32)
+        self.backend = make_backend(self.target)
+        self.binders: dict = {}
+
+    def bind(self, launch):
+        """``(options, signature, constexprs, attrs)`` exactly as ``kernel[grid](...)`` would pass to the compiler."""
+        from triton.runtime.jit import create_function_from_signature
+
+        kernel = launch.kernel
+        if not hasattr(kernel, "_pack_args"):
+            raise RuntimeError("Triton kernels are interpreted in this process (TRITON_INTERPRET=1): use run()")
+        binder = self.binders.get(kernel)
+        if binder is None:
+            binder = self.binders[kernel] = create_function_from_signature(kernel.signature, kernel.params,
+                                                                           self.backend)  # fmt: skip
+        kwargs = dict(launch.constexprs, num_warps=launch.num_warps)
+        bound, specialization, options = binder(*launch.args, **kwargs)
+        return kernel._pack_args(self.backend, kwargs, bound, specialization, options)
+
+    def compile(self, launch) -> tuple[int | None, int | None, int, int]:
+        import triton
+        from triton import knobs
+        from triton.compiler import ASTSource
+
+        options, signature, constexprs, attrs = self.bind(launch)
+        src = ASTSource(launch.kernel, signature, constexprs, attrs)
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log), knobs.nvidia.scope():
+            knobs.nvidia.dump_ptxas_log = True
+            compiled = triton.compile(src, target=self.target, options=options.__dict__)
+        ptx = compiled.asm["ptx"]
+        regs, spills = _parse_ptxas(log.getvalue())
+        if regs is None:  # a Triton cache hit runs no ptxas: ask ptxas about the cached PTX
+            regs, spills = _parse_ptxas(self._ptxas(ptx))
+        div64 = len(re.findall(r"\b(?:div|rem)\.[su]64\b", ptx))
+        return regs, spills, int(compiled.metadata.shared), div64
+
+    def _ptxas(self, ptx: str) -> str:
+        import tempfile
+
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "k.ptx"
+            path.write_text(ptx)
+            cmd = [get_ptxas(self.cc).path, "-v", f"--gpu-name={self.target_name}", str(path), "-o",
+                   str(Path(d) / "k.cubin")]  # fmt: skip
+            return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+
+
+_COMPILERS: dict[str, _Compiler] = {}
+_RESULTS: dict[tuple, tuple] = {}
+
+
+def compile_case(case: Case, arch: str) -> Result:
+    """Plan ``case`` and compile it for ``arch``; errors are recorded in the result, not raised."""
+    from spadfast.op_table import OPS
+
+    from .utils import plan
+
+    compiler = _COMPILERS.get(arch) or _COMPILERS.setdefault(arch, _Compiler(arch))
+    result = Result(case.op, case.label, compiler.target_name, case.default)
+    t0 = time.perf_counter()
+    try:
+        args, kwargs = case.call()
+        launch = plan(OPS[case.op].launcher, *args, **kwargs)
+        _, signature, _, _ = compiler.bind(launch)
+        wide = sorted(k for k, v in signature.items() if v in ("i64", "u64"))
+        result.variant = f"{case.label} [{launch.variant}{' i64:' + ','.join(wide) if wide else ''}]"
+        result.num_warps = launch.num_warps
+        key = (arch, launch.kernel.fn.__qualname__, tuple(signature.items()),
+               tuple(sorted(launch.constexprs.items())), launch.num_warps)  # fmt: skip
+        if key not in _RESULTS:
+            _RESULTS[key] = compiler.compile(launch)
+        result.registers, result.spills, result.shared, result.div64 = _RESULTS[key]
+        if result.registers is not None:
+            result.occupancy = occupancy(compiler.cc, result.registers, launch.num_warps, result.shared)
+    except Exception as e:  # a variant that does not compile is a failed row, not a crashed check
+        result.error = f"{type(e).__name__}: {e}".strip()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def compile_all(archs: Iterable[str] = DEFAULT_ARCHS, ops: Iterable[str] | None = None,
+                subset: Callable[[Case, str], bool] | None = None) -> list[Result]:  # fmt: skip
+    """Compile every case for every arch (``subset(case, arch)`` False skips one)."""
+    all_cases = cases(ops)
+    return [compile_case(c, a) for a in archs for c in all_cases if subset is None or subset(c, a)]
+
+
+# ------------------------------------------------------------------------------------------------------- reporting
+def format_table(results: list[Result]) -> str:
+    """Markdown table: op, variant, arch, registers, spills, shared memory, estimated occupancy, 64-bit integer
+    divisions in the PTX, status."""
+    lines = ["| op | variant | arch | default | registers | spills (B) | shared (B) | occupancy | div64 | status |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in results:
+        occ = f"{r.occupancy:.0%}" if r.occupancy is not None else "-"
+        status = "ok" if r.error is None else "FAIL: " + r.error.splitlines()[0][:80]
+        if r.error is None and r.default and r.spills:
+            status = "SPILLS (default variant)"
+        cells = [r.op, r.variant, r.arch, "yes" if r.default else "", _num(r.registers), _num(r.spills),
+                 _num(r.shared), occ, _num(r.div64), status]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def failed(results: list[Result]) -> list[Result]:
+    """Rows that fail the check: compile errors, and spills in a variant reachable from the defaults."""
+    return [r for r in results if r.error is not None or (r.default and r.spills)]
+
+
+def _interpreting() -> bool:
+    from triton import knobs
+
+    return bool(knobs.runtime.interpret) or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def run(archs: Iterable[str] = DEFAULT_ARCHS, ops: Iterable[str] | None = None, quick: bool = False) -> list[Result]:
+    """:func:`compile_all`, in a fresh process without ``TRITON_INTERPRET`` when this one interprets kernels.
+
+    ``quick``: every case for sm_90 (else the last arch named); for the others the cases reachable from the defaults
+    (int32 offsets) plus the first case of each op. What the CPU test suite runs.
+    """
+    archs = list(archs)
+    for a in archs:
+        if a not in ARCHS:
+            raise ValueError(f"`arch` must be one of {sorted(ARCHS)}, got {a!r}")
+    if not _interpreting():
+        return compile_all(archs, ops, _quick_subset(archs) if quick else None)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "spadfast.kernels.aot", "--json", "-"] + [f"--arch={a}" for a in archs]
+    cmd += [f"--op={o}" for o in ops or ()] + (["--quick"] if quick else [])
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"the compile check's subprocess failed:\n{proc.stderr[-4000:]}")
+    return [Result(**row) for row in json.loads(proc.stdout)]
+
+
+def _quick_subset(archs: list[str]) -> Callable[[Case, str], bool]:
+    full = "sm_90" if "sm_90" in archs else archs[-1]
+    first_of_op: dict[tuple[str, str], str] = {}
+
+    def keep(case: Case, arch: str) -> bool:
+        first = first_of_op.setdefault((case.op, arch), case.label) == case.label
+        return arch == full or first or (case.default and "offset-i64" not in case.label)
+
+    return keep
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spadfast.kernels.aot", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", action="append", choices=sorted(ARCHS), help="target (repeatable)")
+    parser.add_argument("--op", action="append", help="restrict to these ops (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="full matrix for sm_90, a subset for the other archs")
+    parser.add_argument("--json", metavar="PATH", help="write the rows as JSON ('-': stdout, no table)")
+    args = parser.parse_args(argv)
+    results = run(args.arch or DEFAULT_ARCHS, args.op, args.quick)
+    if args.json == "-":
+        print(json.dumps([asdict(r) for r in results]))
+    else:
+        print(format_table(results))
+        if args.json:
+            Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
+        bad = failed(results)
+        print(f"\n{len(results)} rows, {len(bad)} failed" if bad else f"\n{len(results)} rows, all compiled")
+    return 1 if failed(results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
