@@ -41,8 +41,6 @@ from typing import Any
 
 import numpy as np
 
-from .files import index_folder, read_mask, write_mask_png, write_text_atomic
-
 __all__ = ["VARIANTS_CORE", "variant_overrides", "run_ablation", "aggregate", "format_markdown", "add_arguments",
            "main"]
 
@@ -110,6 +108,8 @@ def _normalized(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pairs(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    from .files import index_folder
+
     images, masks = index_folder(folder / "images"), index_folder(folder / "masks")
     if not images:
         raise ValueError(f"{folder / 'images'} holds no images (PNG/JPEG/TIFF/BMP)")
@@ -146,6 +146,8 @@ def prepare_split(
 ) -> tuple[Path, Path, Path, dict[str, Any]]:
     """Fix the split in ``OUT/split.json`` (reused when present) and materialize it; returns
     ``(train_folder, val_images, val_masks, split)``. Held-out masks are rewritten as 0/255 ``<stem>.png``."""
+    from .files import read_mask, write_mask_png, write_text_atomic
+
     images, masks = _pairs(data)
     split_path = out / SPLIT_FILE
     if val is not None:
@@ -195,6 +197,8 @@ def prepare_split(
 
 def _truncate_log(run: Path, log_file: str, step: int) -> None:
     """Drop log records past ``step`` (written after the last checkpoint of an interrupted run)."""
+    from .files import write_text_atomic
+
     path = run / log_file
     if not path.is_file():
         return
@@ -211,6 +215,7 @@ def train_and_evaluate(
     from .checkpoint import read_checkpoint, resolve_path
     from .config import SPADConfig
     from .evaluate import evaluate_folders
+    from .files import write_text_atomic
     from .predict import predict_folder
     from .trainer import SPADTrainer
 
@@ -280,6 +285,7 @@ def run_ablation(
         ValueError: bad folders, unknown variant names, or ``OUT`` made with other settings (names the file).
     """
     from .config import SPADConfig
+    from .files import write_text_atomic
 
     data, out = Path(data), Path(out)
     val = Path(val) if val is not None else None

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from .files import write_atomic
-
 __all__ = ["read_log", "run_config", "pas_curve", "plot_curves", "plot_metric_distributions", "plot_ablation",
            "add_arguments", "main"]
 
@@ -36,6 +34,8 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str | Path, dpi: int = 100) -> Path:
+    from .files import write_atomic
+
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".") or "png"
     if fmt not in ("png", "svg", "pdf"):
@@ -227,7 +227,8 @@ def plot_metric_distributions(report: dict[str, Any], out: str | Path) -> Path:
         if vals.size:
             ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8, edgecolor="white")
             ax.axvline(float(np.median(vals)), color="k", linestyle="--", linewidth=1, label="median")
-        ax.set_title(f"{METRIC_LABELS[m]} ({len(cases)} cases" + (f", {n_inf} inf" if n_inf else "") + ")",
+        ax.set_title(f"{METRIC_LABELS[m]} ({len(cases)} cases" + (f", {n_inf} inf" if n_inf else "")
+                     + "; dashed: median)",
                      fontsize=9)
         ax.set_xlabel(METRIC_LABELS[m] + (" (px)" if m == "hd95" else ""))
         ax.set_ylabel("cases")

@@ -32,11 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ._version import __version__
-from .files import _decode, index_folder, read_image
 
 __all__ = ["MARKER", "write_report", "add_arguments", "main"]
 
@@ -77,6 +75,8 @@ def _pairing(cases: list[dict[str, Any]], pred_dir: Path, gt_dir: Path,
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not folder.is_dir():
             raise ValueError(f"{what} folder {str(folder)!r} does not exist")
+    from .files import index_folder
+
     images = None
     if images_dir is not None:
         if not images_dir.is_dir():
@@ -109,6 +109,8 @@ def _pairing(cases: list[dict[str, Any]], pred_dir: Path, gt_dir: Path,
 
 def _labels(path: Path) -> np.ndarray:
     """A mask file as an integer label map ``[H,W]`` (0 background; 0/255 binary masks give one label, 255)."""
+    from .files import _decode
+
     a = _decode(path)
     if a.ndim == 3:
         a = a[:, :, 0]
@@ -128,12 +130,16 @@ def _scale(shape: tuple[int, int], size: int) -> tuple[int, int, bool]:
 
 
 def _resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
     if labels.shape == hw:
         return labels
     return cv2.resize(labels.astype(np.int32), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def _draw(canvas: np.ndarray, labels: np.ndarray, color: tuple[int, int, int]) -> None:
+    import cv2
+
     for value in np.unique(labels):
         if value == 0:
             continue
@@ -142,6 +148,8 @@ def _draw(canvas: np.ndarray, labels: np.ndarray, color: tuple[int, int, int]) -
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
+    import cv2
+
     ok, data = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise ValueError(f"cannot encode thumbnail {path}")
@@ -153,6 +161,10 @@ def _thumbnails(
 ) -> tuple[dict[str, str], tuple[int, int]]:
     """Write the case's thumbnails (uint8 BGR PNGs, longest side <= ``size``); returns kind -> relative path and
     the thumbnails' ``(H, W)``."""
+    import cv2
+
+    from .files import read_image
+
     gt = _labels(files["gt"])  # type: ignore[arg-type]
     pred = _labels(files["pred"])  # type: ignore[arg-type]
     if pred.shape != gt.shape:
@@ -355,8 +367,9 @@ def _page(report: dict[str, Any], rows_html: list[str], header_cells: list[str],
         + (f", pages of {page_size}" if n > page_size else "") + "</span></h2>",
         '<p class="legend"><span><i class="sw" style="background:#f00"></i>ground truth</span>'
         '<span><i class="sw" style="background:#0f0"></i>prediction</span>'
-        '<span class="note">sorted by Dice ascending, then HD95 descending; uncertainty = ensemble std '
-        "(inferno colour map)</span></p>",
+        '<span class="note">sorted by Dice ascending, then HD95 descending'
+        + ("; uncertainty = ensemble std (inferno colour map)" if "<th>uncertainty</th>" in header_cells else "")
+        + "</span></p>",
         '<div class="pager"></div>', '<table class="cases"><thead><tr>', *header_cells, "</tr></thead>",
     ]
     for k, rows in enumerate(pages):
