@@ -13,7 +13,7 @@ from . import distributed as dist_utils
 
 def coerce_dataset(
     data: Dataset | str | Path | None, name: str, image_size: int, channels: int, synthetic_n: int = 0,
-    synthetic_seed: int = 0,
+    synthetic_seed: int = 0, intensity_norm: str = "dtype",
 ) -> Dataset:
     """A training/validation dataset from what the user passed, checked before any work starts.
 
@@ -22,6 +22,7 @@ def coerce_dataset(
             mask [1,H,W] in {0,1})`` or None (``synthetic_n`` synthetic lesions from ``synthetic_seed``).
         name: the argument's name, for errors (``"train_data"``).
         image_size, channels: what the model expects (``config.image_size``, ``config.image_channels``).
+        intensity_norm: how folder images map to [-1, 1] (``config.intensity_norm``).
     """
     from .folders import SegmentationFolder
     from .synthetic import SyntheticLesions
@@ -29,7 +30,8 @@ def coerce_dataset(
     if data is None:
         return SyntheticLesions(synthetic_n, image_size=image_size, seed=synthetic_seed, channels=channels)
     if isinstance(data, (str, Path)):
-        return SegmentationFolder(data, image_size=image_size, channels=channels, augment=False)
+        return SegmentationFolder(data, image_size=image_size, channels=channels, augment=False,
+                                  intensity_norm=intensity_norm)
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise TypeError(f"`{name}` must be a Dataset, a folder path or None, got {type(data).__name__}")
     if len(data) == 0:
@@ -95,3 +97,66 @@ def batch_iterator(
         generator=torch.Generator().manual_seed(seed + start_micro),
     )
     return iter(loader)
+
+
+def folder_fingerprint(root: str | Path) -> str:
+    """SHA-256 of a data folder's file list (relative names and sizes): changes when files are added, removed,
+    renamed or rewritten with another size; cheap (no file is read)."""
+    import hashlib
+
+    root = Path(root)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts):
+            h.update(f"{p.relative_to(root).as_posix()}\0{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def describe_source(data: Dataset | str | Path | None, synthetic_n: int = 0, synthetic_seed: int = 0) -> dict:
+    """What a checkpoint records about a dataset argument, so that a resume can find and check it.
+
+    ``{"kind": "folder", "path": absolute path, "fingerprint": folder_fingerprint}``, ``{"kind": "synthetic", "n",
+    "seed"}`` or ``{"kind": "dataset", "type": class name}`` (a user Dataset: it must be passed again on resume).
+    """
+    if data is None:
+        return {"kind": "synthetic", "n": synthetic_n, "seed": synthetic_seed}
+    if isinstance(data, (str, Path)):
+        path = Path(data).resolve()
+        return {"kind": "folder", "path": str(path), "fingerprint": folder_fingerprint(path)}
+    return {"kind": "dataset", "type": type(data).__name__}
+
+
+def resume_source(
+    record: dict | None, given: Dataset | str | Path | None, name: str, source: str, allow_change: bool = False
+) -> Dataset | str | Path | None:
+    """The dataset argument a resumed run uses: ``given``, or the recorded folder when ``given`` is None.
+
+    Raises ValueError (naming the checkpoint and the folder) when the recorded folder is gone, when a user Dataset
+    was recorded and none is given, or when ``given`` is a folder whose files differ from the recorded ones
+    (unless ``allow_change``). A checkpoint without a record (older files) accepts whatever is given.
+    """
+    if record is None:
+        return given
+    kind = record.get("kind")
+    if given is None:
+        if kind == "folder":
+            path = Path(record["path"])
+            if not path.is_dir():
+                raise ValueError(f"checkpoint {source!r} was trained with {name}={str(path)!r}, which no longer "
+                                 f"exists: pass the data again ({'--data' if name == 'train_data' else '--val'})")
+            if not allow_change and folder_fingerprint(path) != record["fingerprint"]:
+                raise ValueError(f"{name} folder {str(path)!r} changed since checkpoint {source!r} was written "
+                                 "(files added, removed or rewritten); pass --allow-data-change to resume anyway")
+            return path
+        if kind == "dataset":
+            raise ValueError(f"checkpoint {source!r} was trained on a user {record.get('type')} as {name}: pass it "
+                             "again to resume")
+        return None
+    if isinstance(given, (str, Path)) and not allow_change:
+        if kind != "folder":
+            raise ValueError(f"checkpoint {source!r} was trained on {kind} data as {name}, not on folder "
+                             f"{str(given)!r}; pass --allow-data-change to switch data")
+        if folder_fingerprint(given) != record["fingerprint"]:
+            raise ValueError(f"{name} folder {str(given)!r} differs from the one checkpoint {source!r} was trained "
+                             f"on ({record['path']!r}); pass --allow-data-change to resume on other data")
+    return given

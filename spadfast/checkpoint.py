@@ -2,13 +2,15 @@
 
 Tensor keys are fixed and versioned (``FORMAT_VERSION``): ``model.<param>``, ``ema.<param>``,
 ``optim.<index>.<state>``, ``scaler.<name>``, ``rng.<name>``. The safetensors ``__metadata__`` holds
-``{"format": "spadfast", "version": 1, "meta": <JSON>}`` with the config, the step, optimizer hyperparameters and
-anything else that is not a tensor. A crash mid-write leaves the previous checkpoint intact
-(:func:`spadfast.files.write_atomic`: temp file, fsync, rename).
+``{"format": "spadfast", "version": 1, "meta": <JSON>, "sha256": <JSON>}`` with the config, the step, optimizer
+hyperparameters and anything else that is not a tensor, and a SHA-256 of every tensor's bytes, verified on load
+(a flipped bit is an error naming the tensor; model and EMA weights must also be finite). A crash mid-write
+leaves the previous checkpoint intact (:func:`spadfast.files.write_atomic`: temp file, fsync, rename).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -43,12 +45,25 @@ def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
         if v.numel():
             seen.add(v.untyped_storage().data_ptr())
         flat[k] = v
-    header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(meta)}
+    header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(meta),
+              "sha256": json.dumps({k: tensor_digest(v) for k, v in flat.items()})}
     return write_atomic(target, lambda tmp: save_file(flat, str(tmp), metadata=header))
 
 
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 (hex) of a CPU tensor's bytes, dtype and shape."""
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint; a missing, corrupt or foreign file is a ``ValueError`` naming it."""
+    """Read and verify a checkpoint; a missing, corrupt, tampered or foreign file is a ``ValueError`` naming it.
+
+    Every tensor's SHA-256 must match the header's (checkpoints written before checksums existed are read
+    unverified), and model/EMA weights must be finite.
+    """
     target = resolve_path(path)
     if not target.is_file():
         raise ValueError(f"checkpoint {str(target)!r} does not exist")
@@ -71,6 +86,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         meta = json.loads(header["meta"])
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"checkpoint {str(target)!r} has a corrupt metadata header: {e}") from None
+    if "sha256" in header:
+        try:
+            digests = json.loads(header["sha256"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"checkpoint {str(target)!r} has a corrupt checksum header: {e}") from None
+        if set(digests) != set(tensors):
+            raise ValueError(f"checkpoint {str(target)!r}: its tensors do not match its checksum list (tampered?)")
+        for k, v in tensors.items():
+            if tensor_digest(v) != digests[k]:
+                raise ValueError(f"checkpoint {str(target)!r}: tensor {k!r} fails its SHA-256 check (corrupt file)")
+    for k, v in tensors.items():
+        if k.startswith(("model.", "ema.")) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"checkpoint {str(target)!r}: weight {k!r} holds NaN or inf; the run diverged or the "
+                             "file was damaged")
     return tensors, meta
 
 

@@ -1,4 +1,8 @@
-"""Command line: ``spadfast {demo,train,predict,evaluate,verify}`` (also ``python -m spadfast``)."""
+"""Command line: ``spadfast {demo,train,predict,evaluate,verify,plot,ablate}`` (also ``python -m spadfast``).
+
+Every command checks its output paths before any work (:mod:`spadfast.paths`) and turns a bad input, a bad path or
+an ``OSError`` into one line naming the argument, key or file, with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +12,69 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
+
+COMMANDS = ("demo", "train", "predict", "evaluate", "verify", "plot", "ablate")
+# config keys that a resumed run may change with --config (the rest define the run and must match the checkpoint)
+RESUMABLE_KEYS = frozenset({
+    "train_steps", "pas_steps", "log_every", "val_every", "val_samples", "checkpoint_every", "progress_bar",
+    "num_workers", "device", "sample_steps", "ensemble", "threshold", "sample_chunk", "cuda_graph", "compile",
+    "compile_mode",
+})
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML or JSON file of SPADConfig keys")
+    p.add_argument("--preset", help="start from a SPADConfig preset (cpu-small, cpu-medium, gpu-base); "
+                   "--config keys override it")
     p.add_argument("--steps", type=int, help="optimizer steps (overrides train_steps)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default: config.device)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spadfast", description=__doc__)
+    parser = argparse.ArgumentParser(prog="spadfast", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"spadfast {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,train,predict,evaluate,verify}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
 
     p = sub.add_parser("demo", help="train on synthetic lesions, segment a held-out split, write metrics and overlays")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     p.add_argument("--test-size", type=int, default=32, help="held-out synthetic images (default: 32)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not a demo's")
     _add_config_args(p)
 
     p = sub.add_parser("train", help="train on DIR/images + DIR/masks (or synthetic data without --data)")
-    p.add_argument("--data", type=Path, help="folder with images/ and masks/ (default: synthetic lesions)")
+    p.add_argument("--data", type=Path, help="folder with images/ and masks/ (default: synthetic lesions; on "
+                   "--resume: the folder the run recorded)")
     p.add_argument("--val", type=Path, help="validation folder with images/ and masks/")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.safetensors, log.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an existing run folder (its "
+                   "checkpoint and log are replaced)")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="on --resume, accept data other than the run recorded")
     _add_config_args(p)
 
     p = sub.add_parser("predict", help="segment every image of a folder with a trained checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder or .safetensors file")
     p.add_argument("--images", type=Path, required=True, help="folder of images (PNG/JPEG/TIFF/BMP)")
-    p.add_argument("--out", type=Path, required=True, help="folder for 0/255 PNG masks")
+    p.add_argument("--out", type=Path, required=True, help="new (or empty) folder for 0/255 PNG masks")
     p.add_argument("--steps", type=int, help="DDIM steps (default: config.sample_steps)")
     p.add_argument("--ensemble", type=int, help="ensemble members (default: config.ensemble)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     p.add_argument("--overlay", action="store_true", help="also write image-with-contour PNGs to OUT/overlays")
     p.add_argument("--uncertainty", action="store_true", help="also write ensemble std maps to OUT/uncertainty")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--device", help="cpu, cuda or auto (default: the checkpoint's)")
 
-    p = sub.add_parser("evaluate", help="Dice / IoU / HD95 of predicted vs ground-truth PNG masks, paired by name")
+    p = sub.add_parser("evaluate", help="Dice / IoU / HD95 of predicted vs ground-truth masks, paired by name")
     p.add_argument("--pred", type=Path, required=True)
     p.add_argument("--gt", type=Path, required=True)
     p.add_argument("--json", type=Path, help="write {cases, mean} here")
     p.add_argument("--spacing", type=float, nargs=2, default=(1.0, 1.0), metavar=("DY", "DX"))
+    from .report import add_arguments as add_report_arguments
+
+    add_report_arguments(p)
 
     p = sub.add_parser("verify", help="check every Triton kernel against its reference on this device")
     p.add_argument("--device", help="cuda or cpu (cpu needs TRITON_INTERPRET=1); default: cuda if available")
@@ -59,51 +83,120 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile every kernel launch variant ahead of time for --arch targets (no GPU needed)")
     p.add_argument("--arch", action="append", metavar="SM",
                    help="target for --compile-only, e.g. sm_80, sm_90 (repeatable; default: sm_80 and sm_90)")
+
+    from .ablate import add_arguments as add_ablate_arguments
+    from .plots import add_arguments as add_plot_arguments
+
+    add_plot_arguments(sub.add_parser("plot", help="training curves (loss, validation Dice, PaS) of a run"))
+    add_ablate_arguments(sub.add_parser("ablate", help="train and compare SPAD, w/o ScD, w/o BcD and the baseline"))
     return parser
 
 
 def _load_config(args):
     from .config import SPADConfig
 
-    cfg = SPADConfig.from_file(args.config) if getattr(args, "config", None) else SPADConfig()
+    base = SPADConfig.preset(args.preset).to_dict() if getattr(args, "preset", None) else {}
+    if getattr(args, "config", None):
+        base.update(_read_config_keys(args.config))
     changes = {}
     if getattr(args, "steps", None) is not None:
         changes["train_steps"] = args.steps
     if getattr(args, "device", None):
         changes["device"] = args.device
-    if changes:
-        cfg = SPADConfig.from_dict({**cfg.to_dict(), **changes})
-    return cfg
+    return SPADConfig.from_dict({**base, **changes})
+
+
+def _read_config_keys(path: Path) -> dict:
+    """The keys a config file sets (validated as a whole config)."""
+    from .config import SPADConfig
+
+    SPADConfig.from_file(path)  # validates every key, naming the file
+    text = Path(path).read_text()
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def _check_steps(steps: int | None) -> None:
+    if steps is not None and steps < 1:
+        raise ValueError(f"`--steps` must be >= 1, got {steps}")
 
 
 def cmd_train(args) -> int:
     from .checkpoint import resolve_path
+    from .files import remove_stale_temps
+    from .paths import check_input_dir, check_output_dir
     from .trainer import SPADTrainer
 
+    _check_steps(args.steps)
+    for name, folder in (("--data", args.data), ("--val", args.val)):
+        if folder is not None:
+            check_input_dir(folder, name)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    run = Path(args.out)
+    checkpoint = resolve_path(run)
     if args.resume:
-        if not resolve_path(args.out).is_file():
-            raise ValueError(f"--resume: no checkpoint at {str(resolve_path(args.out))!r}")
-        trainer = SPADTrainer.from_checkpoint(args.out, args.data, args.val, out_dir=args.out, device=args.device)
-        if args.steps is not None:
-            if args.steps < 1:
-                raise ValueError(f"`--steps` must be >= 1, got {args.steps}")
-            if trainer.config.pas_steps is None:
-                # PaS keeps the horizon it was trained with: "train longer" adds clean-mask steps, never
-                # re-opens the perturbation by moving the progress p = step / horizon back
-                trainer.config.pas_steps = trainer.config.train_steps
-            trainer.config.train_steps = args.steps
+        if not checkpoint.is_file():
+            raise ValueError(f"--resume: no checkpoint at {str(checkpoint)!r}")
     else:
-        trainer = SPADTrainer(_load_config(args), args.data, args.val, out_dir=args.out)
+        log_file = _load_config(args).log_file
+        existing = [p.name for p in (checkpoint, run / log_file) if p.is_file()]
+        if existing and not args.overwrite:
+            raise ValueError(f"--out {str(run)!r} already holds a run ({', '.join(existing)}): pass --resume to "
+                             "continue it or --overwrite to replace it")
+    check_output_dir(run, "--out", inputs=[args.data, args.val], overwrite=True)
+    remove_stale_temps(run)
+
+    if args.resume:
+        if args.preset:
+            raise ValueError("--preset does not apply on --resume: the run's config is in its checkpoint")
+        trainer = SPADTrainer.from_checkpoint(run, args.data, args.val, out_dir=run, device=args.device,
+                                              allow_data_change=args.allow_data_change)
+        cfg = trainer.config
+        changes = _read_config_keys(args.config) if args.config else {}
+        for key, value in sorted(changes.items()):
+            current = getattr(cfg, key)
+            same = list(current) == list(value) if isinstance(current, tuple) else current == value
+            if not same and key not in RESUMABLE_KEYS:
+                raise ValueError(f"config key `{key}` cannot change on --resume ({current!r} in the checkpoint, "
+                                 f"{value!r} in {str(args.config)!r}); keys that may: "
+                                 f"{', '.join(sorted(RESUMABLE_KEYS))}")
+        if args.steps is not None:
+            changes["train_steps"] = args.steps
+        if "train_steps" in changes and cfg.pas_steps is None and "pas_steps" not in changes:
+            # PaS keeps the horizon it was trained with: "train longer" adds clean-mask steps, never re-opens the
+            # perturbation by moving the progress p = step / horizon back
+            changes["pas_steps"] = cfg.train_steps
+        for key, value in changes.items():
+            if key != "device":
+                setattr(trainer.config, key, value)
+        type(cfg).from_dict(trainer.config.to_dict())  # re-validate the changed config
+    else:
+        cfg = _load_config(args)
+        if args.overwrite:
+            for p in (checkpoint, run / cfg.log_file):
+                p.unlink(missing_ok=True)  # a clean log: the replaced run's records do not continue into this one
+        trainer = SPADTrainer(cfg, args.data, args.val, out_dir=run)
     trainer.fit()
-    path = trainer.save(args.out)
+    path = trainer.save(run)
     if trainer.rank == 0:
         print(f"spadfast: trained to step {trainer.step}; checkpoint {path}")
     return 0
 
 
 def cmd_predict(args) -> int:
+    from .checkpoint import resolve_path
+    from .paths import check_input_dir, check_output_dir
     from .predict import Segmenter, predict_folder
 
+    check_input_dir(args.images, "--images")
+    checkpoint = resolve_path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise ValueError(f"--checkpoint: no checkpoint at {str(checkpoint)!r}")
+    check_output_dir(args.out, "--out", inputs=[args.images, checkpoint.parent], overwrite=args.overwrite)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
     names = predict_folder(
         segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
@@ -114,27 +207,41 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from . import report as report_mod
     from .evaluate import evaluate_folders, format_table
+    from .files import write_text_atomic
+    from .paths import check_input_dir, check_output_file
 
+    check_input_dir(args.pred, "--pred")
+    check_input_dir(args.gt, "--gt")
+    if args.json:
+        check_output_file(args.json, "--json", inputs=[args.pred, args.gt])
     report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing))
     print(format_table(report))
     if args.json:
-        from .files import write_text_atomic
-
         write_text_atomic(args.json, json.dumps(report, indent=2))
-    return 0
+    return report_mod.main(args, report)
 
 
 def cmd_demo(args) -> int:
     from .config import SPADConfig
     from .demo import demo_config, run_demo
+    from .paths import check_output_dir
 
-    base = SPADConfig.from_file(args.config) if args.config else demo_config(args.device or "auto")
-    changes = {"train_steps": args.steps} if args.steps is not None else {}
+    _check_steps(args.steps)
+    own = ("run", "test", "pred", "overlays", "metrics.json", "config.json", "perturbation.png")
+    check_output_dir(args.out, "--out", overwrite=args.overwrite, own_files=own)
+    base = demo_config(args.device or "auto")
+    if args.preset:
+        base = SPADConfig.preset(args.preset)
+    cfg_dict = base.to_dict()
+    if args.config:
+        cfg_dict.update(_read_config_keys(args.config))
+    if args.steps is not None:
+        cfg_dict["train_steps"] = args.steps
     if args.device:
-        changes["device"] = args.device
-    cfg = SPADConfig.from_dict({**base.to_dict(), **changes}) if changes else base
-    report = run_demo(args.out, cfg, test_size=args.test_size)
+        cfg_dict["device"] = args.device
+    report = run_demo(args.out, SPADConfig.from_dict(cfg_dict), test_size=args.test_size)
     print(f"spadfast demo: mean Dice {report['mean']['dice']:.3f}, IoU {report['mean']['iou']:.3f}, "
           f"HD95 {report['mean']['hd95']:.2f} px on {len(report['cases'])} held-out images; see {args.out}")
     return 0
@@ -146,6 +253,23 @@ def cmd_verify(args) -> int:
     return run_verify(device=args.device, quick=args.quick, compile_only=args.compile_only, archs=args.arch)
 
 
+def cmd_plot(args) -> int:
+    from .plots import main as plot_main
+
+    return plot_main(args)
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import main as ablate_main
+
+    return ablate_main(args)
+
+
+def _os_error_line(e: OSError) -> str:
+    where = f": {e.filename!r}" if getattr(e, "filename", None) else ""
+    return f"{e.strerror or e}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -153,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"demo": cmd_demo, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-               "verify": cmd_verify}[args.command]
+               "verify": cmd_verify, "plot": cmd_plot, "ablate": cmd_ablate}[args.command]
     t0 = time.perf_counter()
     try:
         code = handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FloatingPointError) as e:
         print(f"spadfast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # FileNotFoundError, PermissionError, disk full, ...: one line naming the path
+        print(f"spadfast {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
         return 2
     if args.command in ("demo", "train"):
         print(f"spadfast {args.command}: {time.perf_counter() - t0:.1f} s")

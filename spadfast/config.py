@@ -15,6 +15,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 PERTURB_MODES = ("target", "condition")
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
+INTENSITY_NORMS = ("dtype", "minmax", "percentile")  # spadfast.files.intensity_range
 
 
 @dataclass
@@ -60,6 +61,7 @@ class SPADConfig:
     model_type: str = "unet"  # unet | cached_unet (image encoder run once per image when sampling)
     image_size: int = 64
     image_channels: int = 1
+    intensity_norm: str = "dtype"  # image files -> [-1, 1]: dtype | minmax | percentile (per image)
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = 1
@@ -123,6 +125,7 @@ class SPADConfig:
             (self.model_type in MODEL_TYPES, "model_type", f"one of {MODEL_TYPES}"),
             (self.image_size >= 8, "image_size", ">= 8"),
             (self.image_channels >= 1, "image_channels", ">= 1"),
+            (self.intensity_norm in INTENSITY_NORMS, "intensity_norm", f"one of {INTENSITY_NORMS}"),
             (self.base_channels >= 1, "base_channels", ">= 1"),
             (len(self.channel_mults) >= 1, "channel_mults", "non-empty"),
             (self.num_train_timesteps >= 1, "num_train_timesteps", ">= 1"),
@@ -145,7 +148,7 @@ class SPADConfig:
             (0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)"),
             (self.amp in AMP_DTYPES, "amp", f"one of {AMP_DTYPES}"),
             (self.ops_backend in ("auto", "reference", "triton"), "ops_backend", "one of auto, reference, triton"),
-            (self.seed >= 0, "seed", ">= 0"),
+            (0 <= self.seed < 2**32, "seed", "in [0, 2**32)"),
             (self.sample_steps >= 1, "sample_steps", ">= 1"),
             (self.sample_steps <= self.num_train_timesteps, "sample_steps", "<= num_train_timesteps"),
             (self.ensemble >= 1, "ensemble", ">= 1"),
@@ -155,6 +158,10 @@ class SPADConfig:
             (0 < self.threshold < 1, "threshold", "in (0, 1)"),
             (self.sample_chunk >= 1, "sample_chunk", ">= 1"),
             (self.log_every >= 1, "log_every", ">= 1"),
+            (self.val_every >= 0, "val_every", ">= 0 (0 disables validation)"),
+            (self.val_samples >= 1, "val_samples", ">= 1"),
+            (self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 disables periodic checkpoints)"),
+            (_plain_file_name(self.log_file), "log_file", "a plain, non-empty file name (no folders)"),
         ]
         for ok, name, what in checks:
             if not ok:
@@ -244,6 +251,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _NULLABLE = {"clip_sample", "pas_steps"}  # fields documented as "None disables"
+
+
+def _plain_file_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def _valid_device(name: str) -> bool:

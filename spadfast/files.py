@@ -57,6 +57,11 @@ def _decode(path: str | os.PathLike, flags: int = cv2.IMREAD_UNCHANGED) -> np.nd
     array = cv2.imdecode(data, flags) if data.size else None
     if array is None:
         raise ValueError(f"cannot decode {path}: not an image OpenCV can read, or a corrupt file")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        ok, pages = cv2.imdecodemulti(data, flags)
+        if ok and len(pages) > 1:
+            raise ValueError(f"{path} is a multipage TIFF ({len(pages)} pages); spadfast reads one 2-D image per "
+                             "file: split the pages into files (or use NIfTI for volumes)")
     return array
 
 
@@ -114,8 +119,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def _mask_from_array(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 3:
         colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
-        if not (colour == colour[:, :, :1]).all():
-            raise ValueError(f"{path} is a colour mask whose channels disagree; masks must be gray (or equal RGB)")
+        has_alpha = array.shape[2] in (2, 4)
+        if has_alpha and (colour == colour[:1, :1]).all() and not (array[:, :, -1] == array[0, 0, -1]).all():
+            # annotation tools often export the label in the alpha channel over a constant colour
+            colour = array[:, :, -1:]
+        elif not (colour == colour[:, :, :1]).all():
+            raise ValueError(f"{path} is a colour mask whose channels disagree; masks must be gray (or equal RGB), "
+                             "or a constant colour with the label in alpha")
         array = colour[:, :, 0]
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"{path} holds NaN or infinite mask values")
@@ -130,7 +140,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a binary mask: any nonzero pixel is foreground (0/1, 0/255 and 0/65535 masks all work).
 
     JPEG masks are the exception: compression noise scatters small nonzero values, so they are thresholded at half
-    the dtype's range (> 127 for 8-bit). RGB(A) masks must have equal colour channels; alpha is ignored.
+    the dtype's range (> 127 for 8-bit). RGB(A) masks must have equal colour channels (alpha ignored), except a
+    constant colour with a varying alpha, where alpha is the label (a common export of annotation tools). A
+    multipage TIFF is refused.
 
     Args:
         path: a PNG, JPEG, TIFF or BMP mask file.
@@ -265,13 +277,18 @@ def write_mask_png(path: str | os.PathLike, mask: torch.Tensor | np.ndarray) -> 
         raise ValueError(f"`path` must end in .png, got {path}")
     _write_image(path, mask_2d(mask, "mask").astype(np.uint8) * np.uint8(255))
     return path
+def is_hidden(path: Path) -> bool:
+    """The one rule for files spadfast ignores in folders: names starting with "." (macOS ``._name`` included)."""
+    return Path(path).name.startswith(".")
+
+
 def index_folder(folder: Path) -> dict[str, Path]:
     """Image files of ``folder`` by stem (hidden files and other extensions skipped); one file per stem."""
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder: a data folder holds images/ and masks/")
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+        if is_hidden(p) or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
             continue
         if p.stem in found:
             raise ValueError(f"{p} and {found[p.stem]} share the stem {p.stem!r}: one file per name")
@@ -296,25 +313,58 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return u8 != 0
 
 
-def load_stored(path: str | os.PathLike, size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+INTENSITY_NORMS = ("dtype", "minmax", "percentile")
+LOW_RANGE_FRACTION = 0.125  # below this fraction of its dtype's range an integer image is probably 12-bit-in-16
+
+
+def intensity_range(array: np.ndarray, scale: float, norm: str) -> tuple[float, float]:
+    """The stored values ``(lo, hi)`` that map to -1 and 1 under ``norm``.
+
+    ``dtype``: ``(0, dtype max)`` (8/16-bit) or ``(0, 1)`` (float), the same for every image. ``minmax``: the
+    image's own min and max. ``percentile``: its 0.5th and 99.5th percentiles (robust to hot pixels; values
+    outside are clipped). A constant image maps to -1.
+    """
+    if norm == "dtype":
+        return 0.0, float(scale)
+    if norm == "minmax":
+        lo, hi = float(array.min()), float(array.max())
+    elif norm == "percentile":
+        lo, hi = (float(v) for v in np.percentile(array, (0.5, 99.5)))
+    else:
+        raise ValueError(f"`intensity_norm` must be one of {INTENSITY_NORMS}, got {norm!r}")
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def used_range_fraction(array: np.ndarray, scale: float) -> float:
+    """Fraction of the dtype's range an image reaches (1.0 for float images)."""
+    return float(array.max()) / scale if array.dtype.kind in "ui" else 1.0
+
+
+def load_stored(
+    path: str | os.PathLike, size: tuple[int, int] | None = None, norm: str = "dtype"
+) -> tuple[np.ndarray, float, float, float]:
     """Decode an image file and resize it in its stored dtype (the cacheable half of :func:`read_model_input`).
 
-    Returns ``(array, scale)``: ``[H,W]`` gray or ``[H,W,3]`` RGB in the file's dtype (uint8/uint16/float32),
-    resized to ``size`` = ``(H, W)`` when given (INTER_AREA when shrinking, INTER_LINEAR otherwise), and the value
-    that maps to 1.0 (the dtype's max for integers).
+    Returns ``(array, lo, hi, used)``: ``[H,W]`` gray or ``[H,W,3]`` RGB in the file's dtype (uint8/uint16/float32),
+    resized to ``size`` = ``(H, W)`` when given (INTER_AREA when shrinking, INTER_LINEAR otherwise); the stored
+    values that map to -1 and 1 (:func:`intensity_range`, computed on the full-resolution image); and the fraction
+    of the dtype's range the image reaches (:func:`used_range_fraction`).
     """
     path = Path(path)
     array = _to_rgb_or_gray(_decode(path), path)
     scale = _scale_of(array, path)
-    return (resize_image(array, size) if size is not None else array), scale
+    lo, hi = intensity_range(array, scale, norm)
+    used = used_range_fraction(array, scale)
+    return (resize_image(array, size) if size is not None else array), lo, hi, used
 
 
-def stored_to_model(array: np.ndarray, scale: float, channels: int) -> np.ndarray:
+def stored_to_model(array: np.ndarray, lo: float, hi: float, channels: int) -> np.ndarray:
     """A stored (resized) image from :func:`load_stored` as model input: float32 ``[C,H,W]`` in ``[-1, 1]``.
 
-    Colour is converted to gray (``channels == 1``) or gray replicated (``channels == 3``) after scaling.
+    ``lo`` maps to -1 and ``hi`` to 1 (values outside are clipped). Colour is converted to gray
+    (``channels == 1``) or gray replicated (``channels == 3``) after scaling.
     """
-    image = array.astype(np.float32) * np.float32(2.0 / scale) - np.float32(1.0)
+    image = (array.astype(np.float32) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
     if image.ndim == 2 and channels == 3:
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.ndim == 3 and channels == 1:
@@ -325,16 +375,27 @@ def stored_to_model(array: np.ndarray, scale: float, channels: int) -> np.ndarra
 
 
 def read_model_input(
-    path: str | os.PathLike, size: tuple[int, int] | int | None, channels: int
-) -> tuple[np.ndarray, tuple[int, int]]:
+    path: str | os.PathLike, size: tuple[int, int] | int | None, channels: int, norm: str = "dtype"
+) -> tuple[np.ndarray, tuple[int, int], float]:
     """The one path from an image file to model input, shared by training folders and ``predict``.
 
-    Returns float32 ``[C,H,W]`` in ``[-1, 1]`` (resized to ``size``) and the file's native ``(H, W)``.
+    Returns float32 ``[C,H,W]`` in ``[-1, 1]`` (resized to ``size``; intensities by ``norm``, see
+    :func:`intensity_range`), the file's native ``(H, W)``, and the fraction of its dtype's range it uses.
     """
     size = check_size(size)
     path = Path(path)
-    array = _to_rgb_or_gray(_decode(path), path)
-    native = array.shape[:2]
-    scale = _scale_of(array, path)
-    array = resize_image(array, size) if size is not None else array
-    return stored_to_model(array, scale, check_channels(channels, allow_none=False)), native
+    native = _to_rgb_or_gray(_decode(path), path).shape[:2]
+    array, lo, hi, used = load_stored(path, size, norm)
+    return stored_to_model(array, lo, hi, check_channels(channels, allow_none=False)), native, used
+
+
+def warn_low_range(fractions: list[float], where: str) -> None:
+    """Warn once when most integer images of a set reach only a small part of their dtype's range."""
+    if fractions and float(np.median(fractions)) < LOW_RANGE_FRACTION:
+        import warnings
+
+        warnings.warn(
+            f"images in {where} reach only {100 * float(np.median(fractions)):.1f}% of their dtype's range (median), "
+            "e.g. 12-bit data stored as 16-bit: with intensity_norm='dtype' they land near -1; set "
+            "`intensity_norm` to 'minmax' or 'percentile'", UserWarning, stacklevel=3,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from ._validation import check_int
 from .augment import dihedral
 from .files import (
     IMAGE_EXTENSIONS,
+    INTENSITY_NORMS,
     check_channels,
     check_size,
     index_folder,
@@ -21,6 +23,7 @@ from .files import (
     resize_image,
     resize_mask,
     stored_to_model,
+    warn_low_range,
 )
 
 _SALT = 0x5BAD  # keeps the augmentation stream apart from other users of (seed, epoch, index)
@@ -50,6 +53,8 @@ class SegmentationFolder(Dataset):
         augment: apply a random symmetry per item.
         seed: augmentation seed.
         cache: keep decoded pixels in memory.
+        intensity_norm: ``"dtype"`` (divide by the dtype's max), ``"minmax"`` or ``"percentile"`` (per image; see
+            :func:`spadfast.files.intensity_range`); "dtype" warns when most images use under 1/8 of their range.
 
     Returns (per item):
         ``(image, mask)``: image float32 ``[C,H,W]`` in ``[-1, 1]``, mask float32 ``[1,H,W]`` in ``{0, 1}``.
@@ -75,6 +80,7 @@ class SegmentationFolder(Dataset):
         augment: bool = False,
         seed: int = 0,
         cache: bool = True,
+        intensity_norm: str = "dtype",
     ):
         self.root = Path(root)
         size = check_size(image_size)
@@ -83,6 +89,9 @@ class SegmentationFolder(Dataset):
         self.seed = check_int(seed, "seed", 0)
         self.cache = bool(cache)
         self.epoch = 0
+        if intensity_norm not in INTENSITY_NORMS:
+            raise ValueError(f"`intensity_norm` must be one of {INTENSITY_NORMS}, got {intensity_norm!r}")
+        self.intensity_norm = intensity_norm
 
         images = index_folder(self.root / "images")
         masks = index_folder(self.root / "masks")
@@ -100,17 +109,31 @@ class SegmentationFolder(Dataset):
         self.channels: int = 0
         self._native = size is None
         self.image_size: tuple[int, int] = size or (0, 0)
-        self._items: list[tuple[np.ndarray, np.ndarray, float]] = []
+        self._items: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+        used, empty, full = [], 0, []
         for image_path, mask_path in self.paths:
-            image, mask, scale = self._load(image_path, mask_path, check=True, want_channels=want_channels)
+            image, mask, lo, hi, fraction = self._load(image_path, mask_path, check=True,
+                                                       want_channels=want_channels)
+            used.append(fraction)
+            empty += not mask.any()
+            if mask.all():
+                full.append(mask_path.name)
             if self.cache:
-                self._items.append((image, mask, scale))
+                self._items.append((image, mask, lo, hi))
+        if self.intensity_norm == "dtype":
+            warn_low_range(used, str(self.root / "images"))
+        if empty == len(self.paths):
+            warnings.warn(f"no mask in {self.root / 'masks'} holds foreground: a model trained on it predicts "
+                          "nothing (wrong folder, or labels in another channel?)", UserWarning, stacklevel=2)
+        if full:
+            warnings.warn(f"{len(full)} mask(s) in {self.root / 'masks'} are entirely foreground (e.g. {full[0]}): "
+                          "inverted or unthresholded masks?", UserWarning, stacklevel=2)
 
     def _load(
         self, image_path: Path, mask_path: Path, check: bool = False, want_channels: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Decoded, resized image (stored dtype, ``[H,W]`` or ``[H,W,3]``), bool mask and the image's scale."""
-        image, scale = load_stored(image_path)
+    ) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+        """Resized image (stored dtype, ``[H,W]`` or ``[H,W,3]``), bool mask, intensity range and used range."""
+        image, lo, hi, used = load_stored(image_path, None, self.intensity_norm)
         mask = read_mask(mask_path)
         if image.shape[:2] != mask.shape:
             raise ValueError(
@@ -127,7 +150,7 @@ class SegmentationFolder(Dataset):
                     f"{image_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but {self.paths[0][0]} is "
                     f"{self.image_size[1]}x{self.image_size[0]}: pass image_size to resize to one size"
                 )
-        return resize_image(image, self.image_size), resize_mask(mask, self.image_size), scale
+        return resize_image(image, self.image_size), resize_mask(mask, self.image_size), lo, hi, used
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the augmentation draws of this epoch (they depend on ``(seed, epoch, index)``)."""
@@ -142,8 +165,8 @@ class SegmentationFolder(Dataset):
             index += len(self)
         if index >= len(self):
             raise IndexError(f"index {index} is out of range for SegmentationFolder of length {len(self)}")
-        image, mask, scale = self._items[index] if self.cache else self._load(*self.paths[index])
-        image_t = torch.from_numpy(stored_to_model(image, scale, self.channels))
+        image, mask, lo, hi = self._items[index] if self.cache else self._load(*self.paths[index])[:4]
+        image_t = torch.from_numpy(stored_to_model(image, lo, hi, self.channels))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32))
         if self.augment:
             rng = np.random.default_rng([_SALT, self.seed, self.epoch, index])

@@ -273,3 +273,41 @@ def build_model(config) -> nn.Module:
         return SPADCachedUNet(image_channels=config.image_channels, mask_channels=mask_channels, out_channels=1,
                               **kwargs)
     return SPADUNet(in_channels=config.model_in_channels, out_channels=1, **kwargs)
+
+
+def estimate_training_bytes(config) -> int:
+    """A rough upper estimate of the activation memory one training micro-batch of ``config``'s UNet keeps for
+    backward (float32): about ten feature maps per residual block and level, plus attention score matrices.
+
+    Used to refuse impossible configs (``image_size: 65536``) with a message before the kernel kills the process.
+    """
+    total = 0
+    levels = len(config.channel_mults)
+    for i, mult in enumerate(config.channel_mults):
+        channels = config.base_channels * mult
+        pixels = (config.image_size // 2**i) ** 2
+        blocks = 2 * config.num_res_blocks + (2 if i == levels - 1 else 0)
+        total += blocks * 10 * 2 * channels * pixels
+        if i in config.attention_levels or (config.attention_levels and i == levels - 1):
+            total += blocks * 4 * pixels * pixels
+    return total * 4 * config.batch_size
+
+
+def check_fits_memory(config, device: torch.device) -> None:
+    """ValueError naming ``image_size``/``batch_size`` when a training step cannot fit ``device``'s memory."""
+    import os
+
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return
+    need = estimate_training_bytes(config)
+    if need > available:
+        raise ValueError(
+            f"`image_size` {config.image_size} with `batch_size` {config.batch_size} needs about "
+            f"{need / 2**30:,.0f} GiB of activations per training step; this {device.type} device has "
+            f"{available / 2**30:,.0f} GiB: lower `image_size`, `batch_size` or `base_channels`"
+        )

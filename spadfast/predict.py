@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from .files import index_folder, read_image, read_mask, read_model_input, write_mask_png
+from .files import index_folder, read_image, read_mask, read_model_input, warn_low_range, write_mask_png
 from .sampler import DDIMSampler, SampleResult, image_noise_key
 from .visualize import overlay_contour
 
@@ -98,7 +98,10 @@ def predict_folder(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
     cfg = segmenter.config
-    loaded = {stem: read_model_input(p, cfg.image_size, cfg.image_channels) for stem, p in files.items()}
+    loaded = {stem: read_model_input(p, cfg.image_size, cfg.image_channels, cfg.intensity_norm)
+              for stem, p in files.items()}
+    if cfg.intensity_norm == "dtype":
+        warn_low_range([v[2] for v in loaded.values()], str(images_dir))
     stems = sorted(loaded)
     overlay_dir = Path(overlay_dir) if overlay_dir is not None else out_dir / "overlays"
     for start in range(0, len(stems), batch_size):

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from . import distributed as dist_utils
 from ._version import __version__
 from .augment import dihedral
-from .batches import batch_iterator, coerce_dataset
+from .batches import batch_iterator, coerce_dataset, describe_source, resume_source
 from .checkpoint import (
     capture_rng,
     optimizer_param_groups,
@@ -40,7 +40,7 @@ from .checkpoint import (
 from .config import SPADConfig
 from .distributed import resolve_device
 from .metrics import dice
-from .model import build_model
+from .model import build_model, check_fits_memory
 from .perturb import spad_perturb
 from .profiling import nvtx_range
 from .sampler import DDIMSampler, SampleResult
@@ -90,12 +90,22 @@ class SPADTrainer:
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.amp_dtype = cfg.amp_dtype
+        if model is None:
+            check_fits_memory(cfg, self.device)
 
         size, channels = cfg.image_size, cfg.image_channels
-        self.train_data = coerce_dataset(train_data, "train_data", size, channels, cfg.synthetic_train, cfg.seed)
+        norm = cfg.intensity_norm
+        self.train_data = coerce_dataset(train_data, "train_data", size, channels, cfg.synthetic_train, cfg.seed,
+                                         norm)
+        self.data_sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
         if val_data is None and train_data is None:
-            val_data = coerce_dataset(None, "val_data", size, channels, cfg.synthetic_val, cfg.seed + 10_007)
-        self.val_data = coerce_dataset(val_data, "val_data", size, channels) if val_data is not None else None
+            self.val_data = coerce_dataset(None, "val_data", size, channels, cfg.synthetic_val, cfg.seed + 10_007)
+            self.data_sources["val"] = describe_source(None, cfg.synthetic_val, cfg.seed + 10_007)
+        elif val_data is not None:
+            self.val_data = coerce_dataset(val_data, "val_data", size, channels, intensity_norm=norm)
+            self.data_sources["val"] = describe_source(val_data)
+        else:
+            self.val_data = None
 
         torch.manual_seed(cfg.seed)  # model initialisation is identical on every rank
         model = build_model(cfg) if model is None else model
@@ -325,6 +335,7 @@ class SPADTrainer:
                 "world_size": self.world_size,
                 "device_type": self.device.type,
                 "history": self.history,
+                "data": self.data_sources,
                 "spadfast_version": __version__,
             }
             written = write_checkpoint(path, tensors, meta)
@@ -340,11 +351,21 @@ class SPADTrainer:
         model: nn.Module | None = None,
         out_dir: str | Path | None = None,
         device: str | None = None,
+        allow_data_change: bool = False,
     ) -> SPADTrainer:
-        """Rebuild a trainer from ``save``'s checkpoint and resume exactly where it stopped."""
+        """Rebuild a trainer from ``save``'s checkpoint and resume exactly where it stopped.
+
+        Data: ``train_data``/``val_data`` default to the folders the run recorded; a recorded folder that is gone
+        or whose files changed, or other data than recorded, is a ValueError unless ``allow_data_change``.
+        """
         tensors, meta = read_checkpoint(path)
         source = str(resolve_path(path))
         cfg = config_from_checkpoint(meta, source, device)
+        records = meta.get("data") or {}
+        if records:
+            train_data = resume_source(records.get("train"), train_data, "train_data", source, allow_data_change)
+            if records.get("val") is not None or val_data is not None:
+                val_data = resume_source(records.get("val"), val_data, "val_data", source, allow_data_change)
         trainer = cls(cfg, train_data, val_data, model, out_dir)
         trainer.load_state(tensors, meta, source)
         return trainer

@@ -1,0 +1,83 @@
+"""Output-path checks run before any work: nothing spadfast writes may replace an input or a file it did not write.
+
+Every CLI command calls these on its output paths first, so a bad path is one clear ``ValueError`` naming it,
+raised before minutes of training or sampling, never a traceback afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _writable_ancestor(path: Path) -> Path:
+    """The nearest existing folder that ``path`` would be created in."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    return probe
+
+
+def check_writable_dir(path: str | os.PathLike, name: str) -> Path:
+    """``path`` is (or can be created as) a folder we may write into."""
+    path = Path(path).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is an existing file, not a folder")
+    base = _writable_ancestor(path)
+    if not base.is_dir():
+        raise ValueError(f"{name} {str(path)!r} cannot be created: {str(base)!r} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(path)!r} is not writable (no write permission on {str(base)!r})")
+    return path
+
+
+def check_output_dir(
+    path: str | os.PathLike, name: str, inputs: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
+    own_files: Iterable[str] = (),
+) -> Path:
+    """A folder for outputs: writable, not any input nor inside or around one, and empty unless ``overwrite``.
+
+    ``own_files``: names this command writes there (e.g. ``checkpoint.safetensors``); a folder holding only those
+    (and our hidden temp files) counts as this command's previous output.
+    """
+    path = check_writable_dir(path, name)
+    for item in inputs:
+        if item is None:
+            continue
+        src = Path(item).expanduser().resolve()
+        if _inside(path, src) or _inside(src, path):
+            raise ValueError(f"{name} {str(path)!r} would overlap the input {str(src)!r}: choose a separate folder")
+    if path.is_dir() and not overwrite:
+        own = set(own_files)
+        foreign = [p.name for p in path.iterdir() if p.name not in own and not p.name.startswith(".")]
+        if foreign:
+            raise ValueError(f"{name} {str(path)!r} is not empty (holds {foreign[0]!r}, ...): choose a new folder or "
+                             "pass --overwrite")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, name: str, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """A file we are about to write: not a folder, not an input, in a writable folder."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a folder; give a file path")
+    for item in inputs:
+        if item is not None and _inside(path, Path(item).expanduser().resolve()):
+            raise ValueError(f"{name} {str(path)!r} is inside the input {str(item)!r}")
+    check_writable_dir(path.parent, f"{name}'s folder")
+    return path
+
+
+def check_input_dir(path: str | os.PathLike, name: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is not a folder" + (" (it does not exist)" if not path.exists()
+                                                                     else ""))
+    return path
