@@ -69,6 +69,7 @@ __all__ = [
     "read_label",
     "read_nifti",
     "slice_volume",
+    "volume_files",
     "volume_stem",
     "write_demo_volumes",
     "write_nifti",
@@ -104,7 +105,9 @@ def case_stem(stem: str) -> tuple[str, int | None]:
     return (m.group(1), int(m.group(2))) if m else (stem, None)
 
 
-def _volume_files(folder: Path) -> dict[str, Path]:
+def volume_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """``.nii.gz`` / ``.nii`` files of ``folder`` by stem (hidden files skipped); ValueError if two share a stem."""
+    folder = Path(folder)
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         stem = volume_stem(p)
@@ -137,7 +140,7 @@ def group_cases(folder: str | os.PathLike) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder of .nii.gz volumes")
     by_case: dict[str, dict[int | None, Path]] = {}
-    for stem, path in _volume_files(folder).items():
+    for stem, path in volume_files(folder).items():
         case, channel = case_stem(stem)
         entry = by_case.setdefault(case, {})
         if (channel is None and entry) or (channel is not None and None in entry):
@@ -696,7 +699,7 @@ class VolumeSlices(Dataset):
             raise ValueError(f"{labels_dir} is missing: a data set holds images{tag}/ and labels{tag}/")
         info = read_dataset_json(self.root)
         groups = group_cases(images_dir)
-        labels = _volume_files(labels_dir)
+        labels = volume_files(labels_dir)
         for case, paths in groups.items():
             if case not in labels:
                 raise ValueError(f"{paths[0]} has no label map: expected {labels_dir / (case + '.nii.gz')}")
