@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spadfast._validation import draw_seed, prepare_boundary_blur
+from spadfast._validation import MAX_BAND_RADIUS, draw_seed, prepare_boundary_blur
 from spadfast.reference import gaussian_weights
 
 from .canny import _edge_near
@@ -106,9 +106,7 @@ def _device_taps(sigma: float, truncate: float, device: torch.device) -> torch.T
     return taps.to(device)
 
 
-# Band radius bound: the streamed Canny window keeps O(radius) rows of state per element; past MAX_RADIUS the tile
-# below would spill (see benchmarks/RESULTS.md, static table).
-MAX_RADIUS = 6
+MAX_RADIUS = MAX_BAND_RADIUS  # checked by prepare_boundary_blur, for every backend
 ELEMS_PER_THREAD = 1
 
 
@@ -165,8 +163,6 @@ def boundary_blur(
     m, restore, sigma, strength, noise_v, base_v, out_dtype = prepare_boundary_blur(
         mask, sigma, strength, radius, noise, base, generator, seed, offset, validate
     )
-    if radius > MAX_RADIUS:
-        raise ValueError(f"`radius` must be <= {MAX_RADIUS} (the kernel's register budget), got {radius}")
     B, _, H, W = m.shape
     taps = _device_taps(sigma, float(truncate), m.device)
     if noise_v is None and seed is None:

@@ -16,6 +16,10 @@ from ._constants import PREDICTION_TYPES
 
 LayoutRestore = Callable[[torch.Tensor], torch.Tensor]
 
+# Largest BcD band radius: the Triton kernel keeps O(radius) rows of stencil state per element in registers and stays
+# spill-free up to here on sm_80/sm_90/sm_100 (benchmarks/RESULTS.md, static table). Every backend enforces it.
+MAX_BAND_RADIUS = 6
+
 
 def check_tensor(x: object, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
@@ -132,6 +136,8 @@ def prepare_boundary_blur(mask, sigma, strength, radius, noise, base, generator,
     sigma = check_nonneg(sigma, "sigma")
     strength = check_nonneg(strength, "strength")
     check_int(radius, "radius", 0)
+    if radius > MAX_BAND_RADIUS:
+        raise ValueError(f"`radius` must be <= {MAX_BAND_RADIUS} (the Triton kernel's register budget), got {radius}")
     check_random_source(noise, generator, seed, offset)
     noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
     base_v = as_b1hw(base, "base")[0] if base is not None else None

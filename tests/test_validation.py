@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spadfast import ops, reference, schedule
+from spadfast._validation import MAX_BAND_RADIUS
 
 H, W = 6, 7
 
@@ -109,6 +110,8 @@ TN = _ref_ops(reference.target_noise, ops.target_noise)
         (dict(strength=float("inf")), ValueError, "strength"),
         (dict(radius=-1), ValueError, "radius"),
         (dict(radius=1.5), TypeError, "radius"),
+        (dict(radius=MAX_BAND_RADIUS + 1), ValueError, "radius"),
+        (dict(radius=100), ValueError, "radius"),
         (dict(noise=torch.zeros(2, H, W + 1)), ValueError, "noise"),
         (dict(noise=torch.zeros(1, H, W)), ValueError, "noise"),
         (dict(noise=torch.zeros(2, H, W, dtype=torch.int64)), TypeError, "noise"),

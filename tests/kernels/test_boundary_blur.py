@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from spadfast import ops, reference
+from spadfast.kernels.boundary_blur import MAX_RADIUS
 from spadfast.kernels.boundary_blur import boundary_blur as triton_boundary_blur
 from spadfast.op_table import TOLERANCES
 
@@ -189,3 +190,13 @@ def test_bad_inputs(kernel_device):
         triton_boundary_blur(mask.float() * 3, 1.0, 0.5)
     with pytest.raises(ValueError, match="`seed`"):
         triton_boundary_blur(mask, 1.0, 0.5, seed=-1)
+
+
+@pytest.mark.parametrize("radius", range(MAX_RADIUS + 1))
+def test_every_band_radius_matches_reference(kernel_device, radius):
+    mask = random_mask((2, 1, 29, 41), "blobs", seed=radius).to(kernel_device)
+    noise = torch.randn(mask.shape, device=kernel_device)
+    args = (mask, 1.0, 0.5, radius, noise)
+    assert_matches(ops.boundary_blur(*args, backend="triton"), reference.boundary_blur(*args))
+    with pytest.raises(ValueError, match="`radius` must be <= "):
+        ops.boundary_blur(mask, 1.0, 0.5, MAX_RADIUS + 1, noise, backend="triton")
