@@ -346,9 +346,11 @@ def run_ablation(
                 mean = record["report"]["mean"]
                 log(f"{prefix}: Dice {mean['dice']:.4f}, IoU {mean['iou']:.4f}, HD95 {mean['hd95']:.3f} "
                     f"({record['train_seconds']:.0f} s)")
-            records.setdefault(name, []).append({"seed": seed, "run": str(run.relative_to(out)),
-                                                 "mean": record["report"]["mean"],
-                                                 "train_seconds": record["train_seconds"]})
+            records.setdefault(name, []).append({
+                "seed": seed, "run": str(run.relative_to(out)), "mean": record["report"]["mean"],
+                "case_dice": {c["name"]: c["dice"] for c in record["report"]["cases"]},
+                "train_seconds": record["train_seconds"],
+            })
     result = aggregate(records)
     result.update({"preset": preset, "train_steps": base["train_steps"], "seeds": seeds,
                    "n_train": len(split["train"]), "n_heldout": len(split["heldout"]),
@@ -374,14 +376,35 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan
 
 
-def aggregate(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per variant: mean and sample std (ddof 1; NaN for one seed) over seeds of each run's mean Dice, IoU, HD95,
-    and which variants are best (max Dice/IoU, min HD95; ties at 4 decimals all count as best)."""
+def aggregate(records: dict[str, list[dict[str, Any]]], reference: str = "SPAD") -> dict[str, Any]:
+    """Summarize runs per variant.
+
+    Args:
+        records: variant -> runs ``{"seed", "mean": {"dice", "iou", "hd95"}[, "case_dice": {name: dice}]
+            [, "train_seconds"]}``.
+        reference: the variant the paired differences are taken against.
+
+    Returns:
+        ``{"rows": [...], "best": {metric: [variants]}}``. Each row holds the mean and sample std (ddof 1; NaN for
+        one seed) over seeds of each run's mean Dice, IoU and HD95, the mean training time, and ``d_dice`` /
+        ``d_dice_se``: the mean per-case Dice difference to ``reference`` over the cases and seeds both ran
+        (paired on the same held-out case and seed) and its standard error over those pairs (NaN where there
+        are none; it reflects case-to-case spread, not seed-to-seed spread). Best: max Dice/IoU, min HD95; ties
+        at 4 decimals all count as best.
+    """
     rows = []
+    ref = {r["seed"]: r.get("case_dice", {}) for r in records.get(reference, [])}
     for name, runs in records.items():
         row: dict[str, Any] = {"variant": name, "seeds": [r["seed"] for r in runs], "runs": runs}
         for m in METRICS:
             row[m], row[f"{m}_std"] = _mean_std([r["mean"][m] for r in runs])
+        times = [r["train_seconds"] for r in runs if "train_seconds" in r]
+        row["train_seconds"] = float(np.mean(times)) if times else math.nan
+        diffs = [d - ref[r["seed"]][c] for r in runs if r["seed"] in ref
+                 for c, d in r.get("case_dice", {}).items() if c in ref[r["seed"]]]
+        a = np.asarray(diffs, dtype=np.float64)
+        row["d_dice"] = float(a.mean()) if a.size and name != reference else math.nan
+        row["d_dice_se"] = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 and name != reference else math.nan
         rows.append(row)
     best: dict[str, list[str]] = {}
     for m in METRICS:
@@ -391,7 +414,7 @@ def aggregate(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             continue
         target = (max if m != "hd95" else min)(v for _, v in vals)
         best[m] = [n for n, v in vals if _fmt(v) == _fmt(target)]
-    return {"rows": rows, "best": best}
+    return {"rows": rows, "best": best, "reference": reference}
 
 
 def _fmt(v: float, digits: int = 4) -> str:
@@ -410,10 +433,13 @@ def format_markdown(result: dict[str, Any], table: dict[str, dict[str, Any]] | N
         f"{result.get('n_heldout')} held-out pairs"
         + (f" (`{result['val']}`)." if result.get("val") else " (a seeded split of the data, `split.json`)."),
         "Values: mean over seeds of each run's mean over held-out cases; ± the sample std over seeds (none for "
-        "one seed). HD95 in pixels, `inf` when some case has exactly one empty mask. Best of each column in bold.",
+        "one seed). HD95 in pixels, `inf` when some case has exactly one empty mask. Best of each column in bold. "
+        f"ΔDice: mean per-case Dice difference to {result.get('reference', 'SPAD')} on the same held-out cases and "
+        "seeds, ± its standard error over those pairs (case-to-case spread only; seed-to-seed spread is in the ± "
+        "of the Dice column when there are several seeds). Train: mean seconds per run.",
         "",
-        "| Variant | Change from SPAD | Dice ↑ | IoU ↑ | HD95 ↓ |",
-        "|---|---|---|---|---|",
+        f"| Variant | Change from {result.get('reference', 'SPAD')} | Dice ↑ | IoU ↑ | HD95 ↓ | ΔDice | Train (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         change = _describe(table.get(row["variant"], {})) if table else ""
@@ -421,6 +447,10 @@ def format_markdown(result: dict[str, Any], table: dict[str, dict[str, Any]] | N
         for m in METRICS:
             text = _fmt(row[m]) + ("" if math.isnan(row[f"{m}_std"]) else f" ± {_fmt(row[f'{m}_std'])}")
             cells.append(f"**{text}**" if row["variant"] in result["best"].get(m, []) else text)
+        d = row.get("d_dice", math.nan)
+        delta = "—" if math.isnan(d) else f"{d:+.4f}" + (
+            "" if math.isnan(row.get("d_dice_se", math.nan)) else f" ± {row['d_dice_se']:.4f}")
+        cells += [delta, _fmt(row.get("train_seconds", math.nan), 0)]
         lines.append(f"| {row['variant']} | {change} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

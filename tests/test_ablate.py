@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spadfast import ablate
@@ -158,12 +160,19 @@ def test_aggregate_and_markdown_bold_ties():
         "baseline": [{"seed": 0, "mean": {"dice": 0.85, "iou": 0.75, "hd95": float("inf")}},
                      {"seed": 1, "mean": {"dice": 0.85, "iou": 0.75, "hd95": 1.0}}],
     }
+    runs["SPAD"][0]["case_dice"] = {"a": 0.9, "b": 0.8}
+    runs["SPAD"][1]["case_dice"] = {"a": 1.0, "b": 0.6}
+    runs["baseline"][0]["case_dice"] = {"a": 0.8, "b": 0.8}
+    runs["baseline"][1]["case_dice"] = {"a": 0.8, "b": 0.8, "c": 0.1}  # "c": no SPAD counterpart, not paired
     result = aggregate(runs)
     spad = result["rows"][0]
+    base = result["rows"][1]
+    assert base["d_dice"] == pytest.approx(-0.1 / 4 * 1) and math.isnan(spad["d_dice"])  # (-.1 + 0 - .2 + .2) / 4
+    assert base["d_dice_se"] == pytest.approx(np.std([-0.1, 0.0, -0.2, 0.2], ddof=1) / 2)
     assert spad["dice"] == pytest.approx(0.85) and spad["dice_std"] == pytest.approx(0.0707107, abs=1e-6)
     assert result["best"] == {"dice": ["SPAD", "baseline"], "iou": ["SPAD", "baseline"], "hd95": ["SPAD"]}
     md = format_markdown({**result, "preset": "p", "train_steps": 1, "seeds": 2, "n_train": 1, "n_heldout": 1})
-    assert "| SPAD |  | **0.8500 ± 0.0707** |" in md and "| inf |" in md
+    assert "| SPAD |  | **0.8500 ± 0.0707** |" in md and "| inf |" in md and "| -0.0250 ± 0.0854 |" in md
 
 
 def test_cli_handler_on_finished_folder(data, tmp_path, capsys, monkeypatch):
