@@ -278,7 +278,8 @@ def run_ablation(
         seeds: runs per variant, with ``config.seed = base seed + k`` for k < seeds (shared by all variants).
         steps: training steps of every run (default: the preset's ``train_steps``).
         overrides: more base-config keys (e.g. a tiny model for tests); nested ``perturb`` dicts merge.
-        variants: a subset of the variant names, in table order (default: all of :func:`variant_overrides`).
+        variants: variant names or their folder slugs (``"w/o ScD"`` or ``"wo-scd"``), in table order (default:
+            all of :func:`variant_overrides`).
         device: overrides the preset's device.
 
     Raises:
@@ -304,7 +305,8 @@ def run_ablation(
     if not base["checkpoint_every"]:
         base["checkpoint_every"] = max(1, min(250, base["train_steps"] // 4))
     table = variant_overrides(base)
-    names = list(table) if variants is None else list(variants)
+    by_slug = {slug(n): n for n in table}
+    names = list(table) if variants is None else [v if v in table else by_slug.get(v, v) for v in variants]
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown variant {unknown[0]!r}; variants: {', '.join(table)}")
@@ -479,7 +481,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="cpu-small", help="SPADConfig preset (default: cpu-small)")
     parser.add_argument("--seeds", type=int, default=1, help="runs per variant (default: 1)")
     parser.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
-    parser.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants (default: all)")
+    parser.add_argument("--variants", nargs="+", metavar="NAME",
+                        help="only these variants, by name or slug: SPAD wo-scd wo-bcd baseline pas-linear pas-step "
+                        "condition-mode (default: all)")
     parser.add_argument("--val-fraction", type=float, default=0.25, help="held-out fraction without --val")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split without --val")
     parser.add_argument("--device", help="cpu, cuda or auto (default: the preset's)")

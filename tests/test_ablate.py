@@ -95,7 +95,7 @@ def test_seeds_split_skip_and_table(data, tmp_path, monkeypatch):
     run_ablation(data, out, seeds=2, steps=2, overrides=TINY, variants=["SPAD", "baseline"], log=lines.append)
     assert sum("skipped" in line for line in lines) == 4
     monkeypatch.undo()
-    run_ablation(data, out, seeds=1, steps=2, overrides=TINY, variants=["w/o ScD"], log=lines.append)
+    run_ablation(data, out, seeds=1, steps=2, overrides=TINY, variants=["wo-scd"], log=lines.append)  # a slug
     assert "wo-scd/seed0" in _runs(out) and json.loads((out / "split.json").read_text()) == split
     record = json.loads((out / "runs" / "wo-scd" / "seed0" / "metrics.json").read_text())
     assert record["config"]["perturb"]["scd_max"] == 0
