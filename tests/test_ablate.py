@@ -26,7 +26,7 @@ from spadfast.config import SPADConfig
 from spadfast.synthetic import write_synthetic_folder
 
 TINY = dict(image_size=16, base_channels=8, channel_mults=(1, 2), attention_levels=(), sample_steps=2, ensemble=1,
-            batch_size=2, val_every=2, val_samples=2, log_every=1)
+            batch_size=2, val_every=0, log_every=1, checkpoint_every=100)
 
 
 @pytest.fixture(scope="module")
