@@ -14,8 +14,9 @@ Paths (``--part headline``):
   ``denoise``; it matches ``DDIMSampler.sample`` on the same model (checked below, ``--part check``).
 
 ``--part matrix``: spadfast's path for both models with bf16 autocast on/off x channels-last on/off x torch.compile
-on/off (``--matrix-steps`` steps, default 5, to keep the 16 runs short; compile time is reported separately and
-excluded from the timed runs).
+on/off (``--matrix-steps`` steps, default 5, to keep the runs short; compile time is reported separately and
+excluded from the timed runs). Compiled runs are channels-last only unless ``--full-matrix`` (each compile takes
+minutes on one thread).
 
 Each figure is the median of ``--reps`` timed runs after one untimed warm-up run (headline: the same path with
 1 step, and 1 member for naive; matrix: the same run, which includes compilation). Threads: ``--threads``
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--models", nargs="+", default=["unet", "cached"])
+    p.add_argument("--full-matrix", action="store_true",
+                   help="also compile the channels-first variants (each compile takes minutes on 1 CPU thread)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     commit = os.environ.get("SPADFAST_COMMIT") or subprocess.run(
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             for compiled in (False, True):
                 for bf16 in (False, True):
-                    for cl in (False, True):
+                    for cl in (False, True) if (args.full_matrix or not compiled) else (True,):
                         torch._dynamo.reset()
                         m = build(name, channels_last=cl)
                         med, warm, times = timeit(spadfast_fn(name, m, image, ac, cfg, Sm, K, bf16, cl, compiled),
