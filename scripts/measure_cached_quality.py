@@ -8,7 +8,7 @@ Two data sets, each model trained from the same seed with the same config (``spa
 - ``coins``: a real photograph, ``skimage/data/coins.png`` (303x384, 8-bit gray, shipped in the scikit-image wheel:
   ``pip install scikit-image`` into the venv for this script only; not a spadfast dependency). Mask protocol:
   Gaussian blur sigma 1, Otsu threshold, holes filled (``scipy.ndimage.binary_fill_holes``), connected components
-  under 64 px removed. Columns 0..255 are the training region (every 32x32 window at stride 4, 1,856 tiles; the
+  under 64 px removed. Columns 0..255 are the training region (every 32x32 window at stride 4, 3,876 tiles; the
   trainer adds flips / 90-degree rotations), columns 256..383 are held out (non-overlapping 32x32 tiles, 36 tiles:
   rows 0..287); Dice / HD95 per tile with ``spadfast.metrics`` (empty vs empty Dice 1, HD95 0; empty vs non-empty
   HD95 inf is reported as a count, and the HD95 mean is over finite tiles).
