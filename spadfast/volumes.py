@@ -576,7 +576,7 @@ def slice_volume(image: np.ndarray, axis: int, index: int, size: tuple[int, int]
     """Slice ``index`` along ``axis`` of a normalised volume float32 ``[C,I,J,K]``, resized to ``size``: float32
     ``[C,H,W]`` in [-1, 1]. The one path from a volume to model input, shared by :class:`VolumeSlices` and
     :func:`spadfast.predict_volumes.predict_volume`."""
-    planes = np.take(image, index, axis=axis + 1)
+    planes = image[(slice(None),) * (axis + 1) + (index,)]  # basic indexing: a view (np.take is slow here)
     return np.stack([np.clip(resize_plane(np.ascontiguousarray(p), size), -1.0, 1.0) for p in planes]).astype(
         np.float32, copy=False
     )
@@ -584,7 +584,7 @@ def slice_volume(image: np.ndarray, axis: int, index: int, size: tuple[int, int]
 
 def slice_label(label: np.ndarray, axis: int, index: int, size: tuple[int, int]) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a label map ``[I,J,K]``, resized (nearest) to ``size``: ``[H,W]``."""
-    plane = np.ascontiguousarray(np.take(label, index, axis=axis))
+    plane = np.ascontiguousarray(label[(slice(None),) * axis + (index,)])
     if plane.dtype != np.uint8:
         plane = plane.astype(np.uint16 if plane.max(initial=0) < 65536 else np.float32)
     return resize_plane(plane, size, nearest=True)
@@ -619,7 +619,10 @@ class VolumeSlices(Dataset):
     4-D image without a channel convention, and cases with different numbers of modalities are ``ValueError``s
     naming the file. Afterwards volumes stream from disk: the decoded, normalised volumes of the last
     ``cache_volumes`` cases used stay in memory (least recently used evicted), so a data set larger than memory
-    trains; per-case normalisation parameters and foreground slice lists are kept from ``__init__``.
+    trains; per-case normalisation parameters and foreground slice lists are kept from ``__init__``. A slice of
+    an uncompressed ``.nii`` case that is not cached is read straight from the memory-mapped files (one slice, no
+    full decode): for data sets much larger than the cache, gunzip the volumes so that random slice access stays
+    cheap (a cache miss on a ``.nii.gz`` decodes the whole volume, ~1-3 s for a 512x512x100 CT).
 
     Items: ``len(ds)`` is the total number of slices along ``axis``. With ``foreground_fraction`` f (default), item
     ``index`` is drawn from ``(seed, epoch, index)``: with probability f a uniformly chosen slice that holds
@@ -733,12 +736,17 @@ class VolumeSlices(Dataset):
             head = heads[case]
             label = read_label(labels[case], head, n_classes)  # geometry before decoding the image
             loaded = load_case(paths, n_mod)
-            image, norm = normalize_volume(loaded.image, info.modalities, self.window)  # type: ignore[arg-type]
+            raw = loaded.image
+            assert raw is not None
+            norm = [normalization_params(raw[c], _modality(info.modalities, c), self.window)
+                    for c in range(raw.shape[0])]
             max_label = max(max_label, int(label.max(initial=0)))
             other = tuple(a for a in range(3) if a != self.axis)
             foreground = (label > 0).any(axis=other)
             self._cases.append(_Case(case, paths, labels[case], head.shape, head.spacing, norm, foreground))
-            self._remember(i, image, label)
+            if i >= len(groups) - self.cache_volumes:  # the last ones stay cached: normalise only those
+                self._remember(i, np.stack([apply_normalization(raw[c], p) for c, p in enumerate(norm)]), label)
+            del loaded, raw
         if n_classes is None:
             n_classes = max(2, max_label + 1)
             self.class_names: list[str] = ["background"] + [f"class {c}" for c in range(1, n_classes)]
@@ -778,6 +786,30 @@ class VolumeSlices(Dataset):
         self._remember(case, image, label)
         return image, label
 
+    def _uncompressed(self, case: int) -> bool:
+        c = self._cases[case]
+        return all(p.name.lower().endswith(".nii") for p in [*c.image_paths, c.label_path])
+
+    def _read_one_slice(self, case: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slice ``k`` of an uncompressed case straight from its memory-mapped files (no full decode): normalised
+        image float32 ``[C,...]`` and labels, each with the slicing axis kept at length 1."""
+        c = self._cases[case]
+        sl = (slice(None),) * self.axis + (slice(k, k + 1),)
+        chans = []
+        for path in c.image_paths:
+            img = read_nifti(path)
+            if len(img.shape) == 4 and img.shape[3] > 1:  # channels last
+                data = np.moveaxis(np.asarray(img.dataobj[sl + (slice(None),) * (3 - self.axis)]), -1, 0)
+                chans.extend(data)
+            else:
+                extra = (0,) if len(img.shape) == 4 else ()
+                chans.append(np.asarray(img.dataobj[sl + (slice(None),) * (2 - self.axis) + extra]))
+        image = np.stack([apply_normalization(ch, p) for ch, p in zip(chans, c.norm)])
+        lab_img = read_nifti(c.label_path)
+        extra = (0,) if len(lab_img.shape) == 4 else ()
+        label = np.asarray(lab_img.dataobj[sl + (slice(None),) * (2 - self.axis) + extra])
+        return image, label.astype(np.uint8 if self.num_classes <= 256 else np.int64)
+
     # -- items ------------------------------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
@@ -803,7 +835,11 @@ class VolumeSlices(Dataset):
         if index >= len(self):
             raise IndexError(f"index {index} is out of range for VolumeSlices of length {len(self)}")
         case, k = self.slice_of(index)
-        image, label = self.volume(case)
+        if case not in self._cache and self._uncompressed(case):
+            image, label = self._read_one_slice(case, k)
+            k = 0
+        else:
+            image, label = self.volume(case)
         x = slice_volume(image, self.axis, k, self.image_size)
         y = one_hot(slice_label(label, self.axis, k, self.image_size), self.mask_channels)
         return torch.from_numpy(x), torch.from_numpy(y)

@@ -308,3 +308,26 @@ def test_four_d_image_with_a_channel_convention(tmp_path):
                                                        "labels": {"0": "bg", "1": "a", "2": "b"}}))
     ds = VolumeSlices(tmp_path, image_size=8)
     assert ds.image_channels == 2 and ds.modalities == ["T1", "T2"] and ds[0][0].shape == (2, 8, 8)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_uncompressed_cases_read_one_slice(tmp_path, monkeypatch, axis):
+    """A cache miss on .nii files reads one slice through the memory map; items equal the .nii.gz data set's."""
+    gz = write_set(tmp_path / "gz", n=2, channels=2)
+    plain = tmp_path / "plain"
+    for p in gz.rglob("*"):
+        if p.is_file():
+            dest = plain / p.relative_to(gz)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if p.name.endswith(".gz"):
+                dest.with_suffix("").write_bytes(gzip.decompress(p.read_bytes()))
+            else:
+                dest.write_bytes(p.read_bytes())
+    a = VolumeSlices(gz, image_size=(9, 7), axis=axis, foreground_fraction=None, cache_volumes=0)
+    b = VolumeSlices(plain, image_size=(9, 7), axis=axis, foreground_fraction=None, cache_volumes=0)
+    want = [a[i] for i in range(len(a))]
+    monkeypatch.setattr(volumes, "load_case", lambda *a, **k: pytest.fail("decoded a whole volume"))
+    for i, (xa, ya) in enumerate(want):
+        xb, yb = b[i]
+        torch.testing.assert_close(xb, xa, rtol=0, atol=0)
+        assert torch.equal(ya, yb)
