@@ -281,11 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         code = handler(args)
-    except (ValueError, TypeError, FloatingPointError) as e:
-        print(f"spadfast {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # FileNotFoundError, PermissionError, disk full, ...: one line naming the path
-        print(f"spadfast {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
+    except (ValueError, TypeError, FloatingPointError, OSError) as e:
+        # OSError (FileNotFoundError, PermissionError, disk full, ...) names its path; every message is one line
+        text = _os_error_line(e) if isinstance(e, OSError) else str(e)
+        print(f"spadfast {args.command}: error: {' '.join(text.split())}", file=sys.stderr)
         return 2
     if args.command in ("demo", "train"):
         print(f"spadfast {args.command}: {time.perf_counter() - t0:.1f} s")
