@@ -139,3 +139,27 @@ def test_per_step_denoiser_is_much_cheaper_than_the_unet():
     assert encode_macs < 1.5 * unet_macs
     # 5 members x 25 steps for one image: encode once + 125 denoiser steps vs 125 UNet forwards
     assert (encode_macs + 125 * step_macs) * 5 < 125 * unet_macs
+
+
+def test_encode_once_sampling_loop_equals_the_sampler():
+    """The loop the sampler can run with this model (encode once per image, repeat features per member, S steps of
+    denoise + ops.ddim_step) gives DDIMSampler.sample's result, which calls forward (re-encoding) every step."""
+    from spadfast import ops
+    from spadfast.sampler import DDIMSampler
+    from spadfast.schedule import alphas_cumprod, make_betas
+
+    model = _model(1, 1)
+    ac = alphas_cumprod(make_betas("linear", 1000))
+    sampler = DDIMSampler(model, ac, prediction_type="sample", steps=3, cuda_graph=False)
+    B, K, H, W = 2, 3, 12, 12
+    images = torch.rand(B, 1, H, W) * 2 - 1
+    ref = sampler.sample(images, ensemble=K, seed=0, return_members=True).members
+    t_model, a_t, a_prev = sampler.set_timesteps(3, "cpu")
+    x = torch.randn((B * K, 1, H, W), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = [f.repeat_interleave(K, 0) for f in model.encode(images)]
+        for i in range(3):
+            out = model.denoise(x, feats, t_model[i].expand(B * K))
+            x, _ = ops.ddim_step(x, out, a_t[i], a_prev[i], 0.0, None, 1.0, "sample")
+    members = ((x.clamp(-1, 1) + 1) / 2).view(B, K, H, W)
+    assert torch.allclose(members, ref, atol=1e-5)
