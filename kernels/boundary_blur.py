@@ -22,7 +22,7 @@ from spadfast._validation import MAX_BAND_RADIUS, draw_seed, prepare_boundary_bl
 from spadfast.reference import gaussian_weights
 
 from .canny import _edge_near
-from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_offset
+from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
 
 __all__ = ["MAX_RADIUS", "boundary_blur", "tile_for_radius"]
 
@@ -58,9 +58,7 @@ def _boundary_blur_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    pid_b = tl.program_id(0).to(tl.int64)
-    r = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    c = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    pid_b, r, c = tile_coords(BLOCK_H, BLOCK_W)
     valid = (r < H) & (c < W)
     r64 = r.to(tl.int64)
     c64 = c.to(tl.int64)

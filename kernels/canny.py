@@ -16,7 +16,7 @@ import triton.language as tl
 
 from spadfast._validation import as_b1hw, check_mask
 
-from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_offset
+from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
 
 __all__ = ["TILE", "ELEMS_PER_THREAD", "canny"]
 
@@ -129,9 +129,7 @@ def _canny_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    pid_b = tl.program_id(0).to(tl.int64)
-    r = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    c = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    pid_b, r, c = tile_coords(BLOCK_H, BLOCK_W)
     edge = _edge_near(x_ptr + pid_b * stride_xb, r, c, H, W, stride_xh, stride_xw, 0)
     out_off = tile_offset(pid_b, r, c, stride_ob, stride_oh, stride_ow)
     tl.store(out_ptr + out_off, edge.to(tl.uint8), mask=(r < H) & (c < W))

@@ -26,7 +26,7 @@ import triton.language as tl
 from spadfast._constants import PREDICTION_TYPES
 from spadfast._validation import check_alpha, check_ddim_args, check_random_source, draw_seed
 
-from .utils import Launch, grid_3d, launch, tile_config, tile_offset
+from .utils import Launch, grid_3d, launch, tile_config, tile_coords, tile_offset
 
 __all__ = ["ELEMS_PER_THREAD", "TILE", "ddim_step"]
 
@@ -97,9 +97,7 @@ def _ddim_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    r = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    c = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    b, r, c = tile_coords(BLOCK_H, BLOCK_W)
     valid = (r < M) & (c < N)
     x = tl.load(sample_ptr + tile_offset(b, r, c, stride_sb, stride_sm, stride_sn), mask=valid, other=0.0)
     out = tl.load(model_output_ptr + tile_offset(b, r, c, stride_mb, stride_mm, stride_mn), mask=valid, other=0.0)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from spadfast._validation import draw_seed, prepare_target_noise
 
-from .utils import Launch, grid_3d, launch, pointer_view, tile_config, tile_offset
+from .utils import Launch, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
 
 __all__ = ["anchor_seed", "target_noise"]
 
@@ -58,9 +58,7 @@ def _target_noise_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    y = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    x = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    b, y, x = tile_coords(BLOCK_H, BLOCK_W)
     inside = (y < H) & (x < W)
 
     m_off = tile_offset(b, y, x, stride_mb, stride_mh, stride_mw)

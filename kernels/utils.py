@@ -30,6 +30,8 @@ __all__ = [
     "plan",
     "pointer_view",
     "tile_config",
+    "tile_coords",
+    "tile_offset",
 ]
 
 # CUDA grid limits per axis: x up to 2**31 - 1 blocks, y and z up to 65,535.
@@ -159,6 +161,15 @@ def grid_3d(B: int, H: int, W: int, block_h: int, block_w: int, name: str) -> tu
                 f"`{name}` is too large: its {what} needs {n} programs on grid axis {axis}, CUDA allows {limit}"
             )
     return grid
+
+
+@triton.jit
+def tile_coords(BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's image ``b`` (int64, grid axis 0), rows ``r`` ([BLOCK_H, 1]) and columns ``c`` ([1, BLOCK_W])."""
+    b = tl.program_id(0).to(tl.int64)
+    r = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    c = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    return b, r, c
 
 
 @triton.jit

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from spadfast.op_table import OPS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,8 +20,8 @@ def test_wheel_contains_kernels_and_console_script(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = tmp_path.glob("spadfast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for op in ("canny", "boundary_blur", "target_noise", "ddim"):
-        assert f"spadfast/kernels/{op}.py" in names
+    for module in [spec.kernel_module for spec in OPS.values()] + ["utils", "aot"]:
+        assert f"spadfast/kernels/{module}.py" in names
     assert not any(n.startswith("kernels/") for n in names)  # never a top-level `kernels` package
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "spadfast = spadfast.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
