@@ -43,7 +43,7 @@ def world(tmp_path_factory) -> Path:
     """A data folder, a trained run (and damaged copies), configs and odd files, shared by every row."""
     root = tmp_path_factory.mktemp("hostile")
     data = write_synthetic_folder(root / "data", 4, 16, seed=0)
-    other = write_synthetic_folder(root / "other_data", 4, 16, seed=1)
+    write_synthetic_folder(root / "other_data", 4, 16, seed=1)
     moved = write_synthetic_folder(root / "moved_data", 4, 16, seed=0)
     cfg = tiny_config(train_steps=2)
     (root / "tiny.json").write_text(json.dumps(cfg.to_dict()))
