@@ -177,3 +177,40 @@ def test_bad_arguments(tmp_path):
     broken.write_bytes(src.read_bytes()[:200])
     with pytest.raises(ValueError, match="d_0000.nii.gz"):
         predict_volume(FakeSegmenter(), [broken], tmp_path / "d.nii.gz")
+
+
+def test_with_a_real_trainer_binary(tmp_path):
+    """End to end with today's binary model: VolumeSlices trains a SPADTrainer, predict_volume_folder segments
+    imagesTs, evaluate scores against labelsTs (the README's volume example, tiny)."""
+    from spadfast import SPADTrainer
+    from spadfast.evaluate import evaluate_folders
+    from tests.helpers import tiny_config
+
+    root = write_demo_volumes(tmp_path / "d", n_cases=2, n_test=1, shape=(16, 16, 4), num_classes=2)
+    ds = VolumeSlices(root, image_size=16)
+    trainer = SPADTrainer(tiny_config(image_size=16, train_steps=2, batch_size=2), train_data=ds)
+    trainer.fit()
+    names = predict_volume_folder(trainer, root / "imagesTs", tmp_path / "pred", steps=2, ensemble=1)
+    assert names == ["test_000"]
+    assert_same_geometry(tmp_path / "pred" / "test_000.nii.gz", root / "imagesTs" / "test_000_0000.nii.gz",
+                         (16, 16, 4))
+    report = evaluate_folders(tmp_path / "pred", root / "labelsTs")
+    assert set(report["mean"]["per_class"]) == {"1"}
+
+
+def test_channels_last_source_gives_a_3d_label_map(tmp_path):
+    """The original Decathlon layout: one 4-D file, modalities last; the label map has its spatial shape and affine."""
+    lab = three_class_labels()
+    aff = oblique_affine()
+    image = np.stack([lab * 100.0, lab * 50.0], axis=-1).astype(np.float32)
+    img = nib.Nifti1Image(image, aff)
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    nib.save(img, str(tmp_path / "v.nii.gz"))
+    seg = FakeSegmenter(channels=2, size=12)
+    out = predict_volume(seg, tmp_path / "v.nii.gz", tmp_path / "out" / "v.nii.gz", axis=2, image_size=(12, 10),
+                         modalities=["T1", "T2"], window=WINDOW)
+    got = nib.load(str(out))
+    assert got.shape == lab.shape
+    np.testing.assert_array_equal(got.affine, nib.load(str(tmp_path / "v.nii.gz")).affine)  # as stored (float32)
+    np.testing.assert_array_equal(np.asarray(got.dataobj), lab)
