@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ARCHS", "Case", "Result", "cases", "compile_case", "compile_all", "format_table", "main", "run"]
+__all__ = ["ARCHS", "Case", "Result", "cases", "compile_case", "compile_all", "failed", "format_table", "format_wide",
+           "main", "occupancy", "run"]
 
 ARCHS = {"sm_80": 80, "sm_90": 90, "sm_100": 100}
 DEFAULT_ARCHS = ("sm_80", "sm_90")
@@ -369,6 +370,30 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def format_wide(results: list[Result]) -> str:
+    """Markdown table with one row per variant and ``registers / spills / occupancy`` per target, for RESULTS.md."""
+    archs = list(dict.fromkeys(r.arch for r in results))
+    rows: dict[tuple[str, str], dict[str, Result]] = {}
+    for r in results:
+        rows.setdefault((r.op, r.variant), {})[r.arch] = r
+    head = "| op | variant | default | " + " | ".join(f"{a}: regs / spills / occ." for a in archs) + " | shared (B) |"
+    lines = [head, "|---|---|---|" + "---:|" * (len(archs) + 1)]
+    for (op, variant), by_arch in rows.items():
+        cells = []
+        for a in archs:
+            r = by_arch.get(a)
+            if r is None:
+                cells.append("")
+            elif r.error:
+                cells.append("FAIL")
+            else:
+                cells.append(f"{r.registers} / {r.spills} / {r.occupancy:.1%}".replace(".0%", "%"))
+        any_row = next(iter(by_arch.values()))
+        lines.append(f"| {op} | {variant} | {'yes' if any_row.default else ''} | " + " | ".join(cells)
+                     + f" | {_num(any_row.shared)} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _num(v) -> str:
     return "-" if v is None else str(v)
 
@@ -424,12 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--op", action="append", help="restrict to these ops (repeatable)")
     parser.add_argument("--quick", action="store_true", help="full matrix for sm_90, a subset for the other archs")
     parser.add_argument("--json", metavar="PATH", help="write the rows as JSON ('-': stdout, no table)")
+    parser.add_argument("--wide", action="store_true", help="one row per variant, one column per target")
     args = parser.parse_args(argv)
     results = run(args.arch or DEFAULT_ARCHS, args.op, args.quick)
     if args.json == "-":
         print(json.dumps([asdict(r) for r in results]))
     else:
-        print(format_table(results))
+        print(format_wide(results) if args.wide else format_table(results))
         if args.json:
             Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
         bad = failed(results)

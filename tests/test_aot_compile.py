@@ -118,3 +118,13 @@ def test_occupancy_estimate():
     assert aot.occupancy(80, 32, 8, 0) == 1.0
     assert aot.occupancy(80, 165, 4, 0) == 0.1875  # 168 x 32 = 5376 per warp: 3 programs of 4 warps
     assert aot.occupancy(90, 32, 4, 200 * 1024) == 4 / 64  # shared memory bound: one program
+
+
+def test_wide_table_has_one_row_per_variant_and_a_column_per_target():
+    rows = [aot.Result("canny", "a", "sm_80", True, 100, 0, 512, 0.25, 4, 0),
+            aot.Result("canny", "a", "sm_90a", True, 90, 0, 512, 0.1875, 4, 0),
+            aot.Result("canny", "b", "sm_90a", False, error="boom")]  # fmt: skip
+    lines = aot.format_wide(rows).splitlines()
+    assert "sm_80: regs / spills / occ." in lines[0] and "sm_90a: regs / spills / occ." in lines[0]
+    assert lines[2] == "| canny | a | yes | 100 / 0 / 25% | 90 / 0 / 18.8% | 512 |"
+    assert lines[3] == "| canny | b |  |  | FAIL | - |"
