@@ -347,10 +347,12 @@ def compile_case(case: Case, arch: str) -> Result:
 
 
 def compile_all(archs: Iterable[str] = DEFAULT_ARCHS, ops: Iterable[str] | None = None,
-                subset: Callable[[Case, str], bool] | None = None) -> list[Result]:  # fmt: skip
-    """Compile every case for every arch (``subset(case, arch)`` False skips one)."""
+                subset: Callable[[Case, str], bool] | None = None, shard: tuple[int, int] = (0, 1)) -> list[Result]:
+    """Compile every case for every arch (``subset(case, arch)`` False skips one); ``shard=(i, n)`` compiles every
+    n-th of them from the i-th (one of n parallel processes)."""
     all_cases = cases(ops)
-    return [compile_case(c, a) for a in archs for c in all_cases if subset is None or subset(c, a)]
+    todo = [(c, a) for a in archs for c in all_cases if subset is None or subset(c, a)]
+    return [compile_case(c, a) for c, a in todo[shard[0] :: shard[1]]]
 
 
 # ------------------------------------------------------------------------------------------------------- reporting
@@ -409,8 +411,11 @@ def _interpreting() -> bool:
     return bool(knobs.runtime.interpret) or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def run(archs: Iterable[str] = DEFAULT_ARCHS, ops: Iterable[str] | None = None, quick: bool = False) -> list[Result]:
-    """:func:`compile_all`, in a fresh process without ``TRITON_INTERPRET`` when this one interprets kernels.
+def run(archs: Iterable[str] = DEFAULT_ARCHS, ops: Iterable[str] | None = None, quick: bool = False,
+        jobs: int | None = None) -> list[Result]:  # fmt: skip
+    """:func:`compile_all` in ``jobs`` parallel processes (default: up to 4, one per CPU), each a fresh Python without
+    ``TRITON_INTERPRET`` (Triton compiles nothing in a process that interprets kernels); in this process when
+    ``jobs == 1`` and it does not interpret.
 
     ``quick``: every case for sm_90 (else the last arch named); for the others the cases reachable from the defaults
     (int32 offsets) plus the first case of each op. What the CPU test suite runs.
@@ -419,17 +424,24 @@ def run(archs: Iterable[str] = DEFAULT_ARCHS, ops: Iterable[str] | None = None, 
     for a in archs:
         if a not in ARCHS:
             raise ValueError(f"`arch` must be one of {sorted(ARCHS)}, got {a!r}")
-    if not _interpreting():
+    jobs = jobs or max(1, min(4, os.cpu_count() or 1))
+    if jobs == 1 and not _interpreting():
         return compile_all(archs, ops, _quick_subset(archs) if quick else None)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "spadfast.kernels.aot", "--json", "-"] + [f"--arch={a}" for a in archs]
-    cmd += [f"--op={o}" for o in ops or ()] + (["--quick"] if quick else [])
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"the compile check's subprocess failed:\n{proc.stderr[-4000:]}")
-    return [Result(**row) for row in json.loads(proc.stdout)]
+    cmd = [sys.executable, "-m", "spadfast.kernels.aot", "--json", "-"] + [f"--arch={a}" for a in archs]
+    cmd += [f"--op={o}" for o in ops or ()] + (["--quick"] if quick else [])
+    procs = [subprocess.Popen(cmd + [f"--shard={i}/{jobs}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for i in range(jobs)]  # fmt: skip
+    shards = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode not in (0, 1):
+            raise RuntimeError(f"the compile check's subprocess failed:\n{err[-4000:]}")
+        shards.append([Result(**row) for row in json.loads(out)])
+    # Shard i holds entries i, i + jobs, ...: interleave back into table order.
+    return [shard[k] for k in range(max(map(len, shards))) for shard in shards if k < len(shard)]
 
 
 def _quick_subset(archs: list[str]) -> Callable[[Case, str], bool]:
@@ -450,8 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="full matrix for sm_90, a subset for the other archs")
     parser.add_argument("--json", metavar="PATH", help="write the rows as JSON ('-': stdout, no table)")
     parser.add_argument("--wide", action="store_true", help="one row per variant, one column per target")
+    parser.add_argument("--jobs", type=int, help="parallel compile processes (default: up to 4, one per CPU)")
+    parser.add_argument("--shard", help=argparse.SUPPRESS)  # I/N: this process compiles entries I, I+N, ...
     args = parser.parse_args(argv)
-    results = run(args.arch or DEFAULT_ARCHS, args.op, args.quick)
+    archs = args.arch or list(DEFAULT_ARCHS)
+    if args.shard:
+        i, n = (int(v) for v in args.shard.split("/"))
+        results = compile_all(archs, args.op, _quick_subset(archs) if args.quick else None, shard=(i, n))
+    else:
+        results = run(archs, args.op, args.quick, args.jobs)
     if args.json == "-":
         print(json.dumps([asdict(r) for r in results]))
     else:
