@@ -13,7 +13,8 @@ from . import distributed as dist_utils
 
 def coerce_dataset(
     data: Dataset | str | Path | None, name: str, image_size: int, channels: int, synthetic_n: int = 0,
-    synthetic_seed: int = 0, intensity_norm: str = "dtype",
+    synthetic_seed: int = 0, intensity_norm: str = "dtype", mask_channels: int = 1, slice_axis: int | None = None,
+    foreground_fraction: float = 0.5,
 ) -> Dataset:
     """A training/validation dataset from what the user passed, checked before any work starts.
 
@@ -23,15 +24,28 @@ def coerce_dataset(
         name: the argument's name, for errors (``"train_data"``).
         image_size, channels: what the model expects (``config.image_size``, ``config.image_channels``).
         intensity_norm: how folder images map to [-1, 1] (``config.intensity_norm``).
+        mask_channels: K = num_classes - 1. slice_axis, foreground_fraction: for volume folders (Decathlon /
+            nnU-Net layout, read as :class:`spadfast.volumes.VolumeSlices`; validation serves every slice).
     """
     from .folders import SegmentationFolder
     from .synthetic import SyntheticLesions
 
     if data is None:
+        if mask_channels != 1:
+            raise ValueError(f"`{name}`: the built-in synthetic lesions are binary; num_classes > 2 needs data")
         return SyntheticLesions(synthetic_n, image_size=image_size, seed=synthetic_seed, channels=channels)
     if isinstance(data, (str, Path)):
-        return SegmentationFolder(data, image_size=image_size, channels=channels, augment=False,
-                                  intensity_norm=intensity_norm)
+        from .volumes import VolumeSlices, is_volume_folder
+
+        if is_volume_folder(data):
+            data = VolumeSlices(data, image_size=image_size, axis=slice_axis,
+                                foreground_fraction=foreground_fraction if name == "train_data" else None)
+        elif mask_channels != 1:
+            raise ValueError(f"`{name}` {str(data)!r}: PNG/TIFF folders are binary; num_classes > 2 needs a "
+                             "Decathlon / nnU-Net volume folder")
+        else:
+            return SegmentationFolder(data, image_size=image_size, channels=channels, augment=False,
+                                      intensity_norm=intensity_norm)
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise TypeError(f"`{name}` must be a Dataset, a folder path or None, got {type(data).__name__}")
     if len(data) == 0:
@@ -49,8 +63,9 @@ def coerce_dataset(
         raise ValueError(
             f"`{name}` images must be [C={channels},H,W] (config.image_channels), got {tuple(image.shape)}"
         )
-    if mask.dim() != 3 or mask.shape[0] != 1 or mask.shape[1:] != image.shape[1:]:
-        raise ValueError(f"`{name}` masks must be [1,H,W] matching the image, got {tuple(mask.shape)}")
+    if mask.dim() != 3 or mask.shape[0] != mask_channels or mask.shape[1:] != image.shape[1:]:
+        raise ValueError(f"`{name}` masks must be [K={mask_channels},H,W] (num_classes - 1) matching the image, got "
+                         f"{tuple(mask.shape)}")
     return data
 
 
@@ -120,8 +135,9 @@ def describe_source(data: Dataset | str | Path | None, synthetic_n: int = 0, syn
     """
     if data is None:
         return {"kind": "synthetic", "n": synthetic_n, "seed": synthetic_seed}
-    if isinstance(data, (str, Path)):
-        path = Path(data).resolve()
+    root = getattr(data, "root", None) if type(data).__name__ == "VolumeSlices" else None
+    if isinstance(data, (str, Path)) or root is not None:
+        path = Path(root if root is not None else data).resolve()
         return {"kind": "folder", "path": str(path), "fingerprint": folder_fingerprint(path)}
     return {"kind": "dataset", "type": type(data).__name__}
 

@@ -56,14 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment every image of a folder with a trained checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder or .safetensors file")
-    p.add_argument("--images", type=Path, required=True, help="folder of images (PNG/JPEG/TIFF/BMP)")
+    p.add_argument("--images", type=Path, required=True, help="folder of images (PNG/JPEG/TIFF/BMP) or of NIfTI "
+                   "volumes (e.g. DATA/imagesTs: <case>_0000.nii.gz, ...)")
     p.add_argument("--out", type=Path, required=True, help="new (or empty) folder for 0/255 PNG masks")
     p.add_argument("--steps", type=int, help="DDIM steps (default: config.sample_steps)")
     p.add_argument("--ensemble", type=int, help="ensemble members (default: config.ensemble)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     p.add_argument("--overlay", action="store_true", help="also write image-with-contour PNGs to OUT/overlays")
-    p.add_argument("--uncertainty", action="store_true", help="also write ensemble std maps to OUT/uncertainty")
+    p.add_argument("--uncertainty", action="store_true", help="also write ensemble std maps to OUT/uncertainty "
+                   "(volumes: OUT/uncertainty/<case>.nii.gz)")
+    p.add_argument("--probabilities", action="store_true", help="volumes: also write OUT/probabilities/<case>.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--device", help="cpu, cuda or auto (default: the checkpoint's)")
 
@@ -71,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", type=Path, required=True)
     p.add_argument("--gt", type=Path, required=True)
     p.add_argument("--json", type=Path, help="write {cases, mean} here")
-    p.add_argument("--spacing", type=float, nargs=2, default=(1.0, 1.0), metavar=("DY", "DX"))
+    p.add_argument("--spacing", type=float, nargs="+", metavar="D",
+                   help="pixel size DY DX (PNG; default 1 1) or voxel size D0 D1 D2 overriding NIfTI headers")
     from .report import add_arguments as add_report_arguments
 
     add_report_arguments(p)
@@ -176,15 +180,35 @@ def cmd_train(args) -> int:
         type(cfg).from_dict(trainer.config.to_dict())  # re-validate the changed config
     else:
         cfg = _load_config(args)
+        data = args.data
+        if data is not None:
+            cfg, data = _volume_data(cfg, data, args.config)
         if args.overwrite:
             for p in (checkpoint, run / cfg.log_file):
                 p.unlink(missing_ok=True)  # a clean log: the replaced run's records do not continue into this one
-        trainer = SPADTrainer(cfg, args.data, args.val, out_dir=run)
+        trainer = SPADTrainer(cfg, data, args.val, out_dir=run)
     trainer.fit()
     path = trainer.save(run)
     if trainer.rank == 0:
         print(f"spadfast: trained to step {trainer.step}; checkpoint {path}")
     return 0
+
+
+def _volume_data(cfg, data: Path, config_file: Path | None):
+    """For a Decathlon / nnU-Net folder: read it once and take ``num_classes``, ``image_channels`` and the slicing
+    axis from it (a config file that sets them differently is an error naming the key)."""
+    from .volumes import VolumeSlices, is_volume_folder
+
+    if not is_volume_folder(data):
+        return cfg, data
+    ds = VolumeSlices(data, image_size=cfg.image_size, axis=cfg.slice_axis,
+                      foreground_fraction=cfg.foreground_fraction, seed=cfg.seed)
+    given = _read_config_keys(config_file) if config_file else {}
+    found = {"num_classes": ds.num_classes, "image_channels": ds.image_channels, "slice_axis": ds.axis}
+    for key, value in found.items():
+        if key in given and given[key] is not None and given[key] != value:
+            raise ValueError(f"config key `{key}` is {given[key]!r} but {str(data)!r} has {value!r}")
+    return type(cfg).from_dict({**cfg.to_dict(), **found}), ds
 
 
 def cmd_predict(args) -> int:
@@ -198,6 +222,19 @@ def cmd_predict(args) -> int:
         raise ValueError(f"--checkpoint: no checkpoint at {str(checkpoint)!r}")
     check_output_dir(args.out, "--out", inputs=[args.images, checkpoint.parent], overwrite=args.overwrite)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    from .volumes import volume_files
+
+    if volume_files(args.images):
+        from .predict_volumes import predict_volume_folder
+
+        cfg = segmenter.config
+        names = predict_volume_folder(
+            segmenter, args.images, args.out, axis=cfg.slice_axis, steps=args.steps, ensemble=args.ensemble,
+            seed=args.seed, batch_size=args.batch_size, write_probabilities=args.probabilities,
+            write_uncertainty=args.uncertainty,
+        )
+        print(f"spadfast: wrote {len(names)} label volumes to {args.out}")
+        return 0
     names = predict_folder(
         segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
         batch_size=args.batch_size, overlay=args.overlay, uncertainty=args.uncertainty,
@@ -216,7 +253,7 @@ def cmd_evaluate(args) -> int:
     check_input_dir(args.gt, "--gt")
     if args.json:
         check_output_file(args.json, "--json", inputs=[args.pred, args.gt])
-    report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing))
+    report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None)
     print(format_table(report))
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2))

@@ -61,6 +61,9 @@ class SPADConfig:
     model_type: str = "unet"  # unet | cached_unet (image encoder run once per image when sampling)
     image_size: int = 64
     image_channels: int = 1
+    num_classes: int = 2  # label classes, background included: K = num_classes - 1 mask channels (binary: 2)
+    slice_axis: int | None = None  # volumes: the array axis slices are taken along (None: the coarsest spacing)
+    foreground_fraction: float = 0.5  # volumes: probability a training slice is drawn from slices with foreground
     intensity_norm: str = "dtype"  # image files -> [-1, 1]: dtype | minmax | percentile (per image)
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 4)
@@ -125,6 +128,9 @@ class SPADConfig:
             (self.model_type in MODEL_TYPES, "model_type", f"one of {MODEL_TYPES}"),
             (self.image_size >= 8, "image_size", ">= 8"),
             (self.image_channels >= 1, "image_channels", ">= 1"),
+            (self.num_classes >= 2, "num_classes", ">= 2 (background + at least one class)"),
+            (self.slice_axis in (None, 0, 1, 2), "slice_axis", "None, 0, 1 or 2"),
+            (0 <= self.foreground_fraction <= 1, "foreground_fraction", "in [0, 1]"),
             (self.intensity_norm in INTENSITY_NORMS, "intensity_norm", f"one of {INTENSITY_NORMS}"),
             (self.base_channels >= 1, "base_channels", ">= 1"),
             (len(self.channel_mults) >= 1, "channel_mults", "non-empty"),
@@ -173,9 +179,15 @@ class SPADConfig:
             )
 
     @property
+    def mask_channels(self) -> int:
+        """K = num_classes - 1: one mask channel per foreground class (one-hot, in [-1, 1] for the diffusion)."""
+        return self.num_classes - 1
+
+    @property
     def model_in_channels(self) -> int:
-        """Noisy mask + image channels (+ the condition channel in "condition" mode)."""
-        return 1 + self.image_channels + (1 if self.perturb_mode == "condition" else 0)
+        """K noisy mask channels + image channels (+ K condition channels in "condition" mode)."""
+        k = self.mask_channels
+        return k + self.image_channels + (k if self.perturb_mode == "condition" else 0)
 
     @property
     def pas_horizon(self) -> int:
@@ -250,7 +262,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-_NULLABLE = {"clip_sample", "pas_steps"}  # fields documented as "None disables"
+_NULLABLE = {"clip_sample", "pas_steps", "slice_axis"}  # fields documented as "None disables"
 
 
 def _plain_file_name(name: str) -> bool:

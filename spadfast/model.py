@@ -270,9 +270,9 @@ def build_model(config) -> nn.Module:
         from .cached_model import SPADCachedUNet
 
         mask_channels = config.model_in_channels - config.image_channels
-        return SPADCachedUNet(image_channels=config.image_channels, mask_channels=mask_channels, out_channels=1,
-                              **kwargs)
-    return SPADUNet(in_channels=config.model_in_channels, out_channels=1, **kwargs)
+        return SPADCachedUNet(image_channels=config.image_channels, mask_channels=mask_channels,
+                              out_channels=config.mask_channels, **kwargs)
+    return SPADUNet(in_channels=config.model_in_channels, out_channels=config.mask_channels, **kwargs)
 
 
 def estimate_training_bytes(config) -> int:

@@ -1,7 +1,7 @@
 """DDIM sampling of segmentation masks with ensembles, chunking and CUDA-graph capture.
 
-The loop denoises ``x_T ~ N(0, I)`` of shape ``[B*K, 1, H, W]`` (K ensemble members per image, sampled as one batch)
-conditioned on the images. Every per-step coefficient is precomputed into device tensors by :meth:`set_timesteps`,
+The loop denoises ``x_T ~ N(0, I)`` of shape ``[B*K, M, H, W]`` (K ensemble members per image, sampled as one batch;
+M mask channels, one per foreground class, 1 for binary masks) conditioned on the images. Every per-step coefficient is precomputed into device tensors by :meth:`set_timesteps`,
 so a step never syncs with the host; on CUDA (``eta == 0``) the whole S-step loop is captured in a CUDA graph
 and replayed. The graph cache is keyed by everything the loop depends on (shapes, dtype, steps, device, model
 identity, prediction type, perturb mode, eta, clipping, spacing, backend, autocast dtype, memory format), bounded
@@ -26,18 +26,25 @@ from torch import nn
 
 from . import ops
 from .profiling import nvtx_range
+from .metrics import labels_from_probs
 from .schedule import check_eta, ddim_alphas, ddim_timesteps
 
 
 @dataclass
 class SampleResult:
-    """Ensemble output. ``probs``, ``std``: float32 ``[B,1,H,W]``; ``mask``: bool ``[B,1,H,W]``;
-    ``members``: float32 ``[B,K,H,W]`` member probabilities (only when asked for)."""
+    """Ensemble output for B images, M = num_classes - 1 foreground classes (M = 1 for binary masks), K members.
+
+    ``probs``, ``std``: float32 ``[B,M,H,W]`` per-class probability (member mean) and uncertainty (member std);
+    ``mask``: bool ``[B,M,H,W]``, one-hot of ``labels`` (binary: ``probs > threshold``); ``labels``: int64
+    ``[B,H,W]`` in ``0..M`` (:func:`spadfast.metrics.labels_from_probs`: background unless some class exceeds the
+    threshold); ``members``: member probabilities ``[B,K,H,W]`` (binary) or ``[B,K,M,H,W]``, only when asked for.
+    """
 
     probs: torch.Tensor
     std: torch.Tensor
     mask: torch.Tensor
     members: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 def image_noise_key(name: str) -> int:
@@ -90,6 +97,7 @@ class DDIMSampler:
         channels_last: feed the model channels-last inputs.
         backend: ops backend for the DDIM update.
         graph_cache_size: most captured graphs kept (least recently used evicted).
+        mask_channels: M, the mask channels the model denoises (num_classes - 1).
     """
 
     def __init__(
@@ -108,6 +116,7 @@ class DDIMSampler:
         channels_last: bool = False,
         backend: str = "auto",
         graph_cache_size: int = 4,
+        mask_channels: int = 1,
     ) -> None:
         self.model = model
         self.alphas_cumprod = alphas_cumprod.float().cpu()
@@ -122,6 +131,7 @@ class DDIMSampler:
         self.channels_last = channels_last
         self.backend = backend
         self.graph_cache_size = int(graph_cache_size)
+        self.mask_channels = int(mask_channels)
         self._eta_seed: int | None = None
         self._rows = 0  # rows (images x members) of the current call: eta-noise offsets never overlap across chunks
         self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
@@ -138,6 +148,7 @@ class DDIMSampler:
             steps=config.sample_steps, eta=config.eta, spacing=config.timestep_spacing,
             clip_sample=config.clip_sample, chunk=config.sample_chunk, cuda_graph=config.cuda_graph,
             amp_dtype=config.amp_dtype, channels_last=config.channels_last, backend=config.ops_backend,
+            mask_channels=config.mask_channels,
         )
 
     def set_timesteps(self, steps: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -158,7 +169,7 @@ class DDIMSampler:
         return callable(getattr(self.model, "encode", None)) and callable(getattr(self.model, "denoise", None))
 
     def _loop(self, x: torch.Tensor, *context: torch.Tensor, steps: int, row0: int = 0) -> torch.Tensor:
-        """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,1,H,W]`` (float32). No host sync.
+        """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,M,H,W]`` (float32). No host sync.
 
         ``context`` is ``(images,)`` for a plain denoiser or the image features of a cached-encoder model.
         """
@@ -181,11 +192,13 @@ class DDIMSampler:
                     else:
                         parts = [x, *context] if cond is None else [x, *context, cond]
                         out = self.model(torch.cat(parts, dim=1), t_model[i].expand(n))
-                x, x0 = ops.ddim_step(
-                    x, out.float(), a_t[i], a_prev[i], self.eta, None, self.clip_sample, self.prediction_type,
-                    seed=self._eta_seed, offset=(i * self._rows + row0) * x[0].numel(), validate=False,
-                    backend=self.backend,
+                rows = x.shape[:2].numel()  # the ops take [rows,1,H,W]: class channels become rows
+                x_next, x0 = ops.ddim_step(
+                    x.reshape(rows, 1, *x.shape[2:]), out.float().reshape(rows, 1, *x.shape[2:]), a_t[i], a_prev[i],
+                    self.eta, None, self.clip_sample, self.prediction_type, seed=self._eta_seed,
+                    offset=(i * self._rows + row0) * x[0].numel(), validate=False, backend=self.backend,
                 )
+                x, x0 = x_next.view(x.shape), x0.view(x.shape)
                 if cond is not None:
                     cond = x0
         return x
@@ -230,13 +243,14 @@ class DDIMSampler:
     def _initial_noise(
         self, B: int, K: int, H: int, W: int, seed: int | None, keys: Sequence[int] | None
     ) -> torch.Tensor:
-        """``x_T`` ``[B*K,1,H,W]`` on the CPU: one draw for the batch, or per image from ``(seed, keys[b])``."""
+        """``x_T`` ``[B*K,M,H,W]`` on the CPU: one draw for the batch, or per image from ``(seed, keys[b])``."""
+        M = self.mask_channels
         if keys is None:
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
-            return torch.randn((B * K, 1, H, W), generator=gen)
+            return torch.randn((B * K, M, H, W), generator=gen)
         base = 0 if seed is None else seed
         parts = [
-            torch.randn((K, 1, H, W), generator=torch.Generator().manual_seed((base * 1_000_003 + k) % 2**63))
+            torch.randn((K, M, H, W), generator=torch.Generator().manual_seed((base * 1_000_003 + k) % 2**63))
             for k in keys
         ]
         return torch.cat(parts)
@@ -306,11 +320,17 @@ class DDIMSampler:
             x = torch.cat(outs)
         finally:
             self.model.train(was_training)
-        members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, H, W)
-        probs = members.mean(dim=1, keepdim=True)
-        std = members.std(dim=1, keepdim=True, unbiased=False)
+        M = self.mask_channels
+        members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, M, H, W)
+        probs = members.mean(dim=1)
+        std = members.std(dim=1, unbiased=False)
         if not bool(torch.isfinite(probs).all()):
             raise FloatingPointError(
                 "sampling produced non-finite values: the model weights or the images hold NaN/inf"
             )
-        return SampleResult(probs, std, probs > threshold, members if return_members else None)
+        labels = labels_from_probs(probs, threshold)
+        if M == 1:
+            mask, members = probs > threshold, members[:, :, 0]
+        else:
+            mask = labels.unsqueeze(1) == torch.arange(1, M + 1, device=labels.device).view(1, M, 1, 1)
+        return SampleResult(probs, std, mask, members if return_members else None, labels)

@@ -95,14 +95,18 @@ class SPADTrainer:
 
         size, channels = cfg.image_size, cfg.image_channels
         norm = cfg.intensity_norm
+        k = cfg.mask_channels
+        volumes = dict(slice_axis=cfg.slice_axis, foreground_fraction=cfg.foreground_fraction)
         self.train_data = coerce_dataset(train_data, "train_data", size, channels, cfg.synthetic_train, cfg.seed,
-                                         norm)
+                                         norm, k, **volumes)
         self.data_sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
         if val_data is None and train_data is None:
-            self.val_data = coerce_dataset(None, "val_data", size, channels, cfg.synthetic_val, cfg.seed + 10_007)
+            self.val_data = coerce_dataset(None, "val_data", size, channels, cfg.synthetic_val, cfg.seed + 10_007,
+                                           mask_channels=k)
             self.data_sources["val"] = describe_source(None, cfg.synthetic_val, cfg.seed + 10_007)
         elif val_data is not None:
-            self.val_data = coerce_dataset(val_data, "val_data", size, channels, intensity_norm=norm)
+            self.val_data = coerce_dataset(val_data, "val_data", size, channels, intensity_norm=norm, mask_channels=k,
+                                           **volumes)
             self.data_sources["val"] = describe_source(val_data)
         else:
             self.val_data = None
@@ -145,11 +149,13 @@ class SPADTrainer:
     def _loss(self, image: torch.Tensor, mask: torch.Tensor, micro: int) -> torch.Tensor:
         """Diffusion loss of one micro-batch: perturb the mask (SPAD), noise it, predict, MSE to the target."""
         cfg = self.config
-        B = mask.shape[0]
+        B, K, H, W = mask.shape
         with nvtx_range("spad_perturb"):
             offset = (micro * self.world_size + self.rank) * 2 * mask.numel()
-            perturbed = spad_perturb(mask, self.step / cfg.pas_horizon, cfg.perturb, seed=cfg.seed, offset=offset,
-                                     validate=False, backend=cfg.ops_backend)
+            # one perturbation per class channel: channels become rows of the [B*K,1,H,W] batch the ops take
+            perturbed = spad_perturb(mask.reshape(B * K, 1, H, W), self.step / cfg.pas_horizon, cfg.perturb,
+                                     seed=cfg.seed, offset=offset, validate=False,
+                                     backend=cfg.ops_backend).view(B, K, H, W)
         clean, pert = mask * 2 - 1, perturbed * 2 - 1
         x0, cond = (pert, None) if cfg.perturb_mode == "target" else (clean, pert)
         if cond is not None and cfg.condition_dropout > 0:
@@ -268,7 +274,8 @@ class SPADTrainer:
 
     @torch.no_grad()
     def validate(self, n: int | None = None) -> float:
-        """Mean Dice of EMA single-member samples on the first ``n`` (``config.val_samples``) validation pairs."""
+        """Mean Dice of EMA single-member samples on the first ``n`` (``config.val_samples``) validation pairs
+        (averaged over images and foreground classes)."""
         if self.val_data is None:
             raise ValueError("no validation data: pass `val_data` or use the synthetic default")
         n = min(n or self.config.val_samples, len(self.val_data))
@@ -276,7 +283,9 @@ class SPADTrainer:
         images = torch.stack([p[0] for p in pairs])
         masks = torch.stack([p[1] for p in pairs])
         result = self.segment(images, ensemble=1, seed=self.config.seed)
-        return float(torch.as_tensor(dice(result.mask.cpu()[:, 0], masks[:, 0] > 0.5)).double().mean())
+        H, W = masks.shape[-2:]
+        per_class = dice(result.mask.cpu().reshape(-1, H, W), masks.reshape(-1, H, W) > 0.5)
+        return float(torch.as_tensor(per_class).double().mean())
 
     # -------------------------------------------------------------------------------------------- sampling
     def _check_images(self, images) -> tuple[torch.Tensor, bool]:
