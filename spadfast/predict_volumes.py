@@ -105,10 +105,10 @@ def predict_volume(
     if threshold is None:
         threshold = float(getattr(cfg, "threshold", 0.5))
     case = load_case(paths, len(modalities) if modalities else int(cfg.image_channels))
-    image = case.image
+    image = case.channels
     assert image is not None
-    if image.shape[0] != cfg.image_channels:
-        raise ValueError(f"{paths[0]}: the case has {image.shape[0]} channels but the model expects "
+    if len(image) != cfg.image_channels:
+        raise ValueError(f"{paths[0]}: the case has {len(image)} channels but the model expects "
                          f"config.image_channels = {cfg.image_channels}")
     if axis is None:
         axis = coarsest_axis(case.spacing)
@@ -116,6 +116,7 @@ def predict_volume(
         raise ValueError(f"`axis` must be None, 0, 1 or 2, got {axis!r}")
     axis = int(axis) % 3
     normed, _ = normalize_volume(image, modalities, window)
+    del image, case.channels
     n_slices = case.shape[axis]
     h, w = in_plane_shape(case.shape, axis)
     name = case_stem(volume_stem(paths[0]) or paths[0].name)[0]

@@ -28,7 +28,7 @@ does not have:
 - anything else (MR, ...): z-score with the body's mean and standard deviation, clip to [-3, 3], divide by 3;
 - ``window=(lo, hi)``: every channel is clipped to ``[lo, hi]`` (e.g. Hounsfield units) and mapped to [-1, 1].
 
-Percentiles, mean and standard deviation are estimated on at most ``STATS_VOXELS`` voxels (a fixed stride through
+Percentiles, mean and standard deviation are estimated on about ``STATS_VOXELS`` voxels (a regular sub-grid of
 the volume), so large CTs normalise quickly and deterministically.
 """
 
@@ -341,14 +341,20 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, reference=None, affin
 
 @dataclass
 class CaseImage:
-    """A case's image as read by :func:`load_case`: ``image`` raw float32 ``[C,I,J,K]`` (None when only the headers
-    were read), ``reference`` the nibabel image of channel 0 (geometry), ``paths`` its files."""
+    """A case's image as read by :func:`load_case`: ``channels`` one raw float32 ``[I,J,K]`` array per modality
+    (in the file's memory order, usually Fortran; None when only the headers were read), ``reference`` the nibabel
+    image of channel 0 (geometry), ``paths`` its files, ``shape`` ``(I, J, K)``, ``spacing`` in mm."""
 
-    image: np.ndarray | None
+    channels: list[np.ndarray] | None
     reference: object
     paths: list[Path]
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The channels stacked, float32 ``[C,I,J,K]`` (a copy)."""
+        return None if self.channels is None else np.stack(self.channels)
 
 
 def load_case(paths: Sequence[str | os.PathLike], n_modalities: int | None = None, decode: bool = True) -> CaseImage:
@@ -361,7 +367,7 @@ def load_case(paths: Sequence[str | os.PathLike], n_modalities: int | None = Non
         decode: read the voxels (else headers only: ``image`` is None).
 
     Returns:
-        :class:`CaseImage` with ``image`` float32 ``[C,I,J,K]`` (raw intensities, not normalised).
+        :class:`CaseImage` whose ``channels`` are float32 ``[I,J,K]`` raw intensities (not normalised).
 
     Raises:
         ValueError: unreadable/truncated file, an image that is not 3-D, a 4-D image without a channel convention,
@@ -395,22 +401,22 @@ def load_case(paths: Sequence[str | os.PathLike], n_modalities: int | None = Non
             raise ValueError(f"{p} and {ref_path} (same case) have different affines (spacing "
                              f"{spacing_of(img)} vs {spacing_of(ref)}): a case's modalities must share one voxel grid")
     shape3 = tuple(int(s) for s in ref.shape[:3])
-    image = None
+    chans: list[np.ndarray] | None = None
     if decode:
         chans = []
         for p, img in zip(paths, imgs):
             data = read_voxels(img, p)
             if data.dtype.kind not in "biuf":
                 raise ValueError(f"{p} holds voxels of type {data.dtype}; expected integers or floats")
-            data = data.astype(np.float32, copy=False)
-            if not np.isfinite(data).all():
+            floating = data.dtype.kind == "f"
+            data = data.astype(np.float32, copy=False)  # keeps the memory order: no transposing copy
+            if floating and not np.isfinite(data).all():
                 raise ValueError(f"{p} holds NaN or infinite voxels")
             if channels_last:
-                chans.extend(np.moveaxis(data, 3, 0))
+                chans.extend(data[..., c] for c in range(data.shape[3]))
             else:
-                chans.append(data.reshape(shape3))
-        image = np.ascontiguousarray(np.stack(chans), dtype=np.float32)
-    return CaseImage(image, ref, paths, shape3, spacing_of(ref))  # type: ignore[arg-type]
+                chans.append(data.reshape(shape3, order="A"))
+    return CaseImage(chans, ref, paths, shape3, spacing_of(ref))  # type: ignore[arg-type]
 
 
 def n_channels_of(case: CaseImage) -> int:
@@ -485,9 +491,12 @@ class NormParams:
 
 
 def _stats_sample(x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(-1)
-    step = max(1, math.ceil(flat.size / STATS_VOXELS))
-    return flat[::step].astype(np.float64)
+    """At most ~``STATS_VOXELS`` voxels of ``x`` on a regular sub-grid (the same stride along every axis): a view
+    whatever the memory order, and the same voxels for C- and Fortran-ordered copies of one volume."""
+    if x.size <= STATS_VOXELS or x.ndim == 0:
+        return x.astype(np.float64).reshape(-1)
+    stride = math.ceil((x.size / STATS_VOXELS) ** (1.0 / x.ndim))
+    return x[(slice(None, None, stride),) * x.ndim].astype(np.float64).reshape(-1)
 
 
 def normalization_params(
@@ -531,12 +540,14 @@ def apply_normalization(volume: np.ndarray, params: NormParams) -> np.ndarray:
 
 
 def normalize_volume(
-    image: np.ndarray, modalities: Sequence[str] | None = None, window: tuple[float, float] | None = None
-) -> tuple[np.ndarray, list[NormParams]]:
-    """Normalise every channel of ``image`` float ``[C,I,J,K]``; returns float32 ``[C,I,J,K]`` in [-1, 1] and the
-    per-channel :class:`NormParams`. ``modalities``: one name per channel (None or empty: not CT)."""
-    params = [normalization_params(image[c], _modality(modalities, c), window) for c in range(image.shape[0])]
-    return np.stack([apply_normalization(image[c], p) for c, p in enumerate(params)]), params
+    image: np.ndarray | Sequence[np.ndarray], modalities: Sequence[str] | None = None,
+    window: tuple[float, float] | None = None,
+) -> tuple[list[np.ndarray], list[NormParams]]:
+    """Normalise every channel of ``image`` (float ``[C,I,J,K]``, or a list of ``[I,J,K]`` channels); returns one
+    float32 ``[I,J,K]`` array in [-1, 1] per channel and the per-channel :class:`NormParams`. ``modalities``: one
+    name per channel (None or empty: not CT)."""
+    params = [normalization_params(ch, _modality(modalities, c), window) for c, ch in enumerate(image)]
+    return [apply_normalization(ch, p) for ch, p in zip(image, params)], params
 
 
 def _modality(modalities: Sequence[str] | None, c: int) -> str | None:
@@ -572,11 +583,13 @@ def resize_plane(plane: np.ndarray, size: tuple[int, int], nearest: bool = False
     return cv2.resize(plane, (size[1], size[0]), interpolation=flag)
 
 
-def slice_volume(image: np.ndarray, axis: int, index: int, size: tuple[int, int]) -> np.ndarray:
-    """Slice ``index`` along ``axis`` of a normalised volume float32 ``[C,I,J,K]``, resized to ``size``: float32
-    ``[C,H,W]`` in [-1, 1]. The one path from a volume to model input, shared by :class:`VolumeSlices` and
-    :func:`spadfast.predict_volumes.predict_volume`."""
-    planes = image[(slice(None),) * (axis + 1) + (index,)]  # basic indexing: a view (np.take is slow here)
+def slice_volume(
+    image: np.ndarray | Sequence[np.ndarray], axis: int, index: int, size: tuple[int, int]
+) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of a normalised volume (float32 ``[C,I,J,K]``, or a list of ``[I,J,K]``
+    channels), resized to ``size``: float32 ``[C,H,W]`` in [-1, 1]. The one path from a volume to model input,
+    shared by :class:`VolumeSlices` and :func:`spadfast.predict_volumes.predict_volume`."""
+    planes = [ch[(slice(None),) * axis + (index,)] for ch in image]  # basic indexing: views (np.take is slow)
     return np.stack([np.clip(resize_plane(np.ascontiguousarray(p), size), -1.0, 1.0) for p in planes]).astype(
         np.float32, copy=False
     )
@@ -730,22 +743,21 @@ class VolumeSlices(Dataset):
         # Pass 2: decode every volume once: corrupt files, labels, normalisation, foreground slices.
         n_classes = len(info.class_names) or None
         self._cases: list[_Case] = []
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[list[np.ndarray], np.ndarray]] = OrderedDict()
         max_label = 0
         for i, (case, paths) in enumerate(groups.items()):
             head = heads[case]
             label = read_label(labels[case], head, n_classes)  # geometry before decoding the image
             loaded = load_case(paths, n_mod)
-            raw = loaded.image
+            raw = loaded.channels
             assert raw is not None
-            norm = [normalization_params(raw[c], _modality(info.modalities, c), self.window)
-                    for c in range(raw.shape[0])]
+            norm = [normalization_params(ch, _modality(info.modalities, c), self.window) for c, ch in enumerate(raw)]
             max_label = max(max_label, int(label.max(initial=0)))
             other = tuple(a for a in range(3) if a != self.axis)
             foreground = (label > 0).any(axis=other)
             self._cases.append(_Case(case, paths, labels[case], head.shape, head.spacing, norm, foreground))
             if i >= len(groups) - self.cache_volumes:  # the last ones stay cached: normalise only those
-                self._remember(i, np.stack([apply_normalization(raw[c], p) for c, p in enumerate(norm)]), label)
+                self._remember(i, [apply_normalization(ch, p) for ch, p in zip(raw, norm)], label)
             del loaded, raw
         if n_classes is None:
             n_classes = max(2, max_label + 1)
@@ -765,7 +777,7 @@ class VolumeSlices(Dataset):
 
     # -- volumes ----------------------------------------------------------------------------------------------
 
-    def _remember(self, i: int, image: np.ndarray, label: np.ndarray) -> None:
+    def _remember(self, i: int, image: list[np.ndarray], label: np.ndarray) -> None:
         if self.cache_volumes == 0:
             return
         self._cache[i] = (image, label)
@@ -773,15 +785,15 @@ class VolumeSlices(Dataset):
         while len(self._cache) > self.cache_volumes:
             self._cache.popitem(last=False)
 
-    def volume(self, case: int) -> tuple[np.ndarray, np.ndarray]:
-        """Case ``case``'s normalised image float32 ``[C,I,J,K]`` and label map ``[I,J,K]`` (from the cache, or
-        decoded from disk and cached)."""
+    def volume(self, case: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Case ``case``'s normalised image (one float32 ``[I,J,K]`` array per channel) and label map ``[I,J,K]``
+        (from the cache, or decoded from disk and cached)."""
         if case in self._cache:
             self._cache.move_to_end(case)
             return self._cache[case]
         c = self._cases[case]
         loaded = load_case(c.image_paths, self.image_channels if len(c.image_paths) == 1 else None)
-        image = np.stack([apply_normalization(loaded.image[ch], p) for ch, p in enumerate(c.norm)])  # type: ignore
+        image = [apply_normalization(ch, p) for ch, p in zip(loaded.channels, c.norm)]  # type: ignore[arg-type]
         label = read_label(c.label_path, None, self.num_classes)
         self._remember(case, image, label)
         return image, label
@@ -790,7 +802,7 @@ class VolumeSlices(Dataset):
         c = self._cases[case]
         return all(p.name.lower().endswith(".nii") for p in [*c.image_paths, c.label_path])
 
-    def _read_one_slice(self, case: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read_one_slice(self, case: int, k: int) -> tuple[list[np.ndarray], np.ndarray]:
         """Slice ``k`` of an uncompressed case straight from its memory-mapped files (no full decode): normalised
         image float32 ``[C,...]`` and labels, each with the slicing axis kept at length 1."""
         c = self._cases[case]
@@ -804,7 +816,7 @@ class VolumeSlices(Dataset):
             else:
                 extra = (0,) if len(img.shape) == 4 else ()
                 chans.append(np.asarray(img.dataobj[sl + (slice(None),) * (2 - self.axis) + extra]))
-        image = np.stack([apply_normalization(ch, p) for ch, p in zip(chans, c.norm)])
+        image = [apply_normalization(ch, p) for ch, p in zip(chans, c.norm)]
         lab_img = read_nifti(c.label_path)
         extra = (0,) if len(lab_img.shape) == 4 else ()
         label = np.asarray(lab_img.dataobj[sl + (slice(None),) * (2 - self.axis) + extra])

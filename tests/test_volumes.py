@@ -331,3 +331,13 @@ def test_uncompressed_cases_read_one_slice(tmp_path, monkeypatch, axis):
         xb, yb = b[i]
         torch.testing.assert_close(xb, xa, rtol=0, atol=0)
         assert torch.equal(ya, yb)
+
+
+def test_stats_sample_ignores_memory_order(monkeypatch):
+    monkeypatch.setattr(volumes, "STATS_VOXELS", 100)
+    x = np.random.default_rng(1).normal(size=(20, 16, 9)) * 100
+    for modality in ("CT", "MR"):
+        a = normalization_params(x, modality)
+        b = normalization_params(np.asfortranarray(x), modality)
+        assert a == b
+    assert volumes._stats_sample(x).size <= 2 * 100
