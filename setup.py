@@ -27,6 +27,8 @@ setup(
         "pyyaml",
         "tqdm",
         "scipy",
+        "nibabel",
+        "matplotlib",
     ],
     extras_require={
         "triton": ["triton"],
