@@ -116,7 +116,7 @@ def predict_volume(
         raise ValueError(f"`axis` must be None, 0, 1 or 2, got {axis!r}")
     axis = int(axis) % 3
     normed, _ = normalize_volume(image, modalities, window)
-    del image, case.channels
+    case.channels = image = None  # free the raw intensities
     n_slices = case.shape[axis]
     h, w = in_plane_shape(case.shape, axis)
     name = case_stem(volume_stem(paths[0]) or paths[0].name)[0]
