@@ -95,13 +95,30 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _normalized(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A config dict in a JSON-stable form (tuples as lists), without the keys a rerun may change."""
+    """A config dict in a JSON-stable form (tuples as lists), without the keys a rerun may change.
+
+    Keys a newer spadfast added are filled with their defaults (what older runs did), so an upgrade does not
+    invalidate finished runs unless it changed a default.
+    """
     from .config import SPADConfig
 
     d = json.loads(json.dumps(SPADConfig.from_dict(dict(cfg)).to_dict()))
     for k in _FREE_KEYS:
         d.pop(k, None)
     return d
+
+
+def _config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """None when ``saved`` (a config dict read back from a run) trains like ``wanted``, else the reason."""
+    try:
+        a = _normalized(saved)
+    except (ValueError, TypeError) as e:
+        return f"its config cannot be read by this spadfast ({e})"
+    b = _normalized(wanted)
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"`{key}` is {json.dumps(a.get(key))} there but {json.dumps(b.get(key))} here"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------- split
@@ -223,9 +240,10 @@ def train_and_evaluate(
     t0 = time.perf_counter()
     if resolve_path(run).is_file():
         _, meta = read_checkpoint(run)
-        if _normalized(meta["config"]) != _normalized(cfg_dict):
+        why = _config_mismatch(meta["config"], cfg_dict)
+        if why:
             raise ValueError(f"checkpoint {str(resolve_path(run))!r} was trained with another config than this "
-                             "ablation asks for: use a new --out, or delete that run folder")
+                             f"ablation asks for ({why}): use a new --out, or delete that run folder")
         trainer = SPADTrainer.from_checkpoint(run, train_dir, val_images.parent, out_dir=run, device=cfg.device)
         _truncate_log(run, cfg.log_file, trainer.step)
         log(f"resuming at step {trainer.step} of {cfg.train_steps}")
@@ -319,9 +337,12 @@ def run_ablation(
     settings = {"preset": preset, "base_config": _normalized(base)}
     settings_path = out / SETTINGS_FILE
     if settings_path.is_file():
-        if json.loads(settings_path.read_text()) != json.loads(json.dumps(settings)):
+        saved = json.loads(settings_path.read_text())
+        why = (f"preset {saved.get('preset')!r} there but {preset!r} here" if saved.get("preset") != preset
+               else _config_mismatch(saved.get("base_config", {}), base))
+        if why:
             raise ValueError(f"{settings_path} records another preset, step budget or config than this run asks "
-                             "for: use a new --out, or delete that folder to start over")
+                             f"for ({why}): use a new --out, or delete that folder to start over")
     elif any(p.name != "data" for p in out.iterdir()) and not (out / SPLIT_FILE).is_file():
         raise ValueError(f"--out {str(out)!r} is not empty and is not an ablation folder (no {SETTINGS_FILE})")
     train_dir, val_images, val_masks, split = prepare_split(data, out, val, val_fraction, split_seed)
@@ -337,9 +358,10 @@ def run_ablation(
             prefix = f"ablate: {name} seed {seed}"
             if done.is_file():
                 record = json.loads(done.read_text())
-                if _normalized(record["config"]) != _normalized(cfg):
-                    raise ValueError(f"{done} was trained with another config than this ablation asks for: "
-                                     "use a new --out, or delete that run folder")
+                why = _config_mismatch(record["config"], cfg)
+                if why:
+                    raise ValueError(f"{done} was trained with another config than this ablation asks for ({why}):"
+                                     " use a new --out, or delete that run folder")
                 log(f"{prefix}: done already, skipped")
             else:
                 log(f"{prefix}: training {cfg['train_steps']} steps in {run}")
