@@ -258,8 +258,9 @@ def _old_boxplot() -> bool:
 
 
 def plot_ablation(result: dict[str, Any], out: str | Path) -> Path:
-    """Bars of mean Dice, IoU and HD95 per variant with ± std over seeds (``spadfast.ablate.aggregate``'s
-    result); infinite or missing values are marked, not drawn."""
+    """Mean Dice, IoU and HD95 per variant as points with ± std over seeds (``spadfast.ablate.aggregate``'s result),
+    SPAD's value as a dashed reference line; infinite or missing values are marked, not drawn. Points, not bars:
+    the axes are zoomed to the values, and a bar's length would exaggerate small differences."""
     rows = result["rows"]
     names = [r["variant"] for r in rows]
     fig = _figure(max(7.0, 1.1 * len(names) + 3), 3.4)
@@ -269,19 +270,22 @@ def plot_ablation(result: dict[str, Any], out: str | Path) -> Path:
         means = np.array([r[m] for r in rows], dtype=np.float64)
         stds = np.array([r[f"{m}_std"] for r in rows], dtype=np.float64)
         ok = np.isfinite(means)
-        colors = ["tab:orange" if n == "SPAD" else ("0.55" if n == "baseline" else "tab:blue") for n in names]
-        ax.bar(x[ok], means[ok], yerr=np.where(np.isfinite(stds), stds, 0)[ok], color=np.array(colors)[ok],
-               capsize=3)
+        has_std = np.isfinite(stds)
+        for i in np.nonzero(ok)[0]:
+            color = "tab:orange" if names[i] == "SPAD" else ("0.45" if names[i] == "baseline" else "tab:blue")
+            ax.errorbar(x[i], means[i], yerr=stds[i] if has_std[i] else None, fmt="o", color=color, capsize=4)
+            if names[i] == "SPAD":
+                ax.axhline(means[i], color="tab:orange", linestyle="--", linewidth=0.8)
         for i in np.nonzero(~ok)[0]:
-            ax.text(x[i], 0, "inf" if math.isinf(means[i]) else "n/a", ha="center", va="bottom", fontsize=8)
+            ax.annotate("inf" if math.isinf(means[i]) else "n/a", (x[i], 0.5), xycoords=("data", "axes fraction"),
+                        ha="center", fontsize=8, color="tab:red")
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(names) - 0.5)
         ax.set_title(METRIC_LABELS[m] + (" ↓ (px)" if m == "hd95" else " ↑"), fontsize=9)
-        if m != "hd95" and ok.any():
-            lo = float(np.nanmin(means[ok] - np.where(np.isfinite(stds), stds, 0)[ok]))
-            ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+        ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{result.get('train_steps', '?')} steps, {result.get('seeds', '?')} seed(s), "
-                 f"{result.get('n_heldout', '?')} held-out cases", fontsize=9)
+                 f"{result.get('n_heldout', '?')} held-out cases; error bars: std over seeds", fontsize=9)
     return _save(fig, out)
 
 
