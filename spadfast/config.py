@@ -222,6 +222,25 @@ class SPADConfig:
         return _build(cls, data, "")
 
     @classmethod
+    def from_checkpoint_meta(cls, meta: dict[str, Any], source: str, device: str | None = None) -> SPADConfig:
+        """The run's config from a checkpoint's metadata, on ``device`` when given (fp16 AMP falls back to none
+        off CUDA, with a warning); a header without a spadfast trainer's keys is a ValueError naming ``source``."""
+        import warnings
+
+        from .distributed import resolve_device
+
+        for key in ("config", "step", "optimizer_param_groups"):
+            if key not in meta:
+                raise ValueError(f"checkpoint {source!r} lacks {key!r} in its metadata: not a SPADTrainer checkpoint")
+        cfg_dict = dict(meta["config"])
+        if device is not None:
+            cfg_dict["device"] = device
+        if cfg_dict.get("amp") == "fp16" and resolve_device(cfg_dict.get("device", "auto")).type != "cuda":
+            warnings.warn("checkpoint trained with amp='fp16' continues with amp='none' off CUDA", stacklevel=3)
+            cfg_dict["amp"] = "none"
+        return cls.from_dict(cfg_dict)
+
+    @classmethod
     def from_file(cls, path: str | Path) -> SPADConfig:
         """Load a YAML (``.yaml``/``.yml``) or JSON file; errors name the file."""
         path = Path(path)

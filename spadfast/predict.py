@@ -28,14 +28,14 @@ class Segmenter:
     def from_checkpoint(cls, path, device: str | None = None) -> Segmenter:
         """Load the EMA weights of a run folder or ``.safetensors`` file onto ``device`` (default: the config's)."""
         from .checkpoint import read_checkpoint, resolve_path
+        from .config import SPADConfig
         from .distributed import resolve_device
-        from .model import build_model
+        from .models import build_model
         from .schedule import alphas_cumprod, make_betas
-        from .trainer import config_from_checkpoint
 
         tensors, meta = read_checkpoint(path)
         source = str(resolve_path(path))
-        cfg = config_from_checkpoint(meta, source, device)
+        cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
         ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}

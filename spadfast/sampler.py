@@ -1,9 +1,9 @@
 """DDIM sampling of segmentation masks with ensembles, chunking and CUDA-graph capture.
 
 The loop denoises ``x_T ~ N(0, I)`` of shape ``[B*K, M, H, W]`` (K ensemble members per image, sampled as one batch;
-M mask channels, one per foreground class, 1 for binary masks) conditioned on the images. Every per-step coefficient is precomputed into device tensors by :meth:`set_timesteps`,
-so a step never syncs with the host; on CUDA (``eta == 0``) the whole S-step loop is captured in a CUDA graph
-and replayed. The graph cache is keyed by everything the loop depends on (shapes, dtype, steps, device, model
+M mask channels, one per foreground class, 1 for binary masks) conditioned on the images. Every per-step
+coefficient is precomputed into device tensors by :meth:`set_timesteps`, so a step never syncs with the host; on
+CUDA (``eta == 0``) the whole S-step loop is captured in a CUDA graph and replayed. The graph cache is keyed by everything the loop depends on (shapes, dtype, steps, device, model
 identity, prediction type, perturb mode, eta, clipping, spacing, backend, autocast dtype, memory format), bounded
 (least recently used, ``graph_cache_size`` entries), and a failed capture warns once and samples eagerly.
 A model with ``encode(image)`` and ``denoise(x, features, t)`` (:class:`spadfast.cached_model.SPADCachedUNet`) has
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .profiling import nvtx_range
 from .metrics import labels_from_probs
+from .profiling import nvtx_range
 from .schedule import check_eta, ddim_alphas, ddim_timesteps
 
 

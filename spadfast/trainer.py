@@ -40,7 +40,7 @@ from .checkpoint import (
 from .config import SPADConfig
 from .distributed import resolve_device
 from .metrics import dice
-from .model import build_model, check_fits_memory
+from .models import build_model, check_fits_memory
 from .perturb import spad_perturb
 from .profiling import nvtx_range
 from .sampler import DDIMSampler, SampleResult
@@ -369,7 +369,7 @@ class SPADTrainer:
         """
         tensors, meta = read_checkpoint(path)
         source = str(resolve_path(path))
-        cfg = config_from_checkpoint(meta, source, device)
+        cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         records = meta.get("data") or {}
         if records:
             train_data = resume_source(records.get("train"), train_data, "train_data", source, allow_data_change)
@@ -400,17 +400,3 @@ class SPADTrainer:
         mixed = ((self.config.seed * 1_000_003 + self.step) * 1_009 + self.rank) % 2**63
         self.generator.manual_seed(mixed)
         torch.manual_seed(mixed)
-
-
-def config_from_checkpoint(meta: dict[str, Any], source: str, device: str | None = None) -> SPADConfig:
-    """The run's config from checkpoint metadata, on ``device`` when given (fp16 AMP falls back off CUDA)."""
-    for key in ("config", "step", "optimizer_param_groups"):
-        if key not in meta:
-            raise ValueError(f"checkpoint {source!r} lacks {key!r} in its metadata: not a SPADTrainer checkpoint")
-    cfg_dict = dict(meta["config"])
-    if device is not None:
-        cfg_dict["device"] = device
-    if cfg_dict.get("amp") == "fp16" and resolve_device(cfg_dict.get("device", "auto")).type != "cuda":
-        warnings.warn("checkpoint trained with amp='fp16' continues with amp='none' off CUDA", stacklevel=3)
-        cfg_dict["amp"] = "none"
-    return SPADConfig.from_dict(cfg_dict)
