@@ -1,15 +1,16 @@
 """DDIM sampling of segmentation masks with ensembles, chunking and CUDA-graph capture.
 
-The loop denoises ``x_T ~ N(0, I)`` of shape ``[B*K, M, H, W]`` (K ensemble members per image, sampled as one batch;
-M mask channels, one per foreground class, 1 for binary masks) conditioned on the images. Every per-step
+The loop denoises ``x_T ~ N(0, I)`` of shape ``[B*K, M, H, W]`` (K ensemble members per image, sampled as one
+batch; M mask channels, one per foreground class, 1 for binary masks) conditioned on the images. Every per-step
 coefficient is precomputed into device tensors by :meth:`set_timesteps`, so a step never syncs with the host; on
-CUDA (``eta == 0``) the whole S-step loop is captured in a CUDA graph and replayed. The graph cache is keyed by everything the loop depends on (shapes, dtype, steps, device, model
-identity, prediction type, perturb mode, eta, clipping, spacing, backend, autocast dtype, memory format), bounded
-(least recently used, ``graph_cache_size`` entries), and a failed capture warns once and samples eagerly.
-A model with ``encode(image)`` and ``denoise(x, features, t)`` (:class:`spadfast.cached_model.SPADCachedUNet`) has
-its image features computed once per image and reused by every member and step. Members are mapped to
-probabilities ``(x0 + 1) / 2`` clipped to [0, 1]; the result is their mean, their standard deviation (uncertainty)
-and the mean thresholded.
+CUDA (``eta == 0``) the whole S-step loop is captured in a CUDA graph and replayed. The graph cache is keyed by
+everything the loop depends on (shapes, dtype, steps, device, model identity, prediction type, perturb mode, eta,
+clipping, spacing, backend, autocast dtype, memory format), bounded (least recently used, ``graph_cache_size``
+entries), and a failed capture warns once and samples eagerly. A model with ``encode(image)`` and
+``denoise(x, features, t)`` (:class:`spadfast.cached_model.SPADCachedUNet`) has its image features computed once
+per image and reused by every member and step. Members are mapped to probabilities ``(x0 + 1) / 2`` clipped to
+[0, 1]; the result is their mean, their standard deviation (uncertainty) and the labels (background unless a class
+exceeds the threshold).
 """
 
 from __future__ import annotations
