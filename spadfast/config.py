@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._constants import BACKENDS, PREDICTION_TYPES
 from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 PERTURB_MODES = ("target", "condition")
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
@@ -153,7 +153,7 @@ class SPADConfig:
             (self.grad_accum >= 1, "grad_accum", ">= 1"),
             (0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)"),
             (self.amp in AMP_DTYPES, "amp", f"one of {AMP_DTYPES}"),
-            (self.ops_backend in ("auto", "reference", "triton"), "ops_backend", "one of auto, reference, triton"),
+            (self.ops_backend in BACKENDS, "ops_backend", f"one of {BACKENDS}"),
             (0 <= self.seed < 2**32, "seed", "in [0, 2**32)"),
             (self.sample_steps >= 1, "sample_steps", ">= 1"),
             (self.sample_steps <= self.num_train_timesteps, "sample_steps", "<= num_train_timesteps"),

@@ -14,6 +14,8 @@ import math
 import numpy as np
 import torch
 
+from ._constants import PREDICTION_TYPES
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 PROGRESS_KINDS = ("linear", "cosine", "step")
@@ -130,7 +132,7 @@ def training_target(
         return x0
     if prediction_type == "v_prediction":
         return alpha_prod.sqrt() * eps - (1 - alpha_prod).sqrt() * x0
-    raise ValueError(f"`prediction_type` must be one of epsilon, sample, v_prediction, got {prediction_type!r}")
+    raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
 def progress_strength(
