@@ -33,6 +33,7 @@ setup(
     extras_require={
         "triton": ["triton"],
         "nvtx": ["nvtx"],
+        "tensorboard": ["tensorboard"],
         "test": ["pytest", "pytest-benchmark", "diffusers", "monai"],
     },
     entry_points={"console_scripts": ["spadfast=spadfast.cli:main"]},

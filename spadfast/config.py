@@ -102,6 +102,7 @@ class SPADConfig:
     synthetic_val: int = 32
     log_every: int = 50
     log_file: str = "log.jsonl"
+    log_tensorboard: bool = False  # also write the log's scalars and validation overlays to RUN/tensorboard
     val_every: int = 0
     val_samples: int = 16
     checkpoint_every: int = 0

@@ -41,7 +41,7 @@ from .config import SPADConfig
 from .distributed import resolve_device
 from .metrics import dice
 from .models import build_model, check_fits_memory
-from .perturb import spad_perturb
+from .perturb import perturb_factor, spad_perturb
 from .profiling import nvtx_range
 from .sampler import DDIMSampler, SampleResult
 from .schedule import add_noise, alphas_cumprod, make_betas, training_target
@@ -271,6 +271,42 @@ class SPADTrainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / self.config.log_file, "a") as f:
             f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            step = record["step"]
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(f"train/{key}" if key != "val_dice" else "val/dice", value, step)
+            cfg = self.config
+            writer.add_scalar("train/pas_strength", perturb_factor(step / cfg.pas_horizon, cfg.perturb), step)
+            writer.flush()
+
+    def _tensorboard(self):
+        """A TensorBoard writer under ``RUN/tensorboard`` when ``log_tensorboard`` is on (rank 0, with a run folder).
+
+        ``tensorboard`` is optional: asking for it without the package installed is a clear error at the first log.
+        """
+        if not self.config.log_tensorboard or self.out_dir is None or not dist_utils.is_main():
+            return None
+        if getattr(self, "_tb_writer", None) is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError("`log_tensorboard` needs the tensorboard package: pip install tensorboard") from e
+            self._tb_writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        return self._tb_writer
+
+    def _log_overlays(self, images: torch.Tensor, masks: torch.Tensor, result: SampleResult) -> None:
+        """Up to four validation images with ground truth (red) and prediction (green) contours, to TensorBoard."""
+        writer = self._tensorboard()
+        if writer is None:
+            return
+        from .visualize import overlay_contour
+
+        for i in range(min(4, images.shape[0])):
+            canvas = overlay_contour(images[i], masks[i].amax(0) > 0.5, color=(0, 0, 255))
+            canvas = overlay_contour(canvas, result.labels[i].cpu() > 0, color=(0, 255, 0))
+            writer.add_image(f"val/overlay_{i}", canvas[:, :, ::-1].copy(), self.step, dataformats="HWC")
 
     @torch.no_grad()
     def validate(self, n: int | None = None) -> float:
@@ -283,6 +319,7 @@ class SPADTrainer:
         images = torch.stack([p[0] for p in pairs])
         masks = torch.stack([p[1] for p in pairs])
         result = self.segment(images, ensemble=1, seed=self.config.seed)
+        self._log_overlays(images, masks, result)
         H, W = masks.shape[-2:]
         per_class = dice(result.mask.cpu().reshape(-1, H, W), masks.reshape(-1, H, W) > 0.5)
         return float(torch.as_tensor(per_class).double().mean())

@@ -276,3 +276,20 @@ def test_pas_horizon_sets_progress_for_every_step(monkeypatch):
     trainer = SPADTrainer(tiny_config(train_steps=12, pas_steps=4, log_every=100))
     trainer.fit()
     assert seen == [s / 4 for s in range(12)]
+
+
+def test_tensorboard_gets_the_log_scalars_pas_and_overlays(tmp_path):
+    pytest.importorskip("tensorboard")  # installed by scripts/bootstrap.sh; optional for users
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = SPADTrainer(tiny_config(train_steps=4, log_every=2, val_every=2, val_samples=2,
+                                      log_tensorboard=True), out_dir=tmp_path)
+    trainer.fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/lr", "train/pas_strength", "val/dice"} <= set(tags["scalars"])
+    logged = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in logged])
+    assert [e.step for e in events.Scalars("train/pas_strength")] == [2, 4]
+    assert "val/overlay_0" in tags["images"]
