@@ -56,18 +56,21 @@ def build(name: str, channels_last: bool = False) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def timeit(fn, reps: int, warm_fn=None) -> tuple[float, float, list[float]]:
-    """Median of ``reps`` timed calls of ``fn`` after one untimed call of ``warm_fn`` (default ``fn``)."""
+def timeit(fn, reps: int, warm_fn=None) -> tuple[float, float, list[float], list[float]]:
+    """Median wall seconds of ``reps`` timed calls of ``fn`` after one untimed call of ``warm_fn`` (default
+    ``fn``); also the warm-up's wall seconds, every wall time and every CPU time (``time.process_time``: this
+    process's CPU seconds, which other processes on a busy machine inflate far less than wall time)."""
     t0 = time.perf_counter()
     out = (warm_fn or fn)()
     warm = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     del out
-    return statistics.median(times), warm, times
+    return statistics.median(times), warm, times, cpu
 
 
 def spadfast_fn(name: str, model, image, ac, cfg, steps: int, members: int, bf16: bool, cl: bool, compiled: bool):
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--models", nargs="+", default=["unet", "cached"])
+    p.add_argument("--layouts", nargs="+", default=["contiguous", "channels_last"],
+                   choices=["contiguous", "channels_last"], help="headline: memory formats of spadfast's path")
     p.add_argument("--full-matrix", action="store_true",
                    help="also compile the channels-first variants (each compile takes minutes on 1 CPU thread)")
     args = p.parse_args(argv)
@@ -136,17 +141,19 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             model = build(name)
             scheduler = diffusers_scheduler(cfg)
-            med, warm, times = timeit(lambda m=model, s=scheduler: naive_sample(m, s, image, S, K, seed=0)[0],
+            med, warm, times, cpu = timeit(lambda m=model, s=scheduler: naive_sample(m, s, image, S, K, seed=0)[0],
                                       args.reps, lambda m=model, s=scheduler: naive_sample(m, s, image, 1, 1)[0])
             emit({"part": "headline", "model": name, "path": "naive", "members": K, "steps": S, "size": args.size,
-                  "median_s": round(med, 3), "times_s": [round(t, 3) for t in times], "warmup_s": round(warm, 3)})
-            for cl in (False, True):
+                  "median_s": round(med, 3), "times_s": [round(t, 3) for t in times],
+                  "cpu_s": [round(t, 3) for t in cpu], "warmup_s": round(warm, 3)})
+            for cl in [layout == "channels_last" for layout in args.layouts]:
                 m = build(name, channels_last=cl)
-                med, warm, times = timeit(spadfast_fn(name, m, image, ac, cfg, S, K, False, cl, False), args.reps,
+                med, warm, times, cpu = timeit(spadfast_fn(name, m, image, ac, cfg, S, K, False, cl, False), args.reps,
                                           spadfast_fn(name, m, image, ac, cfg, 1, K, False, cl, False))
                 emit({"part": "headline", "model": name, "path": "spadfast", "channels_last": cl, "bf16": False,
                       "compile": False, "members": K, "steps": S, "size": args.size, "median_s": round(med, 3),
-                      "times_s": [round(t, 3) for t in times], "warmup_s": round(warm, 3)})
+                      "times_s": [round(t, 3) for t in times], "cpu_s": [round(t, 3) for t in cpu],
+                      "warmup_s": round(warm, 3)})
 
     if "matrix" in args.part:
         Sm = args.matrix_steps
@@ -156,11 +163,12 @@ def main(argv: list[str] | None = None) -> None:
                     for cl in (False, True) if (args.full_matrix or not compiled) else (True,):
                         torch._dynamo.reset()
                         m = build(name, channels_last=cl)
-                        med, warm, times = timeit(spadfast_fn(name, m, image, ac, cfg, Sm, K, bf16, cl, compiled),
+                        med, warm, times, cpu = timeit(spadfast_fn(name, m, image, ac, cfg, Sm, K, bf16, cl, compiled),
                                                   args.reps)
                         emit({"part": "matrix", "model": name, "bf16": bf16, "channels_last": cl,
                               "compile": compiled, "members": K, "steps": Sm, "size": args.size,
                               "median_s": round(med, 3), "times_s": [round(t, 3) for t in times],
+                              "cpu_s": [round(t, 3) for t in cpu],
                               "first_run_s (incl. compile)": round(warm, 3)})
 
 
