@@ -20,9 +20,11 @@ Features of N images can be repeated per member (``[f.repeat_interleave(K, 0) fo
 ``denoise`` with N*K noisy masks: the result equals ``forward`` on the repeated images.
 
 Channel order of :meth:`~SPADCachedUNet.forward`'s input (drop-in for the trainer and sampler, which call
-``model(cat[x_t, image(, cond)], t)``): channel 0 is the noisy mask, channels ``1 .. image_channels`` the image,
-and in ``perturb_mode="condition"`` (``mask_channels == 2``) the last channel is the condition (self-conditioning
-x0 estimate). ``denoise`` sees ``cat[x_t(, cond)]``, i.e. ``mask_channels`` channels.
+``model(cat[x_t, image(, cond)], t)``): the first ``M`` channels are the noisy mask (``M = out_channels``, one per
+foreground class), the next ``image_channels`` the image, and in ``perturb_mode="condition"`` (``mask_channels ==
+2 * M``) the last ``M`` the condition (self-conditioning x0 estimate). ``denoise`` sees ``cat[x_t(, cond)]``, i.e.
+``mask_channels`` channels. Binary masks: channel 0 noisy mask, channels ``1 .. image_channels`` image, the last
+channel the condition when present.
 """
 
 from __future__ import annotations
@@ -102,9 +104,9 @@ class SPADCachedUNet(nn.Module):
 
     Args:
         image_channels: channels of the image (``C_img``).
-        mask_channels: channels :meth:`denoise` sees: 1 (noisy mask) or 2 (noisy mask + condition channel,
-            ``perturb_mode="condition"``).
-        out_channels: channels of the prediction.
+        mask_channels: channels :meth:`denoise` sees: ``out_channels`` (noisy mask) or ``2 * out_channels`` (noisy
+            mask + condition channels, ``perturb_mode="condition"``); for binary masks 1 or 2.
+        out_channels: channels of the prediction (= noisy-mask channels, one per foreground class).
         base_channels, channel_mults, num_res_blocks, attention_levels, num_heads, dropout, groups: the image
             encoder's UNet, as in :class:`spadfast.model.SPADUNet`.
         denoiser_channels: width of the denoiser's level 0 (level ``i``: ``denoiser_channels * channel_mults[i]``);
@@ -113,7 +115,8 @@ class SPADCachedUNet(nn.Module):
         denoiser_attention: self-attention at the denoiser's coarsest level and bottleneck.
 
     Raises:
-        ValueError: on a non-positive size, ``mask_channels`` not 1 or 2, an empty ``channel_mults``, an attention
+        ValueError: on a non-positive size, ``mask_channels`` not ``out_channels`` or ``2 * out_channels``, an
+            empty ``channel_mults``, an attention
             level out of range, or ``num_heads`` not dividing an attended width.
 
     Example:
@@ -151,8 +154,9 @@ class SPADCachedUNet(nn.Module):
                             ("num_heads", num_heads), ("groups", groups), ("denoiser_channels", denoiser_channels),
                             ("denoiser_res_blocks", denoiser_res_blocks)):
             _check_int(name, value)
-        if mask_channels not in (1, 2) or isinstance(mask_channels, bool):
-            raise ValueError(f"`mask_channels` must be 1 or 2, got {mask_channels!r}")
+        if isinstance(mask_channels, bool) or mask_channels not in (out_channels, 2 * out_channels):
+            raise ValueError(f"`mask_channels` must be out_channels ({out_channels}, noisy mask) or 2 * out_channels "
+                             f"(noisy mask + condition), got {mask_channels!r}")
         channel_mults = tuple(channel_mults)
         if not channel_mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mults):
             raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
@@ -235,11 +239,12 @@ class SPADCachedUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """``denoise(mask, encode(image), t)`` with ``x = cat[x_t, image(, cond)]`` (``[N, in_channels, H, W]``):
-        channel 0 is the noisy mask, channels ``1 .. image_channels`` the image, the last one the condition when
-        ``mask_channels == 2`` (the trainer's and sampler's order)."""
+        the first ``out_channels`` channels are the noisy mask, the next ``image_channels`` the image, the last
+        ``out_channels`` the condition when ``mask_channels == 2 * out_channels`` (the trainer's and sampler's
+        order)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"`x` must have shape [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
-        c = self.image_channels
-        image = x[:, 1 : 1 + c]
-        mask = x[:, :1] if self.mask_channels == 1 else torch.cat([x[:, :1], x[:, 1 + c :]], dim=1)
+        m, c = self.out_channels, self.image_channels
+        image = x[:, m : m + c]
+        mask = x[:, :m] if self.mask_channels == m else torch.cat([x[:, :m], x[:, m + c :]], dim=1)
         return self.denoise(mask, self.encode(image), t)

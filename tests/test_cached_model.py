@@ -37,6 +37,20 @@ def test_forward_equals_denoise_of_encode(mask_channels, size):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("condition", [False, True])
+def test_multiclass_channel_order(condition):
+    """M = 3 foreground classes: cat[x_t (M), image (C), cond (M)] -> denoise(cat[x_t, cond], encode(image))."""
+    M, C = 3, 2
+    model = _model(C, 2 * M if condition else M, out_channels=M)
+    x_t, image, cond = torch.randn(2, M, 8, 8), torch.randn(2, C, 8, 8), torch.randn(2, M, 8, 8)
+    t = torch.tensor([1.0, 700.0])
+    with torch.no_grad():
+        out = model(torch.cat([x_t, image] + ([cond] if condition else []), dim=1), t)
+        ref = model.denoise(torch.cat([x_t, cond], 1) if condition else x_t, model.encode(image), t)
+    assert out.shape == (2, M, 8, 8)
+    assert torch.equal(out, ref)
+
+
 def test_forward_channel_order_matters():
     """The image is channels 1..C_img and the condition the last: moving the condition changes the output."""
     model = _model(2, 2)
