@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="volumes: also write OUT/probabilities/<case>.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--device", help="cpu, cuda or auto (default: the checkpoint's)")
+    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"),
+                   help="autocast for sampling (default: the run's; auto: bf16 on CUDA and on CPUs with native bf16)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (cached on disk by inductor)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="Dice / IoU / HD95 of predicted vs ground-truth masks, paired by name")
     p.add_argument("--pred", type=Path, required=True)
@@ -221,7 +226,13 @@ def cmd_predict(args) -> int:
     if not checkpoint.is_file():
         raise ValueError(f"--checkpoint: no checkpoint at {str(checkpoint)!r}")
     check_output_dir(args.out, "--out", inputs=[args.images, checkpoint.parent], overwrite=args.overwrite)
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"`--threads` must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device, amp=args.amp, compile=args.compile)
     from .volumes import volume_files
 
     if volume_files(args.images):
@@ -238,6 +249,7 @@ def cmd_predict(args) -> int:
     names = predict_folder(
         segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
         batch_size=args.batch_size, overlay=args.overlay, uncertainty=args.uncertainty,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     print(f"spadfast: wrote {len(names)} masks to {args.out}")
     return 0

@@ -8,7 +8,15 @@ import cv2
 import numpy as np
 import torch
 
-from .files import index_folder, read_image, read_mask, read_model_input, warn_low_range, write_mask_png
+from .files import (
+    index_folder,
+    read_image,
+    read_mask,
+    read_model_input,
+    warn_low_range,
+    write_bytes_atomic,
+    write_mask_png,
+)
 from .sampler import DDIMSampler, SampleResult, image_noise_key
 from .visualize import overlay_contour
 
@@ -25,8 +33,15 @@ class Segmenter:
         self.sampler = DDIMSampler.from_config(config, self.model, alphas_cumprod)
 
     @classmethod
-    def from_checkpoint(cls, path, device: str | None = None) -> Segmenter:
-        """Load the EMA weights of a run folder or ``.safetensors`` file onto ``device`` (default: the config's)."""
+    def from_checkpoint(cls, path, device: str | None = None, amp: str | None = None,
+                        compile: bool = False) -> Segmenter:
+        """Load the EMA weights of a run folder or ``.safetensors`` file onto ``device`` (default: the config's).
+
+        ``amp``: None keeps the run's; ``"none"``/``"bf16"``/``"fp16"`` force one; ``"auto"`` picks bf16 on CUDA and
+        on CPUs with native bf16 (:func:`spadfast.cpu_features.cpu_has_native_bf16`), float32 elsewhere.
+        ``compile``: ``torch.compile`` the denoiser (the per-step part of a cached-encoder model); inductor caches
+        the compiled code on disk, so later processes start faster.
+        """
         from .checkpoint import read_checkpoint, resolve_path
         from .config import SPADConfig
         from .distributed import resolve_device
@@ -36,6 +51,8 @@ class Segmenter:
         tensors, meta = read_checkpoint(path)
         source = str(resolve_path(path))
         cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
+        if amp is not None:
+            cfg = SPADConfig.from_dict({**cfg.to_dict(), "amp": _resolve_amp(amp, resolve_device(cfg.device))})
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
         ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
@@ -46,7 +63,14 @@ class Segmenter:
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(resolve_device(cfg.device), memory_format=memory_format)
         betas = make_betas(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
-        return cls(cfg, model, alphas_cumprod(betas))
+        segmenter = cls(cfg, model, alphas_cumprod(betas))
+        if compile:
+            if callable(getattr(model, "denoise", None)):
+                model.denoise = torch.compile(model.denoise)
+            else:
+                segmenter.sampler.model = torch.compile(model)
+            segmenter.sampler.cuda_graph = False  # compiled code manages its own graphs (mode="reduce-overhead")
+        return segmenter
 
     def segment(self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None,
                 seed: int | None = 0, return_members: bool = False,
@@ -62,11 +86,49 @@ class Segmenter:
         )
 
 
+def _resolve_amp(amp: str, device: torch.device) -> str:
+    if amp == "auto":
+        from .cpu_features import cpu_has_native_bf16
+
+        return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "none"
+    if amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"`amp` must be one of auto, none, bf16, fp16, got {amp!r}")
+    return amp
+
+
 def _to_native(values: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear resize of a float map back to the image's native size (no-op when sizes agree)."""
     if values.shape == (h, w):
         return values
     return cv2.resize(values, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _write_outputs(out_dir: Path, overlay_dir: Path, stem: str, image_path: Path, native: tuple[int, int],
+                   prob: np.ndarray, std: np.ndarray, threshold: float, uncertainty: bool, overlay: bool,
+                   overlay_gt: Path | None) -> None:
+    """Everything ``predict_folder`` writes for one image (runs on the writer thread)."""
+    h, w = native
+    mask = _to_native(prob, h, w) > threshold
+    write_mask_png(out_dir / f"{stem}.png", mask)
+    if uncertainty:
+        u = _to_native(std, h, w)
+        write_bytes_atomic(out_dir / "uncertainty" / f"{stem}.png",
+                           _png(np.clip(u * 2 * 255, 0, 255).astype(np.uint8)))
+    if overlay:
+        canvas = np.clip(np.rint(read_image(image_path) * 255), 0, 255).astype(np.uint8)
+        if canvas.ndim == 3:
+            canvas = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
+        if overlay_gt is not None and (overlay_gt / f"{stem}.png").is_file():
+            canvas = overlay_contour(canvas, read_mask(overlay_gt / f"{stem}.png"), color=(0, 0, 255))
+        canvas = overlay_contour(canvas, mask, color=(0, 255, 0))
+        write_bytes_atomic(overlay_dir / f"{stem}.png", _png(canvas))
+
+
+def _png(array: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"cannot encode an array of shape {array.shape} as PNG")
+    return encoded.tobytes()
 
 
 def predict_folder(
@@ -81,16 +143,23 @@ def predict_folder(
     uncertainty: bool = False,
     overlay_gt: str | Path | None = None,
     overlay_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> list[str]:
     """Write ``OUT/<stem>.png`` (0/255) for every image of ``images_dir``; returns the stems.
 
-    ``segmenter`` is a :class:`Segmenter` or a :class:`~spadfast.SPADTrainer`. Each image's initial noise is keyed by
-    its file stem (:func:`spadfast.sampler.image_noise_key`), so its mask does not depend on ``batch_size`` or on
-    the other files of the folder. Images are resized to ``config.image_size`` for the model; probabilities are
-    resized back to each image's native size (bilinear) before thresholding. ``overlay`` writes
-    ``overlays/<stem>.png`` (prediction in green, and ground truth from ``overlay_gt/<stem>.png`` in red when
-    given); ``uncertainty`` writes the ensemble std scaled to 0-255 to ``uncertainty/<stem>.png``.
+    ``segmenter`` is a :class:`Segmenter` or a :class:`~spadfast.SPADTrainer`. Images are sampled ``batch_size`` at a
+    time across the folder; while a batch samples, a reader thread decodes the next batch and a writer thread
+    writes the previous results, so file I/O overlaps compute (``progress`` shows images/s). Each image's initial
+    noise is keyed by its file stem (:func:`spadfast.sampler.image_noise_key`), so its mask does not depend on
+    ``batch_size`` or on the other files of the folder. Images are resized to ``config.image_size`` for the model
+    exactly as training folders are (:func:`spadfast.files.read_model_input`); probabilities are resized back to
+    each image's native size (bilinear) before thresholding. ``overlay`` writes ``overlays/<stem>.png``
+    (prediction in green, and ground truth from ``overlay_gt/<stem>.png`` in red when given); ``uncertainty``
+    writes the ensemble std scaled to 0-255 to ``uncertainty/<stem>.png``. Binary models only (multi-class models
+    predict volumes: :mod:`spadfast.predict_volumes`).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     files = index_folder(images_dir)
     if not files:
@@ -98,36 +167,44 @@ def predict_folder(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
     cfg = segmenter.config
-    loaded = {stem: read_model_input(p, cfg.image_size, cfg.image_channels, cfg.intensity_norm)
-              for stem, p in files.items()}
-    if cfg.intensity_norm == "dtype":
-        warn_low_range([v[2] for v in loaded.values()], str(images_dir))
-    stems = sorted(loaded)
+    if cfg.mask_channels != 1:
+        raise ValueError("predict_folder writes binary PNG masks; this model has "
+                         f"{cfg.num_classes} classes: predict volumes with spadfast.predict_volumes")
+    stems = sorted(files)
+    batches = [stems[i : i + batch_size] for i in range(0, len(stems), batch_size)]
     overlay_dir = Path(overlay_dir) if overlay_dir is not None else out_dir / "overlays"
-    for start in range(0, len(stems), batch_size):
-        chunk = stems[start : start + batch_size]
-        batch = torch.from_numpy(np.stack([loaded[s][0] for s in chunk])).float()
-        keys = [image_noise_key(s) for s in chunk]
-        result = segmenter.segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
-        probs, std = result.probs[:, 0].float().cpu().numpy(), result.std[:, 0].float().cpu().numpy()
-        for i, stem in enumerate(chunk):
-            h, w = loaded[stem][1]
-            prob = _to_native(probs[i], h, w)
-            mask = prob > cfg.threshold
-            write_mask_png(out_dir / f"{stem}.png", mask)
-            if uncertainty:
-                u = _to_native(std[i], h, w)
-                (out_dir / "uncertainty").mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(out_dir / "uncertainty" / f"{stem}.png"),
-                            np.clip(u * 2 * 255, 0, 255).astype(np.uint8))
-            if overlay:
-                canvas = read_image(files[stem])
-                canvas = np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
-                if canvas.ndim == 3:
-                    canvas = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
-                if overlay_gt is not None and (Path(overlay_gt) / f"{stem}.png").is_file():
-                    canvas = overlay_contour(canvas, read_mask(Path(overlay_gt) / f"{stem}.png"), color=(0, 0, 255))
-                canvas = overlay_contour(canvas, mask, color=(0, 255, 0))
-                overlay_dir.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(overlay_dir / f"{stem}.png"), canvas)
+    gt = Path(overlay_gt) if overlay_gt is not None else None
+
+    def load(chunk: list[str]) -> list[tuple[np.ndarray, tuple[int, int], float]]:
+        return [read_model_input(files[s], cfg.image_size, cfg.image_channels, cfg.intensity_norm) for s in chunk]
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(stems), desc="spadfast predict", unit="img", dynamic_ncols=True)
+    used: list[float] = []
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        pending_reads = reader.submit(load, batches[0])
+        writes = []
+        for n, chunk in enumerate(batches):
+            loaded = pending_reads.result()
+            if n + 1 < len(batches):
+                pending_reads = reader.submit(load, batches[n + 1])
+            used += [item[2] for item in loaded]
+            batch = torch.from_numpy(np.stack([item[0] for item in loaded])).float()
+            keys = [image_noise_key(s) for s in chunk]
+            result = segmenter.segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
+            probs, std = result.probs[:, 0].float().cpu().numpy(), result.std[:, 0].float().cpu().numpy()
+            for i, stem in enumerate(chunk):
+                writes.append(writer.submit(_write_outputs, out_dir, overlay_dir, stem, files[stem], loaded[i][1],
+                                            probs[i], std[i], cfg.threshold, uncertainty, overlay, gt))
+            if bar is not None:
+                bar.update(len(chunk))
+        for w in writes:
+            w.result()  # re-raise the first write error
+    if bar is not None:
+        bar.close()
+    if cfg.intensity_norm == "dtype":
+        warn_low_range(used, str(images_dir))
     return stems

@@ -108,3 +108,24 @@ def test_segmenter_matches_the_trainers_ema_sampling(tmp_path):
     a = trainer.segment(images, steps=3, ensemble=2, seed=4)
     b = segmenter.segment(images, steps=3, ensemble=2, seed=4)
     assert torch.equal(a.probs, b.probs) and torch.equal(a.std, b.std)
+
+
+def test_compiled_and_bf16_prediction_paths(tmp_path):
+    """``predict --compile`` samples what the eager model samples; ``--amp bf16`` stays close; auto picks by CPU."""
+    from spadfast.cpu_features import cpu_has_native_bf16
+
+    trainer = SPADTrainer(tiny_config(prediction_type="sample"))
+    trainer.fit(3)
+    trainer.save(tmp_path)
+    images = torch.rand(2, 1, 16, 16) * 2 - 1
+    eager = Segmenter.from_checkpoint(tmp_path).segment(images, steps=2, ensemble=2)
+    compiled = Segmenter.from_checkpoint(tmp_path, compile=True)
+    torch.testing.assert_close(compiled.segment(images, steps=2, ensemble=2).probs, eager.probs,
+                               rtol=1e-4, atol=1e-4)
+    bf16 = Segmenter.from_checkpoint(tmp_path, amp="bf16")
+    assert bf16.config.amp == "bf16"
+    torch.testing.assert_close(bf16.segment(images, steps=2, ensemble=2).probs, eager.probs, rtol=0, atol=0.1)
+    auto = Segmenter.from_checkpoint(tmp_path, amp="auto")
+    assert auto.config.amp == ("bf16" if cpu_has_native_bf16() else "none")
+    with pytest.raises(ValueError, match="`amp`"):
+        Segmenter.from_checkpoint(tmp_path, amp="fp8")
