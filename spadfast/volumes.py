@@ -41,6 +41,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -652,6 +653,8 @@ class VolumeSlices(Dataset):
         cache_volumes: decoded volumes kept in memory (0: decode on every access).
         seed: slice-sampling seed.
         split: ``"train"`` (``imagesTr``/``labelsTr``) or ``"test"`` (``imagesTs``/``labelsTs``).
+        init_workers: threads that decode and check the volumes in ``__init__`` (default ``min(4, CPUs)``; each
+            holds one decoded volume at a time). The result does not depend on it.
 
     Returns (per item):
         ``(image, mask)``: image float32 ``[C_mod,S,S]`` in [-1, 1]; mask float32 ``[K,S,S]`` one-hot over the K
@@ -684,6 +687,7 @@ class VolumeSlices(Dataset):
         cache_volumes: int = 4,
         seed: int = 0,
         split: str = "train",
+        init_workers: int | None = None,
     ) -> None:
         self.root = Path(root)
         size = check_size(image_size)
@@ -740,25 +744,43 @@ class VolumeSlices(Dataset):
         median_spacing = np.median(np.array([h.spacing for h in heads.values()]), axis=0)
         self.axis: int = coarsest_axis(median_spacing.tolist()) if want_axis is None else want_axis
 
-        # Pass 2: decode every volume once: corrupt files, labels, normalisation, foreground slices.
+        # Pass 2: decode every volume once: corrupt files, labels, normalisation, foreground slices. Cases are
+        # decoded by a few threads (zlib and numpy release the GIL); errors surface in case order.
         n_classes = len(info.class_names) or None
         self._cases: list[_Case] = []
         self._cache: OrderedDict[int, tuple[list[np.ndarray], np.ndarray]] = OrderedDict()
-        max_label = 0
-        for i, (case, paths) in enumerate(groups.items()):
+        keep_from = len(groups) - self.cache_volumes  # the last cases stay cached: only those are normalised here
+
+        def scan(i: int, case: str, paths: list[Path]):
             head = heads[case]
             label = read_label(labels[case], head, n_classes)  # geometry before decoding the image
-            loaded = load_case(paths, n_mod)
-            raw = loaded.channels
+            raw = load_case(paths, n_mod).channels
             assert raw is not None
             norm = [normalization_params(ch, _modality(info.modalities, c), self.window) for c, ch in enumerate(raw)]
-            max_label = max(max_label, int(label.max(initial=0)))
-            other = tuple(a for a in range(3) if a != self.axis)
-            foreground = (label > 0).any(axis=other)
-            self._cases.append(_Case(case, paths, labels[case], head.shape, head.spacing, norm, foreground))
-            if i >= len(groups) - self.cache_volumes:  # the last ones stay cached: normalise only those
-                self._remember(i, [apply_normalization(ch, p) for ch, p in zip(raw, norm)], label)
-            del loaded, raw
+            foreground = (label > 0).any(axis=tuple(a for a in range(3) if a != self.axis))
+            entry = _Case(case, paths, labels[case], head.shape, head.spacing, norm, foreground)
+            cached = [apply_normalization(ch, p) for ch, p in zip(raw, norm)] if i >= keep_from else None
+            return entry, int(label.max(initial=0)), cached, label if cached is not None else None
+
+        workers = min(len(groups), check_int(init_workers, "init_workers", 1) if init_workers is not None
+                      else min(4, os.cpu_count() or 1))
+        max_label = 0
+        jobs = [(i, case, paths) for i, (case, paths) in enumerate(groups.items())]
+        if workers <= 1:
+            results = (scan(*job) for job in jobs)
+            pool = None
+        else:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spadfast-volumes")
+            results = pool.map(lambda job: scan(*job), jobs)
+        try:
+            for i, (entry, top, cached, label) in enumerate(results):
+                self._cases.append(entry)
+                max_label = max(max_label, top)
+                if cached is not None:
+                    self._remember(i, cached, label)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if n_classes is None:
             n_classes = max(2, max_label + 1)
             self.class_names: list[str] = ["background"] + [f"class {c}" for c in range(1, n_classes)]

@@ -341,3 +341,19 @@ def test_stats_sample_ignores_memory_order(monkeypatch):
         b = normalization_params(np.asfortranarray(x), modality)
         assert a == b
     assert volumes._stats_sample(x).size <= 2 * 100
+
+
+def test_init_workers_do_not_change_the_data_set(tmp_path):
+    root = write_set(tmp_path, n=4, channels=2)
+    one = VolumeSlices(root, image_size=8, init_workers=1, cache_volumes=2)
+    three = VolumeSlices(root, image_size=8, init_workers=3, cache_volumes=2)
+    assert [c.norm for c in one._cases] == [c.norm for c in three._cases]
+    assert list(one._cache) == list(three._cache) == [2, 3]
+    for i in range(len(one)):
+        assert torch.equal(one[i][0], three[i][0]) and torch.equal(one[i][1], three[i][1])
+    # with several threads the first bad case in order is the one reported
+    for name in ("c1.nii.gz", "c3.nii.gz"):
+        data = (root / "labelsTr" / name).read_bytes()
+        (root / "labelsTr" / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="c1.nii.gz"):
+        VolumeSlices(root, image_size=8, init_workers=4)
