@@ -7,16 +7,17 @@ Providers, one group per (images, members, steps, size, model), all with the sam
   sampling script does. It runs first in each group; every other row records ``ratio_to_naive`` (naive's mean time
   / this row's mean time: > 1 is faster than naive) in ``extra_info`` and prints it.
 - ``eager`` (``cuda_graph=False``), ``cuda_graph`` (the whole S-step loop captured once, then replayed; CUDA only):
-  ``SPADTrainer.segment``.
+  ``SPADTrainer.segment`` (for the cached model the sampler encodes each image once and runs ``denoise`` per step).
 - ``diffusers``: ``DDIMScheduler.set_timesteps`` then, per step, ``model(cat[x, image], t)`` and ``scheduler.step``
   on all members at once, same chunking and the same final mean / std.
-- ``encode_once`` (cached model only): ``naive_sampler.cached_sample``, spadfast's batched loop for a model with
-  ``encode`` / ``denoise``: the image is encoded once, features repeated per member, S steps of the light denoiser +
-  ``ops.ddim_step``.
+- ``encode_once`` (cached model only): ``naive_sampler.cached_sample``, a minimal batched loop for a model with
+  ``encode`` / ``denoise`` (image encoded once, features repeated per member, S steps of the light denoiser +
+  ``ops.ddim_step``): what the sampler's cached path does, without its chunking, CUDA graph and checks.
 
-Models (``model`` parameter): ``unet`` (``SPADUNet``) and ``cached`` (``SPADCachedUNet`` with the same encoder
-widths; ``denoiser_channels`` its default, a quarter of ``base_channels``). Both are untrained (timing does not
-depend on the weights): SPADConfig's default widths on GPU (and with ``SPADFAST_BENCH_FULL=1``), a tiny model on CPU.
+Models (``model`` parameter): ``unet`` (``model_type="unet"``, ``SPADUNet``) and ``cached``
+(``model_type="cached_unet"``, ``SPADCachedUNet`` with the same encoder widths; its denoiser is a quarter as
+wide). Both are untrained (timing does not depend on the weights): SPADConfig's default widths on GPU (and with
+``SPADFAST_BENCH_FULL=1``), a tiny model on CPU.
 """
 
 from __future__ import annotations
@@ -57,17 +58,12 @@ _NAIVE_MEAN: dict[tuple, float] = {}  # (images, model) -> naive's mean seconds,
 def _trainer(cuda_graph: bool, device: torch.device, model_name: str) -> SPADTrainer:
     cfg = SPADConfig(
         image_size=SIZE, device=str(device), progress_bar=False, sample_steps=STEPS, ensemble=ENSEMBLE,
-        cuda_graph=cuda_graph, synthetic_train=4, synthetic_val=2, batch_size=2, **MODEL_CONFIG,
+        cuda_graph=cuda_graph, synthetic_train=4, synthetic_val=2, batch_size=2,
+        model_type="cached_unet" if model_name == "cached" else "unet", **MODEL_CONFIG,
     )
-    model = None
-    if model_name == "cached":
-        torch.manual_seed(cfg.seed)
-        model = SPADCachedUNet(
-            image_channels=cfg.image_channels, mask_channels=1, base_channels=cfg.base_channels,
-            channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
-            attention_levels=cfg.attention_levels, dropout=cfg.dropout,
-        )
-    return SPADTrainer(cfg, model=model)
+    trainer = SPADTrainer(cfg)
+    assert isinstance(trainer.model, SPADCachedUNet) == (model_name == "cached")
+    return trainer
 
 
 def _diffusers_sampler(trainer: SPADTrainer, device: torch.device):
