@@ -9,9 +9,10 @@ Paths (``--part headline``):
 - ``naive``: ``benchmarks/naive_sampler.naive_sample``: members one at a time at batch 1, diffusers' DDIMScheduler,
   host-side timestep, ``model(cat[x, image], t)`` every step (the cached model re-encodes every step).
 - ``spadfast`` UNet: ``spadfast.sampler.DDIMSampler.sample`` (members batched, coefficients precomputed).
-- ``spadfast`` cached: ``benchmarks/naive_sampler.cached_sample`` (encode once, features repeated per member, S steps
-  of denoise + ``ops.ddim_step``): this script's own batched loop, written before the sampler calls ``encode`` /
-  ``denoise``; it matches ``DDIMSampler.sample`` on the same model (checked below, ``--part check``).
+- ``spadfast`` cached: ``DDIMSampler.sample`` too, which encodes each image once and runs ``denoise`` per step
+  (spadfast >= the commit that wired ``model_type="cached_unet"``); compiled runs, and older samplers, use
+  ``benchmarks/naive_sampler.cached_sample``, the same loop written out (encode once, features repeated per member,
+  S steps of ``torch.compile``d denoise + ``ops.ddim_step``), which matches ``DDIMSampler.sample`` (``--part check``).
 
 ``--part matrix``: spadfast's path for both models with bf16 autocast on/off x channels-last on/off x torch.compile
 on/off (``--matrix-steps`` steps, default 5, to keep the runs short; compile time is reported separately and
@@ -80,6 +81,10 @@ def spadfast_fn(name: str, model, image, ac, cfg, steps: int, members: int, bf16
         sampler = DDIMSampler(m, ac, prediction_type=cfg.prediction_type, steps=steps, spacing=cfg.timestep_spacing,
                               clip_sample=cfg.clip_sample, cuda_graph=False, amp_dtype=amp, channels_last=cl)
         # DDIMSampler reads the device from model.parameters(); a compiled wrapper exposes them too
+        return lambda: sampler.sample(image, ensemble=members, seed=0).probs
+    if not compiled and hasattr(DDIMSampler, "_cached_encoder"):  # the sampler runs encode once / denoise per step
+        sampler = DDIMSampler(model, ac, prediction_type=cfg.prediction_type, steps=steps, spacing=cfg.timestep_spacing,
+                              clip_sample=cfg.clip_sample, cuda_graph=False, amp_dtype=amp, channels_last=cl)
         return lambda: sampler.sample(image, ensemble=members, seed=0).probs
     enc = torch.compile(model.encode) if compiled else None
     den = torch.compile(model.denoise) if compiled else None
