@@ -126,12 +126,14 @@ def is_volume_folder(root: str | os.PathLike) -> bool:
     return folder.is_dir() and any(volume_stem(p) is not None for p in folder.iterdir())
 
 
-def group_cases(folder: str | os.PathLike) -> dict[str, list[Path]]:
+def group_cases(folder: str | os.PathLike, label_stems: Sequence[str] | None = None) -> dict[str, list[Path]]:
     """Image files of ``folder`` grouped by case: ``{case: [channel 0 path, channel 1 path, ...]}``, sorted by case.
 
     ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... are the channels of ``<case>``; a file without a 4-digit
     suffix is a whole case on its own (3-D, or 4-D with the modalities last). Hidden files (``._case.nii.gz``
-    from macOS archives) are skipped.
+    from macOS archives) are skipped. When ``label_stems`` (the label maps' names) is given and every image file's
+    name is one of them, each file is a whole case even if its name ends in 4 digits (``case_0001.nii.gz`` with
+    ``labelsTr/case_0001.nii.gz``).
 
     Raises:
         ValueError: the folder is missing or holds no volumes, a case's channel numbers are not 0..n-1, or a case
@@ -141,8 +143,10 @@ def group_cases(folder: str | os.PathLike) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder of .nii.gz volumes")
     by_case: dict[str, dict[int | None, Path]] = {}
-    for stem, path in volume_files(folder).items():
-        case, channel = case_stem(stem)
+    files = volume_files(folder)
+    whole = label_stems is not None and bool(files) and set(files) <= set(label_stems)
+    for stem, path in files.items():
+        case, channel = (stem, None) if whole else case_stem(stem)
         entry = by_case.setdefault(case, {})
         if (channel is None and entry) or (channel is not None and None in entry):
             other = next(iter(entry.values()))
@@ -718,8 +722,8 @@ class VolumeSlices(Dataset):
         if not labels_dir.is_dir():
             raise ValueError(f"{labels_dir} is missing: a data set holds images{tag}/ and labels{tag}/")
         info = read_dataset_json(self.root)
-        groups = group_cases(images_dir)
         labels = volume_files(labels_dir)
+        groups = group_cases(images_dir, label_stems=list(labels))
         for case, paths in groups.items():
             if case not in labels:
                 raise ValueError(f"{paths[0]} has no label map: expected {labels_dir / (case + '.nii.gz')}")

@@ -112,6 +112,10 @@ def test_group_cases(tmp_path):
     groups = group_cases(tmp_path)
     assert list(groups) == ["a", "b", "c"]
     assert [p.name for p in groups["b"]] == ["b_0000.nii.gz", "b_0001.nii.gz"]
+    # names ending in 4 digits that are the labels' names are whole cases
+    assert list(group_cases(tmp_path, label_stems=["a_0000", "b_0000", "b_0001", "c"])) == ["a_0000", "b_0000",
+                                                                                           "b_0001", "c"]
+    assert list(group_cases(tmp_path, label_stems=["a", "b", "c"])) == ["a", "b", "c"]
     (tmp_path / "b_0003.nii.gz").write_bytes(b"")
     with pytest.raises(ValueError, match="no channel 0002"):
         group_cases(tmp_path)
@@ -357,3 +361,13 @@ def test_init_workers_do_not_change_the_data_set(tmp_path):
         (root / "labelsTr" / name).write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="c1.nii.gz"):
         VolumeSlices(root, image_size=8, init_workers=4)
+
+
+def test_case_names_ending_in_four_digits(tmp_path):
+    """KiTS-style names: imagesTr/case_0001.nii.gz with labelsTr/case_0001.nii.gz (no channel suffix)."""
+    for i in range(2):
+        lab = blob_labels(i)
+        _write(tmp_path / "imagesTr" / f"case_{i:04d}.nii.gz", lab * 100.0)
+        _write(tmp_path / "labelsTr" / f"case_{i:04d}.nii.gz", lab)
+    ds = VolumeSlices(tmp_path, image_size=8)
+    assert ds.case_names == ["case_0000", "case_0001"] and ds.image_channels == 1
