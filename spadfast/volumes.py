@@ -244,6 +244,9 @@ def read_dataset_json(root: str | os.PathLike) -> DatasetInfo:
             class_names = tuple(n for _, n in pairs)
         if len(class_names) < 2:
             raise ValueError(f"{path}: 'labels' must name the background and at least one class")
+        if any(n.strip().lower() == "ignore" for n in class_names):
+            raise ValueError(f"{path}: nnU-Net's 'ignore' label (partial annotation) is not supported by spadfast; "
+                             "relabel those voxels or drop the cases")
     return DatasetInfo(modalities=modalities, class_names=class_names, path=path)
 
 

@@ -128,6 +128,7 @@ def test_dataset_json_errors(tmp_path):
         ({"labels": {"background": 0, "x": 2}}, "0..1"),
         ({"labels": {"0": "background"}}, "at least one class"),
         ({"modality": ["CT"]}, "modality"),
+        ({"labels": {"background": 0, "x": 1, "ignore": 2}}, "ignore"),
     ]:
         (tmp_path / "dataset.json").write_text(json.dumps(meta))
         with pytest.raises(ValueError, match=match) as err:
