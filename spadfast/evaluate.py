@@ -32,6 +32,7 @@ from .files import read_mask
 from .metrics import METRICS, per_class_metrics, summarize
 
 MASK_SUFFIXES = (".png",)
+MAX_PNG_CLASS = 100  # a multi-class PNG value above this is taken for a binary 0/255 mask in the wrong place
 
 __all__ = ["MASK_SUFFIXES", "evaluate_folders", "format_table"]
 
@@ -174,7 +175,14 @@ def _evaluate_pngs(pred_dir: Path, gt_dir: Path, spacing: Any) -> dict[str, Any]
             p, g = read_mask(pred[n]), read_mask(gt[n])
             cases.append({"name": n, **{key: float(fn(p, g, spacing=sp)) for key, fn in METRICS.items()}})
         return {"cases": cases, "mean": summarize(cases)}
-    classes = list(range(1, max(p_vals | g_vals) + 1))
+    top = max(p_vals | g_vals)
+    if top > MAX_PNG_CLASS:
+        maps, folder = (p_maps, pred) if top in p_vals else (g_maps, gt)
+        culprit = next(folder[n] for n in names if (maps[n] == top).any())
+        raise ValueError(f"{culprit} holds the value {top} but the masks hold several labels "
+                         f"({sorted(p_vals | g_vals)[:6]}...): multi-class PNG label maps store class numbers "
+                         f"1..{MAX_PNG_CLASS}; a 0/255 binary mask cannot be scored against a multi-class map")
+    classes = list(range(1, top + 1))
     cases = [_case(n, per_class_metrics(p_maps[n], g_maps[n], classes, sp)) for n in names]
     return {"cases": cases, "mean": summarize(cases)}
 

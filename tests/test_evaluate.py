@@ -149,3 +149,10 @@ def test_mismatches_name_the_files(tmp_path):
     write_pngs(tmp_path / "gp", {"a.png": np.zeros((4, 6))})
     with pytest.raises(ValueError, match="a.png.*5x4.*a.png.*6x4"):
         evaluate_folders(tmp_path / "pp", tmp_path / "gp")
+
+
+def test_binary_against_multiclass_png_is_an_error(tmp_path):
+    write_pngs(tmp_path / "g", {"x.png": two_class_map()})
+    write_pngs(tmp_path / "p", {"x.png": (two_class_map() > 0) * 255})
+    with pytest.raises(ValueError, match=r"p/x.png holds the value 255"):
+        evaluate_folders(tmp_path / "p", tmp_path / "g")
