@@ -662,6 +662,8 @@ class VolumeSlices(Dataset):
         split: ``"train"`` (``imagesTr``/``labelsTr``) or ``"test"`` (``imagesTs``/``labelsTs``).
         init_workers: threads that decode and check the volumes in ``__init__`` (default ``min(4, CPUs)``; each
             holds one decoded volume at a time). The result does not depend on it.
+        cases: only these case names (e.g. a train/validation split of ``imagesTr``); None: every case. Files of
+            other cases are not read.
 
     Returns (per item):
         ``(image, mask)``: image float32 ``[C_mod,S,S]`` in [-1, 1]; mask float32 ``[K,S,S]`` one-hot over the K
@@ -695,6 +697,7 @@ class VolumeSlices(Dataset):
         seed: int = 0,
         split: str = "train",
         init_workers: int | None = None,
+        cases: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root)
         size = check_size(image_size)
@@ -733,6 +736,16 @@ class VolumeSlices(Dataset):
         for stem, path in labels.items():
             if stem not in groups:
                 raise ValueError(f"{path} has no image: expected {images_dir / (stem + '_0000.nii.gz')}")
+        if cases is not None:
+            if isinstance(cases, str):
+                raise TypeError("`cases` must be a list of case names, not a string")
+            unknown = sorted(set(cases) - set(groups))
+            if unknown:
+                raise ValueError(f"`cases` names {unknown[:3]} that {images_dir} does not hold (it holds "
+                                 f"{list(groups)[:3]}...)")
+            if not cases:
+                raise ValueError("`cases` must name at least one case")
+            groups = {c: groups[c] for c in sorted(set(cases))}
 
         # Pass 1: headers only (cheap): channels, geometry, the slicing axis.
         n_mod = len(info.modalities) or None

@@ -372,3 +372,14 @@ def test_case_names_ending_in_four_digits(tmp_path):
         _write(tmp_path / "labelsTr" / f"case_{i:04d}.nii.gz", lab)
     ds = VolumeSlices(tmp_path, image_size=8)
     assert ds.case_names == ["case_0000", "case_0001"] and ds.image_channels == 1
+
+
+def test_case_subsets(tmp_path):
+    root = write_set(tmp_path, n=3)
+    (root / "labelsTr" / "c2.nii.gz").write_bytes(b"broken")  # not read when c2 is left out
+    val = VolumeSlices(root, image_size=8, cases=["c1"], foreground_fraction=None)
+    assert val.case_names == ["c1"] and len(val) == SHAPE[2]
+    with pytest.raises(ValueError, match="c9"):
+        VolumeSlices(root, image_size=8, cases=["c0", "c9"])
+    with pytest.raises(TypeError, match="`cases`"):
+        VolumeSlices(root, image_size=8, cases="c0")
