@@ -69,38 +69,76 @@ def _check_out_dir(out: Path) -> None:
                          " file): choose another folder; spadfast replaces only its own reports")
 
 
+def _is_volume(path: Path) -> bool:
+    return path.name.lower().endswith((".nii.gz", ".nii"))
+
+
+class _Folder:
+    """Finds a case's file in a folder: ``folder/<name>`` (PNG masks: names are file names) or the NIfTI file whose
+    stem is ``<name>`` (volumes: names are case names); PNG images by stem, NIfTI images by case (channel 0)."""
+
+    def __init__(self, folder: Path, images: bool = False) -> None:
+        self.folder, self.images = folder, images
+        self._by_stem: dict[str, Path] | None = None
+        self._volumes: dict[str, Path] | None = None
+
+    def _volume_index(self) -> dict[str, Path]:
+        if self._volumes is None:
+            from .volumes import group_cases, volume_files, volume_stem
+
+            has_volumes = any(volume_stem(p) is not None for p in self.folder.iterdir())
+            if not has_volumes:
+                self._volumes = {}
+            elif self.images:
+                self._volumes = {case: paths[0] for case, paths in group_cases(self.folder).items()}
+            else:
+                self._volumes = volume_files(self.folder)
+        return self._volumes
+
+    def find(self, name: str) -> Path | None:
+        if not self.images and (self.folder / name).is_file():
+            return self.folder / name
+        if self.images and not _is_volume(Path(name)) and "." in name:
+            if self._by_stem is None:
+                from .files import index_folder
+
+                self._by_stem = index_folder(self.folder)
+            found = self._by_stem.get(Path(name).stem)
+            if found is not None:
+                return found
+        return self._volume_index().get(name)
+
+
 def _pairing(cases: list[dict[str, Any]], pred_dir: Path, gt_dir: Path,
              images_dir: Path | None) -> list[dict[str, Path | None]]:
     """Every case's files; a missing prediction, ground truth or image is a ValueError naming the path."""
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not folder.is_dir():
             raise ValueError(f"{what} folder {str(folder)!r} does not exist")
-    from .files import index_folder
-
-    images = None
-    if images_dir is not None:
-        if not images_dir.is_dir():
-            raise ValueError(f"images folder {str(images_dir)!r} does not exist")
-        images = index_folder(images_dir)
+    if images_dir is not None and not images_dir.is_dir():
+        raise ValueError(f"images folder {str(images_dir)!r} does not exist")
+    pred_f, gt_f = _Folder(pred_dir), _Folder(gt_dir)
+    images = _Folder(images_dir, images=True) if images_dir is not None else None
     unc_dir = pred_dir / "uncertainty"
+    unc_f = _Folder(unc_dir) if unc_dir.is_dir() else None
     out = []
     for case in cases:
         name = case["name"]
-        pred, gt = pred_dir / name, gt_dir / name
-        if not pred.is_file():
-            raise ValueError(f"prediction {str(pred)!r} for case {name!r} does not exist: the prediction and "
-                             "ground-truth folders do not pair with this report")
-        if not gt.is_file():
-            raise ValueError(f"ground truth {str(gt)!r} for case {name!r} does not exist: the prediction and "
-                             "ground-truth folders do not pair with this report")
-        stem = Path(name).stem
+        pred, gt = pred_f.find(name), gt_f.find(name)
+        for path, folder, what in ((pred, pred_dir, "prediction"), (gt, gt_dir, "ground truth")):
+            if path is None:
+                also = "" if "." in name else f" or {name}.nii.gz"
+                raise ValueError(f"{what} for case {name!r} not found: expected {str(folder / name)!r}{also}; the "
+                                 "prediction and ground-truth folders do not pair with this report")
         image = None
         if images is not None:
-            if stem not in images:
-                raise ValueError(f"images folder {str(images_dir)!r} has no image for case {name!r} (stem {stem!r})")
-            image = images[stem]
-        unc = unc_dir / f"{stem}.png"
-        out.append({"pred": pred, "gt": gt, "image": image, "unc": unc if unc.is_file() else None})
+            image = images.find(name)
+            if image is None:
+                raise ValueError(f"images folder {str(images_dir)!r} has no image for case {name!r}")
+        unc = None
+        if unc_f is not None:
+            unc = unc_f.find(f"{Path(name).stem}.png") if not _is_volume(gt) else unc_f.find(name)  # type: ignore
+        out.append({"pred": pred, "gt": gt, "image": image, "unc": unc})
     return out
 
 
@@ -108,7 +146,17 @@ def _pairing(cases: list[dict[str, Any]], pred_dir: Path, gt_dir: Path,
 
 
 def _labels(path: Path) -> np.ndarray:
-    """A mask file as an integer label map ``[H,W]`` (0 background; 0/255 binary masks give one label, 255)."""
+    """A mask file as an integer label map (0 background; 0/255 binary masks give one label, 255): ``[H,W]`` for
+    images, ``[I,J,K]`` for NIfTI volumes."""
+    if _is_volume(path):
+        from .volumes import read_nifti, read_voxels
+
+        a = read_voxels(read_nifti(path), path)
+        if a.ndim == 4 and a.shape[3] == 1:
+            a = a[:, :, :, 0]
+        if a.ndim != 3:
+            raise ValueError(f"label map {str(path)!r} has shape {a.shape}; expected 3-D")
+        return np.rint(a).astype(np.int64) if a.dtype.kind == "f" else a.astype(np.int64)
     from .files import _decode
 
     a = _decode(path)
@@ -117,6 +165,72 @@ def _labels(path: Path) -> np.ndarray:
     if a.dtype.kind == "f":
         a = np.rint(a * 255)
     return a.astype(np.int64)
+
+
+def _to_unit(plane: np.ndarray) -> np.ndarray:
+    """A volume's intensity plane as float32 in [0, 1], windowed to its 0.5-99.5th percentiles."""
+    plane = plane.astype(np.float32)
+    lo, hi = np.percentile(plane, [0.5, 99.5]) if plane.size else (0.0, 1.0)
+    return np.clip((plane - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(plane)
+
+
+def _case_planes(files: dict[str, Path | None]) -> dict[str, Any]:
+    """What a case's thumbnails show: ``gt``/``pred`` int label maps ``[H,W]``, ``image`` float32 ``[H,W]`` or
+    ``[H,W,3]`` RGB in [0, 1] (or None), ``unc`` uint8 ``[H,W]`` (or None) and ``note`` (the slice of a volume).
+
+    Volumes are shown on one slice along the coarsest axis (the largest voxel size): the slice with the most
+    ground-truth foreground (else the most predicted foreground, else the middle one).
+    """
+    import cv2
+
+    gt_path, pred_path = files["gt"], files["pred"]
+    gt, pred = _labels(gt_path), _labels(pred_path)  # type: ignore[arg-type]
+    if pred.shape != gt.shape:
+        raise ValueError(f"{str(pred_path)!r} has shape {pred.shape} but {str(gt_path)!r} has {gt.shape}")
+    out: dict[str, Any] = {"image": None, "unc": None, "note": ""}
+    if gt.ndim == 3:
+        from .volumes import coarsest_axis, read_nifti, read_voxels, spacing_of
+
+        axis = coarsest_axis(spacing_of(read_nifti(gt_path)))
+        others = tuple(i for i in range(3) if i != axis)
+        counts = (gt > 0).sum(axis=others)
+        if not counts.any():
+            counts = (pred > 0).sum(axis=others)
+        index = int(np.argmax(counts)) if counts.any() else gt.shape[axis] // 2
+
+        def plane(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(np.take(a, index, axis=axis))
+
+        out.update(gt=plane(gt), pred=plane(pred), note=f"slice {index} of {gt.shape[axis]}, axis {axis}")
+        if files["image"] is not None:
+            vol = read_voxels(read_nifti(files["image"]), files["image"])
+            vol = vol[..., 0] if vol.ndim == 4 else vol
+            if vol.shape != gt.shape:
+                raise ValueError(f"image {str(files['image'])!r} has shape {vol.shape} but its label map "
+                                 f"{str(gt_path)!r} has {gt.shape}")
+            out["image"] = _to_unit(plane(vol))
+        if files["unc"] is not None:
+            u = read_voxels(read_nifti(files["unc"]), files["unc"]).astype(np.float32)
+            u = u.max(axis=3) if u.ndim == 4 else u
+            if u.shape == gt.shape:
+                out["unc"] = np.clip(plane(u) * 2 * 255, 0, 255).astype(np.uint8)
+        return out
+    out.update(gt=gt, pred=pred)
+    if files["image"] is not None:
+        from .files import read_image
+
+        image = read_image(files["image"])
+        if image.shape[:2] != gt.shape:
+            raise ValueError(f"image {str(files['image'])!r} is {image.shape[1]}x{image.shape[0]} but its mask "
+                             f"{str(gt_path)!r} is {gt.shape[1]}x{gt.shape[0]}")
+        out["image"] = image
+    if files["unc"] is not None:
+        u = cv2.imread(str(files["unc"]), cv2.IMREAD_GRAYSCALE)
+        if u is None:
+            raise ValueError(f"cannot read uncertainty map {str(files['unc'])!r}")
+        if u.shape == gt.shape:
+            out["unc"] = u
+    return out
 
 
 def _scale(shape: tuple[int, int], size: int) -> tuple[int, int, bool]:
@@ -158,50 +272,38 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 def _thumbnails(
     files: dict[str, Path | None], folder: Path, key: str, size: int
-) -> tuple[dict[str, str], tuple[int, int]]:
-    """Write the case's thumbnails (uint8 BGR PNGs, longest side <= ``size``); returns kind -> relative path and
-    the thumbnails' ``(H, W)``."""
+) -> tuple[dict[str, str], tuple[int, int], str]:
+    """Write the case's thumbnails (uint8 BGR PNGs, longest side <= ``size``); returns kind -> relative path, the
+    thumbnails' ``(H, W)`` and a note (which slice of a volume is shown)."""
     import cv2
 
-    from .files import read_image
-
-    gt = _labels(files["gt"])  # type: ignore[arg-type]
-    pred = _labels(files["pred"])  # type: ignore[arg-type]
-    if pred.shape != gt.shape:
-        raise ValueError(f"{files['pred']} is {pred.shape[1]}x{pred.shape[0]} but {files['gt']} is "
-                         f"{gt.shape[1]}x{gt.shape[0]}")
+    planes = _case_planes(files)
+    gt, pred = planes["gt"], planes["pred"]
     th, tw, enlarge = _scale(gt.shape, size)
     interp = cv2.INTER_NEAREST if enlarge else cv2.INTER_AREA
-    if files["image"] is not None:
-        image = read_image(files["image"])
-        if image.shape[:2] != gt.shape:
-            raise ValueError(f"image {str(files['image'])!r} is {image.shape[1]}x{image.shape[0]} but its mask "
-                             f"{str(files['gt'])!r} is {gt.shape[1]}x{gt.shape[0]}")
-        u8 = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    if planes["image"] is not None:
+        u8 = np.clip(np.rint(planes["image"] * 255), 0, 255).astype(np.uint8)
         u8 = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGR) if u8.ndim == 2 else cv2.cvtColor(u8, cv2.COLOR_RGB2BGR)
         base = cv2.resize(u8, (tw, th), interpolation=interp)
     else:
         base = np.zeros((th, tw, 3), np.uint8)
     gt_s, pred_s = _resize_labels(gt, (th, tw)), _resize_labels(pred, (th, tw))
-    out = {}
     gt_canvas = base.copy()
     _draw(gt_canvas, gt_s, GT_COLOR)
     both = gt_canvas.copy()
     _draw(both, pred_s, PRED_COLOR)
     pictures = {"gt": gt_canvas, "pred": both}
-    if files["image"] is not None:
+    if planes["image"] is not None:
         pictures["img"] = base
-    if files["unc"] is not None:
-        u = cv2.imread(str(files["unc"]), cv2.IMREAD_GRAYSCALE)
-        if u is None:
-            raise ValueError(f"cannot read uncertainty map {str(files['unc'])!r}")
-        u = cv2.resize(u, (tw, th), interpolation=cv2.INTER_NEAREST if enlarge else cv2.INTER_AREA)
+    if planes["unc"] is not None:
+        u = cv2.resize(planes["unc"], (tw, th), interpolation=interp)
         pictures["unc"] = cv2.applyColorMap(u, cv2.COLORMAP_INFERNO)
+    out = {}
     for kind, picture in pictures.items():
         rel = f"thumbs/{key}_{kind}.png"
         _write_png(folder / rel, picture)
         out[kind] = rel
-    return out, (th, tw)
+    return out, (th, tw), planes["note"]
 
 
 # ------------------------------------------------------------------------------------------------------- HTML
@@ -281,6 +383,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}thead th{background:#f
 .pager button.on{background:#1d2330;color:#fff}.pc{font-size:11px;color:#5b6473}
 .top{display:flex;flex-wrap:wrap;gap:0 16px;align-items:flex-start}.top section{flex:0 1 auto}
 .top .plots img{height:190px;width:auto;max-width:none}.top #training img{height:250px}
+.top .plots img.tall{height:360px}
 .summary td,.summary th{padding:3px 8px}
 """
 
@@ -304,10 +407,11 @@ _JS = """
 
 
 def _case_row(rank: int, case: dict[str, Any], thumbs: dict[str, str], size: tuple[int, int],
-              show_image: bool, show_unc: bool) -> str:
+              show_image: bool, show_unc: bool, note: str = "") -> str:
     name = html.escape(case["name"])
     h, w = size
-    cells = [f'<td class="num">{rank}</td>', f'<td class="name">{name}</td>']
+    note_html = f'<br><span class="note">{html.escape(note)}</span>' if note else ""
+    cells = [f'<td class="num">{rank}</td>', f'<td class="name">{name}{note_html}</td>']
     for key, _, _ in METRICS:
         v = float(case[key])
         bad = " bad" if (key == "dice" and v < 0.5) or (key == "hd95" and math.isinf(v)) else ""
@@ -350,8 +454,9 @@ def _page(report: dict[str, Any], rows_html: list[str], header_cells: list[str],
         "</section>",
     ]
     if "metrics" in plots:
+        tall = ' class="tall"' if any(c.get("per_class") for c in report["cases"]) else ""
         parts += ['<section id="distributions" class="plots"><h2>Distributions</h2>',
-                  f'<a href="{plots["metrics"]}"><img src="{plots["metrics"]}" alt="metric histograms"></a>',
+                  f'<a href="{plots["metrics"]}"><img src="{plots["metrics"]}" alt="metric histograms"{tall}></a>',
                   "</section>"]
     if "curves" in plots or curves_note:
         parts.append('<section id="training" class="plots"><h2>Training</h2>')
@@ -456,8 +561,8 @@ def write_report(
         rows, show_image, show_unc = [], images is not None, any(f["unc"] is not None for f in files)
         for rank, i in enumerate(order, 1):
             key = f"{i:0{width}d}"
-            thumbs, th = _thumbnails(files[i], tmp, key, thumb_size)
-            rows.append(_case_row(rank, cases[i], thumbs, th, show_image, show_unc))
+            thumbs, th, note = _thumbnails(files[i], tmp, key, thumb_size)
+            rows.append(_case_row(rank, cases[i], thumbs, th, show_image, show_unc, note))
         header = ['<th>#</th>', "<th>case</th>", *(f"<th>{label} {arrow}</th>" for _, label, arrow in METRICS)]
         if any(c.get("per_class") for c in cases):
             header.append("<th>Dice per class</th>")

@@ -216,3 +216,25 @@ def test_cli_handler(folders, capsys):
     args = parser.parse_args(["--pred", str(folders["pred"]), "--gt", str(folders["gt"]), "--run", "x"])
     with pytest.raises(ValueError, match="--report"):
         main(args)
+
+
+def test_volumes_show_one_slice(tmp_path):
+    pytest.importorskip("nibabel")
+    import shutil
+
+    from spadfast.volumes import write_demo_volumes
+
+    root = write_demo_volumes(tmp_path / "data", n_cases=1, n_test=2, shape=(16, 16, 6))
+    shutil.copytree(root / "labelsTs", tmp_path / "pred")
+    report = evaluate_folders(tmp_path / "pred", root / "labelsTs")
+    out = tmp_path / "report"
+    page = _parse(write_report(report, tmp_path / "pred", root / "labelsTs", out, images_dir=root / "imagesTs"))
+    assert [c["name"] for c in page.cases] == ["test_000", "test_001"]  # case names, not file names
+    for row in page.cases:
+        assert [Path(i["src"]).stem.split("_")[1] for i in row["imgs"]] == ["img", "gt", "pred"]
+        assert all((out / i["src"]).is_file() for i in row["imgs"])
+    assert "slice " in (out / "index.html").read_text() and ("class 2", "dice") in {
+        (r["scope"], r["metric"]) for r in page.summary}
+    (tmp_path / "pred" / "test_001.nii.gz").unlink()
+    with pytest.raises(ValueError, match=r"test_001\.nii\.gz"):
+        write_report(report, tmp_path / "pred", root / "labelsTs", out)
