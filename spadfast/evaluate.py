@@ -234,7 +234,7 @@ def format_table(report: dict[str, Any]) -> str:
     per_class = report["mean"].get("per_class")
     classes = list(per_class) if per_class else []
     extra = [(c, k) for c in classes for k in ("dice", "hd95") if k in keys] if len(classes) > 1 else []
-    width = max([5] + [len(c["name"]) for c in report["cases"]])
+    width = max([4] + [len(c["name"]) for c in report["cases"]])
     head = [f"{k:>8}" for k in keys] + [f"{f'{k}[{c}]':>9}" for c, k in extra]
     lines = [f"{'case':<{width}}  " + "  ".join(head)]
 
