@@ -214,3 +214,14 @@ def test_channels_last_source_gives_a_3d_label_map(tmp_path):
     assert got.shape == lab.shape
     np.testing.assert_array_equal(got.affine, nib.load(str(tmp_path / "v.nii.gz")).affine)  # as stored (float32)
     np.testing.assert_array_equal(np.asarray(got.dataobj), lab)
+
+
+def test_ct_folder_uses_the_training_normalisation(tmp_path):
+    """imagesTs of a CT data set: dataset.json (beside it) selects the CT rule for prediction as for training."""
+    root = write_demo_volumes(tmp_path / "d", n_cases=1, n_test=2, shape=(12, 12, 4), modality="CT", num_classes=3)
+    ds = VolumeSlices(root, image_size=16, foreground_fraction=None, split="test")
+    seg = FakeSegmenter(size=16)
+    predict_volume_folder(seg, root / "imagesTs", tmp_path / "pred")
+    fed = torch.cat(seg.batches)
+    torch.testing.assert_close(fed, torch.stack([ds[i][0] for i in range(len(ds))]), rtol=0, atol=0)
+    assert float(fed.min()) == -1.0 and float(fed.max()) == 1.0  # the percentile window
