@@ -378,7 +378,8 @@ def run_ablation(
     result = aggregate(records)
     result.update({"preset": preset, "train_steps": base["train_steps"], "seeds": seeds,
                    "n_train": len(split["train"]), "n_heldout": len(split["heldout"]),
-                   "data": str(data), "val": str(val) if val is not None else None})
+                   "data": str(data), "val": str(val) if val is not None else None,
+                   "out": str(out), "val_images": str(val_images), "val_masks": str(val_masks)})
     write_text_atomic(out / "ablation.json", json.dumps(result, indent=1))
     write_text_atomic(out / "ablation.md", format_markdown(result, table))
     try:
@@ -476,6 +477,17 @@ def format_markdown(result: dict[str, Any], table: dict[str, dict[str, Any]] | N
             "" if math.isnan(row.get("d_dice_se", math.nan)) else f" ± {row['d_dice_se']:.4f}")
         cells += [delta, _fmt(row.get("train_seconds", math.nan), 0)]
         lines.append(f"| {row['variant']} | {change} | " + " | ".join(cells) + " |")
+    first = result["rows"][0]["runs"][0].get("run") if result["rows"] and result["rows"][0].get("runs") else None
+    if first and result.get("out"):
+        run = f"{result['out']}/{first}"
+        lines += [
+            "",
+            f"Each run keeps its checkpoint, `log.jsonl` and held-out predictions (with uncertainty maps) in "
+            f"`{result['out']}/runs/<variant>/seed<k>/`. A report of one run, e.g.:",
+            "",
+            f"    spadfast evaluate --pred {run}/pred --gt {result['val_masks']} --images {result['val_images']} "
+            f"--run {run} --report {run}/report",
+        ]
     return "\n".join(lines) + "\n"
 
 
