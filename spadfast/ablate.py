@@ -50,7 +50,7 @@ SETTINGS_FILE = "settings.json"
 DONE_FILE = "metrics.json"
 METRICS = ("dice", "iou", "hd95")
 # Config keys that may differ between a run and a rerun without invalidating it.
-_FREE_KEYS = ("device", "progress_bar", "num_workers")
+_FREE_KEYS = ("device", "progress_bar", "num_workers", "checkpoint_every", "log_every")
 
 
 def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
