@@ -23,6 +23,9 @@ Layout of ``OUT``::
     OUT/runs/<slug>/seed<k>/          one run: checkpoint.safetensors, log.jsonl, pred/, metrics.json (done marker)
     OUT/ablation.md, ablation.json, ablation.png
 
+The held-out split is also each trainer's validation data (``val_dice`` in ``log.jsonl``): monitoring only, no
+checkpoint selection or early stopping, so the held-out scores are not tuned on it.
+
 Resuming: a run whose ``metrics.json`` exists is skipped; a run with a checkpoint but no ``metrics.json`` continues
 from the checkpoint (``SPADTrainer.from_checkpoint``; checkpoints are written every ``checkpoint_every`` steps).
 """
