@@ -69,6 +69,28 @@ def coerce_dataset(
     return data
 
 
+def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | None, dict]:
+    """The trainer's ``(train, val, sources)`` from its arguments and ``config``: folders, volumes or Datasets are
+    checked; ``None`` for both means synthetic lesions (a held-out synthetic split validates); ``sources`` is what
+    the checkpoint records (:func:`describe_source`)."""
+    cfg = config
+    common = dict(image_size=cfg.image_size, channels=cfg.image_channels, intensity_norm=cfg.intensity_norm,
+                  mask_channels=cfg.mask_channels, slice_axis=cfg.slice_axis,
+                  foreground_fraction=cfg.foreground_fraction)
+    train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
+                           **common)
+    sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
+    val = None
+    if val_data is None and train_data is None:
+        val_seed = cfg.seed + 10_007
+        val = coerce_dataset(None, "val_data", synthetic_n=cfg.synthetic_val, synthetic_seed=val_seed, **common)
+        sources["val"] = describe_source(None, cfg.synthetic_val, val_seed)
+    elif val_data is not None:
+        val = coerce_dataset(val_data, "val_data", **common)
+        sources["val"] = describe_source(val_data)
+    return train, val, sources
+
+
 class BatchIndexStream(torch.utils.data.Sampler):
     """Endless stream of per-rank index batches starting at micro-batch ``start``, epoch after epoch.
 

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from . import distributed as dist_utils
 from ._version import __version__
 from .augment import dihedral
-from .batches import batch_iterator, coerce_dataset, describe_source, resume_source
+from .batches import batch_iterator, resume_source, training_datasets
 from .checkpoint import (
     capture_rng,
     optimizer_param_groups,
@@ -93,23 +93,7 @@ class SPADTrainer:
         if model is None:
             check_fits_memory(cfg, self.device)
 
-        size, channels = cfg.image_size, cfg.image_channels
-        norm = cfg.intensity_norm
-        k = cfg.mask_channels
-        volumes = dict(slice_axis=cfg.slice_axis, foreground_fraction=cfg.foreground_fraction)
-        self.train_data = coerce_dataset(train_data, "train_data", size, channels, cfg.synthetic_train, cfg.seed,
-                                         norm, k, **volumes)
-        self.data_sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
-        if val_data is None and train_data is None:
-            self.val_data = coerce_dataset(None, "val_data", size, channels, cfg.synthetic_val, cfg.seed + 10_007,
-                                           mask_channels=k)
-            self.data_sources["val"] = describe_source(None, cfg.synthetic_val, cfg.seed + 10_007)
-        elif val_data is not None:
-            self.val_data = coerce_dataset(val_data, "val_data", size, channels, intensity_norm=norm, mask_channels=k,
-                                           **volumes)
-            self.data_sources["val"] = describe_source(val_data)
-        else:
-            self.val_data = None
+        self.train_data, self.val_data, self.data_sources = training_datasets(cfg, train_data, val_data)
 
         torch.manual_seed(cfg.seed)  # model initialisation is identical on every rank
         model = build_model(cfg) if model is None else model
