@@ -244,3 +244,30 @@ def test_bad_input_is_not_a_kernel_failure(broken, kernel_device):
     with pytest.raises(ValueError, match="`mask` must be binary"):
         ops.canny(torch.full((5, 5), 0.5, device=kernel_device))
     assert not ops._FALLBACKS
+
+
+# ------------------------------------------------------------------------------------------------ one tile rule
+@pytest.mark.parametrize("op", list(OPS))
+def test_one_block_size_keyword_for_every_launcher(op):
+    pytest.importorskip("triton")
+    args = _example(op)
+    for bad in [(16,), (16, 24), (0, 32), (16.0, 32), "16x32", (True, 32)]:
+        with pytest.raises(ValueError, match="`block_size` must be"):
+            OPS[op].planner(*args, block_size=bad)
+    plan = OPS[op].planner(*args, block_size=(4, 8))
+    assert (plan.constexprs["BLOCK_H"], plan.constexprs["BLOCK_W"]) == (4, 8) and plan.num_warps >= 1
+
+
+def test_tile_rule():
+    pytest.importorskip("triton")
+    from spadfast.kernels.utils import INTERPRETER_TILE, tile_config
+
+    gpu, cpu = torch.device("meta"), torch.device("cpu")
+    for H in (1, 2, 3, 31, 256, 1000):
+        for W in (1, 5, 47, 256, 4097):
+            for tile, ept in (((16, 32), 4), ((16, 32), 1), ((4, 32), 1), ((16, 64), 4), ((8, 128), 4)):
+                bh, bw, warps = tile_config(H, W, gpu, tile, ept)
+                assert bw == min(1 << (W - 1).bit_length(), tile[1])
+                assert bh <= max(tile[0], tile[0] * tile[1] // bw) and bh <= max(1, 1 << (H - 1).bit_length())
+                assert warps == max(1, min(16, bh * bw // (32 * ept)))
+                assert tile_config(H, W, cpu, tile, ept)[1] == min(1 << (W - 1).bit_length(), INTERPRETER_TILE[1])
