@@ -27,7 +27,7 @@ setup(
         "pyyaml",
         "tqdm",
         "scipy",
-        "nibabel",
+        "nibabel>=5.2",
         "matplotlib",
     ],
     extras_require={

@@ -12,7 +12,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch pinned first so that nothing later resolves an unpinned (multi-GB CUDA) torch.
   .venv/bin/python -m pip install -q "torch==2.13.0" "triton==3.6.0" "numpy<2.4" opencv-python-headless \
-    safetensors pyyaml tqdm scipy nibabel matplotlib tensorboard pytest pytest-benchmark diffusers monai
+    safetensors pyyaml tqdm scipy "nibabel>=5.2" matplotlib tensorboard pytest pytest-benchmark diffusers monai
   .venv/bin/python -m pip install -q nvtx || echo "bootstrap: nvtx not installed (optional)"
   touch "$stamp"
 fi

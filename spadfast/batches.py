@@ -14,7 +14,7 @@ from . import distributed as dist_utils
 def coerce_dataset(
     data: Dataset | str | Path | None, name: str, image_size: int, channels: int, synthetic_n: int = 0,
     synthetic_seed: int = 0, intensity_norm: str = "dtype", mask_channels: int = 1, slice_axis: int | None = None,
-    foreground_fraction: float = 0.5,
+    foreground_fraction: float = 0.5, window: tuple[float, float] | None = None,
 ) -> Dataset:
     """A training/validation dataset from what the user passed, checked before any work starts.
 
@@ -38,7 +38,7 @@ def coerce_dataset(
         from .volumes import VolumeSlices, is_volume_folder
 
         if is_volume_folder(data):
-            data = VolumeSlices(data, image_size=image_size, axis=slice_axis,
+            data = VolumeSlices(data, image_size=image_size, axis=slice_axis, window=window,
                                 foreground_fraction=foreground_fraction if name == "train_data" else None)
         elif mask_channels != 1:
             raise ValueError(f"`{name}` {str(data)!r}: PNG/TIFF folders are binary; num_classes > 2 needs a "
@@ -76,7 +76,7 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     cfg = config
     common = dict(image_size=cfg.image_size, channels=cfg.image_channels, intensity_norm=cfg.intensity_norm,
                   mask_channels=cfg.mask_channels, slice_axis=cfg.slice_axis,
-                  foreground_fraction=cfg.foreground_fraction)
+                  foreground_fraction=cfg.foreground_fraction, window=cfg.intensity_window or None)
     train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
                            **common)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}

@@ -206,12 +206,13 @@ def _volume_data(cfg, data: Path, config_file: Path | None):
 
     if not is_volume_folder(data):
         return cfg, data
-    ds = VolumeSlices(data, image_size=cfg.image_size, axis=cfg.slice_axis,
+    ds = VolumeSlices(data, image_size=cfg.image_size, axis=cfg.slice_axis, window=cfg.intensity_window or None,
                       foreground_fraction=cfg.foreground_fraction, seed=cfg.seed)
     given = _read_config_keys(config_file) if config_file else {}
-    found = {"num_classes": ds.num_classes, "image_channels": ds.image_channels, "slice_axis": ds.axis}
+    found = {"num_classes": ds.num_classes, "image_channels": ds.image_channels, "slice_axis": ds.axis,
+             "modalities": list(ds.modalities)}
     for key, value in found.items():
-        if key in given and given[key] is not None and given[key] != value:
+        if key in given and given[key] not in (None, []) and given[key] != value:
             raise ValueError(f"config key `{key}` is {given[key]!r} but {str(data)!r} has {value!r}")
     return type(cfg).from_dict({**cfg.to_dict(), **found}), ds
 
@@ -242,7 +243,8 @@ def cmd_predict(args) -> int:
         names = predict_volume_folder(
             segmenter, args.images, args.out, axis=cfg.slice_axis, steps=args.steps, ensemble=args.ensemble,
             seed=args.seed, batch_size=args.batch_size, write_probabilities=args.probabilities,
-            write_uncertainty=args.uncertainty,
+            write_uncertainty=args.uncertainty, modalities=list(cfg.modalities) or None,
+            window=cfg.intensity_window or None,
         )
         print(f"spadfast: wrote {len(names)} label volumes to {args.out}")
         return 0

@@ -64,6 +64,8 @@ class SPADConfig:
     num_classes: int = 2  # label classes, background included: K = num_classes - 1 mask channels (binary: 2)
     slice_axis: int | None = None  # volumes: the array axis slices are taken along (None: the coarsest spacing)
     foreground_fraction: float = 0.5  # volumes: probability a training slice is drawn from slices with foreground
+    modalities: tuple[str, ...] = ()  # volumes: modality per image channel ("CT", "MR", ...), recorded from the data
+    intensity_window: tuple[float, ...] = ()  # volumes: fixed (lo, hi) window for every channel; () = per modality
     intensity_norm: str = "dtype"  # image files -> [-1, 1]: dtype | minmax | percentile (per image)
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 4)
@@ -120,6 +122,8 @@ class SPADConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         self.channel_mults = tuple(int(c) for c in self.channel_mults)
+        self.modalities = tuple(self.modalities)
+        self.intensity_window = tuple(float(v) for v in self.intensity_window)
         self.attention_levels = tuple(int(c) for c in self.attention_levels)
         if isinstance(self.perturb, dict):
             self.perturb = _build(PerturbConfig, self.perturb, "perturb.")
@@ -132,6 +136,10 @@ class SPADConfig:
             (self.num_classes >= 2, "num_classes", ">= 2 (background + at least one class)"),
             (self.slice_axis in (None, 0, 1, 2), "slice_axis", "None, 0, 1 or 2"),
             (0 <= self.foreground_fraction <= 1, "foreground_fraction", "in [0, 1]"),
+            (len(self.intensity_window) in (0, 2) and (not self.intensity_window
+             or self.intensity_window[0] < self.intensity_window[1]), "intensity_window", "() or (lo, hi), lo < hi"),
+            (not self.modalities or len(self.modalities) == self.image_channels, "modalities",
+             "empty or one name per image channel"),
             (self.intensity_norm in INTENSITY_NORMS, "intensity_norm", f"one of {INTENSITY_NORMS}"),
             (self.base_channels >= 1, "base_channels", ">= 1"),
             (len(self.channel_mults) >= 1, "channel_mults", "non-empty"),
@@ -331,6 +339,13 @@ def _check_types(obj) -> None:
                 setattr(obj, f.name, float(value))
         elif isinstance(default, str):
             ok, kind = isinstance(value, str), "a string"
+        elif isinstance(default, tuple) and "str" in str(f.type):
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            kind = "a list of strings"
+        elif isinstance(default, tuple) and "float" in str(f.type):
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            kind = "a list of finite numbers"
         elif isinstance(default, tuple):
             ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             kind = "a list of ints"

@@ -622,7 +622,7 @@ def main(args: argparse.Namespace, report: dict[str, Any] | None = None) -> int:
     if report is None:
         from .evaluate import evaluate_folders
 
-        report = evaluate_folders(args.pred, args.gt, spacing=tuple(getattr(args, "spacing", (1.0, 1.0))))
+        report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing) if getattr(args, "spacing", None) else None)
     path = write_report(report, args.pred, args.gt, args.report, images_dir=args.images, run_dir=args.run)
     print(f"spadfast evaluate: report {path}")
     return 0

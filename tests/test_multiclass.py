@@ -71,6 +71,7 @@ def test_decathlon_train_predict_evaluate_through_the_cli(volumes, tmp_path, cap
 
     config = read_checkpoint(run)[1]["config"]
     assert config["num_classes"] == 3 and config["image_channels"] == 1 and config["slice_axis"] == 2
+    assert config["modalities"] == ["MR"]  # predict normalises as training did, with or without dataset.json
     pred = tmp_path / "pred"
     assert main(["predict", "--checkpoint", str(run), "--images", str(volumes / "imagesTs"), "--out", str(pred),
                  "--steps", "2", "--ensemble", "1", "--uncertainty", "--probabilities"]) == 0
