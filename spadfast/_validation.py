@@ -119,6 +119,15 @@ def draw_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
 
 
+def _operand_like(x: torch.Tensor | None, name: str, mask: torch.Tensor, floating: bool) -> torch.Tensor | None:
+    """An optional per-pixel operand as a ``[B,1,H,W]`` view, checked against the mask's view."""
+    if x is None:
+        return None
+    view = as_b1hw(x, name)[0]
+    check_like(view, mask, name, "mask", floating)
+    return view
+
+
 class BoundaryBlurArgs(NamedTuple):
     mask: torch.Tensor  # [B,1,H,W] view of the input
     restore: LayoutRestore
@@ -139,10 +148,8 @@ def prepare_boundary_blur(mask, sigma, strength, radius, noise, base, generator,
     if radius > MAX_BAND_RADIUS:
         raise ValueError(f"`radius` must be <= {MAX_BAND_RADIUS} (the Triton kernel's register budget), got {radius}")
     check_random_source(noise, generator, seed, offset)
-    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
-    base_v = as_b1hw(base, "base")[0] if base is not None else None
-    check_like(noise_v, m, "noise", "mask", floating=True)
-    check_like(base_v, m, "base", "mask", floating=True)
+    noise_v = _operand_like(noise, "noise", m, floating=True)
+    base_v = _operand_like(base, "base", m, floating=True)
     out_dtype = base_v.dtype if base_v is not None else float_out_dtype(m)
     return BoundaryBlurArgs(m, restore, sigma, strength, noise_v, base_v, out_dtype)
 
@@ -167,10 +174,8 @@ def prepare_target_noise(mask, strength, anchor_size, keep_ratio, noise, anchors
     if keep_ratio > 1:
         raise ValueError(f"`keep_ratio` must be in [0, 1], got {keep_ratio}")
     check_random_source(noise, generator, seed, offset)
-    noise_v = as_b1hw(noise, "noise")[0] if noise is not None else None
-    anchors_v = as_b1hw(anchors, "anchors")[0] if anchors is not None else None
-    check_like(noise_v, m, "noise", "mask", floating=True)
-    check_like(anchors_v, m, "anchors", "mask", floating=False)
+    noise_v = _operand_like(noise, "noise", m, floating=True)
+    anchors_v = _operand_like(anchors, "anchors", m, floating=False)
     return TargetNoiseArgs(m, restore, strength, keep_ratio, noise_v, anchors_v, float_out_dtype(m))
 
 
