@@ -6,7 +6,7 @@ from pathlib import Path
 from setuptools import setup
 
 _here = Path(__file__).parent
-_version = re.search(r'__version__ = "([^"]+)"', (_here / "spadfast" / "__init__.py").read_text()).group(1)
+_version = re.search(r'__version__ = "([^"]+)"', (_here / "spadfast" / "_version.py").read_text()).group(1)
 
 setup(
     name="spadfast",

@@ -6,6 +6,7 @@ Messages follow the form "`<arg>` must be ..., got ...". Shape checks are free (
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -249,3 +250,51 @@ def check_ddim_args(sample, model_output, eta, noise, clip_sample_range, predict
             continue
         if t.requires_grad:
             raise ValueError(f"`{name}` must not require grad: ddim_step is a sampling op and not differentiable")
+
+
+def check_fields(obj, nullable: frozenset[str] | set[str] = frozenset()) -> None:
+    """Dataclass fields keep the type of their default (ints accepted for floats, YAML's "1e-3" strings read as
+    floats, tuples of ints/floats/strings by annotation); ``nullable`` fields may be None. Errors name the field."""
+    for f in dataclasses.fields(obj):
+        if f.default is dataclasses.MISSING:
+            continue
+        value, default = getattr(obj, f.name), f.default
+        if value is None and f.name in nullable:
+            continue
+        if default is None and str(f.type).startswith("int"):
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+            kind = "an int or null"
+        elif default is None:
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                   and math.isfinite(value))
+            kind = "a finite number or null"
+        elif isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "a bool"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
+        elif isinstance(default, float):
+            if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a finite number"
+            ok = ok and math.isfinite(value)
+            if ok:
+                setattr(obj, f.name, float(value))
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        elif isinstance(default, tuple) and "str" in str(f.type):
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            kind = "a list of strings"
+        elif isinstance(default, tuple) and "float" in str(f.type):
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            kind = "a list of finite numbers"
+        elif isinstance(default, tuple):
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            kind = "a list of ints"
+        else:
+            continue
+        if not ok:
+            raise TypeError(f"`{f.name}` must be {kind}, got {value!r}")

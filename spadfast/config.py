@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._constants import BACKENDS, PREDICTION_TYPES
+from ._validation import MAX_BAND_RADIUS, check_fields
 from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
 
 PERTURB_MODES = ("target", "condition")
@@ -35,7 +35,7 @@ class PerturbConfig:
     clamp: bool = True
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_fields(self, _NULLABLE)
         if self.pas_kind not in PROGRESS_KINDS:
             raise ValueError(f"`pas_kind` must be one of {PROGRESS_KINDS}, got {self.pas_kind!r}")
         if not 0 < self.pas_end <= 1:
@@ -47,6 +47,9 @@ class PerturbConfig:
             raise ValueError(f"`keep_ratio` must lie in [0, 1], got {self.keep_ratio}")
         if self.anchor_size < 1 or self.band_radius_max < 0 or self.pas_stages < 1:
             raise ValueError("`anchor_size` and `pas_stages` must be >= 1 and `band_radius_max` >= 0")
+        if self.band_radius_max > MAX_BAND_RADIUS:
+            raise ValueError(f"`band_radius_max` must be <= {MAX_BAND_RADIUS} (boundary_blur's band limit), got "
+                             f"{self.band_radius_max}")
 
 
 @dataclass
@@ -120,7 +123,7 @@ class SPADConfig:
     cuda_graph: bool = True
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_fields(self, _NULLABLE)
         self.channel_mults = tuple(int(c) for c in self.channel_mults)
         self.modalities = tuple(self.modalities)
         self.intensity_window = tuple(float(v) for v in self.intensity_window)
@@ -306,53 +309,6 @@ def _valid_device(name: str) -> bool:
         return torch.device(name).type in ("cpu", "cuda")
     except (RuntimeError, ValueError):
         return False
-
-
-def _check_types(obj) -> None:
-    """Scalar fields keep the type of their default (ints accepted for floats); errors name the field."""
-    for f in dataclasses.fields(obj):
-        if f.default is dataclasses.MISSING:
-            continue
-        value, default = getattr(obj, f.name), f.default
-        if value is None and f.name in _NULLABLE:
-            continue
-        if default is None and str(f.type).startswith("int"):
-            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
-            kind = "an int or null"
-        elif default is None:
-            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                   and math.isfinite(value))
-            kind = "a finite number or null"
-        elif isinstance(default, bool):
-            ok, kind = isinstance(value, bool), "a bool"
-        elif isinstance(default, int):
-            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
-        elif isinstance(default, float):
-            if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-                try:
-                    value = float(value)
-                except ValueError:
-                    pass
-            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a finite number"
-            ok = ok and math.isfinite(value)
-            if ok:
-                setattr(obj, f.name, float(value))
-        elif isinstance(default, str):
-            ok, kind = isinstance(value, str), "a string"
-        elif isinstance(default, tuple) and "str" in str(f.type):
-            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-            kind = "a list of strings"
-        elif isinstance(default, tuple) and "float" in str(f.type):
-            ok = isinstance(value, (list, tuple)) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-            kind = "a list of finite numbers"
-        elif isinstance(default, tuple):
-            ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            kind = "a list of ints"
-        else:
-            continue
-        if not ok:
-            raise TypeError(f"`{f.name}` must be {kind}, got {value!r}")
 
 
 def _build(cls, data: dict[str, Any], prefix: str):
