@@ -622,7 +622,8 @@ def main(args: argparse.Namespace, report: dict[str, Any] | None = None) -> int:
     if report is None:
         from .evaluate import evaluate_folders
 
-        report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing) if getattr(args, "spacing", None) else None)
+        spacing = getattr(args, "spacing", None)
+        report = evaluate_folders(args.pred, args.gt, spacing=tuple(spacing) if spacing else None)
     path = write_report(report, args.pred, args.gt, args.report, images_dir=args.images, run_dir=args.run)
     print(f"spadfast evaluate: report {path}")
     return 0
