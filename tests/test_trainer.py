@@ -293,3 +293,15 @@ def test_tensorboard_gets_the_log_scalars_pas_and_overlays(tmp_path):
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in logged])
     assert [e.step for e in events.Scalars("train/pas_strength")] == [2, 4]
     assert "val/overlay_0" in tags["images"]
+
+
+def test_compiled_training_step_runs_on_cpu_and_matches_eager():
+    """``compile: true`` (the GPU configs' path) exercised on the CPU: a typo on that branch fails here."""
+    eager = SPADTrainer(tiny_config(train_steps=2))
+    compiled = SPADTrainer(tiny_config(train_steps=2, compile=True))
+    eager.fit()
+    compiled.fit()
+    a, b = eager.state_tensors(), compiled.state_tensors()
+    for k in a:
+        if k.startswith(("model.", "ema.")):
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
