@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ._constants import PREDICTION_TYPES
@@ -298,3 +299,50 @@ def check_fields(obj, nullable: frozenset[str] | set[str] = frozenset()) -> None
             continue
         if not ok:
             raise TypeError(f"`{f.name}` must be {kind}, got {value!r}")
+
+
+def as_numpy(x: object, name: str) -> np.ndarray:
+    """A torch tensor (any device; bf16 widened to float32) or numpy array as numpy; TypeError naming ``name``."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"`{name}` must be bool, integer or floating, got {x.dtype}")
+        return x.detach().cpu().numpy() if x.dtype != torch.bfloat16 else x.detach().float().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"`{name}` must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+
+def binary_array(x: object, name: str, nd: int = 2) -> np.ndarray:
+    """The one binary-mask check for torch and numpy inputs: bool or 0/1 values of any real dtype, no NaN.
+
+    Returns a bool array ``[B,H,W]`` (``nd == 2``; from ``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]``) or ``[B,D,H,W]``
+    (``nd == 3``); errors name ``name``.
+    """
+    a = as_numpy(x, name)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"`{name}` must be bool, integer or floating, got dtype {a.dtype}")
+    shape = tuple(a.shape)
+    if a.ndim == nd:
+        a = a[None]
+    elif a.ndim == nd + 2:
+        if a.shape[1] != 1:
+            layout = "[B,1,H,W]" if nd == 2 else "[B,1,D,H,W]"
+            raise ValueError(f"`{name}` must have exactly one channel ({layout}), got shape {shape}")
+        a = a[:, 0]
+    elif a.ndim != nd + 1:
+        layouts = "[H,W], [B,H,W] or [B,1,H,W]" if nd == 2 else "[D,H,W], [B,D,H,W] or [B,1,D,H,W] (3-D spacing)"
+        raise ValueError(f"`{name}` must have shape {layouts}, got shape {shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one image, got an empty batch (shape {shape})")
+    if any(n == 0 for n in a.shape[1:]):
+        sides = "H >= 1 and W >= 1" if nd == 2 else "D, H, W >= 1"
+        raise ValueError(f"`{name}` must have {sides}, got shape {shape}")
+    if a.dtype == np.bool_:
+        return a
+    if a.dtype.kind == "f" and np.isnan(a).any():
+        raise ValueError(f"`{name}` must not contain NaN")
+    bad = (a != 0) & (a != 1)
+    if bad.any():
+        sample = a[bad][:3].tolist()
+        raise ValueError(f"`{name}` must be binary (bool or values in {{0, 1}}), got values such as {sample}")
+    return a != 0

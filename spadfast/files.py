@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from ._validation import check_int
+from ._validation import binary_array, check_int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _LOSSY = (".jpg", ".jpeg")
@@ -231,25 +231,11 @@ def _write_image(path: Path, array: np.ndarray) -> Path:
 
 
 def mask_2d(mask: object, name: str) -> np.ndarray:
-    """``[H,W]`` or ``[1,H,W]`` binary tensor/array (bool or 0/1) as bool ``[H,W]``."""
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy() if mask.dtype != torch.bfloat16 else mask.detach().float().cpu().numpy()
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"`{name}` must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
-    if mask.dtype.kind not in "biuf":
-        raise TypeError(f"`{name}` must be bool, integer or floating, got dtype {mask.dtype}")
-    if mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask[0]
-    if mask.ndim != 2 or mask.shape[0] == 0 or mask.shape[1] == 0:
+    """``[H,W]`` or ``[1,H,W]`` binary tensor/array (bool or 0/1) as bool ``[H,W]`` (:func:`binary_array`'s rules)."""
+    batch = binary_array(mask, name, 2)
+    if batch.shape[0] != 1:
         raise ValueError(f"`{name}` must have shape [H,W] or [1,H,W] with H, W >= 1, got {tuple(mask.shape)}")
-    if mask.dtype == np.bool_:
-        return mask
-    if mask.dtype.kind == "f" and np.isnan(mask).any():
-        raise ValueError(f"`{name}` must not contain NaN")
-    bad = (mask != 0) & (mask != 1)
-    if bad.any():
-        raise ValueError(f"`{name}` must be binary (bool or values in {{0, 1}}), got values such as {mask[bad][:3]}")
-    return mask != 0
+    return batch[0]
 
 
 def write_mask_png(path: str | os.PathLike, mask: torch.Tensor | np.ndarray) -> Path:

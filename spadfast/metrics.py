@@ -40,6 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._validation import as_numpy as _to_numpy
+from ._validation import binary_array as _as_batch
+
 try:
     from scipy.ndimage import distance_transform_edt as _scipy_edt
 except ImportError:  # scipy is a test extra, not a runtime requirement
@@ -51,48 +54,6 @@ MaskLike = torch.Tensor | np.ndarray
 
 # Query pixels x columns held at once by the numpy fallback (float64: 8 bytes each).
 _FALLBACK_CHUNK = 1 << 22
-
-
-def _to_numpy(x: object, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        if x.is_complex():
-            raise TypeError(f"`{name}` must be bool, integer or floating, got {x.dtype}")
-        return x.detach().cpu().numpy() if x.dtype != torch.bfloat16 else x.detach().float().cpu().numpy()
-    if isinstance(x, np.ndarray):
-        return x
-    raise TypeError(f"`{name}` must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-
-
-def _as_batch(x: object, name: str, nd: int = 2) -> np.ndarray:
-    """Check one mask argument and return it as a bool array ``[B,H,W]`` (``nd == 2``) or ``[B,D,H,W]`` (3)."""
-    a = _to_numpy(x, name)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"`{name}` must be bool, integer or floating, got dtype {a.dtype}")
-    shape = tuple(a.shape)
-    if a.ndim == nd:
-        a = a[None]
-    elif a.ndim == nd + 2:
-        if a.shape[1] != 1:
-            layout = "[B,1,H,W]" if nd == 2 else "[B,1,D,H,W]"
-            raise ValueError(f"`{name}` must have exactly one channel ({layout}), got shape {shape}")
-        a = a[:, 0]
-    elif a.ndim != nd + 1:
-        layouts = "[H,W], [B,H,W] or [B,1,H,W]" if nd == 2 else "[D,H,W], [B,D,H,W] or [B,1,D,H,W] (3-D spacing)"
-        raise ValueError(f"`{name}` must have shape {layouts}, got shape {shape}")
-    if a.shape[0] == 0:
-        raise ValueError(f"`{name}` must hold at least one image, got an empty batch (shape {shape})")
-    if any(n == 0 for n in a.shape[1:]):
-        sides = "H >= 1 and W >= 1" if nd == 2 else "D, H, W >= 1"
-        raise ValueError(f"`{name}` must have {sides}, got shape {shape}")
-    if a.dtype == np.bool_:
-        return a
-    if a.dtype.kind == "f" and np.isnan(a).any():
-        raise ValueError(f"`{name}` must not contain NaN")
-    bad = (a != 0) & (a != 1)
-    if bad.any():
-        sample = a[bad][:3].tolist()
-        raise ValueError(f"`{name}` must be binary (bool or values in {{0, 1}}), got values such as {sample}")
-    return a != 0
 
 
 def _as_bhw(x: object, name: str) -> np.ndarray:
