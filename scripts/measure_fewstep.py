@@ -6,8 +6,9 @@ Model: the demo's UNet (``spadfast.demo.demo_config("cpu")``, 1000 steps, x0 pre
 Held-out split: the demo's (32 synthetic 32x32 images, ``write_synthetic_folder`` with ``spadfast.demo.TEST_SEED``,
 read back from PNG as the demo does).
 
-For each S in ``--steps`` one 10-member ensemble is drawn per image (``DDIMSampler.sample(..., ensemble=10, seed=0,
-return_members=True)``, eta 0, trailing spacing, x0 clipped); an ensemble of K is its first K members (K in
+For each S in ``--steps`` one 10-member ensemble is drawn per image (``DDIMSampler.sample(..., ensemble=10, seed=s,
+return_members=True)`` for the batch of 8 images starting at s, eta 0, trailing spacing, x0 clipped); an ensemble
+of K is its first K members (K in
 ``--ensembles``), averaged and thresholded at 0.5. Dice and HD95 (``spadfast.metrics``, MONAI conventions) per image;
 HD95 is averaged over the images where it is finite, and the number of infinite ones (empty prediction, non-empty
 mask) is given. Writes ``fewstep.json`` and, with matplotlib, ``--plot`` (default docs/fewstep_curve.png).
