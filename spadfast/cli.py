@@ -234,7 +234,7 @@ def cmd_predict(args) -> int:
 
         torch.set_num_threads(args.threads)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device, amp=args.amp, compile=args.compile)
-    from .volumes import volume_files
+    from .nifti import volume_files
 
     if volume_files(args.images):
         from .predict_volumes import predict_volume_folder

@@ -88,7 +88,7 @@ def _fill_classes(cases: list[dict[str, Any]], classes: list[int], nd: int) -> l
 
 
 def _evaluate_volumes(pred_dir: Path, gt_dir: Path, spacing: Any) -> dict[str, Any]:
-    from .volumes import read_dataset_json, read_label, read_nifti, spacing_of, volume_files
+    from .nifti import read_dataset_json, read_label, read_nifti, spacing_of, volume_files
 
     if spacing is not None:
         if len(spacing) != 3:
@@ -211,7 +211,7 @@ def evaluate_folders(
             differ, labels are not integers (or outside dataset.json's classes), a bad ``spacing``, or a file is
             unreadable; each names the file(s).
     """
-    from .volumes import volume_files
+    from .nifti import volume_files
 
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not gt_dir.is_dir():

@@ -19,20 +19,9 @@ import numpy as np
 import torch
 
 from .metrics import labels_from_probs
+from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
 from .sampler import image_noise_key
-from .volumes import (
-    case_stem,
-    coarsest_axis,
-    group_cases,
-    in_plane_shape,
-    load_case,
-    normalize_volume,
-    read_dataset_json,
-    resize_plane,
-    slice_volume,
-    volume_stem,
-    write_nifti,
-)
+from .volumes import coarsest_axis, in_plane_shape, normalize_volume, resize_plane, slice_volume
 
 __all__ = ["labels_from_probs", "predict_volume", "predict_volume_folder"]
 

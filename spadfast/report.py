@@ -84,7 +84,7 @@ class _Folder:
 
     def _volume_index(self) -> dict[str, Path]:
         if self._volumes is None:
-            from .volumes import group_cases, volume_files, volume_stem
+            from .nifti import group_cases, volume_files, volume_stem
 
             has_volumes = any(volume_stem(p) is not None for p in self.folder.iterdir())
             if not has_volumes:
@@ -149,7 +149,7 @@ def _labels(path: Path) -> np.ndarray:
     """A mask file as an integer label map (0 background; 0/255 binary masks give one label, 255): ``[H,W]`` for
     images, ``[I,J,K]`` for NIfTI volumes."""
     if _is_volume(path):
-        from .volumes import read_nifti, read_voxels
+        from .nifti import read_nifti, read_voxels
 
         a = read_voxels(read_nifti(path), path)
         if a.ndim == 4 and a.shape[3] == 1:
@@ -189,7 +189,8 @@ def _case_planes(files: dict[str, Path | None]) -> dict[str, Any]:
         raise ValueError(f"{str(pred_path)!r} has shape {pred.shape} but {str(gt_path)!r} has {gt.shape}")
     out: dict[str, Any] = {"image": None, "unc": None, "note": ""}
     if gt.ndim == 3:
-        from .volumes import coarsest_axis, read_nifti, read_voxels, spacing_of
+        from .nifti import read_nifti, read_voxels, spacing_of
+        from .volumes import coarsest_axis
 
         axis = coarsest_axis(spacing_of(read_nifti(gt_path)))
         others = tuple(i for i in range(3) if i != axis)

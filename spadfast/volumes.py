@@ -1,4 +1,4 @@
-"""Volumes: NIfTI images and label maps in the Medical Segmentation Decathlon / nnU-Net layout, served as 2-D slices.
+"""Volumes served as 2-D slices: intensity normalisation, slicing, and the ``VolumeSlices`` training dataset.
 
 Layout (``root`` of a data set)::
 
@@ -34,11 +34,8 @@ the volume), so large CTs normalise quickly and deterministically.
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,437 +48,60 @@ import torch
 from torch.utils.data import Dataset
 
 from ._validation import check_int
-from .files import check_size, write_bytes_atomic
+from .files import check_size
+from .nifti import (  # re-exported: the public names of the volume layer in one place
+    GEOMETRY_ATOL,
+    VOLUME_SUFFIXES,
+    CaseImage,
+    DatasetInfo,
+    case_stem,
+    group_cases,
+    is_volume_folder,
+    load_case,
+    n_channels_of,
+    read_dataset_json,
+    read_label,
+    read_nifti,
+    read_voxels,
+    spacing_of,
+    volume_files,
+    volume_stem,
+    write_nifti,
+)
+from .synthetic_volumes import write_demo_volumes
 
 __all__ = [
-    "VOLUME_SUFFIXES",
+    "CaseImage",
     "DatasetInfo",
+    "GEOMETRY_ATOL",
     "NormParams",
+    "VOLUME_SUFFIXES",
     "VolumeSlices",
+    "apply_normalization",
     "case_stem",
     "coarsest_axis",
     "group_cases",
     "is_volume_folder",
     "load_case",
+    "n_channels_of",
     "normalization_params",
-    "apply_normalization",
     "normalize_volume",
     "read_dataset_json",
     "read_label",
     "read_nifti",
+    "read_voxels",
     "slice_volume",
+    "spacing_of",
     "volume_files",
     "volume_stem",
     "write_demo_volumes",
     "write_nifti",
 ]
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii")
 BODY_PERCENTILE = 1.0
 CT_PERCENTILES = (0.5, 99.5)
 STATS_VOXELS = 1 << 21
-GEOMETRY_ATOL = 1e-3  # millimetres: affines that differ by less are the same geometry
-_CHANNEL = re.compile(r"(.+)_(\d{4})")
 _SALT = 0x501CE  # keeps the slice-sampling stream apart from other users of (seed, epoch, index)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Files and names
-
-
-def volume_stem(path: str | os.PathLike) -> str | None:
-    """``case_0000`` for ``case_0000.nii.gz`` / ``case_0000.nii``; None for any other file (and hidden files)."""
-    name = Path(path).name
-    if name.startswith("."):
-        return None
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def case_stem(stem: str) -> tuple[str, int | None]:
-    """``("case", 1)`` for ``case_0001`` (nnU-Net channel suffix), ``("case", None)`` for ``case``."""
-    m = _CHANNEL.fullmatch(stem)
-    return (m.group(1), int(m.group(2))) if m else (stem, None)
-
-
-def volume_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """``.nii.gz`` / ``.nii`` files of ``folder`` by stem (hidden files skipped); ValueError if two share a stem."""
-    folder = Path(folder)
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        stem = volume_stem(p)
-        if stem is None or not p.is_file():
-            continue
-        if stem in found:
-            raise ValueError(f"{p} and {found[stem]} hold the same case {stem!r}: keep one of .nii.gz / .nii")
-        found[stem] = p
-    return found
-
-
-def is_volume_folder(root: str | os.PathLike) -> bool:
-    """True when ``root`` is a Decathlon / nnU-Net data set: ``root/imagesTr`` holds ``.nii.gz`` / ``.nii`` files."""
-    folder = Path(root) / "imagesTr"
-    return folder.is_dir() and any(volume_stem(p) is not None for p in folder.iterdir())
-
-
-def group_cases(folder: str | os.PathLike, label_stems: Sequence[str] | None = None) -> dict[str, list[Path]]:
-    """Image files of ``folder`` grouped by case: ``{case: [channel 0 path, channel 1 path, ...]}``, sorted by case.
-
-    ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... are the channels of ``<case>``; a file without a 4-digit
-    suffix is a whole case on its own (3-D, or 4-D with the modalities last). Hidden files (``._case.nii.gz``
-    from macOS archives) are skipped. When ``label_stems`` (the label maps' names) is given and every image file's
-    name is one of them, each file is a whole case even if its name ends in 4 digits (``case_0001.nii.gz`` with
-    ``labelsTr/case_0001.nii.gz``).
-
-    Raises:
-        ValueError: the folder is missing or holds no volumes, a case's channel numbers are not 0..n-1, or a case
-            has both a ``<case>.nii.gz`` and ``<case>_0000.nii.gz`` (names the files).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder of .nii.gz volumes")
-    by_case: dict[str, dict[int | None, Path]] = {}
-    files = volume_files(folder)
-    whole = label_stems is not None and bool(files) and set(files) <= set(label_stems)
-    for stem, path in files.items():
-        case, channel = (stem, None) if whole else case_stem(stem)
-        entry = by_case.setdefault(case, {})
-        if (channel is None and entry) or (channel is not None and None in entry):
-            other = next(iter(entry.values()))
-            raise ValueError(f"{path} and {other} both claim case {case!r}: use either <case>.nii.gz (one file) "
-                             "or <case>_0000.nii.gz, <case>_0001.nii.gz, ... (one file per modality)")
-        entry[channel] = path
-    if not by_case:
-        raise ValueError(f"{folder} holds no .nii.gz / .nii volumes")
-    out: dict[str, list[Path]] = {}
-    for case in sorted(by_case):
-        entry = by_case[case]
-        if None in entry:
-            out[case] = [entry[None]]
-            continue
-        channels = sorted(entry)  # type: ignore[type-var]
-        for want, got in enumerate(channels):
-            if want != got:
-                raise ValueError(f"case {case!r} in {folder} has no channel {want:04d}: expected "
-                                 f"{folder / f'{case}_{want:04d}.nii.gz'} (found {[p.name for p in entry.values()]})")
-        out[case] = [entry[c] for c in channels]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# dataset.json
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What ``dataset.json`` says: ``modalities`` (one name per channel, e.g. ``["CT"]``; empty when not given)
-    and ``class_names`` (index = label value, ``[0]`` is the background; empty when not given)."""
-
-    modalities: tuple[str, ...] = ()
-    class_names: tuple[str, ...] = ()
-    path: Path | None = None
-
-
-def _indexed_names(mapping: object, key: str, path: Path) -> tuple[str, ...]:
-    """``{"0": "CT", "1": "MR"}`` -> ``("CT", "MR")``, checking the keys are 0..n-1."""
-    if not isinstance(mapping, dict):
-        raise ValueError(f"{path}: {key!r} must be an object such as {{\"0\": \"CT\"}}, got {mapping!r}")
-    try:
-        items = sorted((int(k), str(v)) for k, v in mapping.items())
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: the keys of {key!r} must be channel numbers \"0\", \"1\", ...") from None
-    if [i for i, _ in items] != list(range(len(items))):
-        raise ValueError(f"{path}: the keys of {key!r} must be 0..{len(items) - 1}, got {[i for i, _ in items]}")
-    return tuple(v for _, v in items)
-
-
-def read_dataset_json(root: str | os.PathLike) -> DatasetInfo:
-    """Read ``root/dataset.json`` in the Decathlon or the nnU-Net v2 form; an empty :class:`DatasetInfo` if absent.
-
-    Decathlon: ``"labels": {"0": "background", "1": "liver"}``, ``"modality": {"0": "CT"}``. nnU-Net v2:
-    ``"labels": {"background": 0, "liver": 1}``, ``"channel_names": {"0": "CT"}``. Labels must be exactly
-    0..C-1 with 0 the background.
-
-    Raises:
-        ValueError: invalid JSON, or labels/modalities in neither form, not consecutive from 0, or nnU-Net
-            region labels (``"tumor": [1, 2]``), which spadfast does not support (names the file).
-    """
-    path = Path(root) / "dataset.json"
-    if not path.is_file():
-        return DatasetInfo()
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    modalities: tuple[str, ...] = ()
-    for key in ("channel_names", "modality"):
-        if key in meta:
-            modalities = _indexed_names(meta[key], key, path)
-            break
-    class_names: tuple[str, ...] = ()
-    labels = meta.get("labels")
-    if labels is not None:
-        if not isinstance(labels, dict) or not labels:
-            raise ValueError(f"{path}: 'labels' must be a non-empty object")
-        if all(isinstance(k, str) and k.strip().lstrip("-").isdigit() for k in labels):  # Decathlon: value -> name
-            class_names = _indexed_names(labels, "labels", path)
-        else:  # nnU-Net v2: name -> value
-            pairs = []
-            for name, value in labels.items():
-                if isinstance(value, (list, tuple)):
-                    raise ValueError(f"{path}: label {name!r} is a region {value} (nnU-Net region training); "
-                                     "spadfast needs one integer value per class")
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{path}: label {name!r} must map to an integer, got {value!r}")
-                pairs.append((value, str(name)))
-            pairs.sort()
-            if [v for v, _ in pairs] != list(range(len(pairs))):
-                raise ValueError(f"{path}: label values must be 0..{len(pairs) - 1}, got {[v for v, _ in pairs]}")
-            class_names = tuple(n for _, n in pairs)
-        if len(class_names) < 2:
-            raise ValueError(f"{path}: 'labels' must name the background and at least one class")
-        if any(n.strip().lower() == "ignore" for n in class_names):
-            raise ValueError(f"{path}: nnU-Net's 'ignore' label (partial annotation) is not supported by spadfast; "
-                             "relabel those voxels or drop the cases")
-    return DatasetInfo(modalities=modalities, class_names=class_names, path=path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading and writing NIfTI
-
-
-def _nib():
-    try:
-        import nibabel
-    except ImportError:  # pragma: no cover - nibabel is a requirement of the volume features
-        raise ImportError("reading NIfTI volumes needs nibabel: pip install 'nibabel>=5'") from None
-    return nibabel
-
-
-def read_nifti(path: str | os.PathLike):
-    """Open a NIfTI file (header only; the voxels are read by :func:`read_voxels`) as a nibabel image.
-
-    Raises:
-        ValueError: missing, unreadable, not NIfTI, or a header cut short (names the file).
-    """
-    nib = _nib()
-    path = Path(path)
-    try:
-        img = nib.load(str(path))
-    except Exception as e:  # nibabel raises ImageFileError, EOFError, OSError, gzip/zlib errors, ...
-        raise ValueError(f"cannot read {path}: not a NIfTI file, or a truncated or corrupt one ({e})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ValueError(f"{path} is a {type(img).__name__}, not a NIfTI image")
-    return img
-
-
-def read_voxels(img, path: str | os.PathLike) -> np.ndarray:
-    """The voxels of ``img`` (scaling by ``scl_slope``/``scl_inter`` applied) in their stored or scaled dtype.
-
-    Raises:
-        ValueError: the data is cut short or corrupt (a truncated ``.nii.gz``), names the file.
-    """
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as e:
-        raise ValueError(f"cannot decode {path}: truncated or corrupt NIfTI data ({type(e).__name__}: {e})") from None
-    return np.asarray(data)
-
-
-def spacing_of(img) -> tuple[float, float, float]:
-    """Voxel size in millimetres along the array's first three axes (``header.get_zooms()[:3]``)."""
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    while len(zooms) < 3:
-        zooms.append(1.0)
-    return zooms[0], zooms[1], zooms[2]
-
-
-def _same_geometry(a, b) -> bool:
-    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and np.allclose(a.affine, b.affine, rtol=0, atol=GEOMETRY_ATOL)
-
-
-def _nifti_bytes(img, path: Path) -> bytes:
-    raw = img.to_bytes()
-    return gzip.compress(raw, compresslevel=1, mtime=0) if path.name.lower().endswith(".gz") else raw
-
-
-def write_nifti(path: str | os.PathLike, data: np.ndarray, reference=None, affine: np.ndarray | None = None) -> Path:
-    """Write ``data`` as a NIfTI-1 file (``.nii.gz`` gzipped, ``.nii`` not), atomically.
-
-    Args:
-        path: destination ending in ``.nii.gz`` or ``.nii``; missing folders are created.
-        data: the voxels, ``[I,J,K]`` or ``[I,J,K,C]``; its dtype is stored as is (uint8/uint16 labels, float32
-            probabilities).
-        reference: a nibabel image whose geometry to copy: its header (qform and sform with their codes, units,
-            pixdim) with the data type, shape and scaling replaced; the file read back has exactly the reference's
-            affine. ``None``: a fresh header from ``affine``.
-        affine: 4x4 voxel-to-world matrix when ``reference`` is None (qform and sform codes set to 1, scanner).
-
-    Returns:
-        The path written.
-    """
-    nib = _nib()
-    path = Path(path)
-    if volume_stem(path) is None:
-        raise ValueError(f"`path` must end in .nii.gz or .nii, got {path}")
-    data = np.asarray(data)
-    if reference is not None:
-        header = reference.header.copy()
-        header.set_data_dtype(data.dtype)
-        header.set_slope_inter(1.0, 0.0)
-        header["cal_min"], header["cal_max"] = 0, 0
-        zooms = list(header.get_zooms()[:3]) + [1.0] * (data.ndim - 3)
-        img = nib.Nifti1Image(data, None, header=header)
-        img.header.set_zooms(zooms[: data.ndim])
-    else:
-        if affine is None:
-            raise ValueError("`affine` is required when `reference` is None")
-        img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-        img.set_qform(np.asarray(affine, dtype=np.float64), code=1)
-        img.set_sform(np.asarray(affine, dtype=np.float64), code=1)
-        img.header.set_xyzt_units("mm", "sec")
-    return write_bytes_atomic(path, _nifti_bytes(img, path))
-
-
-@dataclass
-class CaseImage:
-    """A case's image as read by :func:`load_case`: ``channels`` one raw float32 ``[I,J,K]`` array per modality
-    (in the file's memory order, usually Fortran; None when only the headers were read), ``reference`` the nibabel
-    image of channel 0 (geometry), ``paths`` its files, ``shape`` ``(I, J, K)``, ``spacing`` in mm."""
-
-    channels: list[np.ndarray] | None
-    reference: object
-    paths: list[Path]
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-
-    @property
-    def image(self) -> np.ndarray | None:
-        """The channels stacked, float32 ``[C,I,J,K]`` (a copy)."""
-        return None if self.channels is None else np.stack(self.channels)
-
-
-def load_case(paths: Sequence[str | os.PathLike], n_modalities: int | None = None, decode: bool = True) -> CaseImage:
-    """Read one case's modalities and check that they agree.
-
-    Args:
-        paths: ``[<case>_0000.nii.gz, <case>_0001.nii.gz, ...]``, or one file (3-D, or 4-D with modalities last).
-        n_modalities: how many modalities ``dataset.json`` lists (None when it lists none); a 4-D file is read as
-            channels-last only when its 4th axis has exactly this size (or 1).
-        decode: read the voxels (else headers only: ``image`` is None).
-
-    Returns:
-        :class:`CaseImage` whose ``channels`` are float32 ``[I,J,K]`` raw intensities (not normalised).
-
-    Raises:
-        ValueError: unreadable/truncated file, an image that is not 3-D, a 4-D image without a channel convention,
-            modalities whose shapes or affines (spacing, orientation, origin) differ, non-finite voxels (names the
-            files).
-    """
-    paths = [Path(p) for p in paths]
-    imgs = [read_nifti(p) for p in paths]
-    channels_last = False
-    for p, img in zip(paths, imgs):
-        shape = tuple(img.shape)
-        if len(shape) == 4 and shape[3] == 1:
-            continue
-        if len(shape) == 4:
-            if len(paths) == 1 and n_modalities is not None and shape[3] == n_modalities:
-                channels_last = True
-                continue
-            raise ValueError(
-                f"{p} is a 4-D image {shape} without a channel convention: store each modality as "
-                f"<case>_0000.nii.gz, <case>_0001.nii.gz, ..., or list {shape[3]} modalities in dataset.json "
-                "(then a single <case>.nii.gz holds them along its last axis)"
-            )
-        if len(shape) != 3:
-            raise ValueError(f"{p} has shape {shape}: spadfast reads 3-D volumes (or 4-D with modalities last)")
-    ref_path, ref = paths[0], imgs[0]
-    for p, img in zip(paths[1:], imgs[1:]):
-        if tuple(img.shape[:3]) != tuple(ref.shape[:3]):
-            raise ValueError(f"{p} has shape {tuple(img.shape[:3])} but {ref_path} (same case) has "
-                             f"{tuple(ref.shape[:3])}: a case's modalities must share one voxel grid")
-        if not _same_geometry(img, ref):
-            raise ValueError(f"{p} and {ref_path} (same case) have different affines (spacing "
-                             f"{spacing_of(img)} vs {spacing_of(ref)}): a case's modalities must share one voxel grid")
-    shape3 = tuple(int(s) for s in ref.shape[:3])
-    chans: list[np.ndarray] | None = None
-    if decode:
-        chans = []
-        for p, img in zip(paths, imgs):
-            data = read_voxels(img, p)
-            if data.dtype.kind not in "biuf":
-                raise ValueError(f"{p} holds voxels of type {data.dtype}; expected integers or floats")
-            floating = data.dtype.kind == "f"
-            data = data.astype(np.float32, copy=False)  # keeps the memory order: no transposing copy
-            if floating and not np.isfinite(data).all():
-                raise ValueError(f"{p} holds NaN or infinite voxels")
-            if channels_last:
-                chans.extend(data[..., c] for c in range(data.shape[3]))
-            else:
-                chans.append(data.reshape(shape3, order="A"))
-    return CaseImage(chans, ref, paths, shape3, spacing_of(ref))  # type: ignore[arg-type]
-
-
-def n_channels_of(case: CaseImage) -> int:
-    """Channels of a case from its headers: number of files, or the 4-D file's last axis."""
-    if len(case.paths) == 1 and len(case.reference.shape) == 4:  # type: ignore[attr-defined]
-        return int(case.reference.shape[3])  # type: ignore[attr-defined]
-    return len(case.paths)
-
-
-def read_label(path: str | os.PathLike, image: CaseImage | None = None, classes: int | None = None) -> np.ndarray:
-    """Read a label map as an integer array ``[I,J,K]`` (uint8 when every value fits, else int64).
-
-    Args:
-        path: ``labelsTr/<case>.nii.gz``.
-        image: the case's image; the label map must have its shape and affine.
-        classes: C (background included) from dataset.json: every value must lie in 0..C-1.
-
-    Raises:
-        ValueError: unreadable or truncated file; shape or affine unlike the image's; non-integer, negative or
-            out-of-range labels (names the file).
-    """
-    path = Path(path)
-    img = read_nifti(path)
-    shape = tuple(img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise ValueError(f"{path} has shape {tuple(img.shape)}: a label map must be 3-D")
-    if image is not None:
-        ref, ref_path = image.reference, image.paths[0]
-        if shape != image.shape:
-            raise ValueError(f"{path} has shape {shape} but its image {ref_path} has {image.shape}")
-        if not np.allclose(img.affine, ref.affine, rtol=0, atol=GEOMETRY_ATOL):  # type: ignore[attr-defined]
-            raise ValueError(
-                f"{path} and its image {ref_path} have different affines (spacing {spacing_of(img)} vs "
-                f"{spacing_of(ref)}; max difference "
-                f"{float(np.abs(img.affine - ref.affine).max()):.4g} mm): labels must lie on the image's grid"  # type: ignore
-            )
-    data = read_voxels(img, path).reshape(shape)
-    if data.dtype.kind == "b":
-        data = data.astype(np.uint8)
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all():
-            raise ValueError(f"{path} holds NaN or infinite labels")
-        frac = data != np.round(data)
-        if frac.any():
-            raise ValueError(f"{path} holds non-integer labels such as {data[frac][:3].tolist()}: a label map "
-                             "stores class numbers 0..C-1")
-    elif data.dtype.kind not in "iu":
-        raise ValueError(f"{path} holds labels of type {data.dtype}; expected integers")
-    lo, hi = (data.min(), data.max()) if data.size else (0, 0)
-    if lo < 0:
-        raise ValueError(f"{path} holds negative labels (minimum {lo}); labels are 0..C-1")
-    if classes is not None and hi >= classes:
-        found = sorted(int(v) for v in np.unique(data) if v >= classes)
-        raise ValueError(f"{path} holds labels {found[:5]} outside dataset.json's classes 0..{classes - 1}")
-    return data.astype(np.uint8 if hi < 256 else np.int64, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -911,85 +531,3 @@ def _check_window(window: object) -> tuple[float, float] | None:
     if not ok or not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         raise ValueError(f"`window` must be None or a pair (lo, hi) of finite numbers with lo < hi, got {window!r}")
     return lo, hi
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A small synthetic data set
-
-
-def _ellipsoid(shape, centre, radii) -> np.ndarray:
-    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
-
-
-def _demo_case(rng: np.random.Generator, shape, num_classes: int, modality: str) -> tuple[np.ndarray, np.ndarray]:
-    shape = tuple(int(s) for s in shape)
-    centre = np.array(shape, np.float64) / 2 + rng.uniform(-1, 1, 3)
-    body = _ellipsoid(shape, centre, np.array(shape) * rng.uniform(0.38, 0.46, 3))
-    label = np.zeros(shape, np.uint8)
-    for c in range(1, num_classes):
-        # Class 1: an organ inside the body; classes 2..: lesions inside the organ (nested) or beside it.
-        radii = np.array(shape) * rng.uniform(0.14, 0.22, 3) / (1 + 0.4 * (c - 1))
-        radii = np.maximum(radii, [1.6, 1.6, 1.2])
-        offset = rng.uniform(-0.12, 0.12, 3) * np.array(shape)
-        label[_ellipsoid(shape, centre + offset, radii) & body] = c
-    means = {"CT": [-1000.0, 40.0, 120.0, -20.0, 200.0], "MR": [0.0, 300.0, 700.0, 150.0, 1000.0]}[modality]
-    image = np.full(shape, means[0], np.float32)
-    image[body] = means[1]
-    for c in range(1, num_classes):
-        image[label == c] = means[1 + 1 + (c - 1) % 3]
-    noise = 20.0 if modality == "CT" else 40.0
-    image += rng.normal(0, noise, shape).astype(np.float32)
-    return image.astype(np.int16 if modality == "CT" else np.float32), label
-
-
-def write_demo_volumes(
-    root: str | os.PathLike,
-    n_cases: int = 4,
-    shape: tuple[int, int, int] = (32, 32, 12),
-    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
-    num_classes: int = 3,
-    seed: int = 0,
-    n_test: int = 2,
-    modality: str = "MR",
-) -> Path:
-    """Write a small synthetic Decathlon-style data set and return ``root``.
-
-    ``root/imagesTr/case_XXX_0000.nii.gz`` + ``labelsTr/case_XXX.nii.gz`` (``n_cases`` cases),
-    ``imagesTs/test_XXX_0000.nii.gz`` + ``labelsTs/test_XXX.nii.gz`` (``n_test`` held-out cases with their
-    ground truth, for ``evaluate``) and a Decathlon-form ``dataset.json``. Each case: an ellipsoid body holding
-    an organ (class 1) and, for ``num_classes`` > 2, smaller ellipsoids (classes 2..C-1), intensities per class
-    plus Gaussian noise (``modality`` ``"MR"``: float32; ``"CT"``: int16 Hounsfield-like, air -1000); voxel size
-    ``spacing`` mm, qform and sform codes 1, a small per-case origin shift. Deterministic in ``seed``.
-    """
-    root = Path(root)
-    shape = tuple(check_int(s, "shape", 2) for s in shape)  # type: ignore[assignment]
-    if len(shape) != 3:
-        raise ValueError(f"`shape` must be three ints, got {shape!r}")
-    num_classes = check_int(num_classes, "num_classes", 2)
-    if num_classes > 5:
-        raise ValueError(f"`num_classes` must be at most 5 for the demo volumes, got {num_classes}")
-    if modality not in ("MR", "CT"):
-        raise ValueError(f"`modality` must be 'MR' or 'CT', got {modality!r}")
-    rng = np.random.default_rng(seed)
-    sets = [("Tr", "case", check_int(n_cases, "n_cases", 1)), ("Ts", "test", check_int(n_test, "n_test", 0))]
-    listing: dict[str, list] = {"training": [], "test": []}
-    for tag, prefix, n in sets:
-        for i in range(n):
-            image, label = _demo_case(rng, shape, num_classes, modality)
-            affine = np.diag([*map(float, spacing), 1.0])
-            affine[:3, 3] = rng.uniform(-50, 50, 3)
-            name = f"{prefix}_{i:03d}"
-            write_nifti(root / f"images{tag}" / f"{name}_0000.nii.gz", image, affine=affine)
-            write_nifti(root / f"labels{tag}" / f"{name}.nii.gz", label, affine=affine)
-            entry = {"image": f"./images{tag}/{name}.nii.gz", "label": f"./labels{tag}/{name}.nii.gz"}
-            listing["training" if tag == "Tr" else "test"].append(entry if tag == "Tr" else entry["image"])
-    names = ["background", "organ", "lesion", "cyst", "vessel"][:num_classes]
-    meta = {
-        "name": "spadfast-demo", "description": "synthetic ellipsoids (spadfast.volumes.write_demo_volumes)",
-        "tensorImageSize": "3D", "modality": {"0": modality}, "labels": {str(i): n for i, n in enumerate(names)},
-        "numTraining": len(listing["training"]), "numTest": len(listing["test"]),
-        "training": listing["training"], "test": listing["test"],
-    }
-    write_bytes_atomic(root / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
-    return root
