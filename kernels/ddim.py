@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from spadfast._constants import PREDICTION_TYPES
-from spadfast._validation import check_alpha, check_ddim_args, check_random_source, draw_seed
+from spadfast._validation import check_alpha, check_alpha_order, check_ddim_args, check_random_source, draw_seed
 
 from .utils import Launch, grid_3d, launch, tile_config, tile_coords, tile_offset
 
@@ -214,6 +214,7 @@ def ddim_step(
         KernelLaunchError: the kernel failed to compile or launch.
     """
     check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type)
+    check_alpha_order(alpha_prod_t, alpha_prod_t_prev, validate)
     check_random_source(noise, generator, seed, offset)
     shape = sample.shape
     B = shape[0]

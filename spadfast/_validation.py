@@ -253,6 +253,24 @@ def check_ddim_args(sample, model_output, eta, noise, clip_sample_range, predict
             raise ValueError(f"`{name}` must not require grad: ddim_step is a sampling op and not differentiable")
 
 
+def check_alpha_order(alpha_prod_t, alpha_prod_t_prev, validate: bool = True) -> None:
+    """A DDIM step moves towards the data: ``alpha_prod_t_prev >= alpha_prod_t`` (reversed alphas would add noise).
+
+    Floats are always checked; tensors only with ``validate`` (a host sync)."""
+    both_numbers = not isinstance(alpha_prod_t, torch.Tensor) and not isinstance(alpha_prod_t_prev, torch.Tensor)
+    if both_numbers:
+        bad = float(alpha_prod_t_prev) < float(alpha_prod_t)
+    elif validate:
+        a_t = torch.as_tensor(alpha_prod_t, dtype=torch.float32)
+        a_prev = torch.as_tensor(alpha_prod_t_prev, dtype=torch.float32, device=a_t.device)
+        bad = bool((a_prev.to(a_t.device) < a_t).any())
+    else:
+        return
+    if bad:
+        raise ValueError("`alpha_prod_t_prev` must be >= `alpha_prod_t` (a DDIM step goes from t to an earlier, less "
+                         "noisy step): the alphas look swapped")
+
+
 def check_fields(obj, nullable: frozenset[str] | set[str] = frozenset()) -> None:
     """Dataclass fields keep the type of their default (ints accepted for floats, YAML's "1e-3" strings read as
     floats, tuples of ints/floats/strings by annotation); ``nullable`` fields may be None. Errors name the field."""

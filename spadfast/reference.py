@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ._validation import (
     as_b1hw,
     check_alpha,
+    check_alpha_order,
     check_ddim_args,
     check_int,
     check_mask,
@@ -357,6 +358,7 @@ def ddim_step(
         (2.0, 2.0)
     """
     check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type)
+    check_alpha_order(alpha_prod_t, alpha_prod_t_prev, validate)
     check_random_source(noise, generator, seed, offset)
     # 1. alphas (float32, broadcastable per sample)
     a_t = check_alpha(alpha_prod_t, "alpha_prod_t", sample, validate)

@@ -203,3 +203,26 @@ def test_full_50_step_loop_matches_diffusers(prediction_type, eta, clip, beta_sc
         )
     assert torch.isfinite(want).all()
     torch.testing.assert_close(x, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_reversed_alphas_are_refused_by_name(backend):
+    """Issue 14: ``alpha_prod_t_prev < alpha_prod_t`` would step towards more noise; floats always, tensors when
+    validating. Equal alphas (the last step of a 1-step schedule at alpha 1) stay allowed."""
+    from spadfast import ops
+
+    x = torch.randn(2, 1, 4, 4)
+    for a_t, a_prev in [(0.9, 0.5), (torch.tensor([0.5, 0.9]), torch.tensor([0.6, 0.8])), (0.7, torch.tensor(0.6))]:
+        with pytest.raises(ValueError, match="`alpha_prod_t_prev`"):
+            ops.ddim_step(x, x, a_t, a_prev, backend=backend)
+    ops.ddim_step(x, x, 0.5, 0.5, backend=backend)
+    ops.ddim_step(x, x, torch.tensor([0.5, 0.9]), torch.tensor([0.6, 0.8]), validate=False, backend=backend)
+
+
+def test_canny_on_inf_names_the_value_not_nan():
+    from spadfast import ops
+
+    m = torch.zeros(8, 8)
+    m[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="inf"):
+        ops.canny(m)
