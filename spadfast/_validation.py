@@ -257,8 +257,15 @@ def check_alpha_order(alpha_prod_t, alpha_prod_t_prev, validate: bool = True) ->
     """A DDIM step moves towards the data: ``alpha_prod_t_prev >= alpha_prod_t`` (reversed alphas would add noise).
 
     Floats are always checked; tensors only with ``validate`` (a host sync)."""
-    both_numbers = not isinstance(alpha_prod_t, torch.Tensor) and not isinstance(alpha_prod_t_prev, torch.Tensor)
-    if both_numbers:
+    def kind(v):
+        if isinstance(v, torch.Tensor):
+            return "tensor"
+        return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    kinds = (kind(alpha_prod_t), kind(alpha_prod_t_prev))
+    if None in kinds:
+        return  # a wrong type: check_alpha names it
+    if kinds == ("number", "number"):
         bad = float(alpha_prod_t_prev) < float(alpha_prod_t)
     elif validate:
         a_t = torch.as_tensor(alpha_prod_t, dtype=torch.float32)
