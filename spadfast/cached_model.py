@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import _Attention, _Level, _norm, _ResBlock, _TimeEmbedding
+from .model import _norm, _TimeEmbedding, add_unet_levels
 
 __all__ = ["SPADCachedUNet"]
 
@@ -53,25 +53,7 @@ class _UNetTrunk(nn.Module):
     def __init__(self, chs: list[int], num_res_blocks: int, temb_dim: int, attention_levels: tuple[int, ...],
                  num_heads: int, dropout: float, groups: int):
         super().__init__()
-        n = len(chs)
-        self.down = nn.ModuleList()
-        self.downsample = nn.ModuleList()
-        for i, ch in enumerate(chs):
-            self.down.append(_Level([ch] * num_res_blocks, ch, temb_dim, i in attention_levels, num_heads, dropout,
-                                    groups))
-            if i < n - 1:
-                self.downsample.append(nn.Conv2d(ch, chs[i + 1], 3, stride=2, padding=1))
-        mid = chs[-1]
-        self.mid1 = _ResBlock(mid, mid, temb_dim, dropout, groups)
-        self.mid_attn = _Attention(mid, num_heads, groups) if attention_levels else nn.Identity()
-        self.mid2 = _ResBlock(mid, mid, temb_dim, dropout, groups)
-        self.up = nn.ModuleList()
-        self.upsample = nn.ModuleList()
-        for i, ch in enumerate(chs):
-            self.up.append(_Level([2 * ch] * num_res_blocks, ch, temb_dim, i in attention_levels, num_heads, dropout,
-                                  groups))
-            if i > 0:
-                self.upsample.append(nn.Conv2d(ch, chs[i - 1], 3, padding=1))
+        add_unet_levels(self, chs, num_res_blocks, temb_dim, attention_levels, num_heads, dropout, groups)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor,
                 inject: list[torch.Tensor] | None = None) -> list[torch.Tensor]:

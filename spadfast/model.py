@@ -110,6 +110,31 @@ class _Level(nn.Module):
         )
 
 
+def add_unet_levels(module: nn.Module, chs: list[int], num_res_blocks: int, temb_dim: int,
+                    attention_levels: tuple[int, ...], num_heads: int, dropout: float, groups: int) -> None:
+    """Give ``module`` a UNet's levels as attributes (``down``, ``downsample``, ``mid1``, ``mid_attn``, ``mid2``,
+    ``up``, ``upsample``; ``up`` stored finest-first, iterated coarsest-first), level ``i`` of width ``chs[i]``.
+
+    Shared by :class:`SPADUNet` and the cached-encoder model's trunks; attribute names are checkpoint keys."""
+    n = len(chs)
+    module.down, module.downsample = nn.ModuleList(), nn.ModuleList()
+    for i, ch in enumerate(chs):
+        module.down.append(_Level([ch] * num_res_blocks, ch, temb_dim, i in attention_levels, num_heads, dropout,
+                                  groups))
+        if i < n - 1:
+            module.downsample.append(nn.Conv2d(ch, chs[i + 1], 3, stride=2, padding=1))
+    mid = chs[-1]
+    module.mid1 = _ResBlock(mid, mid, temb_dim, dropout, groups)
+    module.mid_attn = _Attention(mid, num_heads, groups) if attention_levels else nn.Identity()
+    module.mid2 = _ResBlock(mid, mid, temb_dim, dropout, groups)
+    module.up, module.upsample = nn.ModuleList(), nn.ModuleList()
+    for i, ch in enumerate(chs):
+        module.up.append(_Level([2 * ch] * num_res_blocks, ch, temb_dim, i in attention_levels, num_heads, dropout,
+                                groups))
+        if i > 0:
+            module.upsample.append(nn.Conv2d(ch, chs[i - 1], 3, padding=1))
+
+
 class SPADUNet(nn.Module):
     """Conditional UNet denoiser (see the module docstring for the architecture).
 
@@ -174,27 +199,7 @@ class SPADUNet(nn.Module):
         self.time_embed = _TimeEmbedding(base_channels, temb_dim)
         self.stem = nn.Conv2d(in_channels, chs[0], 3, padding=1)
 
-        self.down = nn.ModuleList()
-        self.downsample = nn.ModuleList()
-        for i, ch in enumerate(chs):
-            self.down.append(_Level([ch] * num_res_blocks, ch, temb_dim, i in attention_levels, num_heads, dropout,
-                                    groups))
-            if i < num_levels - 1:
-                self.downsample.append(nn.Conv2d(ch, chs[i + 1], 3, stride=2, padding=1))
-
-        mid = chs[-1]
-        self.mid1 = _ResBlock(mid, mid, temb_dim, dropout, groups)
-        self.mid_attn = _Attention(mid, num_heads, groups) if attention_levels else nn.Identity()
-        self.mid2 = _ResBlock(mid, mid, temb_dim, dropout, groups)
-
-        # Stored finest-first; iterated coarsest-first in forward.
-        self.up = nn.ModuleList()
-        self.upsample = nn.ModuleList()
-        for i, ch in enumerate(chs):
-            self.up.append(_Level([2 * ch] * num_res_blocks, ch, temb_dim, i in attention_levels, num_heads,
-                                  dropout, groups))
-            if i > 0:
-                self.upsample.append(nn.Conv2d(ch, chs[i - 1], 3, padding=1))
+        add_unet_levels(self, chs, num_res_blocks, temb_dim, attention_levels, num_heads, dropout, groups)
 
         self.out_norm = _norm(chs[0], groups)
         self.out_conv = nn.Conv2d(chs[0], out_channels, 3, padding=1)

@@ -1,18 +1,6 @@
 """Volumes served as 2-D slices: intensity normalisation, slicing, and the ``VolumeSlices`` training dataset.
 
-Layout (``root`` of a data set)::
-
-    imagesTr/<case>_0000.nii.gz, <case>_0001.nii.gz, ...   one file per modality (channel), nnU-Net style
-    imagesTr/<case>.nii.gz                                 or one file per case: 3-D, or 4-D with the modalities
-                                                           last (the original Decathlon release; dataset.json
-                                                           must then list as many modalities as the 4th axis)
-    labelsTr/<case>.nii.gz                                 integer label map 0..C-1 (0 = background)
-    imagesTs/, labelsTs/                                   the same for ``split="test"`` (labelsTs is optional
-                                                           for prediction, needed for evaluation)
-    dataset.json                                           optional; Decathlon ``"labels": {"0": "background",
-                                                           ...}``, ``"modality": {"0": "CT"}`` or nnU-Net v2
-                                                           ``"labels": {"background": 0, ...}``,
-                                                           ``"channel_names": {"0": "CT"}``
+The data set layout (Decathlon / nnU-Net) and the NIfTI readers live in :mod:`spadfast.nifti`.
 
 Arrays are in the file's voxel order ``(i, j, k)`` as nibabel returns them (no reorientation); a voxel's size in
 millimetres is ``header.get_zooms()[:3]`` (``spacing``). A 2-D slice along ``axis`` keeps the other two axes in
