@@ -53,7 +53,6 @@ class Segmenter:
         cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         if amp is not None:
             cfg = SPADConfig.from_dict({**cfg.to_dict(), "amp": _resolve_amp(amp, resolve_device(cfg.device))})
-        torch.manual_seed(cfg.seed)
         model = build_model(cfg)
         ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
         try:
