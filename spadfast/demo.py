@@ -9,6 +9,7 @@ p = 0, 0.25, 0.5, 0.75, 1; columns mask, Canny edges, ScD, BcD, both: what train
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,10 @@ def demo_config(device: str = "auto") -> SPADConfig:
 
 
 def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int = 32) -> dict[str, Any]:
-    """Run the demo end to end and return the ``evaluate`` report (also written to ``OUT/metrics.json``)."""
+    """Run the demo end to end and return the ``evaluate`` report (also written to ``OUT/metrics.json``).
+
+    The demo owns ``OUT/run``, ``OUT/test``, ``OUT/pred`` and ``OUT/overlays``: a re-run deletes and rewrites them.
+    """
     from .data import SyntheticLesions, write_synthetic_folder
     from .evaluate import evaluate_folders
     from .predict import predict_folder
@@ -45,6 +49,10 @@ def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int =
 
     out = Path(out)
     cfg = config or demo_config()
+    # a re-run replaces the previous demo's outputs (the CLI refuses folders holding anything else): a fresh log,
+    # and no predictions left over from a different --test-size
+    for sub in ("run", "test", "pred", "overlays"):
+        shutil.rmtree(out / sub, ignore_errors=True)
     trainer = SPADTrainer(cfg, out_dir=out / "run")
     trainer.fit()
     trainer.save(out / "run")

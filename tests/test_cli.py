@@ -115,3 +115,13 @@ def test_resume_with_more_steps_keeps_the_pas_horizon(tmp_path):
     resumed = SPADConfig.from_dict(config)
     for step in range(4, 9):
         assert perturb_factor(step / resumed.pas_horizon, resumed.perturb) == 0.0
+
+
+def test_demo_rerun_replaces_its_own_outputs(tmp_path):
+    cfg = _config_file(tmp_path, train_steps=2, log_every=1)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--config", str(cfg), "--test-size", "3"]) == 0
+    assert main(["demo", "--out", str(out), "--config", str(cfg), "--test-size", "2"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # one run's log, not two appended
+    assert len(json.loads((out / "metrics.json").read_text())["cases"]) == 2
