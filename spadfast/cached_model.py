@@ -33,14 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import _norm, _TimeEmbedding, add_unet_levels
+from .model import _norm, _TimeEmbedding, add_unet_levels, check_unet_args
 
 __all__ = ["SPADCachedUNet"]
-
-
-def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
 
 
 class _UNetTrunk(nn.Module):
@@ -131,29 +126,17 @@ class SPADCachedUNet(nn.Module):
         super().__init__()
         if denoiser_channels is None:
             denoiser_channels = max(1, base_channels // 4) if isinstance(base_channels, int) else base_channels
-        for name, value in (("image_channels", image_channels), ("out_channels", out_channels),
-                            ("base_channels", base_channels), ("num_res_blocks", num_res_blocks),
-                            ("num_heads", num_heads), ("groups", groups), ("denoiser_channels", denoiser_channels),
-                            ("denoiser_res_blocks", denoiser_res_blocks)):
-            _check_int(name, value)
+        channel_mults, attention_levels, chs = check_unet_args(
+            dict(image_channels=image_channels, out_channels=out_channels, base_channels=base_channels,
+                 num_res_blocks=num_res_blocks, num_heads=num_heads, groups=groups,
+                 denoiser_channels=denoiser_channels, denoiser_res_blocks=denoiser_res_blocks),
+            base_channels, channel_mults, attention_levels, num_heads, dropout,
+        )
         if isinstance(mask_channels, bool) or mask_channels not in (out_channels, 2 * out_channels):
             raise ValueError(f"`mask_channels` must be out_channels ({out_channels}, noisy mask) or 2 * out_channels "
                              f"(noisy mask + condition), got {mask_channels!r}")
-        channel_mults = tuple(channel_mults)
-        if not channel_mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mults):
-            raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
         n = len(channel_mults)
-        attention_levels = tuple(sorted(set(attention_levels)))
-        if any(not 0 <= lvl < n for lvl in attention_levels):
-            raise ValueError(f"`attention_levels` must lie in [0, {n - 1}], got {attention_levels!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
-        chs = [base_channels * m for m in channel_mults]
         dchs = [denoiser_channels * m for m in channel_mults]
-        for lvl in attention_levels + ((n - 1,) if attention_levels else ()):
-            if chs[lvl] % num_heads:
-                raise ValueError(f"`num_heads` must divide the width {chs[lvl]} of attended level {lvl}, "
-                                 f"got {num_heads}")
         d_heads = num_heads if dchs[-1] % num_heads == 0 else 1
         self.image_channels, self.mask_channels, self.out_channels = image_channels, mask_channels, out_channels
         self.in_channels = mask_channels + image_channels  # forward's input, like SPADUNet.in_channels

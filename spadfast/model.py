@@ -110,6 +110,30 @@ class _Level(nn.Module):
         )
 
 
+def check_unet_args(
+    ints: dict[str, object], base_channels: int, channel_mults, attention_levels, num_heads: int, dropout: float
+) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
+    """The UNets' constructor checks (ValueError naming the argument); returns ``(channel_mults,
+    attention_levels, widths)`` normalised: tuples, attention levels sorted and unique, width per level."""
+    for name, value in ints.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+    channel_mults = tuple(channel_mults)
+    if not channel_mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mults):
+        raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
+    n = len(channel_mults)
+    attention_levels = tuple(sorted(set(attention_levels)))
+    if any(not 0 <= lvl < n for lvl in attention_levels):
+        raise ValueError(f"`attention_levels` must lie in [0, {n - 1}], got {attention_levels!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+    chs = [base_channels * mult for mult in channel_mults]
+    for lvl in attention_levels + ((n - 1,) if attention_levels else ()):
+        if chs[lvl] % num_heads:
+            raise ValueError(f"`num_heads` must divide the width {chs[lvl]} of attended level {lvl}, got {num_heads}")
+    return channel_mults, attention_levels, chs
+
+
 def add_unet_levels(module: nn.Module, chs: list[int], num_res_blocks: int, temb_dim: int,
                     attention_levels: tuple[int, ...], num_heads: int, dropout: float, groups: int) -> None:
     """Give ``module`` a UNet's levels as attributes (``down``, ``downsample``, ``mid1``, ``mid_attn``, ``mid2``,
@@ -173,25 +197,12 @@ class SPADUNet(nn.Module):
         groups: int = 8,
     ):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("base_channels", base_channels), ("num_res_blocks", num_res_blocks),
-                            ("num_heads", num_heads), ("groups", groups)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
-        channel_mults = tuple(channel_mults)
-        if not channel_mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mults):
-            raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
+        channel_mults, attention_levels, chs = check_unet_args(
+            dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+                 num_res_blocks=num_res_blocks, num_heads=num_heads, groups=groups),
+            base_channels, channel_mults, attention_levels, num_heads, dropout,
+        )
         num_levels = len(channel_mults)
-        attention_levels = tuple(sorted(set(attention_levels)))
-        if any(not 0 <= lvl < num_levels for lvl in attention_levels):
-            raise ValueError(f"`attention_levels` must lie in [0, {num_levels - 1}], got {attention_levels!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
-        chs = [base_channels * m for m in channel_mults]
-        for lvl in attention_levels + ((num_levels - 1,) if attention_levels else ()):
-            if chs[lvl] % num_heads:
-                raise ValueError(f"`num_heads` must divide the width {chs[lvl]} of attended level {lvl}, "
-                                 f"got {num_heads}")
 
         self.in_channels, self.out_channels = in_channels, out_channels
         self.multiple = 2 ** (num_levels - 1)
