@@ -337,7 +337,11 @@ def load_stored(
     of the dtype's range the image reaches (:func:`used_range_fraction`).
     """
     path = Path(path)
-    array = _to_rgb_or_gray(_decode(path), path)
+    return _stored(_to_rgb_or_gray(_decode(path), path), path, size, norm)
+
+
+def _stored(array: np.ndarray, path: Path, size: tuple[int, int] | None, norm: str):
+    """:func:`load_stored` of an already decoded array."""
     scale = _scale_of(array, path)
     lo, hi = intensity_range(array, scale, norm)
     used = used_range_fraction(array, scale)
@@ -370,8 +374,9 @@ def read_model_input(
     """
     size = check_size(size)
     path = Path(path)
-    native = _to_rgb_or_gray(_decode(path), path).shape[:2]
-    array, lo, hi, used = load_stored(path, size, norm)
+    decoded = _to_rgb_or_gray(_decode(path), path)
+    array, lo, hi, used = _stored(decoded, path, size, norm)
+    native = decoded.shape[:2]
     return stored_to_model(array, lo, hi, check_channels(channels, allow_none=False)), native, used
 
 
