@@ -5,18 +5,23 @@ Three kinds of folder, told apart by their files:
 
 - NIfTI label maps (``.nii.gz`` / ``.nii``, e.g. ``predict`` output vs ``labelsTs/``): paired by case name (the
   file name without its suffix), scored in 3-D per foreground class with HD95 in millimetres from the ground
-  truth's header spacing (or ``spacing``). Classes: those of ``dataset.json`` beside the ground-truth folder (in
-  its parent), else 1..the largest label found in either folder.
-- multi-class PNG label maps (pixel value = class number 0..C-1; either folder holds two or more distinct nonzero
-  values): paired by file name, scored in 2-D per class 1..the largest value found.
+  truth's header spacing (or ``spacing``). With a ``dataset.json`` beside the ground-truth folder (in its parent),
+  its classes are the report's and a label outside them is an error naming the file; without one, every nonzero
+  value found is a class, and a value above :data:`spadfast.class_scores.LARGE_LABEL` (such as 255, a common
+  "ignore" value) is scored as a class with a warning naming the file and the value.
+- multi-class PNG label maps (pixel value = class number; either folder holds two or more distinct nonzero
+  values): paired by file name, scored in 2-D per class found (values above ``LARGE_LABEL`` are an error).
 - binary PNG masks (each folder holds 0 and at most one nonzero value, e.g. 0/255): nonzero is foreground, exactly
   as before (no ``per_class``).
 
 Report: ``{"cases": [{"name", "dice", "iou", "hd95", "per_class": {"1": {"dice", "iou", "hd95"}, ...}}, ...],
-"mean": {"dice", "iou", "hd95", "per_class": {...}}}``; a case's ``dice``/``iou``/``hd95`` is the average over the
-foreground classes, ``mean`` averages the cases (so ``mean.dice`` is also the average of ``mean.per_class``). A
-class absent from both maps of a case scores Dice = IoU = 1 and HD95 = 0; present in exactly one, HD95 = ``inf``
-(and then the means are ``inf`` too: a missed or hallucinated structure is not averaged away).
+"mean": {"dice", "iou", "hd95", "per_class": {"1": {"dice", "iou", "hd95", "cases"}, ...}}, "classes": {"1":
+name or None, ...}, "hd95_unit": "mm"}`` (names from dataset.json). Label maps score a class only in the cases where it occurs in the prediction or
+the ground truth (:mod:`spadfast.class_scores`): a case averages its classes, ``mean.per_class`` averages each
+class over the cases that score it, and ``mean.dice`` etc. average ``mean.per_class``. A class present in exactly
+one map has HD95 ``inf`` (and then the means are ``inf`` too: a missed or hallucinated structure is not averaged
+away). ``"hd95_unit"`` is absent for PNG masks without ``spacing`` (pixels), ``"mm"`` for volumes and
+``"spacing units"`` for PNG masks scored with a ``spacing``.
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .class_scores import LARGE_LABEL, class_names, present_classes, score_case, summarize_classes, warn_large_labels
 from .files import read_mask
-from .metrics import METRICS, per_class_metrics, summarize
+from .metrics import METRICS, summarize
 
 MASK_SUFFIXES = (".png",)
-MAX_PNG_CLASS = 100  # a multi-class PNG value above this is taken for a binary 0/255 mask in the wrong place
+MAX_PNG_CLASS = LARGE_LABEL  # a multi-class PNG value above this is taken for a binary 0/255 mask in the wrong place
 
-__all__ = ["MASK_SUFFIXES", "evaluate_folders", "format_table"]
+__all__ = ["MASK_SUFFIXES", "case_names", "evaluate_folders", "format_table"]
 
 
 def _pngs(folder: Path, name: str) -> dict[str, Path]:
@@ -59,52 +65,47 @@ def _pair_names(pred: dict[str, Path], gt: dict[str, Path], pred_dir: Path, gt_d
     return sorted(gt)
 
 
-def _absent_scores(nd: int) -> dict[str, float]:
-    """What every metric gives for a class absent from both maps (Dice 1, IoU 1, HD95 0 by the conventions)."""
-    empty = np.zeros((1,) * nd, bool)
-    return {name: float(fn(empty, empty, spacing=(1.0,) * nd)) for name, fn in METRICS.items()}
-
-
-def _case(name: str, per_class: dict[str, dict[str, float]]) -> dict[str, Any]:
-    case: dict[str, Any] = {"name": name}
-    for key in METRICS:
-        case[key] = float(np.mean([scores[key] for scores in per_class.values()]))
-    case["per_class"] = per_class
-    return case
-
-
-def _fill_classes(cases: list[dict[str, Any]], classes: list[int], nd: int) -> list[dict[str, Any]]:
-    """Give every case every class (absent-from-both scores where a case never saw it), then recompute its means."""
-    absent = _absent_scores(nd)
-    out = []
-    for case in cases:
-        per_class = {str(c): case["per_class"].get(str(c), dict(absent)) for c in classes}
-        out.append(_case(case["name"], per_class))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Volumes
 
 
-def _evaluate_volumes(pred_dir: Path, gt_dir: Path, spacing: Any) -> dict[str, Any]:
-    from .nifti import read_dataset_json, read_label, read_nifti, spacing_of, volume_files
+def _listing(pred_dir: Path, gt_dir: Path) -> tuple[str, dict[str, Path], dict[str, Path], list[str]]:
+    """``(kind, pred files, gt files, case names)``: kind ``"volumes"`` or ``"pngs"`` by the ground truth's files,
+    files by case name; an unpaired or missing file is a ValueError naming it."""
+    from .nifti import volume_files
 
-    if spacing is not None:
-        if len(spacing) != 3:
-            raise ValueError(f"`spacing` must be None (from the NIfTI header) or (d0, d1, d2) for volumes, got "
-                             f"{tuple(spacing)!r}")
-        spacing = tuple(float(s) for s in spacing)
-    if not pred_dir.is_dir():
-        raise ValueError(f"`pred` folder {str(pred_dir)!r} does not exist")
-    pred, gt = volume_files(pred_dir), volume_files(gt_dir)
-    if not pred:
-        raise ValueError(f"`pred` folder {str(pred_dir)!r} holds no .nii.gz label maps (the ground truth does)")
-    names = _pair_names(pred, gt, pred_dir, gt_dir, "label map")
+    if not gt_dir.is_dir():
+        raise ValueError(f"`gt` folder {str(gt_dir)!r} does not exist")
+    gt = volume_files(gt_dir)
+    if gt:
+        if not pred_dir.is_dir():
+            raise ValueError(f"`pred` folder {str(pred_dir)!r} does not exist")
+        pred = volume_files(pred_dir)
+        if not pred:
+            raise ValueError(f"`pred` folder {str(pred_dir)!r} holds no .nii.gz label maps (the ground truth does)")
+        return "volumes", pred, gt, _pair_names(pred, gt, pred_dir, gt_dir, "label map")
+    pred, gt = _pngs(pred_dir, "pred"), _pngs(gt_dir, "gt")
+    return "pngs", pred, gt, _pair_names(pred, gt, pred_dir, gt_dir, "mask")
+
+
+def _volume_spacing(spacing: Any) -> tuple[float, float, float] | None:
+    if spacing is None:
+        return None
+    if len(spacing) != 3:
+        raise ValueError(f"`spacing` must be None (from the NIfTI header) or (d0, d1, d2) for volumes, got "
+                         f"{tuple(spacing)!r}")
+    return tuple(float(s) for s in spacing)  # type: ignore[return-value]
+
+
+def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[str], gt_dir: Path,
+                      spacing: Any) -> dict[str, Any]:
+    from .nifti import read_dataset_json, read_label, read_nifti, spacing_of
+
+    spacing = _volume_spacing(spacing)
     info = read_dataset_json(gt_dir.parent)
     n_classes = len(info.class_names) or None
+    warned: set[int] = set()
     cases = []
-    top = 1
     for name in names:
         g_img, p_img = read_nifti(gt[name]), read_nifti(pred[name])
         if tuple(p_img.shape[:3]) != tuple(g_img.shape[:3]) or len(p_img.shape) != len(g_img.shape):
@@ -116,16 +117,13 @@ def _evaluate_volumes(pred_dir: Path, gt_dir: Path, spacing: Any) -> dict[str, A
                              "truth's voxel grid")
         g = read_label(gt[name], None, n_classes)
         p = read_label(pred[name], None, n_classes)
-        found = int(max(g.max(initial=0), p.max(initial=0)))
-        top = max(top, found)
-        classes = list(range(1, (n_classes or found + 1)))
-        if not classes:
-            classes = [1]
-        sp = spacing if spacing is not None else spacing_of(g_img)
-        cases.append(_case(name, per_class_metrics(p, g, classes, sp)))
-    all_classes = list(range(1, n_classes)) if n_classes else list(range(1, top + 1))
-    cases = _fill_classes(cases, all_classes, 3)
-    return {"cases": cases, "mean": summarize(cases)}
+        if n_classes is None:
+            warn_large_labels(gt[name], g, warned)
+            warn_large_labels(pred[name], p, warned)
+        cases.append(score_case(name, p, g, spacing if spacing is not None else spacing_of(g_img)))
+    classes = range(1, n_classes) if n_classes else sorted({int(c) for case in cases for c in case["per_class"]})
+    return {"cases": cases, "mean": summarize_classes(cases), "classes": class_names(classes, info.class_names),
+            "hd95_unit": "mm"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -148,12 +146,10 @@ def _read_png_labels(path: Path) -> np.ndarray:
     return array
 
 
-def _evaluate_pngs(pred_dir: Path, gt_dir: Path, spacing: Any) -> dict[str, Any]:
+def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str], spacing: Any) -> dict[str, Any]:
     sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
     if len(sp) != 2:
         raise ValueError(f"`spacing` must be None or (dy, dx) for PNG masks, got {tuple(spacing)!r}")
-    pred, gt = _pngs(pred_dir, "pred"), _pngs(gt_dir, "gt")
-    names = _pair_names(pred, gt, pred_dir, gt_dir, "mask")
     p_maps = {n: _read_png_labels(pred[n]) for n in names}
     g_maps = {n: _read_png_labels(gt[n]) for n in names}
     for n in names:
@@ -161,20 +157,14 @@ def _evaluate_pngs(pred_dir: Path, gt_dir: Path, spacing: Any) -> dict[str, Any]
         if p.shape != g.shape:
             raise ValueError(f"{str(pred[n])!r} is {p.shape[1]}x{p.shape[0]} but {str(gt[n])!r} is "
                              f"{g.shape[1]}x{g.shape[0]}")
-
-    def nonzero_values(maps: dict[str, np.ndarray]) -> set[int]:
-        values: set[int] = set()
-        for m in maps.values():
-            values.update(int(v) for v in np.unique(m) if v != 0)
-        return values
-
-    p_vals, g_vals = nonzero_values(p_maps), nonzero_values(g_maps)
+    p_vals, g_vals = set(present_classes(*p_maps.values())), set(present_classes(*g_maps.values()))
+    units = {} if spacing is None else {"hd95_unit": "spacing units"}
     if len(p_vals) <= 1 and len(g_vals) <= 1:  # binary: nonzero is foreground, today's report exactly
         cases = []
         for n in names:
             p, g = read_mask(pred[n]), read_mask(gt[n])
             cases.append({"name": n, **{key: float(fn(p, g, spacing=sp)) for key, fn in METRICS.items()}})
-        return {"cases": cases, "mean": summarize(cases)}
+        return {"cases": cases, "mean": summarize(cases), **units}
     top = max(p_vals | g_vals)
     if top > MAX_PNG_CLASS:
         maps, folder = (p_maps, pred) if top in p_vals else (g_maps, gt)
@@ -182,9 +172,9 @@ def _evaluate_pngs(pred_dir: Path, gt_dir: Path, spacing: Any) -> dict[str, Any]
         raise ValueError(f"{culprit} holds the value {top} but the masks hold several labels "
                          f"({sorted(p_vals | g_vals)[:6]}...): multi-class PNG label maps store class numbers "
                          f"1..{MAX_PNG_CLASS}; a 0/255 binary mask cannot be scored against a multi-class map")
-    classes = list(range(1, top + 1))
-    cases = [_case(n, per_class_metrics(p_maps[n], g_maps[n], classes, sp)) for n in names]
-    return {"cases": cases, "mean": summarize(cases)}
+    cases = [score_case(n, p_maps[n], g_maps[n], sp) for n in names]
+    return {"cases": cases, "mean": summarize_classes(cases), "classes": class_names(sorted(p_vals | g_vals)),
+            **units}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,23 +194,32 @@ def evaluate_folders(
 
     Returns:
         ``{"cases": [...], "mean": {...}}``; binary PNG folders give exactly ``{"name", "dice", "iou", "hd95"}``
-        per case and ``{"dice", "iou", "hd95"}`` as the mean; volumes and multi-class PNGs add ``"per_class"``.
+        per case and ``{"dice", "iou", "hd95"}`` as the mean; volumes and multi-class PNGs add ``"per_class"``
+        (only the classes a case scores) and ``"classes"``; ``"hd95_unit"`` when HD95 is not in pixels.
+
+    Warns:
+        UserWarning: volumes without dataset.json holding a label value above ``LARGE_LABEL`` (names the file).
 
     Raises:
         ValueError: a folder is missing or empty, a file has no counterpart, shapes (or, for volumes, affines)
             differ, labels are not integers (or outside dataset.json's classes), a bad ``spacing``, or a file is
             unreadable; each names the file(s).
     """
-    from .nifti import volume_files
-
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    if not gt_dir.is_dir():
-        raise ValueError(f"`gt` folder {str(gt_dir)!r} does not exist")
     if spacing is not None and (isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__")):
         raise ValueError(f"`spacing` must be None or a sequence of numbers, got {spacing!r}")
-    if volume_files(gt_dir):
-        return _evaluate_volumes(pred_dir, gt_dir, spacing)
-    return _evaluate_pngs(pred_dir, gt_dir, spacing)
+    kind, pred, gt, names = _listing(pred_dir, gt_dir)
+    if kind == "volumes":
+        return _evaluate_volumes(pred, gt, names, gt_dir, spacing)
+    return _evaluate_pngs(pred, gt, names, spacing)
+
+
+def case_names(pred_dir: str | Path, gt_dir: str | Path) -> list[str]:
+    """The names of the cases :func:`evaluate_folders` scores (PNG file names, or NIfTI case names), found by
+    listing the folders only: a missing folder or an unpaired file is the ValueError it would raise."""
+    return _listing(Path(pred_dir), Path(gt_dir))[3]
+
+
 
 
 def _fmt(v: float) -> str:
@@ -229,27 +228,38 @@ def _fmt(v: float) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """A plain-text table: one row per case and the mean (columns: every metric, then Dice and HD95 per class when
-    the report has classes), followed by a per-class table of the means."""
+    the report has several classes; ``-`` where a case does not score the class), followed by a per-class table of
+    the means with the number of cases that score each class."""
     keys = [k for k in METRICS if k in report["mean"]]
     per_class = report["mean"].get("per_class")
-    classes = list(per_class) if per_class else []
+    names = report.get("classes") or {c: None for c in per_class or {}}
+    classes = list(names)
     extra = [(c, k) for c in classes for k in ("dice", "hd95") if k in keys] if len(classes) > 1 else []
     width = max([4] + [len(c["name"]) for c in report["cases"]])
     head = [f"{k:>8}" for k in keys] + [f"{f'{k}[{c}]':>9}" for c, k in extra]
     lines = [f"{'case':<{width}}  " + "  ".join(head)]
 
+    def cell(rec: dict[str, Any], c: str, k: str) -> str:
+        scores = rec["per_class"].get(c)
+        return f"{_fmt(scores[k]) if scores else '-':>9}"
+
     def row(name: str, rec: dict[str, Any]) -> str:
-        cells = [f"{_fmt(rec[k]):>8}" for k in keys]
-        cells += [f"{_fmt(rec['per_class'][c][k]):>9}" for c, k in extra]
+        cells = [f"{_fmt(rec[k]):>8}" for k in keys] + [cell(rec, c, k) for c, k in extra]
         return f"{name:<{width}}  " + "  ".join(cells)
 
     for c in report["cases"]:
         lines.append(row(c["name"], c))
     lines.append(row("mean", report["mean"]))
-    if per_class:
-        cw = max([5] + [len(c) for c in classes])
+    if per_class is not None:
+        labels = {c: f"{c} {names[c] or ''}".strip() for c in classes}
+        cw = max([5] + [len(v) for v in labels.values()])
         lines.append("")
-        lines.append(f"{'class':<{cw}}  " + "  ".join(f"{k:>8}" for k in keys) + "   (mean over cases)")
+        lines.append(f"{'class':<{cw}}  " + "  ".join(f"{k:>8}" for k in keys) + "  cases   (mean over the cases "
+                     "where the class is in the prediction or the ground truth)")
         for c in classes:
-            lines.append(f"{c:<{cw}}  " + "  ".join(f"{_fmt(per_class[c][k]):>8}" for k in keys))
+            if c in per_class:
+                lines.append(f"{labels[c]:<{cw}}  " + "  ".join(f"{_fmt(per_class[c][k]):>8}" for k in keys)
+                             + f"  {per_class[c].get('cases', len(report['cases'])):>5}")
+            else:
+                lines.append(f"{labels[c]:<{cw}}  not in any prediction or ground truth")
     return "\n".join(lines)

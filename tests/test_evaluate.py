@@ -93,8 +93,9 @@ def test_volumes_per_class_in_millimetres(tmp_path):
                                                              truths["test_000.nii.gz"], [1, 2])
     perfect = evaluate_folders(gt, gt)
     assert perfect["mean"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0,
-                               "per_class": {"1": {"dice": 1.0, "iou": 1.0, "hd95": 0.0},
-                                             "2": {"dice": 1.0, "iou": 1.0, "hd95": 0.0}}}
+                               "per_class": {"1": {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "cases": 2},
+                                             "2": {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "cases": 2}}}
+    assert perfect["hd95_unit"] == "mm" and set(perfect["classes"]) == {"1", "2"}
     assert "dice[1]" in format_table(report)
     with pytest.raises(ValueError, match="`spacing`"):
         evaluate_folders(pred, gt, spacing=(1.0, 1.0))
@@ -110,9 +111,10 @@ def test_volume_classes_without_dataset_json(tmp_path):
         for name, m in maps.items():
             write_nifti(tmp_path / folder / f"{name}.nii.gz", m, affine=aff)
     report = evaluate_folders(tmp_path / "p", tmp_path / "g")
-    assert [list(c["per_class"]) for c in report["cases"]] == [["1", "2", "3"]] * 2
-    assert report["cases"][0]["per_class"]["3"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0}  # absent from both
-    assert report["cases"][1]["per_class"]["3"]["hd95"] == math.inf
+    assert [list(c["per_class"]) for c in report["cases"]] == [["1"], ["1", "3"]]  # absent from both: not scored
+    assert report["cases"][1]["per_class"]["3"]["hd95"] == math.inf and report["cases"][1]["dice"] == 0.5
+    assert list(report["classes"]) == ["1", "3"] and report["mean"]["per_class"]["3"]["cases"] == 1
+    assert report["mean"]["dice"] == 0.5  # (class 1: 1.0 + class 3: 0.0) / 2
 
 
 def test_mismatches_name_the_files(tmp_path):
@@ -156,3 +158,113 @@ def test_binary_against_multiclass_png_is_an_error(tmp_path):
     write_pngs(tmp_path / "p", {"x.png": (two_class_map() > 0) * 255})
     with pytest.raises(ValueError, match=r"p/x.png holds the value 255"):
         evaluate_folders(tmp_path / "p", tmp_path / "g")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which classes count: a sweep of label-map pairs against a direct computation
+
+
+def _pairs(stray):
+    """(name, pred, gt) label maps [8,9,4]: classes missing from one side, absent from both, both empty, and a
+    prediction that is background but for one voxel of the value ``stray``."""
+    def blob(value, box):
+        m = np.zeros((8, 9, 4), np.uint8)
+        m[box] = value
+        return m
+
+    one, two = (slice(1, 4), slice(1, 5), slice(0, 3)), (slice(4, 8), slice(5, 9), slice(1, 4))
+    gt_12 = blob(1, one) + blob(2, two)
+    shifted = blob(1, (slice(2, 5), slice(1, 5), slice(0, 3)))
+    stray_map = np.zeros((8, 9, 4), np.uint8)
+    stray_map[7, 0, 0] = stray
+    return [
+        ("a_missed", blob(1, one), gt_12),  # class 2 missed
+        ("b_hallucinated", shifted + blob(3, two), blob(1, one)),  # class 3 only predicted; 2 in neither
+        ("c_empty", np.zeros((8, 9, 4), np.uint8), np.zeros((8, 9, 4), np.uint8)),
+        ("d_partial", blob(2, two), blob(2, (slice(5, 8), slice(5, 9), slice(1, 4)))),
+        ("e_stray", stray_map, blob(1, one)),
+    ]
+
+
+def _by_hand(pairs, spacing):
+    """Per case: mean over the classes in either map (none: 1, 1, 0); per class: mean over those cases; overall:
+    mean of the per-class means."""
+    cases, per_class = {}, {}
+    for name, p, g in pairs:
+        classes = sorted((set(np.unique(p).tolist()) | set(np.unique(g).tolist())) - {0})
+        scores = {}
+        for c in classes:
+            pc, gc = p == c, g == c
+            inter, union = np.logical_and(pc, gc).sum(), np.logical_or(pc, gc).sum()
+            scores[c] = {"dice": 2 * inter / (pc.sum() + gc.sum()), "iou": inter / union,
+                         "hd95": hd95(pc, gc, spacing=spacing)}
+            per_class.setdefault(c, []).append(scores[c])
+        cases[name] = {k: np.mean([s[k] for s in scores.values()]) for k in ("dice", "iou", "hd95")} if scores \
+            else {"dice": 1.0, "iou": 1.0, "hd95": 0.0}
+    class_means = {c: {k: np.mean([s[k] for s in v]) for k in ("dice", "iou", "hd95")} for c, v in per_class.items()}
+    overall = {k: np.mean([m[k] for m in class_means.values()]) for k in ("dice", "iou", "hd95")}
+    return cases, class_means, overall
+
+
+def _write_pairs(tmp_path, pairs, kind):
+    if kind == "png":  # the middle plane of each volume as a 2-D label map
+        write_pngs(tmp_path / "p", {f"{n}.png": p[:, :, 1] for n, p, _ in pairs})
+        write_pngs(tmp_path / "g", {f"{n}.png": g[:, :, 1] for n, _, g in pairs})
+        return [(f"{n}.png", p[:, :, 1], g[:, :, 1]) for n, p, g in pairs], (1.0, 1.0)
+    aff = np.diag([0.7, 0.8, 2.0, 1.0])
+    for n, p, g in pairs:
+        write_nifti(tmp_path / "d" / "p" / f"{n}.nii.gz", p, affine=aff)
+        write_nifti(tmp_path / "d" / "g" / f"{n}.nii.gz", g, affine=aff)
+    if kind == "nifti+dataset.json":
+        labels = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
+        (tmp_path / "d" / "dataset.json").write_text(json.dumps({"labels": labels}))
+    return pairs, (0.7, 0.8, 2.0)
+
+
+def _assert_matches(report, pairs, spacing):
+    cases, class_means, overall = _by_hand(pairs, spacing)
+    assert [c["name"] for c in report["cases"]] == [n for n, _, _ in pairs]
+    for case in report["cases"]:
+        assert {k: case[k] for k in ("dice", "iou", "hd95")} == pytest.approx(cases[case["name"]]), case["name"]
+    assert sorted(report["mean"]["per_class"], key=int) == [str(c) for c in sorted(class_means)]
+    for c, want in class_means.items():
+        assert {k: report["mean"]["per_class"][str(c)][k] for k in want} == pytest.approx(want)
+    assert {k: report["mean"][k] for k in overall} == pytest.approx(overall)
+
+
+@pytest.mark.parametrize("kind", ["nifti", "nifti+dataset.json", "png"])
+def test_class_means_match_a_direct_computation(tmp_path, kind):
+    stray = 7 if kind != "nifti" else 255  # 255 in a PNG label map is refused; 7 is a plausible stray class
+    pairs = _pairs(stray)
+    if kind == "nifti+dataset.json":  # dataset.json names classes 0..3: a stray label is an error naming it
+        pairs_bad, _ = _write_pairs(tmp_path / "bad", pairs, kind)
+        with pytest.raises(ValueError, match=r"e_stray\.nii\.gz holds labels \[7\] outside dataset\.json"):
+            evaluate_folders(tmp_path / "bad" / "d" / "p", tmp_path / "bad" / "d" / "g")
+        pairs = pairs[:-1]
+    written, spacing = _write_pairs(tmp_path, pairs, kind)
+    root = tmp_path if kind == "png" else tmp_path / "d"
+    if kind == "nifti":
+        with pytest.warns(UserWarning, match=r"e_stray\.nii\.gz holds the label value 255 and no dataset\.json"):
+            report = evaluate_folders(root / "p", root / "g")
+    else:
+        report = evaluate_folders(root / "p", root / "g")
+    _assert_matches(report, written, spacing)
+    hallucinated = next(c for c in report["cases"] if c["name"].startswith("b_"))
+    assert sorted(hallucinated["per_class"]) == ["1", "3"]  # class 2 is in neither map: not scored
+    if kind == "nifti+dataset.json":
+        assert report["classes"] == {"1": "liver", "2": "spleen", "3": "kidney"}
+    table = format_table(report)
+    assert "b_hallucinated" in table and "cases" in table
+
+
+def test_a_stray_label_does_not_inflate_the_mean(tmp_path):
+    gt = np.zeros((6, 6, 3), np.uint8)
+    gt[1:4, 1:4, :] = 1
+    pred = np.zeros_like(gt)
+    pred[5, 5, 2] = 255
+    write_nifti(tmp_path / "g" / "x.nii.gz", gt, affine=np.eye(4))
+    write_nifti(tmp_path / "p" / "x.nii.gz", pred, affine=np.eye(4))
+    with pytest.warns(UserWarning, match=r"p/x\.nii\.gz holds the label value 255"):
+        report = evaluate_folders(tmp_path / "p", tmp_path / "g")
+    assert report["mean"]["dice"] == 0.0 and report["mean"]["iou"] == 0.0  # class 1 missed, 255 hallucinated
+    assert set(report["mean"]["per_class"]) == {"1", "255"}
