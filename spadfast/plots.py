@@ -35,29 +35,36 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | Path, dpi: int = 100) -> Path:
     from .files import write_atomic
+    from .plot_files import plot_format, plot_metadata
 
     path = Path(path)
-    fmt = path.suffix.lower().lstrip(".") or "png"
-    if fmt not in ("png", "svg", "pdf"):
-        raise ValueError(f"plot file {str(path)!r} must end in .png, .svg or .pdf")
+    fmt = plot_format(path)
     fig.tight_layout()
-    return write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, metadata=plot_metadata()))
 
 
 # ---------------------------------------------------------------------------------------------- training curves
 
 
-def read_log(run: str | Path, log_file: str = "log.jsonl") -> list[dict[str, Any]]:
-    """The records of ``RUN/log.jsonl`` (``{"step", "loss", "lr", "steps_per_s"[, "val_dice"]}`` or
+def read_log(run: str | Path, log_file: str | None = None) -> list[dict[str, Any]]:
+    """The records of the run's training log (``{"step", "loss", "lr", "steps_per_s"[, "val_dice"]}`` or
     ``{"step", "val_dice"}``), in file order.
+
+    Args:
+        run: a ``spadfast train --out`` folder.
+        log_file: the log's file name in ``run``; None: the ``log_file`` of the config recorded in the run's
+            checkpoint, or ``log.jsonl`` when the run has no checkpoint yet.
 
     Raises:
         ValueError: ``run`` is not a folder, has no log, or the log has a line that is not a JSON record with a
-            ``"step"`` (names the file and line).
+            ``"step"`` (names the file and line); an unreadable checkpoint.
     """
     run = Path(run)
     if not run.is_dir():
         raise ValueError(f"run folder {str(run)!r} does not exist")
+    if log_file is None:
+        cfg = run_config(run)
+        log_file = cfg.log_file if cfg is not None else "log.jsonl"
     path = run / log_file
     if not path.is_file():
         raise ValueError(f"run folder {str(run)!r} has no training log {log_file} (is it a `spadfast train --out` "
@@ -127,14 +134,16 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.nda
 
 
 def plot_curves(
-    run: str | Path, out: str | Path | None = None, log_file: str = "log.jsonl", layout: str = "column"
+    run: str | Path, out: str | Path | None = None, log_file: str | None = None, layout: str = "column"
 ) -> Path:
-    """Loss (top) and validation Dice (bottom) against steps from ``RUN/log.jsonl``, each with the PaS strength on
-    a second axis, recomputed from the checkpoint's config (omitted, with a note, when the run has no checkpoint).
+    """Loss (top) and validation Dice (bottom) against steps from the run's log (see :func:`read_log`), each with
+    the PaS strength on a second axis, recomputed from the checkpoint's config (omitted, with a note, when the run
+    has no checkpoint).
 
     Args:
         run: a ``spadfast train --out`` folder.
         out: image file (``.png``/``.svg``/``.pdf``); default ``RUN/curves.png``.
+        log_file: the log's file name; None: the one the run's checkpoint records (see :func:`read_log`).
         layout: ``"column"`` (loss above Dice) or ``"row"`` (side by side, a wide short figure for pages).
 
     Returns:
@@ -209,7 +218,8 @@ def plot_metric_distributions(report: dict[str, Any], out: str | Path) -> Path:
     panel title, not drawn); when cases carry ``"per_class"``, a second row of per-class box plots.
 
     Args:
-        report: ``{"cases": [{"name", "dice", "iou", "hd95"[, "per_class": {"1": {...}}]}, ...], "mean": {...}}``.
+        report: ``{"cases": [{"name", "dice", "iou", "hd95"[, "per_class": {"1": {...}}]}, ...], "mean": {...}}``;
+            HD95 is labelled in ``report["hd95_unit"]`` (e.g. ``"mm"``), pixels when absent.
         out: image file (``.png``/``.svg``/``.pdf``).
 
     Returns:
@@ -217,6 +227,7 @@ def plot_metric_distributions(report: dict[str, Any], out: str | Path) -> Path:
     """
     cases = report["cases"]
     classes = sorted({k for c in cases for k in c.get("per_class", {})}, key=lambda k: (len(k), k))
+    hd95_unit = report.get("hd95_unit", "px")
     rows = 2 if classes else 1
     fig = _figure(9.0, 2.8 * rows)
     axes = np.atleast_2d(fig.subplots(rows, 3, squeeze=False))
@@ -230,7 +241,7 @@ def plot_metric_distributions(report: dict[str, Any], out: str | Path) -> Path:
         ax.set_title(f"{METRIC_LABELS[m]} ({len(cases)} cases" + (f", {n_inf} inf" if n_inf else "")
                      + "; dashed: median)",
                      fontsize=9)
-        ax.set_xlabel(METRIC_LABELS[m] + (" (px)" if m == "hd95" else ""))
+        ax.set_xlabel(METRIC_LABELS[m] + (f" ({hd95_unit})" if m == "hd95" else ""))
         ax.set_ylabel("cases")
         if m != "hd95":
             ax.set_xlim(0, 1)
@@ -242,7 +253,7 @@ def plot_metric_distributions(report: dict[str, Any], out: str | Path) -> Path:
                 data.append(v if v.size else np.array([np.nan]))
                 labels.append(f"class {k}")
             box_ax.boxplot(data, labels=labels) if _old_boxplot() else box_ax.boxplot(data, tick_labels=labels)
-            box_ax.set_ylabel(METRIC_LABELS[m])
+            box_ax.set_ylabel(METRIC_LABELS[m] + (f" ({hd95_unit})" if m == "hd95" else ""))
             box_ax.set_title(f"{METRIC_LABELS[m]} per class", fontsize=9)
     return _save(fig, out)
 
@@ -294,12 +305,18 @@ def plot_ablation(result: dict[str, Any], out: str | Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``spadfast plot``."""
-    parser.add_argument("run", type=Path, help="run folder holding log.jsonl (and checkpoint.safetensors)")
-    parser.add_argument("--out", type=Path, help="image file (.png/.svg/.pdf; default: RUN/curves.png)")
+    parser.add_argument("run", type=Path, help="run folder holding its training log (and checkpoint.safetensors)")
+    parser.add_argument("--out", type=Path, help="image file (.png/.svg/.pdf; default: RUN/curves.png); an "
+                        "existing file is replaced only if it is a spadfast plot")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a spadfast plot")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Handler of ``spadfast plot``."""
-    path = plot_curves(args.run, args.out)
+    """Handler of ``spadfast plot``: checks the output file, then draws :func:`plot_curves`."""
+    from .plot_files import check_plot_target
+
+    out = args.out if args.out is not None else Path(args.run) / "curves.png"
+    check_plot_target(out, "--out", overwrite=getattr(args, "overwrite", False))
+    path = plot_curves(args.run, out)
     print(f"spadfast plot: wrote {path}")
     return 0

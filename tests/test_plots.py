@@ -109,3 +109,101 @@ def test_plot_handler(run, tmp_path, capsys):
     args = parser.parse_args([str(run), "--out", str(tmp_path / "curves.pdf")])
     assert main(args) == 0 and (tmp_path / "curves.pdf").read_bytes()[:4] == b"%PDF"
     assert "curves.pdf" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A run with its own log file name; HD95 units; plot files that are not spadfast's
+
+
+@pytest.fixture(scope="module")
+def custom_log_run(tmp_path_factory) -> Path:
+    """A real 2-step run whose config names its log ``train_log.jsonl``."""
+    from spadfast.trainer import SPADTrainer
+
+    folder = tmp_path_factory.mktemp("custom_log_run")
+    trainer = SPADTrainer(SPADConfig(**TINY, log_file="train_log.jsonl"), out_dir=folder)
+    trainer.fit()
+    trainer.save(folder)
+    return folder
+
+
+def test_readers_find_the_runs_own_log_file(custom_log_run, tmp_path, capsys):
+    import cv2
+
+    from spadfast.cli import main as cli_main
+    from spadfast.evaluate import evaluate_folders
+    from spadfast.report import write_report
+
+    assert not (custom_log_run / "log.jsonl").exists()
+    assert [r["step"] for r in read_log(custom_log_run)] == [1, 2]
+    assert plot_curves(custom_log_run, tmp_path / "c.png").read_bytes()[:8] == PNG
+    assert cli_main(["plot", str(custom_log_run), "--out", str(tmp_path / "cli.png")]) == 0
+    for folder in ("p", "g"):
+        (tmp_path / folder).mkdir()
+        mask = np.zeros((8, 8), np.uint8)
+        mask[2:5, 2:6] = 255
+        cv2.imwrite(str(tmp_path / folder / "a.png"), mask)
+    report = evaluate_folders(tmp_path / "p", tmp_path / "g")
+    write_report(report, tmp_path / "p", tmp_path / "g", tmp_path / "r", run_dir=custom_log_run)
+    assert (tmp_path / "r" / "plots" / "curves.png").is_file()
+    assert cli_main(["evaluate", "--pred", str(tmp_path / "p"), "--gt", str(tmp_path / "g"), "--report",
+                     str(tmp_path / "r2"), "--run", str(custom_log_run)]) == 0
+    with pytest.raises(ValueError, match="no training log log.jsonl"):
+        read_log(custom_log_run, "log.jsonl")  # an explicit name still wins
+
+
+def _xlabels(report, monkeypatch, tmp_path) -> list[str]:
+    import spadfast.plots as plots
+
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out, **k: figures.append(fig) or real_save(fig, out, **k))
+    plot_metric_distributions(report, tmp_path / "m.png")
+    return [ax.get_xlabel() for ax in figures[-1].axes]
+
+
+def test_hd95_axis_names_the_reports_unit(monkeypatch, tmp_path):
+    cases = [{"name": f"c{i}", "dice": 0.5, "iou": 0.4, "hd95": 1.0 + i,
+              "per_class": {"1": {"dice": 0.5, "iou": 0.4, "hd95": 1.0 + i}}} for i in range(3)]
+    for unit, want in (("mm", "HD95 (mm)"), (None, "HD95 (px)"), ("spacing units", "HD95 (spacing units)")):
+        report = {"cases": cases, "mean": {}, **({"hd95_unit": unit} if unit else {})}
+        assert want in _xlabels(report, monkeypatch, tmp_path)
+
+
+def test_plot_replaces_only_its_own_files(run, tmp_path, capsys):
+    import cv2
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from spadfast.cli import main as cli_main
+    from spadfast.plot_files import is_spadfast_plot
+
+    foreign_fig = Figure()
+    FigureCanvasAgg(foreign_fig)
+    foreign_fig.subplots().plot([0, 1])
+    theirs = {"image.png": None, "drawing.svg": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+              "paper.pdf": b"%PDF-1.4\n% /Creator (someone else)\n", "notes.png": b"not even a PNG"}
+    cv2.imwrite(str(tmp_path / "image.png"), np.full((6, 6), 9, np.uint8))  # an input image
+    for name, data in theirs.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+    foreign_fig.savefig(tmp_path / "matplotlib.png")  # a matplotlib plot that spadfast did not write
+    foreign_fig.savefig(tmp_path / "matplotlib.pdf")
+    for name in [*theirs, "matplotlib.png", "matplotlib.pdf"]:
+        before = (tmp_path / name).read_bytes()
+        assert not is_spadfast_plot(tmp_path / name), name
+        assert cli_main(["plot", str(run), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and name in err and "--overwrite" in err, err
+        assert (tmp_path / name).read_bytes() == before, name
+    for suffix in ("png", "svg", "pdf"):  # a previous plot is replaced without --overwrite
+        target = tmp_path / f"plot.{suffix}"
+        assert cli_main(["plot", str(run), "--out", str(target)]) == 0 and is_spadfast_plot(target)
+        assert cli_main(["plot", str(run), "--out", str(target)]) == 0
+    assert cli_main(["plot", str(run), "--out", str(tmp_path / "image.png"), "--overwrite"]) == 0
+    assert is_spadfast_plot(tmp_path / "image.png")
+    own = run / "curves.png"  # the default output follows the same rule
+    own.write_bytes(b"a file the user put there")
+    assert cli_main(["plot", str(run)]) == 2 and own.read_bytes() == b"a file the user put there"
+    own.unlink()
+    assert cli_main(["plot", str(run)]) == 0 and is_spadfast_plot(own)
