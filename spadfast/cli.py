@@ -267,6 +267,7 @@ def cmd_evaluate(args) -> int:
     check_input_dir(args.gt, "--gt")
     if args.json:
         check_output_file(args.json, "--json", inputs=[args.pred, args.gt])
+    report_mod.check_arguments(args)
     report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None)
     print(format_table(report))
     if args.json:

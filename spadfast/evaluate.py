@@ -16,12 +16,12 @@ Three kinds of folder, told apart by their files:
 
 Report: ``{"cases": [{"name", "dice", "iou", "hd95", "per_class": {"1": {"dice", "iou", "hd95"}, ...}}, ...],
 "mean": {"dice", "iou", "hd95", "per_class": {"1": {"dice", "iou", "hd95", "cases"}, ...}}, "classes": {"1":
-name or None, ...}, "hd95_unit": "mm"}`` (names from dataset.json). Label maps score a class only in the cases where it occurs in the prediction or
-the ground truth (:mod:`spadfast.class_scores`): a case averages its classes, ``mean.per_class`` averages each
-class over the cases that score it, and ``mean.dice`` etc. average ``mean.per_class``. A class present in exactly
-one map has HD95 ``inf`` (and then the means are ``inf`` too: a missed or hallucinated structure is not averaged
-away). ``"hd95_unit"`` is absent for PNG masks without ``spacing`` (pixels), ``"mm"`` for volumes and
-``"spacing units"`` for PNG masks scored with a ``spacing``.
+name or None, ...}, "hd95_unit": "mm"}`` (names from dataset.json). Label maps score a class only in the cases
+where it occurs in the prediction or the ground truth (:mod:`spadfast.class_scores`): a case averages its classes,
+``mean.per_class`` averages each class over the cases that score it (``"cases"`` of them), and ``mean.dice`` etc.
+average ``mean.per_class``. A class present in exactly one map has HD95 ``inf`` (and then the means are ``inf``
+too: a missed or hallucinated structure is not averaged away). ``"hd95_unit"`` is absent for PNG masks without
+``spacing`` (pixels), ``"mm"`` for volumes and ``"spacing units"`` for PNG masks scored with a ``spacing``.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ JavaScript). Metric cells carry the exact value in ``data-value`` (``repr`` of t
 so), so tools can read the page back.
 
 Writing is atomic at the folder level: the report is built in a temporary folder beside ``DIR`` and swapped in by
-renames, so ``DIR`` is never half-written. An existing ``DIR`` is replaced only when it is empty or holds the marker
-file; anything else is a ``ValueError`` naming it.
+renames, so ``DIR`` is never half-written. An existing ``DIR`` is written only when it is empty or holds the marker
+file (anything else is a ``ValueError`` naming it), and then only the report's own files are replaced: the user's
+other files in it are kept (:mod:`spadfast.report_folder`).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .report_folder import MARKER, check_report_dir, swap_in
 
-__all__ = ["MARKER", "write_report", "add_arguments", "main"]
+__all__ = ["MARKER", "write_report", "add_arguments", "check_arguments", "main"]
 
-MARKER = ".spadfast-report"
 METRICS = (("dice", "Dice", "↑"), ("iou", "IoU", "↑"), ("hd95", "HD95", "↓"))
 GT_COLOR = (0, 0, 255)  # BGR red
 PRED_COLOR = (0, 255, 0)  # BGR green
@@ -59,14 +60,6 @@ def _check_report(report: object) -> list[dict[str, Any]]:
     if not report["cases"]:
         raise ValueError("`report` has no cases")
     return report["cases"]
-
-
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"report folder {str(out)!r} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ValueError(f"report folder {str(out)!r} exists, is not empty and is not a spadfast report (no {MARKER}"
-                         " file): choose another folder; spadfast replaces only its own reports")
 
 
 def _is_volume(path: Path) -> bool:
@@ -450,8 +443,8 @@ def _page(report: dict[str, Any], rows_html: list[str], header_cells: list[str],
         '<th>metric</th><th>mean</th><th>median</th><th>min</th><th>max</th></tr></thead><tbody>',
         *_summary_rows(report),
         "</tbody></table>",
-        '<p class="note">Dice and IoU of two empty masks are 1; HD95 (pixels, or the<br>evaluation spacing) is '
-        "inf where exactly one mask is empty, and then<br>the mean is inf too. Click a plot for full size.</p>"
+        f'<p class="note">Dice and IoU of two empty masks are 1; HD95 ({html.escape(report.get("hd95_unit", "px"))})'
+        " is<br>inf where exactly one mask is empty, and then<br>the mean is inf too. Click a plot for full size.</p>"
         "</section>",
     ]
     if "metrics" in plots:
@@ -490,22 +483,6 @@ def _page(report: dict[str, Any], rows_html: list[str], header_cells: list[str],
 # ----------------------------------------------------------------------------------------------------- writing
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out``, replacing a previous report by renames (never half-written)."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.spadfast-old-"))
-    old.rmdir()
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)  # put the previous report back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_report(
     report: dict[str, Any],
     pred_dir: str | Path,
@@ -524,9 +501,10 @@ def write_report(
         pred_dir: predicted masks (``<name>``); ``pred_dir/uncertainty/<stem>.png`` (``predict --uncertainty``) is
             shown when present.
         gt_dir: ground-truth masks (``<name>``).
-        out_dir: report folder (see the module docstring): created, or replaced if it is a previous report.
+        out_dir: report folder (see the module docstring): created, or a previous report whose own files are
+            replaced (other files in it are kept).
         images_dir: optional images, matched by file stem; without it contours are drawn on black.
-        run_dir: optional training run (``log.jsonl``, ``checkpoint.safetensors``): adds the training curves.
+        run_dir: optional training run (its log, ``checkpoint.safetensors``): adds the training curves.
         page_size: case rows per page.
         thumb_size: longest side of a thumbnail in pixels (small images are enlarged by a whole factor).
 
@@ -544,7 +522,7 @@ def write_report(
     for value, name, low in ((page_size, "page_size", 1), (thumb_size, "thumb_size", 8)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
-    _check_out_dir(out)
+    check_report_dir(out)
     files = _pairing(cases, pred_dir, gt_dir, images)
     run = Path(run_dir) if run_dir is not None else None
     if run is not None:
@@ -596,7 +574,7 @@ def write_report(
         (tmp / MARKER).write_text(f"spadfast {__version__} evaluation report\n", encoding="utf-8")
         for p in [tmp, *tmp.rglob("*")]:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)  # mkdtemp makes 0700
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -613,12 +591,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, metavar="RUN", help="training run: adds loss / Dice / PaS curves")
 
 
-def main(args: argparse.Namespace, report: dict[str, Any] | None = None) -> int:
-    """Write the report of ``spadfast evaluate`` when ``--report`` was given (evaluating first if ``report`` is
-    None); ``--images``/``--run`` without ``--report`` are a ValueError."""
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.report is None and (getattr(args, "images", None) is not None or getattr(args, "run", None) is not None):
+        raise ValueError("--images and --run only apply to a report: add --report DIR")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Check ``--report``, ``--images`` and ``--run`` before any case is scored: the report folder (new, empty or a
+    previous report), the run's log, and that every case of ``--pred``/``--gt`` has its image."""
+    _check_flags(args)
     if args.report is None:
-        if getattr(args, "images", None) is not None or getattr(args, "run", None) is not None:
-            raise ValueError("--images and --run only apply to a report: add --report DIR")
+        return
+    from .evaluate import case_names
+    from .plots import read_log
+
+    check_report_dir(args.report, "--report")
+    images = Path(args.images) if args.images is not None else None
+    _pairing([{"name": n} for n in case_names(args.pred, args.gt)], Path(args.pred), Path(args.gt), images)
+    if args.run is not None:
+        read_log(args.run)
+
+
+def main(args: argparse.Namespace, report: dict[str, Any] | None = None) -> int:
+    """Write the report of ``spadfast evaluate`` when ``--report`` was given (checking the arguments, then
+    evaluating, if ``report`` is None); ``--images``/``--run`` without ``--report`` are a ValueError."""
+    if report is None:
+        check_arguments(args)
+    _check_flags(args)
+    if args.report is None:
         return 0
     if report is None:
         from .evaluate import evaluate_folders

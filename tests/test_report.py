@@ -126,10 +126,10 @@ def test_pages_without_images_and_replace(folders):
     report = evaluate_folders(folders["pred"], folders["gt"])
     out = folders["root"] / "report"
     write_report(report, folders["pred"], folders["gt"], out, page_size=2, thumb_size=32)
-    (out / "stale.txt").write_text("from the previous report")
+    (out / "thumbs" / "7_img.png").write_bytes(b"a thumbnail of an earlier, larger report")
     page = _parse(write_report(report, folders["pred"], folders["gt"], out, page_size=2, thumb_size=32))
     assert page.pages == ["1", "2", "3"] and len(page.cases) == 5
-    assert not (out / "stale.txt").exists()  # replaced as a whole
+    assert not (out / "thumbs" / "7_img.png").exists()  # the report's own files are replaced as a whole
     assert all("_img" not in i["src"] for i in page.imgs)  # no images folder: contours on black
     gt_thumb = cv2.imread(str(out / page.cases[-1]["imgs"][0]["src"]))
     assert gt_thumb.shape == (32, 32, 3) and (gt_thumb[:, :, 2] == 255).any() and gt_thumb[:, :, :2].max() == 0
@@ -233,8 +233,83 @@ def test_volumes_show_one_slice(tmp_path):
     for row in page.cases:
         assert [Path(i["src"]).stem.split("_")[1] for i in row["imgs"]] == ["img", "gt", "pred"]
         assert all((out / i["src"]).is_file() for i in row["imgs"])
+    assert "HD95 (mm)" in (out / "index.html").read_text() and report["hd95_unit"] == "mm"
     assert "slice " in (out / "index.html").read_text() and ("class 2", "dice") in {
         (r["scope"], r["metric"]) for r in page.summary}
     (tmp_path / "pred" / "test_001.nii.gz").unlink()
     with pytest.raises(ValueError, match=r"test_001\.nii\.gz"):
         write_report(report, tmp_path / "pred", root / "labelsTs", out)
+
+
+def test_rewriting_a_report_keeps_the_users_files(folders, monkeypatch):
+    import spadfast.report_folder as report_folder
+
+    report = evaluate_folders(folders["pred"], folders["gt"])
+    out = folders["root"] / "report"
+    write_report(report, folders["pred"], folders["gt"], out)
+    theirs = {  # beside, in and under the report's own folders, a sub-folder, a hidden file
+        "notes.txt": b"my notes", "mine/deep/data.csv": b"1,2", "plots/my_plot.png": b"not spadfast's",
+        "thumbs/readme.txt": b"keep", ".hidden": b"h", "report.json.bak": b"{}",
+    }
+    for rel, data in theirs.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    assert sorted(map(str, report_folder.foreign_entries(out))) == sorted(
+        [".hidden", "mine", "notes.txt", "plots/my_plot.png", "report.json.bak", "thumbs/readme.txt"])
+    report["cases"] = report["cases"][:2]  # a smaller report: the earlier thumbnails of cases 2..4 go
+    write_report(report, folders["pred"], folders["gt"], out)
+    assert {rel: (out / rel).read_bytes() for rel in theirs} == theirs
+    assert len(_parse(out / "index.html").cases) == 2 and not list((out / "thumbs").glob("4_*.png"))
+
+    real_replace = report_folder.os.replace
+
+    def fail_last_rename(src, dst):  # the rename of the new report into place fails
+        if Path(dst) == out and ".spadfast-tmp-" in Path(src).name:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(report_folder.os, "replace", fail_last_rename)
+    before = (out / "index.html").read_text()
+    with pytest.raises(OSError, match="No space"):
+        write_report(evaluate_folders(folders["pred"], folders["gt"]), folders["pred"], folders["gt"], out)
+    assert {rel: (out / rel).read_bytes() for rel in theirs} == theirs and (out / "index.html").read_text() == before
+    assert [p.name for p in folders["root"].iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_checks_report_arguments_before_scoring(folders, monkeypatch, capsys):
+    import spadfast.evaluate as evaluate_mod
+    from spadfast.cli import main as cli_main
+
+    scored, real = [], evaluate_mod.evaluate_folders
+    monkeypatch.setattr(evaluate_mod, "evaluate_folders", lambda *a, **k: scored.append(a) or real(*a, **k))
+    root = folders["root"]
+    foreign = root / "not_a_report"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    partial_images = root / "few_images"
+    partial_images.mkdir()
+    (partial_images / "c0.png").write_bytes((folders["images"] / "c0.png").read_bytes())
+    no_log = root / "run_without_log"
+    no_log.mkdir()
+    base = ["evaluate", "--pred", str(folders["pred"]), "--gt", str(folders["gt"])]
+    bad = {
+        "not_a_report": ["--report", str(foreign)],
+        "few_images": ["--report", str(root / "r"), "--images", str(partial_images)],
+        "run_without_log": ["--report", str(root / "r"), "--run", str(no_log)],
+        "--report": ["--run", str(no_log)],
+        "c0.png": ["--report", str(folders["gt"] / "c0.png")],
+    }
+    for needle, extra in bad.items():
+        assert cli_main(base + extra) == 2, needle
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err, err
+        assert scored == [], f"{needle}: cases were scored before the report arguments were checked"
+    assert not (root / "r").exists() and (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_hd95_unit_in_the_page(folders, tmp_path):
+    report = evaluate_folders(folders["pred"], folders["gt"])
+    assert "HD95 (px)" in write_report(report, folders["pred"], folders["gt"], tmp_path / "px").read_text()
+    spaced = evaluate_folders(folders["pred"], folders["gt"], spacing=(0.5, 0.5))
+    assert spaced["hd95_unit"] == "spacing units"
+    assert "HD95 (spacing units)" in write_report(spaced, folders["pred"], folders["gt"], tmp_path / "su").read_text()
