@@ -449,6 +449,7 @@ def test_3d_matches_monai():
             assert dice(p, t, spacing) == pytest.approx(float(want_dice), rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_per_class_matches_monai_2d_and_3d():
