@@ -1,6 +1,7 @@
 """The everyday ``pytest`` skips tests marked slow; scripts/test.sh (and so CI) and the GPU check run all of them."""
 
 import configparser
+import re
 import shlex
 from pathlib import Path
 
@@ -21,7 +22,9 @@ def test_plain_pytest_deselects_the_registered_slow_marker(pytestconfig):
     ini = configparser.ConfigParser()
     ini.read(ROOT / "pytest.ini")
     assert shlex.split(ini["pytest"]["addopts"]) == ["-m", "not slow"]
-    assert any(m.startswith("slow:") for m in pytestconfig.getini("markers"))
+    markers = pytestconfig.getini("markers")
+    assert any(m.startswith("slow:") for m in markers)
+    assert all(re.fullmatch(r"\w+(\(.*\))?: .+", m) for m in markers), markers  # one line per marker
 
 
 def test_full_runs_select_every_test():
