@@ -169,7 +169,8 @@ class SPADCachedUNet(nn.Module):
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Multi-scale image features (no timestep): ``[N, 2 * d_i, H_pad / 2**i, W_pad / 2**i]`` per level ``i``,
-        finest first. Run once per image; repeat per member with ``repeat_interleave(K, 0)``."""
+        finest first, in the autocast dtype when run under autocast. Run once per image (the sampler calls it on at
+        most ``chunk`` images at a time, under its autocast); repeat per member with ``repeat_interleave(K, 0)``."""
         if image.dim() != 4 or image.shape[1] != self.image_channels:
             raise ValueError(f"`image` must have shape [N, {self.image_channels}, H, W], got {tuple(image.shape)}")
         h = self.enc_stem(self._pad(image))

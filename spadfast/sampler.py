@@ -8,9 +8,9 @@ everything the loop depends on (shapes, dtype, steps, device, model identity, pr
 clipping, spacing, backend, autocast dtype, memory format), bounded (least recently used, ``graph_cache_size``
 entries), and a failed capture warns once and samples eagerly. A model with ``encode(image)`` and
 ``denoise(x, features, t)`` (:class:`spadfast.cached_model.SPADCachedUNet`) has its image features computed once
-per image and reused by every member and step. Members are mapped to probabilities ``(x0 + 1) / 2`` clipped to
-[0, 1]; the result is their mean, their standard deviation (uncertainty) and the labels (background unless a class
-exceeds the threshold).
+per image (``chunk`` images per ``encode`` call, under the sampler's autocast) and reused by every member and
+step. Members are mapped to probabilities ``(x0 + 1) / 2`` clipped to [0, 1]; the result is their mean, their
+standard deviation (uncertainty) and the labels (background unless a class exceeds the threshold).
 """
 
 from __future__ import annotations
@@ -169,6 +169,32 @@ class DDIMSampler:
     def _cached_encoder(self) -> bool:
         return callable(getattr(self.model, "encode", None)) and callable(getattr(self.model, "denoise", None))
 
+    def _autocast(self, device: torch.device):
+        """The model's autocast context on ``device`` (a no-op without ``amp_dtype``)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA-graph capture
+        return torch.autocast(device.type, dtype=self.amp_dtype, cache_enabled=False)
+
+    def _per_image_context(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the loop is conditioned on, one row per image: ``(images,)`` for a plain denoiser, else the image
+        features of ``model.encode`` (one tensor per level), encoded ``chunk`` images at a time under autocast."""
+        if not self._cached_encoder():
+            return (images,)
+        parts = []
+        with self._autocast(images.device):
+            for start in range(0, images.shape[0], self.chunk):
+                parts.append(self.model.encode(images[start : start + self.chunk]))
+        return tuple(torch.cat(level) if len(level) > 1 else level[0] for level in zip(*parts))
+
+    @staticmethod
+    def _rows_context(per_image: tuple[torch.Tensor, ...], K: int, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        """Rows ``start:stop`` of the per-member context (each image's row repeated K times, image-major), built
+        from the images those rows belong to only."""
+        first, last = start // K, (stop - 1) // K + 1
+        lo, hi = start - first * K, stop - first * K
+        return tuple(c[first:last].repeat_interleave(K, dim=0)[lo:hi] for c in per_image)
+
     def _loop(self, x: torch.Tensor, *context: torch.Tensor, steps: int, row0: int = 0) -> torch.Tensor:
         """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,M,H,W]`` (float32). No host sync.
 
@@ -178,12 +204,7 @@ class DDIMSampler:
         n = x.shape[0]
         cond = torch.zeros_like(x) if self.perturb_mode == "condition" else None
         cached = self._cached_encoder()
-        # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA-graph capture
-        autocast = (
-            torch.autocast(x.device.type, dtype=self.amp_dtype, cache_enabled=False)
-            if self.amp_dtype is not None
-            else nullcontext()
-        )
+        autocast = self._autocast(x.device)
         for i in range(steps):
             with nvtx_range(f"ddim_step_{i}"):
                 with autocast:
@@ -310,14 +331,12 @@ class DDIMSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            if self._cached_encoder():
-                context = tuple(f.repeat_interleave(K, dim=0) for f in self.model.encode(imgs))
-            else:
-                context = (imgs.repeat_interleave(K, dim=0),)
+            per_image = self._per_image_context(imgs)
             outs = []
             for start in range(0, B * K, self.chunk):
-                xs = x_T[start : start + self.chunk].to(device)
-                outs.append(self._run(xs, tuple(c[start : start + self.chunk] for c in context), steps, start))
+                stop = min(start + self.chunk, B * K)
+                context = self._rows_context(per_image, K, start, stop)
+                outs.append(self._run(x_T[start:stop].to(device), context, steps, start))
             x = torch.cat(outs)
         finally:
             self.model.train(was_training)

@@ -10,6 +10,10 @@ import shutil
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The tests' tensors are tiny: intra-op threads (torch, OpenMP, BLAS) cost more in start-up and contention on a
+# shared CPU than they save. Set before torch and numpy load; an explicit OMP_NUM_THREADS is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -65,6 +65,7 @@ def test_split_is_seeded_and_disjoint():
         make_split(["a"], 0.5, 0)
 
 
+@pytest.mark.slow
 def test_seeds_split_skip_and_table(data, tmp_path, monkeypatch):
     out = tmp_path / "abl"
     lines: list[str] = []
@@ -114,6 +115,7 @@ def test_seeds_split_skip_and_table(data, tmp_path, monkeypatch):
         run_ablation(data, out, steps=2, overrides=TINY, variants=["nope"], log=lines.append)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint(data, tmp_path, monkeypatch):
     from spadfast.trainer import SPADTrainer
 
@@ -144,6 +146,7 @@ def test_resume_from_checkpoint(data, tmp_path, monkeypatch):
     assert steps == [1, 2, 3, 4]  # no duplicate records from the interrupted attempt
 
 
+@pytest.mark.slow
 def test_val_folder_and_foreign_out(data, tmp_path):
     val = write_synthetic_folder(tmp_path / "val", n=3, image_size=16, seed=9)
     out = tmp_path / "abl"
@@ -180,6 +183,7 @@ def test_aggregate_and_markdown_bold_ties():
     assert "| SPAD |  | **0.8500 ± 0.0707** |" in md and "| inf |" in md and "| -0.0250 ± 0.0854 |" in md
 
 
+@pytest.mark.slow
 def test_cli_handler_on_finished_folder(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "abl"
     parser = argparse.ArgumentParser()

@@ -17,6 +17,8 @@ from spadfast.kernels import aot  # noqa: E402
 from spadfast.kernels.boundary_blur import MAX_RADIUS  # noqa: E402
 from spadfast.op_table import OPS  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 ARCHS = ["sm_80", "sm_90", "sm_100"]
 
 

@@ -155,25 +155,59 @@ def test_per_step_denoiser_is_much_cheaper_than_the_unet():
     assert (encode_macs + 125 * step_macs) * 5 < 125 * unet_macs
 
 
-def test_encode_once_sampling_loop_equals_the_sampler():
-    """The loop the sampler can run with this model (encode once per image, repeat features per member, S steps of
-    denoise + ops.ddim_step) gives DDIMSampler.sample's result, which calls forward (re-encoding) every step."""
-    from spadfast import ops
+class _EncoderHidden(torch.nn.Module):
+    """The same model seen through ``forward`` only: the sampler must feed it cat[x_t, image(, cond)] every step,
+    so the image is encoded again at every step for every member."""
+
+    def __init__(self, model: SPADCachedUNet):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.inner(x, t)
+
+
+def _sampler(model, **kw):
     from spadfast.sampler import DDIMSampler
     from spadfast.schedule import alphas_cumprod, make_betas
 
+    return DDIMSampler(model, alphas_cumprod(make_betas("linear", 1000)), steps=3, cuda_graph=False, **kw)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+@pytest.mark.parametrize("perturb_mode,classes", [("target", 1), ("condition", 1), ("condition", 2)])
+def test_cached_sampling_equals_the_concat_image_path(chunk, perturb_mode, classes):
+    """Features encoded once (in chunks) and repeated per member give the members that re-encoding the image at
+    every step gives; 3 images x 2 members = 6 rows, so chunk 4 splits an image's members across two chunks."""
+    mask_channels = 2 * classes if perturb_mode == "condition" else classes
+    model = _model(1, mask_channels, out_channels=classes)
+    kw = dict(perturb_mode=perturb_mode, mask_channels=classes)
+    images = torch.rand(3, 1, 12, 10) * 2 - 1
+    got = _sampler(model, chunk=chunk, **kw).sample(images, ensemble=2, seed=4, return_members=True).members
+    hidden = _sampler(_EncoderHidden(model), chunk=64, **kw)
+    assert not hidden._cached_encoder()
+    want = hidden.sample(images, ensemble=2, seed=4, return_members=True).members
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    assert (want[:, 0] != want[:, 1]).any() and (want[0] != want[1]).any()  # members and images differ
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_encode_runs_in_chunks_under_the_samplers_autocast(monkeypatch, amp_dtype, chunk):
     model = _model(1, 1)
-    ac = alphas_cumprod(make_betas("linear", 1000))
-    sampler = DDIMSampler(model, ac, prediction_type="sample", steps=3, cuda_graph=False)
-    B, K, H, W = 2, 3, 12, 12
-    images = torch.rand(B, 1, H, W) * 2 - 1
-    ref = sampler.sample(images, ensemble=K, seed=0, return_members=True).members
-    t_model, a_t, a_prev = sampler.set_timesteps(3, "cpu")
-    x = torch.randn((B * K, 1, H, W), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        feats = [f.repeat_interleave(K, 0) for f in model.encode(images)]
-        for i in range(3):
-            out = model.denoise(x, feats, t_model[i].expand(B * K))
-            x, _ = ops.ddim_step(x, out, a_t[i], a_prev[i], 0.0, None, 1.0, "sample")
-    members = ((x.clamp(-1, 1) + 1) / 2).view(B, K, H, W)
-    assert torch.allclose(members, ref, atol=1e-5)
+    calls = []
+    encode = model.encode
+
+    def spy(image):
+        calls.append((image.shape[0], torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return encode(image)
+
+    monkeypatch.setattr(model, "encode", spy)
+    images = torch.rand(5, 1, 8, 8) * 2 - 1
+    result = _sampler(model, chunk=chunk, amp_dtype=amp_dtype).sample(images, ensemble=3, seed=0)
+    assert sum(rows for rows, _, _ in calls) == 5 and all(rows <= chunk for rows, _, _ in calls), calls
+    if amp_dtype is None:
+        assert not any(enabled for _, enabled, _ in calls)
+    else:
+        assert all(enabled and dtype == amp_dtype for _, enabled, dtype in calls), calls
+    assert torch.isfinite(result.probs).all()

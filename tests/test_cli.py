@@ -16,6 +16,7 @@ from .helpers import tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_version_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from spadfast import SPADTrainer
@@ -13,6 +14,8 @@ from spadfast.checkpoint import read_checkpoint
 from .helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # torchrun and DDP processes
 
 
 def _free_port() -> int:

@@ -24,6 +24,8 @@ from spadfast.data import write_synthetic_folder
 
 from .helpers import tiny_config
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(sys.executable).with_name("spadfast")
 
 

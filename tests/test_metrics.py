@@ -315,6 +315,7 @@ def test_summarize():
 # Optional: MONAI itself
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_hd95_matches_monai():
     monai_metrics = pytest.importorskip("monai.metrics")
@@ -431,6 +432,7 @@ def _monai_hd95(p, t, spacing):
                                             spacing=list(spacing)))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_3d_matches_monai():
@@ -447,6 +449,7 @@ def test_3d_matches_monai():
             assert dice(p, t, spacing) == pytest.approx(float(want_dice), rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_per_class_matches_monai_2d_and_3d():

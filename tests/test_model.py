@@ -180,6 +180,7 @@ def test_count_parameters():
     assert count_parameters(model, trainable_only=False) == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_matches_eager():
     model = _randomise_output(SPADUNet(4, **TINY)).eval()
     x = torch.randn(2, 4, 13, 18)  # odd size: exercises the pad/crop path under compile

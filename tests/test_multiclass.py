@@ -37,18 +37,84 @@ def test_trainer_and_sampler_carry_one_channel_per_class(volumes):
     # mask is the one-hot of labels: at most one class per pixel, and background where no class wins
     assert int(result.mask.sum(1).max()) <= 1
     assert torch.equal(result.mask.any(1), result.labels > 0)
-    assert 0.0 <= trainer.validate(2) <= 1.0
 
 
-def test_binary_is_the_c2_case_bit_for_bit():
-    a = SPADTrainer(tiny_config())
-    b = SPADTrainer(tiny_config(num_classes=2))
-    a.fit(2)
-    b.fit(2)
-    x = torch.rand(2, 1, 16, 16) * 2 - 1
-    ra, rb = a.segment(x, steps=2), b.segment(x, steps=2)
-    assert torch.equal(ra.probs, rb.probs) and ra.probs.shape == (2, 1, 16, 16)
-    assert torch.equal(ra.labels, ra.mask[:, 0].long())
+def test_binary_is_the_c2_case_against_diffusers():
+    """num_classes=2 is the binary model: one mask channel, probabilities from a DDIM loop run independently by
+    diffusers over the same EMA model and noise, mask = probs > threshold, labels = mask."""
+    DDIMScheduler = pytest.importorskip("diffusers").DDIMScheduler  # absent on some GPU machines
+    from spadfast.schedule import make_betas
+
+    trainer = SPADTrainer(tiny_config(num_classes=2, threshold=0.3))
+    assert trainer.config.mask_channels == 1
+    trainer.fit(2)
+    B, K, S, H, W = 2, 2, 4, 16, 16  # S divides T, so diffusers' "t - T//S" previous step is right
+    images = torch.rand(B, 1, H, W) * 2 - 1
+    result = trainer.segment(images, steps=S, ensemble=K, seed=0, return_members=True)
+    cfg = trainer.config
+    betas = make_betas(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+    sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, trained_betas=betas.numpy(),
+                          clip_sample=True, clip_sample_range=cfg.clip_sample, set_alpha_to_one=True,
+                          timestep_spacing=cfg.timestep_spacing, prediction_type=cfg.prediction_type)
+    sched.set_timesteps(S)
+    x = torch.randn((B * K, 1, H, W), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = trainer.ema(torch.cat([x, images.repeat_interleave(K, 0)], 1), torch.full((B * K,), float(t)))
+            x = sched.step(out, t, x, eta=0.0).prev_sample
+    members = ((x.clamp(-1, 1) + 1) / 2).view(B, K, 1, H, W)
+    torch.testing.assert_close(result.probs, members.mean(1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(result.members, members[:, :, 0], rtol=0, atol=1e-5)
+    assert result.probs.shape == result.mask.shape == (B, 1, H, W)
+    assert torch.equal(result.mask, result.probs > 0.3) and torch.equal(result.labels, result.mask[:, 0].long())
+    assert ((result.probs > 0.3) != (result.probs > 0.5)).any()  # the threshold in use is the configured one
+
+
+class _LabelMapOracle(torch.nn.Module):
+    """A ``prediction_type="sample"`` model that predicts the label map written into its image channel: the image
+    holds ``-1 + 2 * label / M`` (label in ``0..M``), the prediction is +1 on class m's pixels, -1 elsewhere."""
+
+    def __init__(self, M: int):
+        super().__init__()
+        self.M = M
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # the trainer's optimiser needs a parameter
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        label = torch.round((x[:, self.M] + 1) * self.M / 2)  # the image follows the M noisy-mask channels
+        classes = torch.arange(1, self.M + 1, dtype=x.dtype).view(1, self.M, 1, 1)
+        return torch.where(label.unsqueeze(1) == classes, 1.0, -1.0)
+
+
+# per class: (ground-truth rectangle, predicted rectangle, Dice by hand); rectangles are (row0, row1, col0, col1)
+_CLASS_CASES = [
+    ((1, 5, 1, 5), (1, 5, 2, 6), 2 * 12 / (16 + 16)),  # shifted one column: 12 of 16 pixels overlap
+    ((8, 12, 8, 12), (8, 12, 8, 14), 2 * 16 / (16 + 24)),  # GT inside a wider prediction
+    ((1, 4, 10, 14), (1, 4, 10, 14), 1.0),  # exact
+]
+
+
+def _oracle_val_pairs(M: int, predict: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Three 16x16 pairs (each shifted down by its index): the image encodes the prediction, the mask the truth."""
+    pairs = []
+    for shift in range(3):
+        label_map, mask = torch.zeros(16, 16), torch.zeros(M, 16, 16)
+        for m, (gt, pred, _) in enumerate(_CLASS_CASES[:M]):
+            mask[m, gt[0] + shift : gt[1] + shift, gt[2] : gt[3]] = 1
+            if predict:
+                label_map[pred[0] + shift : pred[1] + shift, pred[2] : pred[3]] = m + 1
+        pairs.append((-1 + 2 * label_map.unsqueeze(0) / M, mask))
+    return pairs
+
+
+@pytest.mark.parametrize("M", [1, 2, 3])
+@pytest.mark.parametrize("predict", [True, False])
+def test_validate_scores_a_known_prediction(M, predict):
+    """validate() equals the mean of hand-computed Dice values; a model that predicts nothing scores 0."""
+    pairs = _oracle_val_pairs(M, predict)
+    cfg = tiny_config(num_classes=M + 1, prediction_type="sample", val_samples=len(pairs))
+    trainer = SPADTrainer(cfg, train_data=pairs, val_data=pairs, model=_LabelMapOracle(M))
+    expected = sum(d for _, _, d in _CLASS_CASES[:M]) / M if predict else 0.0
+    assert trainer.validate() == pytest.approx(expected, abs=1e-4)
 
 
 def test_png_folders_and_synthetic_data_refuse_more_than_two_classes(tmp_path):

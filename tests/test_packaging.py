@@ -7,9 +7,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from spadfast.op_table import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # builds a wheel, runs subprocesses
 
 
 def test_wheel_contains_kernels_and_console_script(tmp_path):

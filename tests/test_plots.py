@@ -42,6 +42,7 @@ def run(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_curves_from_a_real_run(run):
     records = read_log(run)
     assert [r["step"] for r in records] == [1, 2] and "val_dice" in records[-1]

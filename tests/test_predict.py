@@ -110,6 +110,7 @@ def test_segmenter_matches_the_trainers_ema_sampling(tmp_path):
     assert torch.equal(a.probs, b.probs) and torch.equal(a.std, b.std)
 
 
+@pytest.mark.slow
 def test_compiled_and_bf16_prediction_paths(tmp_path):
     """``predict --compile`` samples what the eager model samples; ``--amp bf16`` stays close; auto picks by CPU."""
     from spadfast.cpu_features import cpu_has_native_bf16

@@ -154,6 +154,7 @@ def test_large_masks_match_opencv():
     assert_batch_matches(masks, out[:, 0], "256x256")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("H,W", [(1, 1), (1, 2), (2, 1), (2, 2), (3, 3), (1, 12), (12, 1), (2, 6), (6, 2), (4, 4)])
 def test_exhaustive_small_masks(H, W):
     """Every binary mask of a small size (up to 2**16 of them)."""

@@ -63,6 +63,7 @@ def assert_same(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
         raise AssertionError(f"{what}: not bit-identical to diffusers (max abs diff {err:.3g})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
 @pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
 @pytest.mark.parametrize("clip", CLIPS)

@@ -83,6 +83,7 @@ def _exact_ties(T: int, S: int, spacing: str) -> set[int]:
     return {k for k, v in enumerate(exact) if v.denominator == 2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 @pytest.mark.parametrize("T", [1000, *range(1, 41)])
 def test_ddim_timesteps_every_step_count(spacing, T):

@@ -155,7 +155,7 @@ def test_periodic_validation_and_checkpoints(tmp_path):
     trainer.fit()
     logs = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs if "val_dice" in r] == [2, 4]
-    assert all(0.0 <= r["val_dice"] <= 1.0 for r in logs if "val_dice" in r)
+    assert logs[-1]["step"] == 4 and logs[-1]["val_dice"] == trainer.validate(2)  # logged = recomputed at the end
     resumed = SPADTrainer.from_checkpoint(tmp_path)  # the checkpoint written at step 3, mid-fit
     assert resumed.step == 3 and [r["step"] for r in resumed.history] == [2]
 
@@ -215,6 +215,7 @@ def test_a_model_predicting_the_true_target_has_zero_loss(prediction_type):
     assert wrong._loss(image, mask, 0).item() > 1e-2  # the test can fail: another target is not accepted
 
 
+@pytest.mark.slow
 def test_short_cpu_training_learns_to_segment():
     """A short CPU run on 16 px synthetic lesions: validation Dice must clearly beat the empty mask (Dice 0)."""
     from spadfast import SPADConfig
@@ -244,6 +245,7 @@ def test_ddp_ranks_draw_different_dropout_but_share_the_initial_weights(monkeypa
 @pytest.mark.parametrize("saved_device,saved_world,warns", [
     ("cpu", 1, False), ("cpu", 2, True), ("cpu", 4, True), ("cuda", 1, True), ("cuda", 2, True),
 ])
+@pytest.mark.slow
 def test_resume_compares_device_type_and_world_size(tmp_path, saved_device, saved_world, warns):
     from spadfast.checkpoint import read_checkpoint, write_checkpoint
 
@@ -295,6 +297,7 @@ def test_tensorboard_gets_the_log_scalars_pas_and_overlays(tmp_path):
     assert "val/overlay_0" in tags["images"]
 
 
+@pytest.mark.slow
 def test_compiled_training_step_runs_on_cpu_and_matches_eager():
     """``compile: true`` (the GPU configs' path) exercised on the CPU: a typo on that branch fails here."""
     eager = SPADTrainer(tiny_config(train_steps=2))

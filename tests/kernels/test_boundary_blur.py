@@ -41,6 +41,7 @@ def band_of(mask: torch.Tensor, radius: int) -> torch.Tensor:
         (torch.bfloat16, 1.3, 3),
     ],
 )
+@pytest.mark.slow
 def test_explicit_noise_matches_reference(kernel_device, dtype, sigma, radius):
     shape = (2, 1, 37, 53)
     mask = random_mask(shape, "blobs", seed=radius + int(10 * sigma)).to(device=kernel_device, dtype=dtype)
@@ -50,6 +51,7 @@ def test_explicit_noise_matches_reference(kernel_device, dtype, sigma, radius):
     assert_matches(ops.boundary_blur(*args, backend="triton"), reference.boundary_blur(*args))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.uint8, torch.float16])
 def test_output_dtype_and_default_base(kernel_device, mask_dtype):
     mask = random_mask((2, 31, 29), "rects", seed=4).to(device=kernel_device, dtype=mask_dtype)
@@ -81,6 +83,7 @@ def test_zero_strength(kernel_device, sigma):
         torch.testing.assert_close(out[band], blurred[band], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 1), (1, 11), (11, 1), (2, 2), (2, 1, 3, 3)])
 def test_tiny(kernel_device, shape):
     # Blur and band radii larger than the image: every tap and halo load is clamped.
@@ -90,6 +93,7 @@ def test_tiny(kernel_device, shape):
     assert_matches(ops.boundary_blur(*args, backend="triton"), reference.boundary_blur(*args))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", [True, False])
 def test_full_and_empty_masks(kernel_device, fill):
     mask = torch.full((2, 1, 19, 21), fill, device=kernel_device)
@@ -98,6 +102,7 @@ def test_full_and_empty_masks(kernel_device, fill):
     assert torch.equal(out, base)  # no edge, no band
 
 
+@pytest.mark.slow
 def test_across_tiles(kernel_device):
     mask = random_mask((1, 1, 37, 53), "noise", seed=9).to(kernel_device)
     noise = torch.randn(mask.shape, device=kernel_device)
@@ -105,6 +110,7 @@ def test_across_tiles(kernel_device):
     assert_matches(triton_boundary_blur(*args, block_size=(32, 32)), reference.boundary_blur(*args))
 
 
+@pytest.mark.slow
 def test_strided_inputs(kernel_device):
     # Mask: channel 2 of a channels-last [B,3,H,W]; noise: a transposed view; base: a stepped slice.
     H, W = 33, 45
@@ -120,6 +126,7 @@ def test_strided_inputs(kernel_device):
     assert_matches(ops.boundary_blur(*args2, backend="triton"), reference.boundary_blur(*args2))
 
 
+@pytest.mark.slow
 def test_philox_determinism(kernel_device):
     mask = random_mask((2, 1, 30, 30), "blobs", seed=1).to(kernel_device)
     band = band_of(mask, 1)
@@ -192,6 +199,7 @@ def test_bad_inputs(kernel_device):
         triton_boundary_blur(mask, 1.0, 0.5, seed=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("radius", range(MAX_RADIUS + 1))
 def test_every_band_radius_matches_reference(kernel_device, radius):
     mask = random_mask((2, 1, 29, 41), "blobs", seed=radius).to(kernel_device)

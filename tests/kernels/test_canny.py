@@ -52,6 +52,7 @@ def test_matches_reference_across_tiles(kernel_device):
     assert torch.equal(triton_canny(mask, block_size=(16, 32)), reference.canny(mask))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (3, 3), (2, 1, 1, 7), (2, 5, 2)])
 @pytest.mark.parametrize("fill", ["random", "full", "empty"])
 def test_tiny(kernel_device, shape, fill):
@@ -68,6 +69,7 @@ def test_tiny(kernel_device, shape, fill):
 
 @pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int32, torch.int64, torch.float16, torch.bfloat16,
                                    torch.float32, torch.float64])
+@pytest.mark.slow
 def test_input_dtypes(kernel_device, dtype):
     mask = random_mask((2, 1, 29, 40), "blobs", seed=3)
     out = ops.canny(mask.to(device=kernel_device, dtype=dtype), backend="triton")

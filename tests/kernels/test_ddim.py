@@ -46,6 +46,7 @@ def test_matches_reference(kernel_device, dtype, prediction_type, eta, clip):
     _assert_pair_close(_triton(*args), reference.ddim_step(*args), dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 3, 17, 19), (5, 33), (4, 7, 9)])
 @pytest.mark.parametrize("alpha_kind", ["float", "scalar_tensor", "per_row", "b111", "per_channel", "full"])
 def test_alpha_forms(kernel_device, shape, alpha_kind):

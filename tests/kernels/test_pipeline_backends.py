@@ -14,6 +14,7 @@ def _masks(B=3, H=16, W=16):
     return (torch.nn.functional.interpolate(low, size=(H, W), mode="bilinear") > 0.5).float()
 
 
+@pytest.mark.slow
 def test_perturbation_on_kernels_matches_statistics_and_passthrough(kernel_device):
     """In-kernel Philox (Triton) and the torch generator (reference) draw other bits but the same distribution:
     inside the target and around its boundary the perturbation residuals agree in mean, spread and in the share of
@@ -42,6 +43,7 @@ def test_perturbation_on_kernels_matches_statistics_and_passthrough(kernel_devic
         assert abs(untouched_r - untouched_t) < 0.06, (name, untouched_r, untouched_t)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["target", "condition"])
 def test_trainer_and_sampler_on_kernels(kernel_device, mode):
     cfg = tiny_config(ops_backend="triton", device=kernel_device, perturb_mode=mode, synthetic_train=4)

@@ -57,6 +57,7 @@ def test_explicit_matches_reference(kernel_device, shape, mask_dtype, noise_dtyp
     _check_against_reference(got, mask, noise, anchors)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask_layout", list(LAYOUTS))
 @pytest.mark.parametrize("other_layout", ["contiguous", "column_major", "strided_view"])
 @pytest.mark.parametrize("mask_dtype", [torch.float16, torch.bool])
@@ -86,6 +87,7 @@ def _draw(mask, **kwargs):
     return triton_target_noise(mask, strength, block_size=BLOCK, **kwargs)
 
 
+@pytest.mark.slow
 def test_philox_determinism(kernel_device):
     mask = (torch.rand(2, 1, 37, 53, device=kernel_device) < 0.7).float()
     a = _draw(mask, seed=7, offset=5)

@@ -2,6 +2,8 @@ import pytest
 
 from spadfast import verify
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def cpu_interpreter(kernel_device):
