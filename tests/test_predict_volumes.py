@@ -19,11 +19,12 @@ CENTRES = (-1 / 3, 1 / 3, 1.0)
 
 
 class FakeSegmenter:
-    """Class k's probability is 1 at its intensity centre and falls to 0.5 half-way to the next one."""
+    """Class k's probability is 1 at its intensity centre and falls to 0.5 half-way to the next one. Its config
+    records modalities, as a model trained on volumes does."""
 
     def __init__(self, channels: int = 1, size: int = 16, classes: int = 2):
         self.config = SPADConfig(image_size=size, image_channels=channels, device="cpu", channel_mults=(1,),
-                                 attention_levels=())
+                                 attention_levels=(), modalities=("MR",) * channels)
         self.classes = classes
         self.batches: list[torch.Tensor] = []
         self.keys: list[int] = []
