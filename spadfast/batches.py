@@ -74,6 +74,8 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     checked; ``None`` for both means synthetic lesions (a held-out synthetic split validates); ``sources`` is what
     the checkpoint records (:func:`describe_source`). Training volumes set an empty ``config.modalities`` to theirs,
     so that the checkpoint says the model was trained on volumes and how to normalise them."""
+    from .volumes import VolumeSlices
+
     cfg = config
     common = dict(image_size=cfg.image_size, channels=cfg.image_channels, intensity_norm=cfg.intensity_norm,
                   mask_channels=cfg.mask_channels, slice_axis=cfg.slice_axis,
@@ -81,8 +83,6 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
                            **common)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
-    from .volumes import VolumeSlices
-
     if isinstance(train, VolumeSlices) and not cfg.modalities:
         cfg.modalities = tuple(train.modalities)
     val = None
@@ -112,11 +112,11 @@ class BatchIndexStream(torch.utils.data.Sampler):
         self.start = start
         self.with_epoch = with_epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         per_epoch = len(self.sampler)
         first = self.start * self.batch_size
         epoch, pos = divmod(first, per_epoch)
-        buf: list[int] = []
+        buf: list = []
         while True:
             self.sampler.set_epoch(epoch)
             indices = list(self.sampler)[pos:]
