@@ -72,7 +72,10 @@ def coerce_dataset(
 def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | None, dict]:
     """The trainer's ``(train, val, sources)`` from its arguments and ``config``: folders, volumes or Datasets are
     checked; ``None`` for both means synthetic lesions (a held-out synthetic split validates); ``sources`` is what
-    the checkpoint records (:func:`describe_source`)."""
+    the checkpoint records (:func:`describe_source`). Training volumes set an empty ``config.modalities`` to theirs,
+    so that the checkpoint says the model was trained on volumes and how to normalise them."""
+    from .volumes import VolumeSlices
+
     cfg = config
     common = dict(image_size=cfg.image_size, channels=cfg.image_channels, intensity_norm=cfg.intensity_norm,
                   mask_channels=cfg.mask_channels, slice_axis=cfg.slice_axis,
@@ -80,6 +83,8 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
                            **common)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
+    if isinstance(train, VolumeSlices) and not cfg.modalities:
+        cfg.modalities = tuple(train.modalities)
     val = None
     if val_data is None and train_data is None:
         val_seed = cfg.seed + 10_007
@@ -95,24 +100,27 @@ class BatchIndexStream(torch.utils.data.Sampler):
     """Endless stream of per-rank index batches starting at micro-batch ``start``, epoch after epoch.
 
     Epoch ``e`` is a ``DistributedSampler`` permutation seeded by (seed, e), so position ``i`` of the stream is a pure
-    function of i: resuming at any step needs no iterator state.
+    function of i: resuming at any step needs no iterator state. ``with_epoch``: yield ``(e, index)`` pairs instead
+    of indices, for datasets whose items are drawn per epoch (:class:`EpochDraws`).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, start: int = 0) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, start: int = 0, with_epoch: bool = False) -> None:
         self.sampler = DistributedSampler(
             dataset, num_replicas=dist_utils.world_size(), rank=dist_utils.rank(), shuffle=True, seed=seed
         )
         self.batch_size = batch_size
         self.start = start
+        self.with_epoch = with_epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         per_epoch = len(self.sampler)
         first = self.start * self.batch_size
         epoch, pos = divmod(first, per_epoch)
-        buf: list[int] = []
+        buf: list = []
         while True:
             self.sampler.set_epoch(epoch)
-            buf.extend(list(self.sampler)[pos:])
+            indices = list(self.sampler)[pos:]
+            buf.extend([(epoch, i) for i in indices] if self.with_epoch else indices)
             pos = 0
             epoch += 1
             while len(buf) >= self.batch_size:
@@ -123,17 +131,55 @@ class BatchIndexStream(torch.utils.data.Sampler):
         return 2**62
 
 
+class EpochDraws(Dataset):
+    """A :class:`~spadfast.volumes.VolumeSlices` addressed by ``(epoch, index)`` keys: item ``(e, i)`` is
+    ``dataset.draw(i, e)``. The batch stream's epoch travels with each index, so the draws change every epoch and
+    are the same in loader workers (which hold copies of the dataset) and after a resume."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        return self.dataset.draw(index, epoch)
+
+
+def draws_per_epoch(dataset: Dataset) -> bool:
+    """True for a dataset whose items are random draws that should change every epoch (volume slices)."""
+    from .volumes import VolumeSlices
+
+    return isinstance(dataset, VolumeSlices) and dataset.foreground_fraction is not None
+
+
 def batch_iterator(
     dataset: Dataset, batch_size: int, seed: int, start_micro: int, num_workers: int, pin_memory: bool
 ) -> Iterator:
-    """Batches ``(images [B,C,H,W], masks [B,1,H,W])`` of this rank from micro-batch ``start_micro`` on."""
+    """Batches ``(images [B,C,H,W], masks [B,K,H,W])`` of this rank from micro-batch ``start_micro`` on (a dataset
+    drawn per epoch is served through :class:`EpochDraws`)."""
+    with_epoch = draws_per_epoch(dataset)
+    stream = BatchIndexStream(dataset, batch_size, seed, start_micro, with_epoch=with_epoch)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=BatchIndexStream(dataset, batch_size, seed, start_micro), num_workers=num_workers,
+        EpochDraws(dataset) if with_epoch else dataset, batch_sampler=stream, num_workers=num_workers,
         pin_memory=pin_memory, persistent_workers=False,
         # a private generator: the loader must not consume the global RNG (dropout's), or resume drifts
         generator=torch.Generator().manual_seed(seed + start_micro),
     )
     return iter(loader)
+
+
+def validation_pairs(dataset: Dataset, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(image, mask)`` pairs validation scores: for volume slices a fixed, seeded, foreground-stratified set
+    of ``n`` slices (:func:`spadfast.slice_draws.validation_slices`); for any other dataset its first ``n`` items."""
+    from .slice_draws import validation_slices
+    from .volumes import VolumeSlices
+
+    if isinstance(dataset, VolumeSlices):
+        numbers = validation_slices(dataset.foreground_slices, dataset.background_slices, n, seed)
+        return [dataset.load_slice(j) for j in numbers]
+    return [dataset[i] for i in range(min(n, len(dataset)))]
 
 
 def folder_fingerprint(root: str | Path) -> str:
@@ -162,6 +208,39 @@ def describe_source(data: Dataset | str | Path | None, synthetic_n: int = 0, syn
         path = Path(root if root is not None else data).resolve()
         return {"kind": "folder", "path": str(path), "fingerprint": folder_fingerprint(path)}
     return {"kind": "dataset", "type": type(data).__name__}
+
+
+def source_text(record: dict | None) -> str:
+    """A :func:`describe_source` record in words: the folder path, ``synthetic lesions (n=.., seed=..)``, ``a user
+    <type>``, or ``none``."""
+    if record is None:
+        return "none"
+    if record.get("kind") == "folder":
+        return str(record.get("path"))
+    if record.get("kind") == "synthetic":
+        return f"synthetic lesions (n={record.get('n')}, seed={record.get('seed')})"
+    return f"a user {record.get('type', 'dataset')}"
+
+
+def resume_data_line(used: dict, given: dict[str, object], recorded: dict, source: str, step: int) -> str:
+    """One line saying which data a resumed run trains and validates on and where each came from.
+
+    Args:
+        used: the resumed trainer's ``data_sources`` (``{"train": record, "val": record or None}``).
+        given: ``{"train": train_data argument, "val": val_data argument}`` (None: not passed).
+        recorded: the checkpoint's ``data`` records (empty for checkpoints that predate them).
+        source: the checkpoint path. step: the step the run resumes at.
+    """
+    parts = []
+    for key in ("train", "val"):
+        if used.get(key) is None:
+            origin = ""
+        elif given[key] is not None:
+            origin = " (given)"
+        else:
+            origin = " (as recorded)" if recorded.get(key) is not None else " (default)"
+        parts.append(f"{key}_data {source_text(used.get(key))}{origin}")
+    return f"spadfast: resuming {source} at step {step} on {', '.join(parts)}"
 
 
 def resume_source(

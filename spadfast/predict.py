@@ -17,6 +17,7 @@ from .files import (
     write_bytes_atomic,
     write_mask_png,
 )
+from .nifti import volume_files
 from .sampler import DDIMSampler, SampleResult, image_noise_key
 from .visualize import overlay_contour
 
@@ -130,6 +131,17 @@ def _png(array: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def check_one_input_kind(folder: str | Path, name: str = "images") -> None:
+    """ValueError naming ``folder`` and one file of each kind when it holds both 2-D images (PNG/JPEG/TIFF/BMP)
+    and NIfTI volumes: a prediction reads one kind, so the other would be skipped without a word."""
+    folder = Path(folder)
+    images, volumes = index_folder(folder), volume_files(folder)
+    if images and volumes:
+        image, volume = next(iter(images.values())), next(iter(volumes.values()))
+        raise ValueError(f"`{name}` folder {str(folder)!r} mixes 2-D images and NIfTI volumes (e.g. {image.name!r} "
+                         f"and {volume.name!r}): put each kind in its own folder")
+
+
 def predict_folder(
     segmenter,
     images_dir: str | Path,
@@ -160,6 +172,7 @@ def predict_folder(
     from concurrent.futures import ThreadPoolExecutor
 
     images_dir, out_dir = Path(images_dir), Path(out_dir)
+    check_one_input_kind(images_dir)
     files = index_folder(images_dir)
     if not files:
         raise ValueError(f"`images` folder {str(images_dir)!r} holds no images (PNG/JPEG/TIFF/BMP)")

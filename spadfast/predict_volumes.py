@@ -20,6 +20,7 @@ import torch
 
 from .metrics import labels_from_probs
 from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
+from .predict import check_one_input_kind
 from .sampler import image_noise_key
 from .volumes import coarsest_axis, in_plane_shape, normalize_volume, resize_plane, slice_volume
 
@@ -32,6 +33,17 @@ def _resolve_size(image_size: object, segmenter) -> tuple[int, int]:
     size = check_size(image_size if image_size is not None else segmenter.config.image_size)
     assert size is not None
     return size
+
+
+def check_volume_model(config, where: object, allow_image_model: bool = False) -> None:
+    """ValueError naming ``where`` when ``config`` is a binary model trained on 2-D images: its config records no
+    volume modalities, so its inputs were normalised per image file (``intensity_norm``), never per volume as
+    volumes are here. ``allow_image_model`` runs it anyway."""
+    trained_on_images = int(getattr(config, "num_classes", 2)) <= 2 and not tuple(getattr(config, "modalities", ()))
+    if trained_on_images and not allow_image_model:
+        raise ValueError(f"{where}: this binary model was trained on 2-D images (its config records no volume "
+                         "modalities) and never saw the per-volume intensity normalisation that NIfTI input gets; "
+                         "predict 2-D images with it, or pass allow_image_model=True to run it on volumes anyway")
 
 
 def predict_volume(
@@ -49,6 +61,7 @@ def predict_volume(
     modalities: Sequence[str] | None = None,
     window: tuple[float, float] | None = None,
     threshold: float | None = None,
+    allow_image_model: bool = False,
 ) -> Path:
     """Segment one case and write its label map ``out_path`` (``.nii.gz``) on the input's voxel grid.
 
@@ -70,6 +83,8 @@ def predict_volume(
         modalities: one name per channel, as in dataset.json (``"CT"`` selects the CT normalisation); must match
             training. window: a fixed ``(lo, hi)`` intensity window, as in training.
         threshold: class probability that beats the background (default ``config.threshold``, else 0.5).
+        allow_image_model: run a binary model trained on 2-D images (refused by default:
+            :func:`check_volume_model`).
 
     Returns:
         ``Path(out_path)``. The label map is uint8 (uint16 beyond 254 classes) with exactly the input's spatial
@@ -77,7 +92,7 @@ def predict_volume(
 
     Raises:
         ValueError: unreadable inputs (see :func:`spadfast.volumes.load_case`), channels unlike
-            ``config.image_channels``, a bad ``axis``/``batch_size``/``out_path``.
+            ``config.image_channels``, a bad ``axis``/``batch_size``/``out_path``, a model trained on 2-D images.
     """
     if isinstance(image_paths, (str, os.PathLike)):
         image_paths = [image_paths]
@@ -90,6 +105,7 @@ def predict_volume(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
     cfg = segmenter.config
+    check_volume_model(cfg, paths[0], allow_image_model)
     size = _resolve_size(image_size, segmenter)
     if threshold is None:
         threshold = float(getattr(cfg, "threshold", 0.5))
@@ -169,15 +185,19 @@ def predict_volume_folder(
     modalities: Sequence[str] | None = None,
     window: tuple[float, float] | None = None,
     threshold: float | None = None,
+    allow_image_model: bool = False,
 ) -> list[str]:
     """Segment every case of ``images_dir`` (e.g. ``imagesTs/``; ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...
     grouped by case) and write ``out_dir/<case>.nii.gz``; returns the case names.
 
     ``modalities`` default: the ``dataset.json`` beside ``images_dir`` (in its parent folder), if any. Other
-    arguments as in :func:`predict_volume`.
+    arguments as in :func:`predict_volume`. A folder that also holds 2-D images, and a model trained on 2-D images
+    (unless ``allow_image_model``), are ValueErrors raised before any case is read.
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     groups = group_cases(images_dir)
+    check_one_input_kind(images_dir)
+    check_volume_model(segmenter.config, images_dir, allow_image_model)
     if modalities is None:
         modalities = list(read_dataset_json(images_dir.parent).modalities) or None
     for case, paths in groups.items():
@@ -185,5 +205,6 @@ def predict_volume_folder(
             segmenter, paths, out_dir / f"{case}.nii.gz", axis=axis, image_size=image_size, steps=steps,
             ensemble=ensemble, seed=seed, batch_size=batch_size, write_probabilities=write_probabilities,
             write_uncertainty=write_uncertainty, modalities=modalities, window=window, threshold=threshold,
+            allow_image_model=allow_image_model,
         )
     return list(groups)

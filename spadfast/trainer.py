@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from . import distributed as dist_utils
 from ._version import __version__
 from .augment import dihedral
-from .batches import batch_iterator, resume_source, training_datasets
+from .batches import batch_iterator, resume_data_line, resume_source, training_datasets, validation_pairs
 from .checkpoint import (
     capture_rng,
     optimizer_param_groups,
@@ -294,19 +294,26 @@ class SPADTrainer:
 
     @torch.no_grad()
     def validate(self, n: int | None = None) -> float:
-        """Mean Dice of EMA single-member samples on the first ``n`` (``config.val_samples``) validation pairs
-        (averaged over images and foreground classes)."""
+        """Mean Dice of EMA single-member samples on ``n`` (``config.val_samples``) validation pairs.
+
+        The pairs (:func:`spadfast.batches.validation_pairs`): for volume slices a fixed set seeded by
+        ``config.seed``, half of it slices that hold foreground; for other datasets the first ``n`` items. The mean
+        runs over (image, foreground class) pairs in which the class is in the prediction or the ground truth: a
+        class absent from both says nothing about the model and is left out (1.0 when no pair holds any class).
+        """
         if self.val_data is None:
             raise ValueError("no validation data: pass `val_data` or use the synthetic default")
-        n = min(n or self.config.val_samples, len(self.val_data))
-        pairs = [self.val_data[i] for i in range(n)]
+        pairs = validation_pairs(self.val_data, n or self.config.val_samples, self.config.seed)
         images = torch.stack([p[0] for p in pairs])
         masks = torch.stack([p[1] for p in pairs])
         result = self.segment(images, ensemble=1, seed=self.config.seed)
         self._log_overlays(images, masks, result)
         H, W = masks.shape[-2:]
-        per_class = dice(result.mask.cpu().reshape(-1, H, W), masks.reshape(-1, H, W) > 0.5)
-        return float(torch.as_tensor(per_class).double().mean())
+        pred, truth = result.mask.cpu().reshape(-1, H, W), masks.reshape(-1, H, W) > 0.5
+        present = pred.flatten(1).any(1) | truth.flatten(1).any(1)
+        if not bool(present.any()):
+            return 1.0
+        return float(torch.as_tensor(dice(pred, truth)).double()[present].mean())
 
     # -------------------------------------------------------------------------------------------- sampling
     def _check_images(self, images) -> tuple[torch.Tensor, bool]:
@@ -392,12 +399,15 @@ class SPADTrainer:
         source = str(resolve_path(path))
         cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         records = meta.get("data") or {}
+        given = {"train": train_data, "val": val_data}
         if records:
             train_data = resume_source(records.get("train"), train_data, "train_data", source, allow_data_change)
             if records.get("val") is not None or val_data is not None:
                 val_data = resume_source(records.get("val"), val_data, "val_data", source, allow_data_change)
         trainer = cls(cfg, train_data, val_data, model, out_dir)
         trainer.load_state(tensors, meta, source)
+        if dist_utils.is_main():
+            print(resume_data_line(trainer.data_sources, given, records, source, trainer.step), flush=True)
         return trainer
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "checkpoint") -> None:

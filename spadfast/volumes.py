@@ -56,40 +56,19 @@ from .nifti import (  # re-exported: the public names of the volume layer in one
     volume_stem,
     write_nifti,
 )
+from .slice_draws import draw_slice
 from .synthetic_volumes import write_demo_volumes
 
 __all__ = [
-    "CaseImage",
-    "DatasetInfo",
-    "GEOMETRY_ATOL",
-    "NormParams",
-    "VOLUME_SUFFIXES",
-    "VolumeSlices",
-    "apply_normalization",
-    "case_stem",
-    "coarsest_axis",
-    "group_cases",
-    "is_volume_folder",
-    "load_case",
-    "n_channels_of",
-    "normalization_params",
-    "normalize_volume",
-    "read_dataset_json",
-    "read_label",
-    "read_nifti",
-    "read_voxels",
-    "slice_volume",
-    "spacing_of",
-    "volume_files",
-    "volume_stem",
-    "write_demo_volumes",
-    "write_nifti",
+    "CaseImage", "DatasetInfo", "GEOMETRY_ATOL", "NormParams", "VOLUME_SUFFIXES", "VolumeSlices",
+    "apply_normalization", "case_stem", "coarsest_axis", "group_cases", "is_volume_folder", "load_case",
+    "n_channels_of", "normalization_params", "normalize_volume", "read_dataset_json", "read_label", "read_nifti",
+    "read_voxels", "slice_volume", "spacing_of", "volume_files", "volume_stem", "write_demo_volumes", "write_nifti",
 ]
 
 BODY_PERCENTILE = 1.0
 CT_PERCENTILES = (0.5, 99.5)
 STATS_VOXELS = 1 << 21
-_SALT = 0x501CE  # keeps the slice-sampling stream apart from other users of (seed, epoch, index)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,9 +234,10 @@ class VolumeSlices(Dataset):
 
     Items: ``len(ds)`` is the total number of slices along ``axis``. With ``foreground_fraction`` f (default), item
     ``index`` is drawn from ``(seed, epoch, index)``: with probability f a uniformly chosen slice that holds
-    foreground, otherwise a uniformly chosen slice without (either pool stands in for the other when empty);
-    :meth:`set_epoch` gives fresh draws. ``foreground_fraction=None`` serves every slice once, in order (case by
-    case), e.g. for validation.
+    foreground, otherwise a uniformly chosen slice without (:func:`spadfast.slice_draws.draw_slice`);
+    :meth:`set_epoch` or :meth:`draw` give fresh draws (the trainer's batch stream calls ``draw`` with its own
+    epoch). ``foreground_fraction=None`` serves every slice once, in order (case by case).
+    :meth:`load_slice` serves a slice by its number in that order.
 
     Args:
         root: the data set folder (``imagesTr``/``labelsTr``, optional ``dataset.json``).
@@ -422,8 +402,8 @@ class VolumeSlices(Dataset):
             (i, k) for i, c in enumerate(self._cases) for k in range(c.shape[self.axis])
         ]
         fg = np.array([self._cases[i].foreground[k] for i, k in self._slices], dtype=bool)
-        self._fg_items = np.flatnonzero(fg)
-        self._bg_items = np.flatnonzero(~fg)
+        self.foreground_slices: np.ndarray = np.flatnonzero(fg)  # slice numbers (file order) holding a label
+        self.background_slices: np.ndarray = np.flatnonzero(~fg)
 
     # -- volumes ----------------------------------------------------------------------------------------------
 
@@ -481,22 +461,32 @@ class VolumeSlices(Dataset):
     def __len__(self) -> int:
         return len(self._slices)
 
-    def slice_of(self, index: int) -> tuple[int, int]:
-        """``(case number, slice number along axis)`` that item ``index`` serves (this epoch)."""
+    def slice_of(self, index: int, epoch: int | None = None) -> tuple[int, int]:
+        """``(case number, slice number along axis)`` that item ``index`` serves in ``epoch`` (default: this one)."""
+        return self._slices[self._slice_number(index, epoch)]
+
+    def _slice_number(self, index: int, epoch: int | None = None) -> int:
         if self.foreground_fraction is None:
-            return self._slices[index]
-        rng = np.random.default_rng([_SALT, self.seed, self.epoch, index])
-        want_fg = rng.random() < self.foreground_fraction
-        pool = self._fg_items if (want_fg and self._fg_items.size) or not self._bg_items.size else self._bg_items
-        return self._slices[int(pool[rng.integers(pool.size)])]
+            return index
+        epoch = self.epoch if epoch is None else check_int(epoch, "epoch", 0)
+        return draw_slice(self.seed, epoch, index, self.foreground_fraction, self.foreground_slices,
+                          self.background_slices)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.draw(index)
+
+    def draw(self, index: int, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``index`` as epoch ``epoch`` (default: this one) draws it: ``ds[i]`` is ``ds.draw(i)``."""
         index = check_int(index, "index", -len(self))
         if index < 0:
             index += len(self)
         if index >= len(self):
             raise IndexError(f"index {index} is out of range for VolumeSlices of length {len(self)}")
-        case, k = self.slice_of(index)
+        return self.load_slice(self._slice_number(index, epoch))
+
+    def load_slice(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image, mask)`` of slice ``number`` in file order (case by case, then along ``axis``)."""
+        case, k = self._slices[number]
         if case not in self._cache and self._uncompressed(case):
             image, label = self._read_one_slice(case, k)
             k = 0

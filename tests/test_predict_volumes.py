@@ -19,11 +19,12 @@ CENTRES = (-1 / 3, 1 / 3, 1.0)
 
 
 class FakeSegmenter:
-    """Class k's probability is 1 at its intensity centre and falls to 0.5 half-way to the next one."""
+    """Class k's probability is 1 at its intensity centre and falls to 0.5 half-way to the next one. Its config
+    records modalities, as a model trained on volumes does."""
 
     def __init__(self, channels: int = 1, size: int = 16, classes: int = 2):
         self.config = SPADConfig(image_size=size, image_channels=channels, device="cpu", channel_mults=(1,),
-                                 attention_levels=())
+                                 attention_levels=(), modalities=("MR",) * channels)
         self.classes = classes
         self.batches: list[torch.Tensor] = []
         self.keys: list[int] = []
@@ -225,3 +226,93 @@ def test_ct_folder_uses_the_training_normalisation(tmp_path):
     fed = torch.cat(seg.batches)
     torch.testing.assert_close(fed, torch.stack([ds[i][0] for i in range(len(ds))]), rtol=0, atol=0)
     assert all(c.norm[0].kind == "window" for c in ds._cases)  # the CT percentile window
+
+
+def image_model_config(**overrides) -> SPADConfig:
+    return SPADConfig(image_size=12, device="cpu", channel_mults=(1,), attention_levels=(), **overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, allow, refused",
+    [
+        (dict(), False, True),  # binary, trained on 2-D images: no modalities recorded
+        (dict(), True, False),  # ... run on volumes on request
+        (dict(modalities=("MR",)), False, False),  # binary, trained on volumes
+        (dict(num_classes=3), False, False),  # multi-class: volumes only
+    ],
+)
+def test_a_binary_model_trained_on_2d_images_is_refused_on_volumes(tmp_path, overrides, allow, refused):
+    root = write_demo_volumes(tmp_path / "d", n_cases=1, n_test=1, shape=(12, 10, 3), num_classes=2)
+    seg = FakeSegmenter(size=12, classes=1)
+    seg.config = image_model_config(**overrides)
+    out = tmp_path / "pred"
+    calls = [
+        lambda: predict_volume_folder(seg, root / "imagesTs", out, allow_image_model=allow),
+        lambda: predict_volume(seg, [root / "imagesTs" / "test_000_0000.nii.gz"], out / "one.nii.gz",
+                               allow_image_model=allow),
+    ]
+    for call in calls:
+        if refused:
+            with pytest.raises(ValueError, match="trained on 2-D images.*allow_image_model"):
+                call()
+            assert not out.exists() and seg.batches == []
+        else:
+            call()
+            assert out.is_dir()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny binary checkpoint trained on PNGs and one trained on volumes, and the volume set."""
+    from spadfast import SPADTrainer
+    from spadfast.data import write_synthetic_folder
+    from tests.helpers import tiny_config
+
+    base = tmp_path_factory.mktemp("runs")
+    root = write_demo_volumes(base / "vol", n_cases=1, n_test=2, shape=(16, 16, 3), num_classes=2)
+    png = SPADTrainer(tiny_config(), train_data=write_synthetic_folder(base / "png", 3, 16))
+    png.fit(1)
+    vol = SPADTrainer(tiny_config(), train_data=VolumeSlices(root, image_size=16))
+    vol.fit(1)
+    return {"png": png.save(base / "png_run"), "vol": vol.save(base / "vol_run"), "root": root}
+
+
+def predict_cli(capsys, checkpoint, images, out) -> tuple[int, list[str]]:
+    from spadfast.cli import main
+
+    code = main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
+                 "--steps", "1", "--ensemble", "1"])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def test_cli_refuses_a_png_model_on_volumes_in_one_line(runs, tmp_path, capsys):
+    code, err = predict_cli(capsys, runs["png"], runs["root"] / "imagesTs", tmp_path / "pred")
+    assert code == 2 and len(err) == 1 and "trained on 2-D images" in err[0], err
+    assert not (tmp_path / "pred").exists()
+    code, _ = predict_cli(capsys, runs["vol"], runs["root"] / "imagesTs", tmp_path / "pred")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == [
+        "test_000.nii.gz", "test_001.nii.gz"]
+
+
+@pytest.mark.parametrize("image_ext", [".png", ".jpg", ".tif"])
+@pytest.mark.parametrize("volume_ext", [".nii.gz", ".nii"])
+def test_a_folder_mixing_images_and_volumes_is_refused_before_work(runs, tmp_path, capsys, image_ext, volume_ext):
+    import cv2
+
+    from spadfast.predict import predict_folder
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    source = nib.load(str(runs["root"] / "imagesTs" / "test_000_0000.nii.gz"))
+    nib.save(source, str(mixed / f"test_000_0000{volume_ext}"))
+    cv2.imwrite(str(mixed / f"slice{image_ext}"), np.zeros((16, 16), np.uint8))
+    pattern = f"mixes 2-D images and NIfTI volumes.*slice{image_ext}.*test_000_0000{volume_ext}"
+    seg = FakeSegmenter(size=16, classes=1)
+    for call in (lambda: predict_volume_folder(seg, mixed, tmp_path / "a"),
+                 lambda: predict_folder(seg, mixed, tmp_path / "b")):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+    assert seg.batches == [] and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    code, err = predict_cli(capsys, runs["vol"], mixed, tmp_path / "pred")
+    assert code == 2 and len(err) == 1 and str(mixed) in err[0] and "mixes" in err[0], err
+    assert not (tmp_path / "pred").exists()

@@ -308,3 +308,48 @@ def test_compiled_training_step_runs_on_cpu_and_matches_eager():
     for k in a:
         if k.startswith(("model.", "ema.")):
             torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["recorded folder", "given folder", "synthetic", "volumes"])
+def test_resume_says_in_one_line_which_data_it_uses(tmp_path, capsys, how):
+    from spadfast.volumes import write_demo_volumes
+
+    val = None
+    if how == "volumes":
+        train = write_demo_volumes(tmp_path / "vol", n_cases=2, shape=(16, 16, 4), num_classes=2, n_test=0)
+        expected = f"train_data {train.resolve()} (as recorded), val_data none"
+    elif how == "synthetic":
+        train = None
+        expected = "train_data synthetic lesions (n=7, seed=0) (as recorded), val_data synthetic lesions (n=3, "
+    else:
+        train = write_synthetic_folder(tmp_path / "data", 4, 16, seed=0)
+        val = write_synthetic_folder(tmp_path / "val", 2, 16, seed=1)
+        origin = "(given)" if how == "given folder" else "(as recorded)"
+        expected = f"train_data {train.resolve()} {origin}, val_data {val.resolve()} {origin}"
+    first = SPADTrainer(tiny_config(), train_data=train, val_data=val)
+    first.fit(1)
+    first.save(tmp_path / "run")
+    capsys.readouterr()
+    given = (train, val) if how == "given folder" else (None, None)
+    resumed = SPADTrainer.from_checkpoint(tmp_path / "run", *given)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spadfast: resuming ") and "at step 1 on " in lines[0]
+    assert expected in lines[0], lines[0]
+    assert str(tmp_path / "run" / "checkpoint.safetensors") in lines[0] and resumed.step == 1
+
+
+def test_cli_resume_prints_the_recorded_data(tmp_path, capsys):
+    from spadfast.cli import main
+
+    data = write_synthetic_folder(tmp_path / "data", 4, 16, seed=0)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(tiny_config(train_steps=1).to_dict()))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "resuming" in line] == [
+        f"spadfast: resuming {(run / 'checkpoint.safetensors').resolve()} at step 1 on train_data {data.resolve()} "
+        "(as recorded), val_data none"
+    ]
