@@ -69,14 +69,15 @@ def _masks() -> list[torch.Tensor]:
             torch.ones((1, 1, 12, 12)), torch.zeros((1, 1, 12, 12))]
 
 
-def _scd_alone(m, f, cfg, seed, offset):
-    return ops.target_noise(m, cfg.scd_max * f, cfg.anchor_size, cfg.keep_ratio, seed=seed, offset=offset)
+def _scd_alone(m, f, cfg, seed, offset, backend="auto"):
+    return ops.target_noise(m, cfg.scd_max * f, cfg.anchor_size, cfg.keep_ratio, seed=seed, offset=offset,
+                            backend=backend)
 
 
-def _bcd_alone(m, f, cfg, seed, offset, base=None):
+def _bcd_alone(m, f, cfg, seed, offset, base=None, backend="auto"):
     radius = math.ceil(cfg.band_radius_max * f)
     return ops.boundary_blur(m, cfg.blur_sigma_max * f, cfg.bcd_max * f, radius, base=base, seed=seed,
-                             offset=offset + m.numel())
+                             offset=offset + m.numel(), backend=backend)
 
 
 def _variant_configs() -> dict[str, PerturbConfig]:
@@ -108,6 +109,18 @@ def test_each_ablation_variant_changes_exactly_what_its_name_says(progress):
         changed_scd = spad_perturb(m, progress, configs["w/o BcD"], seed=seed, offset=offset) != m
         changed_bcd = spad_perturb(m, progress, configs["w/o ScD"], seed=seed, offset=offset) != m
         assert not (changed_scd & (m == 0)).any() and not (changed_bcd & ~band).any()
+
+
+def test_ablation_variants_on_the_triton_backend(kernel_device):
+    m = _blobs(B=1, H=12, W=14, seed=3).to(kernel_device)
+    configs, seed, offset = _variant_configs(), 2, 0
+    f = perturb_factor(0.2, configs["SPAD"])
+    scd = _scd_alone(m, f, configs["SPAD"], seed, offset, backend="triton")
+    want = {"SPAD": _bcd_alone(m, f, configs["SPAD"], seed, offset, base=scd, backend="triton"),
+            "w/o ScD": _bcd_alone(m, f, configs["SPAD"], seed, offset, backend="triton"), "w/o BcD": scd, "baseline": m}
+    for name, cfg in configs.items():
+        got = spad_perturb(m, 0.2, cfg, seed=seed, offset=offset, backend="triton")
+        assert torch.equal(got, want[name].clamp(0, 1)), name
 
 
 def test_without_bcd_keeps_scd_noise_on_the_boundary():
