@@ -99,6 +99,16 @@ def check_nonneg(value: float, name: str) -> float:
     return float(value)
 
 
+def check_finite(x: torch.Tensor | None, name: str) -> None:
+    """A floating operand holds no NaN or +-inf; a host sync, so callers run it only with ``validate=True``."""
+    if x is None or not x.is_floating_point():
+        return
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = x[~finite].flatten()[:3].tolist()
+        raise ValueError(f"`{name}` must be finite (no NaN or inf), got values such as {bad}")
+
+
 def check_int(value: int, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
@@ -121,12 +131,17 @@ def draw_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
 
 
-def _operand_like(x: torch.Tensor | None, name: str, mask: torch.Tensor, floating: bool) -> torch.Tensor | None:
-    """An optional per-pixel operand as a ``[B,1,H,W]`` view, checked against the mask's view."""
+def _operand_like(
+    x: torch.Tensor | None, name: str, mask: torch.Tensor, floating: bool, validate: bool
+) -> torch.Tensor | None:
+    """An optional per-pixel operand as a ``[B,1,H,W]`` view, checked against the mask's view (values: finite, with
+    ``validate``)."""
     if x is None:
         return None
     view = as_b1hw(x, name)[0]
     check_like(view, mask, name, "mask", floating)
+    if validate:
+        check_finite(view, name)
     return view
 
 
@@ -140,18 +155,20 @@ class BoundaryBlurArgs(NamedTuple):
     out_dtype: torch.dtype
 
 
-def prepare_boundary_blur(mask, sigma, strength, radius, noise, base, generator, seed, offset, validate):
+def prepare_boundary_blur(mask, sigma, strength, radius, noise, base, generator, seed, offset, validate,
+                          truncate: float = 3.0):
     """Validate ``boundary_blur``'s arguments (shared by the reference and the Triton launcher)."""
     m, restore = as_b1hw(mask, "mask")
     check_mask(m, "mask", validate)
     sigma = check_nonneg(sigma, "sigma")
     strength = check_nonneg(strength, "strength")
+    check_nonneg(truncate, "truncate")
     check_int(radius, "radius", 0)
     if radius > MAX_BAND_RADIUS:
         raise ValueError(f"`radius` must be <= {MAX_BAND_RADIUS} (the Triton kernel's register budget), got {radius}")
     check_random_source(noise, generator, seed, offset)
-    noise_v = _operand_like(noise, "noise", m, floating=True)
-    base_v = _operand_like(base, "base", m, floating=True)
+    noise_v = _operand_like(noise, "noise", m, floating=True, validate=validate)
+    base_v = _operand_like(base, "base", m, floating=True, validate=validate)
     out_dtype = base_v.dtype if base_v is not None else float_out_dtype(m)
     return BoundaryBlurArgs(m, restore, sigma, strength, noise_v, base_v, out_dtype)
 
@@ -176,8 +193,8 @@ def prepare_target_noise(mask, strength, anchor_size, keep_ratio, noise, anchors
     if keep_ratio > 1:
         raise ValueError(f"`keep_ratio` must be in [0, 1], got {keep_ratio}")
     check_random_source(noise, generator, seed, offset)
-    noise_v = _operand_like(noise, "noise", m, floating=True)
-    anchors_v = _operand_like(anchors, "anchors", m, floating=False)
+    noise_v = _operand_like(noise, "noise", m, floating=True, validate=validate)
+    anchors_v = _operand_like(anchors, "anchors", m, floating=False, validate=validate)
     return TargetNoiseArgs(m, restore, strength, keep_ratio, noise_v, anchors_v, float_out_dtype(m))
 
 

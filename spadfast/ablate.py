@@ -3,8 +3,8 @@
 Variants (names are stable; tables and tests use them):
 
 - ``SPAD``: the base config (preset plus overrides) unchanged.
-- ``w/o ScD``: ``perturb.scd_max = 0``.
-- ``w/o BcD``: ``perturb.bcd_max = perturb.blur_sigma_max = perturb.band_radius_max = 0``.
+- ``w/o ScD``: ``perturb.scd = False`` (BcD alone).
+- ``w/o BcD``: ``perturb.bcd = False`` (ScD alone).
 - ``baseline``: ``perturb.enabled = False`` (plain conditional diffusion on clean masks).
 - ``PaS <kind>``: ``perturb.pas_kind = <kind>`` for every PaS kind other than the base config's.
 - ``<mode> mode``: ``perturb_mode = <mode>`` for the perturb mode other than the base config's (``condition mode``
@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from .ablation_stats import aggregate, format_markdown
 
 __all__ = ["VARIANTS_CORE", "variant_overrides", "run_ablation", "aggregate", "format_markdown", "add_arguments",
            "main"]
@@ -51,7 +52,6 @@ VARIANTS_CORE = ("SPAD", "w/o ScD", "w/o BcD", "baseline")
 SPLIT_FILE = "split.json"
 SETTINGS_FILE = "settings.json"
 DONE_FILE = "metrics.json"
-METRICS = ("dice", "iou", "hd95")
 # Config keys that may differ between a run and a rerun without invalidating it.
 _FREE_KEYS = ("device", "progress_bar", "num_workers", "checkpoint_every", "log_every")
 
@@ -69,8 +69,8 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {
         "SPAD": {},
-        "w/o ScD": {"perturb": {"scd_max": 0.0}},
-        "w/o BcD": {"perturb": {"bcd_max": 0.0, "blur_sigma_max": 0.0, "band_radius_max": 0}},
+        "w/o ScD": {"perturb": {"scd": False}},
+        "w/o BcD": {"perturb": {"bcd": False}},
         "baseline": {"perturb": {"enabled": False}},
     }
     for kind in PROGRESS_KINDS:
@@ -150,8 +150,10 @@ def make_split(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[li
         (['a', 'b', 'd'], ['c'])
     """
     stems = sorted(stems)
-    if not 0 < val_fraction < 1:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise ValueError(f"`val_fraction` must lie in (0, 1), got {val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`split_seed` must be an int >= 0, got {seed!r}")
     if len(stems) < 2:
         raise ValueError(f"a held-out split needs at least 2 image/mask pairs, got {len(stems)}")
     n_val = min(len(stems) - 1, max(1, round(val_fraction * len(stems))))
@@ -161,15 +163,22 @@ def make_split(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[li
     return train, val
 
 
-def prepare_split(
-    data: Path, out: Path, val: Path | None, val_fraction: float, split_seed: int
-) -> tuple[Path, Path, Path, dict[str, Any]]:
-    """Fix the split in ``OUT/split.json`` (reused when present) and materialize it; returns
-    ``(train_folder, val_images, val_masks, split)``. Held-out masks are rewritten as 0/255 ``<stem>.png``."""
-    from .files import read_mask, write_mask_png, write_text_atomic
+class SplitPlan(NamedTuple):
+    """A held-out split checked against the folders, before anything is written."""
+
+    split: dict[str, Any]  # the content of OUT/split.json
+    images: dict[str, Path]  # training folder: stem -> file
+    masks: dict[str, Path]
+    heldout_images: dict[str, Path]  # the folder the held-out pairs come from: stem -> file
+    heldout_masks: dict[str, np.ndarray]  # held-out masks OUT does not hold yet: stem -> bool [H,W]
+
+
+def plan_split(data: Path, out: Path, val: Path | None, val_fraction: float, split_seed: int) -> SplitPlan:
+    """Check the folders and the split settings against ``OUT/split.json`` (when present) and read the held-out masks
+    ``OUT`` still needs; writes nothing. Raises ValueError naming the folder, file or setting."""
+    from .files import read_mask
 
     images, masks = _pairs(data)
-    split_path = out / SPLIT_FILE
     if val is not None:
         v_images, v_masks = _pairs(val)
         split = {"data": str(data), "val": str(val), "train": sorted(images), "heldout": sorted(v_images)}
@@ -178,38 +187,46 @@ def prepare_split(
         train, held = make_split(list(images), val_fraction, split_seed)
         split = {"data": str(data), "val": None, "val_fraction": val_fraction, "split_seed": split_seed,
                  "train": train, "heldout": held}
-    if split_path.is_file():
-        saved = json.loads(split_path.read_text())
-        if saved != split:
-            raise ValueError(
-                f"{split_path} holds another split (other data, --val or split settings, or the data folder "
-                "changed): use a new --out, or delete that folder to start over"
-            )
+    split_path = out / SPLIT_FILE
+    if split_path.is_file() and json.loads(split_path.read_text()) != split:
+        raise ValueError(
+            f"{split_path} holds another split (other data, --val or split settings, or the data folder "
+            "changed): use a new --out, or delete that folder to start over"
+        )
+    val_masks = out / "data" / "val" / "masks"
+    missing = {stem: read_mask(v_masks[stem]) for stem in split["heldout"] if not (val_masks / f"{stem}.png").is_file()}
+    return SplitPlan(split, images, masks, v_images, missing)
+
+
+def write_split(plan: SplitPlan, out: Path, val: Path | None) -> tuple[Path, Path, Path]:
+    """Materialize a planned split in ``OUT`` (copies kept when present) and fix it in ``OUT/split.json``; returns
+    ``(train_folder, val_images, val_masks)``. Held-out masks are written as 0/255 ``<stem>.png``."""
+    from .files import write_mask_png, write_text_atomic
+
     root = out / "data"
     if val is None:
         train_dir = root / "train"
-        for stem in split["train"]:
-            for src, sub in ((images[stem], "images"), (masks[stem], "masks")):
-                dst = train_dir / sub / src.name
-                if not dst.is_file():
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src, dst)
+        for stem in plan.split["train"]:
+            for src, sub in ((plan.images[stem], "images"), (plan.masks[stem], "masks")):
+                _copy_once(src, train_dir / sub / src.name)
         val_images = root / "val" / "images"
-        for stem in split["heldout"]:
-            dst = val_images / v_images[stem].name
-            if not dst.is_file():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(v_images[stem], dst)
+        for stem in plan.split["heldout"]:
+            _copy_once(plan.heldout_images[stem], val_images / plan.heldout_images[stem].name)
     else:
-        train_dir, val_images = data, val / "images"
+        train_dir, val_images = Path(plan.split["data"]), val / "images"
     val_masks = root / "val" / "masks"
-    for stem in split["heldout"]:
-        dst = val_masks / f"{stem}.png"
-        if not dst.is_file():
-            write_mask_png(dst, read_mask(v_masks[stem]))
+    for stem, mask in plan.heldout_masks.items():
+        write_mask_png(val_masks / f"{stem}.png", mask)
+    split_path = out / SPLIT_FILE
     if not split_path.is_file():
-        write_text_atomic(split_path, json.dumps(split, indent=1))
-    return train_dir, val_images, val_masks, split
+        write_text_atomic(split_path, json.dumps(plan.split, indent=1))
+    return train_dir, val_images, val_masks
+
+
+def _copy_once(src: Path, dst: Path) -> None:
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
 
 
 # -------------------------------------------------------------------------------------------------------- runs
@@ -274,6 +291,20 @@ def train_and_evaluate(
     return record
 
 
+def _check_existing_out(out: Path, preset: str, base: dict[str, Any]) -> None:
+    """An existing ``OUT`` must be an ablation folder made with this preset and base config (or empty)."""
+    settings_path = out / SETTINGS_FILE
+    if settings_path.is_file():
+        saved = json.loads(settings_path.read_text())
+        why = (f"preset {saved.get('preset')!r} there but {preset!r} here" if saved.get("preset") != preset
+               else _config_mismatch(saved.get("base_config", {}), base))
+        if why:
+            raise ValueError(f"{settings_path} records another preset, step budget or config than this run asks "
+                             f"for ({why}): use a new --out, or delete that folder to start over")
+    elif any(p.name != "data" for p in out.iterdir()) and not (out / SPLIT_FILE).is_file():
+        raise ValueError(f"--out {str(out)!r} is not empty and is not an ablation folder (no {SETTINGS_FILE})")
+
+
 def run_ablation(
     data: str | Path,
     out: str | Path,
@@ -336,20 +367,14 @@ def run_ablation(
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"preset": preset, "base_config": _normalized(base)}
-    settings_path = out / SETTINGS_FILE
-    if settings_path.is_file():
-        saved = json.loads(settings_path.read_text())
-        why = (f"preset {saved.get('preset')!r} there but {preset!r} here" if saved.get("preset") != preset
-               else _config_mismatch(saved.get("base_config", {}), base))
-        if why:
-            raise ValueError(f"{settings_path} records another preset, step budget or config than this run asks "
-                             f"for ({why}): use a new --out, or delete that folder to start over")
-    elif any(p.name != "data" for p in out.iterdir()) and not (out / SPLIT_FILE).is_file():
-        raise ValueError(f"--out {str(out)!r} is not empty and is not an ablation folder (no {SETTINGS_FILE})")
-    train_dir, val_images, val_masks, split = prepare_split(data, out, val, val_fraction, split_seed)
-    write_text_atomic(settings_path, json.dumps(settings, indent=1))
+    if out.is_dir():
+        _check_existing_out(out, preset, base)
+    plan = plan_split(data, out, val, val_fraction, split_seed)  # every check passed before OUT is created
+    out.mkdir(parents=True, exist_ok=True)
+    train_dir, val_images, val_masks = write_split(plan, out, val)
+    split = plan.split
+    write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=1))
 
     records: dict[str, list[dict[str, Any]]] = {}
     for name in names:
@@ -392,118 +417,6 @@ def run_ablation(
     except ImportError:  # matplotlib missing: the table is the result, the plot a convenience
         log("ablate: matplotlib is not installed, no ablation.png")
     return result
-
-
-# ---------------------------------------------------------------------------------------------------- summary
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(a).all():
-        return (math.nan, math.nan) if np.isnan(a).any() else (math.inf, math.nan)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan
-
-
-def aggregate(records: dict[str, list[dict[str, Any]]], reference: str = "SPAD") -> dict[str, Any]:
-    """Summarize runs per variant.
-
-    Args:
-        records: variant -> runs ``{"seed", "mean": {"dice", "iou", "hd95"}[, "case_dice": {name: dice}]
-            [, "train_seconds"]}``.
-        reference: the variant the paired differences are taken against.
-
-    Returns:
-        ``{"rows": [...], "best": {metric: [variants]}}``. Each row holds the mean and sample std (ddof 1; NaN for
-        one seed) over seeds of each run's mean Dice, IoU and HD95, the mean training time, and ``d_dice`` /
-        ``d_dice_se``: the mean per-case Dice difference to ``reference`` over the cases and seeds both ran
-        (paired on the same held-out case and seed) and its standard error over those pairs (NaN where there
-        are none; it reflects case-to-case spread, not seed-to-seed spread). Best: max Dice/IoU, min HD95; ties
-        at 4 decimals all count as best.
-    """
-    rows = []
-    ref = {r["seed"]: r.get("case_dice", {}) for r in records.get(reference, [])}
-    for name, runs in records.items():
-        row: dict[str, Any] = {"variant": name, "seeds": [r["seed"] for r in runs], "runs": runs}
-        for m in METRICS:
-            row[m], row[f"{m}_std"] = _mean_std([r["mean"][m] for r in runs])
-        times = [r["train_seconds"] for r in runs if "train_seconds" in r]
-        row["train_seconds"] = float(np.mean(times)) if times else math.nan
-        diffs = [d - ref[r["seed"]][c] for r in runs if r["seed"] in ref
-                 for c, d in r.get("case_dice", {}).items() if c in ref[r["seed"]]]
-        a = np.asarray(diffs, dtype=np.float64)
-        row["d_dice"] = float(a.mean()) if a.size and name != reference else math.nan
-        row["d_dice_se"] = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 and name != reference else math.nan
-        rows.append(row)
-    best: dict[str, list[str]] = {}
-    for m in METRICS:
-        vals = [(r["variant"], r[m]) for r in rows if not math.isnan(r[m])]
-        if not vals:
-            best[m] = []
-            continue
-        target = (max if m != "hd95" else min)(v for _, v in vals)
-        best[m] = [n for n, v in vals if _fmt(v) == _fmt(target)]
-    return {"rows": rows, "best": best, "reference": reference}
-
-
-def _fmt(v: float, digits: int = 4) -> str:
-    if math.isnan(v):
-        return "n/a"
-    return "inf" if math.isinf(v) else f"{v:.{digits}f}"
-
-
-def format_markdown(result: dict[str, Any], table: dict[str, dict[str, Any]] | None = None) -> str:
-    """``ablation.md``: one row per variant, mean ± std over seeds, the best value of each column in bold."""
-    lines = [
-        "# spadfast ablation",
-        "",
-        f"Preset `{result.get('preset')}`, {result.get('train_steps')} training steps per run, "
-        f"{result.get('seeds')} seed(s) per variant; {result.get('n_train')} training pairs, "
-        f"{result.get('n_heldout')} held-out pairs"
-        + (f" (`{result['val']}`)." if result.get("val") else " (a seeded split of the data, `split.json`)."),
-        "Values: mean over seeds of each run's mean over held-out cases; ± the sample std over seeds (none for "
-        "one seed). HD95 in pixels, `inf` when some case has exactly one empty mask. Best of each column in bold. "
-        f"ΔDice: mean per-case Dice difference to {result.get('reference', 'SPAD')} on the same held-out cases and "
-        "seeds, ± its standard error over those pairs (case-to-case spread only; seed-to-seed spread is in the ± "
-        "of the Dice column when there are several seeds). Train: mean seconds per run.",
-        "",
-        f"| Variant | Change from {result.get('reference', 'SPAD')} | Dice ↑ | IoU ↑ | HD95 ↓ | ΔDice | Train (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in result["rows"]:
-        change = _describe(table.get(row["variant"], {})) if table else ""
-        cells = []
-        for m in METRICS:
-            text = _fmt(row[m]) + ("" if math.isnan(row[f"{m}_std"]) else f" ± {_fmt(row[f'{m}_std'])}")
-            cells.append(f"**{text}**" if row["variant"] in result["best"].get(m, []) else text)
-        d = row.get("d_dice", math.nan)
-        delta = "—" if math.isnan(d) else f"{d:+.4f}" + (
-            "" if math.isnan(row.get("d_dice_se", math.nan)) else f" ± {row['d_dice_se']:.4f}")
-        cells += [delta, _fmt(row.get("train_seconds", math.nan), 0)]
-        lines.append(f"| {row['variant']} | {change} | " + " | ".join(cells) + " |")
-    first = result["rows"][0]["runs"][0].get("run") if result["rows"] and result["rows"][0].get("runs") else None
-    if first and result.get("out"):
-        run = f"{result['out']}/{first}"
-        lines += [
-            "",
-            f"Each run keeps its checkpoint, `log.jsonl` and held-out predictions (with uncertainty maps) in "
-            f"`{result['out']}/runs/<variant>/seed<k>/`. A report of one run, e.g.:",
-            "",
-            f"    spadfast evaluate --pred {run}/pred --gt {result['val_masks']} --images {result['val_images']} "
-            f"--run {run} --report {run}/report",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _describe(changes: dict[str, Any], prefix: str = "") -> str:
-    if not changes:
-        return "—"
-    parts = []
-    for k, v in changes.items():
-        if isinstance(v, dict):
-            parts.append(_describe(v, f"{prefix}{k}."))
-        else:
-            parts.append(f"`{prefix}{k}={json.dumps(v)}`")
-    return ", ".join(parts)
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

@@ -33,6 +33,8 @@ class PerturbConfig:
     blur_sigma_max: float = 2.0  # BcD Gaussian width at p = 0, pixels
     band_radius_max: int = 3  # BcD band half-width at p = 0, pixels
     clamp: bool = True
+    scd: bool = True  # ScD on; off, the target keeps its clean values (outside BcD's band)
+    bcd: bool = True  # BcD on; off, the boundary keeps ScD's values (no band override)
 
     def __post_init__(self) -> None:
         check_fields(self, _NULLABLE)
@@ -50,6 +52,17 @@ class PerturbConfig:
         if self.band_radius_max > MAX_BAND_RADIUS:
             raise ValueError(f"`band_radius_max` must be <= {MAX_BAND_RADIUS} (boundary_blur's band limit), got "
                              f"{self.band_radius_max}")
+
+    @property
+    def scd_active(self) -> bool:
+        """ScD changes masks: the perturbation and ScD are on and ``scd_max > 0``."""
+        return self.enabled and self.scd and self.scd_max > 0
+
+    @property
+    def bcd_active(self) -> bool:
+        """BcD changes masks: the perturbation and BcD are on and not all of its settings are 0 (with all 0, BcD
+        would only reset ScD's noise on the edge pixels)."""
+        return self.enabled and self.bcd and (self.bcd_max > 0 or self.blur_sigma_max > 0 or self.band_radius_max > 0)
 
 
 @dataclass

@@ -10,6 +10,10 @@
    edge, the mask blurred with ``sigma = blur_sigma_max * f`` plus noise of std ``bcd_max * f``, overriding ScD there.
    Width and blur shrink with f: coarse early, fine late.
 4. Optionally clamp to [0, 1] (``clamp``), so ``2 * x0~ - 1`` stays in the diffusion's data range.
+
+A component that is off (``scd`` / ``bcd`` False, or all its settings 0: :attr:`PerturbConfig.scd_active`,
+:attr:`PerturbConfig.bcd_active`) is skipped, so ``bcd=False`` gives exactly ScD alone and ``scd=False`` exactly BcD
+alone. Each keeps its random stream (ScD at ``offset``, BcD at ``offset + numel``) whether the other runs or not.
 """
 
 from __future__ import annotations
@@ -58,15 +62,18 @@ def spad_perturb(
     cfg = cfg or PerturbConfig()
     f = perturb_factor(progress, cfg)
     out_dtype = mask.dtype if mask.is_floating_point() else torch.float32
-    if f == 0.0:
+    if f == 0.0 or not (cfg.scd_active or cfg.bcd_active):
         return mask.to(out_dtype, copy=True)
-    scd = ops.target_noise(
-        mask, cfg.scd_max * f, cfg.anchor_size, cfg.keep_ratio,
-        generator=generator, seed=seed, offset=offset, validate=validate, backend=backend,
-    )
-    radius = int(math.ceil(cfg.band_radius_max * f))
-    out = ops.boundary_blur(
-        mask, cfg.blur_sigma_max * f, cfg.bcd_max * f, radius, base=scd,
-        generator=generator, seed=seed, offset=offset + mask.numel(), validate=False, backend=backend,
-    )
+    out = None
+    if cfg.scd_active:
+        out = ops.target_noise(
+            mask, cfg.scd_max * f, cfg.anchor_size, cfg.keep_ratio,
+            generator=generator, seed=seed, offset=offset, validate=validate, backend=backend,
+        )
+    if cfg.bcd_active:
+        radius = int(math.ceil(cfg.band_radius_max * f))
+        out = ops.boundary_blur(
+            mask, cfg.blur_sigma_max * f, cfg.bcd_max * f, radius, base=out, generator=generator, seed=seed,
+            offset=offset + mask.numel(), validate=validate and out is None, backend=backend,
+        )
     return out.clamp_(0.0, 1.0) if cfg.clamp else out

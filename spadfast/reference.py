@@ -149,6 +149,7 @@ def gaussian_weights(sigma: float, truncate: float = 3.0, device: torch.device |
         float32 tensor ``[2*radius+1]`` (computed in float64 and rounded once, so every backend uses the same taps).
     """
     sigma = check_nonneg(sigma, "sigma")
+    truncate = check_nonneg(truncate, "truncate")
     if sigma == 0.0:
         return torch.ones(1, dtype=torch.float32, device=device)
     radius = max(1, int(math.ceil(truncate * sigma)))
@@ -223,13 +224,15 @@ def boundary_blur(
         noise: optional standard-normal tensor of the mask's shape (exact tests); else drawn from ``generator`` or
             ``seed``/``offset`` (or torch's global generator).
         base: optional floating tensor of the mask's shape returned outside the band (e.g. the ScD output).
-        validate: check binary values / NaN (host sync).
+        truncate: Gaussian support in units of ``sigma`` (finite, >= 0).
+        validate: check that the mask is binary and ``noise`` / ``base`` are finite (host sync); a non-finite
+            ``sigma``, ``strength`` or ``truncate`` is refused either way.
 
     Returns:
         Floating tensor of the mask's shape (the mask's dtype if floating, else float32).
     """
     m, restore, sigma, strength, noise_v, base_v, out_dtype = prepare_boundary_blur(
-        mask, sigma, strength, radius, noise, base, generator, seed, offset, validate
+        mask, sigma, strength, radius, noise, base, generator, seed, offset, validate, truncate
     )
     mf = m.float()
     band = _band_b1hw(_canny_b1hw(mf), radius)
@@ -285,7 +288,8 @@ def target_noise(
         noise: optional standard-normal floating tensor of the mask's shape (exact tests).
         anchors: optional bool tensor of the mask's shape, True where pixels are anchors (exact tests); else drawn
             with ``anchor_mask`` from ``generator`` or ``seed``/``offset``.
-        validate: check binary values / NaN (host sync).
+        validate: check that the mask is binary and ``noise`` is finite (host sync); a non-finite ``strength`` or
+            ``keep_ratio`` is refused either way.
 
     Returns:
         Floating tensor of the mask's shape (the mask's dtype if floating, else float32).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,9 @@ def test_variants_and_their_configs():
     assert list(table) == ["SPAD", "w/o ScD", "w/o BcD", "baseline", "PaS linear", "PaS step", "condition mode"]
     cfg = {n: SPADConfig.from_dict(_merge(base, o)) for n, o in table.items()}
     assert cfg["SPAD"].to_dict() == base
-    assert cfg["w/o ScD"].perturb.scd_max == 0 and cfg["w/o ScD"].perturb.bcd_max == base["perturb"]["bcd_max"]
-    p = cfg["w/o BcD"].perturb
-    assert (p.bcd_max, p.blur_sigma_max, p.band_radius_max, p.scd_max) == (0, 0, 0, base["perturb"]["scd_max"])
+    for name, off in (("w/o ScD", "scd"), ("w/o BcD", "bcd")):  # one switch off, every other knob as in SPAD
+        want = _merge(base, {"perturb": {off: False}})
+        assert cfg[name].to_dict() == want and want["perturb"][off] is False and base["perturb"][off] is True
     assert cfg["baseline"].perturb.enabled is False
     assert cfg["PaS step"].perturb.pas_kind == "step" and cfg["condition mode"].perturb_mode == "condition"
     linear_base = _merge(base, {"perturb": {"pas_kind": "linear"}, "perturb_mode": "condition"})
@@ -104,7 +105,7 @@ def test_seeds_split_skip_and_table(data, tmp_path, monkeypatch):
     run_ablation(data, out, seeds=1, steps=2, overrides=TINY, variants=["wo-scd"], log=lines.append)  # a slug
     assert "wo-scd/seed0" in _runs(out) and json.loads((out / "split.json").read_text()) == split
     record = json.loads((out / "runs" / "wo-scd" / "seed0" / "metrics.json").read_text())
-    assert record["config"]["perturb"]["scd_max"] == 0
+    assert record["config"]["perturb"]["scd"] is False and record["config"]["perturb"]["bcd"] is True
 
     with pytest.raises(ValueError, match=r"settings.json .*`train_steps` is 2 there but 3 here"):  # another budget
         run_ablation(data, out, seeds=1, steps=3, overrides=TINY, variants=["SPAD"], log=lines.append)
@@ -175,12 +176,95 @@ def test_aggregate_and_markdown_bold_ties():
     result = aggregate(runs)
     spad = result["rows"][0]
     base = result["rows"][1]
-    assert base["d_dice"] == pytest.approx(-0.1 / 4 * 1) and math.isnan(spad["d_dice"])  # (-.1 + 0 - .2 + .2) / 4
-    assert base["d_dice_se"] == pytest.approx(np.std([-0.1, 0.0, -0.2, 0.2], ddof=1) / 2)
+    # per seed: seed 0 (-.1 + 0) / 2 = -.05, seed 1 (-.2 + .2) / 2 = 0; mean -.025, SE std([-.05, 0]) / sqrt(2)
+    assert base["d_dice"] == pytest.approx(-0.025) and math.isnan(spad["d_dice"])
+    assert base["d_dice_se"] == pytest.approx(0.025) and base["d_dice_n"] == 2 and base["d_dice_unit"] == "seeds"
     assert spad["dice"] == pytest.approx(0.85) and spad["dice_std"] == pytest.approx(0.0707107, abs=1e-6)
     assert result["best"] == {"dice": ["SPAD", "baseline"], "iou": ["SPAD", "baseline"], "hd95": ["SPAD"]}
     md = format_markdown({**result, "preset": "p", "train_steps": 1, "seeds": 2, "n_train": 1, "n_heldout": 1})
-    assert "| SPAD |  | **0.8500 ± 0.0707** |" in md and "| inf |" in md and "| -0.0250 ± 0.0854 |" in md
+    assert "| SPAD |  | **0.8500 ± 0.0707** |" in md and "| inf |" in md
+    assert "| -0.0250 ± 0.0250 [-0.3427, +0.2927] |" in md  # t(0.975, 1) = 12.706
+
+
+def _synthetic_runs(rng, seeds, n_cases, run_shift_sd, case_sd, effect):
+    """SPAD and baseline runs with a per-run random shift of the baseline (run-to-run spread) and case noise."""
+    spad, other = [], []
+    for seed in seeds:
+        shift = effect + rng.normal(0, run_shift_sd)
+        cases = {f"c{i}": float(rng.uniform(0.5, 0.9)) for i in range(n_cases + seed)}  # unequal case counts
+        spad.append({"seed": seed, "mean": {"dice": 0.7, "iou": 0.6, "hd95": 1.0}, "case_dice": cases})
+        other.append({"seed": seed, "mean": {"dice": 0.7, "iou": 0.6, "hd95": 1.0},
+                      "case_dice": {c: d + shift + float(rng.normal(0, case_sd)) for c, d in cases.items()}})
+    return {"SPAD": spad, "baseline": other}
+
+
+def test_paired_difference_takes_the_training_run_as_unit():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    runs = _synthetic_runs(rng, seeds=[0, 1, 2, 3], n_cases=30, run_shift_sd=0.05, case_sd=0.01, effect=-0.02)
+    row = aggregate(runs)["rows"][1]
+    ref = {r["seed"]: r["case_dice"] for r in runs["SPAD"]}
+    per_seed = [statistics.mean(d - ref[r["seed"]][c] for c, d in r["case_dice"].items()) for r in runs["baseline"]]
+    se = statistics.stdev(per_seed) / math.sqrt(len(per_seed))
+    ci = stats.ttest_1samp(per_seed, 0.0).confidence_interval(0.95)
+    assert row["d_dice"] == pytest.approx(statistics.mean(per_seed), abs=1e-12)
+    assert row["d_dice_se"] == pytest.approx(se, rel=1e-9) and row["d_dice_n"] == 4
+    assert row["d_dice_ci"] == pytest.approx([ci.low, ci.high], rel=1e-9)
+    # the unit is the run: pooled (case, seed) pairs give a far smaller SE, which this is not
+    pooled = [d - ref[r["seed"]][c] for r in runs["baseline"] for c, d in r["case_dice"].items()]
+    assert row["d_dice_se"] > 3 * statistics.stdev(pooled) / math.sqrt(len(pooled))
+    # every case copied ten times: per-seed means, hence the statistics, are unchanged
+    for r in runs["SPAD"] + runs["baseline"]:
+        r["case_dice"] = {f"{c}-{k}": d for c, d in r["case_dice"].items() for k in range(10)}
+    again = aggregate(runs)["rows"][1]
+    assert again["d_dice"] == pytest.approx(row["d_dice"]) and again["d_dice_se"] == pytest.approx(row["d_dice_se"])
+
+
+def test_one_seed_reports_the_case_level_se_as_conditional_on_that_run():
+    rng = np.random.default_rng(1)
+    runs = _synthetic_runs(rng, seeds=[0], n_cases=12, run_shift_sd=0.0, case_sd=0.02, effect=0.01)
+    result = aggregate(runs)
+    row = result["rows"][1]
+    ref = runs["SPAD"][0]["case_dice"]
+    diffs = [d - ref[c] for c, d in runs["baseline"][0]["case_dice"].items()]
+    assert row["d_dice"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
+    assert row["d_dice_se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(len(diffs)), rel=1e-9)
+    assert row["d_dice_unit"] == "cases of one run" and row["d_dice_n"] == len(diffs)
+    md = format_markdown({**result, "preset": "p", "train_steps": 1, "seeds": 1, "n_train": 1, "n_heldout": 12})
+    cell = next(line for line in md.splitlines() if line.startswith("| baseline |")).split(" | ")[5]
+    assert cell.endswith("(1 run)") and "conditional on that one training run" in md
+
+
+def _cli_refusals(data: Path, tmp: Path) -> dict[str, list[str]]:
+    """Each refused ``spadfast ablate`` argument set (besides --data/--out, which the caller adds unless given)."""
+    empty = tmp / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    one = write_synthetic_folder(tmp / "one", n=1, image_size=16, seed=0)
+    orphan = write_synthetic_folder(tmp / "orphan", n=3, image_size=16, seed=0)
+    next((orphan / "masks").iterdir()).unlink()
+    return {
+        "seeds": ["--seeds", "0"], "steps": ["--steps", "0"], "preset": ["--preset", "nope"],
+        "variant": ["--variants", "nope"], "fraction_high": ["--val-fraction", "1.5"],
+        "fraction_zero": ["--val-fraction", "0"], "split_seed": ["--split-seed", "-1"],
+        "device": ["--device", "tpu"], "missing_data": ["--data", str(tmp / "nowhere")],
+        "empty_data": ["--data", str(empty)], "one_pair": ["--data", str(one)], "orphan": ["--data", str(orphan)],
+        "missing_val": ["--val", str(tmp / "nowhere")], "empty_val": ["--val", str(empty)],
+    }
+
+
+def test_cli_refusals_create_nothing(data, tmp_path, capsys):
+    from spadfast.cli import main as cli_main
+
+    for name, extra in _cli_refusals(data, tmp_path / "inputs").items():
+        parent = tmp_path / name
+        out = parent / "abl"
+        argv = ["ablate", "--out", str(out), *([] if "--data" in extra else ["--data", str(data)]), *extra]
+        assert cli_main(argv) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("spadfast ablate: error:") and "\n" not in err, (name, err)
+        assert not parent.exists(), f"{name}: {parent} was created"
 
 
 @pytest.mark.slow

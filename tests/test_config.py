@@ -27,7 +27,7 @@ def test_condition_mode_adds_a_channel():
 
 @pytest.mark.parametrize(
     "data, key",
-    [({"imag_size": 3}, "`imag_size`"), ({"perturb": {"scd": 1}}, "`perturb.scd`")],
+    [({"imag_size": 3}, "`imag_size`"), ({"perturb": {"scd_mx": 1}}, "`perturb.scd_mx`")],
 )
 def test_unknown_keys_name_the_key(data, key):
     with pytest.raises(ValueError, match=key):

@@ -271,3 +271,61 @@ def test_tile_rule():
                 assert bh <= max(tile[0], tile[0] * tile[1] // bw) and bh <= max(1, 1 << (H - 1).bit_length())
                 assert warps == max(1, min(16, bh * bw // (32 * ept)))
                 assert tile_config(H, W, cpu, tile, ept)[1] == min(1 << (W - 1).bit_length(), INTERPRETER_TILE[1])
+
+
+# ------------------------------------------------------------------------------------------- non-finite operands
+NON_FINITE = [math.nan, math.inf, -math.inf]
+FLOAT_OPERANDS = {
+    "boundary_blur": ("sigma", "strength", "truncate", "noise", "base"),
+    "target_noise": ("strength", "keep_ratio", "noise"),
+}
+
+
+def _perturb_kwargs(op: str, device: str, dtype: torch.dtype) -> dict:
+    """One small call of a perturbation op with every float operand given explicitly."""
+    g = torch.Generator().manual_seed(3)
+    mask = (torch.rand((2, 1, 9, 11), generator=g) < 0.5).float().to(device)
+    noise = torch.randn(mask.shape, generator=g).to(device=device, dtype=dtype)
+    if op == "boundary_blur":
+        base = torch.rand(mask.shape, generator=g).to(device=device, dtype=dtype)
+        return dict(mask=mask, sigma=1.0, strength=0.3, radius=1, noise=noise, base=base, truncate=3.0)
+    return dict(mask=mask, strength=0.5, anchor_size=4, keep_ratio=0.25, noise=noise)
+
+
+def _with_value(kwargs: dict, name: str, value: float) -> dict:
+    """``kwargs`` with ``name`` set to ``value`` (a number) or holding ``value`` at one pixel (a tensor)."""
+    changed = dict(kwargs)
+    if isinstance(kwargs[name], torch.Tensor):
+        t = kwargs[name].clone()
+        t[1, 0, 4, 5] = value
+        changed[name] = t
+    else:
+        changed[name] = value
+    return changed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("op", ["boundary_blur", "target_noise"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_non_finite_float_operands_are_refused(backend, op, dtype, kernel_device):
+    device = "cpu" if backend == "reference" else kernel_device
+    fn = getattr(ops, op)
+    kwargs = _perturb_kwargs(op, device, dtype)
+    assert torch.isfinite(fn(**kwargs, backend=backend)).all()
+    for name in FLOAT_OPERANDS[op]:
+        for value in NON_FINITE:
+            with pytest.raises(ValueError, match=f"`{name}` must be (a )?finite"):
+                fn(**_with_value(kwargs, name, value), backend=backend)
+
+
+@pytest.mark.parametrize("op", ["boundary_blur", "target_noise"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_validate_false_skips_the_tensor_value_check(backend, op, kernel_device):
+    """The finiteness of tensor operands is a host sync: ``validate=False`` skips it (hot loops); numbers are always
+    checked."""
+    device = "cpu" if backend == "reference" else kernel_device
+    fn = getattr(ops, op)
+    kwargs = _perturb_kwargs(op, device, torch.float32)
+    fn(**_with_value(kwargs, "noise", math.nan), validate=False, backend=backend)
+    with pytest.raises(ValueError, match="`strength` must be a finite"):
+        fn(**_with_value(kwargs, "strength", math.nan), validate=False, backend=backend)
