@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import distributed as dist_utils
 from .files import write_atomic
+from .runlock import hold_run_lock
 
 FORMAT = "spadfast"
 FORMAT_VERSION = 1
@@ -47,7 +51,54 @@ def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
         flat[k] = v
     header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(meta),
               "sha256": json.dumps({k: tensor_digest(v) for k, v in flat.items()})}
-    return write_atomic(target, lambda tmp: save_file(flat, str(tmp), metadata=header))
+    return write_atomic(target, lambda tmp: _save_file(flat, tmp, header))
+
+
+def _save_file(flat: dict[str, torch.Tensor], tmp: Path, header: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, with its I/O failures (a full disk) raised as the ``OSError`` they are."""
+    try:
+        save_file(flat, str(tmp), metadata=header)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))  # safetensors reports Rust's io::Error as text only
+        if code is None:
+            raise ValueError(f"cannot serialize the checkpoint to {str(tmp)!r}: {e}") from None
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from None
+
+
+def save_from_main(path: str | os.PathLike, tensors: dict[str, torch.Tensor], make_meta: Callable[[], dict]) -> Path:
+    """Rank 0 writes ``tensors`` and ``make_meta()`` (:func:`write_checkpoint`) with the checkpoint's folder locked
+    (:mod:`spadfast.runlock`); every rank returns the file, or raises when rank 0's write failed, so no rank waits
+    for a write that will not come. A failed write leaves the previous checkpoint as it was and may be retried."""
+    written, error = resolve_path(path), None
+    if dist_utils.is_main():
+        try:
+            with hold_run_lock(written.parent, "checkpoint folder"):
+                written = write_checkpoint(path, tensors, make_meta())
+        except (OSError, ValueError) as e:
+            error = e
+    if dist_utils.world_size() > 1:
+        shared = [None if error is None else f"{type(error).__name__}: {error}"]
+        torch.distributed.broadcast_object_list(shared, src=0)  # also each rank's wait for rank 0's write
+        if error is None and shared[0] is not None:
+            raise OSError(f"rank 0 could not write {str(written)!r}: {shared[0]}")
+    if error is not None:
+        raise error
+    return written
+
+
+# config keys that give the same weights another meaning: a checkpoint resumes only into a run that shares them
+RUN_DEFINING_KEYS = ("prediction_type", "perturb_mode", "num_classes", "beta_schedule", "num_train_timesteps",
+                     "beta_start", "beta_end")
+
+
+def check_same_run(meta: dict[str, Any], config: dict[str, Any], source: str) -> None:
+    """A ``ValueError`` naming the key and both values when the checkpoint's config differs from ``config`` in a
+    :data:`RUN_DEFINING_KEYS` key (e.g. an x0-prediction checkpoint loaded into an epsilon-prediction trainer)."""
+    saved = meta.get("config") or {}
+    for key in RUN_DEFINING_KEYS:
+        if key in saved and key in config and saved[key] != config[key]:
+            raise ValueError(f"checkpoint {source!r} was trained with `{key}` {saved[key]!r}, but this trainer has "
+                             f"`{key}` {config[key]!r}: build the trainer from the checkpoint's config")
 
 
 def tensor_digest(t: torch.Tensor) -> str:

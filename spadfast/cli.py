@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -134,10 +135,8 @@ def _check_steps(steps: int | None) -> None:
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import resolve_path
-    from .files import remove_stale_temps
-    from .paths import check_input_dir, check_output_dir
-    from .trainer import SPADTrainer
+    from .paths import check_input_dir
+    from .runlock import hold_run_lock
 
     _check_steps(args.steps)
     for name, folder in (("--data", args.data), ("--val", args.val)):
@@ -145,6 +144,23 @@ def cmd_train(args) -> int:
             check_input_dir(folder, name)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes the run and holds its lock
+    with hold_run_lock(_train_out(args.out) if writer else None, "--out"):
+        return _train_locked(args)
+
+
+def _train_out(out: Path) -> Path:
+    from .paths import check_output_dir
+
+    return check_output_dir(out, "--out", overwrite=True)  # a folder the lock file can go in
+
+
+def _train_locked(args) -> int:
+    from .checkpoint import resolve_path
+    from .files import remove_stale_temps
+    from .paths import check_output_dir
+    from .trainer import SPADTrainer
+
     run = Path(args.out)
     checkpoint = resolve_path(run)
     if args.resume:
@@ -175,6 +191,10 @@ def cmd_train(args) -> int:
                                  f"{', '.join(sorted(RESUMABLE_KEYS))}")
         if args.steps is not None:
             changes["train_steps"] = args.steps
+        if changes.get("train_steps", trainer.step) < trainer.step:
+            given = "--steps" if args.steps is not None else f"`train_steps` in {str(args.config)!r}"
+            raise ValueError(f"{given} {changes['train_steps']} is below the run's step {trainer.step}: a resumed "
+                             "run only trains on (its checkpoint is left as it is)")
         if "train_steps" in changes and cfg.pas_steps is None and "pas_steps" not in changes:
             # PaS keeps the horizon it was trained with: "train longer" adds clean-mask steps, never re-opens the
             # perturbation by moving the progress p = step / horizon back
@@ -228,8 +248,9 @@ def cmd_predict(args) -> int:
         raise ValueError(f"--checkpoint: no checkpoint at {str(checkpoint)!r}")
     check_output_dir(args.out, "--out", inputs=[args.images, checkpoint.parent], overwrite=args.overwrite)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"`--threads` must be >= 1, got {args.threads}")
+        most = 4 * (os.cpu_count() or 1)
+        if not 1 <= args.threads <= most:
+            raise ValueError(f"`--threads` must be in [1, {most}] (4 per CPU core), got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)

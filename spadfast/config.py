@@ -16,6 +16,7 @@ PERTURB_MODES = ("target", "condition")
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
 INTENSITY_NORMS = ("dtype", "minmax", "percentile")  # spadfast.files.intensity_range
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
 
 
 @dataclass
@@ -180,6 +181,8 @@ class SPADConfig:
             (self.grad_accum >= 1, "grad_accum", ">= 1"),
             (0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)"),
             (self.amp in AMP_DTYPES, "amp", f"one of {AMP_DTYPES}"),
+            (self.compile_mode in compile_modes(self.compile_mode), "compile_mode",
+             f"one of torch.compile's modes {compile_modes(self.compile_mode)}"),
             (self.ops_backend in BACKENDS, "ops_backend", f"one of {BACKENDS}"),
             (0 <= self.seed < 2**32, "seed", "in [0, 2**32)"),
             (self.sample_steps >= 1, "sample_steps", ">= 1"),
@@ -313,6 +316,18 @@ _NULLABLE = {"clip_sample", "pas_steps", "slice_axis"}  # fields documented as "
 
 def _plain_file_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def compile_modes(wanted: str = "default") -> tuple[str, ...]:
+    """``torch.compile``'s modes; torch is asked only for a mode outside the ones every supported torch has."""
+    if wanted in COMPILE_MODES:
+        return COMPILE_MODES
+    try:
+        from torch._inductor import list_mode_options
+
+        return tuple(list_mode_options())
+    except (ImportError, AttributeError):
+        return COMPILE_MODES
 
 
 def _valid_device(name: str) -> bool:

@@ -169,6 +169,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], mode: i
 
     A crash leaves either the old file or the new one, never a half-written one; the temporary file is named
     ``.<name>.spadfast-tmp-*`` (see :func:`remove_stale_temps`) and removed on any error.
+
+    Raises:
+        OSError: writing failed (a full disk, no permission, ...): same ``errno``, ``filename`` is ``path``, the
+            message says that any previous file at ``path`` is unchanged; calling again once the cause is gone
+            writes the file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +187,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], mode: i
         os.chmod(tmp, mode)  # mkstemp creates 0600; outputs are shared like any other file
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror or str(e)
+        raise OSError(e.errno, f"cannot write ({reason}; any previous file there is unchanged)", str(path)) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -48,6 +48,7 @@ def check_output_dir(
     (and our hidden temp files) counts as this command's previous output.
     """
     path = check_writable_dir(path, name)
+    check_not_ground_truth(path, name)
     for item in inputs:
         if item is None:
             continue
@@ -61,6 +62,48 @@ def check_output_dir(
             raise ValueError(f"{name} {str(path)!r} is not empty (holds {foreign[0]!r}, ...): choose a new folder or "
                              "pass --overwrite")
     return path
+
+
+def _image_folder_beside(folder: Path) -> Path | None:
+    """``DATA/images`` for ``DATA/masks``, ``DATA/imagesTr`` for ``DATA/labelsTr`` (any ``labels<X>``); else None."""
+    if folder.name == "masks":
+        return folder.with_name("images")
+    if folder.name.startswith("labels"):
+        return folder.with_name("images" + folder.name[len("labels"):])
+    return None
+
+
+def ground_truth_pairs(folder: str | os.PathLike) -> list[str]:
+    """Names of the files in ``folder`` that a data folder pairs as masks / label maps with the images beside it
+    (as :class:`spadfast.folders.SegmentationFolder` and :class:`spadfast.volumes.VolumeSlices` pair them);
+    empty when ``folder`` is no such masks folder."""
+    folder = Path(folder)
+    images = _image_folder_beside(folder)
+    if images is None or not folder.is_dir() or not images.is_dir():
+        return []
+    from .files import index_folder
+    from .nifti import group_cases, volume_files
+
+    try:
+        masks, pictures = index_folder(folder), index_folder(images)
+        paired = [masks[stem].name for stem in sorted(set(masks) & set(pictures))]
+        labels = volume_files(folder)
+        if labels:
+            cases = group_cases(images, label_stems=list(labels)) if volume_files(images) else {}
+            paired += [labels[stem].name for stem in sorted(set(labels) & set(cases))]
+    except ValueError:  # a folder that pairing rejects is not a data set's masks
+        return []
+    return paired
+
+
+def check_not_ground_truth(path: str | os.PathLike, name: str) -> None:
+    """Refuse an output folder whose files are a data set's masks (``DATA/masks``, ``DATA/labelsTr``): no flag
+    lets spadfast write there, since its outputs would replace the ground truth under the same names."""
+    paired = ground_truth_pairs(path)
+    if paired:
+        images = _image_folder_beside(Path(path))
+        raise ValueError(f"{name} {str(path)!r} holds ground-truth masks paired with {str(images)!r} (e.g. "
+                         f"{paired[0]!r}): spadfast never writes there; choose another folder")
 
 
 def check_output_file(path: str | os.PathLike, name: str, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:

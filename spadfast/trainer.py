@@ -29,13 +29,14 @@ from .augment import dihedral
 from .batches import batch_iterator, resume_data_line, resume_source, training_datasets, validation_pairs
 from .checkpoint import (
     capture_rng,
+    check_same_run,
     optimizer_param_groups,
     pack_training_state,
     read_checkpoint,
     resolve_path,
     restore_rng,
+    save_from_main,
     unpack_training_state,
-    write_checkpoint,
 )
 from .config import SPADConfig
 from .distributed import resolve_device
@@ -43,6 +44,7 @@ from .metrics import dice
 from .models import build_model, check_fits_memory
 from .perturb import perturb_factor, spad_perturb
 from .profiling import nvtx_range
+from .runlock import hold_run_lock
 from .sampler import DDIMSampler, SampleResult
 from .schedule import add_noise, alphas_cumprod, make_betas, training_target
 
@@ -197,7 +199,13 @@ class SPADTrainer:
         return total
 
     def fit(self, steps: int | None = None) -> list[dict[str, Any]]:
-        """Run ``steps`` more optimizer steps (default: up to ``config.train_steps``); returns the log records."""
+        """Run ``steps`` more optimizer steps (default: up to ``config.train_steps``); returns the log records.
+
+        ``out_dir`` stays locked meanwhile (:mod:`spadfast.runlock`): a second process training there is refused."""
+        with hold_run_lock(self.out_dir if dist_utils.is_main() else None, "out_dir"):
+            return self._fit(steps)
+
+    def _fit(self, steps: int | None) -> list[dict[str, Any]]:
         cfg = self.config
         if steps is None:
             steps = max(0, cfg.train_steps - self.step)
@@ -361,23 +369,21 @@ class SPADTrainer:
         return pack_training_state(self.model, self.ema, self.optimizer, self.scaler, per_rank)
 
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint (rank 0; other ranks wait) atomically; ``path`` is a run directory or a file."""
-        written = resolve_path(path)
+        """Write a checkpoint (rank 0; other ranks wait) atomically; ``path`` is a run directory or a file.
+
+        Raises ``OSError`` naming the file when the write fails (a full disk): the previous checkpoint is unchanged
+        and the trainer keeps its state, so ``save`` can be called again once there is room."""
         tensors = self.state_tensors()  # every rank: gathers the per-rank random states
-        if dist_utils.is_main():
-            meta = {
-                "config": self.config.to_dict(),
-                "step": self.step,
-                "optimizer_param_groups": optimizer_param_groups(self.optimizer),
-                "world_size": self.world_size,
-                "device_type": self.device.type,
-                "history": self.history,
-                "data": self.data_sources,
-                "spadfast_version": __version__,
-            }
-            written = write_checkpoint(path, tensors, meta)
-        dist_utils.barrier()
-        return written
+        return save_from_main(path, tensors, lambda: {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "optimizer_param_groups": optimizer_param_groups(self.optimizer),
+            "world_size": self.world_size,
+            "device_type": self.device.type,
+            "history": self.history,
+            "data": self.data_sources,
+            "spadfast_version": __version__,
+        })
 
     @classmethod
     def from_checkpoint(
@@ -411,7 +417,9 @@ class SPADTrainer:
         return trainer
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "checkpoint") -> None:
-        """Load a checkpoint's tensors and metadata into this trainer (model, EMA, optimizer, scaler, RNG, step)."""
+        """Load a checkpoint's tensors and metadata into this trainer (model, EMA, optimizer, scaler, RNG, step);
+        a checkpoint of another ``prediction_type`` (or other run-defining key) is a ValueError naming both values."""
+        check_same_run(meta, self.config.to_dict(), source)
         unpack_training_state(tensors, meta, self.model, self.ema, self.optimizer, self.scaler, source)
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))

@@ -71,3 +71,71 @@ def test_tied_weights_are_saved_and_stay_tied(tmp_path):
     resumed = SPADTrainer.from_checkpoint(tmp_path, model=Tied())
     assert resumed.model.a.weight is resumed.model.b.weight
     assert torch.equal(resumed.model.a.weight, trainer.model.a.weight)
+
+
+def _full_disk(tensors, filename, metadata=None):
+    """``save_file`` on a disk that fills up halfway: what safetensors raises then."""
+    from safetensors import SafetensorError
+
+    with open(filename, "wb") as f:
+        f.write(b"\0" * 4096)
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_full_disk_during_save_keeps_the_previous_checkpoint_and_the_trainer_can_retry(tmp_path, monkeypatch):
+    import errno
+
+    from spadfast import SPADTrainer
+
+    from .helpers import tiny_config
+
+    trainer = SPADTrainer(tiny_config(), out_dir=tmp_path)
+    trainer.fit(2)
+    path = trainer.save(tmp_path)
+    before = path.read_bytes()
+    trainer.fit(2)
+    monkeypatch.setattr(ckpt, "save_file", _full_disk)
+    with pytest.raises(OSError) as info:
+        trainer.save(tmp_path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert "No space left on device" in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.CHECKPOINT_NAME, "log.jsonl"]  # no temp, no lock
+    monkeypatch.undo()  # the disk has room again
+    trainer.save(tmp_path)
+    resumed = SPADTrainer.from_checkpoint(tmp_path)
+    assert resumed.step == 4
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), trainer.model.parameters()))
+
+
+def test_serializer_failure_without_an_os_error_is_a_value_error(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def refuse(tensors, filename, metadata=None):
+        raise SafetensorError("some internal serializer failure")
+
+    monkeypatch.setattr(ckpt, "save_file", refuse)
+    with pytest.raises(ValueError, match="cannot serialize the checkpoint"):
+        ckpt.write_checkpoint(tmp_path, {"a": torch.ones(2)}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+# (config key, a value that keeps every tensor's shape but gives the weights another meaning)
+OTHER_RUN = [("prediction_type", "epsilon"), ("prediction_type", "v_prediction"), ("beta_schedule", "cosine"),
+             ("num_train_timesteps", 500), ("beta_end", 0.03)]
+
+
+@pytest.mark.parametrize("key,value", OTHER_RUN, ids=[f"{k}={v}" for k, v in OTHER_RUN])
+def test_load_state_refuses_a_checkpoint_of_another_run_kind(tmp_path, key, value):
+    from spadfast import SPADTrainer
+
+    from .helpers import tiny_config
+
+    saved = SPADTrainer(tiny_config(prediction_type="sample"))
+    saved.save(tmp_path)
+    tensors, meta = ckpt.read_checkpoint(tmp_path)
+    other = SPADTrainer(tiny_config(**{"prediction_type": "sample", key: value}))
+    with pytest.raises(ValueError, match=f"`{key}`") as info:
+        other.load_state(tensors, meta, "ckpt")
+    assert repr(meta["config"][key]) in str(info.value) and repr(value) in str(info.value)
+    SPADTrainer(tiny_config(prediction_type="sample")).load_state(tensors, meta, "ckpt")  # the same kind loads

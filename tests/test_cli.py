@@ -126,3 +126,23 @@ def test_demo_rerun_replaces_its_own_outputs(tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "run" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # one run's log, not two appended
     assert len(json.loads((out / "metrics.json").read_text())["cases"]) == 2
+
+
+def test_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    import spadfast.checkpoint as ckpt
+
+    from .test_checkpoint import _full_disk
+
+    data = write_synthetic_folder(tmp_path / "data", 6, 16, seed=0)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--steps", "2", "--config",
+                 str(_config_file(tmp_path))]) == 0
+    before = (run / "checkpoint.safetensors").read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(ckpt, "save_file", _full_disk)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "No space left on device" in err, err
+    assert str((run / "checkpoint.safetensors").resolve()) in err or str(run / "checkpoint.safetensors") in err
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.safetensors", "log.jsonl"]

@@ -115,3 +115,18 @@ def test_pas_steps_is_an_optional_positive_int():
         SPADConfig(pas_steps=2.5)
     with pytest.raises(ValueError, match="`pas_steps`"):
         SPADConfig(pas_steps=0)
+
+
+def test_compile_mode_is_one_of_torch_compiles_modes():
+    from torch._inductor import list_mode_options
+
+    from spadfast.config import COMPILE_MODES
+
+    torch_modes = set(list_mode_options())
+    assert set(COMPILE_MODES) <= torch_modes  # the modes accepted without asking torch are torch's
+    for mode in torch_modes:
+        assert SPADConfig(compile_mode=mode).compile_mode == mode
+    for bad in ("turbo", "DEFAULT", "max_autotune", ""):
+        with pytest.raises(ValueError, match="`compile_mode`.*max-autotune") as info:
+            SPADConfig(compile_mode=bad)
+        assert repr(bad) in str(info.value)

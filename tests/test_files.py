@@ -145,3 +145,35 @@ def test_atomic_writer_names_its_temp_files_and_cleans_them(tmp_path):
     (tmp_path / ".user-file").write_bytes(b"not ours")
     assert [p.name for p in remove_stale_temps(tmp_path)] == [".x.bin.spadfast-tmp-zz"]
     assert (tmp_path / ".user-file").exists()
+
+
+@pytest.mark.parametrize("stage", ["write", "fsync", "replace"])
+def test_full_disk_at_any_stage_keeps_the_old_file_and_names_the_target(tmp_path, monkeypatch, stage):
+    import errno
+    import os
+
+    import spadfast.files as files
+
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"previous")
+    real = {"fsync": os.fsync, "replace": os.replace}
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(tmp):
+        tmp.write_bytes(b"half")
+        if stage == "write":
+            no_space()
+
+    if stage != "write":
+        monkeypatch.setattr(files.os, stage, no_space)
+    with pytest.raises(OSError) as info:
+        write_atomic(target, write)
+    monkeypatch.setattr(files.os, "fsync", real["fsync"])
+    monkeypatch.setattr(files.os, "replace", real["replace"])
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert "No space left on device" in str(info.value) and "unchanged" in str(info.value)
+    assert target.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+    write_atomic(target, lambda tmp: tmp.write_bytes(b"new"))  # the disk has room again: a retry succeeds
+    assert target.read_bytes() == b"new"

@@ -75,9 +75,13 @@ def world(tmp_path_factory) -> Path:
     (root / "a_file.txt").write_text("not a folder")
     (root / "json_dir").mkdir()
     for key, value in [("log_file", ""), ("image_size", 65536), ("checkpoint_every", -1), ("seed", 1e20),
-                       ("val_every", -5), ("bogus_key", 1), ("eta", 1.5)]:
+                       ("val_every", -5), ("bogus_key", 1), ("eta", 1.5), ("compile_mode", "turbo")]:
         (root / f"cfg_{key}.json").write_text(json.dumps({**cfg.to_dict(), key: value}))
     (root / "cfg_resume_size.json").write_text(json.dumps({"image_size": 32}))
+    (root / "cfg_resume_steps.json").write_text(json.dumps({"train_steps": 1}))
+    from spadfast.synthetic_volumes import write_demo_volumes
+
+    write_demo_volumes(root / "vols", n_cases=1, shape=(16, 16, 3), num_classes=2, n_test=1)
     (root / "bad.yaml").write_text("image_size: [unclosed\n")
 
     multi = root / "multipage"
@@ -140,6 +144,26 @@ CASES = [
      "--json {root}/data/masks/m.json", "inside the input"),
     ("evaluate-pred-missing", "evaluate --pred {root}/nope --gt {root}/data/masks", "--pred"),
     ("demo-out-not-empty", "demo --out {root}/nonempty --steps 1", "not empty"),
+    ("predict-threads-huge", "predict --checkpoint {root}/run --images {root}/data/images --out {root}/p "
+     "--threads 100000", "`--threads`"),
+    ("predict-threads-zero", "predict --checkpoint {root}/run --images {root}/data/images --out {root}/p "
+     "--threads 0", "`--threads`"),
+    ("train-compile-mode", "train --out {root}/r12 --config {root}/cfg_compile_mode.json", "`compile_mode`"),
+    ("train-resume-steps-below", "train --out {root}/run --resume --steps 1", "below the run's step 2"),
+    ("train-resume-config-steps-below", "train --out {root}/run --resume --config {root}/cfg_resume_steps.json",
+     "below the run's step 2"),
+    # outputs into a data set's ground truth: refused whatever the flags
+    ("predict-out-is-masks", "predict --checkpoint {root}/run --images {root}/other_data/images "
+     "--out {root}/data/masks", "ground-truth masks"),
+    ("predict-out-is-masks-overwrite", "predict --checkpoint {root}/run --images {root}/other_data/images "
+     "--out {root}/data/masks --overwrite", "ground-truth masks"),
+    ("predict-out-is-labelsTr-overwrite", "predict --checkpoint {root}/run --images {root}/vols/imagesTs "
+     "--out {root}/vols/labelsTr --overwrite", "ground-truth masks"),
+    ("predict-out-is-labelsTs-overwrite", "predict --checkpoint {root}/run --images {root}/vols/imagesTr "
+     "--out {root}/vols/labelsTs --overwrite", "ground-truth masks"),
+    ("train-out-is-masks", "train --out {root}/data/masks --overwrite --config {root}/tiny.json",
+     "ground-truth masks"),
+    ("demo-out-is-masks", "demo --out {root}/data/masks --overwrite --steps 1", "ground-truth masks"),
 ]
 
 
