@@ -353,3 +353,26 @@ def test_cli_resume_prints_the_recorded_data(tmp_path, capsys):
         f"spadfast: resuming {(run / 'checkpoint.safetensors').resolve()} at step 1 on train_data {data.resolve()} "
         "(as recorded), val_data none"
     ]
+
+
+def test_run_log_lines_hold_the_expected_keys_and_values_in_order(tmp_path):
+    cfg = tiny_config(train_steps=6, log_every=2, val_every=3, val_samples=2)
+    trainer = SPADTrainer(cfg, out_dir=tmp_path)
+    records = trainer.fit()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines(keepends=True)
+    timing = [json.loads(line).get("steps_per_s") for line in lines]
+    reference = SPADTrainer(cfg)  # the same run without a folder: its step-3 validation is the logged one
+    reference.fit(3)
+    val3 = reference.validate()
+    lr = [cfg.lr * min(1.0, step / cfg.warmup_steps) for step in range(7)]  # the rate of the record's last step
+    loss = {r["step"]: r["loss"] for r in records}
+    expected = [
+        {"step": 2, "loss": loss[2], "lr": lr[2], "steps_per_s": timing[0]},
+        {"step": 3, "val_dice": val3},
+        {"step": 4, "loss": loss[4], "lr": lr[4], "steps_per_s": timing[2]},
+        {"step": 6, "loss": loss[6], "lr": lr[6], "steps_per_s": timing[3], "val_dice": records[-1]["val_dice"]},
+    ]
+    assert lines == [json.dumps(record) + "\n" for record in expected]
+    assert all(isinstance(t, float) and t > 0 for i, t in enumerate(timing) if i != 1)
+    assert records == [expected[0], expected[2], expected[3]] == trainer.history
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
