@@ -8,7 +8,6 @@ produce bit-identical tensors on CPU. The hot path has no host syncs; losses are
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -43,6 +42,7 @@ from .metrics import dice
 from .models import build_model, check_fits_memory
 from .perturb import perturb_factor, spad_perturb
 from .profiling import nvtx_range
+from .run_log import RunLog
 from .sampler import DDIMSampler, SampleResult
 from .schedule import add_noise, alphas_cumprod, make_betas, training_target
 
@@ -122,6 +122,8 @@ class SPADTrainer:
         self.generator.manual_seed(cfg.seed * 1_000 + self.rank)
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.run_log = RunLog(self.out_dir, cfg.log_file, cfg.log_tensorboard, dist_utils.is_main(),
+                              lambda step: perturb_factor(step / cfg.pas_horizon, cfg.perturb))
         self.sampler = DDIMSampler.from_config(cfg, self.ema, alphas_cumprod(betas))
 
     # -------------------------------------------------------------------------------------------- training
@@ -237,60 +239,28 @@ class SPADTrainer:
                     record["val_dice"] = self.validate()
                 records.append(record)
                 self.history.append(record)  # before any mid-fit checkpoint, so it carries the log so far
-                self._log(record)
+                self.run_log.write(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", **({"dice": f"{record['val_dice']:.3f}"}
                                                           if "val_dice" in record else {}))
             elif validate:
-                self._log({"step": self.step, "val_dice": self.validate()})
+                self.run_log.write({"step": self.step, "val_dice": self.validate()})
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None:
                 self.save(self.out_dir)
         if bar is not None:
             bar.close()
         return records
 
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.out_dir is None or not dist_utils.is_main():
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / self.config.log_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        writer = self._tensorboard()
-        if writer is not None:
-            step = record["step"]
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(f"train/{key}" if key != "val_dice" else "val/dice", value, step)
-            cfg = self.config
-            writer.add_scalar("train/pas_strength", perturb_factor(step / cfg.pas_horizon, cfg.perturb), step)
-            writer.flush()
-
-    def _tensorboard(self):
-        """A TensorBoard writer under ``RUN/tensorboard`` when ``log_tensorboard`` is on (rank 0, with a run folder).
-
-        ``tensorboard`` is optional: asking for it without the package installed is a clear error at the first log.
-        """
-        if not self.config.log_tensorboard or self.out_dir is None or not dist_utils.is_main():
-            return None
-        if getattr(self, "_tb_writer", None) is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ValueError("`log_tensorboard` needs the tensorboard package: pip install tensorboard") from e
-            self._tb_writer = SummaryWriter(str(self.out_dir / "tensorboard"))
-        return self._tb_writer
-
     def _log_overlays(self, images: torch.Tensor, masks: torch.Tensor, result: SampleResult) -> None:
         """Up to four validation images with ground truth (red) and prediction (green) contours, to TensorBoard."""
-        writer = self._tensorboard()
-        if writer is None:
+        if self.run_log.tensorboard() is None:
             return
         from .visualize import overlay_contour
 
         for i in range(min(4, images.shape[0])):
             canvas = overlay_contour(images[i], masks[i].amax(0) > 0.5, color=(0, 0, 255))
             canvas = overlay_contour(canvas, result.labels[i].cpu() > 0, color=(0, 255, 0))
-            writer.add_image(f"val/overlay_{i}", canvas[:, :, ::-1].copy(), self.step, dataformats="HWC")
+            self.run_log.image(f"val/overlay_{i}", canvas, self.step)
 
     @torch.no_grad()
     def validate(self, n: int | None = None) -> float:

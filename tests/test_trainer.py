@@ -1,10 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from spadfast import SPADConfig, SPADTrainer
 from spadfast.data import write_synthetic_folder
+from spadfast.run_log import RunLog
 
 from .helpers import tiny_config
 
@@ -376,3 +378,12 @@ def test_run_log_lines_hold_the_expected_keys_and_values_in_order(tmp_path):
     assert all(isinstance(t, float) and t > 0 for i, t in enumerate(timing) if i != 1)
     assert records == [expected[0], expected[2], expected[3]] == trainer.history
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+
+
+@pytest.mark.parametrize("out_dir, enabled", [(None, True), ("run", False)])
+def test_run_log_without_a_folder_or_off_rank_zero_writes_nothing(tmp_path, out_dir, enabled):
+    log = RunLog(tmp_path / out_dir if out_dir else None, "log.jsonl", tensorboard=True, enabled=enabled,
+                 pas_strength=lambda step: 0.0)
+    log.write({"step": 1, "loss": 0.5})
+    log.image("val/overlay_0", np.zeros((4, 4, 3), np.uint8), 1)
+    assert log.tensorboard() is None and list(tmp_path.iterdir()) == []
