@@ -222,8 +222,9 @@ class SPADUNet(nn.Module):
     """Conditional UNet denoiser (see the module docstring for the architecture).
 
     Args:
-        in_channels: channels of the model input, e.g. ``1 + C_image`` (``+ 1`` in ``perturb_mode="condition"``).
-        out_channels: channels of the prediction (1 for a mask's eps or x0).
+        in_channels: channels of the model input, ``M + C_image`` (``+ M`` in ``perturb_mode="condition"``), M the
+            mask channels (one per foreground class, 1 for binary masks).
+        out_channels: channels of the prediction, M.
         base_channels: width of level 0.
         channel_mults: width multiplier per resolution level; level ``i`` works at ``1 / 2**i`` resolution.
         num_res_blocks: residual blocks per level, in the down and in the up path.

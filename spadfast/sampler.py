@@ -84,7 +84,7 @@ class DDIMSampler:
     """DDIM sampler for a conditional mask denoiser ``model(cat[x_t, image(, cond)], t) -> prediction``.
 
     Args:
-        model: the denoiser; it sees ``[N, 1 + C (+1), H, W]`` and float timesteps ``[N]``. A model that also has
+        model: the denoiser; it sees ``[N, M + C (+ M), H, W]`` and float timesteps ``[N]``. A model that also has
             ``encode(image) -> features`` and ``denoise(cat[x_t(, cond)], features, t)`` is called that way, with
             the features computed once per image.
         alphas_cumprod: float32 ``[T]`` training schedule.

@@ -52,10 +52,12 @@ class SPADTrainer:
 
     Args:
         config: a :class:`SPADConfig` (or a dict / YAML or JSON path accepted by it).
-        train_data: a Dataset of ``(image [C,H,W] in [-1,1], mask [1,H,W] in {0,1})``, a folder path holding
-            ``images/`` and ``masks/``, or None for built-in synthetic lesions.
+        train_data: a Dataset of ``(image [C,H,W] in [-1,1], mask [M,H,W] in {0,1})`` (M = num_classes - 1: one
+            channel per foreground class), a folder path holding ``images/`` and ``masks/``, or None for built-in
+            synthetic lesions.
         val_data: same forms; None uses a held-out synthetic split when ``train_data`` is None.
-        model: optional denoiser taking ``(cat[x_t, image(, cond)], t)``; default :class:`SPADUNet` from the config.
+        model: optional denoiser taking ``(cat[x_t, image(, cond)], t)``; default: the config's ``model_type``
+            (:func:`spadfast.models.build_model`).
         out_dir: where logs and periodic checkpoints go (rank 0 only); None disables both.
 
     Example:
@@ -316,7 +318,8 @@ class SPADTrainer:
     def sample(
         self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None, seed: int | None = 0
     ) -> torch.Tensor:
-        """Foreground probabilities in [0, 1]: ``[B,1,H,W]`` for ``[B,C,H,W]`` images (``[1,H,W]`` for ``[C,H,W]``)."""
+        """Foreground probabilities in [0, 1]: ``[B,M,H,W]`` for ``[B,C,H,W]`` images (``[M,H,W]`` for ``[C,H,W]``),
+        M = num_classes - 1."""
         images_b, squeeze = self._check_images(images)
         probs = self.segment(images_b, steps, ensemble, seed).probs
         return probs[0] if squeeze else probs
