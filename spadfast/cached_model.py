@@ -33,16 +33,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import _norm, _TimeEmbedding, add_unet_levels, check_unet_args
+from .model import (
+    _norm,
+    _TimeEmbedding,
+    add_unet_levels,
+    check_unet_args,
+    pad_to_multiple,
+    run_unet_levels,
+    timestep_vector,
+)
 
 __all__ = ["SPADCachedUNet"]
 
 
 class _UNetTrunk(nn.Module):
-    """Down path, bottleneck and up path of a UNet (no stem, no head); returns the up-path output of every level.
-
-    The blocks are :mod:`spadfast.model`'s; ``inject`` (optional, one ``[N, 2 * ch_i, ...]`` map per level) adds its
-    first half to the down-path input and its second half to the up-path input of level ``i``.
+    """Down path, bottleneck and up path of a UNet (no stem, no head) as a submodule, so its parameters sit under
+    one prefix (``encoder.``, ``denoiser.``); :func:`spadfast.model.run_unet_levels` runs it and returns the
+    up-path output of every level. ``inject`` (optional, one ``[N, 2 * ch_i, ...]`` map per level) adds its first
+    half to the down-path input and its second half to the up-path input of level ``i``.
     """
 
     def __init__(self, chs: list[int], num_res_blocks: int, temb_dim: int, attention_levels: tuple[int, ...],
@@ -52,28 +60,7 @@ class _UNetTrunk(nn.Module):
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor,
                 inject: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        inj = [f.chunk(2, dim=1) for f in inject] if inject is not None else None
-        skips = []
-        for i, level in enumerate(self.down):
-            if inj is not None:
-                h = h + inj[i][0]
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(h, temb))
-                skips.append(h)
-            if i < len(self.downsample):
-                h = self.downsample[i](h)
-        h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
-        outs: list[torch.Tensor] = [h] * len(self.up)
-        for i in reversed(range(len(self.up))):
-            if inj is not None:
-                h = h + inj[i][1]
-            level = self.up[i]
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(torch.cat([h, skips.pop()], dim=1), temb))
-            outs[i] = h
-            if i > 0:
-                h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return outs
+        return run_unet_levels(self, h, temb, inject)
 
 
 class SPADCachedUNet(nn.Module):
@@ -162,18 +149,13 @@ class SPADCachedUNet(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
-        pad_h, pad_w = -H % self.multiple, -W % self.multiple
-        return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
-
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Multi-scale image features (no timestep): ``[N, 2 * d_i, H_pad / 2**i, W_pad / 2**i]`` per level ``i``,
         finest first, in the autocast dtype when run under autocast. Run once per image (the sampler calls it on at
         most ``chunk`` images at a time, under its autocast); repeat per member with ``repeat_interleave(K, 0)``."""
         if image.dim() != 4 or image.shape[1] != self.image_channels:
             raise ValueError(f"`image` must have shape [N, {self.image_channels}, H, W], got {tuple(image.shape)}")
-        h = self.enc_stem(self._pad(image))
+        h = self.enc_stem(pad_to_multiple(image, self.multiple))
         outs = self.encoder(h, self.enc_embed.expand(h.shape[0], -1))
         return [proj(o) for proj, o in zip(self.enc_proj, outs)]
 
@@ -190,15 +172,8 @@ class SPADCachedUNet(nn.Module):
         if features[0].shape[0] != N or tuple(features[0].shape[-2:]) != (Hp, Wp):
             raise ValueError(f"`features[0]` must have {N} rows and size {(Hp, Wp)} (x's, padded), "
                              f"got {tuple(features[0].shape)}")
-        if not isinstance(t, torch.Tensor):
-            t = torch.full((N,), float(t), device=x.device)
-        t = t.to(device=x.device)
-        if t.dim() == 0:
-            t = t.expand(N)
-        if t.shape != (N,):
-            raise ValueError(f"`t` must have shape [{N}] or be a scalar, got {tuple(t.shape)}")
-        temb = self.time_embed(t)
-        h = self.stem(self._pad(x))
+        temb = self.time_embed(timestep_vector(t, N, x.device))
+        h = self.stem(pad_to_multiple(x, self.multiple))
         h = self.denoiser(h, temb, features)[0]
         h = self.out_conv(F.silu(self.out_norm(h)))
         return h[:, :, :H, :W] if (Hp, Wp) != (H, W) else h

@@ -139,7 +139,8 @@ def add_unet_levels(module: nn.Module, chs: list[int], num_res_blocks: int, temb
     """Give ``module`` a UNet's levels as attributes (``down``, ``downsample``, ``mid1``, ``mid_attn``, ``mid2``,
     ``up``, ``upsample``; ``up`` stored finest-first, iterated coarsest-first), level ``i`` of width ``chs[i]``.
 
-    Shared by :class:`SPADUNet` and the cached-encoder model's trunks; attribute names are checkpoint keys."""
+    Shared by :class:`SPADUNet` and the cached-encoder model's trunks (both run by :func:`run_unet_levels`);
+    attribute names are checkpoint keys."""
     n = len(chs)
     module.down, module.downsample = nn.ModuleList(), nn.ModuleList()
     for i, ch in enumerate(chs):
@@ -159,12 +160,71 @@ def add_unet_levels(module: nn.Module, chs: list[int], num_res_blocks: int, temb
             module.upsample.append(nn.Conv2d(ch, chs[i - 1], 3, padding=1))
 
 
+
+def run_unet_levels(module: nn.Module, h: torch.Tensor, temb: torch.Tensor,
+                    inject: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Down path, bottleneck and up path of the levels :func:`add_unet_levels` gave ``module``.
+
+    Args:
+        module: holds ``down``, ``downsample``, ``mid1``, ``mid_attn``, ``mid2``, ``up``, ``upsample``.
+        h: ``[N, chs[0], H, W]`` stem output, ``H`` and ``W`` multiples of ``2 ** (levels - 1)``.
+        temb: ``[N, temb_dim]`` embedding every residual block is modulated by.
+        inject: optional, one ``[N, 2 * chs[i], H / 2**i, W / 2**i]`` map per level ``i``: its first half is added
+            to the input of level ``i``'s down path, its second half to the input of its up path.
+
+    Returns:
+        The up-path output of every level, finest first: ``[N, chs[i], H / 2**i, W / 2**i]``.
+    """
+    halves = [f.chunk(2, dim=1) for f in inject] if inject is not None else None
+    skips = []
+    for i, level in enumerate(module.down):
+        if halves is not None:
+            h = h + halves[i][0]
+        for block, attn in zip(level.blocks, level.attns):
+            h = attn(block(h, temb))
+            skips.append(h)
+        if i < len(module.downsample):
+            h = module.downsample[i](h)
+    h = module.mid2(module.mid_attn(module.mid1(h, temb)), temb)
+    outs: list[torch.Tensor] = [h] * len(module.up)
+    for i in reversed(range(len(module.up))):
+        if halves is not None:
+            h = h + halves[i][1]
+        level = module.up[i]
+        for block, attn in zip(level.blocks, level.attns):
+            h = attn(block(torch.cat([h, skips.pop()], dim=1), temb))
+        outs[i] = h
+        if i > 0:
+            h = module.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+    return outs
+
+
+def timestep_vector(t: torch.Tensor | float, n: int, device: torch.device) -> torch.Tensor:
+    """``t`` as ``[n]`` timesteps on ``device``: a ``[n]`` tensor as is, a 0-d tensor or a number broadcast; any other
+    shape is a ValueError naming ``t``."""
+    if not isinstance(t, torch.Tensor):
+        t = torch.full((n,), float(t), device=device)
+    t = t.to(device=device)
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"`t` must have shape [{n}] or be a scalar, got {tuple(t.shape)}")
+    return t
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x`` (``[N, C, H, W]``) padded at the bottom and right by edge replication up to multiples of ``multiple``."""
+    H, W = x.shape[-2:]
+    pad_h, pad_w = -H % multiple, -W % multiple
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
 class SPADUNet(nn.Module):
     """Conditional UNet denoiser (see the module docstring for the architecture).
 
     Args:
-        in_channels: channels of the model input, e.g. ``1 + C_image`` (``+ 1`` in ``perturb_mode="condition"``).
-        out_channels: channels of the prediction (1 for a mask's eps or x0).
+        in_channels: channels of the model input, ``M + C_image`` (``+ M`` in ``perturb_mode="condition"``), M the
+            mask channels (one per foreground class, 1 for binary masks).
+        out_channels: channels of the prediction, M.
         base_channels: width of level 0.
         channel_mults: width multiplier per resolution level; level ``i`` works at ``1 / 2**i`` resolution.
         num_res_blocks: residual blocks per level, in the down and in the up path.
@@ -231,42 +291,11 @@ class SPADUNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"`x` must have shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
         B, _, H, W = x.shape
-        if not isinstance(t, torch.Tensor):
-            t = torch.full((B,), float(t), device=x.device)
-        t = t.to(device=x.device)
-        if t.dim() == 0:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"`t` must have shape [{B}] or be a scalar, got {tuple(t.shape)}")
-        temb = self.time_embed(t)
-
-        pad_h, pad_w = -H % self.multiple, -W % self.multiple
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-
-        h = self.stem(x)
-        skips = []
-        for i, level in enumerate(self.down):
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(h, temb))
-                skips.append(h)
-            if i < len(self.downsample):
-                h = self.downsample[i](h)
-
-        h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
-
-        for i in reversed(range(len(self.up))):
-            level = self.up[i]
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(torch.cat([h, skips.pop()], dim=1), temb))
-            if i > 0:
-                h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-
+        temb = self.time_embed(timestep_vector(t, B, x.device))
+        h = self.stem(pad_to_multiple(x, self.multiple))
+        h = run_unet_levels(self, h, temb)[0]
         h = self.out_conv(F.silu(self.out_norm(h)))
-        if pad_h or pad_w:
-            h = h[:, :, :H, :W]
-        return h
-
+        return h[:, :, :H, :W] if h.shape[-2:] != (H, W) else h
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable, by default) parameters of ``model``."""

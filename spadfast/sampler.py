@@ -84,7 +84,7 @@ class DDIMSampler:
     """DDIM sampler for a conditional mask denoiser ``model(cat[x_t, image(, cond)], t) -> prediction``.
 
     Args:
-        model: the denoiser; it sees ``[N, 1 + C (+1), H, W]`` and float timesteps ``[N]``. A model that also has
+        model: the denoiser; it sees ``[N, M + C (+ M), H, W]`` and float timesteps ``[N]``. A model that also has
             ``encode(image) -> features`` and ``denoise(cat[x_t(, cond)], features, t)`` is called that way, with
             the features computed once per image.
         alphas_cumprod: float32 ``[T]`` training schedule.
@@ -133,8 +133,6 @@ class DDIMSampler:
         self.backend = backend
         self.graph_cache_size = int(graph_cache_size)
         self.mask_channels = int(mask_channels)
-        self._eta_seed: int | None = None
-        self._rows = 0  # rows (images x members) of the current call: eta-noise offsets never overlap across chunks
         self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self._graph_backend = _CudaGraphs()
         self._graph_failed_warned = False
@@ -195,10 +193,13 @@ class DDIMSampler:
         lo, hi = start - first * K, stop - first * K
         return tuple(c[first:last].repeat_interleave(K, dim=0)[lo:hi] for c in per_image)
 
-    def _loop(self, x: torch.Tensor, *context: torch.Tensor, steps: int, row0: int = 0) -> torch.Tensor:
+    def _loop(self, x: torch.Tensor, *context: torch.Tensor, steps: int, eta_seed: int | None = None,
+              total_rows: int = 0, row0: int = 0) -> torch.Tensor:
         """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,M,H,W]`` (float32). No host sync.
 
-        ``context`` is ``(images,)`` for a plain denoiser or the image features of a cached-encoder model.
+        ``context`` is ``(images,)`` for a plain denoiser or the image features of a cached-encoder model. With
+        ``eta > 0`` the step noise is keyed by ``eta_seed`` and offset by step, row and pixel: ``x`` holds rows
+        ``row0 .. row0 + N`` of the call's ``total_rows`` (images x members), so chunks never share noise.
         """
         t_model, a_t, a_prev = self.set_timesteps(steps, x.device)
         n = x.shape[0]
@@ -217,8 +218,8 @@ class DDIMSampler:
                 rows = x.shape[:2].numel()  # the ops take [rows,1,H,W]: class channels become rows
                 x_next, x0 = ops.ddim_step(
                     x.reshape(rows, 1, *x.shape[2:]), out.float().reshape(rows, 1, *x.shape[2:]), a_t[i], a_prev[i],
-                    self.eta, None, self.clip_sample, self.prediction_type, seed=self._eta_seed,
-                    offset=(i * self._rows + row0) * x[0].numel(), validate=False, backend=self.backend,
+                    self.eta, None, self.clip_sample, self.prediction_type, seed=eta_seed,
+                    offset=(i * total_rows + row0) * x[0].numel(), validate=False, backend=self.backend,
                 )
                 x, x0 = x_next.view(x.shape), x0.view(x.shape)
                 if cond is not None:
@@ -233,10 +234,13 @@ class DDIMSampler:
             self.spacing, self.backend, self.amp_dtype, self.channels_last, tuple(self.alphas_cumprod.shape),
         )
 
-    def _run(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int, row0: int = 0) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int, eta_seed: int | None = None,
+             total_rows: int = 0, row0: int = 0) -> torch.Tensor:
+        """The loop on rows ``row0 .. row0 + len(x)`` of ``total_rows`` (see :meth:`_loop`): replayed from a cached
+        CUDA graph when ``eta == 0`` (no step noise, so the graph does not depend on the rows), else eager."""
         use_graph = self.cuda_graph and self.eta == 0.0 and self._graph_backend.supports(x)
         if not use_graph:
-            return self._loop(x, *context, steps=steps, row0=row0)
+            return self._loop(x, *context, steps=steps, eta_seed=eta_seed, total_rows=total_rows, row0=row0)
         key = self._graph_key(x, context, steps)
         entry = self._graphs.get(key)
         if entry is None:
@@ -249,7 +253,7 @@ class DDIMSampler:
                                   "sampling eagerly from now on", RuntimeWarning, stacklevel=3)
                     self._graph_failed_warned = True
                 self.cuda_graph = False
-                return self._loop(x, *context, steps=steps, row0=row0)
+                return self._loop(x, *context, steps=steps, eta_seed=eta_seed, total_rows=total_rows, row0=row0)
             # the model is kept alive by the entry, so id(model) in the key cannot be reused while it is cached
             entry = (replay, static, static_out, self.model)
             self._graphs[key] = entry
@@ -322,9 +326,8 @@ class DDIMSampler:
         device = self._model_device()
         K = ensemble
         x_T = self._initial_noise(B, K, H, W, seed, noise_keys)
-        self._rows = B * K
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        self._eta_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if self.eta > 0 else None
+        eta_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if self.eta > 0 else None
         imgs = images.to(device=device, dtype=torch.float32)
         if self.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
@@ -336,7 +339,7 @@ class DDIMSampler:
             for start in range(0, B * K, self.chunk):
                 stop = min(start + self.chunk, B * K)
                 context = self._rows_context(per_image, K, start, stop)
-                outs.append(self._run(x_T[start:stop].to(device), context, steps, start))
+                outs.append(self._run(x_T[start:stop].to(device), context, steps, eta_seed, B * K, start))
             x = torch.cat(outs)
         finally:
             self.model.train(was_training)

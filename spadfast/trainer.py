@@ -8,7 +8,6 @@ produce bit-identical tensors on CPU. The hot path has no host syncs; losses are
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -44,6 +43,7 @@ from .metrics import dice
 from .models import build_model, check_fits_memory
 from .perturb import perturb_factor, spad_perturb
 from .profiling import nvtx_range
+from .run_log import RunLog
 from .runlock import hold_run_lock
 from .sampler import DDIMSampler, SampleResult
 from .schedule import add_noise, alphas_cumprod, make_betas, training_target
@@ -54,10 +54,12 @@ class SPADTrainer:
 
     Args:
         config: a :class:`SPADConfig` (or a dict / YAML or JSON path accepted by it).
-        train_data: a Dataset of ``(image [C,H,W] in [-1,1], mask [1,H,W] in {0,1})``, a folder path holding
-            ``images/`` and ``masks/``, or None for built-in synthetic lesions.
+        train_data: a Dataset of ``(image [C,H,W] in [-1,1], mask [M,H,W] in {0,1})`` (M = num_classes - 1: one
+            channel per foreground class), a folder path holding ``images/`` and ``masks/``, or None for built-in
+            synthetic lesions.
         val_data: same forms; None uses a held-out synthetic split when ``train_data`` is None.
-        model: optional denoiser taking ``(cat[x_t, image(, cond)], t)``; default :class:`SPADUNet` from the config.
+        model: optional denoiser taking ``(cat[x_t, image(, cond)], t)``; default: the config's ``model_type``
+            (:func:`spadfast.models.build_model`).
         out_dir: where logs and periodic checkpoints go (rank 0 only); None disables both.
 
     Example:
@@ -124,6 +126,8 @@ class SPADTrainer:
         self.generator.manual_seed(cfg.seed * 1_000 + self.rank)
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.run_log = RunLog(self.out_dir, cfg.log_file, cfg.log_tensorboard, dist_utils.is_main(),
+                              lambda step: perturb_factor(step / cfg.pas_horizon, cfg.perturb))
         self.sampler = DDIMSampler.from_config(cfg, self.ema, alphas_cumprod(betas))
 
     # -------------------------------------------------------------------------------------------- training
@@ -245,60 +249,28 @@ class SPADTrainer:
                     record["val_dice"] = self.validate()
                 records.append(record)
                 self.history.append(record)  # before any mid-fit checkpoint, so it carries the log so far
-                self._log(record)
+                self.run_log.write(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", **({"dice": f"{record['val_dice']:.3f}"}
                                                           if "val_dice" in record else {}))
             elif validate:
-                self._log({"step": self.step, "val_dice": self.validate()})
+                self.run_log.write({"step": self.step, "val_dice": self.validate()})
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None:
                 self.save(self.out_dir)
         if bar is not None:
             bar.close()
         return records
 
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.out_dir is None or not dist_utils.is_main():
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / self.config.log_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        writer = self._tensorboard()
-        if writer is not None:
-            step = record["step"]
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(f"train/{key}" if key != "val_dice" else "val/dice", value, step)
-            cfg = self.config
-            writer.add_scalar("train/pas_strength", perturb_factor(step / cfg.pas_horizon, cfg.perturb), step)
-            writer.flush()
-
-    def _tensorboard(self):
-        """A TensorBoard writer under ``RUN/tensorboard`` when ``log_tensorboard`` is on (rank 0, with a run folder).
-
-        ``tensorboard`` is optional: asking for it without the package installed is a clear error at the first log.
-        """
-        if not self.config.log_tensorboard or self.out_dir is None or not dist_utils.is_main():
-            return None
-        if getattr(self, "_tb_writer", None) is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ValueError("`log_tensorboard` needs the tensorboard package: pip install tensorboard") from e
-            self._tb_writer = SummaryWriter(str(self.out_dir / "tensorboard"))
-        return self._tb_writer
-
     def _log_overlays(self, images: torch.Tensor, masks: torch.Tensor, result: SampleResult) -> None:
         """Up to four validation images with ground truth (red) and prediction (green) contours, to TensorBoard."""
-        writer = self._tensorboard()
-        if writer is None:
+        if self.run_log.tensorboard() is None:
             return
         from .visualize import overlay_contour
 
         for i in range(min(4, images.shape[0])):
             canvas = overlay_contour(images[i], masks[i].amax(0) > 0.5, color=(0, 0, 255))
             canvas = overlay_contour(canvas, result.labels[i].cpu() > 0, color=(0, 255, 0))
-            writer.add_image(f"val/overlay_{i}", canvas[:, :, ::-1].copy(), self.step, dataformats="HWC")
+            self.run_log.image(f"val/overlay_{i}", canvas, self.step)
 
     @torch.no_grad()
     def validate(self, n: int | None = None) -> float:
@@ -354,7 +326,8 @@ class SPADTrainer:
     def sample(
         self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None, seed: int | None = 0
     ) -> torch.Tensor:
-        """Foreground probabilities in [0, 1]: ``[B,1,H,W]`` for ``[B,C,H,W]`` images (``[1,H,W]`` for ``[C,H,W]``)."""
+        """Foreground probabilities in [0, 1]: ``[B,M,H,W]`` for ``[B,C,H,W]`` images (``[M,H,W]`` for ``[C,H,W]``),
+        M = num_classes - 1."""
         images_b, squeeze = self._check_images(images)
         probs = self.segment(images_b, steps, ensemble, seed).probs
         return probs[0] if squeeze else probs

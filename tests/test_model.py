@@ -1,8 +1,15 @@
 """Tests for spadfast.model.SPADUNet: shapes, time conditioning, gradients, layouts, autocast and torch.compile."""
 
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from spadfast.cached_model import SPADCachedUNet
 from spadfast.model import SPADUNet, _Attention, count_parameters
 
 TINY = dict(base_channels=8, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)
@@ -188,3 +195,58 @@ def test_compile_fullgraph_matches_eager():
     ref = model(x, t)
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x, t), ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ stored checkpoints, both models
+FIXTURE_DIR = Path(__file__).parent / "data"
+FIXTURE_MODELS = {
+    "unet": (SPADUNet, dict(in_channels=2, out_channels=1, base_channels=4, channel_mults=(1, 1),
+                            attention_levels=(1,), num_heads=2, groups=2), (2, 2, 5, 7)),
+    "cached_unet": (SPADCachedUNet, dict(image_channels=1, mask_channels=2, out_channels=1, base_channels=4,
+                                         channel_mults=(1, 1), attention_levels=(1,), num_heads=2, groups=2,
+                                         denoiser_channels=2, denoiser_attention=True), (2, 3, 5, 7)),
+}
+
+
+@contextmanager
+def _one_thread():
+    """CPU convolutions sum in an order that depends on the thread count: one thread makes outputs reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def write_model_fixture(kind: str, path: Path) -> None:
+    """A tiny model of ``kind`` with random weights (out_conv too), a fixed odd-size input and its output, as a
+    safetensors file: ``model.<param>`` keys as in a checkpoint, plus ``input``, ``t`` and ``output``."""
+    cls, kwargs, shape = FIXTURE_MODELS[kind]
+    torch.manual_seed(0)
+    model = cls(**kwargs).eval()
+    with torch.no_grad(), _one_thread():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        x, t = torch.randn(shape), torch.tensor([3.0, 700.0])
+        out = model(x, t)
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors.update(input=x, t=t, output=out.contiguous())
+    save_file(tensors, str(path), metadata={"kind": kind, "kwargs": json.dumps(kwargs)})
+
+
+@pytest.mark.parametrize("kind", sorted(FIXTURE_MODELS))
+def test_stored_checkpoint_loads_and_reproduces_its_output_bit_for_bit(kind):
+    # the file was written by an earlier version of the code: parameter names and the forward pass are a contract
+    path = FIXTURE_DIR / f"{kind}_tiny.safetensors"
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        kwargs = json.loads(f.metadata()["kwargs"])
+    cls, _, _ = FIXTURE_MODELS[kind]
+    model = cls(**kwargs).eval()
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(weights, strict=True)
+    with torch.no_grad(), _one_thread():
+        out = model(tensors["input"], tensors["t"])
+    assert torch.equal(out, tensors["output"])
+    assert bool(tensors["output"].abs().amax() > 0)

@@ -255,7 +255,7 @@ def test_every_eta_in_unit_interval_samples_finite():
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_every_step_count_ends_on_the_clean_sample(spacing):
     """For every S in [1, T] the loop's last step targets alpha_prev = 1 (t = -1, the clean sample), never the
-    noisiest alpha (the trailing bug of issue 8), and its alphas increase monotonically."""
+    noisiest alpha (trailing spacing included), and its alphas increase monotonically."""
     T = 1000
     sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", T)), spacing=spacing)
     for S in range(1, T + 1):
@@ -276,3 +276,42 @@ def test_noise_keys_make_an_image_independent_of_its_batch():
         torch.testing.assert_close(part, whole[order], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="`noise_keys`"):
         sampler.sample(images, noise_keys=[1, 2])
+
+
+class NestingDenoiser(torch.nn.Module):
+    """A denoiser whose first forward runs ``sampler.sample(images, **kwargs)`` from inside the sampling loop (as a
+    validation pass inside a prediction callback would); the nested result is kept in ``nested``."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.sampler: DDIMSampler | None = None
+        self.nest_with: tuple | None = None
+        self.nested = None
+
+    def forward(self, x, t):
+        if self.nest_with is not None:
+            images, kwargs = self.nest_with
+            self.nest_with = None
+            self.nested = self.sampler.sample(images, **kwargs)
+        return self.inner(x, t)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("chunk", [64, 3])
+def test_reentrant_sample_inside_the_model_equals_separate_calls(backend, chunk):
+    model = NestingDenoiser(ToyDenoiser(2))
+    sampler = DDIMSampler(model, alphas_cumprod(make_betas("linear", 1000)), steps=4, eta=0.7, chunk=chunk,
+                          backend=backend)
+    model.sampler = sampler
+    outer_images, inner_images = torch.rand(2, 1, 8, 8) * 2 - 1, torch.rand(3, 1, 8, 8) * 2 - 1
+    outer_kwargs, inner_kwargs = dict(ensemble=2, seed=5), dict(ensemble=3, seed=11, return_members=True)
+    outer_alone = sampler.sample(outer_images, **outer_kwargs)
+    inner_alone = sampler.sample(inner_images, **inner_kwargs)
+
+    model.nest_with = (inner_images, inner_kwargs)
+    outer_nested = sampler.sample(outer_images, **outer_kwargs)
+    assert model.nested is not None  # the nested call did run inside the outer loop
+    assert torch.equal(outer_nested.probs, outer_alone.probs)
+    assert torch.equal(model.nested.members, inner_alone.members)
+    assert model.training  # the outer call's train/eval restore is not undone by the nested one

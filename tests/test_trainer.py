@@ -1,10 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from spadfast import SPADConfig, SPADTrainer
 from spadfast.data import write_synthetic_folder
+from spadfast.run_log import RunLog
 
 from .helpers import tiny_config
 
@@ -160,7 +162,7 @@ def test_periodic_validation_and_checkpoints(tmp_path):
     assert resumed.step == 3 and [r["step"] for r in resumed.history] == [2]
 
 
-# ------------------------------------------------------------------------------ issue 8: learning, RNG, resume
+# ----------------------------------------------------------------------------------- learning, RNG, resume
 class OracleDenoiser(torch.nn.Module):
     """Knows x0 (the image channel holds the clean mask in [-1, 1]) and the schedule, so it returns the exact target
     of every prediction type: the training loss of a correct pipeline is then 0."""
@@ -270,7 +272,7 @@ def test_resume_compares_device_type_and_world_size(tmp_path, saved_device, save
 
 
 def test_pas_horizon_sets_progress_for_every_step(monkeypatch):
-    """The perturbation at step s is f(s / pas_steps) for every s, whatever train_steps says (issue 8, item 6)."""
+    """The perturbation at step s is f(s / pas_steps) for every s, whatever train_steps says."""
     import spadfast.trainer as trainer_mod
 
     seen = []
@@ -353,3 +355,35 @@ def test_cli_resume_prints_the_recorded_data(tmp_path, capsys):
         f"spadfast: resuming {(run / 'checkpoint.safetensors').resolve()} at step 1 on train_data {data.resolve()} "
         "(as recorded), val_data none"
     ]
+
+
+def test_run_log_lines_hold_the_expected_keys_and_values_in_order(tmp_path):
+    cfg = tiny_config(train_steps=6, log_every=2, val_every=3, val_samples=2)
+    trainer = SPADTrainer(cfg, out_dir=tmp_path)
+    records = trainer.fit()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines(keepends=True)
+    timing = [json.loads(line).get("steps_per_s") for line in lines]
+    reference = SPADTrainer(cfg)  # the same run without a folder: its step-3 validation is the logged one
+    reference.fit(3)
+    val3 = reference.validate()
+    lr = [cfg.lr * min(1.0, step / cfg.warmup_steps) for step in range(7)]  # the rate of the record's last step
+    loss = {r["step"]: r["loss"] for r in records}
+    expected = [
+        {"step": 2, "loss": loss[2], "lr": lr[2], "steps_per_s": timing[0]},
+        {"step": 3, "val_dice": val3},
+        {"step": 4, "loss": loss[4], "lr": lr[4], "steps_per_s": timing[2]},
+        {"step": 6, "loss": loss[6], "lr": lr[6], "steps_per_s": timing[3], "val_dice": records[-1]["val_dice"]},
+    ]
+    assert lines == [json.dumps(record) + "\n" for record in expected]
+    assert all(isinstance(t, float) and t > 0 for i, t in enumerate(timing) if i != 1)
+    assert records == [expected[0], expected[2], expected[3]] == trainer.history
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+
+
+@pytest.mark.parametrize("out_dir, enabled", [(None, True), ("run", False)])
+def test_run_log_without_a_folder_or_off_rank_zero_writes_nothing(tmp_path, out_dir, enabled):
+    log = RunLog(tmp_path / out_dir if out_dir else None, "log.jsonl", tensorboard=True, enabled=enabled,
+                 pas_strength=lambda step: 0.0)
+    log.write({"step": 1, "loss": 0.5})
+    log.image("val/overlay_0", np.zeros((4, 4, 3), np.uint8), 1)
+    assert log.tensorboard() is None and list(tmp_path.iterdir()) == []
