@@ -58,7 +58,7 @@ _FALLBACK_CHUNK = 1 << 22
 
 
 def _as_bhw(x: object, name: str) -> np.ndarray:
-    """2-D masks as bool ``[B,H,W]`` (kept for callers of the 2-D helper)."""
+    """2-D masks as bool ``[B,H,W]``."""
     return _as_batch(x, name, 2)
 
 

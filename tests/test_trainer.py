@@ -160,7 +160,7 @@ def test_periodic_validation_and_checkpoints(tmp_path):
     assert resumed.step == 3 and [r["step"] for r in resumed.history] == [2]
 
 
-# ------------------------------------------------------------------------------ issue 8: learning, RNG, resume
+# --------------------------------------------------------------------------------------- learning, RNG, resume
 class OracleDenoiser(torch.nn.Module):
     """Knows x0 (the image channel holds the clean mask in [-1, 1]) and the schedule, so it returns the exact target
     of every prediction type: the training loss of a correct pipeline is then 0."""
@@ -270,7 +270,7 @@ def test_resume_compares_device_type_and_world_size(tmp_path, saved_device, save
 
 
 def test_pas_horizon_sets_progress_for_every_step(monkeypatch):
-    """The perturbation at step s is f(s / pas_steps) for every s, whatever train_steps says (issue 8, item 6)."""
+    """The perturbation at step s is f(s / pas_steps) for every s, whatever train_steps says."""
     import spadfast.trainer as trainer_mod
 
     seen = []
