@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from spadfast._validation import is_int
+
 __all__ = [
     "KernelLaunchError",
     "Launch",
@@ -117,7 +119,7 @@ def check_block_size(block_size: object) -> tuple[int, int] | None:
     if block_size is None:
         return None
     ok = isinstance(block_size, (tuple, list)) and len(block_size) == 2
-    ok = ok and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 and b & (b - 1) == 0 for b in block_size)
+    ok = ok and all(is_int(b) and b >= 1 and b & (b - 1) == 0 for b in block_size)
     if not ok:
         raise ValueError(f"`block_size` must be None or (BLOCK_H, BLOCK_W), two powers of two, got {block_size!r}")
     return int(block_size[0]), int(block_size[1])

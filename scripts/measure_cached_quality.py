@@ -1,4 +1,4 @@
-"""Held-out Dice of today's UNet vs the cached-encoder model (SPADCachedUNet), identical training settings.
+"""Held-out Dice of the concat UNet (SPADUNet) vs the cached-encoder model (SPADCachedUNet), same training settings.
 
 Two data sets, each model trained from the same seed with the same config (``spadfast.demo.demo_config("cpu")``:
 1000 steps of batch 16 at 32x32, x0 prediction, sampled with 10 DDIM steps x 3 members):

@@ -6,7 +6,6 @@ Messages follow the form "`<arg>` must be ..., got ...". Shape checks are free (
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -91,14 +90,6 @@ def check_like(x: torch.Tensor | None, ref: torch.Tensor, name: str, ref_name: s
         raise TypeError(f"`{name}` must be a bool tensor, got {x.dtype}")
 
 
-def check_nonneg(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}")
-    return float(value)
-
-
 def check_finite(x: torch.Tensor | None, name: str) -> None:
     """A floating operand holds no NaN or +-inf; a host sync, so callers run it only with ``validate=True``."""
     if x is None or not x.is_floating_point():
@@ -109,12 +100,102 @@ def check_finite(x: torch.Tensor | None, name: str) -> None:
         raise ValueError(f"`{name}` must be finite (no NaN or inf), got values such as {bad}")
 
 
-def check_int(value: int, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
-    return value
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. It is also a ValueError: a bool or a float where an int belongs is a wrong
+    value too, and callers that catch either class get it."""
+
+
+def is_int(value: object) -> bool:
+    """A Python or numpy integer; bools (Python and numpy) are not."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A Python or numpy integer or float (NaN and inf included); bools are not."""
+    return is_int(value) or isinstance(value, (float, np.floating))
+
+
+def _bounds_text(minimum=None, maximum=None, above=None, below=None) -> str:
+    """" >= 1", " < 1", " in (0, 1]", ... for inclusive (minimum, maximum) and exclusive (above, below) bounds."""
+    low = (f"[{minimum}", f">= {minimum}") if minimum is not None else None
+    low = (f"({above}", f"> {above}") if above is not None else low
+    high = (f"{maximum}]", f"<= {maximum}") if maximum is not None else None
+    high = (f"{below})", f"< {below}") if below is not None else high
+    if low and high:
+        return f" in {low[0]}, {high[0]}"
+    bound = low or high
+    return f" {bound[1]}" if bound else ""
+
+
+def check_int(value: object, name: str, minimum: int | None = None, maximum: int | None = None, *,
+              optional: bool = False, expected: str | None = None) -> int | None:
+    """``value`` as a Python int in ``[minimum, maximum]`` (None when ``optional``); numpy integers accepted.
+
+    Raises ArgumentTypeError (a TypeError and a ValueError) for a non-integer or a bool, ValueError out of range;
+    the message names ``name`` and states ``expected`` (default: "an int" and the bounds, "or None" if optional).
+    """
+    if value is None and optional:
+        return None
+    ok_type = is_int(value)
+    if ok_type and (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
+        return int(value)  # type: ignore[arg-type]
+    expected = expected or "an int" + _bounds_text(minimum, maximum) + (" or None" if optional else "")
+    error = ValueError if ok_type else ArgumentTypeError
+    raise error(f"`{name}` must be {expected}, got {value!r}")
+
+
+def check_number(value: object, name: str, minimum: float | None = None, maximum: float | None = None, *,
+                 above: float | None = None, below: float | None = None, finite: bool = True,
+                 optional: bool = False, expected: str | None = None) -> float | None:
+    """``value`` as a Python float within the bounds (inclusive ``minimum``/``maximum``, exclusive
+    ``above``/``below``), never NaN, finite unless ``finite=False`` (None when ``optional``).
+
+    Ints and numpy scalars are accepted, bools are not. Raises ArgumentTypeError (a TypeError and a ValueError) for
+    a non-number, ValueError for NaN, inf or out of range; the message names ``name`` and states ``expected``.
+    """
+    if value is None and optional:
+        return None
+    ok_type = is_number(value)
+    if ok_type:
+        v = float(value)  # type: ignore[arg-type]
+        in_range = ((minimum is None or v >= minimum) and (maximum is None or v <= maximum)
+                    and (above is None or v > above) and (below is None or v < below))
+        if in_range and not math.isnan(v) and (math.isfinite(v) or not finite):
+            return v
+    bounded = (minimum is not None or above is not None) and (maximum is not None or below is not None)
+    kind = "a finite number" if finite and not bounded else "a number"
+    expected = expected or kind + _bounds_text(minimum, maximum, above, below) + (" or None" if optional else "")
+    error = ValueError if ok_type else ArgumentTypeError
+    raise error(f"`{name}` must be {expected}, got {value!r}")
+
+
+def check_axis(axis: object) -> int | None:
+    """None, or a volume axis 0, 1 or 2 (-3..-1 count from the end) returned in ``0..2``."""
+    axis = check_int(axis, "axis", -3, 2, optional=True, expected="None, 0, 1 or 2")
+    return None if axis is None else axis % 3
+
+
+def check_images(images: object, channels: int | None = None, unbatched: bool = False) -> tuple[torch.Tensor, bool]:
+    """Images to segment: a floating tensor ``[B,C,H,W]`` (or ``[C,H,W]`` with ``unbatched``), B >= 1, ``C ==
+    channels`` when given, every value finite (a host sync). Public entry points run this once per call.
+
+    Returns the ``[B,C,H,W]`` view and whether the input was a single ``[C,H,W]`` image.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"`images` must be a torch.Tensor, got {type(images).__name__}")
+    single = unbatched and images.dim() == 3
+    batch = images.unsqueeze(0) if single else images
+    if batch.dim() != 4 or batch.shape[0] == 0:
+        layouts = "[B,C,H,W] or [C,H,W]" if unbatched else "[B,C,H,W]"
+        raise ValueError(f"`images` must have shape {layouts} with B >= 1, got {tuple(images.shape)}")
+    if channels is not None and batch.shape[1] != channels:
+        raise ValueError(f"`images` must have {channels} channel(s) (config.image_channels), "
+                         f"got shape {tuple(images.shape)}")
+    if not batch.is_floating_point():
+        raise TypeError(f"`images` must be a floating tensor in [-1, 1], got {batch.dtype}")
+    if not bool(torch.isfinite(batch).all()):
+        raise ValueError("`images` must be finite (no NaN or inf)")
+    return batch, single
 
 
 def check_random_source(noise, generator, seed, offset) -> None:
@@ -160,9 +241,9 @@ def prepare_boundary_blur(mask, sigma, strength, radius, noise, base, generator,
     """Validate ``boundary_blur``'s arguments (shared by the reference and the Triton launcher)."""
     m, restore = as_b1hw(mask, "mask")
     check_mask(m, "mask", validate)
-    sigma = check_nonneg(sigma, "sigma")
-    strength = check_nonneg(strength, "strength")
-    check_nonneg(truncate, "truncate")
+    sigma = check_number(sigma, "sigma", minimum=0)
+    strength = check_number(strength, "strength", minimum=0)
+    check_number(truncate, "truncate", minimum=0)
     check_int(radius, "radius", 0)
     if radius > MAX_BAND_RADIUS:
         raise ValueError(f"`radius` must be <= {MAX_BAND_RADIUS} (the Triton kernel's register budget), got {radius}")
@@ -187,9 +268,9 @@ def prepare_target_noise(mask, strength, anchor_size, keep_ratio, noise, anchors
     """Validate ``target_noise``'s arguments (shared by the reference and the Triton launcher)."""
     m, restore = as_b1hw(mask, "mask")
     check_mask(m, "mask", validate)
-    strength = check_nonneg(strength, "strength")
+    strength = check_number(strength, "strength", minimum=0)
     check_int(anchor_size, "anchor_size", 1)
-    keep_ratio = check_nonneg(keep_ratio, "keep_ratio")
+    keep_ratio = check_number(keep_ratio, "keep_ratio", minimum=0)
     if keep_ratio > 1:
         raise ValueError(f"`keep_ratio` must be in [0, 1], got {keep_ratio}")
     check_random_source(noise, generator, seed, offset)
@@ -205,8 +286,6 @@ def float_out_dtype(x: torch.Tensor) -> torch.dtype:
 
 def check_alpha(value, name: str, ref: torch.Tensor, validate: bool) -> torch.Tensor:
     """A float or a tensor broadcastable per sample -> float32 tensor broadcastable against ``ref``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-        raise TypeError(f"`{name}` must be a float or a tensor, got {type(value).__name__}")
     if isinstance(value, torch.Tensor):
         if value.requires_grad:
             raise ValueError(f"`{name}` must not require grad: ddim_step is a sampling op and not differentiable")
@@ -223,9 +302,8 @@ def check_alpha(value, name: str, ref: torch.Tensor, validate: bool) -> torch.Te
         if validate and not bool(((a > 0) & (a <= 1)).all()):
             raise ValueError(f"`{name}` must lie in (0, 1], got values in [{a.min().item()}, {a.max().item()}]")
         return a
-    if not (0.0 < float(value) <= 1.0):
-        raise ValueError(f"`{name}` must lie in (0, 1], got {value}")
-    return torch.tensor(float(value), dtype=torch.float32, device=ref.device)
+    alpha = check_number(value, name, above=0, maximum=1, expected="a float in (0, 1] or a tensor")
+    return torch.tensor(alpha, dtype=torch.float32, device=ref.device)
 
 
 def check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type) -> None:
@@ -246,15 +324,8 @@ def check_ddim_args(sample, model_output, eta, noise, clip_sample_range, predict
         raise ValueError(f"`model_output` must be on {sample.device} like `sample`, got {model_output.device}")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-        raise TypeError(f"`eta` must be a number in [0, 1], got {type(eta).__name__}")
-    if not 0.0 <= eta <= 1.0:  # NaN fails both comparisons
-        raise ValueError(f"`eta` must lie in [0, 1], got {eta!r}")
-    if clip_sample_range is not None:
-        if isinstance(clip_sample_range, bool) or not isinstance(clip_sample_range, (int, float)):
-            raise TypeError(f"`clip_sample_range` must be a number or None, got {type(clip_sample_range).__name__}")
-        if not clip_sample_range > 0:
-            raise ValueError(f"`clip_sample_range` must be > 0, got {clip_sample_range}")
+    check_number(eta, "eta", 0, 1)
+    check_number(clip_sample_range, "clip_sample_range", above=0, finite=False, optional=True)
     if noise is not None:
         check_tensor(noise, "noise")
         if noise.shape != sample.shape:
@@ -277,7 +348,7 @@ def check_alpha_order(alpha_prod_t, alpha_prod_t_prev, validate: bool = True) ->
     def kind(v):
         if isinstance(v, torch.Tensor):
             return "tensor"
-        return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        return "number" if is_number(v) else None
 
     kinds = (kind(alpha_prod_t), kind(alpha_prod_t_prev))
     if None in kinds:
@@ -293,54 +364,6 @@ def check_alpha_order(alpha_prod_t, alpha_prod_t_prev, validate: bool = True) ->
     if bad:
         raise ValueError("`alpha_prod_t_prev` must be >= `alpha_prod_t` (a DDIM step goes from t to an earlier, less "
                          "noisy step): the alphas look swapped")
-
-
-def check_fields(obj, nullable: frozenset[str] | set[str] = frozenset()) -> None:
-    """Dataclass fields keep the type of their default (ints accepted for floats, YAML's "1e-3" strings read as
-    floats, tuples of ints/floats/strings by annotation); ``nullable`` fields may be None. Errors name the field."""
-    for f in dataclasses.fields(obj):
-        if f.default is dataclasses.MISSING:
-            continue
-        value, default = getattr(obj, f.name), f.default
-        if value is None and f.name in nullable:
-            continue
-        if default is None and str(f.type).startswith("int"):
-            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
-            kind = "an int or null"
-        elif default is None:
-            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                   and math.isfinite(value))
-            kind = "a finite number or null"
-        elif isinstance(default, bool):
-            ok, kind = isinstance(value, bool), "a bool"
-        elif isinstance(default, int):
-            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
-        elif isinstance(default, float):
-            if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-                try:
-                    value = float(value)
-                except ValueError:
-                    pass
-            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a finite number"
-            ok = ok and math.isfinite(value)
-            if ok:
-                setattr(obj, f.name, float(value))
-        elif isinstance(default, str):
-            ok, kind = isinstance(value, str), "a string"
-        elif isinstance(default, tuple) and "str" in str(f.type):
-            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-            kind = "a list of strings"
-        elif isinstance(default, tuple) and "float" in str(f.type):
-            ok = isinstance(value, (list, tuple)) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-            kind = "a list of finite numbers"
-        elif isinstance(default, tuple):
-            ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            kind = "a list of ints"
-        else:
-            continue
-        if not ok:
-            raise TypeError(f"`{f.name}` must be {kind}, got {value!r}")
 
 
 def as_numpy(x: object, name: str) -> np.ndarray:

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._validation import check_int, check_number
 from .ablation_stats import aggregate, format_markdown
 
 __all__ = ["VARIANTS_CORE", "variant_overrides", "run_ablation", "aggregate", "format_markdown", "add_arguments",
@@ -150,10 +151,8 @@ def make_split(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[li
         (['a', 'b', 'd'], ['c'])
     """
     stems = sorted(stems)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ValueError(f"`val_fraction` must lie in (0, 1), got {val_fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"`split_seed` must be an int >= 0, got {seed!r}")
+    val_fraction = check_number(val_fraction, "val_fraction", above=0, below=1)
+    seed = check_int(seed, "split_seed", 0)
     if len(stems) < 2:
         raise ValueError(f"a held-out split needs at least 2 image/mask pairs, got {len(stems)}")
     n_val = min(len(stems) - 1, max(1, round(val_fraction * len(stems))))
@@ -342,10 +341,8 @@ def run_ablation(
 
     data, out = Path(data), Path(out)
     val = Path(val) if val is not None else None
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"`seeds` must be an int >= 1, got {seeds!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"`steps` must be an int >= 1, got {steps!r}")
+    seeds = check_int(seeds, "seeds", 1)
+    steps = check_int(steps, "steps", 1, optional=True)
     base = SPADConfig.preset(preset).to_dict()
     changes: dict[str, Any] = dict(overrides or {})
     if steps is not None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validation import is_int
 from .model import (
     _norm,
     _TimeEmbedding,
@@ -119,7 +120,7 @@ class SPADCachedUNet(nn.Module):
                  denoiser_channels=denoiser_channels, denoiser_res_blocks=denoiser_res_blocks),
             base_channels, channel_mults, attention_levels, num_heads, dropout,
         )
-        if isinstance(mask_channels, bool) or mask_channels not in (out_channels, 2 * out_channels):
+        if not is_int(mask_channels) or mask_channels not in (out_channels, 2 * out_channels):
             raise ValueError(f"`mask_channels` must be out_channels ({out_channels}, noisy mask) or 2 * out_channels "
                              f"(noisy mask + condition), got {mask_channels!r}")
         n = len(channel_mults)

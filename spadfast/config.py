@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ._constants import BACKENDS, PREDICTION_TYPES
-from ._validation import MAX_BAND_RADIUS, check_fields
+from ._fields import check_fields
+from ._validation import MAX_BAND_RADIUS
 from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
 
 PERTURB_MODES = ("target", "condition")

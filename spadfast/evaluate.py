@@ -11,8 +11,8 @@ Three kinds of folder, told apart by their files:
   "ignore" value) is scored as a class with a warning naming the file and the value.
 - multi-class PNG label maps (pixel value = class number; either folder holds two or more distinct nonzero
   values): paired by file name, scored in 2-D per class found (values above ``LARGE_LABEL`` are an error).
-- binary PNG masks (each folder holds 0 and at most one nonzero value, e.g. 0/255): nonzero is foreground, exactly
-  as before (no ``per_class``).
+- binary PNG masks (each folder holds 0 and at most one nonzero value, e.g. 0/255): nonzero is foreground, one
+  score per case (no ``per_class``).
 
 Report: ``{"cases": [{"name", "dice", "iou", "hd95", "per_class": {"1": {"dice", "iou", "hd95"}, ...}}, ...],
 "mean": {"dice", "iou", "hd95", "per_class": {"1": {"dice", "iou", "hd95", "cases"}, ...}}, "classes": {"1":
@@ -159,7 +159,7 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
                              f"{g.shape[1]}x{g.shape[0]}")
     p_vals, g_vals = set(present_classes(*p_maps.values())), set(present_classes(*g_maps.values()))
     units = {} if spacing is None else {"hd95_unit": "spacing units"}
-    if len(p_vals) <= 1 and len(g_vals) <= 1:  # binary: nonzero is foreground, today's report exactly
+    if len(p_vals) <= 1 and len(g_vals) <= 1:  # binary: nonzero is foreground, no per-class scores
         cases = []
         for n in names:
             p, g = read_mask(pred[n]), read_mask(gt[n])

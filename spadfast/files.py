@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from ._validation import binary_array, check_int
+from ._validation import binary_array, check_int, is_int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _LOSSY = (".jpg", ".jpeg")
@@ -27,7 +27,7 @@ TEMP_MARKER = ".spadfast-tmp-"
 def check_size(size: object, name: str = "image_size") -> tuple[int, int] | None:
     if size is None:
         return None
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    if is_int(size):
         s = check_int(size, name, 1)
         return s, s
     if isinstance(size, Sequence) and not isinstance(size, (str, bytes)) and len(size) == 2:
@@ -38,7 +38,7 @@ def check_size(size: object, name: str = "image_size") -> tuple[int, int] | None
 def check_channels(channels: object, allow_none: bool) -> int | None:
     if channels is None and allow_none:
         return None
-    if isinstance(channels, bool) or channels not in (1, 3):
+    if not is_int(channels) or channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3{' or None' if allow_none else ''}, got {channels!r}")
     return int(channels)  # type: ignore[arg-type]
 

@@ -42,6 +42,7 @@ import torch
 
 from ._validation import as_numpy as _to_numpy
 from ._validation import binary_array as _as_batch
+from ._validation import is_int
 
 try:
     from scipy.ndimage import distance_transform_edt as _scipy_edt
@@ -57,7 +58,7 @@ _FALLBACK_CHUNK = 1 << 22
 
 
 def _as_bhw(x: object, name: str) -> np.ndarray:
-    """2-D masks as bool ``[B,H,W]`` (kept for callers of the 2-D helper)."""
+    """2-D masks as bool ``[B,H,W]``."""
     return _as_batch(x, name, 2)
 
 
@@ -189,7 +190,7 @@ def surface(mask: MaskLike, ndim: int = 2) -> np.ndarray:
         >>> int(surface(np.ones((3, 3, 3), bool), ndim=3).sum())  # all but the centre voxel
         26
     """
-    if ndim not in (2, 3) or isinstance(ndim, bool):
+    if not is_int(ndim) or ndim not in (2, 3):
         raise ValueError(f"`ndim` must be 2 or 3, got {ndim!r}")
     m = _as_batch(mask, "mask", ndim)
     s = _surface(m)

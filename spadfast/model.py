@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validation import check_int, is_int
+
 __all__ = ["SPADUNet", "count_parameters"]
 
 
@@ -116,10 +118,9 @@ def check_unet_args(
     """The UNets' constructor checks (ValueError naming the argument); returns ``(channel_mults,
     attention_levels, widths)`` normalised: tuples, attention levels sorted and unique, width per level."""
     for name, value in ints.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+        check_int(value, name, 1)
     channel_mults = tuple(channel_mults)
-    if not channel_mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mults):
+    if not channel_mults or any(not is_int(m) or m < 1 for m in channel_mults):
         raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
     n = len(channel_mults)
     attention_levels = tuple(sorted(set(attention_levels)))

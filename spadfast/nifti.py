@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validation import is_int
 from .files import write_bytes_atomic
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -183,7 +184,7 @@ def read_dataset_json(root: str | os.PathLike) -> DatasetInfo:
                 if isinstance(value, (list, tuple)):
                     raise ValueError(f"{path}: label {name!r} is a region {value} (nnU-Net region training); "
                                      "spadfast needs one integer value per class")
-                if isinstance(value, bool) or not isinstance(value, int):
+                if not is_int(value):
                     raise ValueError(f"{path}: label {name!r} must map to an integer, got {value!r}")
                 pairs.append((value, str(name)))
             pairs.sort()

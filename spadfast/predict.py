@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 
+from ._validation import check_images, check_int
 from .files import (
     index_folder,
     read_image,
@@ -76,13 +77,11 @@ class Segmenter:
                 seed: int | None = 0, return_members: bool = False,
                 noise_keys: list[int] | None = None) -> SampleResult:
         cfg = self.config
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != cfg.image_channels:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"`images` must be [B,{cfg.image_channels},H,W] float tensors, got {shape}")
+        images, _ = check_images(images, cfg.image_channels)
         return self.sampler.sample(
             images, steps=cfg.sample_steps if steps is None else steps,
             ensemble=cfg.ensemble if ensemble is None else ensemble, seed=seed, threshold=cfg.threshold,
-            return_members=return_members, noise_keys=noise_keys,
+            return_members=return_members, noise_keys=noise_keys, validate=False,
         )
 
 
@@ -176,8 +175,7 @@ def predict_folder(
     files = index_folder(images_dir)
     if not files:
         raise ValueError(f"`images` folder {str(images_dir)!r} holds no images (PNG/JPEG/TIFF/BMP)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", 1)
     cfg = segmenter.config
     if cfg.mask_channels != 1:
         raise ValueError("predict_folder writes binary PNG masks; this model has "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._validation import check_axis, check_int
 from .metrics import labels_from_probs
 from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
 from .predict import check_one_input_kind
@@ -102,8 +103,7 @@ def predict_volume(
     out_path = Path(out_path)
     if volume_stem(out_path) is None:
         raise ValueError(f"`out_path` must end in .nii.gz or .nii, got {out_path}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", 1)
     cfg = segmenter.config
     check_volume_model(cfg, paths[0], allow_image_model)
     size = _resolve_size(image_size, segmenter)
@@ -117,9 +117,8 @@ def predict_volume(
                          f"config.image_channels = {cfg.image_channels}")
     if axis is None:
         axis = coarsest_axis(case.spacing)
-    elif isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= int(axis) <= 2:
-        raise ValueError(f"`axis` must be None, 0, 1 or 2, got {axis!r}")
-    axis = int(axis) % 3
+    else:
+        axis = check_axis(axis)
     normed, _ = normalize_volume(image, modalities, window)
     case.channels = image = None  # free the raw intensities
     n_slices = case.shape[axis]

@@ -21,7 +21,7 @@ from ._validation import (
     check_ddim_args,
     check_int,
     check_mask,
-    check_nonneg,
+    check_number,
     check_random_source,
     prepare_boundary_blur,
     prepare_target_noise,
@@ -148,8 +148,8 @@ def gaussian_weights(sigma: float, truncate: float = 3.0, device: torch.device |
     Returns:
         float32 tensor ``[2*radius+1]`` (computed in float64 and rounded once, so every backend uses the same taps).
     """
-    sigma = check_nonneg(sigma, "sigma")
-    truncate = check_nonneg(truncate, "truncate")
+    sigma = check_number(sigma, "sigma", minimum=0)
+    truncate = check_number(truncate, "truncate", minimum=0)
     if sigma == 0.0:
         return torch.ones(1, dtype=torch.float32, device=device)
     radius = max(1, int(math.ceil(truncate * sigma)))

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import check_int
 from ._version import __version__
 from .report_folder import MARKER, check_report_dir, swap_in
 
@@ -519,9 +520,8 @@ def write_report(
     cases = _check_report(report)
     pred_dir, gt_dir, out = Path(pred_dir), Path(gt_dir), Path(out_dir)
     images = Path(images_dir) if images_dir is not None else None
-    for value, name, low in ((page_size, "page_size", 1), (thumb_size, "thumb_size", 8)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+    check_int(page_size, "page_size", 1)
+    check_int(thumb_size, "thumb_size", 8)
     check_report_dir(out)
     files = _pairing(cases, pred_dir, gt_dir, images)
     run = Path(run_dir) if run_dir is not None else None

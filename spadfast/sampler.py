@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import ops
+from ._validation import check_images, check_int, is_int
 from .metrics import labels_from_probs
 from .profiling import nvtx_range
 from .schedule import check_eta, ddim_alphas, ddim_timesteps
@@ -291,6 +292,7 @@ class DDIMSampler:
         threshold: float = 0.5,
         return_members: bool = False,
         noise_keys: Sequence[int] | None = None,
+        validate: bool = True,
     ) -> SampleResult:
         """Segment ``images`` (float ``[B,C,H,W]`` in [-1, 1]) with a K-member DDIM ensemble.
 
@@ -299,29 +301,18 @@ class DDIMSampler:
         :func:`image_noise_key` of file names) draws each image's noise from ``(seed, key)`` alone, so an image
         gets the same mask whatever batch it is in or wherever it sits. With ``eta > 0`` the step noise is
         in-kernel Philox keyed by (step, row, pixel) on the Triton backend, so chunking does not change it either;
-        the reference backend draws it per chunk (deterministic for a given seed and chunk size).
+        the reference backend draws it per chunk (deterministic for a given seed and chunk size). ``validate=False``
+        skips the image checks, for a caller that has run :func:`~spadfast._validation.check_images` already.
         """
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"`images` must be a torch.Tensor, got {type(images).__name__}")
-        if images.dim() != 4 or images.shape[0] == 0:
-            raise ValueError(f"`images` must have shape [B,C,H,W] with B >= 1, got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise TypeError(f"`images` must be a floating tensor in [-1, 1], got {images.dtype}")
-        if not bool(torch.isfinite(images).all()):
-            raise ValueError("`images` must be finite (no NaN or inf)")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise TypeError(f"`seed` must be an int >= 0 or None, got {seed!r}")
-        steps = self.steps if steps is None else steps
-        T = self.alphas_cumprod.numel()
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-            raise ValueError(f"`steps` must be an int in [1, {T}], got {steps!r}")
-        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
-            raise ValueError(f"`ensemble` must be an int >= 1, got {ensemble!r}")
+        if validate:
+            check_images(images)
+        seed = check_int(seed, "seed", 0, optional=True)
+        steps = check_int(self.steps if steps is None else steps, "steps", 1, self.alphas_cumprod.numel())
+        ensemble = check_int(ensemble, "ensemble", 1)
         B, _, H, W = images.shape
         if noise_keys is not None:
             noise_keys = list(noise_keys)
-            if len(noise_keys) != B or any(isinstance(k, bool) or not isinstance(k, int) or k < 0
-                                           for k in noise_keys):
+            if len(noise_keys) != B or any(not is_int(k) or k < 0 for k in noise_keys):
                 raise ValueError(f"`noise_keys` must be {B} ints >= 0 (one per image), got {noise_keys!r}")
         device = self._model_device()
         K = ensemble

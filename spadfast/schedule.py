@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._constants import PREDICTION_TYPES
+from ._validation import check_int, check_number
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -27,9 +28,7 @@ def make_betas(
     """Betas ``[T]`` float32 for a named schedule (diffusers' definitions)."""
     if kind not in BETA_SCHEDULES:
         raise ValueError(f"`kind` must be one of {BETA_SCHEDULES}, got {kind!r}")
-    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
-        raise ValueError(f"`num_train_timesteps` must be an int >= 1, got {num_train_timesteps!r}")
-    T = num_train_timesteps
+    T = check_int(num_train_timesteps, "num_train_timesteps", 1)
     if kind == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
     if kind == "scaled_linear":
@@ -69,17 +68,13 @@ def ddim_timesteps(
     T, S = num_train_timesteps, num_inference_steps
     if spacing not in TIMESTEP_SPACINGS:
         raise ValueError(f"`spacing` must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"`num_train_timesteps` must be an int >= 1, got {T!r}")
-    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
-        raise ValueError(f"`num_inference_steps` must be an int in [1, {T}], got {S!r}")
+    T = check_int(T, "num_train_timesteps", 1)
+    S = check_int(S, "num_inference_steps", 1, T)
     i = np.arange(S, dtype=np.int64)
     if spacing == "leading":
         ratio = T // S
-        if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0 \
-                or (S - 1) * ratio + steps_offset > T - 1:
-            raise ValueError(f"`steps_offset` must be an int in [0, {T - 1 - (S - 1) * ratio}] for S = {S}, "
-                             f"got {steps_offset!r}")
+        top = T - 1 - (S - 1) * ratio
+        steps_offset = check_int(steps_offset, "steps_offset", 0, top, expected=f"an int in [0, {top}] for S = {S}")
         ts = i * ratio + steps_offset
     elif spacing == "trailing":
         ts = _round_ratio(T * (S - i), S) - 1
@@ -107,11 +102,7 @@ def ddim_alphas(
 
 def check_eta(eta: float) -> float:
     """DDIM's eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like variance); above 1 the update is NaN."""
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-        raise TypeError(f"`eta` must be a number in [0, 1], got {type(eta).__name__}")
-    if not (0.0 <= eta <= 1.0):  # also rejects NaN
-        raise ValueError(f"`eta` must lie in [0, 1] (above 1, 1 - alpha_prev - sigma^2 < 0), got {eta!r}")
-    return float(eta)
+    return check_number(eta, "eta", 0, 1, expected="a number in [0, 1] (above 1, 1 - alpha_prev - sigma^2 < 0)")
 
 
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_prod: torch.Tensor) -> torch.Tensor:
@@ -152,8 +143,7 @@ def progress_strength(
         raise ValueError(f"`end` must lie in (0, 1], got {end!r}")
     if not (isinstance(max, (int, float)) and math.isfinite(max)) or max < 0:
         raise ValueError(f"`max` must be a finite number >= 0, got {max!r}")
-    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
-        raise ValueError(f"`stages` must be an int >= 1, got {stages!r}")
+    check_int(stages, "stages", 1)
     q = min(progress / end, 1.0)
     if q >= 1.0:
         return 0.0

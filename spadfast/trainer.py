@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from . import distributed as dist_utils
+from ._validation import check_images, check_int
 from ._version import __version__
 from .augment import dihedral
 from .batches import batch_iterator, resume_data_line, resume_source, training_datasets, validation_pairs
@@ -213,8 +214,7 @@ class SPADTrainer:
         cfg = self.config
         if steps is None:
             steps = max(0, cfg.train_steps - self.step)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
+        steps = check_int(steps, "steps", 0)
         if steps == 0:
             return []
         self.model.train()
@@ -296,31 +296,20 @@ class SPADTrainer:
         return float(torch.as_tensor(dice(pred, truth)).double()[present].mean())
 
     # -------------------------------------------------------------------------------------------- sampling
-    def _check_images(self, images) -> tuple[torch.Tensor, bool]:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"`images` must be a torch.Tensor, got {type(images).__name__}")
-        squeeze = images.dim() == 3
-        if squeeze:
-            images = images.unsqueeze(0)
-        if images.dim() != 4 or images.shape[0] == 0:
-            raise ValueError(f"`images` must be [B,C,H,W] or [C,H,W] with B >= 1, got {tuple(images.shape)}")
-        if images.shape[1] != self.config.image_channels:
-            raise ValueError(
-                f"`images` must have {self.config.image_channels} channel(s) (config.image_channels), "
-                f"got shape {tuple(images.shape)}"
-            )
-        return images, squeeze
-
     def segment(
         self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None, seed: int | None = 0,
         return_members: bool = False, noise_keys: list[int] | None = None,
     ) -> SampleResult:
         """EMA-model DDIM ensemble: probabilities, uncertainty and thresholded masks (see :class:`SampleResult`)."""
-        images, _ = self._check_images(images)
+        images, _ = check_images(images, self.config.image_channels, unbatched=True)
+        return self._segment_checked(images, steps, ensemble, seed, return_members, noise_keys)
+
+    def _segment_checked(self, images, steps, ensemble, seed, return_members=False, noise_keys=None) -> SampleResult:
+        """:meth:`segment` of ``[B,C,H,W]`` images that passed :func:`check_images`."""
         return self.sampler.sample(
             images, steps=self.config.sample_steps if steps is None else steps,
             ensemble=self.config.ensemble if ensemble is None else ensemble, seed=seed,
-            threshold=self.config.threshold, return_members=return_members, noise_keys=noise_keys,
+            threshold=self.config.threshold, return_members=return_members, noise_keys=noise_keys, validate=False,
         )
 
     def sample(
@@ -328,8 +317,8 @@ class SPADTrainer:
     ) -> torch.Tensor:
         """Foreground probabilities in [0, 1]: ``[B,M,H,W]`` for ``[B,C,H,W]`` images (``[M,H,W]`` for ``[C,H,W]``),
         M = num_classes - 1."""
-        images_b, squeeze = self._check_images(images)
-        probs = self.segment(images_b, steps, ensemble, seed).probs
+        images_b, squeeze = check_images(images, self.config.image_channels, unbatched=True)
+        probs = self._segment_checked(images_b, steps, ensemble, seed).probs
         return probs[0] if squeeze else probs
 
     # ------------------------------------------------------------------------------------------ checkpoint

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._validation import check_int
+from ._validation import check_axis, check_int, check_number
 from .files import check_size
 from .nifti import (  # re-exported: the public names of the volume layer in one place
     GEOMETRY_ATOL,
@@ -153,14 +153,6 @@ def coarsest_axis(spacing: Sequence[float]) -> int:
     """The axis with the largest voxel size (ties: the last such axis, so isotropic volumes slice along axis 2)."""
     best = max(spacing)
     return max(i for i, s in enumerate(spacing) if s >= best - 1e-6 * best)
-
-
-def _check_axis(axis: object) -> int | None:
-    if axis is None:
-        return None
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= int(axis) <= 2:
-        raise ValueError(f"`axis` must be None, 0, 1 or 2, got {axis!r}")
-    return int(axis) % 3
 
 
 def in_plane_shape(shape: Sequence[int], axis: int) -> tuple[int, int]:
@@ -293,15 +285,8 @@ class VolumeSlices(Dataset):
             raise ValueError("`image_size` must be an int S or a pair (H, W): slices of different volumes are "
                              "resized to one size")
         self.image_size: tuple[int, int] = size
-        want_axis = _check_axis(axis)
-        if foreground_fraction is not None:
-            if isinstance(foreground_fraction, bool) or not isinstance(foreground_fraction, (int, float)) or not (
-                0.0 <= float(foreground_fraction) <= 1.0
-            ):
-                raise ValueError(f"`foreground_fraction` must be None or a number in [0, 1], got "
-                                 f"{foreground_fraction!r}")
-            foreground_fraction = float(foreground_fraction)
-        self.foreground_fraction = foreground_fraction
+        want_axis = check_axis(axis)
+        self.foreground_fraction = check_number(foreground_fraction, "foreground_fraction", 0, 1, optional=True)
         self.window = _check_window(window)
         self.cache_volumes = check_int(cache_volumes, "cache_volumes", 0)
         self.seed = check_int(seed, "seed", 0)

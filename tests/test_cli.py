@@ -99,7 +99,7 @@ def test_demo_small(tmp_path):
 
 def test_resume_with_more_steps_keeps_the_pas_horizon(tmp_path):
     """``train --resume --steps 2N`` after N steps: PaS keeps its N-step horizon, so the extra steps see clean
-    masks (progress >= 1) instead of re-opening the perturbation (issue 8, item 6)."""
+    masks (progress >= 1) instead of re-opening the perturbation."""
     from spadfast.checkpoint import read_checkpoint
     from spadfast.perturb import perturb_factor
 

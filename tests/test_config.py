@@ -89,7 +89,7 @@ def test_nullable_clip_and_yaml_exponent_strings(tmp_path):
         ({"perturb": {"scd_max": float("nan")}}, TypeError, "`scd_max`"),
     ],
 )
-def test_values_that_would_fail_later_are_rejected_now(data, exc, name):
+def test_values_that_would_fail_during_training_are_rejected_at_construction(data, exc, name):
     with pytest.raises(exc, match=name):
         SPADConfig.from_dict(data)
 

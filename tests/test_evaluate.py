@@ -1,5 +1,6 @@
-"""spadfast.evaluate: binary PNG folders keep today's report exactly; multi-class PNGs and NIfTI label maps get
-per-class metrics (3-D, millimetres from the header), and mismatches are ValueErrors naming the files."""
+"""spadfast.evaluate: binary PNG folders get one score per case and no per-class entries; multi-class PNGs and
+NIfTI label maps get per-class metrics (3-D, millimetres from the header), and mismatches are ValueErrors naming
+the files."""
 
 import json
 import math
@@ -29,7 +30,7 @@ def two_class_map(shift=0):
     return m
 
 
-def test_binary_pngs_keep_todays_report(tmp_path):
+def test_binary_pngs_score_each_case_without_per_class_entries(tmp_path):
     g = {"a.png": np.zeros((12, 12)), "b.png": np.zeros((12, 12))}
     g["a.png"][2:7, 2:7] = 255
     g["b.png"][5:9, 1:4] = 255

@@ -1,4 +1,5 @@
-"""spadfast.files: hostile image/mask files (issue 14 items 6, 7, 9) and the atomic writer."""
+"""spadfast.files: hostile image/mask files (RGBA and gray-alpha masks, multi-page TIFFs,
+integer intensity norms, empty and full masks, hidden files) and the atomic writer."""
 
 import cv2
 import numpy as np

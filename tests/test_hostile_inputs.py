@@ -1,6 +1,6 @@
 """Hostile input through the console script: every case exits with status 2 and ONE line naming the path or
-key, before any work, and leaves every file as it was (hashes compared). Issue 14's table lives here: add a row
-for each new case, so that the class stays closed.
+key, before any work, and leaves every file as it was (hashes compared). The table of hostile inputs lives here:
+add a row for each new case, so that the class stays closed.
 
 Not covered here: an unwritable folder (these tests may run as root, for whom every folder is writable; the check
 is :func:`spadfast.paths.check_writable_dir`, exercised with a file standing in the way instead).

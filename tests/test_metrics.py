@@ -410,7 +410,7 @@ def test_3d_batches_and_layouts():
         hd95(p[0, 0], t[0, 0], sp)  # 2-D masks with a 3-D spacing
     with pytest.raises(ValueError, match="exactly one channel"):
         dice(np.zeros((2, 2, 3, 3, 3)), np.zeros((2, 2, 3, 3, 3)), spacing=sp)
-    # Without a 3-D spacing a [D,H,W] array stays a batch of 2-D images, as before.
+    # Without a 3-D spacing a [D,H,W] array is a batch of 2-D images.
     assert hd95(p[0], t[0]).shape == (12,)
 
 

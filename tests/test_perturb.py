@@ -166,9 +166,9 @@ def test_default_config_is_bcd_over_scd_with_a_generator():
     assert torch.equal(got, want.clamp(0, 1))
 
 
-def _legacy_spad_perturb(mask, progress, cfg=None, seed=None, offset=0, generator=None, validate=True,
-                         backend="auto"):
-    """SPAD as composed before ScD / BcD could be switched off: both ops whenever f > 0."""
+def _spad_both_ops_always(mask, progress, cfg=None, seed=None, offset=0, generator=None, validate=True,
+                          backend="auto"):
+    """SPAD without the ScD / BcD switches: both ops whenever f > 0."""
     cfg = cfg or PerturbConfig()
     f = perturb_factor(progress, cfg)
     if f == 0.0:
@@ -181,7 +181,7 @@ def _legacy_spad_perturb(mask, progress, cfg=None, seed=None, offset=0, generato
     return out.clamp_(0.0, 1.0) if cfg.clamp else out
 
 
-def test_default_training_checkpoint_is_unchanged_and_old_checkpoints_load(tmp_path, monkeypatch):
+def test_default_training_applies_both_ops_and_checkpoints_without_the_switches_load(tmp_path, monkeypatch):
     from spadfast import trainer as trainer_module
     from spadfast.checkpoint import read_checkpoint, write_checkpoint
     from spadfast.predict import Segmenter
@@ -189,17 +189,17 @@ def test_default_training_checkpoint_is_unchanged_and_old_checkpoints_load(tmp_p
     from .helpers import tiny_config
 
     cfg = tiny_config(train_steps=3)
-    new = SPADTrainer(cfg)
-    new.fit()
-    monkeypatch.setattr(trainer_module, "spad_perturb", _legacy_spad_perturb)
-    old = SPADTrainer(cfg)
-    old.fit()
+    switched = SPADTrainer(cfg)
+    switched.fit()
+    monkeypatch.setattr(trainer_module, "spad_perturb", _spad_both_ops_always)
+    both = SPADTrainer(cfg)
+    both.fit()
     monkeypatch.undo()
-    a, b = new.state_tensors(), old.state_tensors()
+    a, b = switched.state_tensors(), both.state_tensors()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    # a checkpoint written before `perturb.scd` / `perturb.bcd` existed loads with both on
-    path = old.save(tmp_path / "run")
+    # a checkpoint whose config lacks `perturb.scd` / `perturb.bcd` loads with both on
+    path = both.save(tmp_path / "run")
     tensors, meta = read_checkpoint(path)
     for key in ("scd", "bcd"):
         del meta["config"]["perturb"][key]

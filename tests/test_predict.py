@@ -57,7 +57,7 @@ class Spy:
 @pytest.mark.parametrize("size", [16, 20])
 def test_a_folder_image_reaches_the_model_bit_identically_in_training_and_prediction(tmp_path, channels, size):
     """Every stored kind (8/16-bit, gray/RGB, PNG/TIFF, shrunk or enlarged): the training item and the tensor that
-    ``predict`` hands to the model are the same bits (issue 8, item 8)."""
+    ``predict`` hands to the model are the same bits."""
     root = _write_folder(tmp_path / "data", SPECS)
     folder = SegmentationFolder(root, image_size=size, channels=channels)
     spy = Spy(tiny_config(image_size=16, image_channels=channels))
@@ -69,7 +69,7 @@ def test_a_folder_image_reaches_the_model_bit_identically_in_training_and_predic
 
 
 def test_same_image_same_mask_whatever_batch_size_or_folder(tmp_path):
-    """Initial noise is keyed by the file name: batch size and the other files do not change a mask (item 9)."""
+    """Initial noise is keyed by the file name: batch size and the other files do not change a mask."""
     from spadfast.data import write_synthetic_folder
 
     data = write_synthetic_folder(tmp_path / "data", 5, 16, seed=1)

@@ -181,7 +181,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_with_a_real_trainer_binary(tmp_path):
-    """End to end with today's binary model: VolumeSlices trains a SPADTrainer, predict_volume_folder segments
+    """End to end with a binary model: VolumeSlices trains a SPADTrainer, predict_volume_folder segments
     imagesTs, evaluate scores against labelsTs (the README's volume example, tiny)."""
     from spadfast import SPADTrainer
     from spadfast.evaluate import evaluate_folders

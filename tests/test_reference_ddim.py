@@ -208,7 +208,7 @@ def test_full_50_step_loop_matches_diffusers(prediction_type, eta, clip, beta_sc
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_reversed_alphas_are_refused_by_name(backend):
-    """Issue 14: ``alpha_prod_t_prev < alpha_prod_t`` would step towards more noise; floats always, tensors when
+    """``alpha_prod_t_prev < alpha_prod_t`` would step towards more noise; floats always, tensors when
     validating. Equal alphas (the last step of a 1-step schedule at alpha 1) stay allowed."""
     from spadfast import ops
 

@@ -255,7 +255,7 @@ def test_every_eta_in_unit_interval_samples_finite():
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_every_step_count_ends_on_the_clean_sample(spacing):
     """For every S in [1, T] the loop's last step targets alpha_prev = 1 (t = -1, the clean sample), never the
-    noisiest alpha (trailing spacing included), and its alphas increase monotonically."""
+    noisiest alpha (what indexing alphas_cumprod at t = -1 would give), and its alphas increase monotonically."""
     T = 1000
     sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", T)), spacing=spacing)
     for S in range(1, T + 1):

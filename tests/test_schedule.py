@@ -105,7 +105,7 @@ def test_ddim_timesteps_every_step_count(spacing, T):
         assert differ <= _exact_ties(T, S, spacing), (spacing, T, S, sorted(differ))
         assert ((got - theirs).abs() <= 1).all()
     if spacing == "trailing" and T == 1000:
-        assert broken[:5] == [61, 103, 121, 122, 201] and len(broken) == 62  # diffusers' float arange (issue 8)
+        assert broken[:5] == [61, 103, 121, 122, 201] and len(broken) == 62  # diffusers' float arange: not S steps
     elif spacing != "trailing":
         assert broken == []
 

@@ -5,11 +5,21 @@ Covers spadfast.reference.* and spadfast.ops.* (backend="reference"; backend dis
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from spadfast import ops, reference, schedule
-from spadfast._validation import MAX_BAND_RADIUS
+from spadfast._validation import (
+    MAX_BAND_RADIUS,
+    ArgumentTypeError,
+    check_axis,
+    check_images,
+    check_int,
+    check_number,
+)
 
 H, W = 6, 7
 
@@ -292,3 +302,232 @@ def test_ops_non_tensor_mask_is_type_error():
 def test_schedule_bad_args(call, name):
     with raises_naming(ValueError, name):
         call()
+
+
+# --------------------------------------------------------------------------------------------- scalar helpers
+NOT_INTS = [True, False, np.True_, 2.5, np.float64(2.0), float("nan"), float("inf"), "3", None, [3], torch.tensor(3)]
+NOT_NUMBERS = [True, False, np.True_, "0.5", None, [0.5], torch.tensor(0.5)]
+
+
+@pytest.mark.parametrize("value", NOT_INTS, ids=repr)
+def test_check_int_refuses_non_integers_as_type_and_value_error(value):
+    with pytest.raises(ArgumentTypeError, match=r"`n` must be an int >= 0, got ") as info:
+        check_int(value, "n", 0)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("value", [3, np.int8(3), np.int32(3), np.int64(3), np.uint16(3)], ids=repr)
+def test_check_int_accepts_python_and_numpy_integers_as_python_int(value):
+    out = check_int(value, "n", 0, 5)
+    assert out == 3 and type(out) is int
+
+
+@pytest.mark.parametrize("value,minimum,maximum,bound", [
+    (-1, 0, None, ">= 0"), (np.int64(0), 1, None, ">= 1"), (6, None, 5, "<= 5"), (6, 1, 5, r"in \[1, 5\]"),
+    (np.int64(-4), -3, 2, r"in \[-3, 2\]"),
+])
+def test_check_int_out_of_range_is_a_value_error_stating_the_bounds(value, minimum, maximum, bound):
+    with pytest.raises(ValueError, match=f"`n` must be an int {bound}, got ") as info:
+        check_int(value, "n", minimum, maximum)
+    assert not isinstance(info.value, TypeError)
+
+
+def test_check_int_optional_and_expected_text():
+    assert check_int(None, "seed", 0, optional=True) is None
+    with pytest.raises(ValueError, match=r"`seed` must be an int >= 0 or None, got -1"):
+        check_int(-1, "seed", 0, optional=True)
+    with pytest.raises(ValueError, match=r"`axis` must be None, 0, 1 or 2, got 3"):
+        check_axis(3)
+    assert [check_axis(a) for a in (None, 0, 2, -1, np.int64(-3))] == [None, 0, 2, 2, 0]
+
+
+@pytest.mark.parametrize("value", NOT_NUMBERS, ids=repr)
+def test_check_number_refuses_non_numbers_as_type_and_value_error(value):
+    with pytest.raises(ArgumentTypeError, match=r"`x` must be a number in \[0, 1\], got "):
+        check_number(value, "x", 0, 1)
+
+
+@pytest.mark.parametrize("value", [0.5, np.float16(0.5), np.float32(0.5), np.float64(0.5), 1, np.int64(1)], ids=repr)
+def test_check_number_accepts_python_and_numpy_numbers_as_python_float(value):
+    out = check_number(value, "x", 0, 1)
+    assert out == float(value) and type(out) is float
+
+
+@pytest.mark.parametrize("kwargs,value,bound", [
+    (dict(minimum=0), -0.5, ">= 0"), (dict(above=0), 0.0, "> 0"), (dict(maximum=1), 1.5, "<= 1"),
+    (dict(below=1), 1.0, "< 1"), (dict(above=0, below=1), 1.0, r"in \(0, 1\)"),
+    (dict(above=0, maximum=1), 0.0, r"in \(0, 1\]"), (dict(minimum=0, maximum=1), np.float32(-1), r"in \[0, 1\]"),
+    (dict(minimum=0), float("nan"), ">= 0"), (dict(minimum=0, maximum=1), float("nan"), r"in \[0, 1\]"),
+    (dict(minimum=0), float("inf"), ">= 0"), (dict(), float("-inf"), ""), (dict(), np.float32("nan"), ""),
+])
+def test_check_number_refuses_nan_inf_and_out_of_range_as_value_error(kwargs, value, bound):
+    with pytest.raises(ValueError, match=f"`x` must be a (finite )?number{' ' + bound if bound else ''}, got ") as info:
+        check_number(value, "x", **kwargs)
+    assert not isinstance(info.value, TypeError)
+
+
+def test_check_number_allows_inf_only_when_asked():
+    assert check_number(float("inf"), "x", above=0, finite=False) == math.inf
+    with pytest.raises(ValueError, match="`x`"):
+        check_number(float("nan"), "x", above=0, finite=False)
+    assert check_number(None, "x", optional=True) is None
+
+
+# ------------------------------------------------------------------------------------- scalar call sites
+def _tiny_sampler():
+    from spadfast.models import build_model
+    from spadfast.sampler import DDIMSampler
+
+    from .helpers import tiny_config
+
+    cfg = tiny_config()
+    return DDIMSampler.from_config(cfg, build_model(cfg), schedule.alphas_cumprod(schedule.make_betas("linear", 10)))
+
+
+def _sample(**kw):
+    return _tiny_sampler().sample(torch.zeros(1, 1, 16, 16), **{"steps": 1, "ensemble": 1, **kw})
+
+
+def _make_split(val_fraction=0.5, seed=0):
+    from spadfast.ablate import make_split
+
+    return make_split(["a", "b", "c", "d"], val_fraction, seed)
+
+
+def _check_size(v):
+    from spadfast.files import check_size
+
+    return check_size(v)
+
+
+def _surface(ndim):
+    from spadfast.metrics import surface
+
+    return surface(np.zeros((3, 3, 3), bool), ndim=ndim)
+
+
+def _unet(**kw):
+    from spadfast.model import SPADUNet
+
+    return SPADUNet(**{"in_channels": 2, "base_channels": 8, "channel_mults": (1,), "attention_levels": (), **kw})
+
+
+# name in the error, call with the value, an accepted numpy value, values refused (wrong type, NaN, out of range)
+INT_SITES = {
+    "make_betas": ("num_train_timesteps", lambda v: schedule.make_betas("linear", v), np.int64(10), [0]),
+    "ddim_timesteps S": ("num_inference_steps", lambda v: schedule.ddim_timesteps(10, v), np.int64(5), [0, 11]),
+    "ddim_timesteps offset": ("steps_offset", lambda v: schedule.ddim_timesteps(10, 5, "leading", v), np.int64(1),
+                              [-1, 2]),
+    "progress_strength": ("stages", lambda v: schedule.progress_strength(0.5, "step", stages=v), np.int64(2), [0]),
+    "make_split": ("split_seed", lambda v: _make_split(seed=v), np.int64(1), [-1]),
+    "check_size": ("image_size", _check_size, np.int64(8), [0]),
+    "surface": ("ndim", _surface, np.int64(3), [1, 4]),
+    "SPADUNet": ("base_channels", lambda v: _unet(base_channels=v), np.int64(8), [0]),
+    "sampler steps": ("steps", lambda v: _sample(steps=v), np.int64(1), [0, 11]),
+    "sampler ensemble": ("ensemble", lambda v: _sample(ensemble=v), np.int64(1), [0]),
+    "sampler seed": ("seed", lambda v: _sample(seed=v), np.int64(3), [-1]),
+}
+NUMBER_SITES = {
+    "make_split": ("val_fraction", lambda v: _make_split(val_fraction=v), np.float32(0.5), [0, 1, math.inf]),
+    "check_eta": ("eta", schedule.check_eta, np.float32(0.5), [-0.1, 1.5]),
+    "gaussian_weights": ("sigma", reference.gaussian_weights, np.float32(1.0), [-1.0, math.inf]),
+    "ddim_step eta": ("eta", lambda v: ops.ddim_step(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), 0.4, 0.6, v,
+                                                     backend="reference"), np.float32(0.5), [1.5]),
+}
+
+
+@pytest.mark.parametrize("site", list(INT_SITES))
+def test_int_arguments_refuse_bools_floats_nan_and_out_of_range_and_accept_numpy_ints(site):
+    name, call, good, out_of_range = INT_SITES[site]
+    call(good)
+    for bad in [True, np.True_, 2.5, float("nan"), *out_of_range]:
+        with raises_naming((TypeError, ValueError), name):
+            call(bad)
+
+
+@pytest.mark.parametrize("site", list(NUMBER_SITES))
+def test_number_arguments_refuse_bools_nan_and_out_of_range_and_accept_numpy_floats(site):
+    name, call, good, out_of_range = NUMBER_SITES[site]
+    call(good)
+    for bad in [True, np.True_, "0.5", float("nan"), *out_of_range]:
+        with raises_naming((TypeError, ValueError), name):
+            call(bad)
+
+
+def test_config_fields_store_numpy_scalars_as_python_scalars():
+    from .helpers import tiny_config
+
+    cfg = tiny_config(batch_size=np.int64(3), lr=np.float32(0.5), ema_decay=np.float64(0.9))
+    assert type(cfg.batch_size) is int and type(cfg.lr) is float and type(cfg.ema_decay) is float
+    for bad in (True, np.True_, 2.5):
+        with raises_naming(TypeError, "batch_size"):
+            tiny_config(batch_size=bad)
+
+
+# ------------------------------------------------------------------------------------------------ images
+BAD_IMAGES = {
+    "list": (TypeError, lambda: [[0.0]]),
+    "2-D": (ValueError, lambda: torch.zeros(16, 16)),
+    "empty batch": (ValueError, lambda: torch.zeros(0, 1, 16, 16)),
+    "channels": (ValueError, lambda: torch.zeros(1, 3, 16, 16)),
+    "integer": (TypeError, lambda: torch.zeros(1, 1, 16, 16, dtype=torch.int64)),
+    "NaN": (ValueError, lambda: torch.full((1, 1, 16, 16), float("nan"))),
+    "inf": (ValueError, lambda: torch.full((1, 1, 16, 16), float("inf"))),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_check_images_names_images(case):
+    exc, make = BAD_IMAGES[case]
+    with raises_naming(exc, "images"):
+        check_images(make(), channels=1)
+
+
+def test_check_images_returns_a_batch_and_whether_the_input_was_one_image():
+    one = torch.zeros(1, 16, 16)
+    batch, single = check_images(one, 1, unbatched=True)
+    assert batch.shape == (1, 1, 16, 16) and single
+    with raises_naming(ValueError, "images"):
+        check_images(one, 1)
+
+
+@pytest.fixture(scope="module")
+def sampling_entry_points():
+    import copy
+
+    from spadfast import SPADTrainer
+    from spadfast.predict import Segmenter
+
+    from .helpers import tiny_config
+
+    trainer = SPADTrainer(tiny_config())
+    segmenter = Segmenter(trainer.config, copy.deepcopy(trainer.model), trainer.sampler.alphas_cumprod)
+    kw = dict(steps=1, ensemble=1)
+    return {
+        "SPADTrainer.sample": lambda x: trainer.sample(x, **kw),
+        "SPADTrainer.sample [C,H,W]": lambda x: trainer.sample(x[0], **kw),
+        "SPADTrainer.segment": lambda x: trainer.segment(x, **kw),
+        "Segmenter.segment": lambda x: segmenter.segment(x, **kw),
+        "DDIMSampler.sample": lambda x: trainer.sampler.sample(x, **kw),
+    }
+
+
+@pytest.mark.parametrize("entry", ["SPADTrainer.sample", "SPADTrainer.sample [C,H,W]", "SPADTrainer.segment",
+                                   "Segmenter.segment", "DDIMSampler.sample"])
+def test_images_are_checked_exactly_once_per_public_sampling_call(entry, sampling_entry_points, monkeypatch):
+    import spadfast.predict
+    import spadfast.sampler
+    import spadfast.trainer
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return check_images(*args, **kwargs)
+
+    for module in (spadfast.trainer, spadfast.sampler, spadfast.predict):
+        monkeypatch.setattr(module, "check_images", spy)
+    sampling_entry_points[entry](torch.zeros(2, 1, 16, 16))
+    assert len(calls) == 1
+    with raises_naming(ValueError, "images"):
+        sampling_entry_points[entry](torch.full((2, 1, 16, 16), float("nan")))
