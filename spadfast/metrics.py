@@ -26,9 +26,8 @@ Conventions (DESIGN.md, "Public API"):
   ``(pred == c, target == c)``; :func:`labels_from_probs` is the one rule that turns class probabilities into
   labels (background wins unless some class probability exceeds the threshold).
 
-Distances are exact: scipy's Euclidean distance transform when scipy is installed, otherwise an exact separable
-transform in numpy (2-D: column distances, then a minimum over columns at the query pixels only; 3-D: one exact
-min-plus pass per axis).
+Distances are exact: scipy's Euclidean distance transform (``scipy.ndimage.distance_transform_edt``, a runtime
+dependency) with the pixel spacing as its sampling.
 """
 
 from __future__ import annotations
@@ -44,23 +43,11 @@ from ._validation import as_numpy as _to_numpy
 from ._validation import binary_array as _as_batch
 from ._validation import is_int
 
-try:
-    from scipy.ndimage import distance_transform_edt as _scipy_edt
-except ImportError:  # scipy is a test extra, not a runtime requirement
-    _scipy_edt = None
+from scipy.ndimage import distance_transform_edt
 
 __all__ = ["dice", "iou", "hd95", "surface", "summarize", "per_class_metrics", "labels_from_probs", "METRICS"]
 
 MaskLike = torch.Tensor | np.ndarray
-
-# Query pixels x columns held at once by the numpy fallback (float64: 8 bytes each).
-_FALLBACK_CHUNK = 1 << 22
-
-
-def _as_bhw(x: object, name: str) -> np.ndarray:
-    """2-D masks as bool ``[B,H,W]``."""
-    return _as_batch(x, name, 2)
-
 
 def _pair(pred: object, target: object, nd: int = 2) -> tuple[np.ndarray, np.ndarray, bool]:
     p = _as_batch(pred, "pred", nd)
@@ -214,53 +201,9 @@ def _surface(m: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
-def _directed_numpy(src: np.ndarray, dst: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """Exact distances from each set pixel of ``src`` to the nearest set pixel of ``dst`` (both ``[H,W]``, dst
-    non-empty), in row-major order of ``src``. Column pass: vertical gap to the nearest ``dst`` pixel in each column;
-    then, per query pixel, the minimum over columns of ``(dy * gap)^2 + (dx * column offset)^2``."""
-    h, w = dst.shape
-    rows = np.arange(h, dtype=np.float64)[:, None]
-    above = np.maximum.accumulate(np.where(dst, rows, -np.inf), axis=0)
-    below = np.minimum.accumulate(np.where(dst, rows, np.inf)[::-1], axis=0)[::-1]
-    gap = np.minimum(rows - above, below - rows)  # inf in columns without any dst pixel
-    gap2 = (spacing[0] * gap) ** 2
-    qy, qx = np.nonzero(src)
-    cols = np.arange(w, dtype=np.float64)
-    out = np.empty(qy.size, dtype=np.float64)
-    step = max(1, _FALLBACK_CHUNK // w)
-    for i in range(0, qy.size, step):
-        y, x = qy[i : i + step], qx[i : i + step]
-        d2 = gap2[y] + (spacing[1] * (x[:, None] - cols[None, :])) ** 2
-        out[i : i + step] = np.sqrt(d2.min(axis=1))
-    return out
-
-
-def _squared_edt_numpy(dst: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Exact squared Euclidean distance from every voxel to the nearest set voxel of ``dst`` (any number of axes).
-
-    Separable: ``f <- min_j f[j] + (s * (i - j))^2`` along each axis in turn (a brute-force min-plus pass, chunked
-    to ``_FALLBACK_CHUNK`` floats), starting from 0 on ``dst`` and inf elsewhere."""
-    f = np.where(dst, 0.0, np.inf)
-    for ax, s in enumerate(spacing):
-        moved = np.moveaxis(f, ax, -1)
-        n = moved.shape[-1]
-        idx = np.arange(n, dtype=np.float64)
-        offsets = (s * (idx[:, None] - idx[None, :])) ** 2  # [i, j]
-        flat = moved.reshape(-1, n)
-        out = np.empty_like(flat)
-        step = max(1, _FALLBACK_CHUNK // (n * n))
-        for i in range(0, flat.shape[0], step):
-            out[i : i + step] = (flat[i : i + step, None, :] + offsets[None]).min(axis=2)
-        f = np.moveaxis(out.reshape(moved.shape), -1, ax)
-    return f
-
-
 def _directed(src: np.ndarray, dst: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    if _scipy_edt is not None:
-        return _scipy_edt(~dst, sampling=spacing)[src]
-    if dst.ndim == 2:
-        return _directed_numpy(src, dst, spacing)  # type: ignore[arg-type]
-    return np.sqrt(_squared_edt_numpy(dst, spacing)[src])
+    """Distances from each set voxel of ``src`` to the nearest set voxel of ``dst`` (non-empty), row-major."""
+    return distance_transform_edt(~dst, sampling=spacing)[src]
 
 
 def _hd95_one(sp: np.ndarray, st: np.ndarray, spacing: tuple[float, ...]) -> float:

@@ -118,14 +118,6 @@ CASES = random_cases(0, 400)
 SPACINGS = [(1.0, 1.0), (0.7, 1.3), (2.5, 0.4)]
 
 
-@pytest.fixture(params=["scipy", "numpy"])
-def backend(request, monkeypatch):
-    """HD95 runs on scipy's EDT when scipy is present; the numpy fallback must agree too."""
-    if request.param == "numpy":
-        monkeypatch.setattr(metrics, "_scipy_edt", None)
-    return request.param
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Agreement with the references
 
@@ -144,7 +136,7 @@ def test_surface_matches_scipy_erosion():
 
 
 @pytest.mark.parametrize("spacing", SPACINGS)
-def test_hd95_matches_brute_force(backend, spacing):
+def test_hd95_matches_brute_force(spacing):
     for p, t in CASES:
         want = ref_hd95(p, t, spacing)
         got = hd95(p, t, spacing=spacing)
@@ -155,7 +147,7 @@ def test_hd95_matches_brute_force(backend, spacing):
             assert got == pytest.approx(want, rel=1e-12, abs=1e-12), (p.astype(int), t.astype(int))
 
 
-def test_hd95_larger_images_match_brute_force(backend):
+def test_hd95_larger_images_match_brute_force():
     rng = np.random.default_rng(1)
     for _ in range(8):
         h, w = int(rng.integers(60, 97)), int(rng.integers(60, 97))
@@ -164,14 +156,6 @@ def test_hd95_larger_images_match_brute_force(backend):
         want = ref_hd95(p, t, spacing)
         got = hd95(p, t, spacing)
         assert got == pytest.approx(want, rel=1e-12, abs=1e-12) or (math.isinf(want) and got == math.inf)
-
-
-def test_numpy_fallback_chunks(monkeypatch):
-    monkeypatch.setattr(metrics, "_scipy_edt", None)
-    monkeypatch.setattr(metrics, "_FALLBACK_CHUNK", 7)  # several chunks, the last one partial
-    for p, t in CASES[:60]:
-        want = ref_hd95(p, t, (0.7, 1.3))
-        assert hd95(p, t, (0.7, 1.3)) == pytest.approx(want, rel=1e-12, abs=1e-12) or math.isinf(want)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -382,7 +366,7 @@ CASES_3D = [random_volume_pair(np.random.default_rng(10 + i), (12, 10, 6)) for i
 
 
 @pytest.mark.parametrize("spacing", SPACINGS_3D)
-def test_hd95_3d_matches_brute_force(backend, spacing):
+def test_hd95_3d_matches_brute_force(spacing):
     for p, t in CASES_3D:
         want = ref_hd95_3d(p, t, spacing)
         got = hd95(p, t, spacing=spacing)
@@ -412,16 +396,6 @@ def test_3d_batches_and_layouts():
         dice(np.zeros((2, 2, 3, 3, 3)), np.zeros((2, 2, 3, 3, 3)), spacing=sp)
     # Without a 3-D spacing a [D,H,W] array is a batch of 2-D images.
     assert hd95(p[0], t[0]).shape == (12,)
-
-
-def test_squared_edt_numpy_matches_scipy():
-    rng = np.random.default_rng(5)
-    for _ in range(10):
-        dst = rng.random((7, 9, 5)) < 0.05
-        dst[0, 0, 0] = True
-        sp = tuple(float(v) for v in rng.uniform(0.3, 3, 3))
-        want = ndimage.distance_transform_edt(~dst, sampling=sp) ** 2
-        np.testing.assert_allclose(metrics._squared_edt_numpy(dst, sp), want, rtol=1e-12, atol=1e-12)
 
 
 def _monai_hd95(p, t, spacing):
