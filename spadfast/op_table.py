@@ -56,13 +56,6 @@ class OpSpec:
 
         return functools.partial(plan, self.launcher)
 
-    @property
-    def ops_fn(self) -> Callable:
-        """The public function: the reference's signature plus ``backend=``."""
-        from . import ops
-
-        return getattr(ops, self.name)
-
 
 OPS: dict[str, OpSpec] = {
     "canny": OpSpec("canny", "canny", exact=True),
