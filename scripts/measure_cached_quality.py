@@ -110,7 +110,7 @@ def run(data: str, model_name: str, out: Path, steps: int | None) -> dict:
     cfg.progress_bar = False
     t0 = time.perf_counter()
     if data == "demo":
-        from spadfast.data import write_synthetic_folder
+        from spadfast.synthetic import write_synthetic_folder
         from spadfast.evaluate import evaluate_folders
         from spadfast.predict import predict_folder
 

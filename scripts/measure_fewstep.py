@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def load_split(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from spadfast.data import write_synthetic_folder
+    from spadfast.synthetic import write_synthetic_folder
 
     if not (folder / "images").is_dir():
         write_synthetic_folder(folder, 32, size, TEST_SEED)

@@ -1,28 +1,22 @@
-"""Data, one import away: the public names of the data layer, re-exported from where they live.
+"""Deprecated: import the data layer's names from their home modules.
 
-- :mod:`spadfast.files`: reading images and masks, resizing, image file -> model input, atomic writes.
-- :mod:`spadfast.synthetic`: ``SyntheticLesions`` and ``write_synthetic_folder``.
-- :mod:`spadfast.folders`: ``SegmentationFolder`` (``images/`` + ``masks/`` paired by stem).
-- :mod:`spadfast.batches`: dataset coercion and the resumable per-rank batch stream used by the trainer.
-- :mod:`spadfast.augment`: the one augmentation. :mod:`spadfast.visualize`: ``overlay_contour`` and other pictures.
+- :mod:`spadfast.files`: ``IMAGE_EXTENSIONS``, ``read_image``, ``read_mask``, ``read_model_input``, ``write_mask_png``.
+- :mod:`spadfast.folders`: ``SegmentationFolder``. :mod:`spadfast.synthetic`: ``SyntheticLesions``,
+  ``write_synthetic_folder``. :mod:`spadfast.visualize`: ``overlay_contour``.
 
-Conventions: an image is float32 ``[C,H,W]`` in ``[-1, 1]`` (RGB order when ``C == 3``); a mask is float32
-``[1,H,W]`` holding 0 and 1.
+Importing this module warns once (``DeprecationWarning``); its names still resolve, so older scripts keep running.
 """
 
-from .files import IMAGE_EXTENSIONS, read_image, read_mask, read_model_input, write_mask_png
-from .folders import SegmentationFolder
-from .synthetic import SyntheticLesions, write_synthetic_folder
-from .visualize import overlay_contour
+import warnings
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "SyntheticLesions",
-    "SegmentationFolder",
-    "read_image",
-    "read_mask",
-    "read_model_input",
-    "write_mask_png",
-    "overlay_contour",
-    "write_synthetic_folder",
-]
+from .files import IMAGE_EXTENSIONS, read_image, read_mask, read_model_input, write_mask_png  # noqa: F401
+from .folders import SegmentationFolder  # noqa: F401
+from .synthetic import SyntheticLesions, write_synthetic_folder  # noqa: F401
+from .visualize import overlay_contour  # noqa: F401
+
+warnings.warn(
+    "spadfast.data is deprecated: import from spadfast.files, spadfast.folders, spadfast.synthetic or "
+    "spadfast.visualize",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -42,7 +42,7 @@ def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int =
 
     The demo owns ``OUT/run``, ``OUT/test``, ``OUT/pred`` and ``OUT/overlays``: a re-run deletes and rewrites them.
     """
-    from .data import SyntheticLesions, write_synthetic_folder
+    from .synthetic import SyntheticLesions, write_synthetic_folder
     from .evaluate import evaluate_folders
     from .predict import predict_folder
     from .trainer import SPADTrainer

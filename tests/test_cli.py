@@ -9,7 +9,7 @@ import pytest
 
 from spadfast import __version__
 from spadfast.cli import main
-from spadfast.data import write_synthetic_folder
+from spadfast.synthetic import write_synthetic_folder
 
 from .helpers import tiny_config
 

@@ -1,4 +1,4 @@
-"""spadfast.data: synthetic lesions, data folders, mask I/O and overlays."""
+"""The data layer (files, folders, synthetic, visualize): synthetic lesions, data folders, mask I/O and overlays."""
 
 import os
 
@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from spadfast.data import (
-    SegmentationFolder,
-    SyntheticLesions,
-    overlay_contour,
-    read_image,
-    read_mask,
-    write_mask_png,
-    write_synthetic_folder,
-)
+from spadfast.files import read_image, read_mask, write_mask_png
+from spadfast.folders import SegmentationFolder
+from spadfast.synthetic import SyntheticLesions, write_synthetic_folder
+from spadfast.visualize import overlay_contour
 
 # ---------------------------------------------------------------------------------------------------------------
 # SyntheticLesions
@@ -364,3 +359,17 @@ def test_overlay_contour():
         overlay_contour(image, m[:-1])
     with pytest.raises(TypeError, match="`image`"):
         overlay_contour(image.numpy().astype(np.int32), m)
+
+
+def test_deprecated_data_module_warns_and_still_resolves_the_home_names():
+    import importlib
+    import sys
+
+    import spadfast.folders
+    import spadfast.synthetic
+
+    sys.modules.pop("spadfast.data", None)
+    with pytest.warns(DeprecationWarning, match="spadfast.synthetic"):
+        data = importlib.import_module("spadfast.data")
+    assert data.SyntheticLesions is spadfast.synthetic.SyntheticLesions
+    assert data.SegmentationFolder is spadfast.folders.SegmentationFolder

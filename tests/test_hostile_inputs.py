@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from spadfast import SPADTrainer
-from spadfast.data import write_synthetic_folder
+from spadfast.synthetic import write_synthetic_folder
 
 from .helpers import tiny_config
 

@@ -118,7 +118,7 @@ def test_validate_scores_a_known_prediction(M, predict):
 
 
 def test_png_folders_and_synthetic_data_refuse_more_than_two_classes(tmp_path):
-    from spadfast.data import write_synthetic_folder
+    from spadfast.synthetic import write_synthetic_folder
 
     with pytest.raises(ValueError, match="synthetic"):
         SPADTrainer(tiny_config(num_classes=3))

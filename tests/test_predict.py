@@ -70,7 +70,7 @@ def test_a_folder_image_reaches_the_model_bit_identically_in_training_and_predic
 
 def test_same_image_same_mask_whatever_batch_size_or_folder(tmp_path):
     """Initial noise is keyed by the file name: batch size and the other files do not change a mask."""
-    from spadfast.data import write_synthetic_folder
+    from spadfast.synthetic import write_synthetic_folder
 
     data = write_synthetic_folder(tmp_path / "data", 5, 16, seed=1)
     trainer = SPADTrainer(tiny_config())

@@ -265,7 +265,7 @@ def test_a_binary_model_trained_on_2d_images_is_refused_on_volumes(tmp_path, ove
 def runs(tmp_path_factory):
     """A tiny binary checkpoint trained on PNGs and one trained on volumes, and the volume set."""
     from spadfast import SPADTrainer
-    from spadfast.data import write_synthetic_folder
+    from spadfast.synthetic import write_synthetic_folder
     from tests.helpers import tiny_config
 
     base = tmp_path_factory.mktemp("runs")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spadfast import SPADConfig, SPADTrainer
-from spadfast.data import write_synthetic_folder
+from spadfast.synthetic import write_synthetic_folder
 from spadfast.run_log import RunLog
 
 from .helpers import tiny_config
@@ -194,7 +194,7 @@ class MaskAsImage(torch.utils.data.Dataset):
 
 
 def SyntheticMasks(n, size):
-    from spadfast.data import SyntheticLesions
+    from spadfast.synthetic import SyntheticLesions
 
     return [SyntheticLesions(n, image_size=size, seed=3)[i][1] for i in range(n)]
 
