@@ -122,7 +122,7 @@ def _canny_cases() -> list[Case]:
 
 def _boundary_blur_cases() -> list[Case]:
     from spadfast.kernels.boundary_blur import MAX_RADIUS
-    from spadfast.perturb import PerturbConfig
+    from spadfast.config import PerturbConfig
 
     def call(shape=_TRAINING, dtype=torch.float32, sigma=1.0, radius=1, noise=False, base=False, seed=1, offset=0,
              wide=False):  # fmt: skip
@@ -156,7 +156,7 @@ def _boundary_blur_cases() -> list[Case]:
 
 
 def _target_noise_cases() -> list[Case]:
-    from spadfast.perturb import PerturbConfig
+    from spadfast.config import PerturbConfig
 
     cfg = PerturbConfig()
 

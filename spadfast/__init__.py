@@ -30,8 +30,8 @@ def _register_source_kernels() -> None:
 _register_source_kernels()
 
 from . import metrics, ops, reference, schedule  # noqa: E402
-from .config import SPADConfig  # noqa: E402
-from .perturb import PerturbConfig, spad_perturb  # noqa: E402
+from .config import PerturbConfig, SPADConfig  # noqa: E402
+from .perturb import spad_perturb  # noqa: E402
 from .sampler import DDIMSampler, SampleResult  # noqa: E402
 from .trainer import SPADTrainer  # noqa: E402
 

@@ -46,7 +46,7 @@ import numpy as np
 from ._validation import check_int, check_number
 from .ablation_stats import aggregate, format_markdown
 
-__all__ = ["VARIANTS_CORE", "variant_overrides", "run_ablation", "aggregate", "format_markdown", "add_arguments",
+__all__ = ["VARIANTS_CORE", "variant_overrides", "run_ablation", "add_arguments",
            "main"]
 
 VARIANTS_CORE = ("SPAD", "w/o ScD", "w/o BcD", "baseline")

@@ -35,7 +35,8 @@ def coerce_dataset(
             raise ValueError(f"`{name}`: the built-in synthetic lesions are binary; num_classes > 2 needs data")
         return SyntheticLesions(synthetic_n, image_size=image_size, seed=synthetic_seed, channels=channels)
     if isinstance(data, (str, Path)):
-        from .volumes import VolumeSlices, is_volume_folder
+        from .nifti import is_volume_folder
+        from .volumes import VolumeSlices
 
         if is_volume_folder(data):
             data = VolumeSlices(data, image_size=image_size, axis=slice_axis, window=window,

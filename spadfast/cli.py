@@ -222,7 +222,8 @@ def _train_locked(args) -> int:
 def _volume_data(cfg, data: Path, config_file: Path | None):
     """For a Decathlon / nnU-Net folder: read it once and take ``num_classes``, ``image_channels`` and the slicing
     axis from it (a config file that sets them differently is an error naming the key)."""
-    from .volumes import VolumeSlices, is_volume_folder
+    from .nifti import is_volume_folder
+    from .volumes import VolumeSlices
 
     if not is_volume_folder(data):
         return cfg, data

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._constants import BACKENDS, PREDICTION_TYPES
 
-__all__ = ["BACKENDS", "OPS", "OpSpec", "PREDICTION_TYPES", "TOLERANCES"]
+__all__ = ["OPS", "OpSpec", "TOLERANCES"]
 
 # (rtol, atol) of a floating kernel output against its reference: both compute in fp32 and round once to the
 # output dtype, so the bound is the dtype's rounding. Binary outputs (canny) are compared exactly.

@@ -23,7 +23,7 @@ from . import reference
 from ._constants import BACKENDS
 from .op_table import OPS
 
-__all__ = ["canny", "boundary_blur", "target_noise", "ddim_step", "triton_available", "resolve_backend", "BACKENDS"]
+__all__ = ["canny", "boundary_blur", "target_noise", "ddim_step", "triton_available", "resolve_backend"]
 
 
 @functools.cache

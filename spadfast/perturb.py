@@ -26,7 +26,7 @@ from . import ops
 from .config import PerturbConfig
 from .schedule import progress_strength
 
-__all__ = ["PerturbConfig", "perturb_factor", "spad_perturb"]
+__all__ = ["perturb_factor", "spad_perturb"]
 
 
 def perturb_factor(progress: float, cfg: PerturbConfig) -> float:

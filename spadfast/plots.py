@@ -269,7 +269,7 @@ def _old_boxplot() -> bool:
 
 
 def plot_ablation(result: dict[str, Any], out: str | Path) -> Path:
-    """Mean Dice, IoU and HD95 per variant as points with ± std over seeds (``spadfast.ablate.aggregate``'s result),
+    """Mean Dice, IoU and HD95 per variant as points with ± std over seeds (``spadfast.ablation_stats.aggregate``'s result),
     SPAD's value as a dashed reference line; infinite or missing values are marked, not drawn. Points, not bars:
     the axes are zoomed to the values, and a bar's length would exaggerate small differences."""
     rows = result["rows"]

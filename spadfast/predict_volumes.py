@@ -25,7 +25,7 @@ from .predict import check_one_input_kind
 from .sampler import image_noise_key
 from .volumes import coarsest_axis, in_plane_shape, normalize_volume, resize_plane, slice_volume
 
-__all__ = ["labels_from_probs", "predict_volume", "predict_volume_folder"]
+__all__ = ["predict_volume", "predict_volume_folder"]
 
 
 def _resolve_size(image_size: object, segmenter) -> tuple[int, int]:
@@ -92,7 +92,7 @@ def predict_volume(
         shape, affine and header geometry.
 
     Raises:
-        ValueError: unreadable inputs (see :func:`spadfast.volumes.load_case`), channels unlike
+        ValueError: unreadable inputs (see :func:`spadfast.nifti.load_case`), channels unlike
             ``config.image_channels``, a bad ``axis``/``batch_size``/``out_path``, a model trained on 2-D images.
     """
     if isinstance(image_paths, (str, os.PathLike)):

@@ -39,7 +39,7 @@ from ._validation import check_int
 from ._version import __version__
 from .report_folder import MARKER, check_report_dir, swap_in
 
-__all__ = ["MARKER", "write_report", "add_arguments", "check_arguments", "main"]
+__all__ = ["write_report", "add_arguments", "check_arguments", "main"]
 
 METRICS = (("dice", "Dice", "↑"), ("iou", "IoU", "↑"), ("hd95", "HD95", "↓"))
 GT_COLOR = (0, 0, 255)  # BGR red

@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from . import ops
+from .config import PerturbConfig
 from .files import mask_2d
-from .perturb import PerturbConfig, perturb_factor, spad_perturb
+from .perturb import perturb_factor, spad_perturb
 
 
 def _image_to_bgr_u8(image: object) -> np.ndarray:

@@ -37,34 +37,18 @@ from torch.utils.data import Dataset
 
 from ._validation import check_axis, check_int, check_number
 from .files import check_size
-from .nifti import (  # re-exported: the public names of the volume layer in one place
-    GEOMETRY_ATOL,
-    VOLUME_SUFFIXES,
-    CaseImage,
-    DatasetInfo,
-    case_stem,
+from .nifti import (
     group_cases,
-    is_volume_folder,
     load_case,
     n_channels_of,
     read_dataset_json,
     read_label,
     read_nifti,
-    read_voxels,
-    spacing_of,
     volume_files,
-    volume_stem,
-    write_nifti,
 )
 from .slice_draws import draw_slice
-from .synthetic_volumes import write_demo_volumes
 
-__all__ = [
-    "CaseImage", "DatasetInfo", "GEOMETRY_ATOL", "NormParams", "VOLUME_SUFFIXES", "VolumeSlices",
-    "apply_normalization", "case_stem", "coarsest_axis", "group_cases", "is_volume_folder", "load_case",
-    "n_channels_of", "normalization_params", "normalize_volume", "read_dataset_json", "read_label", "read_nifti",
-    "read_voxels", "slice_volume", "spacing_of", "volume_files", "volume_stem", "write_demo_volumes", "write_nifti",
-]
+__all__ = ["NormParams", "VolumeSlices", "apply_normalization", "coarsest_axis", "normalization_params", "normalize_volume", "slice_volume"]
 
 BODY_PERCENTILE = 1.0
 CT_PERCENTILES = (0.5, 99.5)
@@ -257,6 +241,7 @@ class VolumeSlices(Dataset):
 
     Example:
         >>> import tempfile
+        >>> from spadfast.synthetic_volumes import write_demo_volumes
         >>> root = write_demo_volumes(tempfile.mkdtemp(), n_cases=2, shape=(20, 18, 6), num_classes=3)
         >>> ds = VolumeSlices(root, image_size=16)
         >>> ds.case_names, ds.num_classes, ds.modalities, ds.axis, len(ds)

@@ -15,14 +15,13 @@ from spadfast import ablate
 from spadfast.ablate import (
     _merge,
     add_arguments,
-    aggregate,
-    format_markdown,
     main,
     make_split,
     run_ablation,
     slug,
     variant_overrides,
 )
+from spadfast.ablation_stats import aggregate, format_markdown
 from spadfast.config import SPADConfig
 from spadfast.synthetic import write_synthetic_folder
 

@@ -13,7 +13,8 @@ import pytest
 
 from spadfast.evaluate import evaluate_folders, format_table
 from spadfast.metrics import dice, hd95, iou, per_class_metrics
-from spadfast.volumes import write_demo_volumes, write_nifti
+from spadfast.nifti import write_nifti
+from spadfast.synthetic_volumes import write_demo_volumes
 
 
 def write_pngs(folder, maps):

@@ -16,7 +16,7 @@ nib = pytest.importorskip("nibabel")
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory):
-    from spadfast.volumes import write_demo_volumes
+    from spadfast.synthetic_volumes import write_demo_volumes
 
     return write_demo_volumes(tmp_path_factory.mktemp("vol") / "Task01", n_cases=3, shape=(20, 18, 6),
                               num_classes=3, n_test=2)

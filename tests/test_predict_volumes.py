@@ -12,7 +12,9 @@ import torch
 from spadfast import SampleResult, SPADConfig
 from spadfast.metrics import labels_from_probs, per_class_metrics
 from spadfast.predict_volumes import predict_volume, predict_volume_folder
-from spadfast.volumes import VolumeSlices, write_demo_volumes, write_nifti
+from spadfast.nifti import write_nifti
+from spadfast.synthetic_volumes import write_demo_volumes
+from spadfast.volumes import VolumeSlices
 
 WINDOW = (0.0, 300.0)  # label c has intensity 100 c: -1, -1/3, 1/3, 1 after the window
 CENTRES = (-1 / 3, 1 / 3, 1.0)

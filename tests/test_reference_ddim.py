@@ -17,7 +17,8 @@ import torch
 from diffusers import DDIMScheduler
 
 from spadfast import ops, reference, schedule
-from spadfast.op_table import PREDICTION_TYPES, TOLERANCES
+from spadfast._constants import PREDICTION_TYPES
+from spadfast.op_table import TOLERANCES
 
 T = 1000
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")

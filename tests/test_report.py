@@ -14,7 +14,8 @@ import pytest
 
 from spadfast.evaluate import evaluate_folders
 from spadfast.files import write_mask_png
-from spadfast.report import MARKER, add_arguments, main, write_report
+from spadfast.report import add_arguments, main, write_report
+from spadfast.report_folder import MARKER
 
 
 class _Page(HTMLParser):
@@ -222,7 +223,7 @@ def test_volumes_show_one_slice(tmp_path):
     pytest.importorskip("nibabel")
     import shutil
 
-    from spadfast.volumes import write_demo_volumes
+    from spadfast.synthetic_volumes import write_demo_volumes
 
     root = write_demo_volumes(tmp_path / "data", n_cases=1, n_test=2, shape=(16, 16, 6))
     shutil.copytree(root / "labelsTs", tmp_path / "pred")

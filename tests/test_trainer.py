@@ -314,7 +314,7 @@ def test_compiled_training_step_runs_on_cpu_and_matches_eager():
 
 @pytest.mark.parametrize("how", ["recorded folder", "given folder", "synthetic", "volumes"])
 def test_resume_says_in_one_line_which_data_it_uses(tmp_path, capsys, how):
-    from spadfast.volumes import write_demo_volumes
+    from spadfast.synthetic_volumes import write_demo_volumes
 
     val = None
     if how == "volumes":

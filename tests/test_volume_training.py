@@ -9,7 +9,8 @@ from torch.utils.data import Dataset
 
 from spadfast import SampleResult, SPADTrainer
 from spadfast.batches import batch_iterator, validation_pairs
-from spadfast.volumes import VolumeSlices, write_demo_volumes
+from spadfast.synthetic_volumes import write_demo_volumes
+from spadfast.volumes import VolumeSlices
 
 from .helpers import tiny_config
 

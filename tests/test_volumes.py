@@ -10,17 +10,9 @@ import pytest
 import torch
 
 from spadfast import volumes
-from spadfast.volumes import (
-    VolumeSlices,
-    apply_normalization,
-    coarsest_axis,
-    group_cases,
-    is_volume_folder,
-    normalization_params,
-    read_dataset_json,
-    write_demo_volumes,
-    write_nifti,
-)
+from spadfast.nifti import group_cases, is_volume_folder, read_dataset_json, write_nifti
+from spadfast.synthetic_volumes import write_demo_volumes
+from spadfast.volumes import VolumeSlices, apply_normalization, coarsest_axis, normalization_params
 
 SHAPE = (12, 10, 6)
 SPACING = (0.8, 0.9, 2.5)

@@ -6,7 +6,8 @@ from scipy import stats
 
 from spadfast import ops, reference
 from spadfast.kernels.ddim import ddim_step as triton_ddim_step
-from spadfast.op_table import PREDICTION_TYPES, TOLERANCES
+from spadfast._constants import PREDICTION_TYPES
+from spadfast.op_table import TOLERANCES
 
 from .layouts import LAYOUTS, column_major
 
