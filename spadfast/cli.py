@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import distributed as dist_utils
 from ._version import __version__
 
 COMMANDS = ("demo", "train", "predict", "evaluate", "verify", "plot", "ablate")
@@ -356,21 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = handler(args)
     except (ValueError, TypeError, FloatingPointError, OSError) as e:
-        _leave_process_group()
+        dist_utils.shutdown(wait=False)
         # OSError (FileNotFoundError, PermissionError, disk full, ...) names its path; every message is one line
         text = _os_error_line(e) if isinstance(e, OSError) else str(e)
         print(f"spadfast {args.command}: error: {' '.join(text.split())}", file=sys.stderr)
         return 2
-    _leave_process_group()
+    dist_utils.shutdown()
     if args.command in ("demo", "train"):
         print(f"spadfast {args.command}: {time.perf_counter() - t0:.1f} s")
     return code
-
-
-def _leave_process_group() -> None:
-    """Tear down a torchrun process group before exit: left to interpreter shutdown, gloo's threads are destroyed
-    while joinable and a rank can abort ("terminate called without an active exception")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

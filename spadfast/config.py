@@ -13,7 +13,7 @@ from ._fields import check_fields
 from ._validation import MAX_BAND_RADIUS
 from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
 
-PERTURB_MODES = ("target", "condition")
+PERTURB_MODES = ("target", "input", "condition")  # spadfast.training_inputs
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
 INTENSITY_NORMS = ("dtype", "minmax", "percentile")  # spadfast.files.intensity_range
@@ -28,6 +28,7 @@ class PerturbConfig:
     pas_kind: str = "cosine"  # linear | cosine | step
     pas_end: float = 0.8  # progress at which the perturbation reaches 0 (the rest of training sees clean masks)
     pas_stages: int = 4  # plateaus of the "step" kind
+    pas_floor: float = 0.0  # PaS strength never drops below this (0: fades to clean masks; > 0: never fades out)
     scd_max: float = 0.5  # ScD noise std at p = 0 (mask units)
     anchor_size: int = 4  # anchor cell side, pixels
     keep_ratio: float = 0.25  # fraction of anchor cells left unaltered
@@ -47,6 +48,8 @@ class PerturbConfig:
         for name in ("scd_max", "bcd_max", "blur_sigma_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.pas_floor <= 1:
+            raise ValueError(f"`pas_floor` must lie in [0, 1], got {self.pas_floor}")
         if not 0 <= self.keep_ratio <= 1:
             raise ValueError(f"`keep_ratio` must lie in [0, 1], got {self.keep_ratio}")
         if self.anchor_size < 1 or self.band_radius_max < 0 or self.pas_stages < 1:
@@ -100,6 +103,8 @@ class SPADConfig:
     prediction_type: str = "epsilon"
     perturb_mode: str = "target"
     condition_dropout: float = 0.5  # "condition" mode: probability that the condition channel is zeroed in training
+    perturb_prob: float = 1.0  # share of each batch's rows that get the perturbation ("target" and "input" modes)
+    input_gamma: float = 0.0  # DDPM-IP: x_t is built with noise eps + gamma * xi, the target from eps (0: off)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     # training
     train_steps: int = 2000
@@ -174,6 +179,8 @@ class SPADConfig:
             (self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}"),
             (self.perturb_mode in PERTURB_MODES, "perturb_mode", f"one of {PERTURB_MODES}"),
             (0 <= self.condition_dropout <= 1, "condition_dropout", "in [0, 1]"),
+            (0 <= self.perturb_prob <= 1, "perturb_prob", "in [0, 1]"),
+            (0 <= self.input_gamma <= 1, "input_gamma", "in [0, 1]"),
             (self.train_steps >= 1, "train_steps", ">= 1"),
             (self.pas_steps is None or self.pas_steps >= 1, "pas_steps", "None or >= 1"),
             (self.batch_size >= 1, "batch_size", ">= 1"),

@@ -44,6 +44,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group: every rank waits for the others (``wait``), then tears it down. After an error on
+    one rank, pass ``wait=False``: the others may never reach the barrier.
+
+    Left to interpreter shutdown (or torn down while a peer is still talking), gloo's worker threads can be destroyed
+    while joinable and the rank aborts ("terminate called without an active exception") after its work is done.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"``: this rank's CUDA device when available, else CPU. Under torchrun each rank uses cuda:LOCAL_RANK."""
     if name == "auto":

@@ -30,10 +30,10 @@ __all__ = ["perturb_factor", "spad_perturb"]
 
 
 def perturb_factor(progress: float, cfg: PerturbConfig) -> float:
-    """PaS decay factor f(p) in [0, 1]; 0 when the perturbation is disabled."""
+    """PaS decay factor f(p) in [``pas_floor``, 1]; 0 when the perturbation is disabled."""
     if not cfg.enabled:
         return 0.0
-    return progress_strength(progress, cfg.pas_kind, 1.0, cfg.pas_end, cfg.pas_stages)
+    return max(cfg.pas_floor, progress_strength(progress, cfg.pas_kind, 1.0, cfg.pas_end, cfg.pas_stages))
 
 
 def spad_perturb(

@@ -43,11 +43,12 @@ from .distributed import resolve_device
 from .metrics import dice
 from .models import build_model, check_fits_memory
 from .perturb import perturb_factor, spad_perturb
+from .training_inputs import noised_pair, perturbed_rows, self_condition, x0_from_prediction
 from .profiling import nvtx_range
 from .run_log import RunLog
 from .runlock import hold_run_lock
 from .sampler import DDIMSampler, SampleResult
-from .schedule import add_noise, alphas_cumprod, make_betas, training_target
+from .schedule import add_noise, alphas_cumprod, make_betas
 
 
 class SPADTrainer:
@@ -138,31 +139,56 @@ class SPADTrainer:
         return self.config.lr * min(1.0, (step + 1) / self.config.warmup_steps)
 
     def _loss(self, image: torch.Tensor, mask: torch.Tensor, micro: int) -> torch.Tensor:
-        """Diffusion loss of one micro-batch: perturb the mask (SPAD), noise it, predict, MSE to the target."""
+        """Diffusion loss of one micro-batch: perturb (SPAD), noise, predict, MSE to the target of ``perturb_mode``
+        (:mod:`spadfast.training_inputs`)."""
         cfg = self.config
         B, K, H, W = mask.shape
+        clean = mask * 2 - 1
+        t = torch.randint(0, cfg.num_train_timesteps, (B,), generator=self.generator, device=self.device)
+        eps = torch.randn(clean.shape, generator=self.generator, device=self.device)
+        a = self.alphas_cumprod[t].view(B, 1, 1, 1)
+        input_noise = None
+        if cfg.input_gamma > 0:
+            input_noise = cfg.input_gamma * torch.randn(clean.shape, generator=self.generator, device=self.device)
+        rows = perturbed_rows(B, cfg.perturb_prob, self.generator, self.device)
+        estimate = binary = None
+        if cfg.perturb_mode == "condition":
+            noise = eps if input_noise is None else eps + input_noise
+            estimate = self._self_estimate(image, add_noise(clean, noise, a), t, a)
+            binary = (estimate > 0).float()
         with nvtx_range("spad_perturb"):
             offset = (micro * self.world_size + self.rank) * 2 * mask.numel()
+            source = mask if binary is None else binary
             # one perturbation per class channel: channels become rows of the [B*K,1,H,W] batch the ops take
-            perturbed = spad_perturb(mask.reshape(B * K, 1, H, W), self.step / cfg.pas_horizon, cfg.perturb,
+            perturbed = spad_perturb(source.reshape(B * K, 1, H, W), self.step / cfg.pas_horizon, cfg.perturb,
                                      seed=cfg.seed, offset=offset, validate=False,
                                      backend=cfg.ops_backend).view(B, K, H, W)
-        clean, pert = mask * 2 - 1, perturbed * 2 - 1
-        x0, cond = (pert, None) if cfg.perturb_mode == "target" else (clean, pert)
-        if cond is not None and cfg.condition_dropout > 0:
-            keep = torch.rand((B, 1, 1, 1), generator=self.generator, device=self.device) >= cfg.condition_dropout
-            cond = cond * keep
-        t = torch.randint(0, cfg.num_train_timesteps, (B,), generator=self.generator, device=self.device)
-        eps = torch.randn(x0.shape, generator=self.generator, device=self.device)
-        a = self.alphas_cumprod[t].view(B, 1, 1, 1)
-        x_t = add_noise(x0, eps, a)
+        x_t, target = noised_pair(cfg.perturb_mode, cfg.prediction_type, clean, perturbed * 2 - 1, rows, eps, a,
+                                  input_noise)
+        cond = None
+        if estimate is not None:
+            cond = self_condition(estimate, perturbed, binary)
+            if cfg.condition_dropout > 0:
+                keep = torch.rand((B, 1, 1, 1), generator=self.generator, device=self.device) >= cfg.condition_dropout
+                cond = cond * keep
+        pred = self._forward(x_t, image, cond, t)
+        return F.mse_loss(pred.float(), target)
+
+    def _forward(self, x_t: torch.Tensor, image: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor,
+                 model: nn.Module | None = None) -> torch.Tensor:
         inp = torch.cat([x_t, image] if cond is None else [x_t, image, cond], dim=1)
-        if cfg.channels_last:
+        if self.config.channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             with nvtx_range("forward"):
-                pred = self._train_model(inp, t.float())
-        return F.mse_loss(pred.float(), training_target(cfg.prediction_type, x0, eps, a))
+                return (model or self._train_model)(inp, t.float())
+
+    @torch.no_grad()
+    def _self_estimate(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The model's own x0 estimate with an empty condition (the sampler's first step), detached, clipped."""
+        out = self._forward(x_t, image, torch.zeros_like(x_t), t, model=self.model).float()
+        limit = self.config.clip_sample or 1.0
+        return x0_from_prediction(self.config.prediction_type, x_t, out, a).clamp(-limit, limit)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

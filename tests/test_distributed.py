@@ -59,7 +59,8 @@ dist.all_gather_object(gathered, (flat.tolist(), trainer.rank))
 if trainer.rank == 0:
     a, b = gathered[0][0], gathered[1][0]
     json.dump({{"equal": a == b, "ranks": sorted(g[1] for g in gathered)}}, open({out!r}, "w"))
-dist.destroy_process_group()
+from spadfast.distributed import shutdown
+shutdown()
 """
 
 
@@ -90,7 +91,8 @@ else:
     trainer = SPADTrainer(tiny_config(dropout=0.1))
     trainer.fit(4 if mode == "straight" else 2)
 trainer.save(out)
-dist.destroy_process_group()
+from spadfast.distributed import shutdown
+shutdown()
 """
 
 

@@ -1,0 +1,72 @@
+"""What the denoiser sees and must output in one training step, for each ``perturb_mode``.
+
+All tensors are float32 ``[B,K,H,W]`` in diffusion units ([-1, 1] masks) unless stated; ``a`` is ``abar_t`` per row,
+``[B,1,1,1]``.
+
+- ``target``: the perturbed mask is the diffusion's x0 (input and regression target): label noise that fades.
+- ``input``: x_t is built from the perturbed mask, the regression target is the clean mask. For ``epsilon`` and
+  ``v_prediction`` the target noise is the one that maps x_t back to the clean mask:
+  ``eps* = eps + sqrt(a / (1 - a)) (x0_in - clean)``, so the model's x0 estimate is supervised to be clean.
+- ``condition``: x_t is built from the clean mask; the extra input channel is the model's own detached x0 estimate
+  (self-conditioning, as the sampler feeds the previous step's estimate), with SPAD's perturbation of its
+  binarisation added. The ground truth never enters the condition.
+
+DDPM-IP (``input_gamma`` > 0, Ning et al. 2023): x_t = add_noise(x0_in, eps + gamma * xi) with the target built
+from ``eps``, a perturbation of the forward noise only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .schedule import add_noise, training_target
+
+__all__ = ["perturbed_rows", "noised_pair", "x0_from_prediction", "self_condition"]
+
+
+def perturbed_rows(batch: int, share: float, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """Bool ``[B,1,1,1]``: rows that get the perturbation (a ``share`` of them on average); None when every row does
+    (``share == 1``; nothing is drawn, so the random stream is that of an unshared perturbation)."""
+    if share >= 1:
+        return None
+    return (torch.rand((batch, 1, 1, 1), generator=generator, device=device) < share)
+
+
+def noised_pair(
+    mode: str, prediction_type: str, clean: torch.Tensor, perturbed: torch.Tensor, rows: torch.Tensor | None,
+    eps: torch.Tensor, a: torch.Tensor, input_noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_t, target)`` of one micro-batch.
+
+    Args:
+        mode: ``"target"``, ``"input"`` or ``"condition"`` (condition mode builds x_t from ``clean``).
+        clean, perturbed: the ground-truth mask and its SPAD perturbation, [-1, 1].
+        rows: :func:`perturbed_rows` (None: every row uses ``perturbed``).
+        eps: the forward noise, standard normal.
+        a: ``abar_t`` per row, ``[B,1,1,1]``.
+        input_noise: ``gamma * xi`` of DDPM-IP, added to the noise that builds x_t only (None: off).
+    """
+    x0_in = clean if mode == "condition" else perturbed if rows is None else torch.where(rows, perturbed, clean)
+    x_t = add_noise(x0_in, eps if input_noise is None else eps + input_noise, a)
+    if mode == "target":
+        return x_t, training_target(prediction_type, x0_in, eps, a)
+    eps_clean = eps if mode == "condition" else eps + (a / (1 - a)).sqrt() * (x0_in - clean)
+    return x_t, training_target(prediction_type, clean, eps_clean, a)
+
+
+def x0_from_prediction(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The model's x0 estimate from its output (the inversions the DDIM step uses)."""
+    if prediction_type == "sample":
+        return output
+    if prediction_type == "epsilon":
+        return (x_t - (1 - a).sqrt() * output) / a.sqrt()
+    return a.sqrt() * x_t - (1 - a).sqrt() * output
+
+
+def self_condition(estimate: torch.Tensor, perturbed_binary: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+    """Condition channel of ``condition`` mode: the detached estimate plus SPAD's change of its binarisation.
+
+    ``estimate`` is in [-1, 1]; ``binary`` its binarisation and ``perturbed_binary`` that perturbed, both in mask
+    units [0, 1]. Returns ``estimate + 2 (perturbed_binary - binary)``.
+    """
+    return estimate + 2 * (perturbed_binary - binary)
