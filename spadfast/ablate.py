@@ -7,8 +7,12 @@ Variants (names are stable; tables and tests use them):
 - ``w/o BcD``: ``perturb.bcd = False`` (ScD alone).
 - ``baseline``: ``perturb.enabled = False`` (plain conditional diffusion on clean masks).
 - ``PaS <kind>``: ``perturb.pas_kind = <kind>`` for every PaS kind other than the base config's.
-- ``<mode> mode``: ``perturb_mode = <mode>`` for the perturb mode other than the base config's (``condition mode``
-  when the base is ``target``).
+- ``<mode> mode``: ``perturb_mode = <mode>`` for each perturb mode other than the base config's.
+- ``SPAD input``: ``perturb_mode = "input"`` on half of each batch (``perturb_prob = 0.5``): x_t from the perturbed
+  mask, clean target.
+- ``DDPM-IP``: perturbation off, ``input_gamma = 0.1`` (Ning et al. 2023: noise added to the noise that builds x_t).
+- ``SPAD no-fade`` / ``SPAD input no-fade``: the PaS horizon is twice the run (``pas_steps = 2 * train_steps``), so
+  the perturbation never reaches 0.
 
 Every variant trains with the same data split, the same seeds ``seed, seed+1, ...`` and the same step budget, then
 predicts the held-out images (:func:`spadfast.predict.predict_folder`) and scores them
@@ -39,18 +43,16 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-
-from ._validation import check_int, check_number
+from ._validation import check_int
+from .ablation_split import SPLIT_FILE, plan_split, write_split
 from .ablation_stats import aggregate, format_markdown
 
 __all__ = ["VARIANTS_CORE", "variant_overrides", "run_ablation", "add_arguments",
            "main"]
 
 VARIANTS_CORE = ("SPAD", "w/o ScD", "w/o BcD", "baseline")
-SPLIT_FILE = "split.json"
 SETTINGS_FILE = "settings.json"
 DONE_FILE = "metrics.json"
 # Config keys that may differ between a run and a rerun without invalidating it.
@@ -62,8 +64,9 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     Example:
         >>> from spadfast.config import SPADConfig
-        >>> list(variant_overrides(SPADConfig().to_dict()))
-        ['SPAD', 'w/o ScD', 'w/o BcD', 'baseline', 'PaS linear', 'PaS step', 'condition mode']
+        >>> list(variant_overrides(SPADConfig().to_dict()))  # doctest: +NORMALIZE_WHITESPACE
+        ['SPAD', 'w/o ScD', 'w/o BcD', 'baseline', 'PaS linear', 'PaS step', 'input mode', 'condition mode',
+         'SPAD input', 'DDPM-IP', 'SPAD no-fade', 'SPAD input no-fade']
     """
     from .config import PERTURB_MODES
     from .schedule import PROGRESS_KINDS
@@ -80,6 +83,12 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for mode in PERTURB_MODES:
         if mode != base["perturb_mode"]:
             out[f"{mode} mode"] = {"perturb_mode": mode}
+    input_share = {"perturb_mode": "input", "perturb_prob": 0.5}
+    no_fade = {"pas_steps": 2 * base["train_steps"]}
+    out["SPAD input"] = input_share
+    out["DDPM-IP"] = {"perturb": {"enabled": False}, "input_gamma": 0.1}
+    out["SPAD no-fade"] = no_fade
+    out["SPAD input no-fade"] = {**input_share, **no_fade}
     return out
 
 
@@ -123,109 +132,6 @@ def _config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str | Non
         if a.get(key) != b.get(key):
             return f"`{key}` is {json.dumps(a.get(key))} there but {json.dumps(b.get(key))} here"
     return None
-
-
-# ------------------------------------------------------------------------------------------------------- split
-
-
-def _pairs(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    from .files import index_folder
-
-    images, masks = index_folder(folder / "images"), index_folder(folder / "masks")
-    if not images:
-        raise ValueError(f"{folder / 'images'} holds no images (PNG/JPEG/TIFF/BMP)")
-    for stem, p in images.items():
-        if stem not in masks:
-            raise ValueError(f"{p} has no mask in {folder / 'masks'}")
-    for stem, p in masks.items():
-        if stem not in images:
-            raise ValueError(f"{p} has no image in {folder / 'images'}")
-    return images, masks
-
-
-def make_split(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """A seeded split of ``stems``: ``(train, val)``, each sorted; ``val`` holds ``round(fraction * n)`` (>= 1).
-
-    Example:
-        >>> make_split(["a", "b", "c", "d"], 0.25, seed=0)
-        (['a', 'b', 'd'], ['c'])
-    """
-    stems = sorted(stems)
-    val_fraction = check_number(val_fraction, "val_fraction", above=0, below=1)
-    seed = check_int(seed, "split_seed", 0)
-    if len(stems) < 2:
-        raise ValueError(f"a held-out split needs at least 2 image/mask pairs, got {len(stems)}")
-    n_val = min(len(stems) - 1, max(1, round(val_fraction * len(stems))))
-    perm = np.random.default_rng(seed).permutation(len(stems))
-    val = sorted(stems[i] for i in perm[:n_val])
-    train = sorted(set(stems) - set(val))
-    return train, val
-
-
-class SplitPlan(NamedTuple):
-    """A held-out split checked against the folders, before anything is written."""
-
-    split: dict[str, Any]  # the content of OUT/split.json
-    images: dict[str, Path]  # training folder: stem -> file
-    masks: dict[str, Path]
-    heldout_images: dict[str, Path]  # the folder the held-out pairs come from: stem -> file
-    heldout_masks: dict[str, np.ndarray]  # held-out masks OUT does not hold yet: stem -> bool [H,W]
-
-
-def plan_split(data: Path, out: Path, val: Path | None, val_fraction: float, split_seed: int) -> SplitPlan:
-    """Check the folders and the split settings against ``OUT/split.json`` (when present) and read the held-out masks
-    ``OUT`` still needs; writes nothing. Raises ValueError naming the folder, file or setting."""
-    from .files import read_mask
-
-    images, masks = _pairs(data)
-    if val is not None:
-        v_images, v_masks = _pairs(val)
-        split = {"data": str(data), "val": str(val), "train": sorted(images), "heldout": sorted(v_images)}
-    else:
-        v_images, v_masks = images, masks
-        train, held = make_split(list(images), val_fraction, split_seed)
-        split = {"data": str(data), "val": None, "val_fraction": val_fraction, "split_seed": split_seed,
-                 "train": train, "heldout": held}
-    split_path = out / SPLIT_FILE
-    if split_path.is_file() and json.loads(split_path.read_text()) != split:
-        raise ValueError(
-            f"{split_path} holds another split (other data, --val or split settings, or the data folder "
-            "changed): use a new --out, or delete that folder to start over"
-        )
-    val_masks = out / "data" / "val" / "masks"
-    missing = {stem: read_mask(v_masks[stem]) for stem in split["heldout"] if not (val_masks / f"{stem}.png").is_file()}
-    return SplitPlan(split, images, masks, v_images, missing)
-
-
-def write_split(plan: SplitPlan, out: Path, val: Path | None) -> tuple[Path, Path, Path]:
-    """Materialize a planned split in ``OUT`` (copies kept when present) and fix it in ``OUT/split.json``; returns
-    ``(train_folder, val_images, val_masks)``. Held-out masks are written as 0/255 ``<stem>.png``."""
-    from .files import write_mask_png, write_text_atomic
-
-    root = out / "data"
-    if val is None:
-        train_dir = root / "train"
-        for stem in plan.split["train"]:
-            for src, sub in ((plan.images[stem], "images"), (plan.masks[stem], "masks")):
-                _copy_once(src, train_dir / sub / src.name)
-        val_images = root / "val" / "images"
-        for stem in plan.split["heldout"]:
-            _copy_once(plan.heldout_images[stem], val_images / plan.heldout_images[stem].name)
-    else:
-        train_dir, val_images = Path(plan.split["data"]), val / "images"
-    val_masks = root / "val" / "masks"
-    for stem, mask in plan.heldout_masks.items():
-        write_mask_png(val_masks / f"{stem}.png", mask)
-    split_path = out / SPLIT_FILE
-    if not split_path.is_file():
-        write_text_atomic(split_path, json.dumps(plan.split, indent=1))
-    return train_dir, val_images, val_masks
-
-
-def _copy_once(src: Path, dst: Path) -> None:
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
 
 
 # -------------------------------------------------------------------------------------------------------- runs
@@ -317,6 +223,7 @@ def run_ablation(
     split_seed: int = 0,
     device: str | None = None,
     log: Callable[[str], None] = print,
+    config: str | Path | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and tabulate every variant for ``seeds`` seeds; returns :func:`aggregate`'s result.
 
@@ -325,13 +232,14 @@ def run_ablation(
         out: output folder (see the module docstring); rerunning with the same arguments skips finished runs.
         val: held-out folder with ``images/`` and ``masks/``; default: ``round(val_fraction * n)`` pairs of
             ``data`` drawn with ``split_seed``, fixed in ``OUT/split.json``.
-        preset: :meth:`SPADConfig.preset` name of the base config.
+        preset: :meth:`SPADConfig.preset` name of the base config (ignored when ``config`` is given).
         seeds: runs per variant, with ``config.seed = base seed + k`` for k < seeds (shared by all variants).
         steps: training steps of every run (default: the preset's ``train_steps``).
         overrides: more base-config keys (e.g. a tiny model for tests); nested ``perturb`` dicts merge.
         variants: variant names or their folder slugs (``"w/o ScD"`` or ``"wo-scd"``), in table order (default:
             all of :func:`variant_overrides`).
         device: overrides the preset's device.
+        config: the base config instead of a preset: a YAML/JSON file or a config dict.
 
     Raises:
         ValueError: bad folders, unknown variant names, or ``OUT`` made with other settings (names the file).
@@ -343,7 +251,11 @@ def run_ablation(
     val = Path(val) if val is not None else None
     seeds = check_int(seeds, "seeds", 1)
     steps = check_int(steps, "steps", 1, optional=True)
-    base = SPADConfig.preset(preset).to_dict()
+    if config is None:
+        base = SPADConfig.preset(preset).to_dict()
+    else:
+        loaded = SPADConfig.from_dict(dict(config)) if isinstance(config, dict) else SPADConfig.from_file(config)
+        base, preset = loaded.to_dict(), "config"  # the base config itself is recorded in OUT/settings.json
     changes: dict[str, Any] = dict(overrides or {})
     if steps is not None:
         changes["train_steps"] = steps
@@ -426,11 +338,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "split of --data, fixed in OUT/split.json)")
     parser.add_argument("--out", type=Path, required=True, help="ablation folder (rerun to resume)")
     parser.add_argument("--preset", default="cpu-small", help="SPADConfig preset (default: cpu-small)")
+    parser.add_argument("--config", type=Path, help="base config file (YAML/JSON) instead of --preset")
     parser.add_argument("--seeds", type=int, default=1, help="runs per variant (default: 1)")
     parser.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="only these variants, by name or slug: SPAD wo-scd wo-bcd baseline pas-linear pas-step "
-                        "condition-mode (default: all)")
+                        "input-mode condition-mode spad-input ddpm-ip spad-no-fade spad-input-no-fade (default: all)")
     parser.add_argument("--val-fraction", type=float, default=0.25, help="held-out fraction without --val")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split without --val")
     parser.add_argument("--device", help="cpu, cuda or auto (default: the preset's)")
@@ -440,6 +353,6 @@ def main(args: argparse.Namespace) -> int:
     """Handler of ``spadfast ablate``: runs :func:`run_ablation` and prints the table."""
     run_ablation(args.data, args.out, val=args.val, preset=args.preset, seeds=args.seeds, steps=args.steps,
                  variants=args.variants, val_fraction=args.val_fraction, split_seed=args.split_seed,
-                 device=args.device)
+                 device=args.device, config=args.config)
     print((Path(args.out) / "ablation.md").read_text(), end="")
     return 0

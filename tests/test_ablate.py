@@ -16,11 +16,11 @@ from spadfast.ablate import (
     _merge,
     add_arguments,
     main,
-    make_split,
     run_ablation,
     slug,
     variant_overrides,
 )
+from spadfast.ablation_split import make_split
 from spadfast.ablation_stats import aggregate, format_markdown
 from spadfast.config import SPADConfig
 from spadfast.synthetic import write_synthetic_folder
@@ -41,7 +41,8 @@ def _runs(out: Path) -> list[str]:
 def test_variants_and_their_configs():
     base = SPADConfig.preset("cpu-small").to_dict()
     table = variant_overrides(base)
-    assert list(table) == ["SPAD", "w/o ScD", "w/o BcD", "baseline", "PaS linear", "PaS step", "condition mode"]
+    assert list(table) == ["SPAD", "w/o ScD", "w/o BcD", "baseline", "PaS linear", "PaS step", "input mode",
+                           "condition mode", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade"]
     cfg = {n: SPADConfig.from_dict(_merge(base, o)) for n, o in table.items()}
     assert cfg["SPAD"].to_dict() == base
     for name, off in (("w/o ScD", "scd"), ("w/o BcD", "bcd")):  # one switch off, every other knob as in SPAD
@@ -50,9 +51,35 @@ def test_variants_and_their_configs():
     assert cfg["baseline"].perturb.enabled is False
     assert cfg["PaS step"].perturb.pas_kind == "step" and cfg["condition mode"].perturb_mode == "condition"
     linear_base = _merge(base, {"perturb": {"pas_kind": "linear"}, "perturb_mode": "condition"})
-    assert list(variant_overrides(linear_base))[4:] == ["PaS cosine", "PaS step", "target mode"]
-    assert [slug(n) for n in table] == ["spad", "wo-scd", "wo-bcd", "baseline", "pas-linear", "pas-step",
-                                        "condition-mode"]
+    assert list(variant_overrides(linear_base))[4:7] == ["PaS cosine", "PaS step", "target mode"]
+    assert [slug(n) for n in table] == ["spad", "wo-scd", "wo-bcd", "baseline", "pas-linear", "pas-step", "input-mode",
+                                        "condition-mode", "spad-input", "ddpm-ip", "spad-no-fade",
+                                        "spad-input-no-fade"]
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_each_variant_changes_exactly_the_keys_its_name_says():
+    base = SPADConfig.preset("cpu-small").to_dict()
+    want = {
+        "SPAD": {}, "w/o ScD": {"perturb.scd": False}, "w/o BcD": {"perturb.bcd": False},
+        "baseline": {"perturb.enabled": False}, "PaS linear": {"perturb.pas_kind": "linear"},
+        "PaS step": {"perturb.pas_kind": "step"}, "input mode": {"perturb_mode": "input"},
+        "condition mode": {"perturb_mode": "condition"},
+        "SPAD input": {"perturb_mode": "input", "perturb_prob": 0.5},
+        "DDPM-IP": {"perturb.enabled": False, "input_gamma": 0.1},
+        "SPAD no-fade": {"pas_steps": 2 * base["train_steps"]},
+        "SPAD input no-fade": {"perturb_mode": "input", "perturb_prob": 0.5, "pas_steps": 2 * base["train_steps"]},
+    }
+    flat_base = _flat(base)
+    for name, changes in variant_overrides(base).items():
+        flat = _flat(SPADConfig.from_dict(_merge(base, changes)).to_dict())
+        assert {k: v for k, v in flat.items() if flat_base[k] != v} == want[name], name
 
 
 def test_split_is_seeded_and_disjoint():

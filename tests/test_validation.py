@@ -389,7 +389,7 @@ def _sample(**kw):
 
 
 def _make_split(val_fraction=0.5, seed=0):
-    from spadfast.ablate import make_split
+    from spadfast.ablation_split import make_split
 
     return make_split(["a", "b", "c", "d"], val_fraction, seed)
 

@@ -1,0 +1,120 @@
+"""The held-out split of an ablation: image/mask pairs of a folder, a seeded split, its plan and its copies in ``OUT``.
+
+``OUT/split.json`` fixes the split once written; a rerun with other data or split settings is a ValueError.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._validation import check_int, check_number
+
+__all__ = ["SPLIT_FILE", "make_split", "SplitPlan", "plan_split", "write_split"]
+
+SPLIT_FILE = "split.json"
+
+
+def _pairs(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    from .files import index_folder
+
+    images, masks = index_folder(folder / "images"), index_folder(folder / "masks")
+    if not images:
+        raise ValueError(f"{folder / 'images'} holds no images (PNG/JPEG/TIFF/BMP)")
+    for stem, p in images.items():
+        if stem not in masks:
+            raise ValueError(f"{p} has no mask in {folder / 'masks'}")
+    for stem, p in masks.items():
+        if stem not in images:
+            raise ValueError(f"{p} has no image in {folder / 'images'}")
+    return images, masks
+
+
+def make_split(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded split of ``stems``: ``(train, val)``, each sorted; ``val`` holds ``round(fraction * n)`` (>= 1).
+
+    Example:
+        >>> make_split(["a", "b", "c", "d"], 0.25, seed=0)
+        (['a', 'b', 'd'], ['c'])
+    """
+    stems = sorted(stems)
+    val_fraction = check_number(val_fraction, "val_fraction", above=0, below=1)
+    seed = check_int(seed, "split_seed", 0)
+    if len(stems) < 2:
+        raise ValueError(f"a held-out split needs at least 2 image/mask pairs, got {len(stems)}")
+    n_val = min(len(stems) - 1, max(1, round(val_fraction * len(stems))))
+    perm = np.random.default_rng(seed).permutation(len(stems))
+    val = sorted(stems[i] for i in perm[:n_val])
+    train = sorted(set(stems) - set(val))
+    return train, val
+
+
+class SplitPlan(NamedTuple):
+    """A held-out split checked against the folders, before anything is written."""
+
+    split: dict[str, Any]  # the content of OUT/split.json
+    images: dict[str, Path]  # training folder: stem -> file
+    masks: dict[str, Path]
+    heldout_images: dict[str, Path]  # the folder the held-out pairs come from: stem -> file
+    heldout_masks: dict[str, np.ndarray]  # held-out masks OUT does not hold yet: stem -> bool [H,W]
+
+
+def plan_split(data: Path, out: Path, val: Path | None, val_fraction: float, split_seed: int) -> SplitPlan:
+    """Check the folders and the split settings against ``OUT/split.json`` (when present) and read the held-out masks
+    ``OUT`` still needs; writes nothing. Raises ValueError naming the folder, file or setting."""
+    from .files import read_mask
+
+    images, masks = _pairs(data)
+    if val is not None:
+        v_images, v_masks = _pairs(val)
+        split = {"data": str(data), "val": str(val), "train": sorted(images), "heldout": sorted(v_images)}
+    else:
+        v_images, v_masks = images, masks
+        train, held = make_split(list(images), val_fraction, split_seed)
+        split = {"data": str(data), "val": None, "val_fraction": val_fraction, "split_seed": split_seed,
+                 "train": train, "heldout": held}
+    split_path = out / SPLIT_FILE
+    if split_path.is_file() and json.loads(split_path.read_text()) != split:
+        raise ValueError(
+            f"{split_path} holds another split (other data, --val or split settings, or the data folder "
+            "changed): use a new --out, or delete that folder to start over"
+        )
+    val_masks = out / "data" / "val" / "masks"
+    missing = {stem: read_mask(v_masks[stem]) for stem in split["heldout"] if not (val_masks / f"{stem}.png").is_file()}
+    return SplitPlan(split, images, masks, v_images, missing)
+
+
+def write_split(plan: SplitPlan, out: Path, val: Path | None) -> tuple[Path, Path, Path]:
+    """Materialize a planned split in ``OUT`` (copies kept when present) and fix it in ``OUT/split.json``; returns
+    ``(train_folder, val_images, val_masks)``. Held-out masks are written as 0/255 ``<stem>.png``."""
+    from .files import write_mask_png, write_text_atomic
+
+    root = out / "data"
+    if val is None:
+        train_dir = root / "train"
+        for stem in plan.split["train"]:
+            for src, sub in ((plan.images[stem], "images"), (plan.masks[stem], "masks")):
+                _copy_once(src, train_dir / sub / src.name)
+        val_images = root / "val" / "images"
+        for stem in plan.split["heldout"]:
+            _copy_once(plan.heldout_images[stem], val_images / plan.heldout_images[stem].name)
+    else:
+        train_dir, val_images = Path(plan.split["data"]), val / "images"
+    val_masks = root / "val" / "masks"
+    for stem, mask in plan.heldout_masks.items():
+        write_mask_png(val_masks / f"{stem}.png", mask)
+    split_path = out / SPLIT_FILE
+    if not split_path.is_file():
+        write_text_atomic(split_path, json.dumps(plan.split, indent=1))
+    return train_dir, val_images, val_masks
+
+
+def _copy_once(src: Path, dst: Path) -> None:
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
