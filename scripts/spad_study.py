@@ -4,7 +4,9 @@ Steps (each resumable; rerunning skips what is done):
 
     python scripts/spad_study.py prepare --out STUDY      # data: folds of the DSB2018 nuclei image (stardist wheel)
     python scripts/spad_study.py run --out STUDY          # train + evaluate every cell (hours on a CPU)
-    python scripts/spad_study.py collect --out STUDY      # copy finished cells' metrics into docs/spad_study/cells
+    python scripts/spad_study.py evaluate --out STUDY     # every finished run at DDIM steps x ensembles
+    python scripts/spad_study.py collect --out STUDY      # copy finished cells' results into docs/spad_study/cells
+    python scripts/spad_study.py report                   # docs/spad_study.md from docs/spad_study/cells
 
 Data: ``stardist/data/images/img2d.tif`` and ``mask2d.tif`` (512x512, 125 nuclei) from the stardist 0.9.2 wheel
 (``pip download --no-deps stardist==0.9.2``; pass ``--wheel`` or let ``prepare`` download it). Fold k holds out the
@@ -128,26 +130,83 @@ def run(out: Path, folds: int, seeds: int, variants: tuple[str, ...], datasets: 
                              log=lambda m, tag=f"[{name} fold{k}]": print(tag, m, flush=True))
 
 
-def collect(out: Path, dest: Path) -> int:
-    """Copy each finished run's metrics.json (the cell's result) to ``dest/<data>/fold<k>/<variant>/seed<s>.json``."""
+EVAL_FILE = "study_eval.json"
+KEPT_METRICS = ("dice", "iou", "hd95", "boundary_f1", "spurious", "brier", "ece", "brier_band", "ece_band")
+
+
+def evaluate(out: Path) -> int:
+    """Score every finished run (``metrics.json`` present, no ``study_eval.json`` yet) at the study's DDIM step
+    counts x ensemble sizes, on its fold's clean test tiles."""
+    import torch
+
+    from spadfast.files import write_text_atomic
+    from spadfast.study_eval import evaluate_checkpoint
+
+    torch.set_num_threads(1)
     n = 0
     for done in sorted((out / "runs").glob("*/fold*/runs/*/seed*/metrics.json")):
-        rel = done.relative_to(out / "runs")
-        data, fold, _, variant, seed = rel.parts[:5]
-        target = dest / data / fold / variant / f"{seed}.json"
-        record = json.loads(done.read_text())
-        slim = {k: record[k] for k in ("config", "steps", "train_seconds")}
-        slim["report"] = {"mean": record["report"]["mean"], "cases": record["report"]["cases"]}
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(slim, indent=1))
+        run = done.parent
+        if (run / EVAL_FILE).is_file():
+            continue
+        data, fold = done.relative_to(out / "runs").parts[:2]
+        test = out / "data" / data / fold / "test"
+        records = evaluate_checkpoint(run, test / "images", test / "masks")
+        write_text_atomic(run / EVAL_FILE, json.dumps(records))
+        print(f"evaluated {run}", flush=True)
         n += 1
-    print(f"collected {n} finished runs into {dest}")
+    return n
+
+
+def trivial_baselines(out: Path, folds: int) -> dict[str, float]:
+    """Dice of two thresholds without training, on the same test tiles: Otsu per tile, and one intensity threshold
+    tuned on each fold's training tiles (the best of 0..255 on training Dice)."""
+    from spadfast.files import index_folder, read_mask
+    from spadfast.study_eval import image_scores
+
+    otsu, tuned = [], []
+    for k in range(folds):
+        root = out / "data" / "clean" / f"fold{k}"
+        train = [(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), read_mask(root / "train" / "masks" / p.name))
+                 for p in index_folder(root / "train" / "images").values()]
+        pix = np.concatenate([im.ravel() for im, _ in train])
+        fg = np.concatenate([m.ravel() for _, m in train])
+        best = max(range(256), key=lambda t: 2 * (fg & (pix > t)).sum() / (fg.sum() + (pix > t).sum() + 1e-9))
+        for p in index_folder(root / "test" / "images").values():
+            im, gt = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), read_mask(root / "test" / "masks" / p.name)
+            _, th = cv2.threshold(im, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+            otsu.append(image_scores(th.astype(np.float32), gt)["dice"])
+            tuned.append(image_scores((im > best).astype(np.float32), gt)["dice"])
+    return {"Otsu per tile": float(np.mean(otsu)), "intensity threshold tuned on training tiles": float(np.mean(tuned))}
+
+
+def _slim_case(case: dict) -> dict:
+    return {"name": case["name"], **{k: round(float(case[k]), 4) for k in KEPT_METRICS}}
+
+
+def collect(out: Path, dest: Path) -> int:
+    """Copy each evaluated run (the cell's result) to ``dest/<data>/fold<k>/<variant>/seed<s>.json``: its config,
+    training time, the ablation's held-out scores and the study evaluation, per image."""
+    n = 0
+    for done in sorted((out / "runs").glob("*/fold*/runs/*/seed*/metrics.json")):
+        if not (done.parent / EVAL_FILE).is_file():
+            continue
+        data, fold, _, variant, seed = done.relative_to(out / "runs").parts[:5]
+        record = json.loads(done.read_text())
+        study = json.loads((done.parent / EVAL_FILE).read_text())
+        slim = {k: record[k] for k in ("config", "steps", "train_seconds")}
+        slim["study"] = [{"steps": r["steps"], "ensemble": r["ensemble"], "mean": r["mean"],
+                          "cases": [_slim_case(c) for c in r["cases"]]} for r in study]
+        target = dest / data / fold / variant / f"{seed}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(slim, separators=(",", ":")))
+        n += 1
+    print(f"collected {n} evaluated runs into {dest}")
     return n
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("step", choices=["prepare", "run", "collect"])
+    p.add_argument("step", choices=["prepare", "run", "evaluate", "collect", "report"])
     p.add_argument("--out", type=Path, default=Path("spad_study"))
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--seeds", type=int, default=3)
@@ -161,8 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     elif args.step == "run":
         prepare(args.out, args.folds, args.wheel)
         run(args.out, args.folds, args.seeds, tuple(args.variants), tuple(args.datasets))
-    else:
+    elif args.step == "evaluate":
+        evaluate(args.out)
+        baselines = trivial_baselines(args.out, args.folds)
+        (args.out / "baselines.json").write_text(json.dumps(baselines, indent=1))
+    elif args.step == "collect":
         collect(args.out, args.dest)
+        if (args.out / "baselines.json").is_file():
+            shutil.copyfile(args.out / "baselines.json", args.dest / "baselines.json")
+    else:
+        from spad_study_report import write_report
+
+        page = ROOT / "docs" / "spad_study.md"
+        baselines_file = args.dest / "baselines.json"
+        baselines = json.loads(baselines_file.read_text()) if baselines_file.is_file() else None
+        page.write_text(write_report(args.dest, page, baselines))
+        print(f"wrote {page}")
     return 0
 
 
