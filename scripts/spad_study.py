@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIP, TILE, TRAIN_STRIDE, GUARD = 128, 32, 16, 16
-VARIANTS = ("baseline", "SPAD", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade")
+VARIANTS = ("baseline", "SPAD", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade", "supervised")
 DATASETS = ("clean", "noisy")
 BASE = {"train_steps": 1000, "checkpoint_every": 250, "val_every": 0, "num_workers": 0, "progress_bar": False}
 

@@ -17,7 +17,8 @@ from spadfast.study_stats import hierarchical_bootstrap, holm, t_interval, t_pva
 STEPS = (1, 2, 5, 10, 25)
 ENSEMBLES = (1, 5)
 NAMES = {"baseline": "baseline", "spad": "SPAD (target)", "spad-input": "SPAD input", "ddpm-ip": "DDPM-IP",
-         "spad-no-fade": "SPAD no-fade", "spad-input-no-fade": "SPAD input no-fade"}
+         "spad-no-fade": "SPAD no-fade", "spad-input-no-fade": "SPAD input no-fade",
+         "supervised": "supervised (not diffusion)"}
 # fixed before any result was seen: (data set, variant, label)
 PRIMARY = (("clean", "spad-input", "SPAD input vs baseline, clean annotations"),
            ("noisy", "spad-no-fade", "SPAD no-fade vs baseline, noisy annotations"),
@@ -183,7 +184,8 @@ PROTOCOL = """## Protocol
   `val_every` 0, through `spadfast ablate --config` (one folder per data set and fold), seeds 0, 1, 2.
 - **Variants** (`spadfast.ablate.variant_overrides`): baseline (perturbation off); SPAD (target mode, the
   default); SPAD input (x_t from the perturbed mask on half of each batch, clean target); DDPM-IP (gamma 0.1);
-  SPAD no-fade and SPAD input no-fade (PaS horizon twice the run).
+  SPAD no-fade and SPAD input no-fade (PaS horizon twice the run); supervised (not diffusion: the same network,
+  one forward pass, BCE + Dice, same tiles and steps).
 - **Evaluation** (`spadfast.study_eval`): every run's EMA weights at 1, 2, 5, 10 and 25 DDIM steps, with 1 and 5
   members (the first k of one 5-member draw), initial noise keyed per tile name (common random numbers).
 - **Statistics** (`spadfast.study_stats`): unit = training run (fold, seed); mean paired difference to the baseline

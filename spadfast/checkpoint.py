@@ -87,8 +87,8 @@ def save_from_main(path: str | os.PathLike, tensors: dict[str, torch.Tensor], ma
 
 
 # config keys that give the same weights another meaning: a checkpoint resumes only into a run that shares them
-RUN_DEFINING_KEYS = ("prediction_type", "perturb_mode", "num_classes", "beta_schedule", "num_train_timesteps",
-                     "beta_start", "beta_end")
+RUN_DEFINING_KEYS = ("prediction_type", "perturb_mode", "objective", "num_classes", "beta_schedule",
+                     "num_train_timesteps", "beta_start", "beta_end")
 
 
 def check_same_run(meta: dict[str, Any], config: dict[str, Any], source: str) -> None:

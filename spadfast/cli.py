@@ -354,15 +354,20 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"demo": cmd_demo, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
                "verify": cmd_verify, "plot": cmd_plot, "ablate": cmd_ablate}[args.command]
     t0 = time.perf_counter()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a torchrun worker: see distributed.exit_process
     try:
         code = handler(args)
     except (ValueError, TypeError, FloatingPointError, OSError) as e:
-        dist_utils.shutdown(wait=False)
         # OSError (FileNotFoundError, PermissionError, disk full, ...) names its path; every message is one line
         text = _os_error_line(e) if isinstance(e, OSError) else str(e)
         print(f"spadfast {args.command}: error: {' '.join(text.split())}", file=sys.stderr)
+        dist_utils.shutdown(wait=False)
+        if distributed:
+            dist_utils.exit_process(2)
         return 2
     dist_utils.shutdown()
     if args.command in ("demo", "train"):
         print(f"spadfast {args.command}: {time.perf_counter() - t0:.1f} s")
+    if distributed:
+        dist_utils.exit_process(code)
     return code

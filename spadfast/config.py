@@ -16,6 +16,7 @@ from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
 PERTURB_MODES = ("target", "input", "condition")  # spadfast.training_inputs
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
+OBJECTIVES = ("diffusion", "supervised")  # supervised: the non-diffusion reference (spadfast.training_inputs)
 INTENSITY_NORMS = ("dtype", "minmax", "percentile")  # spadfast.files.intensity_range
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
 
@@ -102,6 +103,7 @@ class SPADConfig:
     beta_end: float = 0.02
     prediction_type: str = "epsilon"
     perturb_mode: str = "target"
+    objective: str = "diffusion"  # diffusion | supervised (one forward pass, BCE + Dice; no perturbation, no DDIM)
     condition_dropout: float = 0.5  # "condition" mode: probability that the condition channel is zeroed in training
     perturb_prob: float = 1.0  # share of each batch's rows that get the perturbation ("target" and "input" modes)
     input_gamma: float = 0.0  # DDPM-IP: x_t is built with noise eps + gamma * xi, the target from eps (0: off)
@@ -178,6 +180,9 @@ class SPADConfig:
             (self.beta_schedule in BETA_SCHEDULES, "beta_schedule", f"one of {BETA_SCHEDULES}"),
             (self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}"),
             (self.perturb_mode in PERTURB_MODES, "perturb_mode", f"one of {PERTURB_MODES}"),
+            (self.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}"),
+            (self.objective == "diffusion" or self.perturb_mode != "condition", "objective",
+             "'diffusion' with perturb_mode 'condition' (a supervised model has no condition channel)"),
             (0 <= self.condition_dropout <= 1, "condition_dropout", "in [0, 1]"),
             (0 <= self.perturb_prob <= 1, "perturb_prob", "in [0, 1]"),
             (0 <= self.input_gamma <= 1, "input_gamma", "in [0, 1]"),

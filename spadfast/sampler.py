@@ -119,8 +119,10 @@ class DDIMSampler:
         backend: str = "auto",
         graph_cache_size: int = 4,
         mask_channels: int = 1,
+        objective: str = "diffusion",
     ) -> None:
         self.model = model
+        self.objective = objective
         self.alphas_cumprod = alphas_cumprod.float().cpu()
         self.prediction_type = prediction_type
         self.perturb_mode = perturb_mode
@@ -148,7 +150,7 @@ class DDIMSampler:
             steps=config.sample_steps, eta=config.eta, spacing=config.timestep_spacing,
             clip_sample=config.clip_sample, chunk=config.sample_chunk, cuda_graph=config.cuda_graph,
             amp_dtype=config.amp_dtype, channels_last=config.channels_last, backend=config.ops_backend,
-            mask_channels=config.mask_channels,
+            mask_channels=config.mask_channels, objective=config.objective,
         )
 
     def set_timesteps(self, steps: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -226,6 +228,24 @@ class DDIMSampler:
                 if cond is not None:
                     cond = x0
         return x
+
+    def _supervised_probs(self, per_image: tuple[torch.Tensor, ...], B: int, H: int, W: int,
+                          device: torch.device) -> torch.Tensor:
+        """``objective="supervised"``: sigmoid of one forward pass per image with an empty mask input at t = 0;
+        float32 ``[B,M,H,W]``."""
+        outs = []
+        for start in range(0, B, self.chunk):
+            stop = min(start + self.chunk, B)
+            context = self._rows_context(per_image, 1, start, stop)
+            empty = torch.zeros(stop - start, self.mask_channels, H, W, device=device)
+            t = torch.zeros(stop - start, device=device)
+            with self._autocast(device):
+                if self._cached_encoder():
+                    out = self.model.denoise(empty, list(context), t)
+                else:
+                    out = self.model(torch.cat([empty, *context], dim=1), t)
+                outs.append(out.float())
+        return torch.sigmoid(torch.cat(outs))
 
     def _graph_key(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int) -> tuple:
         return (
@@ -326,16 +346,22 @@ class DDIMSampler:
         self.model.eval()
         try:
             per_image = self._per_image_context(imgs)
-            outs = []
-            for start in range(0, B * K, self.chunk):
-                stop = min(start + self.chunk, B * K)
-                context = self._rows_context(per_image, K, start, stop)
-                outs.append(self._run(x_T[start:stop].to(device), context, steps, eta_seed, B * K, start))
-            x = torch.cat(outs)
+            if self.objective == "supervised":
+                x = self._supervised_probs(per_image, B, H, W, device)
+            else:
+                outs = []
+                for start in range(0, B * K, self.chunk):
+                    stop = min(start + self.chunk, B * K)
+                    context = self._rows_context(per_image, K, start, stop)
+                    outs.append(self._run(x_T[start:stop].to(device), context, steps, eta_seed, B * K, start))
+                x = torch.cat(outs)
         finally:
             self.model.train(was_training)
         M = self.mask_channels
-        members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, M, H, W)
+        if self.objective == "supervised":  # one deterministic prediction: every member is it, the std is 0
+            members = x.view(B, 1, M, H, W).expand(B, K, M, H, W)
+        else:
+            members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, M, H, W)
         probs = members.mean(dim=1)
         std = members.std(dim=1, unbiased=False)
         if not bool(torch.isfinite(probs).all()):

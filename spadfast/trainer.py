@@ -43,7 +43,7 @@ from .distributed import resolve_device
 from .metrics import dice
 from .models import build_model, check_fits_memory
 from .perturb import perturb_factor, spad_perturb
-from .training_inputs import noised_pair, perturbed_rows, self_condition, x0_from_prediction
+from .training_inputs import noised_pair, perturbed_rows, self_condition, supervised_loss, x0_from_prediction
 from .profiling import nvtx_range
 from .run_log import RunLog
 from .runlock import hold_run_lock
@@ -143,6 +143,9 @@ class SPADTrainer:
         (:mod:`spadfast.training_inputs`)."""
         cfg = self.config
         B, K, H, W = mask.shape
+        if cfg.objective == "supervised":
+            empty, t0 = torch.zeros_like(mask), torch.zeros(B, dtype=torch.long, device=self.device)
+            return supervised_loss(self._forward(empty, image, None, t0).float(), mask)
         clean = mask * 2 - 1
         t = torch.randint(0, cfg.num_train_timesteps, (B,), generator=self.generator, device=self.device)
         eps = torch.randn(clean.shape, generator=self.generator, device=self.device)

@@ -11,6 +11,9 @@ All tensors are float32 ``[B,K,H,W]`` in diffusion units ([-1, 1] masks) unless 
   (self-conditioning, as the sampler feeds the previous step's estimate), with SPAD's perturbation of its
   binarisation added. The ground truth never enters the condition.
 
+``objective="supervised"`` is not diffusion: the same network sees an empty mask at t = 0 and its output is
+per-class logits, trained with :func:`supervised_loss` (the non-diffusion reference of the SPAD study).
+
 DDPM-IP (``input_gamma`` > 0, Ning et al. 2023): x_t = add_noise(x0_in, eps + gamma * xi) with the target built
 from ``eps``, a perturbation of the forward noise only.
 """
@@ -21,7 +24,7 @@ import torch
 
 from .schedule import add_noise, training_target
 
-__all__ = ["perturbed_rows", "noised_pair", "x0_from_prediction", "self_condition"]
+__all__ = ["perturbed_rows", "noised_pair", "x0_from_prediction", "self_condition", "supervised_loss"]
 
 
 def perturbed_rows(batch: int, share: float, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
@@ -70,3 +73,13 @@ def self_condition(estimate: torch.Tensor, perturbed_binary: torch.Tensor, binar
     units [0, 1]. Returns ``estimate + 2 (perturbed_binary - binary)``.
     """
     return estimate + 2 * (perturbed_binary - binary)
+
+
+def supervised_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice (1 - mean over rows and classes), ``logits`` and ``mask`` (0/1)
+    float ``[B,K,H,W]``."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mask)
+    p = torch.sigmoid(logits)
+    inter = (p * mask).sum(dim=(2, 3))
+    dice = (2 * inter + smooth) / (p.sum(dim=(2, 3)) + mask.sum(dim=(2, 3)) + smooth)
+    return bce + (1 - dice.mean())

@@ -42,7 +42,8 @@ def test_variants_and_their_configs():
     base = SPADConfig.preset("cpu-small").to_dict()
     table = variant_overrides(base)
     assert list(table) == ["SPAD", "w/o ScD", "w/o BcD", "baseline", "PaS linear", "PaS step", "input mode",
-                           "condition mode", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade"]
+                           "condition mode", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade",
+                           "supervised"]
     cfg = {n: SPADConfig.from_dict(_merge(base, o)) for n, o in table.items()}
     assert cfg["SPAD"].to_dict() == base
     for name, off in (("w/o ScD", "scd"), ("w/o BcD", "bcd")):  # one switch off, every other knob as in SPAD
@@ -54,7 +55,7 @@ def test_variants_and_their_configs():
     assert list(variant_overrides(linear_base))[4:7] == ["PaS cosine", "PaS step", "target mode"]
     assert [slug(n) for n in table] == ["spad", "wo-scd", "wo-bcd", "baseline", "pas-linear", "pas-step", "input-mode",
                                         "condition-mode", "spad-input", "ddpm-ip", "spad-no-fade",
-                                        "spad-input-no-fade"]
+                                        "spad-input-no-fade", "supervised"]
 
 
 def _flat(d, prefix=""):
@@ -75,6 +76,7 @@ def test_each_variant_changes_exactly_the_keys_its_name_says():
         "DDPM-IP": {"perturb.enabled": False, "input_gamma": 0.1},
         "SPAD no-fade": {"pas_steps": 2 * base["train_steps"]},
         "SPAD input no-fade": {"perturb_mode": "input", "perturb_prob": 0.5, "pas_steps": 2 * base["train_steps"]},
+        "supervised": {"objective": "supervised", "perturb.enabled": False},
     }
     flat_base = _flat(base)
     for name, changes in variant_overrides(base).items():

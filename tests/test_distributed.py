@@ -59,8 +59,9 @@ dist.all_gather_object(gathered, (flat.tolist(), trainer.rank))
 if trainer.rank == 0:
     a, b = gathered[0][0], gathered[1][0]
     json.dump({{"equal": a == b, "ranks": sorted(g[1] for g in gathered)}}, open({out!r}, "w"))
-from spadfast.distributed import shutdown
+from spadfast.distributed import exit_process, shutdown
 shutdown()
+exit_process(0)  # torch's C++ teardown at interpreter exit sometimes aborts a rank
 """
 
 
@@ -91,8 +92,9 @@ else:
     trainer = SPADTrainer(tiny_config(dropout=0.1))
     trainer.fit(4 if mode == "straight" else 2)
 trainer.save(out)
-from spadfast.distributed import shutdown
+from spadfast.distributed import exit_process, shutdown
 shutdown()
+exit_process(0)  # torch's C++ teardown at interpreter exit sometimes aborts a rank
 """
 
 

@@ -12,7 +12,13 @@ from spadfast._constants import PREDICTION_TYPES
 from spadfast.config import PERTURB_MODES, PerturbConfig
 from spadfast.perturb import perturb_factor
 from spadfast.schedule import add_noise
-from spadfast.training_inputs import noised_pair, perturbed_rows, self_condition, x0_from_prediction
+from spadfast.training_inputs import (
+    noised_pair,
+    perturbed_rows,
+    self_condition,
+    supervised_loss,
+    x0_from_prediction,
+)
 
 from .helpers import tiny_config
 
@@ -149,3 +155,33 @@ def test_pas_floor_keeps_the_perturbation_on():
 def test_bad_perturbation_shares_are_refused_by_name(key, value):
     with pytest.raises(ValueError, match=key):
         tiny_config(**{key: value})
+
+
+def test_supervised_loss_is_bce_plus_soft_dice():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 5, 6, generator=g)
+    mask = (torch.rand(3, 1, 5, 6, generator=g) > 0.5).float()
+    p = torch.sigmoid(logits)
+    bce = -(mask * torch.log(p) + (1 - mask) * torch.log(1 - p)).mean()
+    dice = torch.stack([(2 * (p[i] * mask[i]).sum() + 1) / (p[i].sum() + mask[i].sum() + 1) for i in range(3)])
+    torch.testing.assert_close(supervised_loss(logits, mask), bce + 1 - dice.mean())
+
+
+def test_supervised_reference_trains_and_predicts_in_one_pass():
+    from spadfast.sampler import DDIMSampler
+
+    trainer = SPADTrainer(tiny_config(objective="supervised", prediction_type="sample"))
+    trainer.fit(3)
+    images = torch.randn(2, 1, 16, 16)
+    calls = []
+    denoise = trainer.ema.denoise  # the cached-encoder model's per-step network
+    trainer.ema.denoise = lambda *a: (calls.append(1), denoise(*a))[1]
+    result = trainer.segment(images, steps=3, ensemble=2)
+    assert result.probs.shape == (2, 1, 16, 16) and bool(((result.probs >= 0) & (result.probs <= 1)).all())
+    assert torch.equal(result.std, torch.zeros_like(result.std))  # deterministic: no member spread
+    assert len(calls) == 1  # one forward pass for both members, whatever the step count
+    assert isinstance(trainer.sampler, DDIMSampler) and trainer.sampler.objective == "supervised"
+    with pytest.raises(ValueError, match="objective"):
+        tiny_config(objective="supervised", perturb_mode="condition")
+    with pytest.raises(ValueError, match="objective"):
+        tiny_config(objective="nope")
