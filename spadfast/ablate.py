@@ -56,6 +56,7 @@ __all__ = ["VARIANTS_CORE", "variant_overrides", "run_ablation", "add_arguments"
 VARIANTS_CORE = ("SPAD", "w/o ScD", "w/o BcD", "baseline")
 SETTINGS_FILE = "settings.json"
 DONE_FILE = "metrics.json"
+STUDY_FILE = "study_eval.json"  # --sample-steps x --ensembles scores of a run (spadfast.study_eval)
 # Config keys that may differ between a run and a rerun without invalidating it.
 _FREE_KEYS = ("device", "progress_bar", "num_workers", "checkpoint_every", "log_every")
 
@@ -198,12 +199,49 @@ def train_and_evaluate(
     return record
 
 
-def _check_existing_out(out: Path, preset: str, base: dict[str, Any]) -> None:
-    """An existing ``OUT`` must be an ablation folder made with this preset and base config (or empty)."""
+def _run_once(run: Path, cfg: dict[str, Any], train_dir: Path, val_images: Path, val_masks: Path, tag: str,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """One cell: read a finished run's record (refusing one trained with another config), or train it."""
+    done = run / DONE_FILE
+    if done.is_file():
+        record = json.loads(done.read_text())
+        why = _config_mismatch(record["config"], cfg)
+        if why:
+            raise ValueError(f"{done} was trained with another config than this ablation asks for ({why}):"
+                             " use a new --out, or delete that run folder")
+        log(f"{tag}: done already, skipped")
+        return record
+    log(f"{tag}: training {cfg['train_steps']} steps in {run}")
+    record = train_and_evaluate(run, cfg, train_dir, val_images, val_masks, log=lambda m: log(f"{tag}: {m}"))
+    mean = record["report"]["mean"]
+    log(f"{tag}: Dice {mean['dice']:.4f}, IoU {mean['iou']:.4f}, HD95 {mean['hd95']:.3f} "
+        f"({record['train_seconds']:.0f} s)")
+    return record
+
+
+def _study_eval(run: Path, val_images: Path, val_masks: Path, sample_steps: Sequence[int],
+                ensembles: Sequence[int]) -> dict[str, dict[str, float]]:
+    """``"<steps>x<members>" -> {case: dice}`` from ``run/study_eval.json`` (computed once per run and grid)."""
+    from .files import write_text_atomic
+    from .study_eval import evaluate_checkpoint
+
+    path = run / STUDY_FILE
+    grid = [[s, e] for s in sample_steps for e in ensembles]
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved is None or saved.get("grid") != grid:
+        records = evaluate_checkpoint(run, val_images, val_masks, sample_steps, ensembles)
+        saved = {"grid": grid, "records": records}
+        write_text_atomic(path, json.dumps(saved))
+    return {f"{r['steps']}x{r['ensemble']}": {c["name"]: c["dice"] for c in r["cases"]} for r in saved["records"]}
+
+
+def _check_existing_out(out: Path, preset: str, base: dict[str, Any], folds: int = 0) -> None:
+    """An existing ``OUT`` must be an ablation folder made with this preset, base config and folds (or empty)."""
     settings_path = out / SETTINGS_FILE
     if settings_path.is_file():
         saved = json.loads(settings_path.read_text())
         why = (f"preset {saved.get('preset')!r} there but {preset!r} here" if saved.get("preset") != preset
+               else f"--folds {saved.get('folds', 0)} there but {folds} here" if saved.get("folds", 0) != folds
                else _config_mismatch(saved.get("base_config", {}), base))
         if why:
             raise ValueError(f"{settings_path} records another preset, step budget or config than this run asks "
@@ -226,6 +264,9 @@ def run_ablation(
     device: str | None = None,
     log: Callable[[str], None] = print,
     config: str | Path | dict[str, Any] | None = None,
+    folds: int = 0,
+    sample_steps: Sequence[int] = (),
+    ensembles: Sequence[int] = (1,),
 ) -> dict[str, Any]:
     """Train, evaluate and tabulate every variant for ``seeds`` seeds; returns :func:`aggregate`'s result.
 
@@ -242,6 +283,11 @@ def run_ablation(
             all of :func:`variant_overrides`).
         device: overrides the preset's device.
         config: the base config instead of a preset: a YAML/JSON file or a config dict.
+        folds: 0 for one held-out split; n >= 2 runs every variant and seed on each of n folds (block k of the sorted
+            stems held out, :func:`spadfast.ablation_split.fold_split`) in ``OUT/fold<k>/``; the paired statistics
+            then take each (fold, seed) run as a unit.
+        sample_steps, ensembles: also score every run at these DDIM step counts x ensemble sizes with noise keyed
+            per image (:func:`spadfast.study_eval.evaluate_checkpoint`), tabulated as paired ΔDice per pair.
 
     Raises:
         ValueError: bad folders, unknown variant names, or ``OUT`` made with other settings (names the file).
@@ -278,42 +324,39 @@ def run_ablation(
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    settings = {"preset": preset, "base_config": _normalized(base)}
+    folds = check_int(folds, "folds", 0)
+    if folds == 1 or (folds and val is not None):
+        raise ValueError("--folds must be 0 (one held-out split) or >= 2, and cannot be combined with --val")
+    sample_steps = [check_int(s, "sample_steps", 1) for s in sample_steps]
+    ensembles = [check_int(e, "ensembles", 1) for e in ensembles]
+    settings = {"preset": preset, "base_config": _normalized(base), "folds": folds}
     if out.is_dir():
-        _check_existing_out(out, preset, base)
-    plan = plan_split(data, out, val, val_fraction, split_seed)  # every check passed before OUT is created
-    out.mkdir(parents=True, exist_ok=True)
-    train_dir, val_images, val_masks = write_split(plan, out, val)
-    split = plan.split
+        _check_existing_out(out, preset, base, folds)
+    splits = [(out, None)] if not folds else [(out / f"fold{k}", (k, folds)) for k in range(folds)]
+    plans = [plan_split(data, where, val, val_fraction, split_seed, fold) for where, fold in splits]
+    out.mkdir(parents=True, exist_ok=True)  # every check passed before OUT is created
     write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=1))
 
     records: dict[str, list[dict[str, Any]]] = {}
-    for name in names:
-        for k in range(seeds):
-            seed = base["seed"] + k
-            run = out / "runs" / slug(name) / f"seed{seed}"
-            cfg = SPADConfig.from_dict(_merge(base, {**table[name], "seed": seed})).to_dict()
-            done = run / DONE_FILE
-            prefix = f"ablate: {name} seed {seed}"
-            if done.is_file():
-                record = json.loads(done.read_text())
-                why = _config_mismatch(record["config"], cfg)
-                if why:
-                    raise ValueError(f"{done} was trained with another config than this ablation asks for ({why}):"
-                                     " use a new --out, or delete that run folder")
-                log(f"{prefix}: done already, skipped")
-            else:
-                log(f"{prefix}: training {cfg['train_steps']} steps in {run}")
-                record = train_and_evaluate(run, cfg, train_dir, val_images, val_masks,
-                                            log=lambda m, p=prefix: log(f"{p}: {m}"))
-                mean = record["report"]["mean"]
-                log(f"{prefix}: Dice {mean['dice']:.4f}, IoU {mean['iou']:.4f}, HD95 {mean['hd95']:.3f} "
-                    f"({record['train_seconds']:.0f} s)")
-            records.setdefault(name, []).append({
-                "seed": seed, "run": str(run.relative_to(out)), "mean": record["report"]["mean"],
-                "case_dice": {c["name"]: c["dice"] for c in record["report"]["cases"]},
-                "train_seconds": record["train_seconds"],
-            })
+    for (where, fold), plan in zip(splits, plans):
+        where.mkdir(parents=True, exist_ok=True)
+        train_dir, val_images, val_masks = write_split(plan, where, val)
+        for name in names:
+            for k in range(seeds):
+                seed = base["seed"] + k
+                run = where / "runs" / slug(name) / f"seed{seed}"
+                cfg = SPADConfig.from_dict(_merge(base, {**table[name], "seed": seed})).to_dict()
+                tag = f"ablate: {name} seed {seed}" + (f" fold {fold[0]}" if fold else "")
+                record = _run_once(run, cfg, train_dir, val_images, val_masks, tag, log)
+                entry = {"seed": seed, "run": str(run.relative_to(out)), "mean": record["report"]["mean"],
+                         "case_dice": {c["name"]: c["dice"] for c in record["report"]["cases"]},
+                         "train_seconds": record["train_seconds"]}
+                if fold:
+                    entry["fold"] = fold[0]
+                if sample_steps:
+                    entry["study"] = _study_eval(run, val_images, val_masks, sample_steps, ensembles)
+                records.setdefault(name, []).append(entry)
+    split = plans[0].split
     result = aggregate(records)
     result.update({"preset": preset, "train_steps": base["train_steps"], "seeds": seeds,
                    "n_train": len(split["train"]), "n_heldout": len(split["heldout"]),
@@ -341,6 +384,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="ablation folder (rerun to resume)")
     parser.add_argument("--preset", default="cpu-small", help="SPADConfig preset (default: cpu-small)")
     parser.add_argument("--config", type=Path, help="base config file (YAML/JSON) instead of --preset")
+    parser.add_argument("--folds", type=int, default=0, help="n >= 2: every variant and seed on n folds of --data "
+                        "(contiguous blocks of the sorted file names held out in turn); runs are the unit")
+    parser.add_argument("--sample-steps", type=int, nargs="+", default=[], metavar="S",
+                        help="also score every run at these DDIM step counts (e.g. 1 2 5 10 25)")
+    parser.add_argument("--ensembles", type=int, nargs="+", default=[1], metavar="K",
+                        help="ensemble sizes for --sample-steps (default: 1)")
     parser.add_argument("--seeds", type=int, default=1, help="runs per variant (default: 1)")
     parser.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
@@ -355,6 +404,7 @@ def main(args: argparse.Namespace) -> int:
     """Handler of ``spadfast ablate``: runs :func:`run_ablation` and prints the table."""
     run_ablation(args.data, args.out, val=args.val, preset=args.preset, seeds=args.seeds, steps=args.steps,
                  variants=args.variants, val_fraction=args.val_fraction, split_seed=args.split_seed,
-                 device=args.device, config=args.config)
+                 device=args.device, config=args.config, folds=args.folds, sample_steps=args.sample_steps,
+                 ensembles=args.ensembles)
     print((Path(args.out) / "ablation.md").read_text(), end="")
     return 0

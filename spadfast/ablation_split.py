@@ -15,7 +15,7 @@ import numpy as np
 
 from ._validation import check_int, check_number
 
-__all__ = ["SPLIT_FILE", "make_split", "SplitPlan", "plan_split", "write_split"]
+__all__ = ["SPLIT_FILE", "make_split", "fold_split", "SplitPlan", "plan_split", "write_split"]
 
 SPLIT_FILE = "split.json"
 
@@ -54,6 +54,27 @@ def make_split(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[li
     return train, val
 
 
+def fold_split(stems: Sequence[str], folds: int, fold: int) -> tuple[list[str], list[str]]:
+    """Fold ``fold`` of ``folds`` contiguous blocks of the sorted stems: ``(train, held out)``.
+
+    Contiguous blocks keep neighbours together: tiles named by position (``y000_x000``, ...) fold into strips of the
+    image, slices named ``<case>_<slice>`` into cases, so a held-out block is not surrounded by its own training
+    neighbours. Block sizes differ by at most one.
+
+    Example:
+        >>> fold_split(["a", "b", "c", "d", "e"], 2, 1)
+        (['a', 'b'], ['c', 'd', 'e'])
+    """
+    stems = sorted(stems)
+    folds = check_int(folds, "folds", 2)
+    fold = check_int(fold, "fold", 0, folds - 1)
+    if len(stems) < folds:
+        raise ValueError(f"--folds {folds} needs at least {folds} image/mask pairs, got {len(stems)}")
+    bounds = np.linspace(0, len(stems), folds + 1).round().astype(int)
+    held = stems[bounds[fold]:bounds[fold + 1]]
+    return [s for s in stems if s not in set(held)], held
+
+
 class SplitPlan(NamedTuple):
     """A held-out split checked against the folders, before anything is written."""
 
@@ -64,15 +85,21 @@ class SplitPlan(NamedTuple):
     heldout_masks: dict[str, np.ndarray]  # held-out masks OUT does not hold yet: stem -> bool [H,W]
 
 
-def plan_split(data: Path, out: Path, val: Path | None, val_fraction: float, split_seed: int) -> SplitPlan:
+def plan_split(data: Path, out: Path, val: Path | None, val_fraction: float, split_seed: int,
+               fold: tuple[int, int] | None = None) -> SplitPlan:
     """Check the folders and the split settings against ``OUT/split.json`` (when present) and read the held-out masks
-    ``OUT`` still needs; writes nothing. Raises ValueError naming the folder, file or setting."""
+    ``OUT`` still needs; writes nothing. ``fold = (k, n)`` holds out block k of n (:func:`fold_split`) instead of a
+    seeded random split. Raises ValueError naming the folder, file or setting."""
     from .files import read_mask
 
     images, masks = _pairs(data)
     if val is not None:
         v_images, v_masks = _pairs(val)
         split = {"data": str(data), "val": str(val), "train": sorted(images), "heldout": sorted(v_images)}
+    elif fold is not None:
+        v_images, v_masks = images, masks
+        train, held = fold_split(list(images), fold[1], fold[0])
+        split = {"data": str(data), "val": None, "fold": fold[0], "folds": fold[1], "train": train, "heldout": held}
     else:
         v_images, v_masks = images, masks
         train, held = make_split(list(images), val_fraction, split_seed)

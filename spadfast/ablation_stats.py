@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METRICS", "aggregate", "format_markdown", "paired_difference"]
+__all__ = ["METRICS", "aggregate", "format_markdown", "paired_difference", "study_differences"]
 
 METRICS = ("dice", "iou", "hd95")
 UNIT_SEEDS = "seeds"
@@ -44,26 +44,36 @@ def _mean_se_interval(values: list[float]) -> tuple[float, float, list[float]]:
     return mean, se, [mean - half, mean + half]
 
 
+def _unit(run: dict[str, Any]) -> tuple[int | None, int]:
+    """A run's unit: ``(fold, seed)`` (fold None for one held-out split)."""
+    return run.get("fold"), run["seed"]
+
+
+def _unit_name(unit: tuple[int | None, int]) -> str:
+    return str(unit[1]) if unit[0] is None else f"fold{unit[0]}/seed{unit[1]}"
+
+
 def paired_difference(runs: list[dict[str, Any]], reference_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """ΔDice of a variant's runs to the reference's runs, paired on seed and held-out case.
+    """ΔDice of a variant's runs to the reference's runs, paired on run (fold and seed) and held-out case.
 
     Args:
-        runs, reference_runs: runs ``{"seed": int, "case_dice": {case name: dice}}``.
+        runs, reference_runs: runs ``{"seed": int[, "fold": int], "case_dice": {case name: dice}}``.
 
     Returns:
-        ``d_dice`` (mean over seeds of the per-seed mean case difference), ``d_dice_se`` and ``d_dice_ci`` (standard
-        error and 95 % t-interval over seeds), ``d_dice_n`` (seeds paired) and ``d_dice_unit`` (``"seeds"``), and
-        ``d_dice_per_seed`` ({seed: difference}). One paired seed: the SE and interval are over that run's cases,
-        ``d_dice_n`` counts cases and ``d_dice_unit`` is ``"cases of one run"``. Nothing paired: NaN, n 0.
+        ``d_dice`` (mean over runs of the per-run mean case difference), ``d_dice_se`` and ``d_dice_ci`` (standard
+        error and 95 % t-interval over runs), ``d_dice_n`` (runs paired) and ``d_dice_unit`` (``"seeds"``), and
+        ``d_dice_per_seed`` ({seed, or "fold<k>/seed<s>" with folds: difference}). One paired run: the SE and
+        interval are over that run's cases, ``d_dice_n`` counts cases and ``d_dice_unit`` is
+        ``"cases of one run"``. Nothing paired: NaN, n 0.
     """
-    ref = {r["seed"]: r.get("case_dice", {}) for r in reference_runs}
-    per_case: dict[int, list[float]] = {}
+    ref = {_unit(r): r.get("case_dice", {}) for r in reference_runs}
+    per_case: dict[tuple[int | None, int], list[float]] = {}
     for r in runs:
-        ref_cases = ref.get(r["seed"], {})
+        ref_cases = ref.get(_unit(r), {})
         diffs = [d - ref_cases[c] for c, d in r.get("case_dice", {}).items() if c in ref_cases]
         if diffs:
-            per_case[r["seed"]] = diffs
-    per_seed = {seed: float(np.mean(d)) for seed, d in per_case.items()}
+            per_case[_unit(r)] = diffs
+    per_seed = {unit: float(np.mean(d)) for unit, d in per_case.items()}
     if len(per_seed) == 1:
         (cases,) = per_case.values()
         mean, se, ci = _mean_se_interval(cases)
@@ -72,7 +82,22 @@ def paired_difference(runs: list[dict[str, Any]], reference_runs: list[dict[str,
         mean, se, ci = _mean_se_interval(list(per_seed.values()))
         n, unit = len(per_seed), UNIT_SEEDS
     return {"d_dice": mean, "d_dice_se": se, "d_dice_ci": ci, "d_dice_n": n, "d_dice_unit": unit,
-            "d_dice_per_seed": {str(s): d for s, d in per_seed.items()}}
+            "d_dice_per_seed": {_unit_name(u): d for u, d in per_seed.items()}}
+
+
+def study_differences(runs: list[dict[str, Any]], reference_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per ``"<steps>x<members>"`` of the runs' ``study`` scores: mean paired ΔDice over runs with its 95 %
+    t-interval (:mod:`spadfast.study_stats`; NaN bounds with fewer than two runs)."""
+    from .study_stats import t_interval, unit_differences
+
+    out: dict[str, Any] = {}
+    keys = [k for r in runs[:1] for k in r.get("study", {})]
+    for key in keys:
+        diffs = unit_differences({_unit(r): r["study"][key] for r in runs if key in r.get("study", {})},
+                                 {_unit(r): r["study"][key] for r in reference_runs if key in r.get("study", {})})
+        mean, lo, hi = t_interval([float(d.mean()) for d in diffs.values()])
+        out[key] = {"d_dice": mean, "ci": [lo, hi], "n": len(diffs)}
+    return out
 
 
 def aggregate(records: dict[str, list[dict[str, Any]]], reference: str = "SPAD") -> dict[str, Any]:
@@ -97,6 +122,8 @@ def aggregate(records: dict[str, list[dict[str, Any]]], reference: str = "SPAD")
         times = [r["train_seconds"] for r in runs if "train_seconds" in r]
         row["train_seconds"] = float(np.mean(times)) if times else math.nan
         row.update(paired_difference(runs if name != reference else [], records.get(reference, [])))
+        if name != reference and any("study" in r for r in runs):
+            row["study"] = study_differences(runs, records.get(reference, []))
         rows.append(row)
     best: dict[str, list[str]] = {}
     for m in METRICS:
@@ -157,6 +184,7 @@ def format_markdown(result: dict[str, Any], table: dict[str, dict[str, Any]] | N
             cells.append(f"**{text}**" if row["variant"] in result["best"].get(m, []) else text)
         cells += [_delta_cell(row), _fmt(row.get("train_seconds", math.nan), 0)]
         lines.append(f"| {row['variant']} | {change} | " + " | ".join(cells) + " |")
+    lines += _study_section(result, reference)
     first = result["rows"][0]["runs"][0].get("run") if result["rows"] and result["rows"][0].get("runs") else None
     if first and result.get("out"):
         run = f"{result['out']}/{first}"
@@ -169,6 +197,27 @@ def format_markdown(result: dict[str, Any], table: dict[str, dict[str, Any]] | N
             f"--run {run} --report {run}/report",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _study_section(result: dict[str, Any], reference: str) -> list[str]:
+    """ΔDice to the reference per DDIM steps x members, when the runs were scored on that grid."""
+    rows = [r for r in result["rows"] if r.get("study")]
+    if not rows:
+        return []
+    keys = list(rows[0]["study"])
+    lines = ["", f"ΔDice to {reference} by DDIM steps x ensemble members (noise keyed per image, the same for every "
+             "variant): mean over runs [95 % t-interval over runs] (n runs).", "",
+             "| Variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for r in rows:
+        cells = []
+        for k in keys:
+            c = r["study"].get(k, {"d_dice": math.nan, "ci": [math.nan, math.nan], "n": 0})
+            text = "—" if math.isnan(c["d_dice"]) else f"{c['d_dice']:+.4f}"
+            if not math.isnan(c["ci"][0]):
+                text += f" [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]"
+            cells.append(f"{text} ({c['n']})")
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _describe(changes: dict[str, Any], prefix: str = "") -> str:

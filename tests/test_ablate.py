@@ -20,7 +20,7 @@ from spadfast.ablate import (
     slug,
     variant_overrides,
 )
-from spadfast.ablation_split import make_split
+from spadfast.ablation_split import fold_split, make_split
 from spadfast.ablation_stats import aggregate, format_markdown
 from spadfast.config import SPADConfig
 from spadfast.synthetic import write_synthetic_folder
@@ -274,7 +274,8 @@ def _cli_refusals(data: Path, tmp: Path) -> dict[str, list[str]]:
     next((orphan / "masks").iterdir()).unlink()
     return {
         "seeds": ["--seeds", "0"], "steps": ["--steps", "0"], "preset": ["--preset", "nope"],
-        "variant": ["--variants", "nope"], "fraction_high": ["--val-fraction", "1.5"],
+        "variant": ["--variants", "nope"], "folds_one": ["--folds", "1"], "steps_zero": ["--sample-steps", "0"],
+        "fraction_high": ["--val-fraction", "1.5"],
         "fraction_zero": ["--val-fraction", "0"], "split_seed": ["--split-seed", "-1"],
         "device": ["--device", "tpu"], "missing_data": ["--data", str(tmp / "nowhere")],
         "empty_data": ["--data", str(empty)], "one_pair": ["--data", str(one)], "orphan": ["--data", str(orphan)],
@@ -307,3 +308,60 @@ def test_cli_handler_on_finished_folder(data, tmp_path, capsys, monkeypatch):
                                                                                              **{**TINY, **kw})))
     assert main(args) == 0
     assert "| baseline |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n", range(2, 21))
+def test_folds_are_contiguous_disjoint_blocks_covering_every_pair(n):
+    stems = [f"y{i:03d}" for i in range(n)]
+    for folds in range(2, min(n, 6) + 1):
+        held = [fold_split(list(reversed(stems)), folds, k)[1] for k in range(folds)]
+        assert sum(held, []) == stems  # in order, each stem held out exactly once
+        assert max(map(len, held)) - min(map(len, held)) <= 1
+        for k in range(folds):
+            train, h = fold_split(stems, folds, k)
+            assert sorted(train + h) == stems and not set(train) & set(h)
+    with pytest.raises(ValueError, match="folds"):
+        fold_split(stems, 1, 0)
+    with pytest.raises(ValueError, match="at least"):
+        fold_split(stems[:2], 3, 0)
+
+
+def test_paired_difference_takes_fold_and_seed_runs_as_units():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    ref, var, unit_means = [], [], []
+    for fold in range(2):
+        for seed in range(3):
+            base = {f"c{i}": float(x) for i, x in enumerate(rng.random(5))}
+            shift = float(rng.normal(0.01, 0.01))
+            ref.append({"fold": fold, "seed": seed, "case_dice": base})
+            var.append({"fold": fold, "seed": seed, "case_dice": {c: v + shift for c, v in base.items()}})
+            unit_means.append(shift)
+    from spadfast.ablation_stats import paired_difference
+
+    d = paired_difference(var, ref)
+    assert d["d_dice_n"] == 6 and d["d_dice_unit"] == "seeds"
+    assert d["d_dice"] == pytest.approx(np.mean(unit_means))
+    assert d["d_dice_ci"] == pytest.approx(list(stats.t.interval(0.95, 5, np.mean(unit_means), stats.sem(unit_means))))
+    assert sorted(d["d_dice_per_seed"]) == [f"fold{f}/seed{s}" for f in range(2) for s in range(3)]
+
+
+@pytest.mark.slow
+def test_folds_and_sampling_grid_resume_exactly(data, tmp_path):
+    out = tmp_path / "abl"
+    kwargs = dict(seeds=1, steps=2, overrides=TINY, variants=["SPAD", "baseline"], folds=2, sample_steps=(1, 2),
+                  ensembles=(1, 2), log=lambda m: None)
+    first = run_ablation(data, out, **kwargs)
+    assert sorted(str(p.relative_to(out)) for p in out.glob("fold*/runs/*/seed*/study_eval.json")) == [
+        f"fold{k}/runs/{v}/seed0/study_eval.json" for k in range(2) for v in ("baseline", "spad")]
+    row = next(r for r in first["rows"] if r["variant"] == "baseline")
+    assert sorted(row["d_dice_per_seed"]) == ["fold0/seed0", "fold1/seed0"]
+    assert list(row["study"]) == ["1x1", "1x2", "2x1", "2x2"] and all(c["n"] == 2 for c in row["study"].values())
+    assert "by DDIM steps x ensemble members" in (out / "ablation.md").read_text()
+    lines: list[str] = []
+    again = run_ablation(data, out, **{**kwargs, "log": lines.append})
+    assert sum("done already" in m for m in lines) == 4
+    assert json.dumps(again["rows"], sort_keys=True) == json.dumps(first["rows"], sort_keys=True)
+    with pytest.raises(ValueError, match="folds"):
+        run_ablation(data, out, **{**kwargs, "folds": 3})
