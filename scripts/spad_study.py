@@ -34,7 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIP, TILE, TRAIN_STRIDE, GUARD = 128, 32, 16, 16
-VARIANTS = ("baseline", "SPAD", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade", "supervised")
+# the primary comparisons' variants run first (every seed), then the rest
+PRIMARY_VARIANTS = ("baseline", "SPAD input", "SPAD no-fade", "SPAD input no-fade")
+VARIANTS = PRIMARY_VARIANTS + ("SPAD", "DDPM-IP", "supervised")
 DATASETS = ("clean", "noisy")
 BASE = {"train_steps": 1000, "checkpoint_every": 250, "val_every": 0, "num_workers": 0, "progress_bar": False}
 
@@ -121,13 +123,15 @@ def run(out: Path, folds: int, seeds: int, variants: tuple[str, ...], datasets: 
 
     torch.set_num_threads(1)
     base = SPADConfig.preset("cpu-small", **BASE).to_dict()
-    for n_seeds in range(1, seeds + 1):  # seed-major: every (fold, data set) gets seed k before any gets k + 1
-        for k in range(folds):
-            for name in datasets:
-                data = out / "data" / name / f"fold{k}"
-                run_ablation(data / "train", out / "runs" / name / f"fold{k}", val=data / "test", config=base,
-                             seeds=n_seeds, variants=list(variants),
-                             log=lambda m, tag=f"[{name} fold{k}]": print(tag, m, flush=True))
+    phases = [[v for v in variants if v in PRIMARY_VARIANTS], list(variants)]
+    for phase in phases:
+        for n_seeds in range(1, seeds + 1):  # seed-major: every (fold, data set) gets seed k before any gets k + 1
+            for k in range(folds):
+                for name in datasets:
+                    data = out / "data" / name / f"fold{k}"
+                    run_ablation(data / "train", out / "runs" / name / f"fold{k}", val=data / "test", config=base,
+                                 seeds=n_seeds, variants=phase,
+                                 log=lambda m, tag=f"[{name} fold{k}]": print(tag, m, flush=True))
 
 
 EVAL_FILE = "study_eval.json"
