@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STRIP, TILE, TRAIN_STRIDE, GUARD = 128, 32, 16, 16
 # the primary comparisons' variants run first (every seed), then the rest
 PRIMARY_VARIANTS = ("baseline", "SPAD input", "SPAD no-fade", "SPAD input no-fade")
-VARIANTS = PRIMARY_VARIANTS + ("SPAD", "DDPM-IP", "supervised")
+VARIANTS = PRIMARY_VARIANTS + ("SPAD", "DDPM-IP", "supervised", "structured")
 DATASETS = ("clean", "noisy")
 BASE = {"train_steps": 1000, "checkpoint_every": 250, "val_every": 0, "num_workers": 0, "progress_bar": False}
 

@@ -13,6 +13,9 @@ Variants (names are stable; tables and tests use them):
 - ``DDPM-IP``: perturbation off, ``input_gamma = 0.1`` (Ning et al. 2023: noise added to the noise that builds x_t).
 - ``SPAD no-fade`` / ``SPAD input no-fade``: the PaS horizon is twice the run (``pas_steps = 2 * train_steps``), so
   the perturbation never reaches 0.
+- ``structured``: SPAD input with corruptions that survive the forward noise: ScD erases cells (``scd_kind =
+  "erase"``), objects dilated/eroded by up to 2 px, contours warped by up to 1.5 px, one spurious blob per mask on
+  average (:mod:`spadfast.structured_perturb`).
 - ``supervised``: not diffusion: the same network, one forward pass, BCE + Dice (``objective = "supervised"``).
 
 Every variant trains with the same data split, the same seeds ``seed, seed+1, ...`` and the same step budget, then
@@ -68,7 +71,7 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
         >>> from spadfast.config import SPADConfig
         >>> list(variant_overrides(SPADConfig().to_dict()))  # doctest: +NORMALIZE_WHITESPACE
         ['SPAD', 'w/o ScD', 'w/o BcD', 'baseline', 'PaS linear', 'PaS step', 'input mode', 'condition mode',
-         'SPAD input', 'DDPM-IP', 'SPAD no-fade', 'SPAD input no-fade', 'supervised']
+         'SPAD input', 'DDPM-IP', 'SPAD no-fade', 'SPAD input no-fade', 'structured', 'supervised']
     """
     from .config import PERTURB_MODES
     from .schedule import PROGRESS_KINDS
@@ -91,6 +94,8 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out["DDPM-IP"] = {"perturb": {"enabled": False}, "input_gamma": 0.1}
     out["SPAD no-fade"] = no_fade
     out["SPAD input no-fade"] = {**input_share, **no_fade}
+    out["structured"] = {**input_share, "perturb": {"scd_kind": "erase", "morph_px": 2, "warp_px": 1.5,
+                                                      "blob_count": 1.0}}
     out["supervised"] = {"objective": "supervised", "perturb": {"enabled": False}}
     return out
 
@@ -394,7 +399,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="only these variants, by name or slug: SPAD wo-scd wo-bcd baseline pas-linear pas-step "
-                        "input-mode condition-mode spad-input ddpm-ip spad-no-fade spad-input-no-fade supervised (default: all)")
+                        "input-mode condition-mode spad-input ddpm-ip spad-no-fade spad-input-no-fade structured supervised (default: all)")
     parser.add_argument("--val-fraction", type=float, default=0.25, help="held-out fraction without --val")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split without --val")
     parser.add_argument("--device", help="cpu, cuda or auto (default: the preset's)")

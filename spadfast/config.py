@@ -16,7 +16,8 @@ from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
 PERTURB_MODES = ("target", "input", "condition")  # spadfast.training_inputs
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
-OBJECTIVES = ("diffusion", "supervised")  # supervised: the non-diffusion reference (spadfast.training_inputs)
+OBJECTIVES = ("diffusion", "supervised")
+SCD_KINDS = ("noise", "erase")  # supervised: the non-diffusion reference (spadfast.training_inputs)
 INTENSITY_NORMS = ("dtype", "minmax", "percentile")  # spadfast.files.intensity_range
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
 
@@ -37,6 +38,11 @@ class PerturbConfig:
     blur_sigma_max: float = 2.0  # BcD Gaussian width at p = 0, pixels
     band_radius_max: int = 3  # BcD band half-width at p = 0, pixels
     clamp: bool = True
+    scd_kind: str = "noise"  # noise: N(0, scd_max f) inside the target; erase: a share scd_max f of cells erased
+    morph_px: int = 0  # structured: each object dilated or eroded by up to round(morph_px f) px (0: off)
+    warp_px: float = 0.0  # structured: smooth contour warp of peak warp_px f px (0: off)
+    blob_count: float = 0.0  # structured: Poisson(blob_count f) spurious disks outside the target (0: off)
+    blob_radius: int = 3  # radius of those disks, px
     scd: bool = True  # ScD on; off, the target keeps its clean values (outside BcD's band)
     bcd: bool = True  # BcD on; off, the boundary keeps ScD's values (no band override)
 
@@ -55,6 +61,12 @@ class PerturbConfig:
             raise ValueError(f"`keep_ratio` must lie in [0, 1], got {self.keep_ratio}")
         if self.anchor_size < 1 or self.band_radius_max < 0 or self.pas_stages < 1:
             raise ValueError("`anchor_size` and `pas_stages` must be >= 1 and `band_radius_max` >= 0")
+        if self.scd_kind not in SCD_KINDS:
+            raise ValueError(f"`scd_kind` must be one of {SCD_KINDS}, got {self.scd_kind!r}")
+        if self.scd_kind == "erase" and self.scd_max > 1:
+            raise ValueError(f"`scd_max` is a share of cells with scd_kind 'erase' and must be <= 1, got {self.scd_max}")
+        if self.morph_px < 0 or self.warp_px < 0 or self.blob_count < 0 or self.blob_radius < 0:
+            raise ValueError("`morph_px`, `warp_px`, `blob_count` and `blob_radius` must be >= 0")
         if self.band_radius_max > MAX_BAND_RADIUS:
             raise ValueError(f"`band_radius_max` must be <= {MAX_BAND_RADIUS} (boundary_blur's band limit), got "
                              f"{self.band_radius_max}")
@@ -63,6 +75,11 @@ class PerturbConfig:
     def scd_active(self) -> bool:
         """ScD changes masks: the perturbation and ScD are on and ``scd_max > 0``."""
         return self.enabled and self.scd and self.scd_max > 0
+
+    @property
+    def structured_active(self) -> bool:
+        """A structured corruption (:mod:`spadfast.structured_perturb`) is on."""
+        return self.enabled and (self.morph_px > 0 or self.warp_px > 0 or self.blob_count > 0)
 
     @property
     def bcd_active(self) -> bool:

@@ -2,10 +2,14 @@
 
 ``spad_perturb(mask, p)`` returns the perturbed mask ``x0~`` in mask units ({0,1} plus perturbation):
 
+0. Optional structured corruptions first (:mod:`spadfast.structured_perturb`: per-object dilation/erosion
+   ``morph_px``, smooth contour warps ``warp_px``, spurious blobs ``blob_count``), scaled by f; ScD and BcD then act
+   on the corrupted mask.
 1. PaS gives one decay factor ``f(p)`` in [0, 1] (:func:`spadfast.schedule.progress_strength` with max 1), reaching
    exactly 0 at ``p >= end``; at ``f == 0`` the clean mask is returned untouched.
 2. ScD (:func:`spadfast.ops.target_noise`): noise of std ``scd_max * f`` inside the target except on anchor cells of
-   side ``anchor_size`` kept with probability ``keep_ratio``.
+   side ``anchor_size`` kept with probability ``keep_ratio``; with ``scd_kind = "erase"`` instead each non-anchor
+   cell is erased with probability ``scd_max * f`` (:func:`spadfast.structured_perturb.erase_cells`).
 3. BcD (:func:`spadfast.ops.boundary_blur`): in a band of half-width ``ceil(band_radius_max * f)`` around the Canny
    edge, the mask blurred with ``sigma = blur_sigma_max * f`` plus noise of std ``bcd_max * f``, overriding ScD there.
    Width and blur shrink with f: coarse early, fine late.
@@ -23,6 +27,7 @@ import math
 import torch
 
 from . import ops
+from . import structured_perturb as structured
 from .config import PerturbConfig
 from .schedule import progress_strength
 
@@ -62,14 +67,29 @@ def spad_perturb(
     cfg = cfg or PerturbConfig()
     f = perturb_factor(progress, cfg)
     out_dtype = mask.dtype if mask.is_floating_point() else torch.float32
-    if f == 0.0 or not (cfg.scd_active or cfg.bcd_active):
+    if f == 0.0 or not (cfg.scd_active or cfg.bcd_active or cfg.structured_active):
         return mask.to(out_dtype, copy=True)
+    host = generator if generator is not None and generator.device.type == "cpu" else None
+    if cfg.structured_active or (cfg.scd_active and cfg.scd_kind == "erase"):
+        host = host or structured.generator_for(seed or 0, offset)
+    if cfg.structured_active:
+        rows = mask.reshape(-1, 1, *mask.shape[-2:])
+        rows = structured.morph_objects(rows, int(round(cfg.morph_px * f)), host)
+        rows = structured.warp_contours(rows, cfg.warp_px * f, host)
+        rows = structured.add_blobs(rows, cfg.blob_count * f, cfg.blob_radius, host)
+        mask = rows.view(mask.shape).to(out_dtype)
     out = None
-    if cfg.scd_active:
+    if cfg.scd_active and cfg.scd_kind == "erase":
+        rows = mask.reshape(-1, 1, *mask.shape[-2:])
+        out = structured.erase_cells(rows, cfg.scd_max * f, cfg.anchor_size, cfg.keep_ratio, host)
+        out = out.view(mask.shape).to(out_dtype)
+    elif cfg.scd_active:
         out = ops.target_noise(
             mask, cfg.scd_max * f, cfg.anchor_size, cfg.keep_ratio,
             generator=generator, seed=seed, offset=offset, validate=validate, backend=backend,
         )
+    elif cfg.structured_active:
+        out = mask.clone()
     if cfg.bcd_active:
         radius = int(math.ceil(cfg.band_radius_max * f))
         out = ops.boundary_blur(

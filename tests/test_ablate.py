@@ -43,7 +43,7 @@ def test_variants_and_their_configs():
     table = variant_overrides(base)
     assert list(table) == ["SPAD", "w/o ScD", "w/o BcD", "baseline", "PaS linear", "PaS step", "input mode",
                            "condition mode", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade",
-                           "supervised"]
+                           "structured", "supervised"]
     cfg = {n: SPADConfig.from_dict(_merge(base, o)) for n, o in table.items()}
     assert cfg["SPAD"].to_dict() == base
     for name, off in (("w/o ScD", "scd"), ("w/o BcD", "bcd")):  # one switch off, every other knob as in SPAD
@@ -55,7 +55,7 @@ def test_variants_and_their_configs():
     assert list(variant_overrides(linear_base))[4:7] == ["PaS cosine", "PaS step", "target mode"]
     assert [slug(n) for n in table] == ["spad", "wo-scd", "wo-bcd", "baseline", "pas-linear", "pas-step", "input-mode",
                                         "condition-mode", "spad-input", "ddpm-ip", "spad-no-fade",
-                                        "spad-input-no-fade", "supervised"]
+                                        "spad-input-no-fade", "structured", "supervised"]
 
 
 def _flat(d, prefix=""):
@@ -76,6 +76,8 @@ def test_each_variant_changes_exactly_the_keys_its_name_says():
         "DDPM-IP": {"perturb.enabled": False, "input_gamma": 0.1},
         "SPAD no-fade": {"pas_steps": 2 * base["train_steps"]},
         "SPAD input no-fade": {"perturb_mode": "input", "perturb_prob": 0.5, "pas_steps": 2 * base["train_steps"]},
+        "structured": {"perturb_mode": "input", "perturb_prob": 0.5, "perturb.scd_kind": "erase", "perturb.morph_px": 2,
+                       "perturb.warp_px": 1.5, "perturb.blob_count": 1.0},
         "supervised": {"objective": "supervised", "perturb.enabled": False},
     }
     flat_base = _flat(base)
