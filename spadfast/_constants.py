@@ -8,4 +8,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 # ``backend=`` of every op: "auto" (Triton on CUDA tensors, the reference otherwise), or one of them forced.
 BACKENDS = ("auto", "reference", "triton")
 
-__all__ = ["PREDICTION_TYPES", "BACKENDS"]
+# Image file -> [-1, 1] intensity normalisations (spadfast.files.intensity_range).
+INTENSITY_NORMS = ("dtype", "minmax", "percentile")
+
+__all__ = ["PREDICTION_TYPES", "BACKENDS", "INTENSITY_NORMS"]

@@ -15,9 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METRICS", "aggregate", "format_markdown", "paired_difference", "study_differences"]
-
-METRICS = ("dice", "iou", "hd95")
+__all__ = ["aggregate", "format_markdown", "paired_difference", "study_differences"]
 UNIT_SEEDS = "seeds"
 UNIT_CASES = "cases of one run"
 
@@ -114,10 +112,13 @@ def aggregate(records: dict[str, list[dict[str, Any]]], reference: str = "SPAD")
         :func:`paired_difference` to ``reference`` (NaN for the reference itself). Best: max Dice/IoU, min HD95;
         ties at 4 decimals all count as best.
     """
+    from .metrics import METRICS
+
+    keys = [k for k in METRICS if all(k in r["mean"] for runs in records.values() for r in runs)]
     rows = []
     for name, runs in records.items():
         row: dict[str, Any] = {"variant": name, "seeds": [r["seed"] for r in runs], "runs": runs}
-        for m in METRICS:
+        for m in keys:
             row[m], row[f"{m}_std"] = _mean_std([r["mean"][m] for r in runs])
         times = [r["train_seconds"] for r in runs if "train_seconds" in r]
         row["train_seconds"] = float(np.mean(times)) if times else math.nan
@@ -126,14 +127,14 @@ def aggregate(records: dict[str, list[dict[str, Any]]], reference: str = "SPAD")
             row["study"] = study_differences(runs, records.get(reference, []))
         rows.append(row)
     best: dict[str, list[str]] = {}
-    for m in METRICS:
+    for m in keys:
         vals = [(r["variant"], r[m]) for r in rows if not math.isnan(r[m])]
         if not vals:
             best[m] = []
             continue
-        target = (max if m != "hd95" else min)(v for _, v in vals)
+        target = METRICS[m].best(v for _, v in vals)
         best[m] = [n for n, v in vals if _fmt(v) == _fmt(target)]
-    return {"rows": rows, "best": best, "reference": reference}
+    return {"rows": rows, "best": best, "reference": reference, "metrics": keys}
 
 
 def _fmt(v: float, digits: int = 4) -> str:
@@ -157,7 +158,11 @@ def _delta_cell(row: dict[str, Any]) -> str:
 
 def format_markdown(result: dict[str, Any], table: dict[str, dict[str, Any]] | None = None) -> str:
     """``ablation.md``: one row per variant, mean ± std over seeds, the best value of each column in bold."""
+    from .metrics import METRICS
+
     reference = result.get("reference", "SPAD")
+    keys = result.get("metrics", [k for k in METRICS if all(k in r for r in result["rows"])])
+    heads = " | ".join(f"{METRICS[m].label} {METRICS[m].arrow}" if m in METRICS else m for m in keys)
     lines = [
         "# spadfast ablation",
         "",
@@ -173,13 +178,13 @@ def format_markdown(result: dict[str, Any], table: dict[str, dict[str, Any]] | N
         "and interval are over held-out cases, conditional on that one training run (they say nothing about how "
         "another run would differ). Train: mean seconds per run.",
         "",
-        f"| Variant | Change from {reference} | Dice ↑ | IoU ↑ | HD95 ↓ | ΔDice | Train (s) |",
-        "|---|---|---|---|---|---|---|",
+        f"| Variant | Change from {reference} | {heads} | ΔDice | Train (s) |",
+        "|---|---|" + "---|" * len(keys) + "---|---|",
     ]
     for row in result["rows"]:
         change = _describe(table.get(row["variant"], {})) if table else ""
         cells = []
-        for m in METRICS:
+        for m in keys:
             text = _fmt(row[m]) + ("" if math.isnan(row[f"{m}_std"]) else f" ± {_fmt(row[f'{m}_std'])}")
             cells.append(f"**{text}**" if row["variant"] in result["best"].get(m, []) else text)
         cells += [_delta_cell(row), _fmt(row.get("train_seconds", math.nan), 0)]

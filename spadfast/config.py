@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._constants import BACKENDS, PREDICTION_TYPES
+from ._constants import BACKENDS, INTENSITY_NORMS, PREDICTION_TYPES
 from ._fields import check_fields
 from ._validation import MAX_BAND_RADIUS
 from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
@@ -18,7 +18,6 @@ AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
 OBJECTIVES = ("diffusion", "supervised")
 SCD_KINDS = ("noise", "erase")  # supervised: the non-diffusion reference (spadfast.training_inputs)
-INTENSITY_NORMS = ("dtype", "minmax", "percentile")  # spadfast.files.intensity_range
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
 
 

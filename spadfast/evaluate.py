@@ -30,11 +30,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .class_scores import LARGE_LABEL, class_names, present_classes, score_case, summarize_classes, warn_large_labels
-from .files import read_mask
+from .files import read_label_png, read_mask
 from .metrics import METRICS, summarize
 
 MASK_SUFFIXES = (".png",)
@@ -99,7 +98,7 @@ def _volume_spacing(spacing: Any) -> tuple[float, float, float] | None:
 
 def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[str], gt_dir: Path,
                       spacing: Any) -> dict[str, Any]:
-    from .nifti import read_dataset_json, read_label, read_nifti, spacing_of
+    from .nifti import read_dataset_json, read_label, read_nifti, same_affine, spacing_of
 
     spacing = _volume_spacing(spacing)
     info = read_dataset_json(gt_dir.parent)
@@ -111,7 +110,7 @@ def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[st
         if tuple(p_img.shape[:3]) != tuple(g_img.shape[:3]) or len(p_img.shape) != len(g_img.shape):
             raise ValueError(f"{str(pred[name])!r} has shape {tuple(p_img.shape)} but {str(gt[name])!r} has "
                              f"{tuple(g_img.shape)}")
-        if not np.allclose(p_img.affine, g_img.affine, rtol=0, atol=1e-3):
+        if not same_affine(p_img, g_img):
             raise ValueError(f"{str(pred[name])!r} and {str(gt[name])!r} have different affines (spacing "
                              f"{spacing_of(p_img)} vs {spacing_of(g_img)}): the prediction is not on the ground "
                              "truth's voxel grid")
@@ -130,28 +129,12 @@ def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[st
 # PNG
 
 
-def _read_png_labels(path: Path) -> np.ndarray:
-    """A PNG label map as stored: integer ``[H,W]`` (equal colour channels allowed, alpha ignored)."""
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if array is None:
-        raise ValueError(f"cannot decode {path}: not a PNG OpenCV can read, or a corrupt file")
-    if array.ndim == 3:
-        colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
-        if not (colour == colour[:, :, :1]).all():
-            raise ValueError(f"{path} is a colour mask whose channels disagree; label maps must be gray")
-        array = colour[:, :, 0]
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"{path} holds {array.dtype} pixels; label maps hold integers")
-    return array
-
-
 def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str], spacing: Any) -> dict[str, Any]:
     sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
     if len(sp) != 2:
         raise ValueError(f"`spacing` must be None or (dy, dx) for PNG masks, got {tuple(spacing)!r}")
-    p_maps = {n: _read_png_labels(pred[n]) for n in names}
-    g_maps = {n: _read_png_labels(gt[n]) for n in names}
+    p_maps = {n: read_label_png(pred[n]) for n in names}
+    g_maps = {n: read_label_png(gt[n]) for n in names}
     for n in names:
         p, g = p_maps[n], g_maps[n]
         if p.shape != g.shape:

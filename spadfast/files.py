@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from ._constants import INTENSITY_NORMS
 from ._validation import binary_array, check_int, is_int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -272,6 +273,24 @@ def write_mask_png(path: str | os.PathLike, mask: torch.Tensor | np.ndarray) -> 
         raise ValueError(f"`path` must end in .png, got {path}")
     _write_image(path, mask_2d(mask, "mask").astype(np.uint8) * np.uint8(255))
     return path
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """A 2-D label map (PNG or another OpenCV image) as stored: integer ``[H,W]`` (equal colour channels allowed,
+    alpha ignored); 0/255 binary masks give labels 0 and 255. Refuses undecodable files and non-integer pixels."""
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if array is None:
+        raise ValueError(f"cannot decode {path}: not a PNG OpenCV can read, or a corrupt file")
+    if array.ndim == 3:
+        colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
+        if not (colour == colour[:, :, :1]).all():
+            raise ValueError(f"{path} is a colour mask whose channels disagree; label maps must be gray")
+        array = colour[:, :, 0]
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"{path} holds {array.dtype} pixels; label maps hold integers")
+    return array
+
+
 def is_hidden(path: Path) -> bool:
     """The one rule for files spadfast ignores in folders: names starting with "." (macOS ``._name`` included)."""
     return Path(path).name.startswith(".")
@@ -308,7 +327,6 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return u8 != 0
 
 
-INTENSITY_NORMS = ("dtype", "minmax", "percentile")
 LOW_RANGE_FRACTION = 0.125  # below this fraction of its dtype's range an integer image is probably 12-bit-in-16
 
 

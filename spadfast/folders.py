@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ._constants import INTENSITY_NORMS
 from ._validation import check_int
 from .augment import dihedral
 from .files import (
     IMAGE_EXTENSIONS,
-    INTENSITY_NORMS,
     check_channels,
     check_size,
     index_folder,

@@ -10,8 +10,9 @@ the masks are 2-D or 3-D:
   header): ``[D,H,W]`` -> ``float``; ``[B,D,H,W]`` or ``[B,1,D,H,W]`` -> ``float64`` ``[B]``.
 
 Metrics run on the host in float64: they are for evaluation, not for a training loss. :data:`METRICS` is the one
-registry of per-mask metrics (``name -> fn(pred, target, spacing=...)``) that :func:`summarize`,
-:func:`per_class_metrics` and ``spadfast evaluate`` read; adding a metric there adds it everywhere.
+registry of per-mask metrics (``name -> Metric``: the function, its label, direction and unit) that
+:func:`summarize`, :func:`per_class_metrics`, ``spadfast evaluate``, the report, the plots and the ablation table
+read; :func:`register_metric` adds one everywhere.
 
 Conventions (DESIGN.md, "Public API"):
 
@@ -42,10 +43,12 @@ import torch
 from ._validation import as_numpy as _to_numpy
 from ._validation import binary_array as _as_batch
 from ._validation import is_int
+from .metric_spec import Metric
 
 from scipy.ndimage import distance_transform_edt
 
-__all__ = ["dice", "iou", "hd95", "surface", "summarize", "per_class_metrics", "labels_from_probs", "METRICS"]
+__all__ = ["dice", "iou", "hd95", "surface", "summarize", "per_class_metrics", "labels_from_probs", "METRICS",
+           "register_metric"]
 
 MaskLike = torch.Tensor | np.ndarray
 
@@ -261,9 +264,23 @@ def hd95(pred: MaskLike, target: MaskLike, spacing: Sequence[float] = (1.0, 1.0)
     return _out(values, single)
 
 
-#: The per-mask metrics, ``name -> fn(pred, target, spacing=...)``; evaluation, :func:`summarize` and
-#: :func:`per_class_metrics` read this registry, so a metric added here appears in every report.
-METRICS: dict[str, Callable[..., float | np.ndarray]] = {"dice": dice, "iou": iou, "hd95": hd95}
+#: The per-mask metrics, ``name -> Metric(fn, label, higher_is_better, distance)`` (callable like ``fn``); evaluation,
+#: :func:`summarize`, :func:`per_class_metrics`, the report, the plots and the ablation table read this registry, so a
+#: metric registered here (:func:`register_metric`) appears in every one of them.
+METRICS: dict[str, Metric] = {
+    "dice": Metric(dice, "Dice", higher_is_better=True, value_range=(0.0, 1.0)),
+    "iou": Metric(iou, "IoU", higher_is_better=True, value_range=(0.0, 1.0)),
+    "hd95": Metric(hd95, "HD95", higher_is_better=False, distance=True),
+}
+
+
+def register_metric(name: str, fn: Callable[..., float | np.ndarray], label: str, higher_is_better: bool,
+                    distance: bool = False, value_range: tuple[float, float] | None = None) -> Metric:
+    """Add ``fn(pred, target, spacing=None)`` to :data:`METRICS` under ``name`` (a new name; ValueError otherwise)."""
+    if not isinstance(name, str) or not name.isidentifier() or name in METRICS or name == "per_class":
+        raise ValueError(f"`name` must be a new identifier, not one of {sorted(METRICS)}, got {name!r}")
+    METRICS[name] = Metric(fn, label, higher_is_better, distance, value_range)
+    return METRICS[name]
 
 
 def _labels(x: object, name: str) -> np.ndarray:

@@ -249,8 +249,14 @@ def spacing_of(img) -> tuple[float, float, float]:
     return zooms[0], zooms[1], zooms[2]
 
 
-def _same_geometry(a, b) -> bool:
-    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and np.allclose(a.affine, b.affine, rtol=0, atol=GEOMETRY_ATOL)
+def same_affine(a, b) -> bool:
+    """Two NIfTI images' affines agree within :data:`GEOMETRY_ATOL` millimetres."""
+    return bool(np.allclose(a.affine, b.affine, rtol=0, atol=GEOMETRY_ATOL))
+
+
+def same_geometry(a, b) -> bool:
+    """Two NIfTI images lie on the same voxel grid: equal spatial shape and :func:`same_affine`."""
+    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and same_affine(a, b)
 
 
 def _nifti_bytes(img, path: Path) -> bytes:
@@ -354,7 +360,7 @@ def load_case(paths: Sequence[str | os.PathLike], n_modalities: int | None = Non
         if tuple(img.shape[:3]) != tuple(ref.shape[:3]):
             raise ValueError(f"{p} has shape {tuple(img.shape[:3])} but {ref_path} (same case) has "
                              f"{tuple(ref.shape[:3])}: a case's modalities must share one voxel grid")
-        if not _same_geometry(img, ref):
+        if not same_geometry(img, ref):
             raise ValueError(f"{p} and {ref_path} (same case) have different affines (spacing "
                              f"{spacing_of(img)} vs {spacing_of(ref)}): a case's modalities must share one voxel grid")
     shape3 = tuple(int(s) for s in ref.shape[:3])
@@ -406,7 +412,7 @@ def read_label(path: str | os.PathLike, image: CaseImage | None = None, classes:
         ref, ref_path = image.reference, image.paths[0]
         if shape != image.shape:
             raise ValueError(f"{path} has shape {shape} but its image {ref_path} has {image.shape}")
-        if not np.allclose(img.affine, ref.affine, rtol=0, atol=GEOMETRY_ATOL):  # type: ignore[attr-defined]
+        if not same_affine(img, ref):
             raise ValueError(
                 f"{path} and its image {ref_path} have different affines (spacing {spacing_of(img)} vs "
                 f"{spacing_of(ref)}; max difference "

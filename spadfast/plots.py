@@ -19,7 +19,6 @@ import numpy as np
 __all__ = ["read_log", "run_config", "pas_curve", "plot_curves", "plot_metric_distributions", "plot_ablation",
            "add_arguments", "main"]
 
-METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95"}
 
 
 def _figure(width: float, height: float):
@@ -225,26 +224,31 @@ def plot_metric_distributions(report: dict[str, Any], out: str | Path) -> Path:
     Returns:
         The file written.
     """
+    from .metrics import METRICS
+
     cases = report["cases"]
     classes = sorted({k for c in cases for k in c.get("per_class", {})}, key=lambda k: (len(k), k))
-    hd95_unit = report.get("hd95_unit", "px")
+    unit = report.get("hd95_unit", "px")
+    keys = [k for k in METRICS if all(k in c for c in cases)]
     rows = 2 if classes else 1
-    fig = _figure(9.0, 2.8 * rows)
-    axes = np.atleast_2d(fig.subplots(rows, 3, squeeze=False))
-    for j, m in enumerate(("dice", "iou", "hd95")):
+    fig = _figure(3.0 * len(keys), 2.8 * rows)
+    axes = np.atleast_2d(fig.subplots(rows, len(keys), squeeze=False))
+    for j, m in enumerate(keys):
+        spec = METRICS[m]
         ax = axes[0, j]
         vals, n_inf = _finite([c[m] for c in cases])
-        bins = np.linspace(0, 1, 21) if m != "hd95" else min(30, max(5, int(np.sqrt(max(vals.size, 1)))))
+        bins = (np.linspace(*spec.value_range, 21) if spec.value_range
+                else min(30, max(5, int(np.sqrt(max(vals.size, 1))))))
         if vals.size:
             ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8, edgecolor="white")
             ax.axvline(float(np.median(vals)), color="k", linestyle="--", linewidth=1, label="median")
-        ax.set_title(f"{METRIC_LABELS[m]} ({len(cases)} cases" + (f", {n_inf} inf" if n_inf else "")
+        ax.set_title(f"{spec.label} ({len(cases)} cases" + (f", {n_inf} inf" if n_inf else "")
                      + "; dashed: median)",
                      fontsize=9)
-        ax.set_xlabel(METRIC_LABELS[m] + (f" ({hd95_unit})" if m == "hd95" else ""))
+        ax.set_xlabel(spec.axis_label(unit))
         ax.set_ylabel("cases")
-        if m != "hd95":
-            ax.set_xlim(0, 1)
+        if spec.value_range:
+            ax.set_xlim(*spec.value_range)
         if classes:
             box_ax = axes[1, j]
             data, labels = [], []
@@ -253,8 +257,8 @@ def plot_metric_distributions(report: dict[str, Any], out: str | Path) -> Path:
                 data.append(v if v.size else np.array([np.nan]))
                 labels.append(f"class {k}")
             box_ax.boxplot(data, labels=labels) if _old_boxplot() else box_ax.boxplot(data, tick_labels=labels)
-            box_ax.set_ylabel(METRIC_LABELS[m] + (f" ({hd95_unit})" if m == "hd95" else ""))
-            box_ax.set_title(f"{METRIC_LABELS[m]} per class", fontsize=9)
+            box_ax.set_ylabel(spec.axis_label(unit))
+            box_ax.set_title(f"{spec.label} per class", fontsize=9)
     return _save(fig, out)
 
 
@@ -272,12 +276,15 @@ def plot_ablation(result: dict[str, Any], out: str | Path) -> Path:
     """Mean Dice, IoU and HD95 per variant as points with ± std over seeds (``spadfast.ablation_stats.aggregate``'s result),
     SPAD's value as a dashed reference line; infinite or missing values are marked, not drawn. Points, not bars:
     the axes are zoomed to the values, and a bar's length would exaggerate small differences."""
+    from .metrics import METRICS
+
     rows = result["rows"]
     names = [r["variant"] for r in rows]
-    fig = _figure(max(7.0, 1.1 * len(names) + 3), 3.4)
-    axes = fig.subplots(1, 3)
+    keys = [k for k in METRICS if all(k in r for r in rows)]
+    fig = _figure(max(7.0, 1.1 * len(names) + 3) * len(keys) / 3, 3.4)
+    axes = np.atleast_1d(fig.subplots(1, len(keys)))
     x = np.arange(len(names))
-    for ax, m in zip(axes, ("dice", "iou", "hd95")):
+    for ax, m in zip(axes, keys):
         means = np.array([r[m] for r in rows], dtype=np.float64)
         stds = np.array([r[f"{m}_std"] for r in rows], dtype=np.float64)
         ok = np.isfinite(means)
@@ -293,7 +300,8 @@ def plot_ablation(result: dict[str, Any], out: str | Path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
         ax.set_xlim(-0.5, len(names) - 0.5)
-        ax.set_title(METRIC_LABELS[m] + (" ↓ (px)" if m == "hd95" else " ↑"), fontsize=9)
+        spec = METRICS[m]
+        ax.set_title(f"{spec.label} {spec.arrow}" + (" (px)" if spec.distance else ""), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{result.get('train_steps', '?')} steps, {result.get('seeds', '?')} seed(s), "
                  f"{result.get('n_heldout', '?')} held-out cases; error bars: std over seeds", fontsize=9)

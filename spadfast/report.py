@@ -41,12 +41,19 @@ from .report_folder import MARKER, check_report_dir, swap_in
 
 __all__ = ["write_report", "add_arguments", "check_arguments", "main"]
 
-METRICS = (("dice", "Dice", "↑"), ("iou", "IoU", "↑"), ("hd95", "HD95", "↓"))
 GT_COLOR = (0, 0, 255)  # BGR red
 PRED_COLOR = (0, 255, 0)  # BGR green
 
 
 # ----------------------------------------------------------------------------------------------------- checks
+
+
+def _columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(key, label, arrow)`` of each registered metric the report holds (:data:`spadfast.metrics.METRICS`)."""
+    from .metrics import METRICS
+
+    mean = report.get("mean") if isinstance(report.get("mean"), dict) else {}
+    return [(key, m.label, m.arrow) for key, m in METRICS.items() if key in mean or key in ("dice", "iou", "hd95")]
 
 
 def _check_report(report: object) -> list[dict[str, Any]]:
@@ -55,7 +62,7 @@ def _check_report(report: object) -> list[dict[str, Any]]:
     for i, case in enumerate(report["cases"]):
         if not isinstance(case, dict) or not isinstance(case.get("name"), str):
             raise ValueError(f"`report['cases'][{i}]` must be a dict with a 'name'")
-        for key, _, _ in METRICS:
+        for key, _, _ in _columns(report):
             if not isinstance(case.get(key), (int, float)):
                 raise ValueError(f"`report['cases'][{i}]` ({case['name']!r}) lacks a number for {key!r}")
     if not report["cases"]:
@@ -151,14 +158,9 @@ def _labels(path: Path) -> np.ndarray:
         if a.ndim != 3:
             raise ValueError(f"label map {str(path)!r} has shape {a.shape}; expected 3-D")
         return np.rint(a).astype(np.int64) if a.dtype.kind == "f" else a.astype(np.int64)
-    from .files import _decode
+    from .files import read_label_png
 
-    a = _decode(path)
-    if a.ndim == 3:
-        a = a[:, :, 0]
-    if a.dtype.kind == "f":
-        a = np.rint(a * 255)
-    return a.astype(np.int64)
+    return read_label_png(path).astype(np.int64)
 
 
 def _to_unit(plane: np.ndarray) -> np.ndarray:
@@ -336,11 +338,11 @@ def _summary_rows(report: dict[str, Any]) -> list[str]:
         mean_k = report["mean"].get("per_class", {}).get(k)
         per = [c["per_class"][k] for c in cases if k in c.get("per_class", {})]
         if mean_k is None:  # no per-class mean in the JSON: the plain mean of the cases
-            mean_k = {m: float(np.mean([p[m] for p in per])) for m, _, _ in METRICS}
+            mean_k = {m: float(np.mean([p[m] for p in per])) for m, _, _ in _columns(report)}
         scopes.append((f"class {k}", mean_k, per))
     rows = []
     for scope, mean, per in scopes:
-        for key, label, arrow in METRICS:
+        for key, label, arrow in _columns(report):
             st = _stats([float(p[key]) for p in per])
             inf_note = f' <span class="note">({st["n_inf"]} inf)</span>' if st["n_inf"] else ""
             rows.append(
@@ -402,12 +404,12 @@ _JS = """
 
 
 def _case_row(rank: int, case: dict[str, Any], thumbs: dict[str, str], size: tuple[int, int],
-              show_image: bool, show_unc: bool, note: str = "") -> str:
+              show_image: bool, show_unc: bool, columns: list[str], note: str = "") -> str:
     name = html.escape(case["name"])
     h, w = size
     note_html = f'<br><span class="note">{html.escape(note)}</span>' if note else ""
     cells = [f'<td class="num">{rank}</td>', f'<td class="name">{name}{note_html}</td>']
-    for key, _, _ in METRICS:
+    for key in columns:
         v = float(case[key])
         bad = " bad" if (key == "dice" and v < 0.5) or (key == "hd95" and math.isinf(v)) else ""
         cells.append(_cell(v, extra=bad))
@@ -538,11 +540,12 @@ def write_report(
         order = _worst_first(cases)
         width = len(str(len(cases)))
         rows, show_image, show_unc = [], images is not None, any(f["unc"] is not None for f in files)
+        columns = [key for key, _, _ in _columns(report)]
         for rank, i in enumerate(order, 1):
             key = f"{i:0{width}d}"
             thumbs, th, note = _thumbnails(files[i], tmp, key, thumb_size)
-            rows.append(_case_row(rank, cases[i], thumbs, th, show_image, show_unc, note))
-        header = ['<th>#</th>', "<th>case</th>", *(f"<th>{label} {arrow}</th>" for _, label, arrow in METRICS)]
+            rows.append(_case_row(rank, cases[i], thumbs, th, show_image, show_unc, columns, note))
+        header = ['<th>#</th>', "<th>case</th>", *(f"<th>{label} {arrow}</th>" for _, label, arrow in _columns(report))]
         if any(c.get("per_class") for c in cases):
             header.append("<th>Dice per class</th>")
         if show_image:

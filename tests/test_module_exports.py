@@ -39,3 +39,18 @@ def test_the_rule_sees_a_re_export(tmp_path):
     module.write_text('from os.path import join\n\n__all__ = ["join", "local"]\n\n\ndef local():\n    pass\n')
     defined, exported = _defined_and_exported(module)
     assert [n for n in exported if n not in defined] == ["join"]
+
+
+def test_no_public_name_is_defined_in_two_modules():
+    """A constant or function with one meaning has one home (copies drift: two INTENSITY_NORMS, two label readers)."""
+    homes: dict[str, list[str]] = {}
+    for path in MODULES:
+        if path.parent.name != "spadfast":
+            continue
+        defined, _ = _defined_and_exported(path)
+        for name in defined:
+            if not name.startswith("_") and name not in ("main", "add_arguments", "__all__"):
+                homes.setdefault(name, []).append(path.name)
+    mirrors = ["ops.py", "reference.py"]  # each public op and its reference share a signature by design (STYLE.md)
+    twice = {name: where for name, where in homes.items() if len(where) > 1 and sorted(where) != mirrors}
+    assert not twice, f"defined in more than one module: {twice}"
