@@ -215,7 +215,7 @@ def ddim_step(
     """
     check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type)
     check_alpha_order(alpha_prod_t, alpha_prod_t_prev, validate)
-    check_random_source(noise, generator, seed, offset)
+    check_random_source(generator, seed, offset)
     shape = sample.shape
     B = shape[0]
     N = shape[-1] if sample.dim() > 1 else 1

@@ -198,7 +198,7 @@ def check_images(images: object, channels: int | None = None, unbatched: bool = 
     return batch, single
 
 
-def check_random_source(noise, generator, seed, offset) -> None:
+def check_random_source(generator, seed, offset) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
     if seed is not None:
@@ -247,7 +247,7 @@ def prepare_boundary_blur(mask, sigma, strength, radius, noise, base, generator,
     check_int(radius, "radius", 0)
     if radius > MAX_BAND_RADIUS:
         raise ValueError(f"`radius` must be <= {MAX_BAND_RADIUS} (the Triton kernel's register budget), got {radius}")
-    check_random_source(noise, generator, seed, offset)
+    check_random_source(generator, seed, offset)
     noise_v = _operand_like(noise, "noise", m, floating=True, validate=validate)
     base_v = _operand_like(base, "base", m, floating=True, validate=validate)
     out_dtype = base_v.dtype if base_v is not None else float_out_dtype(m)
@@ -273,7 +273,7 @@ def prepare_target_noise(mask, strength, anchor_size, keep_ratio, noise, anchors
     keep_ratio = check_number(keep_ratio, "keep_ratio", minimum=0)
     if keep_ratio > 1:
         raise ValueError(f"`keep_ratio` must be in [0, 1], got {keep_ratio}")
-    check_random_source(noise, generator, seed, offset)
+    check_random_source(generator, seed, offset)
     noise_v = _operand_like(noise, "noise", m, floating=True, validate=validate)
     anchors_v = _operand_like(anchors, "anchors", m, floating=False, validate=validate)
     return TargetNoiseArgs(m, restore, strength, keep_ratio, noise_v, anchors_v, float_out_dtype(m))

@@ -45,7 +45,7 @@ def coerce_dataset(
             raise ValueError(f"`{name}` {str(data)!r}: PNG/TIFF folders are binary; num_classes > 2 needs a "
                              "Decathlon / nnU-Net volume folder")
         else:
-            return SegmentationFolder(data, image_size=image_size, channels=channels, augment=False,
+            return SegmentationFolder(data, image_size=image_size, channels=channels,
                                       intensity_norm=intensity_norm)
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise TypeError(f"`{name}` must be a Dataset, a folder path or None, got {type(data).__name__}")

@@ -12,7 +12,6 @@ from torch.utils.data import Dataset
 
 from ._constants import INTENSITY_NORMS
 from ._validation import check_int
-from .augment import dihedral
 from .files import (
     IMAGE_EXTENSIONS,
     check_channels,
@@ -26,9 +25,6 @@ from .files import (
     warn_low_range,
 )
 
-_SALT = 0x5BAD  # keeps the augmentation stream apart from other users of (seed, epoch, index)
-
-
 class SegmentationFolder(Dataset):
     """Image/mask pairs from ``root/images`` and ``root/masks``, paired by file stem.
 
@@ -41,17 +37,14 @@ class SegmentationFolder(Dataset):
     ``[-1, 1]``; resized with INTER_AREA (shrinking) or INTER_LINEAR. Masks: see :func:`read_mask` (nonzero is
     foreground; JPEG masks thresholded at half range); resized with INTER_NEAREST_EXACT.
 
-    Augmentation (training only): one of the 8 symmetries of the square (:func:`spadfast.augment.dihedral`; the
-    4 flips for non-square images), identical for image and mask, drawn from ``(seed, epoch, index)`` so it is
-    reproducible with any number of loader workers; call :meth:`set_epoch` each epoch for fresh draws.
+    Items are returned as stored: the trainer augments batches (:func:`spadfast.augment.dihedral` in
+    ``SPADTrainer.train_step``), so the folder draws nothing.
 
     Args:
         root: folder holding ``images/`` and ``masks/``.
         image_size: ``None`` (keep the native size; all images must share it), an int S (S x S) or ``(H, W)``.
         channels: ``None`` (from the first image: 1 for gray, 3 for colour), 1 (colour converted to gray) or 3
             (gray replicated).
-        augment: apply a random symmetry per item.
-        seed: augmentation seed.
         cache: keep decoded pixels in memory.
         intensity_norm: ``"dtype"`` (divide by the dtype's max), ``"minmax"`` or ``"percentile"`` (per image; see
             :func:`spadfast.files.intensity_range`); "dtype" warns when most images use under 1/8 of their range.
@@ -77,18 +70,13 @@ class SegmentationFolder(Dataset):
         root: str | os.PathLike,
         image_size: int | tuple[int, int] | None = None,
         channels: int | None = None,
-        augment: bool = False,
-        seed: int = 0,
         cache: bool = True,
         intensity_norm: str = "dtype",
     ):
         self.root = Path(root)
         size = check_size(image_size)
         want_channels = check_channels(channels, allow_none=True)
-        self.augment = bool(augment)
-        self.seed = check_int(seed, "seed", 0)
         self.cache = bool(cache)
-        self.epoch = 0
         if intensity_norm not in INTENSITY_NORMS:
             raise ValueError(f"`intensity_norm` must be one of {INTENSITY_NORMS}, got {intensity_norm!r}")
         self.intensity_norm = intensity_norm
@@ -152,10 +140,6 @@ class SegmentationFolder(Dataset):
                 )
         return resize_image(image, self.image_size), resize_mask(mask, self.image_size), lo, hi, used
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the augmentation draws of this epoch (they depend on ``(seed, epoch, index)``)."""
-        self.epoch = check_int(epoch, "epoch", 0)
-
     def __len__(self) -> int:
         return len(self.names)
 
@@ -168,9 +152,4 @@ class SegmentationFolder(Dataset):
         image, mask, lo, hi = self._items[index] if self.cache else self._load(*self.paths[index])[:4]
         image_t = torch.from_numpy(stored_to_model(image, lo, hi, self.channels))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32))
-        if self.augment:
-            rng = np.random.default_rng([_SALT, self.seed, self.epoch, index])
-            op = torch.tensor([int(rng.integers(8))])
-            image_b, mask_b = dihedral(image_t[None], mask_t[None], op)
-            image_t, mask_t = image_b[0].contiguous(), mask_b[0].contiguous()
         return image_t, mask_t

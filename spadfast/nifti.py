@@ -314,11 +314,6 @@ class CaseImage:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
 
-    @property
-    def image(self) -> np.ndarray | None:
-        """The channels stacked, float32 ``[C,I,J,K]`` (a copy)."""
-        return None if self.channels is None else np.stack(self.channels)
-
 
 def load_case(paths: Sequence[str | os.PathLike], n_modalities: int | None = None, decode: bool = True) -> CaseImage:
     """Read one case's modalities and check that they agree.

@@ -363,7 +363,7 @@ def ddim_step(
     """
     check_ddim_args(sample, model_output, eta, noise, clip_sample_range, prediction_type)
     check_alpha_order(alpha_prod_t, alpha_prod_t_prev, validate)
-    check_random_source(noise, generator, seed, offset)
+    check_random_source(generator, seed, offset)
     # 1. alphas (float32, broadcastable per sample)
     a_t = check_alpha(alpha_prod_t, "alpha_prod_t", sample, validate)
     a_prev = check_alpha(alpha_prod_t_prev, "alpha_prod_t_prev", sample, validate)

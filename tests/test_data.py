@@ -264,57 +264,6 @@ def test_every_error_names_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Augmentation
-
-
-def aligned_folder(tmp_path, h, w, n=6):
-    """Images equal to their masks, with asymmetric content so every flip/rotation is visible."""
-    rng = np.random.default_rng(0)
-    images, masks = {}, {}
-    for i in range(n):
-        m = (rng.random((h, w)) < 0.3).astype(np.uint8)
-        images[f"{i}.png"], masks[f"{i}.png"] = m * 255, m
-    return make_folder(tmp_path, (images, masks))
-
-
-@pytest.mark.parametrize("shape", [(12, 12), (10, 14)])
-def test_augmentation_keeps_image_and_mask_aligned(tmp_path, shape):
-    root = aligned_folder(tmp_path, *shape)
-    plain = SegmentationFolder(root)
-    aug = SegmentationFolder(root, augment=True, seed=7)
-    changed = 0
-    for epoch in range(4):
-        aug.set_epoch(epoch)
-        for i in range(len(aug)):
-            image, mask = aug[i]
-            assert image.shape == (1, *shape) and mask.shape == (1, *shape)
-            assert torch.equal((image + 1) / 2, mask)  # still the same picture
-            changed += not torch.equal(mask, plain[i][1])
-            # each output is one of the dihedral transforms of the original
-            original = plain[i][1][0]
-            candidates = [torch.rot90(f, k, (0, 1)) for f in (original, original.flip(1)) for k in range(4)]
-            assert any(c.shape == mask[0].shape and torch.equal(c, mask[0]) for c in candidates)
-    assert changed > 0
-
-
-def test_augmentation_is_reproducible(tmp_path):
-    root = aligned_folder(tmp_path, 12, 12, n=8)
-    a = SegmentationFolder(root, augment=True, seed=1)
-    b = SegmentationFolder(root, augment=True, seed=1)
-    a.set_epoch(3)
-    b.set_epoch(3)
-    assert all(torch.equal(a[i][1], b[i][1]) for i in range(8))
-    epoch0 = [a[i][1] for i in range(8)]
-    a.set_epoch(4)
-    assert any(not torch.equal(a[i][1], epoch0[i]) for i in range(8))
-    c = SegmentationFolder(root, augment=True, seed=2)
-    c.set_epoch(3)
-    assert any(not torch.equal(c[i][1], epoch0[i]) for i in range(8))
-    with pytest.raises(ValueError, match="`epoch`"):
-        a.set_epoch(-1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # write_mask_png and overlay_contour
 
 
