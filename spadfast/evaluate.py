@@ -39,7 +39,7 @@ from .metrics import METRICS, summarize
 MASK_SUFFIXES = (".png",)
 MAX_PNG_CLASS = LARGE_LABEL  # a multi-class PNG value above this is taken for a binary 0/255 mask in the wrong place
 
-__all__ = ["MASK_SUFFIXES", "case_names", "evaluate_folders", "format_table"]
+__all__ = ["MASK_SUFFIXES", "case_names", "list_pairs", "evaluate_folders", "format_table"]
 
 
 def _pngs(folder: Path, name: str) -> dict[str, Path]:
@@ -68,7 +68,7 @@ def _pair_names(pred: dict[str, Path], gt: dict[str, Path], pred_dir: Path, gt_d
 # Volumes
 
 
-def _listing(pred_dir: Path, gt_dir: Path) -> tuple[str, dict[str, Path], dict[str, Path], list[str]]:
+def list_pairs(pred_dir: Path, gt_dir: Path) -> tuple[str, dict[str, Path], dict[str, Path], list[str]]:
     """``(kind, pred files, gt files, case names)``: kind ``"volumes"`` or ``"pngs"`` by the ground truth's files,
     files by case name; an unpaired or missing file is a ValueError naming it."""
     from .nifti import volume_files
@@ -191,7 +191,7 @@ def evaluate_folders(
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if spacing is not None and (isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__")):
         raise ValueError(f"`spacing` must be None or a sequence of numbers, got {spacing!r}")
-    kind, pred, gt, names = _listing(pred_dir, gt_dir)
+    kind, pred, gt, names = list_pairs(pred_dir, gt_dir)
     if kind == "volumes":
         return _evaluate_volumes(pred, gt, names, gt_dir, spacing)
     return _evaluate_pngs(pred, gt, names, spacing)
@@ -200,7 +200,7 @@ def evaluate_folders(
 def case_names(pred_dir: str | Path, gt_dir: str | Path) -> list[str]:
     """The names of the cases :func:`evaluate_folders` scores (PNG file names, or NIfTI case names), found by
     listing the folders only: a missing folder or an unpaired file is the ValueError it would raise."""
-    return _listing(Path(pred_dir), Path(gt_dir))[3]
+    return list_pairs(Path(pred_dir), Path(gt_dir))[3]
 
 
 
