@@ -1,7 +1,7 @@
 """Segment NIfTI volumes slice by slice and write label maps in the patient's space (the input's grid and header).
 
 A volume is normalised and sliced exactly as :class:`spadfast.volumes.VolumeSlices` does for training
-(:func:`spadfast.volumes.normalize_volume`, :func:`spadfast.volumes.slice_volume`), each slice is segmented at the
+(:func:`spadfast.volume_norm.normalize_volume`, :func:`spadfast.volumes.slice_volume`), each slice is segmented at the
 model's size, the class probabilities are resized back to the slice's native in-plane size (bilinear), and labels
 follow :func:`spadfast.metrics.labels_from_probs` (background unless some class probability exceeds the threshold;
 then the most probable class). The label map is written with the input's shape, affine and header (qform/sform and
@@ -23,7 +23,8 @@ from .metrics import labels_from_probs
 from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
 from .predict import check_one_input_kind
 from .sampler import image_noise_key
-from .volumes import coarsest_axis, in_plane_shape, normalize_volume, resize_plane, slice_volume
+from .volume_norm import normalize_volume
+from .volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume
 
 __all__ = ["predict_volume", "predict_volume_folder"]
 

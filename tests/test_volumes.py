@@ -12,7 +12,9 @@ import torch
 from spadfast import volumes
 from spadfast.nifti import group_cases, is_volume_folder, read_dataset_json, write_nifti
 from spadfast.synthetic_volumes import write_demo_volumes
-from spadfast.volumes import VolumeSlices, apply_normalization, coarsest_axis, normalization_params
+from spadfast import volume_norm
+from spadfast.volume_norm import apply_normalization, normalization_params
+from spadfast.volumes import VolumeSlices, coarsest_axis
 
 SHAPE = (12, 10, 6)
 SPACING = (0.8, 0.9, 2.5)
@@ -218,7 +220,7 @@ def test_ct_dataset_uses_ct_rule(tmp_path):
     ds = VolumeSlices(root, image_size=16, foreground_fraction=None)
     assert ds.modalities == ["CT"] and all(c.norm[0].kind == "window" for c in ds._cases)
     windowed = VolumeSlices(root, image_size=16, foreground_fraction=None, window=(-200, 200))
-    assert windowed._cases[0].norm[0] == volumes.NormParams("window", -200.0, 200.0)
+    assert windowed._cases[0].norm[0] == volume_norm.NormParams("window", -200.0, 200.0)
     with pytest.raises(ValueError, match="`window`"):
         VolumeSlices(root, image_size=16, window=(5, 1))
 
@@ -331,13 +333,13 @@ def test_uncompressed_cases_read_one_slice(tmp_path, monkeypatch, axis):
 
 
 def test_stats_sample_ignores_memory_order(monkeypatch):
-    monkeypatch.setattr(volumes, "STATS_VOXELS", 100)
+    monkeypatch.setattr(volume_norm, "STATS_VOXELS", 100)
     x = np.random.default_rng(1).normal(size=(20, 16, 9)) * 100
     for modality in ("CT", "MR"):
         a = normalization_params(x, modality)
         b = normalization_params(np.asfortranarray(x), modality)
         assert a == b
-    assert volumes._stats_sample(x).size <= 2 * 100
+    assert volume_norm._stats_sample(x).size <= 2 * 100
 
 
 def test_init_workers_do_not_change_the_data_set(tmp_path):
