@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from scipy import stats
 
 from spadfast import ops, reference
 from spadfast.kernels.ddim import ddim_step as triton_ddim_step
@@ -10,6 +9,7 @@ from spadfast._constants import PREDICTION_TYPES
 from spadfast.op_table import TOLERANCES
 
 from .layouts import LAYOUTS, column_major
+from .normal_stats import assert_standard_normal, assert_uncorrelated_neighbours
 
 BLOCK = (64, 128)  # one program per image for the shapes below under the interpreter
 
@@ -200,14 +200,9 @@ def test_philox_statistics(kernel_device):
     prev = _stochastic(sample, model_output, seed=1234)
     det = _stochastic(sample, model_output, noise=torch.zeros(shape, device=kernel_device))
     std = 0.8 * ((1 - 0.45) / (1 - 0.3) * (1 - 0.3 / 0.45)) ** 0.5
-    z = ((prev - det) / std).double().cpu()
-    n = z.numel()
-    assert abs(z.mean().item()) < 4 / n**0.5
-    assert abs(z.std().item() - 1) < 5 / (2 * n) ** 0.5
-    for a, b in ((z[..., :, 1:], z[..., :, :-1]), (z[..., 1:, :], z[..., :-1, :]), (z[1], z[0])):
-        r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
-        assert abs(r) < 4 / a.numel() ** 0.5
-    assert stats.kstest(z.flatten().numpy(), "norm").pvalue > 1e-3
+    z = (prev - det) / std
+    assert_standard_normal(z)
+    assert_uncorrelated_neighbours(z)
 
 
 # ----------------------------------------------------------------------------------------------------- validation
