@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
+from spadfast.synthetic import blob_masks
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_CUDA = DEVICE.type == "cuda"
@@ -110,15 +110,10 @@ def synthetic_images(mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return (0.6 * (mask * 2 - 1) + 0.3 * texture).clamp(-1, 1)
 
 
-def blob_masks(B: int, H: int, W: int, device: torch.device | str = DEVICE, seed: int = 0) -> torch.Tensor:
-    """Random binary blob masks, float32 ``[B,1,H,W]`` in {0, 1}: smooth low-resolution noise, upsampled, thresholded.
-
-    About a third of the pixels are foreground, in several blobs per image with curved boundaries.
-    """
-    g = torch.Generator().manual_seed(seed)
-    low = torch.randn((B, 1, max(2, H // 32), max(2, W // 32)), generator=g)
-    smooth = F.interpolate(low, size=(H, W), mode="bicubic", align_corners=False)
-    return (smooth > 0.4).float().to(device)
+def mask_batch(B: int, H: int, W: int, device: torch.device | str = DEVICE, seed: int = 0) -> torch.Tensor:
+    """Float32 ``[B,1,H,W]`` 0/1 masks of :func:`spadfast.synthetic.blob_masks` (cells of 32 px, a third foreground)
+    on ``device``."""
+    return blob_masks((B, 1, H, W), seed=seed, cell=32, threshold=2 / 3).float().to(device)
 
 
 def warmup(fn: Callable[[], object], device: torch.device | str = DEVICE, n: int = 3) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from benchutils import (
     OP_CASES,
-    blob_masks,
+    mask_batch,
     nbytes,
     op_provider,
     run_timed,
@@ -23,7 +23,7 @@ SIGMA, STRENGTH, RADIUS = 2.0, 0.3, 3
 def test_bench_boundary_blur(benchmark, provider, case, base_info):
     B, H, W = case
     skip_unless_available(provider)
-    mask = blob_masks(B, H, W)
+    mask = mask_batch(B, H, W)
     g = torch.Generator(device=mask.device).manual_seed(1)
     noise = torch.randn(mask.shape, generator=g, device=mask.device)
     base = mask.clone()  # stands in for the ScD output, as spad_perturb passes it

@@ -7,7 +7,7 @@ import torch
 from benchutils import (
     DEVICE,
     OP_CASES,
-    blob_masks,
+    mask_batch,
     compiled_reference,
     device_name,
     nbytes,
@@ -26,7 +26,7 @@ PROVIDERS = ["reference", "compiled", "triton", "cv2", "kornia"]
 def test_bench_canny(benchmark, provider, case, base_info):
     B, H, W = case
     skip_unless_available(provider)
-    mask = blob_masks(B, H, W)
+    mask = mask_batch(B, H, W)
     out_bytes = B * H * W  # bool edges
     info = dict(base_info, provider=provider, shape=[B, 1, H, W], dtype=str(mask.dtype).removeprefix("torch."))
     device = DEVICE

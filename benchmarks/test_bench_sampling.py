@@ -31,7 +31,7 @@ from benchutils import (
     GPU_ONLY,
     MODEL_CONFIG,
     ON_CUDA,
-    blob_masks,
+    mask_batch,
     record_throughput,
     skip_unless_available,
     sync,
@@ -127,7 +127,7 @@ def test_bench_sampling(benchmark, provider, images_per_call, model_name, base_i
     skip_unless_available(provider, uses_triton=ON_CUDA)
     B = images_per_call
     trainer = _trainer(cuda_graph=provider == "cuda_graph", device=device, model_name=model_name)
-    images = synthetic_images(blob_masks(B, SIZE, SIZE, device))
+    images = synthetic_images(mask_batch(B, SIZE, SIZE, device))
     fn = _provider_fn(provider, trainer, images, device)
 
     benchmark.group = f"sampling-{B}img-x{ENSEMBLE}members-{STEPS}steps-{SIZE}x{SIZE}-{model_name}"

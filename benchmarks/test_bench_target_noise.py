@@ -6,7 +6,7 @@ import pytest
 import torch
 from benchutils import (
     OP_CASES,
-    blob_masks,
+    mask_batch,
     nbytes,
     op_provider,
     run_timed,
@@ -25,7 +25,7 @@ STRENGTH, ANCHOR_SIZE, KEEP_RATIO = 0.5, 4, 0.25
 def test_bench_target_noise(benchmark, provider, case, base_info):
     B, H, W = case
     skip_unless_available(provider)
-    mask = blob_masks(B, H, W)
+    mask = mask_batch(B, H, W)
     g = torch.Generator(device=mask.device).manual_seed(1)
     noise = torch.randn(mask.shape, generator=g, device=mask.device)
     anchors = reference.anchor_mask(tuple(mask.shape), ANCHOR_SIZE, KEEP_RATIO, mask.device, g)

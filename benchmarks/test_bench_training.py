@@ -17,7 +17,7 @@ from benchutils import (
     FULL_ONLY,
     MODEL_CONFIG,
     ON_CUDA,
-    blob_masks,
+    mask_batch,
     peak_memory_info,
     record_throughput,
     reset_peak_memory,
@@ -49,7 +49,7 @@ def test_bench_training(benchmark, provider, case, base_info, device):
     # SPADConfig.ops_backend pins the perturbation (and DDIM) backend of the two GPU variants.
     backend = {"compiled+kernels": "triton", "compiled+reference": "reference"}.get(provider)
 
-    masks = blob_masks(B, S, S, device)
+    masks = mask_batch(B, S, S, device)
     images = synthetic_images(masks)
     train_data = [(images[i].cpu(), masks[i].cpu()) for i in range(B)]
     cfg = SPADConfig(

@@ -14,6 +14,7 @@ import torch
 
 from . import ops, reference
 from .op_table import OPS, TOLERANCES
+from .synthetic import blob_masks
 
 
 @dataclass
@@ -25,20 +26,12 @@ class Case:
     exact: bool
 
 
-def _blob_masks(shape: tuple[int, ...], device: str, gen: torch.Generator) -> torch.Tensor:
-    """Random smooth blobs (thresholded low-resolution noise): realistic masks with many boundaries."""
-    B, _, H, W = shape
-    low = torch.rand((B, 1, max(1, H // 8), max(1, W // 8)), generator=gen)
-    up = torch.nn.functional.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)
-    return (up > 0.5).to(device)
-
-
 def build_cases(device: str, quick: bool) -> list[Case]:
     gen = torch.Generator().manual_seed(1234)
     shapes = [(1, 1, 31, 47), (2, 1, 33, 65)] if quick else [(1, 1, 31, 47), (3, 1, 127, 255), (8, 1, 256, 256)]
     cases: list[Case] = []
     for shape in shapes:
-        mask = _blob_masks(shape, device, gen)
+        mask = blob_masks(shape, cell=8, generator=gen).to(device)
         cases.append(Case("canny", shape, torch.bool, lambda b, m=mask: ops.canny(m, backend=b),
                           exact=OPS["canny"].exact))  # fmt: skip
         for dtype in (torch.float32, torch.float16, torch.bfloat16):

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from spadfast.synthetic import blob_masks
 from spadfast import PerturbConfig, SPADConfig, SPADTrainer, ops, spad_perturb
 from spadfast.ablate import VARIANTS_CORE, _merge, variant_overrides
 from spadfast.perturb import perturb_factor
@@ -10,9 +11,7 @@ from spadfast.reference import boundary_band
 
 
 def _blobs(B=4, H=40, W=36, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand((B, 1, H // 6, W // 6), generator=g)
-    return (torch.nn.functional.interpolate(low, size=(H, W), mode="bilinear") > 0.5).float()
+    return blob_masks((B, 1, H, W), seed=seed).float()
 
 
 def test_clean_mask_returned_at_and_after_end():

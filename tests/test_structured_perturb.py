@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from spadfast.synthetic import blob_masks
 from spadfast.config import PerturbConfig
 from spadfast.perturb import spad_perturb
 from spadfast.structured_perturb import (
@@ -22,14 +23,7 @@ from spadfast.structured_perturb import (
 
 
 def _masks(seed: int, n: int = 4, h: int = 37, w: int = 29) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    out = np.zeros((n, 1, h, w), np.float32)
-    for i in range(n):
-        for _ in range(3):
-            cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(2, 7)
-            out[i, 0][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
-    return torch.from_numpy(out)
+    return blob_masks((n, 1, h, w), seed=seed, cell=8, threshold=0.7).float()
 
 
 @pytest.mark.parametrize("radius", range(0, 5))

@@ -5,17 +5,12 @@ import itertools
 import numpy as np
 import pytest
 
+from spadfast.synthetic import blob_masks
 from spadfast.study_eval import STUDY_METRICS, boundary_f1, evaluate_checkpoint, image_scores, spurious_components
 
 
 def _blobs(seed: int, shape=(23, 29)) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    m = np.zeros(shape, bool)
-    for _ in range(3):
-        cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(2, 6)
-        m |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-    return m
+    return blob_masks(shape, seed=seed, cell=7, threshold=0.65).numpy()
 
 
 def _boundary_brute(m):

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from spadfast.synthetic import blob_masks
 from spadfast import ops, reference
 from spadfast.kernels.canny import canny as triton_canny
 
@@ -16,8 +16,7 @@ def random_mask(shape, kind: str, seed: int = 0) -> torch.Tensor:
     *lead, H, W = shape
     n = int(np.prod(lead)) if lead else 1
     if kind == "blobs":
-        low = torch.rand(n, 1, H // 6 + 2, W // 6 + 2, generator=g)
-        m = F.interpolate(low, size=(H, W), mode="bilinear", align_corners=False) > 0.5
+        m = blob_masks((n, 1, H, W), cell=max(1, min(H, W) // 8), generator=g)
     elif kind == "rects":
         m = torch.zeros(n, 1, H, W, dtype=torch.bool)
         for i in range(n):

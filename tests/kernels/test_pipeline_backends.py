@@ -3,15 +3,14 @@
 import pytest
 import torch
 
+from spadfast.synthetic import blob_masks
 from spadfast import SPADTrainer, spad_perturb
 
 from ..helpers import tiny_config
 
 
 def _masks(B=3, H=16, W=16):
-    g = torch.Generator().manual_seed(0)
-    low = torch.rand((B, 1, 4, 4), generator=g)
-    return (torch.nn.functional.interpolate(low, size=(H, W), mode="bilinear") > 0.5).float()
+    return blob_masks((B, 1, H, W), cell=max(1, H // 4)).float()
 
 
 @pytest.mark.slow
