@@ -33,27 +33,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+from .variants import AotCase
 
-__all__ = ["ARCHS", "Case", "Result", "cases", "compile_case", "compile_all", "failed", "format_table", "format_wide",
+__all__ = ["ARCHS", "Result", "cases", "compile_case", "compile_all", "failed", "format_table", "format_wide",
            "main", "occupancy", "run"]
 
 ARCHS = {"sm_80": 80, "sm_90": 90, "sm_100": 100}
 DEFAULT_ARCHS = ("sm_80", "sm_90")
-META = torch.device("meta")
 
 # Per-SM limits for the occupancy estimate: registers, warps, blocks, shared memory (bytes, opt-in maximum).
 _SM_LIMITS = {80: (65536, 64, 32, 163 * 1024), 90: (65536, 64, 32, 227 * 1024), 100: (65536, 64, 32, 227 * 1024)}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One launcher call: ``launcher(*args(), **kwargs)`` on meta tensors; ``default``: reachable from defaults."""
-
-    op: str
-    label: str
-    call: Callable[[], tuple[tuple, dict]]
-    default: bool = False
 
 
 @dataclass
@@ -72,165 +61,12 @@ class Result:
     error: str | None = None
 
 
-# ------------------------------------------------------------------------------------------------------ the cases
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "u8": torch.uint8, "bool": torch.bool}
-_BIG = 2**31 + 7  # an int64 scalar
-_SAMPLING = (5, 1, 256, 256)  # DDIM sampling: B*K = 5 ensemble members of one 256x256 image (the defaults)
-_TRAINING = (8, 1, 256, 256)  # a training batch of masks
-_SMALL = (1, 1, 31, 47)  # odd and small: the tile shrinks
+def cases(ops: Iterable[str] | None = None) -> list[AotCase]:
+    """Every launch variant of the named ops (default: every op-table row), in table order: each op's own
+    ``aot_variants()``."""
+    from spadfast.op_table import OPS
 
-
-def _t(shape, dtype=torch.float32) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device=META)
-
-
-def _wide_strides(shape, dtype=torch.float32) -> torch.Tensor:
-    """A meta view whose batch stride exceeds 2**31 (int64 stride arguments)."""
-    B, C, H, W = shape
-    return torch.empty_strided(shape, (2**31 + H * W, H * W, W, 1), dtype=dtype, device=META)
-
-
-def _perturb_pairs(cfg) -> list[tuple[float, int, float]]:
-    """``(f, radius, sigma)`` at the midpoints of every interval of the PaS factor f on which spad_perturb's
-    ``(ceil(band_radius_max * f), ceil(truncate * blur_sigma_max * f))`` is constant: every (band, blur) variant
-    training at these settings launches."""
-    cuts = {1.0}
-    for k in range(1, cfg.band_radius_max + 1):
-        cuts.add(k / cfg.band_radius_max)
-    blur_steps = math.ceil(3.0 * cfg.blur_sigma_max)
-    for k in range(1, blur_steps + 1):
-        cuts.add(k / (3.0 * cfg.blur_sigma_max))
-    edges = sorted(c for c in cuts if 0 < c <= 1)
-    out, lo = [], 0.0
-    for hi in edges:
-        f = (lo + hi) / 2
-        out.append((f, math.ceil(cfg.band_radius_max * f), cfg.blur_sigma_max * f))
-        lo = hi
-    return out
-
-
-def _canny_cases() -> list[Case]:
-    out = []
-    for name, dtype in _DTYPES.items():
-        out.append(Case("canny", f"{name} 8x256x256", lambda d=dtype: ((_t(_TRAINING, d),), {"validate": False}),
-                        default=name == "fp32"))  # fmt: skip
-    out.append(Case("canny", "fp32 1x31x47", lambda: ((_t(_SMALL),), {"validate": False})))
-    out.append(Case("canny", "u8 int64-strides", lambda: ((_wide_strides((2, 1, 256, 256), torch.uint8),),
-                                                           {"validate": False})))  # fmt: skip
-    return out
-
-
-def _boundary_blur_cases() -> list[Case]:
-    from spadfast.kernels.boundary_blur import MAX_RADIUS
-    from spadfast.config import PerturbConfig
-
-    def call(shape=_TRAINING, dtype=torch.float32, sigma=1.0, radius=1, noise=False, base=False, seed=1, offset=0,
-             wide=False):  # fmt: skip
-        def make():
-            mask = _wide_strides(shape, dtype) if wide else _t(shape, dtype)
-            fdtype = dtype if dtype.is_floating_point else torch.float32
-            kw = dict(noise=_t(shape, fdtype) if noise else None, base=_t(shape, fdtype) if base else None,
-                      seed=None if noise else seed, offset=offset, validate=False)  # fmt: skip
-            return (mask, sigma, 0.3, radius), kw
-
-        return make
-
-    cases = [Case("boundary_blur", f"{n} philox", call(dtype=d)) for n, d in _DTYPES.items()]
-    cases += [
-        Case("boundary_blur", "fp32 explicit-noise", call(noise=True)),
-        Case("boundary_blur", "fp16 explicit-noise base", call(dtype=torch.float16, noise=True, base=True)),
-        Case("boundary_blur", "fp32 philox 1x31x47", call(shape=_SMALL)),
-        Case("boundary_blur", "fp32 philox offset-i64", call(offset=_BIG)),
-        Case("boundary_blur", "fp32 philox seed-i64", call(seed=_BIG)),
-        Case("boundary_blur", "fp32 philox int64-strides", call(wide=True)),
-        Case("boundary_blur", "fp32 sigma=0", call(sigma=0.0)),
-    ]
-    cases += [Case("boundary_blur", f"fp32 radius={r}", call(radius=r)) for r in range(MAX_RADIUS + 1)]
-    # What training launches with the default PerturbConfig (base = the ScD output, Philox, validate off); the
-    # Philox offset passes int32 until B*H*W*step counts exceed 2**31 and int64 afterwards.
-    for f, radius, sigma in _perturb_pairs(PerturbConfig()):
-        for offset, tag in ((0, ""), (_BIG, " offset-i64")):
-            cases.append(Case("boundary_blur", f"perturb f={f:.3f} radius={radius} sigma={sigma:.2f}{tag}",
-                              call(sigma=sigma, radius=radius, base=True, offset=offset), default=True))  # fmt: skip
-    return cases
-
-
-def _target_noise_cases() -> list[Case]:
-    from spadfast.config import PerturbConfig
-
-    cfg = PerturbConfig()
-
-    def call(shape=_TRAINING, dtype=torch.float32, anchor_size=cfg.anchor_size, noise=False, anchors=False, seed=1,
-             offset=0, wide=False):  # fmt: skip
-        def make():
-            mask = _wide_strides(shape, dtype) if wide else _t(shape, dtype)
-            fdtype = dtype if dtype.is_floating_point else torch.float32
-            kw = dict(noise=_t(shape, fdtype) if noise else None, anchors=_t(shape, torch.bool) if anchors else None,
-                      seed=seed, offset=offset, validate=False)  # fmt: skip
-            return (mask, 0.5, anchor_size, cfg.keep_ratio), kw
-
-        return make
-
-    cases = [Case("target_noise", f"{n} philox", call(dtype=d), default=n == "fp32") for n, d in _DTYPES.items()]
-    cases += [
-        Case("target_noise", "fp32 philox offset-i64", call(offset=_BIG), default=True),
-        Case("target_noise", "fp32 explicit-noise", call(noise=True)),
-        Case("target_noise", "fp32 explicit-anchors", call(anchors=True)),
-        Case("target_noise", "bf16 explicit-noise explicit-anchors", call(dtype=torch.bfloat16, noise=True,
-                                                                          anchors=True)),  # fmt: skip
-        Case("target_noise", "fp32 philox 1x31x47", call(shape=_SMALL)),
-        Case("target_noise", "fp32 philox int64-strides", call(wide=True)),
-    ]
-    cases += [Case("target_noise", f"fp32 anchor_size={a}", call(anchor_size=a)) for a in (1, 3, 8, 16)]
-    return cases
-
-
-def _ddim_cases() -> list[Case]:
-    from spadfast._constants import PREDICTION_TYPES
-
-    def call(shape=_SAMPLING, dtype=torch.float32, prediction="epsilon", clip=1.0, eta=0.0, noise=False,
-             alpha="step", offset=0):  # fmt: skip
-        def make():
-            x, out = _t(shape, dtype), _t(shape, dtype)
-            if alpha == "float":
-                a_t, a_prev = 0.5, 0.7
-            elif alpha == "step":  # the sampler's: one 0-d device tensor per step
-                a_t, a_prev = _t(()), _t(())
-            elif alpha == "row":
-                a_t, a_prev = _t((shape[0],)), _t((shape[0],))
-            else:  # full
-                a_t, a_prev = _t(shape), _t(shape)
-            kw = dict(noise=_t(shape, dtype) if noise else None, clip_sample_range=clip, prediction_type=prediction,
-                      seed=None if noise else 1, offset=offset, validate=False)  # fmt: skip
-            return (x, out, a_t, a_prev, eta), kw
-
-        return make
-
-    cases = []
-    # The sampler: every prediction type, with and without clipping, eta = 0 and eta > 0 (Philox).
-    for pt in PREDICTION_TYPES:
-        for clip in (None, 1.0):
-            for eta in (0.0, 1.0):
-                label = f"fp32 {pt} clip={clip} eta={eta:g}{' philox' if eta else ''}"
-                cases.append(Case("ddim_step", label, call(prediction=pt, clip=clip, eta=eta),
-                                  default=pt == "epsilon" and clip == 1.0 and eta == 0))  # fmt: skip
-    cases += [Case("ddim_step", f"{n} epsilon", call(dtype=d)) for n, d in list(_DTYPES.items())[:3]]
-    cases += [
-        Case("ddim_step", "fp32 explicit-noise", call(eta=0.5, noise=True)),
-        Case("ddim_step", "fp32 philox offset-i64", call(eta=0.5, offset=_BIG)),
-        Case("ddim_step", "fp32 alphas float", call(alpha="float")),
-        Case("ddim_step", "fp32 alphas [B]", call(alpha="row")),
-        Case("ddim_step", "fp32 alphas full", call(alpha="full")),
-        Case("ddim_step", "fp32 1x1x31x47", call(shape=_SMALL)),
-    ]
-    return cases
-
-
-def cases(ops: Iterable[str] | None = None) -> list[Case]:
-    """Every case of the named ops (default: all four), in table order."""
-    builders = {"canny": _canny_cases, "boundary_blur": _boundary_blur_cases, "target_noise": _target_noise_cases,
-                "ddim_step": _ddim_cases}  # fmt: skip
-    return [c for op in (ops or builders) for c in builders[op]()]
+    return [c for op in (ops or OPS) for c in OPS[op].aot_variants()]
 
 
 # ------------------------------------------------------------------------------------------------------ compiling
@@ -317,7 +153,7 @@ _COMPILERS: dict[str, _Compiler] = {}
 _RESULTS: dict[tuple, tuple] = {}
 
 
-def compile_case(case: Case, arch: str) -> Result:
+def compile_case(case: AotCase, arch: str) -> Result:
     """Plan ``case`` and compile it for ``arch``; errors are recorded in the result, not raised."""
     from spadfast.op_table import OPS
 
@@ -347,7 +183,7 @@ def compile_case(case: Case, arch: str) -> Result:
 
 
 def compile_all(archs: Iterable[str] = DEFAULT_ARCHS, ops: Iterable[str] | None = None,
-                subset: Callable[[Case, str], bool] | None = None, shard: tuple[int, int] = (0, 1)) -> list[Result]:
+                subset: Callable[[AotCase, str], bool] | None = None, shard: tuple[int, int] = (0, 1)) -> list[Result]:
     """Compile every case for every arch (``subset(case, arch)`` False skips one); ``shard=(i, n)`` compiles every
     n-th of them from the i-th (one of n parallel processes)."""
     all_cases = cases(ops)
@@ -444,11 +280,11 @@ def run(archs: Iterable[str] = DEFAULT_ARCHS, ops: Iterable[str] | None = None, 
     return [shard[k] for k in range(max(map(len, shards))) for shard in shards if k < len(shard)]
 
 
-def _quick_subset(archs: list[str]) -> Callable[[Case, str], bool]:
+def _quick_subset(archs: list[str]) -> Callable[[AotCase, str], bool]:
     full = "sm_90" if "sm_90" in archs else archs[-1]
     first_of_op: dict[tuple[str, str], str] = {}
 
-    def keep(case: Case, arch: str) -> bool:
+    def keep(case: AotCase, arch: str) -> bool:
         first = first_of_op.setdefault((case.op, arch), case.label) == case.label
         return arch == full or first or (case.default and "offset-i64" not in case.label)
 

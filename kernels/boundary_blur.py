@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -22,6 +24,7 @@ from spadfast._validation import MAX_BAND_RADIUS, draw_seed, prepare_boundary_bl
 from spadfast.reference import gaussian_weights
 
 from .canny import _edge_near
+from .variants import BIG, DTYPES, SMALL, TRAINING, VERIFY_DTYPES, AotCase, VerifyCase, meta, wide_strides
 from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
 
 __all__ = ["MAX_RADIUS", "boundary_blur", "tile_for_radius"]
@@ -182,3 +185,79 @@ def boundary_blur(
     grid = grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask")
     return launch(Launch("boundary_blur", _boundary_blur_kernel, grid, args, constexprs, num_warps, m.device,
                          restore(out)))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- verification and AOT
+
+
+def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator) -> list[VerifyCase]:
+    """``spadfast verify``'s checks against :func:`spadfast.reference.boundary_blur`, one per floating dtype, with
+    explicit noise."""
+    from spadfast import reference
+    from spadfast.synthetic import blob_masks
+
+    mask = blob_masks(shape, cell=8, generator=generator).to(device)
+    out = []
+    for dtype in VERIFY_DTYPES:
+        m, noise = mask.to(dtype), torch.randn(shape, generator=generator).to(device, dtype)
+
+        def run(b, m=m, noise=noise):
+            return (boundary_blur if b == "triton" else reference.boundary_blur)(m, 1.5, 0.3, 2, noise=noise)
+
+        out.append(VerifyCase("boundary_blur", shape, dtype, run, exact=False))
+    return out
+
+
+def _perturb_pairs(cfg) -> list[tuple[float, int, float]]:
+    """``(f, radius, sigma)`` at the midpoints of every interval of the PaS factor f on which spad_perturb's
+    ``(ceil(band_radius_max * f), ceil(truncate * blur_sigma_max * f))`` is constant: every (band, blur) variant
+    training at these settings launches."""
+    cuts = {1.0}
+    for k in range(1, cfg.band_radius_max + 1):
+        cuts.add(k / cfg.band_radius_max)
+    blur_steps = math.ceil(3.0 * cfg.blur_sigma_max)
+    for k in range(1, blur_steps + 1):
+        cuts.add(k / (3.0 * cfg.blur_sigma_max))
+    edges = sorted(c for c in cuts if 0 < c <= 1)
+    out, lo = [], 0.0
+    for hi in edges:
+        f = (lo + hi) / 2
+        out.append((f, math.ceil(cfg.band_radius_max * f), cfg.blur_sigma_max * f))
+        lo = hi
+    return out
+
+
+def aot_variants() -> list[AotCase]:
+    """The launch variants the ahead-of-time check compiles (:mod:`spadfast.kernels.aot`), on meta tensors."""
+    from spadfast.kernels.boundary_blur import MAX_RADIUS
+    from spadfast.config import PerturbConfig
+
+    def call(shape=TRAINING, dtype=torch.float32, sigma=1.0, radius=1, noise=False, base=False, seed=1, offset=0,
+             wide=False):  # fmt: skip
+        def make():
+            mask = wide_strides(shape, dtype) if wide else meta(shape, dtype)
+            fdtype = dtype if dtype.is_floating_point else torch.float32
+            kw = dict(noise=meta(shape, fdtype) if noise else None, base=meta(shape, fdtype) if base else None,
+                      seed=None if noise else seed, offset=offset, validate=False)  # fmt: skip
+            return (mask, sigma, 0.3, radius), kw
+
+        return make
+
+    cases = [AotCase("boundary_blur", f"{n} philox", call(dtype=d)) for n, d in DTYPES.items()]
+    cases += [
+        AotCase("boundary_blur", "fp32 explicit-noise", call(noise=True)),
+        AotCase("boundary_blur", "fp16 explicit-noise base", call(dtype=torch.float16, noise=True, base=True)),
+        AotCase("boundary_blur", "fp32 philox 1x31x47", call(shape=SMALL)),
+        AotCase("boundary_blur", "fp32 philox offset-i64", call(offset=BIG)),
+        AotCase("boundary_blur", "fp32 philox seed-i64", call(seed=BIG)),
+        AotCase("boundary_blur", "fp32 philox int64-strides", call(wide=True)),
+        AotCase("boundary_blur", "fp32 sigma=0", call(sigma=0.0)),
+    ]
+    cases += [AotCase("boundary_blur", f"fp32 radius={r}", call(radius=r)) for r in range(MAX_RADIUS + 1)]
+    # What training launches with the default PerturbConfig (base = the ScD output, Philox, validate off); the
+    # Philox offset passes int32 until B*H*W*step counts exceed 2**31 and int64 afterwards.
+    for f, radius, sigma in _perturb_pairs(PerturbConfig()):
+        for offset, tag in ((0, ""), (BIG, " offset-i64")):
+            cases.append(AotCase("boundary_blur", f"perturb f={f:.3f} radius={radius} sigma={sigma:.2f}{tag}",
+                              call(sigma=sigma, radius=radius, base=True, offset=offset), default=True))  # fmt: skip
+    return cases

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from spadfast._validation import as_b1hw, check_mask
 
+from .variants import DTYPES, SMALL, TRAINING, AotCase, VerifyCase, meta, wide_strides
 from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
 
 __all__ = ["TILE", "ELEMS_PER_THREAD", "canny"]
@@ -165,3 +166,28 @@ def canny(mask: torch.Tensor, validate: bool = True, *, block_size: tuple[int, i
     args = (x, o, H, W, x.stride(0), x.stride(2), x.stride(3), o.stride(0), o.stride(2), o.stride(3))
     return launch(Launch("canny", _canny_kernel, grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask"), args,
                          dict(BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W), num_warps, m.device, restore(out)))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- verification and AOT
+
+
+def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator) -> list[VerifyCase]:
+    """``spadfast verify``'s checks of this kernel against :func:`spadfast.reference.canny` on fresh blob masks."""
+    from spadfast import reference
+    from spadfast.synthetic import blob_masks
+
+    mask = blob_masks(shape, cell=8, generator=generator).to(device)
+    run = lambda b: (canny if b == "triton" else reference.canny)(mask)  # noqa: E731
+    return [VerifyCase("canny", shape, torch.bool, run, exact=True)]
+
+
+def aot_variants() -> list[AotCase]:
+    """The launch variants the ahead-of-time check compiles (:mod:`spadfast.kernels.aot`), on meta tensors."""
+    out = []
+    for name, dtype in DTYPES.items():
+        out.append(AotCase("canny", f"{name} 8x256x256", lambda d=dtype: ((meta(TRAINING, d),), {"validate": False}),
+                        default=name == "fp32"))  # fmt: skip
+    out.append(AotCase("canny", "fp32 1x31x47", lambda: ((meta(SMALL),), {"validate": False})))
+    out.append(AotCase("canny", "u8 int64-strides", lambda: ((wide_strides((2, 1, 256, 256), torch.uint8),),
+                                                           {"validate": False})))  # fmt: skip
+    return out

@@ -26,6 +26,7 @@ import triton.language as tl
 from spadfast._constants import PREDICTION_TYPES
 from spadfast._validation import check_alpha, check_alpha_order, check_ddim_args, check_random_source, draw_seed
 
+from .variants import BIG, DTYPES, SAMPLING, SMALL, VERIFY_DTYPES, AotCase, VerifyCase, meta
 from .utils import Launch, grid_3d, launch, tile_config, tile_coords, tile_offset
 
 __all__ = ["ELEMS_PER_THREAD", "TILE", "ddim_step"]
@@ -250,3 +251,67 @@ def ddim_step(
     grid = grid_3d(B, M, N, BLOCK_H, BLOCK_W, "sample")
     return launch(Launch("ddim_step", _ddim_step_kernel, grid, args, constexprs, num_warps, sample.device,
                          (prev, x0)))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- verification and AOT
+
+
+def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator) -> list[VerifyCase]:
+    """``spadfast verify``'s checks against :func:`spadfast.reference.ddim_step`: every floating dtype x prediction
+    type, eta 0.5 with explicit noise, per-row alphas, clipping at 1."""
+    from spadfast import reference
+
+    out = []
+    for dtype in VERIFY_DTYPES:
+        x, model_out, noise = (torch.randn(shape, generator=generator).to(device, dtype) for _ in range(3))
+        a_t = (torch.rand(shape[0], generator=generator) * 0.9 + 0.05).to(device)
+        a_prev = a_t + (1 - a_t) * 0.5
+        for pt in PREDICTION_TYPES:
+
+            def run(b, x=x, o=model_out, n=noise, at=a_t, ap=a_prev, pt=pt):
+                return (ddim_step if b == "triton" else reference.ddim_step)(x, o, at, ap, 0.5, n, 1.0, pt)
+
+            out.append(VerifyCase(f"ddim_step[{pt}]", shape, dtype, run, exact=False))
+    return out
+
+
+def aot_variants() -> list[AotCase]:
+    """The launch variants the ahead-of-time check compiles (:mod:`spadfast.kernels.aot`), on meta tensors."""
+    from spadfast._constants import PREDICTION_TYPES
+
+    def call(shape=SAMPLING, dtype=torch.float32, prediction="epsilon", clip=1.0, eta=0.0, noise=False,
+             alpha="step", offset=0):  # fmt: skip
+        def make():
+            x, out = meta(shape, dtype), meta(shape, dtype)
+            if alpha == "float":
+                a_t, a_prev = 0.5, 0.7
+            elif alpha == "step":  # the sampler's: one 0-d device tensor per step
+                a_t, a_prev = meta(()), meta(())
+            elif alpha == "row":
+                a_t, a_prev = meta((shape[0],)), meta((shape[0],))
+            else:  # full
+                a_t, a_prev = meta(shape), meta(shape)
+            kw = dict(noise=meta(shape, dtype) if noise else None, clip_sample_range=clip, prediction_type=prediction,
+                      seed=None if noise else 1, offset=offset, validate=False)  # fmt: skip
+            return (x, out, a_t, a_prev, eta), kw
+
+        return make
+
+    cases = []
+    # The sampler: every prediction type, with and without clipping, eta = 0 and eta > 0 (Philox).
+    for pt in PREDICTION_TYPES:
+        for clip in (None, 1.0):
+            for eta in (0.0, 1.0):
+                label = f"fp32 {pt} clip={clip} eta={eta:g}{' philox' if eta else ''}"
+                cases.append(AotCase("ddim_step", label, call(prediction=pt, clip=clip, eta=eta),
+                                  default=pt == "epsilon" and clip == 1.0 and eta == 0))  # fmt: skip
+    cases += [AotCase("ddim_step", f"{n} epsilon", call(dtype=d)) for n, d in list(DTYPES.items())[:3]]
+    cases += [
+        AotCase("ddim_step", "fp32 explicit-noise", call(eta=0.5, noise=True)),
+        AotCase("ddim_step", "fp32 philox offset-i64", call(eta=0.5, offset=BIG)),
+        AotCase("ddim_step", "fp32 alphas float", call(alpha="float")),
+        AotCase("ddim_step", "fp32 alphas [B]", call(alpha="row")),
+        AotCase("ddim_step", "fp32 alphas full", call(alpha="full")),
+        AotCase("ddim_step", "fp32 1x1x31x47", call(shape=SMALL)),
+    ]
+    return cases

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from spadfast._validation import draw_seed, prepare_target_noise
 
+from .variants import BIG, DTYPES, SMALL, TRAINING, VERIFY_DTYPES, AotCase, VerifyCase, meta, wide_strides
 from .utils import Launch, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
 
 __all__ = ["anchor_seed", "target_noise"]
@@ -163,3 +164,57 @@ def target_noise(
     grid = grid_3d(B, H, W, BLOCK_H, BLOCK_W, "mask")
     return launch(Launch("target_noise", _target_noise_kernel, grid, args, constexprs, num_warps, m.device,
                          restore(out)))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- verification and AOT
+
+
+def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator) -> list[VerifyCase]:
+    """``spadfast verify``'s checks against :func:`spadfast.reference.target_noise`, one per floating dtype, with
+    explicit noise and anchors."""
+    from spadfast import reference
+    from spadfast.synthetic import blob_masks
+
+    mask = blob_masks(shape, cell=8, generator=generator).to(device)
+    anchors = reference.anchor_mask(shape, 4, 0.25, generator=generator).to(device)
+    out = []
+    for dtype in VERIFY_DTYPES:
+        m, noise = mask.to(dtype), torch.randn(shape, generator=generator).to(device, dtype)
+
+        def run(b, m=m, noise=noise):
+            fn = target_noise if b == "triton" else reference.target_noise
+            return fn(m, 0.5, 4, 0.25, noise=noise, anchors=anchors)
+
+        out.append(VerifyCase("target_noise", shape, dtype, run, exact=False))
+    return out
+
+
+def aot_variants() -> list[AotCase]:
+    """The launch variants the ahead-of-time check compiles (:mod:`spadfast.kernels.aot`), on meta tensors."""
+    from spadfast.config import PerturbConfig
+
+    cfg = PerturbConfig()
+
+    def call(shape=TRAINING, dtype=torch.float32, anchor_size=cfg.anchor_size, noise=False, anchors=False, seed=1,
+             offset=0, wide=False):  # fmt: skip
+        def make():
+            mask = wide_strides(shape, dtype) if wide else meta(shape, dtype)
+            fdtype = dtype if dtype.is_floating_point else torch.float32
+            kw = dict(noise=meta(shape, fdtype) if noise else None, anchors=meta(shape, torch.bool) if anchors else None,
+                      seed=seed, offset=offset, validate=False)  # fmt: skip
+            return (mask, 0.5, anchor_size, cfg.keep_ratio), kw
+
+        return make
+
+    cases = [AotCase("target_noise", f"{n} philox", call(dtype=d), default=n == "fp32") for n, d in DTYPES.items()]
+    cases += [
+        AotCase("target_noise", "fp32 philox offset-i64", call(offset=BIG), default=True),
+        AotCase("target_noise", "fp32 explicit-noise", call(noise=True)),
+        AotCase("target_noise", "fp32 explicit-anchors", call(anchors=True)),
+        AotCase("target_noise", "bf16 explicit-noise explicit-anchors", call(dtype=torch.bfloat16, noise=True,
+                                                                          anchors=True)),  # fmt: skip
+        AotCase("target_noise", "fp32 philox 1x31x47", call(shape=SMALL)),
+        AotCase("target_noise", "fp32 philox int64-strides", call(wide=True)),
+    ]
+    cases += [AotCase("target_noise", f"fp32 anchor_size={a}", call(anchor_size=a)) for a in (1, 3, 8, 16)]
+    return cases

@@ -1,5 +1,5 @@
 """The op registry: one row per spadfast op, read by :mod:`spadfast.ops`, :mod:`spadfast.verify`, the AOT check, the
-benchmarks and the tests (so a new op is one row here plus its four files).
+benchmarks and the tests (so a new op is one row here plus its files: the checklist in docs/ARCHITECTURE.md, counted by a test).
 
 Each row names the reference (:mod:`spadfast.reference`), the Triton module under ``spadfast.kernels`` with its
 launcher (whose :func:`spadfast.kernels.utils.plan` gives the launch a call would make, for the ahead-of-time check),
@@ -45,6 +45,16 @@ class OpSpec:
     def launcher(self) -> Callable:
         """The Triton launcher (needs Triton): the reference's signature plus ``block_size=``."""
         return getattr(self._kernel(), self.name)
+
+    @property
+    def verify_cases(self) -> Callable:
+        """``verify_cases(shape, device, generator) -> list[VerifyCase]`` of the op's kernel file (needs Triton)."""
+        return self._kernel().verify_cases
+
+    @property
+    def aot_variants(self) -> Callable:
+        """``aot_variants() -> list[AotCase]`` of the op's kernel file: the launches the AOT check compiles."""
+        return self._kernel().aot_variants
 
     @property
     def planner(self) -> Callable:

@@ -7,49 +7,22 @@ see :mod:`spadfast.kernels.aot`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from . import ops, reference
+from . import ops
 from .op_table import OPS, TOLERANCES
-from .synthetic import blob_masks
+
+if TYPE_CHECKING:  # the kernel package needs Triton; spadfast imports without it
+    from spadfast.kernels.variants import VerifyCase
 
 
-@dataclass
-class Case:
-    op: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    run: Callable[[str], torch.Tensor | tuple[torch.Tensor, ...]]
-    exact: bool
-
-
-def build_cases(device: str, quick: bool) -> list[Case]:
+def build_cases(device: str, quick: bool) -> list[VerifyCase]:
+    """Every op-table row's own ``verify_cases`` (in its kernel file) at each shape, from one seeded generator."""
     gen = torch.Generator().manual_seed(1234)
     shapes = [(1, 1, 31, 47), (2, 1, 33, 65)] if quick else [(1, 1, 31, 47), (3, 1, 127, 255), (8, 1, 256, 256)]
-    cases: list[Case] = []
-    for shape in shapes:
-        mask = blob_masks(shape, cell=8, generator=gen).to(device)
-        cases.append(Case("canny", shape, torch.bool, lambda b, m=mask: ops.canny(m, backend=b),
-                          exact=OPS["canny"].exact))  # fmt: skip
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            md = mask.to(dtype)
-            noise = torch.randn(shape, generator=gen).to(device, dtype)
-            anchors = reference.anchor_mask(shape, 4, 0.25, generator=gen).to(device)
-            cases.append(Case("boundary_blur", shape, dtype, lambda b, m=md, n=noise: ops.boundary_blur(
-                m, 1.5, 0.3, 2, noise=n, backend=b), exact=False))
-            cases.append(Case("target_noise", shape, dtype, lambda b, m=md, n=noise, a=anchors: ops.target_noise(
-                m, 0.5, 4, 0.25, noise=n, anchors=a, backend=b), exact=False))
-            x = torch.randn(shape, generator=gen).to(device, dtype)
-            out = torch.randn(shape, generator=gen).to(device, dtype)
-            a_t = (torch.rand(shape[0], generator=gen) * 0.9 + 0.05).to(device)
-            a_prev = (a_t + (1 - a_t) * 0.5).to(device)
-            for pt in ("epsilon", "sample", "v_prediction"):
-                cases.append(Case(f"ddim_step[{pt}]", shape, dtype, lambda b, x=x, o=out, at=a_t, ap=a_prev, n=noise,
-                                  pt=pt: ops.ddim_step(x, o, at, ap, 0.5, n, 1.0, pt, backend=b), exact=False))
-    return cases
+    return [case for shape in shapes for spec in OPS.values() for case in spec.verify_cases(shape, device, gen)]
 
 
 def _max_error(a, b) -> float:
@@ -58,7 +31,7 @@ def _max_error(a, b) -> float:
     return max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b))
 
 
-def _passes(a, b, case: Case) -> bool:
+def _passes(a, b, case: VerifyCase) -> bool:
     a = a if isinstance(a, tuple) else (a,)
     b = b if isinstance(b, tuple) else (b,)
     if case.exact:

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 
 from spadfast.kernels import aot  # noqa: E402
 from spadfast.kernels.boundary_blur import MAX_RADIUS  # noqa: E402
+from spadfast.kernels.variants import AotCase  # noqa: E402
 from spadfast.op_table import OPS  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ def test_a_failing_variant_is_a_failed_row_and_a_nonzero_exit(monkeypatch, capsy
     def broken():
         raise RuntimeError("injected compile failure")
 
-    row = aot.compile_case(aot.Case("canny", "injected", broken), "sm_90")
+    row = aot.compile_case(AotCase("canny", "injected", broken), "sm_90")
     assert row.error and "injected compile failure" in row.error
     assert aot.failed([row]) == [row]
     assert "FAIL: RuntimeError: injected compile failure" in aot.format_table([row])
