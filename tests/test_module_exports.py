@@ -54,3 +54,67 @@ def test_no_public_name_is_defined_in_two_modules():
     mirrors = ["ops.py", "reference.py"]  # each public op and its reference share a signature by design (STYLE.md)
     twice = {name: where for name, where in homes.items() if len(where) > 1 and sorted(where) != mirrors}
     assert not twice, f"defined in more than one module: {twice}"
+
+
+def _spadfast_imports(path: Path) -> set[str]:
+    """Modules of spadfast (``spadfast.x`` or ``spadfast.kernels.x``) that ``path`` imports anywhere, lazily too."""
+    package = "spadfast.kernels" if path.parent.name == "kernels" else "spadfast"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package if node.level == 1 else "spadfast"
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            names = [f"{mod}.{a.name}" for a in node.names] if mod in ("spadfast", "spadfast.kernels") else [mod]
+            found.update(n for n in names if n.startswith("spadfast."))
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("spadfast."))
+    return found
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle_among_modules():
+    """Imports point one way (lazy imports inside functions included): no module reaches itself again."""
+    name_of = {p: ("spadfast.kernels." if p.parent.name == "kernels" else "spadfast.") + p.stem for p in MODULES}
+    known = set(name_of.values())
+    graph = {name_of[p]: {m for m in _spadfast_imports(p) if m in known and m != name_of[p]} for p in MODULES}
+    assert "spadfast.ops" in graph["spadfast.verify"]  # the scan sees `from . import ops`
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_sees_a_lazy_cycle():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_module_over_450_lines(path):
+    assert len(path.read_text().splitlines()) <= 450, f"{path.name}: split it by job"
