@@ -20,21 +20,6 @@ __all__ = ["SPLIT_FILE", "make_split", "fold_split", "SplitPlan", "plan_split", 
 SPLIT_FILE = "split.json"
 
 
-def _pairs(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    from .files import index_folder
-
-    images, masks = index_folder(folder / "images"), index_folder(folder / "masks")
-    if not images:
-        raise ValueError(f"{folder / 'images'} holds no images (PNG/JPEG/TIFF/BMP)")
-    for stem, p in images.items():
-        if stem not in masks:
-            raise ValueError(f"{p} has no mask in {folder / 'masks'}")
-    for stem, p in masks.items():
-        if stem not in images:
-            raise ValueError(f"{p} has no image in {folder / 'images'}")
-    return images, masks
-
-
 def make_split(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """A seeded split of ``stems``: ``(train, val)``, each sorted; ``val`` holds ``round(fraction * n)`` (>= 1).
 
@@ -90,11 +75,11 @@ def plan_split(data: Path, out: Path, val: Path | None, val_fraction: float, spl
     """Check the folders and the split settings against ``OUT/split.json`` (when present) and read the held-out masks
     ``OUT`` still needs; writes nothing. ``fold = (k, n)`` holds out block k of n (:func:`fold_split`) instead of a
     seeded random split. Raises ValueError naming the folder, file or setting."""
-    from .files import read_mask
+    from .files import pair_folder, read_mask
 
-    images, masks = _pairs(data)
+    images, masks = pair_folder(data)
     if val is not None:
-        v_images, v_masks = _pairs(val)
+        v_images, v_masks = pair_folder(val)
         split = {"data": str(data), "val": str(val), "train": sorted(images), "heldout": sorted(v_images)}
     elif fold is not None:
         v_images, v_masks = images, masks

@@ -291,6 +291,21 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
+def pair_folder(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """``root/images`` and ``root/masks`` paired by file stem: ``(images, masks)``, both ``stem -> file``. An empty
+    images folder, an image without a mask or a mask without an image is a ValueError naming the file."""
+    images, masks = index_folder(root / "images"), index_folder(root / "masks")
+    if not images:
+        raise ValueError(f"{root / 'images'} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    for stem, p in images.items():
+        if stem not in masks:
+            raise ValueError(f"{p} has no mask: expected {root / 'masks' / stem}.<png|jpg|tif|bmp>")
+    for stem, p in masks.items():
+        if stem not in images:
+            raise ValueError(f"{p} has no image: expected {root / 'images' / stem}.<png|jpg|tif|bmp>")
+    return images, masks
+
+
 def is_hidden(path: Path) -> bool:
     """The one rule for files spadfast ignores in folders: names starting with "." (macOS ``._name`` included)."""
     return Path(path).name.startswith(".")

@@ -13,11 +13,10 @@ from torch.utils.data import Dataset
 from ._constants import INTENSITY_NORMS
 from ._validation import check_int
 from .files import (
-    IMAGE_EXTENSIONS,
     check_channels,
     check_size,
-    index_folder,
     load_stored,
+    pair_folder,
     read_mask,
     resize_image,
     resize_mask,
@@ -81,16 +80,7 @@ class SegmentationFolder(Dataset):
             raise ValueError(f"`intensity_norm` must be one of {INTENSITY_NORMS}, got {intensity_norm!r}")
         self.intensity_norm = intensity_norm
 
-        images = index_folder(self.root / "images")
-        masks = index_folder(self.root / "masks")
-        if not images:
-            raise ValueError(f"{self.root / 'images'} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-        for stem, p in images.items():
-            if stem not in masks:
-                raise ValueError(f"{p} has no mask: expected {self.root / 'masks' / stem}.<png|jpg|tif|bmp>")
-        for stem, p in masks.items():
-            if stem not in images:
-                raise ValueError(f"{p} has no image: expected {self.root / 'images' / stem}.<png|jpg|tif|bmp>")
+        images, masks = pair_folder(self.root)
         self.names: list[str] = sorted(images)
         self.paths: list[tuple[Path, Path]] = [(images[s], masks[s]) for s in self.names]
 
