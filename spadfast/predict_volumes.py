@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from .sampler import image_noise_key
 from .volume_norm import normalize_volume
 from .volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume
 
-__all__ = ["predict_volume", "predict_volume_folder"]
+__all__ = ["VolumeSettings", "predict_volume", "predict_volume_folder", "check_volume_model"]
 
 
 def _resolve_size(image_size: object, segmenter) -> tuple[int, int]:
@@ -48,22 +49,57 @@ def check_volume_model(config, where: object, allow_image_model: bool = False) -
                          "predict 2-D images with it, or pass allow_image_model=True to run it on volumes anyway")
 
 
+@dataclass(frozen=True)
+class VolumeSettings:
+    """How :func:`predict_volume` and :func:`predict_volume_folder` segment a case.
+
+    Attributes:
+        axis: array axis to slice along, as in training; None: each volume's coarsest spacing.
+        image_size: the model's slice size (default ``config.image_size``).
+        steps, ensemble, seed: sampling settings passed to ``segment``. Each slice's initial noise is keyed by
+            ``"<case>/<axis>/<slice>"``, so its labels do not depend on ``batch_size``.
+        batch_size: slices per ``segment`` call.
+        write_probabilities: also write ``probabilities/<case>.nii.gz`` beside the label map: float32
+            ``[I,J,K,K_classes]`` mean class probabilities.
+        write_uncertainty: also write ``uncertainty/<case>.nii.gz``: float32 ``[I,J,K,K_classes]`` ensemble std.
+        modalities: one name per channel, as in dataset.json (``"CT"`` selects the CT normalisation); must match
+            training. window: a fixed ``(lo, hi)`` intensity window, as in training.
+        threshold: class probability that beats the background (default ``config.threshold``, else 0.5).
+        allow_image_model: run a binary model trained on 2-D images (refused by default:
+            :func:`check_volume_model`).
+    """
+
+    axis: int | None = None
+    image_size: int | tuple[int, int] | None = None
+    steps: int | None = None
+    ensemble: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    write_probabilities: bool = False
+    write_uncertainty: bool = False
+    modalities: Sequence[str] | None = None
+    window: tuple[float, float] | None = None
+    threshold: float | None = None
+    allow_image_model: bool = False
+
+
+def _settings(settings: VolumeSettings | None, options: dict) -> VolumeSettings:
+    """``settings`` with ``options`` (its field names as keywords) applied; an unknown keyword is a TypeError."""
+    if settings is not None and not isinstance(settings, VolumeSettings):
+        raise TypeError(f"`settings` must be a VolumeSettings, got {type(settings).__name__}")
+    unknown = sorted(set(options) - {f.name for f in fields(VolumeSettings)})
+    if unknown:
+        raise TypeError(f"unknown keyword argument {unknown[0]!r}; VolumeSettings has "
+                        f"{[f.name for f in fields(VolumeSettings)]}")
+    return replace(settings or VolumeSettings(), **options)
+
+
 def predict_volume(
     segmenter,
     image_paths: Sequence[str | os.PathLike] | str | os.PathLike,
     out_path: str | os.PathLike,
-    axis: int | None = None,
-    image_size: int | tuple[int, int] | None = None,
-    steps: int | None = None,
-    ensemble: int | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    write_probabilities: bool = False,
-    write_uncertainty: bool = False,
-    modalities: Sequence[str] | None = None,
-    window: tuple[float, float] | None = None,
-    threshold: float | None = None,
-    allow_image_model: bool = False,
+    settings: VolumeSettings | None = None,
+    **options,
 ) -> Path:
     """Segment one case and write its label map ``out_path`` (``.nii.gz``) on the input's voxel grid.
 
@@ -74,19 +110,8 @@ def predict_volume(
             classes).
         image_paths: the case's modalities ``[<case>_0000.nii.gz, ...]`` (or one 3-D / channels-last 4-D file).
         out_path: where to write the label map (``.nii.gz`` or ``.nii``).
-        axis: array axis to slice along, as in training; None: this volume's coarsest spacing.
-        image_size: the model's slice size (default ``config.image_size``).
-        steps, ensemble, seed: sampling settings passed to ``segment``. Each slice's initial noise is keyed by
-            ``"<case>/<axis>/<slice>"``, so its labels do not depend on ``batch_size``.
-        batch_size: slices per ``segment`` call.
-        write_probabilities: also write ``probabilities/<case>.nii.gz`` beside ``out_path``: float32
-            ``[I,J,K,K_classes]`` mean class probabilities.
-        write_uncertainty: also write ``uncertainty/<case>.nii.gz``: float32 ``[I,J,K,K_classes]`` ensemble std.
-        modalities: one name per channel, as in dataset.json (``"CT"`` selects the CT normalisation); must match
-            training. window: a fixed ``(lo, hi)`` intensity window, as in training.
-        threshold: class probability that beats the background (default ``config.threshold``, else 0.5).
-        allow_image_model: run a binary model trained on 2-D images (refused by default:
-            :func:`check_volume_model`).
+        settings: :class:`VolumeSettings` (default: its defaults); ``options``, any of its fields as keywords
+            (``steps=5, write_uncertainty=True``), override them.
 
     Returns:
         ``Path(out_path)``. The label map is uint8 (uint16 beyond 254 classes) with exactly the input's spatial
@@ -96,6 +121,7 @@ def predict_volume(
         ValueError: unreadable inputs (see :func:`spadfast.nifti.load_case`), channels unlike
             ``config.image_channels``, a bad ``axis``/``batch_size``/``out_path``, a model trained on 2-D images.
     """
+    opts = _settings(settings, options)
     if isinstance(image_paths, (str, os.PathLike)):
         image_paths = [image_paths]
     paths = [Path(p) for p in image_paths]
@@ -104,23 +130,20 @@ def predict_volume(
     out_path = Path(out_path)
     if volume_stem(out_path) is None:
         raise ValueError(f"`out_path` must end in .nii.gz or .nii, got {out_path}")
-    batch_size = check_int(batch_size, "batch_size", 1)
+    batch_size = check_int(opts.batch_size, "batch_size", 1)
     cfg = segmenter.config
-    check_volume_model(cfg, paths[0], allow_image_model)
-    size = _resolve_size(image_size, segmenter)
-    if threshold is None:
-        threshold = float(getattr(cfg, "threshold", 0.5))
+    check_volume_model(cfg, paths[0], opts.allow_image_model)
+    size = _resolve_size(opts.image_size, segmenter)
+    threshold = float(getattr(cfg, "threshold", 0.5)) if opts.threshold is None else opts.threshold
+    modalities = opts.modalities
     case = load_case(paths, len(modalities) if modalities else int(cfg.image_channels))
     image = case.channels
     assert image is not None
     if len(image) != cfg.image_channels:
         raise ValueError(f"{paths[0]}: the case has {len(image)} channels but the model expects "
                          f"config.image_channels = {cfg.image_channels}")
-    if axis is None:
-        axis = coarsest_axis(case.spacing)
-    else:
-        axis = check_axis(axis)
-    normed, _ = normalize_volume(image, modalities, window)
+    axis = coarsest_axis(case.spacing) if opts.axis is None else check_axis(opts.axis)
+    normed, _ = normalize_volume(image, modalities, opts.window)
     case.channels = image = None  # free the raw intensities
     n_slices = case.shape[axis]
     h, w = in_plane_shape(case.shape, axis)
@@ -133,15 +156,15 @@ def predict_volume(
         idx = list(range(start, min(start + batch_size, n_slices)))
         batch = torch.from_numpy(np.stack([slice_volume(normed, axis, k, size) for k in idx]))
         keys = [image_noise_key(f"{name}/{axis}/{k}") for k in idx]
-        result = segmenter.segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
+        result = segmenter.segment(batch, steps=opts.steps, ensemble=opts.ensemble, seed=opts.seed, noise_keys=keys)
         probs = result.probs.detach().float().cpu().numpy()
-        std = result.std.detach().float().cpu().numpy() if write_uncertainty else None
+        std = result.std.detach().float().cpu().numpy() if opts.write_uncertainty else None
         k_classes = probs.shape[1]
         if labels is None:
             labels = np.zeros(case.shape, np.uint8 if k_classes < 255 else np.uint16)
-            if write_probabilities:
+            if opts.write_probabilities:
                 probs_vol = np.zeros((*case.shape, k_classes), np.float32)
-            if write_uncertainty:
+            if opts.write_uncertainty:
                 std_vol = np.zeros((*case.shape, k_classes), np.float32)
         native = np.stack([np.stack([resize_plane(p, (h, w)) for p in slice_probs]) for slice_probs in probs])
         slice_labels = labels_from_probs(native, threshold)  # [B,h,w]
@@ -174,37 +197,23 @@ def predict_volume_folder(
     segmenter,
     images_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    axis: int | None = None,
-    image_size: int | tuple[int, int] | None = None,
-    steps: int | None = None,
-    ensemble: int | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    write_probabilities: bool = False,
-    write_uncertainty: bool = False,
-    modalities: Sequence[str] | None = None,
-    window: tuple[float, float] | None = None,
-    threshold: float | None = None,
-    allow_image_model: bool = False,
+    settings: VolumeSettings | None = None,
+    **options,
 ) -> list[str]:
     """Segment every case of ``images_dir`` (e.g. ``imagesTs/``; ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...
     grouped by case) and write ``out_dir/<case>.nii.gz``; returns the case names.
 
-    ``modalities`` default: the ``dataset.json`` beside ``images_dir`` (in its parent folder), if any. Other
-    arguments as in :func:`predict_volume`. A folder that also holds 2-D images, and a model trained on 2-D images
-    (unless ``allow_image_model``), are ValueErrors raised before any case is read.
+    ``settings`` / ``options`` as in :func:`predict_volume`; ``modalities`` default: the ``dataset.json`` beside
+    ``images_dir`` (in its parent folder), if any. A folder that also holds 2-D images, and a model trained on 2-D
+    images (unless ``allow_image_model``), are ValueErrors raised before any case is read.
     """
+    opts = _settings(settings, options)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     groups = group_cases(images_dir)
     check_one_input_kind(images_dir)
-    check_volume_model(segmenter.config, images_dir, allow_image_model)
-    if modalities is None:
-        modalities = list(read_dataset_json(images_dir.parent).modalities) or None
+    check_volume_model(segmenter.config, images_dir, opts.allow_image_model)
+    if opts.modalities is None:
+        opts = replace(opts, modalities=list(read_dataset_json(images_dir.parent).modalities) or None)
     for case, paths in groups.items():
-        predict_volume(
-            segmenter, paths, out_dir / f"{case}.nii.gz", axis=axis, image_size=image_size, steps=steps,
-            ensemble=ensemble, seed=seed, batch_size=batch_size, write_probabilities=write_probabilities,
-            write_uncertainty=write_uncertainty, modalities=modalities, window=window, threshold=threshold,
-            allow_image_model=allow_image_model,
-        )
+        predict_volume(segmenter, paths, out_dir / f"{case}.nii.gz", opts)
     return list(groups)

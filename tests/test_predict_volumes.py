@@ -318,3 +318,19 @@ def test_a_folder_mixing_images_and_volumes_is_refused_before_work(runs, tmp_pat
     code, err = predict_cli(capsys, runs["vol"], mixed, tmp_path / "pred")
     assert code == 2 and len(err) == 1 and str(mixed) in err[0] and "mixes" in err[0], err
     assert not (tmp_path / "pred").exists()
+
+
+def test_volume_settings_are_one_dataclass_with_keyword_overrides():
+    from dataclasses import fields
+
+    from spadfast.predict_volumes import VolumeSettings, _settings
+
+    base = VolumeSettings(steps=3, write_uncertainty=True)
+    merged = _settings(base, {"steps": 5, "batch_size": 2})
+    assert (merged.steps, merged.batch_size, merged.write_uncertainty) == (5, 2, True)
+    assert _settings(None, {}) == VolumeSettings()
+    assert len(fields(VolumeSettings)) == 12
+    with pytest.raises(TypeError, match="stepz"):
+        _settings(None, {"stepz": 5})
+    with pytest.raises(TypeError, match="settings"):
+        _settings({"steps": 5}, {})
