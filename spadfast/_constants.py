@@ -11,4 +11,8 @@ BACKENDS = ("auto", "reference", "triton")
 # Image file -> [-1, 1] intensity normalisations (spadfast.files.intensity_range).
 INTENSITY_NORMS = ("dtype", "minmax", "percentile")
 
-__all__ = ["PREDICTION_TYPES", "BACKENDS", "INTENSITY_NORMS"]
+# Native resolution (``resize: false``): images smaller than this on a side are refused (no model level could see
+# them).
+MIN_SIDE = 8
+
+__all__ = ["PREDICTION_TYPES", "BACKENDS", "INTENSITY_NORMS", "MIN_SIDE"]

@@ -14,7 +14,8 @@ from . import distributed as dist_utils
 def coerce_dataset(
     data: Dataset | str | Path | None, name: str, image_size: int, channels: int, synthetic_n: int = 0,
     synthetic_seed: int = 0, intensity_norm: str = "dtype", mask_channels: int = 1, slice_axis: int | None = None,
-    foreground_fraction: float = 0.5, window: tuple[float, float] | None = None,
+    foreground_fraction: float = 0.5, window: tuple[float, float] | None = None, resize: bool = True,
+    patch_seed: int = 0, foreground_oversample: float = 1 / 3,
 ) -> Dataset:
     """A training/validation dataset from what the user passed, checked before any work starts.
 
@@ -26,6 +27,9 @@ def coerce_dataset(
         intensity_norm: how folder images map to [-1, 1] (``config.intensity_norm``).
         mask_channels: K = num_classes - 1. slice_axis, foreground_fraction: for volume folders (Decathlon /
             nnU-Net layout, read as :class:`spadfast.volumes.VolumeSlices`; validation serves every slice).
+        resize: False keeps image folders at native size: training data becomes random ``image_size`` patches
+            (:class:`spadfast.patches.PatchDraws` with ``patch_seed`` and ``foreground_oversample``), validation
+            data whole images.
     """
     from .folders import SegmentationFolder
     from .synthetic import SyntheticLesions
@@ -44,9 +48,17 @@ def coerce_dataset(
         elif mask_channels != 1:
             raise ValueError(f"`{name}` {str(data)!r}: PNG/TIFF folders are binary; num_classes > 2 needs a "
                              "Decathlon / nnU-Net volume folder")
-        else:
+        elif resize:
             return SegmentationFolder(data, image_size=image_size, channels=channels,
                                       intensity_norm=intensity_norm)
+        else:
+            from .patches import PatchDraws
+
+            folder = SegmentationFolder(data, image_size=None, channels=channels, intensity_norm=intensity_norm,
+                                        mixed_sizes=True)
+            if name != "train_data":
+                return folder
+            return PatchDraws(folder, image_size, seed=patch_seed, foreground_share=foreground_oversample)
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise TypeError(f"`{name}` must be a Dataset, a folder path or None, got {type(data).__name__}")
     if len(data) == 0:
@@ -80,7 +92,8 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     cfg = config
     common = dict(image_size=cfg.image_size, channels=cfg.image_channels, intensity_norm=cfg.intensity_norm,
                   mask_channels=cfg.mask_channels, slice_axis=cfg.slice_axis,
-                  foreground_fraction=cfg.foreground_fraction, window=cfg.intensity_window or None)
+                  foreground_fraction=cfg.foreground_fraction, window=cfg.intensity_window or None,
+                  resize=cfg.resize, patch_seed=cfg.seed, foreground_oversample=cfg.foreground_oversample)
     train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
                            **common)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
@@ -149,9 +162,12 @@ class EpochDraws(Dataset):
 
 
 def draws_per_epoch(dataset: Dataset) -> bool:
-    """True for a dataset whose items are random draws that should change every epoch (volume slices)."""
+    """True for a dataset whose items are random draws that should change every epoch (volume slices, patches)."""
+    from .patches import PatchDraws
     from .volumes import VolumeSlices
 
+    if isinstance(dataset, PatchDraws):
+        return True
     return isinstance(dataset, VolumeSlices) and dataset.foreground_fraction is not None
 
 

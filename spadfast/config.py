@@ -107,6 +107,11 @@ class SPADConfig:
     modalities: tuple[str, ...] = ()  # volumes: modality per image channel ("CT", "MR", ...), recorded from the data
     intensity_window: tuple[float, ...] = ()  # volumes: fixed (lo, hi) window for every channel; () = per modality
     intensity_norm: str = "dtype"  # image files -> [-1, 1]: dtype | minmax | percentile (per image)
+    # native resolution: False keeps image files at their own pixel size (training patches of image_size, sliding
+    # windows at inference); True resizes every image to image_size (checkpoints written before this key: True)
+    resize: bool = False
+    tile_overlap: float = 0.5  # sliding-window overlap in [0, 1) (resize: false)
+    foreground_oversample: float = 1 / 3  # share of training patches centred on a foreground pixel (resize: false)
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = 1
@@ -201,6 +206,8 @@ class SPADConfig:
              "'diffusion' with perturb_mode 'condition' (a supervised model has no condition channel)"),
             (0 <= self.condition_dropout <= 1, "condition_dropout", "in [0, 1]"),
             (0 <= self.perturb_prob <= 1, "perturb_prob", "in [0, 1]"),
+            (0 <= self.tile_overlap < 1, "tile_overlap", "in [0, 1)"),
+            (0 <= self.foreground_oversample <= 1, "foreground_oversample", "in [0, 1]"),
             (0 <= self.input_gamma <= 1, "input_gamma", "in [0, 1]"),
             (self.train_steps >= 1, "train_steps", ">= 1"),
             (self.pas_steps is None or self.pas_steps >= 1, "pas_steps", "None or >= 1"),
@@ -292,6 +299,7 @@ class SPADConfig:
             if key not in meta:
                 raise ValueError(f"checkpoint {source!r} lacks {key!r} in its metadata: not a SPADTrainer checkpoint")
         cfg_dict = dict(meta["config"])
+        cfg_dict.setdefault("resize", True)  # written before native resolution existed: it resized every image
         if device is not None:
             cfg_dict["device"] = device
         if cfg_dict.get("amp") == "fp16" and resolve_device(cfg_dict.get("device", "auto")).type != "cuda":

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._constants import INTENSITY_NORMS
+from ._constants import INTENSITY_NORMS, MIN_SIDE
 from ._validation import check_int
 from .files import (
     check_channels,
@@ -47,6 +47,8 @@ class SegmentationFolder(Dataset):
         cache: keep decoded pixels in memory.
         intensity_norm: ``"dtype"`` (divide by the dtype's max), ``"minmax"`` or ``"percentile"`` (per image; see
             :func:`spadfast.files.intensity_range`); "dtype" warns when most images use under 1/8 of their range.
+        mixed_sizes: with ``image_size=None``, every item keeps its own native size (training patches are cut from
+            them: :class:`spadfast.patches.PatchDraws`); images under ``MIN_SIDE`` px are refused.
 
     Returns (per item):
         ``(image, mask)``: image float32 ``[C,H,W]`` in ``[-1, 1]``, mask float32 ``[1,H,W]`` in ``{0, 1}``.
@@ -71,6 +73,7 @@ class SegmentationFolder(Dataset):
         channels: int | None = None,
         cache: bool = True,
         intensity_norm: str = "dtype",
+        mixed_sizes: bool = False,
     ):
         self.root = Path(root)
         size = check_size(image_size)
@@ -86,6 +89,7 @@ class SegmentationFolder(Dataset):
 
         self.channels: int = 0
         self._native = size is None
+        self.mixed_sizes = bool(mixed_sizes) and size is None  # native mode: every item keeps its own size
         self.image_size: tuple[int, int] = size or (0, 0)
         self._items: list[tuple[np.ndarray, np.ndarray, float, float]] = []
         used, empty, full = [], 0, []
@@ -121,6 +125,11 @@ class SegmentationFolder(Dataset):
         if check:
             if not self.channels:
                 self.channels = want_channels or (1 if image.ndim == 2 else 3)
+            if self.mixed_sizes and min(mask.shape) < MIN_SIDE:
+                raise ValueError(f"{image_path} is {mask.shape[1]}x{mask.shape[0]} (WxH): images must be at least "
+                                 f"{MIN_SIDE} px on each side")
+            if self.mixed_sizes:
+                return image, mask, lo, hi, used
             if self._native and self.image_size == (0, 0):
                 self.image_size = mask.shape
             elif self._native and self.image_size != mask.shape:
@@ -128,6 +137,8 @@ class SegmentationFolder(Dataset):
                     f"{image_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but {self.paths[0][0]} is "
                     f"{self.image_size[1]}x{self.image_size[0]}: pass image_size to resize to one size"
                 )
+        if self.mixed_sizes:
+            return image, mask, lo, hi, used
         return resize_image(image, self.image_size), resize_mask(mask, self.image_size), lo, hi, used
 
     def __len__(self) -> int:

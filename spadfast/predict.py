@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 
+from ._constants import MIN_SIDE
 from ._validation import check_images, check_int
 from .files import (
     index_folder,
@@ -20,6 +21,7 @@ from .files import (
 )
 from .nifti import volume_files
 from .sampler import DDIMSampler, SampleResult, image_noise_key
+from .sliding_window import segment_image
 from .visualize import overlay_contour
 
 
@@ -185,8 +187,16 @@ def predict_folder(
     overlay_dir = Path(overlay_dir) if overlay_dir is not None else out_dir / "overlays"
     gt = Path(overlay_gt) if overlay_gt is not None else None
 
+    native = not getattr(cfg, "resize", True)  # sliding windows over each image at its own size
+
     def load(chunk: list[str]) -> list[tuple[np.ndarray, tuple[int, int], float]]:
-        return [read_model_input(files[s], cfg.image_size, cfg.image_channels, cfg.intensity_norm) for s in chunk]
+        size = None if native else cfg.image_size
+        items = [read_model_input(files[s], size, cfg.image_channels, cfg.intensity_norm) for s in chunk]
+        for s, item in zip(chunk, items):
+            if native and min(item[1]) < MIN_SIDE:
+                raise ValueError(f"{files[s]} is {item[1][1]}x{item[1][0]} (WxH): images must be at least "
+                                 f"{MIN_SIDE} px on each side")
+        return items
 
     bar = None
     if progress:
@@ -202,10 +212,16 @@ def predict_folder(
             if n + 1 < len(batches):
                 pending_reads = reader.submit(load, batches[n + 1])
             used += [item[2] for item in loaded]
-            batch = torch.from_numpy(np.stack([item[0] for item in loaded])).float()
-            keys = [image_noise_key(s) for s in chunk]
-            result = segmenter.segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
-            probs, std = result.probs[:, 0].float().cpu().numpy(), result.std[:, 0].float().cpu().numpy()
+            if native:
+                tiled = [segment_image(segmenter, torch.from_numpy(item[0]).float(), s, steps, ensemble, seed,
+                                       chunk=batch_size) for s, item in zip(chunk, loaded)]
+                probs = [p[0].numpy() for p, _ in tiled]
+                std = [u[0].numpy() for _, u in tiled]
+            else:
+                batch = torch.from_numpy(np.stack([item[0] for item in loaded])).float()
+                keys = [image_noise_key(s) for s in chunk]
+                result = segmenter.segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
+                probs, std = result.probs[:, 0].float().cpu().numpy(), result.std[:, 0].float().cpu().numpy()
             for i, stem in enumerate(chunk):
                 writes.append(writer.submit(_write_outputs, out_dir, overlay_dir, stem, files[stem], loaded[i][1],
                                             probs[i], std[i], cfg.threshold, uncertainty, overlay, gt))

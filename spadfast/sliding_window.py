@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from .sampler import image_noise_key
 
-__all__ = ["SIGMA_SCALE", "window_starts", "window_positions", "gaussian_importance", "window_key", "segment_tiled"]
+__all__ = ["SIGMA_SCALE", "window_starts", "window_positions", "gaussian_importance", "window_key", "segment_tiled",
+           "segment_image"]
 
 SIGMA_SCALE = 1.0 / 8  # Gaussian sigma as a fraction of the window side (nnU-Net's choice)
 
@@ -101,3 +102,16 @@ def segment_tiled(
             weight_sum[y:y + h, x:x + w] += weight
     assert probs_sum is not None and std_sum is not None
     return (probs_sum / weight_sum)[:, :H, :W], (std_sum / weight_sum)[:, :H, :W]
+
+
+def segment_image(segmenter, image: torch.Tensor, name: str, steps: int | None = None, ensemble: int | None = None,
+                  seed: int | None = 0, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`segment_tiled` with a trainer's or :class:`~spadfast.predict.Segmenter`'s own window
+    (``config.image_size``) and overlap (``config.tile_overlap``): probabilities and std ``[M, H, W]``."""
+    from .files import check_size
+
+    cfg = segmenter.config
+    window = check_size(cfg.image_size)
+    assert window is not None
+    return segment_tiled(segmenter.segment, image, window, float(getattr(cfg, "tile_overlap", 0.5)), name,
+                         chunk=chunk, steps=steps, ensemble=ensemble, seed=seed)

@@ -313,6 +313,9 @@ class SPADTrainer:
         if self.val_data is None:
             raise ValueError("no validation data: pass `val_data` or use the synthetic default")
         pairs = validation_pairs(self.val_data, n or self.config.val_samples, self.config.seed)
+        size = self.config.image_size
+        if any(tuple(p[0].shape[-2:]) != (size, size) for p in pairs):  # native-size images: sliding windows
+            return self._validate_whole_images(pairs)
         images = torch.stack([p[0] for p in pairs])
         masks = torch.stack([p[1] for p in pairs])
         result = self.segment(images, ensemble=1, seed=self.config.seed)
@@ -323,6 +326,19 @@ class SPADTrainer:
         if not bool(present.any()):
             return 1.0
         return float(torch.as_tensor(dice(pred, truth)).double()[present].mean())
+
+    def _validate_whole_images(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Mean Dice of single-member sliding-window predictions of whole images (same class rule as validate)."""
+        from .sliding_window import segment_image
+
+        scores = []
+        for i, (image, mask) in enumerate(pairs):
+            probs, _ = segment_image(self, image, f"val{i}", ensemble=1, seed=self.config.seed)
+            pred, truth = probs > self.config.threshold, mask > 0.5
+            for k in range(truth.shape[0]):
+                if bool(pred[k].any() or truth[k].any()):
+                    scores.append(float(dice(pred[k], truth[k])))
+        return sum(scores) / len(scores) if scores else 1.0
 
     # -------------------------------------------------------------------------------------------- sampling
     def segment(

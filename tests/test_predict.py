@@ -60,7 +60,7 @@ def test_a_folder_image_reaches_the_model_bit_identically_in_training_and_predic
     ``predict`` hands to the model are the same bits."""
     root = _write_folder(tmp_path / "data", SPECS)
     folder = SegmentationFolder(root, image_size=size, channels=channels)
-    spy = Spy(tiny_config(image_size=16, image_channels=channels))
+    spy = Spy(tiny_config(image_size=16, image_channels=channels, resize=True))
     spy.config.image_size = size  # the config check wants a multiple of 2; the folder and predict do not care
     predict_folder(spy, root / "images", tmp_path / "pred", batch_size=5)
     assert len(spy.seen) == len(SPECS)
