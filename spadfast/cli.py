@@ -214,6 +214,13 @@ def _train_locked(args) -> int:
                 p.unlink(missing_ok=True)  # a clean log: the replaced run's records do not continue into this one
         trainer = SPADTrainer(cfg, data, args.val, out_dir=run)
     trainer.fit()
+    if trainer.stopped_by:  # fit saved this step's checkpoint before stopping
+        from .preemption import EXIT_STOPPED
+
+        if trainer.rank == 0:
+            print(f"spadfast train: stopped at step {trainer.step} by {trainer.stopped_by}; checkpoint "
+                  f"{checkpoint}; continue with --resume", flush=True)
+        return EXIT_STOPPED
     path = trainer.save(run)
     if trainer.rank == 0:
         print(f"spadfast: trained to step {trainer.step}; checkpoint {path}")

@@ -156,6 +156,7 @@ class SPADConfig:
     val_every: int = 0
     val_samples: int = 16
     checkpoint_every: int = 0
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")  # finish the step, checkpoint, exit (spadfast.preemption)
     progress_bar: bool = True
     # sampling
     sample_steps: int = 5  # the knee of docs/fewstep_curve.png: more steps did not improve Dice on the demo split
@@ -235,6 +236,9 @@ class SPADConfig:
             (self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 disables periodic checkpoints)"),
             (_plain_file_name(self.log_file), "log_file", "a plain, non-empty file name (no folders)"),
         ]
+        from .preemption import check_signal_names
+
+        self.stop_signals = check_signal_names(self.stop_signals)
         for ok, name, what in checks:
             if not ok:
                 raise ValueError(f"`{name}` must be {what}, got {getattr(self, name)!r}")

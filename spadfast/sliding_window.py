@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .sampler import image_noise_key
 
 __all__ = ["SIGMA_SCALE", "window_starts", "window_positions", "gaussian_importance", "window_key", "segment_tiled",
-           "segment_image"]
+           "segment_image", "validate_whole_images"]
 
 SIGMA_SCALE = 1.0 / 8  # Gaussian sigma as a fraction of the window side (nnU-Net's choice)
 
@@ -115,3 +115,18 @@ def segment_image(segmenter, image: torch.Tensor, name: str, steps: int | None =
     assert window is not None
     return segment_tiled(segmenter.segment, image, window, float(getattr(cfg, "tile_overlap", 0.5)), name,
                          chunk=chunk, steps=steps, ensemble=ensemble, seed=seed)
+
+
+def validate_whole_images(trainer, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean Dice of single-member sliding-window predictions of whole images ``(image [C,H,W], mask [K,H,W])``,
+    over (image, class) pairs where the class is in the prediction or the ground truth (1.0 when none is)."""
+    from .metrics import dice
+
+    scores = []
+    for i, (image, mask) in enumerate(pairs):
+        probs, _ = segment_image(trainer, image, f"val{i}", ensemble=1, seed=trainer.config.seed)
+        pred, truth = probs > trainer.config.threshold, mask > 0.5
+        for k in range(truth.shape[0]):
+            if bool(pred[k].any() or truth[k].any()):
+                scores.append(float(dice(pred[k], truth[k])))
+    return sum(scores) / len(scores) if scores else 1.0

@@ -46,6 +46,7 @@ from .perturb import perturb_factor, spad_perturb
 from .training_inputs import noised_pair, perturbed_rows, self_condition, supervised_loss, x0_from_prediction
 from .profiling import nvtx_range
 from .run_log import RunLog
+from .preemption import StopSignals
 from .runlock import hold_run_lock
 from .sampler import DDIMSampler, SampleResult
 from .schedule import add_noise, alphas_cumprod, make_betas
@@ -127,6 +128,7 @@ class SPADTrainer:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed * 1_000 + self.rank)
         self.step = 0
+        self.stopped_by: str | None = None  # the signal that ended the last fit early (spadfast.preemption)
         self.history: list[dict[str, Any]] = []
         self.run_log = RunLog(self.out_dir, cfg.log_file, cfg.log_tensorboard, dist_utils.is_main(),
                               lambda step: perturb_factor(step / cfg.pas_horizon, cfg.perturb))
@@ -237,9 +239,10 @@ class SPADTrainer:
 
         ``out_dir`` stays locked meanwhile (:mod:`spadfast.runlock`): a second process training there is refused."""
         with hold_run_lock(self.out_dir if dist_utils.is_main() else None, "out_dir"):
-            return self._fit(steps)
+            with StopSignals(self.config.stop_signals) as stops:
+                return self._fit(steps, stops)
 
-    def _fit(self, steps: int | None) -> list[dict[str, Any]]:
+    def _fit(self, steps: int | None, stops: StopSignals) -> list[dict[str, Any]]:
         cfg = self.config
         if steps is None:
             steps = max(0, cfg.train_steps - self.step)
@@ -284,8 +287,12 @@ class SPADTrainer:
                                                           if "val_dice" in record else {}))
             elif validate:
                 self.run_log.write({"step": self.step, "val_dice": self.validate()})
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None:
+            self.stopped_by = stops.requested(self.distributed, self.device)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None or (
+                    self.stopped_by and self.out_dir is not None):
                 self.save(self.out_dir)
+            if self.stopped_by:  # a scheduler's signal: this step is saved, the caller says how to continue
+                break
         if bar is not None:
             bar.close()
         return records
@@ -315,7 +322,9 @@ class SPADTrainer:
         pairs = validation_pairs(self.val_data, n or self.config.val_samples, self.config.seed)
         size = self.config.image_size
         if any(tuple(p[0].shape[-2:]) != (size, size) for p in pairs):  # native-size images: sliding windows
-            return self._validate_whole_images(pairs)
+            from .sliding_window import validate_whole_images
+
+            return validate_whole_images(self, pairs)
         images = torch.stack([p[0] for p in pairs])
         masks = torch.stack([p[1] for p in pairs])
         result = self.segment(images, ensemble=1, seed=self.config.seed)
@@ -326,19 +335,6 @@ class SPADTrainer:
         if not bool(present.any()):
             return 1.0
         return float(torch.as_tensor(dice(pred, truth)).double()[present].mean())
-
-    def _validate_whole_images(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Mean Dice of single-member sliding-window predictions of whole images (same class rule as validate)."""
-        from .sliding_window import segment_image
-
-        scores = []
-        for i, (image, mask) in enumerate(pairs):
-            probs, _ = segment_image(self, image, f"val{i}", ensemble=1, seed=self.config.seed)
-            pred, truth = probs > self.config.threshold, mask > 0.5
-            for k in range(truth.shape[0]):
-                if bool(pred[k].any() or truth[k].any()):
-                    scores.append(float(dice(pred[k], truth[k])))
-        return sum(scores) / len(scores) if scores else 1.0
 
     # -------------------------------------------------------------------------------------------- sampling
     def segment(
