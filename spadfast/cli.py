@@ -255,7 +255,13 @@ def cmd_predict(args) -> int:
     checkpoint = resolve_path(args.checkpoint)
     if not checkpoint.is_file():
         raise ValueError(f"--checkpoint: no checkpoint at {str(checkpoint)!r}")
+    shard = (dist_utils.env_rank(), dist_utils.env_world_size())  # under torchrun, ranks split the files
+    if shard[1] > 1:  # a gloo group for the barrier and the summary (the model itself runs per process)
+        import torch
+
+        dist_utils.init_from_env(torch.device("cpu"))
     check_output_dir(args.out, "--out", inputs=[args.images, checkpoint.parent], overwrite=args.overwrite)
+    dist_utils.barrier()  # every rank has checked --out before any writes into it
     if args.threads is not None:
         most = 4 * (os.cpu_count() or 1)
         if not 1 <= args.threads <= most:
@@ -274,17 +280,24 @@ def cmd_predict(args) -> int:
             segmenter, args.images, args.out, axis=cfg.slice_axis, steps=args.steps, ensemble=args.ensemble,
             seed=args.seed, batch_size=args.batch_size, write_probabilities=args.probabilities,
             write_uncertainty=args.uncertainty, modalities=list(cfg.modalities) or None,
-            window=cfg.intensity_window or None,
+            window=cfg.intensity_window or None, shard=shard,
         )
-        print(f"spadfast: wrote {len(names)} label volumes to {args.out}")
+        _print_total(len(names), "label volumes", args.out)
         return 0
     names = predict_folder(
         segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
         batch_size=args.batch_size, overlay=args.overlay, uncertainty=args.uncertainty,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress and sys.stderr.isatty() and shard[0] == 0, shard=shard,
     )
-    print(f"spadfast: wrote {len(names)} masks to {args.out}")
+    _print_total(len(names), "masks", args.out)
     return 0
+
+
+def _print_total(count: int, what: str, out) -> None:
+    """One summary line on rank 0 with every rank's count (one process: its own)."""
+    total = dist_utils.sum_over_ranks(count)
+    if dist_utils.is_main():
+        print(f"spadfast: wrote {total} {what} to {out}")
 
 
 def cmd_evaluate(args) -> int:

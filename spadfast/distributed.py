@@ -35,6 +35,26 @@ def init_from_env(device: torch.device) -> bool:
     return True
 
 
+def env_rank() -> int:
+    """This process's global rank as torchrun sets it (``RANK``; 0 outside torchrun), before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``; 1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sum_over_ranks(value: int) -> int:
+    """``value`` summed over every rank of the process group (itself without one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    on_gpu = dist.get_backend() == "nccl"
+    t = torch.tensor([value], dtype=torch.int64, device=torch.cuda.current_device() if on_gpu else "cpu")
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 

@@ -132,6 +132,14 @@ def _png(array: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def shard_of(names: list[str], shard: tuple[int, int]) -> list[str]:
+    """Process ``shard = (rank, world)``'s share of ``names``: every ``world``-th from ``rank`` (one process: all)."""
+    rank, world = shard
+    if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+        raise ValueError(f"`shard` must be (rank, world) with 0 <= rank < world, got {shard!r}")
+    return names[rank::world]
+
+
 def check_one_input_kind(folder: str | Path, name: str = "images") -> None:
     """ValueError naming ``folder`` and one file of each kind when it holds both 2-D images (PNG/JPEG/TIFF/BMP)
     and NIfTI volumes: a prediction reads one kind, so the other would be skipped without a word."""
@@ -156,6 +164,7 @@ def predict_folder(
     overlay_gt: str | Path | None = None,
     overlay_dir: str | Path | None = None,
     progress: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[str]:
     """Write ``OUT/<stem>.png`` (0/255) for every image of ``images_dir``; returns the stems.
 
@@ -169,6 +178,8 @@ def predict_folder(
     (prediction in green, and ground truth from ``overlay_gt/<stem>.png`` in red when given); ``uncertainty``
     writes the ensemble std scaled to 0-255 to ``uncertainty/<stem>.png``. Binary models only (multi-class models
     predict volumes: :mod:`spadfast.predict_volumes`).
+    ``shard = (rank, world)``: only this process's share of the files (:func:`shard_of`; torchrun ranks split a
+    folder, each mask byte-identical to a one-process run since the noise is keyed by file name).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -182,7 +193,9 @@ def predict_folder(
     if cfg.mask_channels != 1:
         raise ValueError("predict_folder writes binary PNG masks; this model has "
                          f"{cfg.num_classes} classes: predict volumes with spadfast.predict_volumes")
-    stems = sorted(files)
+    stems = shard_of(sorted(files), shard)
+    if not stems:
+        return []
     batches = [stems[i : i + batch_size] for i in range(0, len(stems), batch_size)]
     overlay_dir = Path(overlay_dir) if overlay_dir is not None else out_dir / "overlays"
     gt = Path(overlay_gt) if overlay_gt is not None else None

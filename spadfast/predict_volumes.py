@@ -22,7 +22,7 @@ import torch
 from ._validation import check_axis, check_int
 from .metrics import labels_from_probs
 from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
-from .predict import check_one_input_kind
+from .predict import check_one_input_kind, shard_of
 from .sampler import image_noise_key
 from .volume_norm import normalize_volume
 from .volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume
@@ -198,12 +198,14 @@ def predict_volume_folder(
     images_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     settings: VolumeSettings | None = None,
+    shard: tuple[int, int] = (0, 1),
     **options,
 ) -> list[str]:
     """Segment every case of ``images_dir`` (e.g. ``imagesTs/``; ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...
     grouped by case) and write ``out_dir/<case>.nii.gz``; returns the case names.
 
-    ``settings`` / ``options`` as in :func:`predict_volume`; ``modalities`` default: the ``dataset.json`` beside
+    ``settings`` / ``options`` as in :func:`predict_volume`; ``shard = (rank, world)``: only this process's share
+    of the cases (:func:`spadfast.predict.shard_of`); ``modalities`` default: the ``dataset.json`` beside
     ``images_dir`` (in its parent folder), if any. A folder that also holds 2-D images, and a model trained on 2-D
     images (unless ``allow_image_model``), are ValueErrors raised before any case is read.
     """
@@ -214,6 +216,7 @@ def predict_volume_folder(
     check_volume_model(segmenter.config, images_dir, opts.allow_image_model)
     if opts.modalities is None:
         opts = replace(opts, modalities=list(read_dataset_json(images_dir.parent).modalities) or None)
-    for case, paths in groups.items():
-        predict_volume(segmenter, paths, out_dir / f"{case}.nii.gz", opts)
-    return list(groups)
+    cases = shard_of(list(groups), shard)
+    for case in cases:
+        predict_volume(segmenter, groups[case], out_dir / f"{case}.nii.gz", opts)
+    return cases

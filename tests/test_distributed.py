@@ -117,3 +117,27 @@ def test_ddp_resume_is_bit_exact(tmp_path):
     assert meta["step"] == 4 and straight.keys() == resumed.keys()
     assert {k for k in straight if k.startswith("rng.rank1.")}  # every rank's random streams are saved
     assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
+
+
+def test_torchrun_predict_splits_the_files_and_matches_one_process(tmp_path):
+    from spadfast.synthetic import write_synthetic_folder
+
+    data = write_synthetic_folder(tmp_path / "data", 7, 16, seed=3)
+    trainer = SPADTrainer(tiny_config(train_steps=1))
+    trainer.fit()
+    trainer.save(tmp_path / "run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    predict = ["-m", "spadfast", "predict", "--checkpoint", str(tmp_path / "run"), "--images", str(data / "images"),
+               "--steps", "2", "--ensemble", "2", "--uncertainty"]
+    one = subprocess.run([sys.executable, *predict, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", *predict, "--out", str(tmp_path / "two")]
+    two = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-4000:]
+    assert two.stdout.count("spadfast: wrote 7 masks") == 1  # one summary, counting every rank's files
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    assert len(files) == 14 and files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.png"))
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
