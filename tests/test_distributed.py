@@ -141,3 +141,30 @@ def test_torchrun_predict_splits_the_files_and_matches_one_process(tmp_path):
     assert len(files) == 14 and files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.png"))
     for f in files:
         assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+
+
+def test_two_nodes_of_one_process_equal_one_node_of_two(tmp_path):
+    """c10d rendezvous, two torchrun agents on localhost sharing --out (a shared file system): only global rank 0
+    writes, and the weights equal a one-node two-process run bit for bit."""
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config(log_every=1, dropout=0.1).to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = ["-m", "spadfast", "train", "--steps", "3", "--config", str(cfg)]
+    one_node = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={_free_port()}", *train, "--out", str(tmp_path / "one")]
+    proc = subprocess.run(one_node, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    port = _free_port()
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+             f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=spadfast-test", *train, "--out", str(tmp_path / "two")]
+    nodes = [subprocess.Popen(agent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+             for _ in range(2)]
+    results = [n.communicate(timeout=300) for n in nodes]
+    for n, (out, err) in zip(nodes, results):
+        assert n.returncode == 0, err[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoint.safetensors", "log.jsonl"]
+    a, _ = read_checkpoint(tmp_path / "one")
+    b, meta = read_checkpoint(tmp_path / "two")
+    assert meta["world_size"] == 2
+    weights = [k for k in a if k.startswith(("model.", "ema."))]
+    assert weights and [k for k in weights if not torch.equal(a[k], b[k])] == []
