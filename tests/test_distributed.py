@@ -168,3 +168,13 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(tmp_path):
     assert meta["world_size"] == 2
     weights = [k for k in a if k.startswith(("model.", "ema."))]
     assert weights and [k for k in weights if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize("script", ["train.sbatch", "predict.sbatch"])
+def test_slurm_recipes_are_valid_bash(script):
+    path = ROOT / "scripts" / "slurm" / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    text = path.read_text()
+    assert "torchrun" in text and "-m spadfast" in text
+    if script == "train.sbatch":
+        assert "--signal=B:USR1@" in text and "--requeue" in text and "-eq 3" in text
