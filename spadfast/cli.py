@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .plots import add_arguments as add_plot_arguments
 
     add_plot_arguments(sub.add_parser("plot", help="training curves (loss, validation Dice, PaS) of a run"))
+    from .export import add_arguments as add_export_arguments
+
+    add_export_arguments(sub.add_parser("export", help="a run's EMA weights and config as one small file to ship"))
     add_ablate_arguments(sub.add_parser("ablate", help="train and compare SPAD, w/o ScD, w/o BcD and the baseline"))
     return parser
 
@@ -300,6 +303,12 @@ def _print_total(count: int, what: str, out) -> None:
         print(f"spadfast: wrote {total} {what} to {out}")
 
 
+def cmd_export(args) -> int:
+    from .export import main as export_main
+
+    return export_main(args)
+
+
 def cmd_evaluate(args) -> int:
     from . import report as report_mod
     from .evaluate import evaluate_folders, format_table
@@ -372,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"demo": cmd_demo, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-               "verify": cmd_verify, "plot": cmd_plot, "ablate": cmd_ablate}[args.command]
+               "verify": cmd_verify, "plot": cmd_plot, "ablate": cmd_ablate, "export": cmd_export}[args.command]
     t0 = time.perf_counter()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a torchrun worker: see distributed.exit_process
     try:

@@ -299,7 +299,8 @@ class SPADConfig:
 
         from .distributed import resolve_device
 
-        for key in ("config", "step", "optimizer_param_groups"):
+        needed = ("config",) if meta.get("kind") == "export" else ("config", "step", "optimizer_param_groups")
+        for key in needed:
             if key not in meta:
                 raise ValueError(f"checkpoint {source!r} lacks {key!r} in its metadata: not a SPADTrainer checkpoint")
         cfg_dict = dict(meta["config"])

@@ -405,6 +405,9 @@ class SPADTrainer:
         or whose files changed, or other data than recorded, is a ValueError unless ``allow_data_change``.
         """
         tensors, meta = read_checkpoint(path)
+        if meta.get("kind") == "export":
+            raise ValueError(f"{path!s}: an export holds weights only (no optimizer state or random streams); "
+                             "continue training from the run folder, or predict with spadfast.predict.Segmenter")
         source = str(resolve_path(path))
         cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         records = meta.get("data") or {}

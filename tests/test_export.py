@@ -1,0 +1,65 @@
+"""``spadfast export``: weights and config only, a quarter of the checkpoint, predictions byte-identical to the run,
+and clear refusals."""
+
+import json
+
+import pytest
+import torch
+
+from spadfast import SPADTrainer
+from spadfast.checkpoint import read_checkpoint
+from spadfast.cli import main as cli_main
+from spadfast.export import export_model
+from spadfast.predict import Segmenter, predict_folder
+from spadfast.synthetic import write_synthetic_folder
+
+from .helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    trainer = SPADTrainer(tiny_config(train_steps=2))
+    trainer.fit()
+    trainer.save(root / "run")
+    write_synthetic_folder(root / "data", 4, 16, seed=2)
+    return root
+
+
+def test_export_is_small_and_predicts_byte_identically(run, tmp_path):
+    assert cli_main(["export", "--checkpoint", str(run / "run"), "--out", str(tmp_path / "m.safetensors"),
+                     "--labels", "background", "lesion"]) == 0
+    export = tmp_path / "m.safetensors"
+    assert export.stat().st_size <= (run / "run" / "checkpoint.safetensors").stat().st_size / 3
+    tensors, meta = read_checkpoint(export)
+    assert meta["kind"] == "export" and meta["class_names"] == ["background", "lesion"]
+    assert all(k.startswith("ema.") for k in tensors)
+    for source, out in ((run / "run", tmp_path / "a"), (export, tmp_path / "b")):
+        predict_folder(Segmenter.from_checkpoint(source), run / "data" / "images", out, steps=2, ensemble=2,
+                       uncertainty=True)
+    for f in sorted((tmp_path / "a").rglob("*.png")):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f.name
+    half = export_model(run / "run", tmp_path / "h.safetensors", half=True)
+    assert half.stat().st_size < export.stat().st_size * 0.6
+    x = torch.rand(1, 1, 16, 16) * 2 - 1
+    p_half = Segmenter.from_checkpoint(half).segment(x, steps=2, ensemble=2).probs
+    p_full = Segmenter.from_checkpoint(export).segment(x, steps=2, ensemble=2).probs
+    assert float((p_half - p_full).abs().max()) < 0.05  # float16 weights: close, not identical
+
+
+def test_export_refusals_name_the_problem(run, tmp_path):
+    with pytest.raises(ValueError, match="num_classes"):
+        export_model(run / "run", tmp_path / "x.safetensors", class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="safetensors"):
+        export_model(run / "run", tmp_path / "x.zip")
+    export = export_model(run / "run", tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="export holds weights only"):
+        SPADTrainer.from_checkpoint(export)
+    broken = tmp_path / "broken.safetensors"
+    data = bytearray(export.read_bytes())
+    data[-5] ^= 0xFF  # flip a weight byte
+    broken.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256|corrupt"):
+        Segmenter.from_checkpoint(broken)
+    assert json.loads(json.dumps(read_checkpoint(export)[1]["config"]))["num_classes"] == 2
+    assert bool(torch.isfinite(Segmenter.from_checkpoint(export).segment(torch.zeros(1, 1, 16, 16), steps=1).probs).all())
