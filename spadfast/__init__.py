@@ -32,6 +32,7 @@ _register_source_kernels()
 from . import metrics, ops, reference, schedule  # noqa: E402
 from .config import PerturbConfig, SPADConfig  # noqa: E402
 from .perturb import spad_perturb  # noqa: E402
+from .predict import Segmenter  # noqa: E402
 from .sampler import DDIMSampler, SampleResult  # noqa: E402
 from .trainer import SPADTrainer  # noqa: E402
 
@@ -47,4 +48,5 @@ __all__ = [
     "DDIMSampler",
     "SampleResult",
     "SPADTrainer",
+    "Segmenter",
 ]

@@ -30,10 +30,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .class_scores import LARGE_LABEL, class_names, present_classes, score_case, summarize_classes, warn_large_labels
-from .files import read_label_png, read_mask
+from .files import read_mask
+from .label_maps import read_label_png
 from .metrics import METRICS, summarize
 
 MASK_SUFFIXES = (".png",)

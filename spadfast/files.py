@@ -273,24 +273,6 @@ def write_mask_png(path: str | os.PathLike, mask: torch.Tensor | np.ndarray) -> 
         raise ValueError(f"`path` must end in .png, got {path}")
     _write_image(path, mask_2d(mask, "mask").astype(np.uint8) * np.uint8(255))
     return path
-def read_label_png(path: str | os.PathLike) -> np.ndarray:
-    """A 2-D label map (PNG or another OpenCV image) as stored: integer ``[H,W]`` (equal colour channels allowed,
-    alpha ignored); 0/255 binary masks give labels 0 and 255. Refuses undecodable files and non-integer pixels."""
-    path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if array is None:
-        raise ValueError(f"cannot decode {path}: not a PNG OpenCV can read, or a corrupt file")
-    if array.ndim == 3:
-        colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
-        if not (colour == colour[:, :, :1]).all():
-            raise ValueError(f"{path} is a colour mask whose channels disagree; label maps must be gray")
-        array = colour[:, :, 0]
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"{path} holds {array.dtype} pixels; label maps hold integers")
-    return array
-
-
 def pair_folder(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """``root/images`` and ``root/masks`` paired by file stem: ``(images, masks)``, both ``stem -> file``. An empty
     images folder, an image without a mask or a mask without an image is a ValueError naming the file."""
@@ -420,6 +402,26 @@ def read_model_input(
     array, lo, hi, used = _stored(decoded, path, size, norm)
     native = decoded.shape[:2]
     return stored_to_model(array, lo, hi, check_channels(channels, allow_none=False)), native, used
+
+
+def array_to_model(array: np.ndarray, size: tuple[int, int] | int | None, channels: int,
+                   norm: str = "dtype") -> tuple[np.ndarray, tuple[int, int]]:
+    """An image array as an image reader returns it (``[H,W]`` or ``[H,W,C]``, any integer or float dtype) as model
+    input, exactly as :func:`read_model_input` treats a file holding it: float32 ``[C,H,W]`` in ``[-1, 1]`` and the
+    native ``(H, W)``. NaN/inf or a wrong rank is a ValueError naming ``x``."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"`x` must be a numpy array, a path or a tensor, got {type(array).__name__}")
+    if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
+        raise ValueError(f"`x` must be an [H,W] or [H,W,C] image array of numbers, got shape {array.shape} "
+                         f"dtype {array.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError("`x` holds NaN or inf")
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8) * 255
+    where = Path("<x>")
+    decoded = _to_rgb_or_gray(array, where)
+    stored, lo, hi, _ = _stored(decoded, where, check_size(size), norm)
+    return stored_to_model(stored, lo, hi, check_channels(channels, allow_none=False)), decoded.shape[:2]
 
 
 def warn_low_range(fractions: list[float], where: str) -> None:

@@ -11,6 +11,7 @@ import torch
 from ._constants import MIN_SIDE
 from ._validation import check_images, check_int
 from .files import (
+    array_to_model,
     index_folder,
     read_image,
     read_mask,
@@ -74,6 +75,40 @@ class Segmenter:
                 segmenter.sampler.model = torch.compile(model)
             segmenter.sampler.cuda_graph = False  # compiled code manages its own graphs (mode="reduce-overhead")
         return segmenter
+
+    @classmethod
+    def load(cls, path, device: str | None = None) -> Segmenter:
+        """:meth:`from_checkpoint` for a run folder, a checkpoint or an export (``spadfast export``)."""
+        return cls.from_checkpoint(path, device=device)
+
+    def predict(self, x, steps: int | None = None, ensemble: int | None = None, seed: int = 0,
+                name: str | None = None) -> dict[str, np.ndarray]:
+        """Segment one image: ``x`` a path or a numpy array as image readers return it (``[H,W]`` / ``[H,W,C]``, any
+        dtype), normalised as training normalised files. Returns ``{"mask": bool [H,W], "probs": float32 [H,W],
+        "std": float32 [H,W]}`` at the input's size: for a file, the mask ``predict`` writes (the noise is keyed by
+        ``name``, default the file's stem or ``"array"``). Binary models."""
+        cfg = self.config
+        if cfg.mask_channels != 1:
+            raise ValueError("Segmenter.predict segments binary models; multi-class models predict volumes")
+        native = not getattr(cfg, "resize", True)
+        size = None if native else cfg.image_size
+        if isinstance(x, (str, Path)):
+            image, hw, _ = read_model_input(x, size, cfg.image_channels, cfg.intensity_norm)
+            name = name or Path(x).stem
+        else:
+            image, hw = array_to_model(np.asarray(x) if isinstance(x, torch.Tensor) else x, size,
+                                       cfg.image_channels, cfg.intensity_norm)
+            name = name or "array"
+        tensor = torch.from_numpy(image).float()
+        if native:
+            probs_t, std_t = segment_image(self, tensor, name, steps, ensemble, seed)
+            probs, std = probs_t[0].numpy(), std_t[0].numpy()
+        else:
+            result = self.segment(tensor[None], steps=steps, ensemble=ensemble, seed=seed,
+                                  noise_keys=[image_noise_key(name)])
+            probs = _to_native(result.probs[0, 0].float().cpu().numpy(), *hw)
+            std = _to_native(result.std[0, 0].float().cpu().numpy(), *hw)
+        return {"mask": probs > cfg.threshold, "probs": probs, "std": std}
 
     def segment(self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None,
                 seed: int | None = 0, return_members: bool = False,

@@ -109,7 +109,7 @@ def _labels(path: Path) -> np.ndarray:
         if a.ndim != 3:
             raise ValueError(f"label map {str(path)!r} has shape {a.shape}; expected 3-D")
         return np.rint(a).astype(np.int64) if a.dtype.kind == "f" else a.astype(np.int64)
-    from .files import read_label_png
+    from .label_maps import read_label_png
 
     return read_label_png(path).astype(np.int64)
 

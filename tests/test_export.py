@@ -3,6 +3,7 @@ and clear refusals."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,25 @@ def test_export_refusals_name_the_problem(run, tmp_path):
         Segmenter.from_checkpoint(broken)
     assert json.loads(json.dumps(read_checkpoint(export)[1]["config"]))["num_classes"] == 2
     assert bool(torch.isfinite(Segmenter.from_checkpoint(export).segment(torch.zeros(1, 1, 16, 16), steps=1).probs).all())
+
+
+def test_segmenter_predicts_arrays_and_paths_as_predict_writes_them(run, tmp_path):
+    import cv2
+
+    from spadfast import Segmenter as TopLevel
+
+    segmenter = TopLevel.load(run / "run")
+    images = run / "data" / "images"
+    predict_folder(segmenter, images, tmp_path / "pred", steps=2, ensemble=2)
+    for path in sorted(images.glob("*.png")):
+        from_path = segmenter.predict(path, steps=2, ensemble=2)
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        from_array = segmenter.predict(array, steps=2, ensemble=2, name=path.stem)
+        written = cv2.imread(str(tmp_path / "pred" / path.name), cv2.IMREAD_GRAYSCALE) > 0
+        assert from_path["mask"].shape == array.shape[:2] and from_path["probs"].dtype == np.float32
+        assert np.array_equal(from_path["mask"], written) and np.array_equal(from_array["mask"], written)
+        assert np.array_equal(from_path["probs"], from_array["probs"])
+    with pytest.raises(ValueError, match="NaN"):
+        segmenter.predict(np.full((16, 16), np.nan, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        segmenter.predict(np.zeros((2, 16, 16, 1), np.uint8))
