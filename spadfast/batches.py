@@ -43,8 +43,12 @@ def coerce_dataset(
         from .volumes import VolumeSlices
 
         if is_volume_folder(data):
-            data = VolumeSlices(data, image_size=image_size, axis=slice_axis, window=window,
+            data = VolumeSlices(data, image_size=image_size if resize else None, axis=slice_axis, window=window,
                                 foreground_fraction=foreground_fraction if name == "train_data" else None)
+            if not resize and name == "train_data":
+                from .patches import PatchDraws
+
+                data = PatchDraws(data, image_size, seed=patch_seed, foreground_share=foreground_oversample)
         elif mask_channels != 1:
             raise ValueError(f"`{name}` {str(data)!r}: PNG/TIFF folders are binary; num_classes > 2 needs a "
                              "Decathlon / nnU-Net volume folder")
@@ -97,8 +101,9 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
                            **common)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
-    if isinstance(train, VolumeSlices) and not cfg.modalities:
-        cfg.modalities = tuple(train.modalities)
+    source = getattr(train, "dataset", train)  # PatchDraws cuts patches of it
+    if isinstance(source, VolumeSlices) and not cfg.modalities:
+        cfg.modalities = tuple(source.modalities)
     val = None
     if val_data is None and train_data is None:
         val_seed = cfg.seed + 10_007
@@ -220,6 +225,8 @@ def describe_source(data: Dataset | str | Path | None, synthetic_n: int = 0, syn
     """
     if data is None:
         return {"kind": "synthetic", "n": synthetic_n, "seed": synthetic_seed}
+    if type(data).__name__ == "PatchDraws":  # patches of a folder or volume set: the source is what they cut
+        data = data.dataset
     root = getattr(data, "root", None) if type(data).__name__ == "VolumeSlices" else None
     if isinstance(data, (str, Path)) or root is not None:
         path = Path(root if root is not None else data).resolve()

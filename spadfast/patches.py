@@ -61,7 +61,8 @@ class PatchDraws(Dataset):
         return len(self.dataset)
 
     def draw(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.dataset[index]
+        # a dataset that draws its own items per epoch (volume slices) draws this epoch's item first
+        image, mask = self.dataset.draw(index, epoch) if hasattr(self.dataset, "draw") else self.dataset[index]
         ph, pw = self.patch
         pad_h, pad_w = max(0, ph - image.shape[1]), max(0, pw - image.shape[2])
         if pad_h or pad_w:

@@ -24,6 +24,7 @@ from .metrics import labels_from_probs
 from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
 from .predict import check_one_input_kind, shard_of
 from .sampler import image_noise_key
+from .sliding_window import segment_image
 from .volume_norm import normalize_volume
 from .volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume
 
@@ -154,11 +155,18 @@ def predict_volume(
     std_vol: np.ndarray | None = None
     for start in range(0, n_slices, batch_size):
         idx = list(range(start, min(start + batch_size, n_slices)))
-        batch = torch.from_numpy(np.stack([slice_volume(normed, axis, k, size) for k in idx]))
-        keys = [image_noise_key(f"{name}/{axis}/{k}") for k in idx]
-        result = segmenter.segment(batch, steps=opts.steps, ensemble=opts.ensemble, seed=opts.seed, noise_keys=keys)
-        probs = result.probs.detach().float().cpu().numpy()
-        std = result.std.detach().float().cpu().numpy() if opts.write_uncertainty else None
+        if getattr(cfg, "resize", True):
+            batch = torch.from_numpy(np.stack([slice_volume(normed, axis, k, size) for k in idx]))
+            keys = [image_noise_key(f"{name}/{axis}/{k}") for k in idx]
+            result = segmenter.segment(batch, steps=opts.steps, ensemble=opts.ensemble, seed=opts.seed,
+                                       noise_keys=keys)
+            probs = result.probs.detach().float().cpu().numpy()
+            std = result.std.detach().float().cpu().numpy() if opts.write_uncertainty else None
+        else:  # native in-plane size: sliding windows of image_size over each slice
+            tiled = [segment_image(segmenter, torch.from_numpy(slice_volume(normed, axis, k, None)),
+                                   f"{name}/{axis}/{k}", opts.steps, opts.ensemble, opts.seed) for k in idx]
+            probs = np.stack([p.numpy() for p, _ in tiled])
+            std = np.stack([u.numpy() for _, u in tiled]) if opts.write_uncertainty else None
         k_classes = probs.shape[1]
         if labels is None:
             labels = np.zeros(case.shape, np.uint8 if k_classes < 255 else np.uint16)

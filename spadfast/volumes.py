@@ -58,17 +58,17 @@ def in_plane_shape(shape: Sequence[int], axis: int) -> tuple[int, int]:
     return rest[0], rest[1]
 
 
-def resize_plane(plane: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+def resize_plane(plane: np.ndarray, size: tuple[int, int] | None, nearest: bool = False) -> np.ndarray:
     """Resize a 2-D array to ``size`` = ``(H, W)``: bilinear (pixel centres aligned, OpenCV's INTER_LINEAR), or
-    nearest (INTER_NEAREST_EXACT, same alignment) for labels."""
-    if plane.shape == tuple(size):
+    nearest (INTER_NEAREST_EXACT, same alignment) for labels. ``None`` keeps it as it is (native resolution)."""
+    if size is None or plane.shape == tuple(size):
         return plane
     flag = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_LINEAR
     return cv2.resize(plane, (size[1], size[0]), interpolation=flag)
 
 
 def slice_volume(
-    image: np.ndarray | Sequence[np.ndarray], axis: int, index: int, size: tuple[int, int]
+    image: np.ndarray | Sequence[np.ndarray], axis: int, index: int, size: tuple[int, int] | None
 ) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a normalised volume (float32 ``[C,I,J,K]``, or a list of ``[I,J,K]``
     channels), resized to ``size``: float32 ``[C,H,W]`` in [-1, 1]. The one path from a volume to model input,
@@ -79,7 +79,7 @@ def slice_volume(
     )
 
 
-def slice_label(label: np.ndarray, axis: int, index: int, size: tuple[int, int]) -> np.ndarray:
+def slice_label(label: np.ndarray, axis: int, index: int, size: tuple[int, int] | None) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a label map ``[I,J,K]``, resized (nearest) to ``size``: ``[H,W]``."""
     plane = np.ascontiguousarray(label[(slice(None),) * axis + (index,)])
     if plane.dtype != np.uint8:
@@ -130,7 +130,8 @@ class VolumeSlices(Dataset):
 
     Args:
         root: the data set folder (``imagesTr``/``labelsTr``, optional ``dataset.json``).
-        image_size: S (S x S) or ``(H, W)``: every slice is resized to it (image bilinear, labels nearest).
+        image_size: S (S x S) or ``(H, W)``: every slice is resized to it (image bilinear, labels nearest);
+            None keeps each slice's native in-plane size (``resize: false``; the trainer cuts patches from them).
         axis: 0, 1 or 2, the array axis to slice along; None: the coarsest voxel spacing (median over cases).
         foreground_fraction: probability in [0, 1] of drawing a foreground slice, or None (every slice in order).
         window: ``(lo, hi)``: a fixed intensity window for every channel instead of the per-modality rule.
@@ -178,11 +179,7 @@ class VolumeSlices(Dataset):
         cases: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root)
-        size = check_size(image_size)
-        if size is None:
-            raise ValueError("`image_size` must be an int S or a pair (H, W): slices of different volumes are "
-                             "resized to one size")
-        self.image_size: tuple[int, int] = size
+        self.image_size: tuple[int, int] | None = check_size(image_size)  # None: native in-plane size
         want_axis = check_axis(axis)
         self.foreground_fraction = check_number(foreground_fraction, "foreground_fraction", 0, 1, optional=True)
         self.window = _check_window(window)

@@ -102,3 +102,17 @@ def test_checkpoints_from_before_the_key_resize_and_predict_exactly_as_then(tmp_
         assert (out / f.name).read_bytes() == f.read_bytes(), f.name
     assert tiny_config().resize is False  # new configs: native resolution
     shutil.rmtree(out)
+
+
+def test_native_volume_training_cuts_patches_from_native_slices(tmp_path):
+    from spadfast.synthetic_volumes import write_demo_volumes
+    from spadfast.volumes import VolumeSlices
+
+    root = write_demo_volumes(tmp_path / "vols", n_cases=2, shape=(40, 28, 6), num_classes=3, n_test=0)
+    trainer = SPADTrainer(tiny_config(num_classes=3, train_steps=2, resize=False, image_size=16), root, root)
+    assert isinstance(trainer.train_data, PatchDraws) and isinstance(trainer.train_data.dataset, VolumeSlices)
+    image, mask = trainer.train_data.draw(0, 1)
+    assert image.shape[-2:] == (16, 16) and mask.shape == (2, 16, 16)
+    assert tuple(trainer.val_data.load_slice(0)[0].shape[-2:]) == (40, 28)  # validation: whole native slices
+    trainer.fit()
+    assert 0.0 <= trainer.validate(2) <= 1.0

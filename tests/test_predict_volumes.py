@@ -24,9 +24,9 @@ class FakeSegmenter:
     """Class k's probability is 1 at its intensity centre and falls to 0.5 half-way to the next one. Its config
     records modalities, as a model trained on volumes does."""
 
-    def __init__(self, channels: int = 1, size: int = 16, classes: int = 2):
+    def __init__(self, channels: int = 1, size: int = 16, classes: int = 2, resize: bool = True):
         self.config = SPADConfig(image_size=size, image_channels=channels, device="cpu", channel_mults=(1,),
-                                 attention_levels=(), modalities=("MR",) * channels)
+                                 attention_levels=(), modalities=("MR",) * channels, resize=resize)
         self.classes = classes
         self.batches: list[torch.Tensor] = []
         self.keys: list[int] = []
@@ -334,3 +334,24 @@ def test_volume_settings_are_one_dataclass_with_keyword_overrides():
         _settings(None, {"stepz": 5})
     with pytest.raises(TypeError, match="settings"):
         _settings({"steps": 5}, {})
+
+
+def test_native_slices_are_segmented_at_their_own_size_with_sliding_windows(tmp_path):
+    """resize: false: each slice keeps its in-plane size; a pointwise model gives exactly its pointwise labels."""
+    import nibabel as nib
+
+    from spadfast.volume_norm import normalize_volume
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 1, (37, 29, 3)).astype(np.float32)
+    src = tmp_path / "case_0000.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 3.0, 1.0])), str(src))
+    seg = FakeSegmenter(size=16, classes=2, resize=False)
+    out = predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz", axis=2, write_probabilities=True)
+    assert all(b.shape[-2:] == (16, 16) for b in seg.batches)  # windows of image_size, never a resized slice
+    normed, _ = normalize_volume([data], ["MR"])
+    x = torch.from_numpy(normed[0])[None]
+    want = torch.cat([(1 - 3 * (x - c).abs()).clamp(0, 1) for c in CENTRES[:2]], dim=0)  # [2, I, J, K]
+    probs = nib.load(str(tmp_path / "out" / "probabilities" / "case.nii.gz")).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(probs, np.moveaxis(want.numpy(), 0, -1), rtol=1e-5, atol=1e-5)
+    assert nib.load(str(out)).shape == data.shape
