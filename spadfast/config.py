@@ -11,6 +11,7 @@ from typing import Any
 from ._constants import BACKENDS, INTENSITY_NORMS, PREDICTION_TYPES
 from ._fields import check_fields
 from ._validation import MAX_BAND_RADIUS
+from .augmentation import AugmentConfig
 from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
 
 PERTURB_MODES = ("target", "input", "condition")  # spadfast.training_inputs
@@ -146,7 +147,7 @@ class SPADConfig:
     compile_mode: str = "default"
     ops_backend: str = "auto"  # SPAD perturbation and DDIM update: auto (Triton on CUDA) | reference | triton
     channels_last: bool = True
-    augment: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # a block, or a bool: flips on/off, the rest off
     num_workers: int = 0
     synthetic_train: int = 1024
     synthetic_val: int = 32
@@ -176,6 +177,12 @@ class SPADConfig:
         self.attention_levels = tuple(int(c) for c in self.attention_levels)
         if isinstance(self.perturb, dict):
             self.perturb = _build(PerturbConfig, self.perturb, "perturb.")
+        if isinstance(self.augment, bool):  # configs and checkpoints from before the block: flips on or off
+            self.augment = AugmentConfig(flips=self.augment)
+        elif isinstance(self.augment, dict):
+            self.augment = _build(AugmentConfig, self.augment, "augment.")
+        if not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"`augment` must be a bool or a mapping of AugmentConfig keys, got {self.augment!r}")
         if not isinstance(self.perturb, PerturbConfig):
             raise TypeError(f"`perturb` must be a mapping of PerturbConfig keys, got {self.perturb!r}")
         checks = [
@@ -393,4 +400,6 @@ def _build(cls, data: dict[str, Any], prefix: str):
     kwargs = dict(data)
     if cls is SPADConfig and isinstance(kwargs.get("perturb"), dict):
         kwargs["perturb"] = _build(PerturbConfig, kwargs["perturb"], "perturb.")
+    if cls is SPADConfig and isinstance(kwargs.get("augment"), dict):
+        kwargs["augment"] = _build(AugmentConfig, kwargs["augment"], "augment.")
     return cls(**kwargs)

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from . import distributed as dist_utils
 from ._validation import check_images, check_int
 from ._version import __version__
-from .augment import dihedral
+from .augmentation import augment_batch
 from .batches import batch_iterator, resume_data_line, resume_source, training_datasets, validation_pairs
 from .checkpoint import (
     capture_rng,
@@ -213,9 +213,7 @@ class SPADTrainer:
             image, mask = next(batches)
             image = image.to(self.device, non_blocking=True).float()
             mask = mask.to(self.device, non_blocking=True).float()
-            if cfg.augment:
-                symmetry = torch.randint(0, 8, (image.shape[0],), generator=self.generator, device=self.device)
-                image, mask = dihedral(image, mask, symmetry)
+            image, mask = augment_batch(image, mask, cfg.augment, self.generator)
             last = k == cfg.grad_accum - 1
             no_sync = self.distributed and not last and hasattr(self._train_model, "no_sync")
             with self._train_model.no_sync() if no_sync else nullcontext():
