@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     p.add_argument("--overlay", action="store_true", help="also write image-with-contour PNGs to OUT/overlays")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: flips (and transposes) spread over "
+                   "the ensemble members, undone before averaging (images; no extra denoiser rows when K >= views)")
     p.add_argument("--uncertainty", action="store_true", help="also write ensemble std maps to OUT/uncertainty "
                    "(volumes: OUT/uncertainty/<case>.nii.gz)")
     p.add_argument("--probabilities", action="store_true", help="volumes: also write OUT/probabilities/<case>.nii.gz")
@@ -295,7 +297,7 @@ def cmd_predict(args) -> int:
     names = predict_folder(
         segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
         batch_size=args.batch_size, overlay=args.overlay, uncertainty=args.uncertainty,
-        progress=not args.no_progress and sys.stderr.isatty() and shard[0] == 0, shard=shard,
+        progress=not args.no_progress and sys.stderr.isatty() and shard[0] == 0, shard=shard, tta=args.tta,
     )
     _print_total(len(names), "masks", args.out)
     return 0

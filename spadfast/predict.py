@@ -23,6 +23,7 @@ from .files import (
 from .nifti import volume_files
 from .sampler import DDIMSampler, SampleResult, image_noise_key
 from .sliding_window import segment_image
+from .tta import with_tta
 from .visualize import overlay_contour
 
 
@@ -82,11 +83,12 @@ class Segmenter:
         return cls.from_checkpoint(path, device=device)
 
     def predict(self, x, steps: int | None = None, ensemble: int | None = None, seed: int = 0,
-                name: str | None = None) -> dict[str, np.ndarray]:
+                name: str | None = None, tta: bool = False) -> dict[str, np.ndarray]:
         """Segment one image: ``x`` a path or a numpy array as image readers return it (``[H,W]`` / ``[H,W,C]``, any
         dtype), normalised as training normalised files. Returns ``{"mask": bool [H,W], "probs": float32 [H,W],
         "std": float32 [H,W]}`` at the input's size: for a file, the mask ``predict`` writes (the noise is keyed by
-        ``name``, default the file's stem or ``"array"``). Binary models."""
+        ``name``, default the file's stem or ``"array"``). ``tta``: flips (and transposes) spread over the members
+        (:mod:`spadfast.tta`). Binary models."""
         cfg = self.config
         if cfg.mask_channels != 1:
             raise ValueError("Segmenter.predict segments binary models; multi-class models predict volumes")
@@ -100,12 +102,13 @@ class Segmenter:
                                        cfg.image_channels, cfg.intensity_norm)
             name = name or "array"
         tensor = torch.from_numpy(image).float()
+        segment = with_tta(self) if tta else self.segment
         if native:
-            probs_t, std_t = segment_image(self, tensor, name, steps, ensemble, seed)
+            probs_t, std_t = segment_image(self, tensor, name, steps, ensemble, seed, segment=segment)
             probs, std = probs_t[0].numpy(), std_t[0].numpy()
         else:
-            result = self.segment(tensor[None], steps=steps, ensemble=ensemble, seed=seed,
-                                  noise_keys=[image_noise_key(name)])
+            result = segment(tensor[None], steps=steps, ensemble=ensemble, seed=seed,
+                             noise_keys=[image_noise_key(name)])
             probs = _to_native(result.probs[0, 0].float().cpu().numpy(), *hw)
             std = _to_native(result.std[0, 0].float().cpu().numpy(), *hw)
         return {"mask": probs > cfg.threshold, "probs": probs, "std": std}
@@ -200,6 +203,7 @@ def predict_folder(
     overlay_dir: str | Path | None = None,
     progress: bool = False,
     shard: tuple[int, int] = (0, 1),
+    tta: bool = False,
 ) -> list[str]:
     """Write ``OUT/<stem>.png`` (0/255) for every image of ``images_dir``; returns the stems.
 
@@ -213,6 +217,7 @@ def predict_folder(
     (prediction in green, and ground truth from ``overlay_gt/<stem>.png`` in red when given); ``uncertainty``
     writes the ensemble std scaled to 0-255 to ``uncertainty/<stem>.png``. Binary models only (multi-class models
     predict volumes: :mod:`spadfast.predict_volumes`).
+    ``tta``: test-time augmentation spread over the ensemble members (:mod:`spadfast.tta`).
     ``shard = (rank, world)``: only this process's share of the files (:func:`shard_of`; torchrun ranks split a
     folder, each mask byte-identical to a one-process run since the noise is keyed by file name).
     """
@@ -236,6 +241,7 @@ def predict_folder(
     gt = Path(overlay_gt) if overlay_gt is not None else None
 
     native = not getattr(cfg, "resize", True)  # sliding windows over each image at its own size
+    segment = with_tta(segmenter) if tta else segmenter.segment
 
     def load(chunk: list[str]) -> list[tuple[np.ndarray, tuple[int, int], float]]:
         size = None if native else cfg.image_size
@@ -262,13 +268,13 @@ def predict_folder(
             used += [item[2] for item in loaded]
             if native:
                 tiled = [segment_image(segmenter, torch.from_numpy(item[0]).float(), s, steps, ensemble, seed,
-                                       chunk=batch_size) for s, item in zip(chunk, loaded)]
+                                       chunk=batch_size, segment=segment) for s, item in zip(chunk, loaded)]
                 probs = [p[0].numpy() for p, _ in tiled]
                 std = [u[0].numpy() for _, u in tiled]
             else:
                 batch = torch.from_numpy(np.stack([item[0] for item in loaded])).float()
                 keys = [image_noise_key(s) for s in chunk]
-                result = segmenter.segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
+                result = segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
                 probs, std = result.probs[:, 0].float().cpu().numpy(), result.std[:, 0].float().cpu().numpy()
             for i, stem in enumerate(chunk):
                 writes.append(writer.submit(_write_outputs, out_dir, overlay_dir, stem, files[stem], loaded[i][1],

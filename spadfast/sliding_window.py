@@ -105,15 +105,16 @@ def segment_tiled(
 
 
 def segment_image(segmenter, image: torch.Tensor, name: str, steps: int | None = None, ensemble: int | None = None,
-                  seed: int | None = 0, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                  seed: int | None = 0, chunk: int = 16, segment=None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`segment_tiled` with a trainer's or :class:`~spadfast.predict.Segmenter`'s own window
-    (``config.image_size``) and overlap (``config.tile_overlap``): probabilities and std ``[M, H, W]``."""
+    (``config.image_size``) and overlap (``config.tile_overlap``): probabilities and std ``[M, H, W]``.
+    ``segment``: another function with ``segmenter.segment``'s signature (test-time augmentation)."""
     from .files import check_size
 
     cfg = segmenter.config
     window = check_size(cfg.image_size)
     assert window is not None
-    return segment_tiled(segmenter.segment, image, window, float(getattr(cfg, "tile_overlap", 0.5)), name,
+    return segment_tiled(segment or segmenter.segment, image, window, float(getattr(cfg, "tile_overlap", 0.5)), name,
                          chunk=chunk, steps=steps, ensemble=ensemble, seed=seed)
 
 
