@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("predict", help="segment every image of a folder with a trained checkpoint")
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder or .safetensors file")
+    p.add_argument("--checkpoint", type=Path, required=True, nargs="+",
+                   help="run folder, checkpoint or export; several: an ensemble of models (members split across them)")
     p.add_argument("--images", type=Path, required=True, help="folder of images (PNG/JPEG/TIFF/BMP) or of NIfTI "
                    "volumes (e.g. DATA/imagesTs: <case>_0000.nii.gz, ...)")
     p.add_argument("--out", type=Path, required=True, help="new (or empty) folder for 0/255 PNG masks")
@@ -262,15 +263,17 @@ def cmd_predict(args) -> int:
     from .predict import Segmenter, predict_folder
 
     check_input_dir(args.images, "--images")
-    checkpoint = resolve_path(args.checkpoint)
-    if not checkpoint.is_file():
-        raise ValueError(f"--checkpoint: no checkpoint at {str(checkpoint)!r}")
+    checkpoints = [resolve_path(c) for c in args.checkpoint]
+    for checkpoint in checkpoints:
+        if not checkpoint.is_file():
+            raise ValueError(f"--checkpoint: no checkpoint at {str(checkpoint)!r}")
     shard = (dist_utils.env_rank(), dist_utils.env_world_size())  # under torchrun, ranks split the files
     if shard[1] > 1:  # a gloo group for the barrier and the summary (the model itself runs per process)
         import torch
 
         dist_utils.init_from_env(torch.device("cpu"))
-    check_output_dir(args.out, "--out", inputs=[args.images, checkpoint.parent], overwrite=args.overwrite)
+    check_output_dir(args.out, "--out", inputs=[args.images, *(c.parent for c in checkpoints)],
+                     overwrite=args.overwrite)
     dist_utils.barrier()  # every rank has checked --out before any writes into it
     if args.threads is not None:
         most = 4 * (os.cpu_count() or 1)
@@ -279,7 +282,14 @@ def cmd_predict(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device, amp=args.amp, compile=args.compile)
+    models = [Segmenter.from_checkpoint(c, device=args.device, amp=args.amp, compile=args.compile)
+              for c in args.checkpoint]
+    if len(models) > 1:
+        from .model_ensemble import ModelEnsemble
+
+        segmenter = ModelEnsemble(models, [str(c) for c in args.checkpoint])
+    else:
+        segmenter = models[0]
     from .nifti import volume_files
 
     if volume_files(args.images):

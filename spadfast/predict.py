@@ -78,8 +78,15 @@ class Segmenter:
         return segmenter
 
     @classmethod
-    def load(cls, path, device: str | None = None) -> Segmenter:
-        """:meth:`from_checkpoint` for a run folder, a checkpoint or an export (``spadfast export``)."""
+    def load(cls, path, device: str | None = None):
+        """:meth:`from_checkpoint` for a run folder, a checkpoint or an export (``spadfast export``); a list of them
+        is a :class:`spadfast.model_ensemble.ModelEnsemble` (members split across the models)."""
+        if isinstance(path, (list, tuple)):
+            from .model_ensemble import ModelEnsemble
+
+            if len(path) != 1:
+                return ModelEnsemble([cls.from_checkpoint(p, device=device) for p in path], [str(p) for p in path])
+            path = path[0]
         return cls.from_checkpoint(path, device=device)
 
     def predict(self, x, steps: int | None = None, ensemble: int | None = None, seed: int = 0,
