@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         page = ROOT / "docs" / "spad_study.md"
         baselines_file = args.dest / "baselines.json"
         baselines = json.loads(baselines_file.read_text()) if baselines_file.is_file() else None
-        page.write_text(write_report(args.dest, page, baselines))
+        planned = len(args.variants) * len(args.datasets) * args.folds * args.seeds
+        page.write_text(write_report(args.dest, page, baselines, planned))
         print(f"wrote {page}")
     return 0
 

@@ -101,7 +101,7 @@ def _figure(cells, data_sets, variants, path: Path) -> bool:
     return True
 
 
-def write_report(cells_root: Path, page: Path, baselines: dict | None = None) -> str:
+def write_report(cells_root: Path, page: Path, baselines: dict | None = None, planned: int | None = None) -> str:
     cells = load_cells(cells_root)
     data_sets = sorted({k[0] for k in cells})
     variants = [v for v in NAMES if v != "baseline" and any(k[2] == v for k in cells)]
@@ -109,6 +109,10 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None) ->
     n_runs = len(cells)
     hours = sum(c["train_seconds"] for c in cells.values()) / 3600
     units = sorted({(k[1], k[3]) for k in cells})
+    if planned:
+        lines += [f"**Status: {n_runs} of {planned} planned runs finished; the study is still running (it resumes "
+                  "where it stopped). No verdict below is final until the primary intervals are resolved; the "
+                  "defaults stay unchanged meanwhile.**", ""]
     lines += [
         f"Runs finished: **{n_runs}** (training time {hours:.1f} h on a shared 2-core CPU, one thread per run); "
         f"(fold, seed) units with at least one run: {len(units)}. Protocol, data and reproduction: below. "
