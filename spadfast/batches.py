@@ -67,6 +67,10 @@ def coerce_dataset(
         raise TypeError(f"`{name}` must be a Dataset, a folder path or None, got {type(data).__name__}")
     if len(data) == 0:
         raise ValueError(f"`{name}` is empty")
+    from .dict_data import DictDataset, yields_dicts
+
+    if yields_dicts(data):  # MONAI-style {"image", "label"} items
+        data = DictDataset(data, mask_channels)
     image, mask = data[0]
     if not isinstance(image, torch.Tensor) or not isinstance(mask, torch.Tensor):
         raise TypeError(
