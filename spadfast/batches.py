@@ -49,17 +49,14 @@ def coerce_dataset(
                 from .patches import PatchDraws
 
                 data = PatchDraws(data, image_size, seed=patch_seed, foreground_share=foreground_oversample)
-        elif mask_channels != 1:
-            raise ValueError(f"`{name}` {str(data)!r}: PNG/TIFF folders are binary; num_classes > 2 needs a "
-                             "Decathlon / nnU-Net volume folder")
         elif resize:
             return SegmentationFolder(data, image_size=image_size, channels=channels,
-                                      intensity_norm=intensity_norm)
+                                      intensity_norm=intensity_norm, num_classes=mask_channels + 1)
         else:
             from .patches import PatchDraws
 
             folder = SegmentationFolder(data, image_size=None, channels=channels, intensity_norm=intensity_norm,
-                                        mixed_sizes=True)
+                                        mixed_sizes=True, num_classes=mask_channels + 1)
             if name != "train_data":
                 return folder
             return PatchDraws(folder, image_size, seed=patch_seed, foreground_share=foreground_oversample)

@@ -324,6 +324,13 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return u8 != 0
 
 
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A class map ``[H,W]`` (uint8/uint16) resized by nearest neighbour at pixel centres, values kept."""
+    if labels.shape == size:
+        return labels
+    return cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
 LOW_RANGE_FRACTION = 0.125  # below this fraction of its dtype's range an integer image is probably 12-bit-in-16
 
 

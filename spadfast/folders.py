@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from ._constants import INTENSITY_NORMS, MIN_SIDE
 from ._validation import check_int
+from .label_maps import read_label_png
 from .files import (
     check_channels,
     check_size,
@@ -19,6 +20,7 @@ from .files import (
     pair_folder,
     read_mask,
     resize_image,
+    resize_labels,
     resize_mask,
     stored_to_model,
     warn_low_range,
@@ -74,8 +76,10 @@ class SegmentationFolder(Dataset):
         cache: bool = True,
         intensity_norm: str = "dtype",
         mixed_sizes: bool = False,
+        num_classes: int = 2,
     ):
         self.root = Path(root)
+        self.num_classes = check_int(num_classes, "num_classes", 2)
         size = check_size(image_size)
         want_channels = check_channels(channels, allow_none=True)
         self.cache = bool(cache)
@@ -116,7 +120,7 @@ class SegmentationFolder(Dataset):
     ) -> tuple[np.ndarray, np.ndarray, float, float, float]:
         """Resized image (stored dtype, ``[H,W]`` or ``[H,W,3]``), bool mask, intensity range and used range."""
         image, lo, hi, used = load_stored(image_path, None, self.intensity_norm)
-        mask = read_mask(mask_path)
+        mask = read_mask(mask_path) if self.num_classes == 2 else self._labels(mask_path)
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"{image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {mask_path} is "
@@ -139,7 +143,18 @@ class SegmentationFolder(Dataset):
                 )
         if self.mixed_sizes:
             return image, mask, lo, hi, used
-        return resize_image(image, self.image_size), resize_mask(mask, self.image_size), lo, hi, used
+        resize = resize_mask if self.num_classes == 2 else resize_labels
+        return resize_image(image, self.image_size), resize(mask, self.image_size), lo, hi, used
+
+    def _labels(self, mask_path: Path) -> np.ndarray:
+        """A multi-class mask: class values 0..num_classes-1 (uint8), anything else a ValueError naming file and value."""
+        labels = read_label_png(mask_path)
+        top = int(labels.max(initial=0))
+        if top >= self.num_classes or int(labels.min(initial=0)) < 0:
+            hint = " (255 is often an 'ignore' value: spadfast does not ignore pixels; relabel them)" if top == 255 else ""
+            raise ValueError(f"{mask_path} holds class value {top} but num_classes is {self.num_classes} "
+                             f"(values 0..{self.num_classes - 1}){hint}")
+        return labels.astype(np.uint8)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -152,5 +167,8 @@ class SegmentationFolder(Dataset):
             raise IndexError(f"index {index} is out of range for SegmentationFolder of length {len(self)}")
         image, mask, lo, hi = self._items[index] if self.cache else self._load(*self.paths[index])[:4]
         image_t = torch.from_numpy(stored_to_model(image, lo, hi, self.channels))
+        if self.num_classes > 2:  # one channel per foreground class
+            classes = np.arange(1, self.num_classes, dtype=mask.dtype).reshape(-1, 1, 1)
+            return image_t, torch.from_numpy((mask[None] == classes).astype(np.float32))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32))
         return image_t, mask_t

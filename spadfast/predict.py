@@ -20,6 +20,7 @@ from .files import (
     write_bytes_atomic,
     write_mask_png,
 )
+from .metrics import labels_from_probs
 from .nifti import volume_files
 from .sampler import DDIMSampler, SampleResult, image_noise_key
 from .sliding_window import segment_image
@@ -152,10 +153,18 @@ def _to_native(values: np.ndarray, h: int, w: int) -> np.ndarray:
 def _write_outputs(out_dir: Path, overlay_dir: Path, stem: str, image_path: Path, native: tuple[int, int],
                    prob: np.ndarray, std: np.ndarray, threshold: float, uncertainty: bool, overlay: bool,
                    overlay_gt: Path | None) -> None:
-    """Everything ``predict_folder`` writes for one image (runs on the writer thread)."""
+    """Everything ``predict_folder`` writes for one image (runs on the writer thread). ``prob``/``std``: ``[H,W]``
+    (binary) or ``[M,H,W]`` (M foreground classes: the PNG holds class values 0..M, the uncertainty the largest
+    class std)."""
     h, w = native
-    mask = _to_native(prob, h, w) > threshold
-    write_mask_png(out_dir / f"{stem}.png", mask)
+    if prob.ndim == 3:
+        labels = labels_from_probs(np.stack([_to_native(p, h, w) for p in prob]), threshold)
+        write_bytes_atomic(out_dir / f"{stem}.png", _png(labels.astype(np.uint8 if prob.shape[0] < 255 else
+                                                                           np.uint16)))
+        mask, std = labels > 0, std.max(axis=0)
+    else:
+        mask = _to_native(prob, h, w) > threshold
+        write_mask_png(out_dir / f"{stem}.png", mask)
     if uncertainty:
         u = _to_native(std, h, w)
         write_bytes_atomic(out_dir / "uncertainty" / f"{stem}.png",
@@ -222,8 +231,9 @@ def predict_folder(
     exactly as training folders are (:func:`spadfast.files.read_model_input`); probabilities are resized back to
     each image's native size (bilinear) before thresholding. ``overlay`` writes ``overlays/<stem>.png``
     (prediction in green, and ground truth from ``overlay_gt/<stem>.png`` in red when given); ``uncertainty``
-    writes the ensemble std scaled to 0-255 to ``uncertainty/<stem>.png``. Binary models only (multi-class models
-    predict volumes: :mod:`spadfast.predict_volumes`).
+    writes the ensemble std scaled to 0-255 to ``uncertainty/<stem>.png``. A multi-class model writes label PNGs
+    holding class values 0..num_classes-1 (:func:`spadfast.metrics.labels_from_probs`; uncertainty: the largest
+    class std).
     ``tta``: test-time augmentation spread over the ensemble members (:mod:`spadfast.tta`).
     ``shard = (rank, world)``: only this process's share of the files (:func:`shard_of`; torchrun ranks split a
     folder, each mask byte-identical to a one-process run since the noise is keyed by file name).
@@ -237,9 +247,6 @@ def predict_folder(
         raise ValueError(f"`images` folder {str(images_dir)!r} holds no images (PNG/JPEG/TIFF/BMP)")
     batch_size = check_int(batch_size, "batch_size", 1)
     cfg = segmenter.config
-    if cfg.mask_channels != 1:
-        raise ValueError("predict_folder writes binary PNG masks; this model has "
-                         f"{cfg.num_classes} classes: predict volumes with spadfast.predict_volumes")
     stems = shard_of(sorted(files), shard)
     if not stems:
         return []
@@ -276,13 +283,15 @@ def predict_folder(
             if native:
                 tiled = [segment_image(segmenter, torch.from_numpy(item[0]).float(), s, steps, ensemble, seed,
                                        chunk=batch_size, segment=segment) for s, item in zip(chunk, loaded)]
-                probs = [p[0].numpy() for p, _ in tiled]
-                std = [u[0].numpy() for _, u in tiled]
+                probs = [p[0].numpy() if cfg.mask_channels == 1 else p.numpy() for p, _ in tiled]
+                std = [u[0].numpy() if cfg.mask_channels == 1 else u.numpy() for _, u in tiled]
             else:
                 batch = torch.from_numpy(np.stack([item[0] for item in loaded])).float()
                 keys = [image_noise_key(s) for s in chunk]
                 result = segment(batch, steps=steps, ensemble=ensemble, seed=seed, noise_keys=keys)
-                probs, std = result.probs[:, 0].float().cpu().numpy(), result.std[:, 0].float().cpu().numpy()
+                probs, std = result.probs.float().cpu().numpy(), result.std.float().cpu().numpy()
+                if cfg.mask_channels == 1:
+                    probs, std = probs[:, 0], std[:, 0]
             for i, stem in enumerate(chunk):
                 writes.append(writer.submit(_write_outputs, out_dir, overlay_dir, stem, files[stem], loaded[i][1],
                                             probs[i], std[i], cfg.threshold, uncertainty, overlay, gt))

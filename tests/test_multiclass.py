@@ -117,13 +117,13 @@ def test_validate_scores_a_known_prediction(M, predict):
     assert trainer.validate() == pytest.approx(expected, abs=1e-4)
 
 
-def test_png_folders_and_synthetic_data_refuse_more_than_two_classes(tmp_path):
+def test_synthetic_data_refuses_and_binary_png_masks_name_their_255_under_more_classes(tmp_path):
     from spadfast.synthetic import write_synthetic_folder
 
     with pytest.raises(ValueError, match="synthetic"):
         SPADTrainer(tiny_config(num_classes=3))
-    root = write_synthetic_folder(tmp_path / "d", 2, 16)
-    with pytest.raises(ValueError, match="Decathlon"):
+    root = write_synthetic_folder(tmp_path / "d", 2, 16)  # 0/255 binary masks: 255 is no class of 3
+    with pytest.raises(ValueError, match=r"0000\.png holds class value 255 but num_classes is 3"):
         SPADTrainer(tiny_config(num_classes=3), train_data=root)
 
 
