@@ -45,3 +45,31 @@ def test_source_checkout_without_install_finds_kernels(tmp_path):
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_wheel_alone_installs_and_trains(tmp_path):
+    """pyproject.toml's wheel, installed into a fresh target folder (not the checkout, not the editable install),
+    imports from there and trains a step through its console entry point's module."""
+    import json
+
+    from .helpers import tiny_config
+
+    wheels = tmp_path / "wheels"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = wheels.glob("spadfast-*.whl")
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config(train_steps=1).to_dict()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *site.getsitepackages()])}
+    code = ("import spadfast, sys; assert spadfast.__file__.startswith(sys.argv[1]), spadfast.__file__; "
+            "from spadfast.cli import main; raise SystemExit(main(['train', '--out', sys.argv[2], '--config', "
+            "sys.argv[3]]))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code, str(target), str(tmp_path / "run"), str(cfg)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
