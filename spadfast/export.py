@@ -17,9 +17,20 @@ from typing import Any
 from ._version import __version__
 from .checkpoint import read_checkpoint, resolve_path, write_checkpoint
 
-__all__ = ["EXPORT_KIND", "export_model", "is_export", "add_arguments", "main"]
+__all__ = ["EXPORT_KIND", "export_model", "is_export", "check_export_version", "add_arguments", "main"]
 
 EXPORT_KIND = "export"
+
+
+def check_export_version(meta: dict[str, Any], source: str) -> None:
+    """ValueError naming ``source`` for an export written by another spadfast major version (its weights and
+    config may mean something else there)."""
+    if not is_export(meta):
+        return
+    theirs = str(meta.get("spadfast_version", "?"))
+    if theirs.split(".")[0] != __version__.split(".")[0]:
+        raise ValueError(f"{source} was exported by spadfast {theirs}; this spadfast is {__version__} (another "
+                         "major version): export it again with this version from its run")
 
 
 def is_export(meta: dict[str, Any]) -> bool:

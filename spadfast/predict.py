@@ -57,6 +57,9 @@ class Segmenter:
 
         tensors, meta = read_checkpoint(path)
         source = str(resolve_path(path))
+        from .export import check_export_version
+
+        check_export_version(meta, source)
         cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         if amp is not None:
             cfg = SPADConfig.from_dict({**cfg.to_dict(), "amp": _resolve_amp(amp, resolve_device(cfg.device))})

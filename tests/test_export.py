@@ -86,3 +86,12 @@ def test_segmenter_predicts_arrays_and_paths_as_predict_writes_them(run, tmp_pat
         segmenter.predict(np.full((16, 16), np.nan, np.float32))
     with pytest.raises(ValueError, match="shape"):
         segmenter.predict(np.zeros((2, 16, 16, 1), np.uint8))
+
+
+def test_an_export_of_another_major_version_is_refused(run, tmp_path):
+    from spadfast.checkpoint import write_checkpoint
+
+    tensors, meta = read_checkpoint(export_model(run / "run", tmp_path / "m.safetensors"))
+    write_checkpoint(tmp_path / "old.safetensors", tensors, {**meta, "spadfast_version": "99.0.0"})
+    with pytest.raises(ValueError, match="another major version"):
+        Segmenter.load(tmp_path / "old.safetensors")
