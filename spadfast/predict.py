@@ -95,14 +95,18 @@ class Segmenter:
 
     def predict(self, x, steps: int | None = None, ensemble: int | None = None, seed: int = 0,
                 name: str | None = None, tta: bool = False) -> dict[str, np.ndarray]:
-        """Segment one image: ``x`` a path or a numpy array as image readers return it (``[H,W]`` / ``[H,W,C]``, any
-        dtype), normalised as training normalised files. Returns ``{"mask": bool [H,W], "probs": float32 [H,W],
-        "std": float32 [H,W]}`` at the input's size: for a file, the mask ``predict`` writes (the noise is keyed by
-        ``name``, default the file's stem or ``"array"``). ``tta``: flips (and transposes) spread over the members
-        (:mod:`spadfast.tta`). Binary models."""
+        """Segment one image or volume at the input's size or voxel grid.
+
+        ``x``: a path (PNG/TIFF/... or NIfTI ``.nii``/``.nii.gz``), a nibabel image, or a numpy array as image readers
+        return it (``[H,W]`` / ``[H,W,C]``, any dtype), normalised as training normalised files. Returns
+        ``{"labels", "mask", "probs", "std"}``: for a 2-D input ``labels`` int ``[H,W]`` (0 background),
+        ``mask`` bool ``[H,W]`` (any class), ``probs``/``std`` float32 ``[H,W]`` (binary) or ``[M,H,W]``; for a
+        volume ``labels`` ``[I,J,K]`` and ``probs``/``std`` ``[I,J,K,M]``. These are what ``predict`` writes for the
+        same file (the noise is keyed by ``name``, default the file's stem or ``"array"``). ``tta``: flips (and
+        transposes) spread over the members (:mod:`spadfast.tta`; images only)."""
+        if _is_volume_input(x):
+            return _predict_volume_input(self, x, steps, ensemble, seed)
         cfg = self.config
-        if cfg.mask_channels != 1:
-            raise ValueError("Segmenter.predict segments binary models; multi-class models predict volumes")
         native = not getattr(cfg, "resize", True)
         size = None if native else cfg.image_size
         if isinstance(x, (str, Path)):
@@ -116,13 +120,16 @@ class Segmenter:
         segment = with_tta(self) if tta else self.segment
         if native:
             probs_t, std_t = segment_image(self, tensor, name, steps, ensemble, seed, segment=segment)
-            probs, std = probs_t[0].numpy(), std_t[0].numpy()
+            probs, std = probs_t.numpy(), std_t.numpy()
         else:
             result = segment(tensor[None], steps=steps, ensemble=ensemble, seed=seed,
                              noise_keys=[image_noise_key(name)])
-            probs = _to_native(result.probs[0, 0].float().cpu().numpy(), *hw)
-            std = _to_native(result.std[0, 0].float().cpu().numpy(), *hw)
-        return {"mask": probs > cfg.threshold, "probs": probs, "std": std}
+            probs = np.stack([_to_native(p, *hw) for p in result.probs[0].float().cpu().numpy()])
+            std = np.stack([_to_native(u, *hw) for u in result.std[0].float().cpu().numpy()])
+        labels = labels_from_probs(probs, cfg.threshold)
+        if probs.shape[0] == 1:
+            probs, std = probs[0], std[0]
+        return {"labels": labels, "mask": labels > 0, "probs": probs, "std": std}
 
     def segment(self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None,
                 seed: int | None = 0, return_members: bool = False,
@@ -134,6 +141,35 @@ class Segmenter:
             ensemble=cfg.ensemble if ensemble is None else ensemble, seed=seed, threshold=cfg.threshold,
             return_members=return_members, noise_keys=noise_keys, validate=False,
         )
+
+
+def _is_volume_input(x) -> bool:
+    """A NIfTI path or an in-memory nibabel image."""
+    if isinstance(x, (str, Path)):
+        return Path(x).name.lower().endswith((".nii", ".nii.gz"))
+    return type(x).__module__.startswith("nibabel")
+
+
+def _predict_volume_input(segmenter, x, steps, ensemble, seed) -> dict[str, np.ndarray]:
+    """:meth:`Segmenter.predict` of a volume: the settings ``spadfast predict`` uses on NIfTI folders."""
+    import tempfile
+
+    from .predict_volumes import segment_volume
+
+    cfg = segmenter.config
+    kwargs = dict(axis=cfg.slice_axis, steps=steps, ensemble=ensemble, seed=seed, write_probabilities=True,
+                  write_uncertainty=True, modalities=list(cfg.modalities) or None,
+                  window=cfg.intensity_window or None)
+    if isinstance(x, (str, Path)):
+        out = segment_volume(segmenter, [x], **kwargs)
+    else:  # a nibabel image: the readers take files
+        import nibabel as nib
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "image.nii.gz"
+            nib.save(x, str(path))
+            out = segment_volume(segmenter, [path], **kwargs)
+    return {"labels": out["labels"], "mask": out["labels"] > 0, "probs": out["probs"], "std": out["std"]}
 
 
 def _resolve_amp(amp: str, device: torch.device) -> str:

@@ -28,7 +28,7 @@ from .sliding_window import segment_image
 from .volume_norm import normalize_volume
 from .volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume
 
-__all__ = ["VolumeSettings", "predict_volume", "predict_volume_folder", "check_volume_model"]
+__all__ = ["VolumeSettings", "segment_volume", "predict_volume", "predict_volume_folder", "check_volume_model"]
 
 
 def _resolve_size(image_size: object, segmenter) -> tuple[int, int]:
@@ -95,42 +95,22 @@ def _settings(settings: VolumeSettings | None, options: dict) -> VolumeSettings:
     return replace(settings or VolumeSettings(), **options)
 
 
-def predict_volume(
+def segment_volume(
     segmenter,
     image_paths: Sequence[str | os.PathLike] | str | os.PathLike,
-    out_path: str | os.PathLike,
     settings: VolumeSettings | None = None,
     **options,
-) -> Path:
-    """Segment one case and write its label map ``out_path`` (``.nii.gz``) on the input's voxel grid.
-
-    Args:
-        segmenter: a :class:`spadfast.predict.Segmenter` or :class:`spadfast.SPADTrainer` (anything with
-            ``config.image_channels``, ``config.image_size`` and ``segment(images [B,C,S,S], steps=, ensemble=,
-            seed=, noise_keys=) -> SampleResult`` whose ``probs`` and ``std`` are float ``[B,K,S,S]``, K foreground
-            classes).
-        image_paths: the case's modalities ``[<case>_0000.nii.gz, ...]`` (or one 3-D / channels-last 4-D file).
-        out_path: where to write the label map (``.nii.gz`` or ``.nii``).
-        settings: :class:`VolumeSettings` (default: its defaults); ``options``, any of its fields as keywords
-            (``steps=5, write_uncertainty=True``), override them.
-
-    Returns:
-        ``Path(out_path)``. The label map is uint8 (uint16 beyond 254 classes) with exactly the input's spatial
-        shape, affine and header geometry.
-
-    Raises:
-        ValueError: unreadable inputs (see :func:`spadfast.nifti.load_case`), channels unlike
-            ``config.image_channels``, a bad ``axis``/``batch_size``/``out_path``, a model trained on 2-D images.
-    """
+) -> dict:
+    """Segment one case and return its volumes in the input's voxel order (nothing is written):
+    ``{"labels": uint8/uint16 [I,J,K], "probs": float32 [I,J,K,K_classes] or None, "std": ... or None,
+    "reference": the nibabel image of channel 0}``; probabilities and std only when ``write_probabilities`` /
+    ``write_uncertainty`` are set. Arguments as in :func:`predict_volume`."""
     opts = _settings(settings, options)
     if isinstance(image_paths, (str, os.PathLike)):
         image_paths = [image_paths]
     paths = [Path(p) for p in image_paths]
     if not paths:
         raise ValueError("`image_paths` must name at least one volume")
-    out_path = Path(out_path)
-    if volume_stem(out_path) is None:
-        raise ValueError(f"`out_path` must end in .nii.gz or .nii, got {out_path}")
     batch_size = check_int(opts.batch_size, "batch_size", 1)
     cfg = segmenter.config
     check_volume_model(cfg, paths[0], opts.allow_image_model)
@@ -185,12 +165,47 @@ def predict_volume(
                 u = np.stack([resize_plane(p, (h, w)) for p in std[b]])
                 _put(std_vol, axis, k, np.moveaxis(u, 0, -1))
     assert labels is not None
-    write_nifti(out_path, labels, reference=case.reference)
+    return {"labels": labels, "probs": probs_vol, "std": std_vol, "reference": case.reference}
+
+
+def predict_volume(
+    segmenter,
+    image_paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    out_path: str | os.PathLike,
+    settings: VolumeSettings | None = None,
+    **options,
+) -> Path:
+    """Segment one case and write its label map ``out_path`` (``.nii.gz``) on the input's voxel grid.
+
+    Args:
+        segmenter: a :class:`spadfast.predict.Segmenter` or :class:`spadfast.SPADTrainer` (anything with
+            ``config.image_channels``, ``config.image_size`` and ``segment(images [B,C,S,S], steps=, ensemble=,
+            seed=, noise_keys=) -> SampleResult`` whose ``probs`` and ``std`` are float ``[B,K,S,S]``, K foreground
+            classes).
+        image_paths: the case's modalities ``[<case>_0000.nii.gz, ...]`` (or one 3-D / channels-last 4-D file).
+        out_path: where to write the label map (``.nii.gz`` or ``.nii``).
+        settings: :class:`VolumeSettings` (default: its defaults); ``options``, any of its fields as keywords
+            (``steps=5, write_uncertainty=True``), override them.
+
+    Returns:
+        ``Path(out_path)``. The label map is uint8 (uint16 beyond 254 classes) with exactly the input's spatial
+        shape, affine and header geometry.
+
+    Raises:
+        ValueError: unreadable inputs (see :func:`spadfast.nifti.load_case`), channels unlike
+            ``config.image_channels``, a bad ``axis``/``batch_size``/``out_path``, a model trained on 2-D images.
+    """
+    out_path = Path(out_path)
+    if volume_stem(out_path) is None:
+        raise ValueError(f"`out_path` must end in .nii.gz or .nii, got {out_path}")
+    result = segment_volume(segmenter, image_paths, settings, **options)
+    labels, probs_vol, std_vol, reference = result["labels"], result["probs"], result["std"], result["reference"]
+    write_nifti(out_path, labels, reference=reference)
     file_name = out_path.name
     if probs_vol is not None:
-        write_nifti(out_path.parent / "probabilities" / file_name, probs_vol, reference=case.reference)
+        write_nifti(out_path.parent / "probabilities" / file_name, probs_vol, reference=reference)
     if std_vol is not None:
-        write_nifti(out_path.parent / "uncertainty" / file_name, std_vol, reference=case.reference)
+        write_nifti(out_path.parent / "uncertainty" / file_name, std_vol, reference=reference)
     return out_path
 
 

@@ -95,3 +95,26 @@ def test_an_export_of_another_major_version_is_refused(run, tmp_path):
     write_checkpoint(tmp_path / "old.safetensors", tensors, {**meta, "spadfast_version": "99.0.0"})
     with pytest.raises(ValueError, match="another major version"):
         Segmenter.load(tmp_path / "old.safetensors")
+
+
+def test_segmenter_predicts_a_nifti_volume_as_predict_writes_it(tmp_path):
+    import nibabel as nib
+
+    from spadfast.predict_volumes import predict_volume_folder
+    from spadfast.synthetic_volumes import write_demo_volumes
+
+    root = write_demo_volumes(tmp_path / "vols", n_cases=2, shape=(20, 18, 4), num_classes=3, n_test=1)
+    trainer = SPADTrainer(tiny_config(num_classes=3, train_steps=1, image_size=16), root)
+    trainer.fit()
+    trainer.save(tmp_path / "run")
+    seg = Segmenter.load(tmp_path / "run")
+    images = root / "imagesTs"
+    names = predict_volume_folder(seg, images, tmp_path / "pred", steps=2, ensemble=2,
+                                  modalities=list(seg.config.modalities) or None)
+    case = sorted(images.glob("*.nii.gz"))[0]
+    out = seg.predict(case, steps=2, ensemble=2)
+    written = nib.load(str(tmp_path / "pred" / f"{names[0]}.nii.gz")).get_fdata().astype(np.int64)
+    assert out["labels"].shape == written.shape and np.array_equal(out["labels"], written)
+    assert out["probs"].shape == (*written.shape, 2) and out["mask"].dtype == bool
+    from_image = seg.predict(nib.load(str(case)), steps=2, ensemble=2)
+    assert from_image["labels"].shape == written.shape
