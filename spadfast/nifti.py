@@ -264,7 +264,8 @@ def _nifti_bytes(img, path: Path) -> bytes:
     return gzip.compress(raw, compresslevel=1, mtime=0) if path.name.lower().endswith(".gz") else raw
 
 
-def write_nifti(path: str | os.PathLike, data: np.ndarray, reference=None, affine: np.ndarray | None = None) -> Path:
+def write_nifti(path: str | os.PathLike, data: np.ndarray, reference=None, affine: np.ndarray | None = None,
+                slope: float = 1.0) -> Path:
     """Write ``data`` as a NIfTI-1 file (``.nii.gz`` gzipped, ``.nii`` not), atomically.
 
     Args:
@@ -275,6 +276,7 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, reference=None, affin
             pixdim) with the data type, shape and scaling replaced; the file read back has exactly the reference's
             affine. ``None``: a fresh header from ``affine``.
         affine: 4x4 voxel-to-world matrix when ``reference`` is None (qform and sform codes set to 1, scanner).
+        slope: NIfTI ``scl_slope`` (readers see ``data * slope``): 1/255 stores [0, 1] maps as uint8.
 
     Returns:
         The path written.
@@ -287,11 +289,11 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, reference=None, affin
     if reference is not None:
         header = reference.header.copy()
         header.set_data_dtype(data.dtype)
-        header.set_slope_inter(1.0, 0.0)
         header["cal_min"], header["cal_max"] = 0, 0
         zooms = list(header.get_zooms()[:3]) + [1.0] * (data.ndim - 3)
         img = nib.Nifti1Image(data, None, header=header)
         img.header.set_zooms(zooms[: data.ndim])
+        img.header.set_slope_inter(slope, 0.0)  # after construction: building an image from an array resets it
     else:
         if affine is None:
             raise ValueError("`affine` is required when `reference` is None")
@@ -299,6 +301,7 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, reference=None, affin
         img.set_qform(np.asarray(affine, dtype=np.float64), code=1)
         img.set_sform(np.asarray(affine, dtype=np.float64), code=1)
         img.header.set_xyzt_units("mm", "sec")
+        img.header.set_slope_inter(slope, 0.0)
     return write_bytes_atomic(path, _nifti_bytes(img, path))
 
 

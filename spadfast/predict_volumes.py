@@ -68,6 +68,9 @@ class VolumeSettings:
         threshold: class probability that beats the background (default ``config.threshold``, else 0.5).
         allow_image_model: run a binary model trained on 2-D images (refused by default:
             :func:`check_volume_model`).
+        uint8_maps: hold and write the probability and uncertainty volumes as uint8 scaled by 1/255 (NIfTI's
+            ``scl_slope``; readers get floats back): a quarter of float32's memory and disk, steps of 1/255.
+        progress: a progress bar of slices per case (stderr).
     """
 
     axis: int | None = None
@@ -82,6 +85,8 @@ class VolumeSettings:
     window: tuple[float, float] | None = None
     threshold: float | None = None
     allow_image_model: bool = False
+    uint8_maps: bool = False
+    progress: bool = False
 
 
 def _settings(settings: VolumeSettings | None, options: dict) -> VolumeSettings:
@@ -133,7 +138,15 @@ def segment_volume(
     labels: np.ndarray | None = None
     probs_vol: np.ndarray | None = None
     std_vol: np.ndarray | None = None
+    maps_dtype = np.uint8 if opts.uint8_maps else np.float32
+    bar = None
+    if opts.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_slices, desc=f"spadfast predict {name}", unit="slice", dynamic_ncols=True)
     for start in range(0, n_slices, batch_size):
+        if bar is not None:
+            bar.update(min(batch_size, n_slices - start))
         idx = list(range(start, min(start + batch_size, n_slices)))
         if getattr(cfg, "resize", True):
             batch = torch.from_numpy(np.stack([slice_volume(normed, axis, k, size) for k in idx]))
@@ -151,21 +164,24 @@ def segment_volume(
         if labels is None:
             labels = np.zeros(case.shape, np.uint8 if k_classes < 255 else np.uint16)
             if opts.write_probabilities:
-                probs_vol = np.zeros((*case.shape, k_classes), np.float32)
+                probs_vol = np.zeros((*case.shape, k_classes), maps_dtype)
             if opts.write_uncertainty:
-                std_vol = np.zeros((*case.shape, k_classes), np.float32)
+                std_vol = np.zeros((*case.shape, k_classes), maps_dtype)
         native = np.stack([np.stack([resize_plane(p, (h, w)) for p in slice_probs]) for slice_probs in probs])
         slice_labels = labels_from_probs(native, threshold)  # [B,h,w]
         for b, k in enumerate(idx):
             _put(labels, axis, k, slice_labels[b].astype(labels.dtype))
             if probs_vol is not None:
-                _put(probs_vol, axis, k, np.moveaxis(native[b], 0, -1))
+                _put(probs_vol, axis, k, _as_map(np.moveaxis(native[b], 0, -1), maps_dtype))
             if std_vol is not None:
                 assert std is not None
                 u = np.stack([resize_plane(p, (h, w)) for p in std[b]])
-                _put(std_vol, axis, k, np.moveaxis(u, 0, -1))
+                _put(std_vol, axis, k, _as_map(np.moveaxis(u, 0, -1), maps_dtype))
+    if bar is not None:
+        bar.close()
     assert labels is not None
-    return {"labels": labels, "probs": probs_vol, "std": std_vol, "reference": case.reference}
+    return {"labels": labels, "probs": probs_vol, "std": std_vol, "reference": case.reference,
+            "maps_scale": bool(opts.uint8_maps)}
 
 
 def predict_volume(
@@ -202,11 +218,19 @@ def predict_volume(
     labels, probs_vol, std_vol, reference = result["labels"], result["probs"], result["std"], result["reference"]
     write_nifti(out_path, labels, reference=reference)
     file_name = out_path.name
+    slope = 1 / 255 if result["maps_scale"] else 1.0
     if probs_vol is not None:
-        write_nifti(out_path.parent / "probabilities" / file_name, probs_vol, reference=reference)
+        write_nifti(out_path.parent / "probabilities" / file_name, probs_vol, reference=reference, slope=slope)
     if std_vol is not None:
-        write_nifti(out_path.parent / "uncertainty" / file_name, std_vol, reference=reference)
+        write_nifti(out_path.parent / "uncertainty" / file_name, std_vol, reference=reference, slope=slope)
     return out_path
+
+
+def _as_map(values: np.ndarray, dtype) -> np.ndarray:
+    """Probabilities or std in [0, 1] as ``dtype``: float32 as is, uint8 as ``round(255 v)``."""
+    if dtype == np.uint8:
+        return np.clip(np.rint(values * 255), 0, 255).astype(np.uint8)
+    return values
 
 
 def _put(volume: np.ndarray, axis: int, index: int, plane: np.ndarray) -> None:

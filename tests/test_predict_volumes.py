@@ -329,7 +329,7 @@ def test_volume_settings_are_one_dataclass_with_keyword_overrides():
     merged = _settings(base, {"steps": 5, "batch_size": 2})
     assert (merged.steps, merged.batch_size, merged.write_uncertainty) == (5, 2, True)
     assert _settings(None, {}) == VolumeSettings()
-    assert len(fields(VolumeSettings)) == 12
+    assert len(fields(VolumeSettings)) == 14
     with pytest.raises(TypeError, match="stepz"):
         _settings(None, {"stepz": 5})
     with pytest.raises(TypeError, match="settings"):
@@ -355,3 +355,24 @@ def test_native_slices_are_segmented_at_their_own_size_with_sliding_windows(tmp_
     probs = nib.load(str(tmp_path / "out" / "probabilities" / "case.nii.gz")).get_fdata(dtype=np.float32)
     np.testing.assert_allclose(probs, np.moveaxis(want.numpy(), 0, -1), rtol=1e-5, atol=1e-5)
     assert nib.load(str(out)).shape == data.shape
+
+
+def test_uint8_maps_are_a_quarter_of_the_memory_and_read_back_as_floats(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(0, 1, (20, 18, 3)).astype(np.float32)
+    src = tmp_path / "case_0000.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 3.0, 1.0])), str(src))
+    seg = FakeSegmenter(size=16, classes=2)
+    full = predict_volume(seg, [src], tmp_path / "a" / "case.nii.gz", axis=2, write_probabilities=True,
+                          write_uncertainty=True)
+    small = predict_volume(seg, [src], tmp_path / "b" / "case.nii.gz", axis=2, write_probabilities=True,
+                           write_uncertainty=True, uint8_maps=True, progress=True)
+    for sub in ("probabilities", "uncertainty"):
+        a = nib.load(str(full.parent / sub / "case.nii.gz"))
+        b = nib.load(str(small.parent / sub / "case.nii.gz"))
+        assert a.get_data_dtype() == np.float32 and b.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(b.get_fdata(), a.get_fdata(), atol=0.5 / 255 + 1e-6)
+        np.testing.assert_allclose(b.affine, a.affine)
+    assert np.array_equal(nib.load(str(full)).get_fdata(), nib.load(str(small)).get_fdata())  # the same labels
