@@ -55,6 +55,14 @@ def sum_over_ranks(value: int) -> int:
     return int(t.item())
 
 
+def shard_of(names: list[str], shard: tuple[int, int]) -> list[str]:
+    """Process ``shard = (rank, world)``'s share of ``names``: every ``world``-th from ``rank`` (one process: all)."""
+    rank, world = shard
+    if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+        raise ValueError(f"`shard` must be (rank, world) with 0 <= rank < world, got {shard!r}")
+    return names[rank::world]
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 

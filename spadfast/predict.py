@@ -21,8 +21,9 @@ from .files import (
     write_mask_png,
 )
 from .metrics import labels_from_probs
-from .nifti import volume_files
 from .sampler import DDIMSampler, SampleResult, image_noise_key
+from .distributed import shard_of
+from .input_folders import check_one_input_kind
 from .sliding_window import segment_image
 from .tta import with_tta
 from .visualize import overlay_contour
@@ -225,25 +226,6 @@ def _png(array: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def shard_of(names: list[str], shard: tuple[int, int]) -> list[str]:
-    """Process ``shard = (rank, world)``'s share of ``names``: every ``world``-th from ``rank`` (one process: all)."""
-    rank, world = shard
-    if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
-        raise ValueError(f"`shard` must be (rank, world) with 0 <= rank < world, got {shard!r}")
-    return names[rank::world]
-
-
-def check_one_input_kind(folder: str | Path, name: str = "images") -> None:
-    """ValueError naming ``folder`` and one file of each kind when it holds both 2-D images (PNG/JPEG/TIFF/BMP)
-    and NIfTI volumes: a prediction reads one kind, so the other would be skipped without a word."""
-    folder = Path(folder)
-    images, volumes = index_folder(folder), volume_files(folder)
-    if images and volumes:
-        image, volume = next(iter(images.values())), next(iter(volumes.values()))
-        raise ValueError(f"`{name}` folder {str(folder)!r} mixes 2-D images and NIfTI volumes (e.g. {image.name!r} "
-                         f"and {volume.name!r}): put each kind in its own folder")
-
-
 def predict_folder(
     segmenter,
     images_dir: str | Path,
@@ -274,7 +256,7 @@ def predict_folder(
     holding class values 0..num_classes-1 (:func:`spadfast.metrics.labels_from_probs`; uncertainty: the largest
     class std).
     ``tta``: test-time augmentation spread over the ensemble members (:mod:`spadfast.tta`).
-    ``shard = (rank, world)``: only this process's share of the files (:func:`shard_of`; torchrun ranks split a
+    ``shard = (rank, world)``: only this process's share of the files (:func:`spadfast.distributed.shard_of`; torchrun ranks split a
     folder, each mask byte-identical to a one-process run since the noise is keyed by file name).
     """
     from concurrent.futures import ThreadPoolExecutor

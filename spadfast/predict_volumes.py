@@ -22,7 +22,8 @@ import torch
 from ._validation import check_axis, check_int
 from .metrics import labels_from_probs
 from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
-from .predict import check_one_input_kind, shard_of
+from .distributed import shard_of
+from .input_folders import check_one_input_kind
 from .sampler import image_noise_key
 from .sliding_window import segment_image
 from .volume_norm import normalize_volume
@@ -252,7 +253,7 @@ def predict_volume_folder(
     grouped by case) and write ``out_dir/<case>.nii.gz``; returns the case names.
 
     ``settings`` / ``options`` as in :func:`predict_volume`; ``shard = (rank, world)``: only this process's share
-    of the cases (:func:`spadfast.predict.shard_of`); ``modalities`` default: the ``dataset.json`` beside
+    of the cases (:func:`spadfast.distributed.shard_of`); ``modalities`` default: the ``dataset.json`` beside
     ``images_dir`` (in its parent folder), if any. A folder that also holds 2-D images, and a model trained on 2-D
     images (unless ``allow_image_model``), are ValueErrors raised before any case is read.
     """
