@@ -32,7 +32,7 @@ import numpy as np
 from ._validation import is_int
 from .files import write_bytes_atomic
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # the last four through SimpleITK
 GEOMETRY_ATOL = 1e-3  # millimetres: affines that differ by less are the same geometry
 _CHANNEL = re.compile(r"(.+)_(\d{4})")
 
@@ -219,6 +219,10 @@ def read_nifti(path: str | os.PathLike):
     """
     nib = _nib()
     path = Path(path)
+    if path.name.lower().endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+        from .itk_images import read_itk_as_nifti
+
+        return read_itk_as_nifti(path)
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises ImageFileError, EOFError, OSError, gzip/zlib errors, ...
