@@ -1,4 +1,5 @@
-"""NRRD and MetaImage volumes (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) read through SimpleITK as NIfTI images.
+"""NRRD and MetaImage volumes (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) and DICOM series (a folder per case) read
+through SimpleITK as NIfTI images.
 
 SimpleITK (an optional dependency: ``pip install spadfast[itk]``) reads the file; the voxels are reordered to
 NIfTI's ``[i, j, k]`` (ITK arrays come ``[k, j, i]``) and the physical geometry becomes a NIfTI affine: ITK's
@@ -9,12 +10,13 @@ works as for ``.nii.gz``: a volume stored as NRRD/MHA and as NIfTI gives the sam
 
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ITK_SUFFIXES", "is_itk_volume", "read_itk_as_nifti"]
+__all__ = ["ITK_SUFFIXES", "is_itk_volume", "is_dicom_series_dir", "read_itk_as_nifti"]
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -24,21 +26,51 @@ def is_itk_volume(path: str | os.PathLike) -> bool:
     return Path(path).name.lower().endswith(ITK_SUFFIXES)
 
 
+def is_dicom_series_dir(path: str | os.PathLike) -> bool:
+    """A folder holding DICOM files (``.dcm``, or the ``DICM`` marker at byte 128): one case, one series."""
+    path = Path(path)
+    if not path.is_dir() or path.name.startswith("."):
+        return False
+    for p in path.iterdir():
+        if p.is_file() and not p.name.startswith("."):
+            if p.suffix.lower() == ".dcm":
+                return True
+            with open(p, "rb") as f:
+                if f.read(132)[128:] == b"DICM":
+                    return True
+    return False
+
+
+def _read_dicom_series(folder: Path, sitk):
+    """The one image series of ``folder``, slices ordered by position (GDCM), as a SimpleITK image."""
+    reader = sitk.ImageSeriesReader()
+    ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise ValueError(f"{folder} holds no DICOM image series (a report or other non-image DICOM?)")
+    if len(ids) > 1:
+        raise ValueError(f"{folder} mixes {len(ids)} DICOM series ({', '.join(ids[:3])}): one series per folder")
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    return reader.Execute()
+
+
 def read_itk_as_nifti(path: str | os.PathLike):
-    """The volume at ``path`` as an in-memory ``nibabel.Nifti1Image`` (3-D; a vector image becomes channels-last
-    4-D). ValueError naming the file when SimpleITK is missing or cannot read it."""
+    """The volume at ``path`` (an NRRD/MetaImage file, or a folder holding one DICOM series) as an in-memory
+    ``nibabel.Nifti1Image``. ValueError naming the file when SimpleITK is missing or cannot read it."""
     import nibabel as nib
 
     path = Path(path)
     try:
         import SimpleITK as sitk
     except ImportError:
-        raise ValueError(f"{path}: reading NRRD/MetaImage volumes needs SimpleITK (pip install SimpleITK, or "
+        raise ValueError(f"{path}: reading NRRD/MetaImage/DICOM volumes needs SimpleITK (pip install SimpleITK, or "
                          "spadfast[itk])") from None
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM may switch the C locale (Python's text I/O would go ASCII)
     try:
-        image = sitk.ReadImage(str(path))
+        image = _read_dicom_series(path, sitk) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise ValueError(f"cannot read {path}: not a volume SimpleITK can read, or a corrupt one ({e})") from None
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
     if image.GetDimension() != 3:
         raise ValueError(f"{path} has {image.GetDimension()} dimensions: a volume must be 3-D")
     array = sitk.GetArrayFromImage(image)  # [k, j, i] (+ components)

@@ -61,7 +61,13 @@ def volume_files(folder: str | os.PathLike) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         stem = volume_stem(p)
-        if stem is None or not p.is_file():
+        if stem is None and p.is_dir():  # a sub-folder holding one DICOM series is a case
+            from .itk_images import is_dicom_series_dir
+
+            stem = p.name if is_dicom_series_dir(p) else None
+        elif not p.is_file():
+            continue
+        if stem is None:
             continue
         if stem in found:
             raise ValueError(f"{p} and {found[stem]} hold the same case {stem!r}: keep one of .nii.gz / .nii")
@@ -219,7 +225,7 @@ def read_nifti(path: str | os.PathLike):
     """
     nib = _nib()
     path = Path(path)
-    if path.name.lower().endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+    if path.name.lower().endswith((".nrrd", ".nhdr", ".mha", ".mhd")) or path.is_dir():
         from .itk_images import read_itk_as_nifti
 
         return read_itk_as_nifti(path)

@@ -71,3 +71,78 @@ def test_missing_simpleitk_or_a_corrupt_file_name_the_file(volumes, tmp_path, mo
     monkeypatch.setitem(sys.modules, "SimpleITK", None)
     with pytest.raises(ValueError, match="needs SimpleITK"):
         read_itk_as_nifti(volumes["nrrd"])
+
+
+def _write_dicom_series(volume: "sitk.Image", folder, series_uid="1.2.826.0.1.3680043.2.1125.1"):
+    """Write ``volume`` (int16) as a DICOM series, one file per slice, positions from its geometry."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's DICOM writer switches the C locale to "C": put it back
+    try:
+        _write_slices(volume, folder, series_uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(volume, folder, series_uid):
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = volume.GetDirection()
+    orientation = "\\".join(str(v) for v in (direction[0], direction[3], direction[6], direction[1], direction[4],
+                                               direction[7]))
+    for k in range(volume.GetDepth()):
+        plane = volume[:, :, k]
+        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in (("0008|0060", "MR"), ("0020|000e", series_uid), ("0020|0013", str(k + 1)),
+                           ("0020|0032", "\\".join(str(v) for v in position)), ("0020|0037", orientation),
+                           ("0028|0030", "\\".join(str(v) for v in volume.GetSpacing()[:2])),
+                           ("0018|0050", str(volume.GetSpacing()[2])), ("0008|0018", f"{series_uid}.{k + 1}")):
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{(7 * k) % volume.GetDepth():03d}.dcm"))  # names not in order
+        writer.Execute(plane)
+
+
+def test_a_dicom_series_reads_as_the_volume_it_was_written_from(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 1000, (21, 17, 5)).astype(np.int16)
+    affine = _oblique_affine()
+    nii = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(nii))
+    _write_dicom_series(sitk.ReadImage(str(nii)), tmp_path / "dicom" / "patient7")
+    (tmp_path / "dicom" / "notes.txt").write_text("not an image")
+    assert list(volume_files(tmp_path / "dicom")) == ["patient7"]
+    img = read_nifti(tmp_path / "dicom" / "patient7")
+    np.testing.assert_allclose(img.affine, nib.load(str(nii)).affine, atol=1e-3)
+    assert np.array_equal(np.asarray(img.dataobj), data)  # slices ordered by position, not by file name
+
+
+def test_two_series_in_one_folder_are_refused(tmp_path):
+    data = np.arange(6 * 5 * 3, dtype=np.int16).reshape(6, 5, 3)
+    nii = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(nii))
+    volume = sitk.ReadImage(str(nii))
+    _write_dicom_series(volume, tmp_path / "mixed", "1.2.3.4")
+    tmp = tmp_path / "other"
+    _write_dicom_series(volume, tmp, "1.2.3.5")
+    for f in tmp.iterdir():
+        f.rename(tmp_path / "mixed" / f"b_{f.name}")
+    with pytest.raises(ValueError, match="mixes 2 DICOM series"):
+        read_nifti(tmp_path / "mixed")
+
+
+def test_predict_reads_a_folder_of_dicom_series_like_nifti(tmp_path):
+    from spadfast.predict_volumes import predict_volume_folder
+
+    data = np.random.default_rng(4).integers(0, 800, (18, 16, 4)).astype(np.int16)
+    (tmp_path / "nii").mkdir()
+    nii = tmp_path / "nii" / "patient7.nii.gz"
+    nib.save(nib.Nifti1Image(data, _oblique_affine()), str(nii))
+    _write_dicom_series(sitk.ReadImage(str(nii)), tmp_path / "dicom" / "patient7")
+    seg = FakeSegmenter(size=16, classes=2)
+    for name in ("nii", "dicom"):
+        assert predict_volume_folder(seg, tmp_path / name, tmp_path / f"pred_{name}", modalities=["MR"]) == ["patient7"]
+    a = nib.load(str(tmp_path / "pred_nii" / "patient7.nii.gz"))
+    b = nib.load(str(tmp_path / "pred_dicom" / "patient7.nii.gz"))
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-3)
+    assert np.array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj))
