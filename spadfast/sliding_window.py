@@ -10,7 +10,8 @@ from the output.
 Windows x ensemble members go through ``segment`` in chunks (the sampler encodes each window once for a
 cached-encoder model and runs its members as one batch). The initial noise of a window is keyed by the image's name
 and the window's position (:func:`window_key`), so a mask does not depend on the chunk size, the order of windows or
-the other images of a folder.
+the other images of a folder. An image that is exactly one window keeps its own key (:func:`image_noise_key` of its
+name), so it is segmented exactly as with ``resize: true``.
 """
 
 from __future__ import annotations
@@ -85,13 +86,15 @@ def segment_tiled(
         padded = F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
     size = (H + pad_h, W + pad_w)
     positions = window_positions(size, window, overlap)
+    whole = positions == [(0, 0)] and not (pad_h or pad_w)  # the image is one window: key it as the image itself
     weight = gaussian_importance(window)
     probs_sum = std_sum = None
     weight_sum = torch.zeros(size)
     for start in range(0, len(positions), chunk):
         part = positions[start:start + chunk]
         tiles = torch.stack([padded[:, y:y + h, x:x + w] for y, x in part])
-        result = segment(tiles, noise_keys=[window_key(name, y, x) for y, x in part], **sample_kwargs)
+        keys = [image_noise_key(name)] if whole else [window_key(name, y, x) for y, x in part]
+        result = segment(tiles, noise_keys=keys, **sample_kwargs)
         probs, std = result.probs.detach().float().cpu(), result.std.detach().float().cpu()
         if probs_sum is None:
             probs_sum = torch.zeros(probs.shape[1], *size)

@@ -116,3 +116,18 @@ def test_native_volume_training_cuts_patches_from_native_slices(tmp_path):
     assert tuple(trainer.val_data.load_slice(0)[0].shape[-2:]) == (40, 28)  # validation: whole native slices
     trainer.fit()
     assert 0.0 <= trainer.validate(2) <= 1.0
+
+
+def test_images_of_the_window_size_predict_as_with_resize(tmp_path):
+    from spadfast.synthetic import write_synthetic_folder
+
+    data = write_synthetic_folder(tmp_path / "data", 3, 16, seed=2)
+    trainer = SPADTrainer(tiny_config(train_steps=1, resize=False))
+    trainer.save(tmp_path / "run")
+    native = Segmenter.from_checkpoint(tmp_path / "run")
+    resized = Segmenter.from_checkpoint(tmp_path / "run")
+    resized.config.resize = True
+    for seg, out in ((native, tmp_path / "a"), (resized, tmp_path / "b")):
+        predict_folder(seg, data / "images", out, steps=2, ensemble=2, uncertainty=True)
+    for f in sorted((tmp_path / "a").rglob("*.png")):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f.name

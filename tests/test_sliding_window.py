@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from spadfast.sampler import image_noise_key
 from spadfast.sliding_window import gaussian_importance, segment_tiled, window_key, window_positions, window_starts
 
 
@@ -75,7 +76,7 @@ def test_one_window_equals_segmenting_the_image_itself():
     trainer = SPADTrainer(tiny_config(train_steps=1))
     image = torch.rand(1, 16, 16) * 2 - 1
     probs, std = segment_tiled(trainer.segment, image, (16, 16), 0.5, "x", steps=2, ensemble=2)
-    direct = trainer.segment(image[None], steps=2, ensemble=2, noise_keys=[window_key("x", 0, 0)])
+    direct = trainer.segment(image[None], steps=2, ensemble=2, noise_keys=[image_noise_key("x")])
     torch.testing.assert_close(probs, direct.probs[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(std, direct.std[0], rtol=1e-5, atol=1e-6)
 
