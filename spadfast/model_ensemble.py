@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import labels_from_probs
 from .sampler import SampleResult
 
 __all__ = ["ModelEnsemble", "SHARED_KEYS"]
@@ -53,11 +52,4 @@ class ModelEnsemble:
                                  noise_keys=model_keys)
             m = result.members
             members.append(m if m.dim() == 5 else m.unsqueeze(2))  # [B,k,M,H,W]
-        stacked = torch.cat(members, dim=1)
-        probs, std = stacked.mean(dim=1), stacked.std(dim=1, unbiased=False)
-        labels = labels_from_probs(probs, self.config.threshold)
-        M = probs.shape[1]
-        mask = probs > self.config.threshold if M == 1 else (
-            labels.unsqueeze(1) == torch.arange(1, M + 1).view(1, M, 1, 1))
-        out_members = stacked[:, :, 0] if M == 1 else stacked
-        return SampleResult(probs, std, mask, out_members if return_members else None, labels)
+        return SampleResult.from_members(torch.cat(members, dim=1), self.config.threshold, return_members)

@@ -48,6 +48,20 @@ class SampleResult:
     members: torch.Tensor | None = None
     labels: torch.Tensor | None = None
 
+    @classmethod
+    def from_members(cls, members: torch.Tensor, threshold: float, return_members: bool = False) -> SampleResult:
+        """The ensemble of ``members`` float ``[B,K,M,H,W]`` in [0, 1]: member mean and std, labels and masks."""
+        M = members.shape[2]
+        probs = members.mean(dim=1)
+        std = members.std(dim=1, unbiased=False)
+        labels = labels_from_probs(probs, threshold)
+        if M == 1:
+            mask, kept = probs > threshold, members[:, :, 0]
+        else:
+            mask = labels.unsqueeze(1) == torch.arange(1, M + 1, device=labels.device).view(1, M, 1, 1)
+            kept = members
+        return cls(probs, std, mask, kept if return_members else None, labels)
+
 
 def image_noise_key(name: str) -> int:
     """A stable 31-bit key for an image name (CRC-32): its initial noise then depends on the name only."""
@@ -362,15 +376,8 @@ class DDIMSampler:
             members = x.view(B, 1, M, H, W).expand(B, K, M, H, W)
         else:
             members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, M, H, W)
-        probs = members.mean(dim=1)
-        std = members.std(dim=1, unbiased=False)
-        if not bool(torch.isfinite(probs).all()):
+        if not bool(torch.isfinite(members).all()):
             raise FloatingPointError(
                 "sampling produced non-finite values: the model weights or the images hold NaN/inf"
             )
-        labels = labels_from_probs(probs, threshold)
-        if M == 1:
-            mask, members = probs > threshold, members[:, :, 0]
-        else:
-            mask = labels.unsqueeze(1) == torch.arange(1, M + 1, device=labels.device).view(1, M, 1, 1)
-        return SampleResult(probs, std, mask, members if return_members else None, labels)
+        return SampleResult.from_members(members, threshold, return_members)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import labels_from_probs
 from .sampler import SampleResult
 
 __all__ = ["views", "segment_tta", "with_tta"]
@@ -54,12 +53,7 @@ def segment_tta(segment, images: torch.Tensor, steps: int | None, ensemble: int,
     stacked = torch.cat(members, dim=1)
     if stacked.dim() == 4:
         stacked = stacked.unsqueeze(2)  # [B,K,1,H,W]
-    probs = stacked.mean(dim=1)
-    std = stacked.std(dim=1, unbiased=False)
-    labels = labels_from_probs(probs, threshold)
-    M = probs.shape[1]
-    mask = probs > threshold if M == 1 else labels.unsqueeze(1) == torch.arange(1, M + 1).view(1, M, 1, 1)
-    return SampleResult(probs, std, mask, stacked[:, :, 0] if M == 1 else stacked, labels)
+    return SampleResult.from_members(stacked, threshold, return_members=True)
 
 
 def with_tta(segmenter):
