@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ._fields import check_fields
 from .augment import dihedral
+from .gaussian import gaussian_blur
 
 __all__ = ["AugmentConfig", "augment_batch"]
 
@@ -82,19 +83,6 @@ def _uniform(lo: float, hi: float, n: int, g: torch.Generator, device) -> torch.
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[N,C,H,W]`` (reflect padding), taps to 3 sigma."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
-    pad_w, pad_h = min(radius, x.shape[-1] - 1), min(radius, x.shape[-2] - 1)
-    x = F.conv2d(F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect"), k[..., radius - pad_w:radius + pad_w + 1],
-                 groups=x.shape[1])
-    kv = k.transpose(-1, -2)[..., radius - pad_h:radius + pad_h + 1, :]
-    return F.conv2d(F.pad(x, (0, 0, pad_h, pad_h), mode="reflect"), kv, groups=x.shape[1])
-
-
 def _spatial(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch.Generator):
     B, _, H, W = image.shape
     dev = image.device
@@ -107,7 +95,7 @@ def _spatial(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: tor
     grid = F.affine_grid(theta, [B, 1, H, W], align_corners=False)
     if cfg.elastic_prob > 0:
         field = torch.randn((B, 2, H, W), generator=g, device=dev)
-        field = _gaussian_blur(field, cfg.elastic_sigma) if cfg.elastic_sigma > 0 else field
+        field = gaussian_blur(field, cfg.elastic_sigma) if cfg.elastic_sigma > 0 else field
         peak = field.flatten(1).abs().amax(1).clamp_min(1e-8).view(B, 1, 1, 1)
         field = field / peak * cfg.elastic_px * fire[2].view(B, 1, 1, 1)
         grid = grid + torch.stack([field[:, 0] * 2 / W, field[:, 1] * 2 / H], -1)
@@ -127,7 +115,7 @@ def _intensity(image: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> t
     noise = torch.randn(image.shape, generator=g, device=dev) * cfg.noise_std
     out = torch.where(fire[1].view(B, 1, 1, 1), out + noise, out)
     sigmas = _uniform(*cfg.blur_sigma, B, g, dev).tolist() if cfg.blur_prob > 0 else [0.0] * B
-    rows = [(_gaussian_blur(out[b:b + 1], sigmas[b]) if bool(fire[2][b]) else out[b:b + 1]) for b in range(B)]
+    rows = [(gaussian_blur(out[b:b + 1], sigmas[b]) if bool(fire[2][b]) else out[b:b + 1]) for b in range(B)]
     return torch.cat(rows).clamp(-1, 1)
 
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .gaussian import gaussian_blur
+
 __all__ = ["WARP_SIGMA", "erase_cells", "morph_objects", "warp_contours", "add_blobs", "generator_for"]
 
 WARP_SIGMA = 4.0  # pixels: the scale over which a contour warp is smooth
@@ -94,15 +96,6 @@ def morph_objects(mask: torch.Tensor, px: int, generator: torch.Generator) -> to
     return out
 
 
-def _gaussian_filter(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
-
-
 def warp_contours(mask: torch.Tensor, px: float, generator: torch.Generator) -> torch.Tensor:
     """Move the mask by a smooth random displacement of peak ``px`` pixels (nearest neighbour)."""
     m = mask.float()
@@ -111,7 +104,7 @@ def warp_contours(mask: torch.Tensor, px: float, generator: torch.Generator) -> 
     N, _, H, W = m.shape
     field = torch.randn((N * 2, 1, H, W), generator=generator).to(m.device)
     if min(H, W) > 3 * WARP_SIGMA:
-        field = _gaussian_filter(field, WARP_SIGMA)
+        field = gaussian_blur(field, WARP_SIGMA)
     peak = field.flatten(1).abs().amax(dim=1).clamp_min(1e-8).view(-1, 1, 1, 1)
     field = (field / peak * px).view(N, 2, H, W)
     ys, xs = torch.meshgrid(torch.arange(H, device=m.device, dtype=torch.float32),
