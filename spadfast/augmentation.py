@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ._fields import check_fields
 from .augment import dihedral
-from .gaussian import gaussian_blur
+from .reference import gaussian_blur as _blur_rows
 
 __all__ = ["AugmentConfig", "augment_batch"]
 
@@ -83,6 +83,12 @@ def _uniform(lo: float, hi: float, n: int, g: torch.Generator, device) -> torch.
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
 
 
+def _blur_channels(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """:func:`spadfast.reference.gaussian_blur` (replicated borders) of every channel of ``[N,C,H,W]``."""
+    N, C, H, W = x.shape
+    return _blur_rows(x.reshape(N * C, 1, H, W), sigma).reshape(N, C, H, W).to(x.dtype)
+
+
 def _spatial(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch.Generator):
     B, _, H, W = image.shape
     dev = image.device
@@ -95,7 +101,7 @@ def _spatial(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: tor
     grid = F.affine_grid(theta, [B, 1, H, W], align_corners=False)
     if cfg.elastic_prob > 0:
         field = torch.randn((B, 2, H, W), generator=g, device=dev)
-        field = gaussian_blur(field, cfg.elastic_sigma) if cfg.elastic_sigma > 0 else field
+        field = _blur_channels(field, cfg.elastic_sigma) if cfg.elastic_sigma > 0 else field
         peak = field.flatten(1).abs().amax(1).clamp_min(1e-8).view(B, 1, 1, 1)
         field = field / peak * cfg.elastic_px * fire[2].view(B, 1, 1, 1)
         grid = grid + torch.stack([field[:, 0] * 2 / W, field[:, 1] * 2 / H], -1)
@@ -115,7 +121,7 @@ def _intensity(image: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> t
     noise = torch.randn(image.shape, generator=g, device=dev) * cfg.noise_std
     out = torch.where(fire[1].view(B, 1, 1, 1), out + noise, out)
     sigmas = _uniform(*cfg.blur_sigma, B, g, dev).tolist() if cfg.blur_prob > 0 else [0.0] * B
-    rows = [(gaussian_blur(out[b:b + 1], sigmas[b]) if bool(fire[2][b]) else out[b:b + 1]) for b in range(B)]
+    rows = [(_blur_channels(out[b:b + 1], sigmas[b]) if bool(fire[2][b]) else out[b:b + 1]) for b in range(B)]
     return torch.cat(rows).clamp(-1, 1)
 
 

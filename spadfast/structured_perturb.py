@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .gaussian import gaussian_blur
+from .reference import gaussian_blur
 
 __all__ = ["WARP_SIGMA", "erase_cells", "morph_objects", "warp_contours", "add_blobs", "generator_for"]
 
