@@ -21,13 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import METRICS, per_class_metrics, summarize
+import torch
+
+from .metrics import METRICS, dice, per_class_metrics, summarize
 
 # Label values above this, without a dataset.json naming the classes, are most likely not class numbers (255 is a
 # common "ignore" value, or a 0/255 binary mask in a multi-class folder).
 LARGE_LABEL = 100
 
-__all__ = ["LARGE_LABEL", "class_names", "present_classes", "score_case", "summarize_classes", "warn_large_labels"]
+__all__ = ["LARGE_LABEL", "class_names", "present_classes", "present_class_dice", "score_case", "summarize_classes",
+           "warn_large_labels"]
 
 
 def present_classes(*label_maps: np.ndarray) -> list[int]:
@@ -42,6 +45,15 @@ def _empty_case_scores(nd: int) -> dict[str, float]:
     """Every metric of two empty masks (Dice 1, IoU 1, HD95 0 by the conventions of :mod:`spadfast.metrics`)."""
     empty = np.zeros((1,) * nd, bool)
     return {name: float(fn(empty, empty, spacing=(1.0,) * nd)) for name, fn in METRICS.items()}
+
+
+def present_class_dice(pred: torch.Tensor, truth: torch.Tensor) -> list[float]:
+    """Dice of each (image, class) plane of ``[N,H,W]`` (bool) whose class is in the prediction or the ground truth;
+    planes empty in both are left out (they say nothing about the model). Validation averages these."""
+    present = pred.flatten(1).any(1) | truth.flatten(1).any(1)
+    if not bool(present.any()):
+        return []
+    return [float(v) for v in np.atleast_1d(dice(pred[present], truth[present]))]
 
 
 def score_case(name: str, pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> dict[str, Any]:

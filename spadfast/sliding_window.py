@@ -124,13 +124,10 @@ def segment_image(segmenter, image: torch.Tensor, name: str, steps: int | None =
 def validate_whole_images(trainer, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Mean Dice of single-member sliding-window predictions of whole images ``(image [C,H,W], mask [K,H,W])``,
     over (image, class) pairs where the class is in the prediction or the ground truth (1.0 when none is)."""
-    from .metrics import dice
+    from .class_scores import present_class_dice
 
-    scores = []
+    scores: list[float] = []
     for i, (image, mask) in enumerate(pairs):
         probs, _ = segment_image(trainer, image, f"val{i}", ensemble=1, seed=trainer.config.seed)
-        pred, truth = probs > trainer.config.threshold, mask > 0.5
-        for k in range(truth.shape[0]):
-            if bool(pred[k].any() or truth[k].any()):
-                scores.append(float(dice(pred[k], truth[k])))
+        scores += present_class_dice(probs > trainer.config.threshold, mask > 0.5)
     return sum(scores) / len(scores) if scores else 1.0

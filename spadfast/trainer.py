@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .config import SPADConfig
 from .distributed import resolve_device
-from .metrics import dice
+from .class_scores import present_class_dice
 from .models import build_model, check_fits_memory
 from .perturb import perturb_factor, spad_perturb
 from .training_inputs import noised_pair, perturbed_rows, self_condition, supervised_loss, x0_from_prediction
@@ -329,10 +329,8 @@ class SPADTrainer:
         self._log_overlays(images, masks, result)
         H, W = masks.shape[-2:]
         pred, truth = result.mask.cpu().reshape(-1, H, W), masks.reshape(-1, H, W) > 0.5
-        present = pred.flatten(1).any(1) | truth.flatten(1).any(1)
-        if not bool(present.any()):
-            return 1.0
-        return float(torch.as_tensor(dice(pred, truth)).double()[present].mean())
+        scores = present_class_dice(pred, truth)
+        return sum(scores) / len(scores) if scores else 1.0
 
     # -------------------------------------------------------------------------------------------- sampling
     def segment(
