@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--wheel", type=Path, help="stardist-0.9.2 wheel (default: pip download it)")
     p.add_argument("--dest", type=Path, default=ROOT / "docs" / "spad_study" / "cells")
+    p.add_argument("--code", default="runs trained by a frozen worktree (`/work/study-wt`) that moved from "
+                   "5d8f22e to d3dd02b on 2026-12-04 as variants were added (the variants that ran train identically "
+                   "at each); evaluated with main at 2b4b85e and later (study_eval unchanged since)",
+                   help="report: which spadfast code made the runs")
     args = p.parse_args(argv)
     if args.step == "prepare":
         prepare(args.out, args.folds, args.wheel)
@@ -238,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         page = ROOT / "docs" / "spad_study.md"
         baselines_file = args.dest / "baselines.json"
         baselines = json.loads(baselines_file.read_text()) if baselines_file.is_file() else None
-        planned = len(args.variants) * len(args.datasets) * args.folds * args.seeds
-        page.write_text(write_report(args.dest, page, baselines, planned))
+        from spadfast.ablate import slug
+
+        plan = [(d, f"fold{k}", slug(v), s) for s in range(args.seeds) for k in range(args.folds)
+                for d in args.datasets for v in args.variants]
+        page.write_text(write_report(args.dest, page, baselines, len(plan), plan, args.code))
         print(f"wrote {page}")
     return 0
 

@@ -101,7 +101,8 @@ def _figure(cells, data_sets, variants, path: Path) -> bool:
     return True
 
 
-def write_report(cells_root: Path, page: Path, baselines: dict | None = None, planned: int | None = None) -> str:
+def write_report(cells_root: Path, page: Path, baselines: dict | None = None, planned: int | None = None,
+                 plan: list[tuple[str, str, str, int]] | None = None, code: str | None = None) -> str:
     cells = load_cells(cells_root)
     data_sets = sorted({k[0] for k in cells})
     variants = [v for v in NAMES if v != "baseline" and any(k[2] == v for k in cells)]
@@ -172,6 +173,13 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
     fig = page.parent / "spad_study" / "delta_dice_vs_steps.png"
     if cells and _figure(cells, data_sets, variants, fig):
         lines += ["", f"![Δ Dice vs DDIM steps]({fig.relative_to(page.parent)})", ""]
+    if plan:
+        missing = [p for p in plan if p not in cells]
+        lines += ["", f"## Missing runs ({len(missing)} of {len(plan)})", ""]
+        lines += [", ".join(f"{d}/{f}/{NAMES.get(v, v)}/seed{s}" for d, f, v, s in missing) or "none", ""]
+    if code:
+        lines += [f"Code: {code}. Each cell in `docs/spad_study/cells` records its run's full config (seed, steps) and "
+                  "training time.", ""]
     lines += ["", PROTOCOL]
     return "\n".join(lines) + "\n"
 
