@@ -340,7 +340,15 @@ def cmd_evaluate(args) -> int:
     if args.json:
         check_output_file(args.json, "--json", inputs=[args.pred, args.gt])
     report_mod.check_arguments(args)
-    report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None)
+    shard = (dist_utils.env_rank(), dist_utils.env_world_size())  # under torchrun, ranks score a share of the cases
+    if shard[1] > 1:
+        import torch
+
+        dist_utils.init_from_env(torch.device("cpu"))
+    report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
+                              shard=shard)
+    if not dist_utils.is_main():  # rank 0 holds the whole report and writes it once
+        return 0
     print(format_table(report))
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2))

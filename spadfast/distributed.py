@@ -55,6 +55,32 @@ def sum_over_ranks(value: int) -> int:
     return int(t.item())
 
 
+def gather(value: object) -> list:
+    """``value`` from every rank, in rank order (``[value]`` without a process group); picklable objects only."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def gather_or_raise(work):
+    """Run ``work()`` on this rank and return every rank's result in rank order (``[work()]`` without a process
+    group). When ``work`` raises ValueError, TypeError or OSError on any rank, every rank raises: its own error, or
+    else a ValueError with the first failing rank's message, so no rank waits forever on a peer that gave up."""
+    try:
+        value, error = work(), None
+    except (ValueError, TypeError, OSError) as e:
+        value, error = None, e
+    parts = gather((value, None if error is None else f"rank {rank()}: {error}"))
+    if error is not None:
+        raise error
+    failed = [message for _, message in parts if message is not None]
+    if failed:
+        raise ValueError(failed[0])
+    return [v for v, _ in parts]
+
+
 def shard_of(names: list[str], shard: tuple[int, int]) -> list[str]:
     """Process ``shard = (rank, world)``'s share of ``names``: every ``world``-th from ``rank`` (one process: all)."""
     rank, world = shard

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 
+from . import distributed as dist_utils
 from .class_scores import LARGE_LABEL, class_names, present_classes, score_case, summarize_classes, warn_large_labels
 from .files import read_mask
 from .label_maps import read_label_png
@@ -96,30 +97,42 @@ def _volume_spacing(spacing: Any) -> tuple[float, float, float] | None:
     return tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
 
+def _merged(parts: list[list[dict[str, Any]]], names: list[str]) -> list[dict[str, Any]]:
+    """Every rank's scored cases (``parts``, as :func:`spadfast.distributed.gather_or_raise` returns them) in
+    ``names``' order."""
+    by_name = {case["name"]: case for part in parts for case in part}
+    return [by_name[n] for n in names]
+
+
 def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[str], gt_dir: Path,
-                      spacing: Any) -> dict[str, Any]:
+                      spacing: Any, shard: tuple[int, int]) -> dict[str, Any]:
     from .nifti import read_dataset_json, read_label, read_nifti, same_affine, spacing_of
 
     spacing = _volume_spacing(spacing)
     info = read_dataset_json(gt_dir.parent)
     n_classes = len(info.class_names) or None
-    warned: set[int] = set()
-    cases = []
-    for name in names:
-        g_img, p_img = read_nifti(gt[name]), read_nifti(pred[name])
-        if tuple(p_img.shape[:3]) != tuple(g_img.shape[:3]) or len(p_img.shape) != len(g_img.shape):
-            raise ValueError(f"{str(pred[name])!r} has shape {tuple(p_img.shape)} but {str(gt[name])!r} has "
-                             f"{tuple(g_img.shape)}")
-        if not same_affine(p_img, g_img):
-            raise ValueError(f"{str(pred[name])!r} and {str(gt[name])!r} have different affines (spacing "
-                             f"{spacing_of(p_img)} vs {spacing_of(g_img)}): the prediction is not on the ground "
-                             "truth's voxel grid")
-        g = read_label(gt[name], None, n_classes)
-        p = read_label(pred[name], None, n_classes)
-        if n_classes is None:
-            warn_large_labels(gt[name], g, warned)
-            warn_large_labels(pred[name], p, warned)
-        cases.append(score_case(name, p, g, spacing if spacing is not None else spacing_of(g_img)))
+
+    def score_share() -> list[dict[str, Any]]:
+        warned: set[int] = set()
+        cases = []
+        for name in dist_utils.shard_of(names, shard):
+            g_img, p_img = read_nifti(gt[name]), read_nifti(pred[name])
+            if tuple(p_img.shape[:3]) != tuple(g_img.shape[:3]) or len(p_img.shape) != len(g_img.shape):
+                raise ValueError(f"{str(pred[name])!r} has shape {tuple(p_img.shape)} but {str(gt[name])!r} has "
+                                 f"{tuple(g_img.shape)}")
+            if not same_affine(p_img, g_img):
+                raise ValueError(f"{str(pred[name])!r} and {str(gt[name])!r} have different affines (spacing "
+                                 f"{spacing_of(p_img)} vs {spacing_of(g_img)}): the prediction is not on the "
+                                 "ground truth's voxel grid")
+            g = read_label(gt[name], None, n_classes)
+            p = read_label(pred[name], None, n_classes)
+            if n_classes is None:
+                warn_large_labels(gt[name], g, warned)
+                warn_large_labels(pred[name], p, warned)
+            cases.append(score_case(name, p, g, spacing if spacing is not None else spacing_of(g_img)))
+        return cases
+
+    cases = _merged(dist_utils.gather_or_raise(score_share), names)
     classes = range(1, n_classes) if n_classes else sorted({int(c) for case in cases for c in case["per_class"]})
     return {"cases": cases, "mean": summarize_classes(cases), "classes": class_names(classes, info.class_names),
             "hd95_unit": "mm"}
@@ -129,33 +142,51 @@ def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[st
 # PNG
 
 
-def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str], spacing: Any) -> dict[str, Any]:
+def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str], spacing: Any,
+                   shard: tuple[int, int]) -> dict[str, Any]:
     sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
     if len(sp) != 2:
         raise ValueError(f"`spacing` must be None or (dy, dx) for PNG masks, got {tuple(spacing)!r}")
-    p_maps = {n: read_label_png(pred[n]) for n in names}
-    g_maps = {n: read_label_png(gt[n]) for n in names}
-    for n in names:
-        p, g = p_maps[n], g_maps[n]
-        if p.shape != g.shape:
-            raise ValueError(f"{str(pred[n])!r} is {p.shape[1]}x{p.shape[0]} but {str(gt[n])!r} is "
-                             f"{g.shape[1]}x{g.shape[0]}")
-    p_vals, g_vals = set(present_classes(*p_maps.values())), set(present_classes(*g_maps.values()))
+    share = dist_utils.shard_of(names, shard)
+    p_maps: dict[str, Any] = {}
+    g_maps: dict[str, Any] = {}
+
+    def read_share() -> tuple[set[int], set[int], dict[int, str]]:
+        for n in share:
+            p_maps[n], g_maps[n] = read_label_png(pred[n]), read_label_png(gt[n])
+            p, g = p_maps[n], g_maps[n]
+            if p.shape != g.shape:
+                raise ValueError(f"{str(pred[n])!r} is {p.shape[1]}x{p.shape[0]} but {str(gt[n])!r} is "
+                                 f"{g.shape[1]}x{g.shape[0]}")
+        p_vals, g_vals = set(present_classes(*p_maps.values())), set(present_classes(*g_maps.values()))
+        first_file = {}  # value above MAX_PNG_CLASS -> the first file holding it, for the error below
+        for v in sorted(v for v in p_vals | g_vals if v > MAX_PNG_CLASS):
+            maps, folder = (p_maps, pred) if v in p_vals else (g_maps, gt)
+            first_file[v] = str(next(folder[n] for n in share if (maps[n] == v).any()))
+        return p_vals, g_vals, first_file
+
+    # binary vs multi-class is decided on the whole set, so every rank learns every rank's values
+    found = dist_utils.gather_or_raise(read_share)
+    p_vals, g_vals = set().union(*(f[0] for f in found)), set().union(*(f[1] for f in found))
     units = {} if spacing is None else {"hd95_unit": "spacing units"}
     if len(p_vals) <= 1 and len(g_vals) <= 1:  # binary: nonzero is foreground, no per-class scores
-        cases = []
-        for n in names:
-            p, g = read_mask(pred[n]), read_mask(gt[n])
-            cases.append({"name": n, **{key: float(fn(p, g, spacing=sp)) for key, fn in METRICS.items()}})
+        def score_binary() -> list[dict[str, Any]]:
+            cases = []
+            for n in share:
+                p, g = read_mask(pred[n]), read_mask(gt[n])
+                cases.append({"name": n, **{key: float(fn(p, g, spacing=sp)) for key, fn in METRICS.items()}})
+            return cases
+
+        cases = _merged(dist_utils.gather_or_raise(score_binary), names)
         return {"cases": cases, "mean": summarize(cases), **units}
     top = max(p_vals | g_vals)
     if top > MAX_PNG_CLASS:
-        maps, folder = (p_maps, pred) if top in p_vals else (g_maps, gt)
-        culprit = next(folder[n] for n in names if (maps[n] == top).any())
+        culprit = next(f[2][top] for f in found if top in f[2])
         raise ValueError(f"{culprit} holds the value {top} but the masks hold several labels "
                          f"({sorted(p_vals | g_vals)[:6]}...): multi-class PNG label maps store class numbers "
                          f"1..{MAX_PNG_CLASS}; a 0/255 binary mask cannot be scored against a multi-class map")
-    cases = [score_case(n, p_maps[n], g_maps[n], sp) for n in names]
+    cases = _merged(dist_utils.gather_or_raise(lambda: [score_case(n, p_maps[n], g_maps[n], sp) for n in share]),
+                    names)
     return {"cases": cases, "mean": summarize_classes(cases), "classes": class_names(sorted(p_vals | g_vals)),
             **units}
 
@@ -164,7 +195,8 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
 
 
 def evaluate_folders(
-    pred_dir: str | Path, gt_dir: str | Path, spacing: tuple[float, ...] | None = None
+    pred_dir: str | Path, gt_dir: str | Path, spacing: tuple[float, ...] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     """Pair predictions with ground truth by name and score each pair (see the module docstring for the three
     kinds of folder and the report's layout).
@@ -174,6 +206,9 @@ def evaluate_folders(
         gt_dir: ground truth; its files decide the kind (``.nii.gz`` / ``.nii`` present: volumes, else PNG).
         spacing: PNG: ``(dy, dx)`` pixel size (default 1, 1); volumes: ``(d0, d1, d2)`` voxel size overriding the
             header's (default None: each ground-truth file's ``get_zooms()``, millimetres). HD95 is in its units.
+        shard: ``(rank, world)``: this process scores every ``world``-th case from ``rank`` and, in a process
+            group of ``world`` ranks (torchrun), gathers the others' scores, so every rank returns the whole report
+            (equal to a single process's). Default ``(0, 1)``: one process scores everything.
 
     Returns:
         ``{"cases": [...], "mean": {...}}``; binary PNG folders give exactly ``{"name", "dice", "iou", "hd95"}``
@@ -191,10 +226,14 @@ def evaluate_folders(
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if spacing is not None and (isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__")):
         raise ValueError(f"`spacing` must be None or a sequence of numbers, got {spacing!r}")
+    dist_utils.shard_of([], shard)  # checks `shard`
+    if shard[1] != dist_utils.world_size() or shard[0] != dist_utils.rank():
+        raise ValueError(f"`shard` {shard!r} is not this process's place (rank {dist_utils.rank()} of "
+                         f"{dist_utils.world_size()}; torchrun starts the process group)")
     kind, pred, gt, names = list_pairs(pred_dir, gt_dir)
     if kind == "volumes":
-        return _evaluate_volumes(pred, gt, names, gt_dir, spacing)
-    return _evaluate_pngs(pred, gt, names, spacing)
+        return _evaluate_volumes(pred, gt, names, gt_dir, spacing, shard)
+    return _evaluate_pngs(pred, gt, names, spacing, shard)
 
 
 def case_names(pred_dir: str | Path, gt_dir: str | Path) -> list[str]:

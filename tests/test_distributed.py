@@ -178,3 +178,51 @@ def test_slurm_recipes_are_valid_bash(script):
     assert "torchrun" in text and "-m spadfast" in text
     if script == "train.sbatch":
         assert "--signal=B:USR1@" in text and "--requeue" in text and "-eq 3" in text
+
+
+def _label_maps(folder: Path, seed: int, sizes: list[tuple[int, int]]) -> None:
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(sizes):
+        labels = np.zeros((h, w), np.uint8)
+        for value in (1, 2, 3):
+            y, x = rng.integers(0, h - 6), rng.integers(0, w - 6)
+            labels[y:y + rng.integers(3, 7), x:x + rng.integers(3, 7)] = value
+        cv2.imwrite(str(folder / f"case{i}.png"), labels)
+
+
+def _torchrun(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}", "-m", "spadfast", *args]
+
+
+def test_torchrun_evaluate_scores_shares_and_writes_one_report(tmp_path):
+    sizes = [(20 + i, 24 + 2 * i) for i in range(5)]
+    _label_maps(tmp_path / "gt", 0, sizes)
+    _label_maps(tmp_path / "pred", 1, sizes)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    evaluate = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    one = subprocess.run([sys.executable, "-m", "spadfast", *evaluate, "--json", str(tmp_path / "one.json")],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(_torchrun([*evaluate, "--json", str(tmp_path / "two.json"), "--report",
+                                    str(tmp_path / "report")]), capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-4000:]
+    assert (tmp_path / "two.json").read_text() == (tmp_path / "one.json").read_text()
+    assert json.loads((tmp_path / "one.json").read_text())["classes"].keys() == {"1", "2", "3"}
+    assert two.stdout.count("spadfast evaluate: report") == 1 and (tmp_path / "report" / "index.html").is_file()
+    assert two.stdout.count("case4.png") == 1  # one table, printed by rank 0
+
+
+def test_torchrun_evaluate_error_on_one_rank_stops_both_with_one_message(tmp_path):
+    _label_maps(tmp_path / "gt", 0, [(20, 20)] * 4)
+    _label_maps(tmp_path / "pred", 1, [(20, 20)] * 3 + [(20, 22)])  # case3: rank 1's share
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(_torchrun(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]),
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "case3.png" in proc.stderr and "is 22x20 but" in proc.stderr

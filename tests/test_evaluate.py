@@ -270,3 +270,20 @@ def test_a_stray_label_does_not_inflate_the_mean(tmp_path):
         report = evaluate_folders(tmp_path / "p", tmp_path / "g")
     assert report["mean"]["dice"] == 0.0 and report["mean"]["iou"] == 0.0  # class 1 missed, 255 hallucinated
     assert set(report["mean"]["per_class"]) == {"1", "255"}
+
+
+def test_evaluate_shard_outside_a_process_group_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="shard"):
+        evaluate_folders(tmp_path, tmp_path, shard=(0, 2))
+    with pytest.raises(ValueError, match="shard"):
+        evaluate_folders(tmp_path, tmp_path, shard=(1, 1))
+
+
+def test_gather_or_raise_without_a_process_group():
+    from spadfast.distributed import gather_or_raise
+
+    assert gather_or_raise(lambda: 5) == [5]
+    with pytest.raises(KeyError):
+        gather_or_raise(lambda: {}["x"])  # not an input error: raised as it is, untouched
+    with pytest.raises(ValueError, match="boom"):
+        gather_or_raise(lambda: (_ for _ in ()).throw(ValueError("boom")))
