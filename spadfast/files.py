@@ -19,6 +19,7 @@ import torch
 
 from ._constants import INTENSITY_NORMS
 from ._validation import binary_array, check_int, is_int
+from .label_maps import palette_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _LOSSY = (".jpg", ".jpeg")
@@ -142,8 +143,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
     JPEG masks are the exception: compression noise scatters small nonzero values, so they are thresholded at half
     the dtype's range (> 127 for 8-bit). RGB(A) masks must have equal colour channels (alpha ignored), except a
-    constant colour with a varying alpha, where alpha is the label (a common export of annotation tools). A
-    multipage TIFF is refused.
+    constant colour with a varying alpha, where alpha is the label (a common export of annotation tools). An
+    indexed-colour (palette) PNG is read by palette index: index 0 is background. A multipage TIFF is refused.
 
     Args:
         path: a PNG, JPEG, TIFF or BMP mask file.
@@ -163,7 +164,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                [ True, False]])
     """
     path = Path(path)
-    return _mask_from_array(_decode(path), path)
+    indices = palette_indices(np.fromfile(path, dtype=np.uint8)) if path.suffix.lower() == ".png" and \
+        path.is_file() else None
+    return indices != 0 if indices is not None else _mask_from_array(_decode(path), path)
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], mode: int = 0o644) -> Path:
     """Create ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, which is fsynced and renamed.

@@ -1,4 +1,6 @@
-"""2-D label maps as stored: the one reader ``evaluate`` and the report use for PNG/TIFF label files."""
+"""2-D label maps as stored: the one reader ``evaluate``, the report and multi-class training use for PNG/TIFF
+label files. Palette (indexed-colour) PNGs, as Pascal VOC and many annotation tools write them, are read as their
+palette indices: the index is the class, whatever colour the palette gives it."""
 
 from __future__ import annotations
 
@@ -8,7 +10,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["read_label_png"]
+__all__ = ["palette_indices", "read_label_png"]
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def palette_indices(data: np.ndarray) -> np.ndarray | None:
+    """The palette indices (uint8 ``[H,W]``) of an indexed-colour PNG given as its file's bytes (uint8 ``[N]``);
+    None for any other file (OpenCV would expand the palette to colours)."""
+    head = data[:26].tobytes()
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or head[25] != 3:
+        return None  # colour type (IHDR byte 9, file byte 25) 3 = indexed colour
+    import io
+
+    from PIL import Image  # a dependency of matplotlib, itself a core dependency
+
+    with Image.open(io.BytesIO(data.tobytes())) as image:
+        if image.mode not in ("P", "L"):  # "L": a 1-entry or gray palette Pillow collapsed
+            image = image.convert("P")
+        return np.array(image, dtype=np.uint8)
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
@@ -16,7 +36,9 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     alpha ignored); 0/255 binary masks give labels 0 and 255. Refuses undecodable files and non-integer pixels."""
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    array = palette_indices(data)
+    if array is None and data.size:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None:
         raise ValueError(f"cannot decode {path}: not a PNG OpenCV can read, or a corrupt file")
     if array.ndim == 3:

@@ -61,3 +61,34 @@ def test_train_predict_and_evaluate_label_pngs(tmp_path, resize):
     assert labels.shape == (16, 16) and labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
     report = evaluate_folders(out, root / "masks")
     assert set(report["mean"]["per_class"]) <= {"1", "2"} and len(report["cases"]) == 4
+
+
+def _as_palette_png(path, labels, colours):
+    from PIL import Image
+
+    image = Image.fromarray(labels, mode="P")
+    image.putpalette([c for rgb in colours for c in rgb])
+    image.save(path)
+
+
+def test_palette_pngs_are_read_by_index_for_training_and_evaluation(tmp_path):
+    """Indexed-colour masks (Pascal VOC style): the palette index is the class, whatever its colour."""
+    root = _folder(tmp_path / "d")
+    colours = [(0, 0, 0), (128, 0, 0), (0, 128, 0)]
+    gray = SegmentationFolder(root, num_classes=3)
+    for p in sorted((root / "masks").glob("*.png")):
+        _as_palette_png(p, cv2.imread(str(p), cv2.IMREAD_UNCHANGED), colours)
+    assert cv2.imread(str(root / "masks" / "0.png"), cv2.IMREAD_UNCHANGED).ndim == 3  # OpenCV expands the palette
+    palette = SegmentationFolder(root, num_classes=3)
+    for i in range(len(gray)):
+        assert np.array_equal(gray[i][1].numpy(), palette[i][1].numpy())
+    report = evaluate_folders(root / "masks", root / "masks")
+    assert set(report["classes"]) == {"1", "2"} and report["mean"]["dice"] == 1.0
+
+
+def test_binary_palette_mask_is_foreground_by_index(tmp_path):
+    from spadfast.files import read_mask
+
+    labels = (np.random.default_rng(5).random((9, 13)) > 0.5).astype(np.uint8)
+    _as_palette_png(tmp_path / "m.png", labels, [(255, 255, 255), (200, 30, 30)])  # background drawn white
+    assert np.array_equal(read_mask(tmp_path / "m.png"), labels != 0)
