@@ -15,7 +15,7 @@ def coerce_dataset(
     data: Dataset | str | Path | None, name: str, image_size: int, channels: int, synthetic_n: int = 0,
     synthetic_seed: int = 0, intensity_norm: str = "dtype", mask_channels: int = 1, slice_axis: int | None = None,
     foreground_fraction: float = 0.5, window: tuple[float, float] | None = None, resize: bool = True,
-    patch_seed: int = 0, foreground_oversample: float = 1 / 3,
+    patch_seed: int = 0, foreground_oversample: float = 1 / 3, ignore_label: int | None = None,
 ) -> Dataset:
     """A training/validation dataset from what the user passed, checked before any work starts.
 
@@ -30,6 +30,8 @@ def coerce_dataset(
         resize: False keeps image folders at native size: training data becomes random ``image_size`` patches
             (:class:`spadfast.patches.PatchDraws` with ``patch_seed`` and ``foreground_oversample``), validation
             data whole images.
+        ignore_label: image folders: the mask value that marks unannotated pixels (mask -1 in every channel there);
+            Datasets may then hold -1 too.
     """
     from .folders import SegmentationFolder
     from .synthetic import SyntheticLesions
@@ -51,12 +53,14 @@ def coerce_dataset(
                 data = PatchDraws(data, image_size, seed=patch_seed, foreground_share=foreground_oversample)
         elif resize:
             return SegmentationFolder(data, image_size=image_size, channels=channels,
-                                      intensity_norm=intensity_norm, num_classes=mask_channels + 1)
+                                      intensity_norm=intensity_norm, num_classes=mask_channels + 1,
+                                      ignore_label=ignore_label)
         else:
             from .patches import PatchDraws
 
             folder = SegmentationFolder(data, image_size=None, channels=channels, intensity_norm=intensity_norm,
-                                        mixed_sizes=True, num_classes=mask_channels + 1)
+                                        mixed_sizes=True, num_classes=mask_channels + 1,
+                                        ignore_label=ignore_label)
             if name != "train_data":
                 return folder
             return PatchDraws(folder, image_size, seed=patch_seed, foreground_share=foreground_oversample)
@@ -75,8 +79,10 @@ def coerce_dataset(
         )
     if not image.is_floating_point() or not bool(torch.isfinite(image).all()):
         raise ValueError(f"`{name}` images must be finite floating tensors in [-1, 1] (item 0: {image.dtype})")
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"`{name}` masks must hold only 0 and 1 (item 0 holds {mask.unique()[:4].tolist()})")
+    allowed = (mask == 0) | (mask == 1) | ((mask == -1) if ignore_label is not None else False)
+    if not bool(allowed.all()):
+        extra = " (and -1, ignored, with ignore_label)" if ignore_label is not None else ""
+        raise ValueError(f"`{name}` masks must hold only 0 and 1{extra} (item 0 holds {mask.unique()[:4].tolist()})")
     if image.dim() != 3 or image.shape[0] != channels:
         raise ValueError(
             f"`{name}` images must be [C={channels},H,W] (config.image_channels), got {tuple(image.shape)}"
@@ -98,7 +104,8 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     common = dict(image_size=cfg.image_size, channels=cfg.image_channels, intensity_norm=cfg.intensity_norm,
                   mask_channels=cfg.mask_channels, slice_axis=cfg.slice_axis,
                   foreground_fraction=cfg.foreground_fraction, window=cfg.intensity_window or None,
-                  resize=cfg.resize, patch_seed=cfg.seed, foreground_oversample=cfg.foreground_oversample)
+                  resize=cfg.resize, patch_seed=cfg.seed, foreground_oversample=cfg.foreground_oversample,
+                  ignore_label=cfg.ignore_label)
     train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
                            **common)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}

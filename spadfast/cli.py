@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write {cases, mean} here")
     p.add_argument("--spacing", type=float, nargs="+", metavar="D",
                    help="pixel size DY DX (PNG; default 1 1) or voxel size D0 D1 D2 overriding NIfTI headers")
+    p.add_argument("--ignore", type=int, metavar="VALUE",
+                   help="ground-truth value of unannotated pixels (e.g. 255): scored as neither class nor error")
     from .report import add_arguments as add_report_arguments
 
     add_report_arguments(p)
@@ -346,7 +348,7 @@ def cmd_evaluate(args) -> int:
 
         dist_utils.init_from_env(torch.device("cpu"))
     report = evaluate_folders(args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
-                              shard=shard)
+                              shard=shard, ignore=args.ignore)
     if not dist_utils.is_main():  # rank 0 holds the whole report and writes it once
         return 0
     print(format_table(report))

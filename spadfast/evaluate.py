@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 
@@ -97,6 +99,14 @@ def _volume_spacing(spacing: Any) -> tuple[float, float, float] | None:
     return tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
 
+def _drop_ignored(p: np.ndarray, g: np.ndarray, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Label maps with the ground truth's ``ignore`` pixels set to background in both (scored as neither)."""
+    if ignore is None:
+        return p, g
+    ignored = g == ignore
+    return np.where(ignored, 0, p).astype(p.dtype), np.where(ignored, 0, g).astype(g.dtype)
+
+
 def _merged(parts: list[list[dict[str, Any]]], names: list[str]) -> list[dict[str, Any]]:
     """Every rank's scored cases (``parts``, as :func:`spadfast.distributed.gather_or_raise` returns them) in
     ``names``' order."""
@@ -105,7 +115,7 @@ def _merged(parts: list[list[dict[str, Any]]], names: list[str]) -> list[dict[st
 
 
 def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[str], gt_dir: Path,
-                      spacing: Any, shard: tuple[int, int]) -> dict[str, Any]:
+                      spacing: Any, shard: tuple[int, int], ignore: int | None) -> dict[str, Any]:
     from .nifti import read_dataset_json, read_label, read_nifti, same_affine, spacing_of
 
     spacing = _volume_spacing(spacing)
@@ -124,8 +134,12 @@ def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[st
                 raise ValueError(f"{str(pred[name])!r} and {str(gt[name])!r} have different affines (spacing "
                                  f"{spacing_of(p_img)} vs {spacing_of(g_img)}): the prediction is not on the "
                                  "ground truth's voxel grid")
-            g = read_label(gt[name], None, n_classes)
+            g = read_label(gt[name], None, n_classes if ignore is None else None)
             p = read_label(pred[name], None, n_classes)
+            p, g = _drop_ignored(p, g, ignore)
+            if n_classes is not None and int(g.max(initial=0)) >= n_classes:
+                raise ValueError(f"{gt[name]} holds label {int(g.max())} but dataset.json declares {n_classes} "
+                                 f"classes (and --ignore {ignore})")
             if n_classes is None:
                 warn_large_labels(gt[name], g, warned)
                 warn_large_labels(pred[name], p, warned)
@@ -143,7 +157,7 @@ def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[st
 
 
 def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str], spacing: Any,
-                   shard: tuple[int, int]) -> dict[str, Any]:
+                   shard: tuple[int, int], ignore: int | None) -> dict[str, Any]:
     sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
     if len(sp) != 2:
         raise ValueError(f"`spacing` must be None or (dy, dx) for PNG masks, got {tuple(spacing)!r}")
@@ -153,11 +167,11 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
 
     def read_share() -> tuple[set[int], set[int], dict[int, str]]:
         for n in share:
-            p_maps[n], g_maps[n] = read_label_png(pred[n]), read_label_png(gt[n])
-            p, g = p_maps[n], g_maps[n]
+            p, g = read_label_png(pred[n]), read_label_png(gt[n])
             if p.shape != g.shape:
                 raise ValueError(f"{str(pred[n])!r} is {p.shape[1]}x{p.shape[0]} but {str(gt[n])!r} is "
                                  f"{g.shape[1]}x{g.shape[0]}")
+            p_maps[n], g_maps[n] = _drop_ignored(p, g, ignore)
         p_vals, g_vals = set(present_classes(*p_maps.values())), set(present_classes(*g_maps.values()))
         first_file = {}  # value above MAX_PNG_CLASS -> the first file holding it, for the error below
         for v in sorted(v for v in p_vals | g_vals if v > MAX_PNG_CLASS):
@@ -174,6 +188,8 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
             cases = []
             for n in share:
                 p, g = read_mask(pred[n]), read_mask(gt[n])
+                if ignore is not None:
+                    p, g = p_maps[n] != 0, g_maps[n] != 0  # label maps with ignored pixels dropped
                 cases.append({"name": n, **{key: float(fn(p, g, spacing=sp)) for key, fn in METRICS.items()}})
             return cases
 
@@ -196,7 +212,7 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
 
 def evaluate_folders(
     pred_dir: str | Path, gt_dir: str | Path, spacing: tuple[float, ...] | None = None,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] = (0, 1), ignore: int | None = None,
 ) -> dict[str, Any]:
     """Pair predictions with ground truth by name and score each pair (see the module docstring for the three
     kinds of folder and the report's layout).
@@ -209,6 +225,8 @@ def evaluate_folders(
         shard: ``(rank, world)``: this process scores every ``world``-th case from ``rank`` and, in a process
             group of ``world`` ranks (torchrun), gathers the others' scores, so every rank returns the whole report
             (equal to a single process's). Default ``(0, 1)``: one process scores everything.
+        ignore: a ground-truth value marking unannotated pixels (e.g. 255): those pixels count as background in
+            both maps (neither foreground nor error in any metric). A prediction never holds it.
 
     Returns:
         ``{"cases": [...], "mean": {...}}``; binary PNG folders give exactly ``{"name", "dice", "iou", "hd95"}``
@@ -227,13 +245,15 @@ def evaluate_folders(
     if spacing is not None and (isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__")):
         raise ValueError(f"`spacing` must be None or a sequence of numbers, got {spacing!r}")
     dist_utils.shard_of([], shard)  # checks `shard`
+    if ignore is not None and not (isinstance(ignore, int) and 0 < ignore <= 65535):
+        raise ValueError(f"`ignore` must be None or a label value in 1..65535, got {ignore!r}")
     if shard[1] != dist_utils.world_size() or shard[0] != dist_utils.rank():
         raise ValueError(f"`shard` {shard!r} is not this process's place (rank {dist_utils.rank()} of "
                          f"{dist_utils.world_size()}; torchrun starts the process group)")
     kind, pred, gt, names = list_pairs(pred_dir, gt_dir)
     if kind == "volumes":
-        return _evaluate_volumes(pred, gt, names, gt_dir, spacing, shard)
-    return _evaluate_pngs(pred, gt, names, spacing, shard)
+        return _evaluate_volumes(pred, gt, names, gt_dir, spacing, shard, ignore)
+    return _evaluate_pngs(pred, gt, names, spacing, shard, ignore)
 
 
 def case_names(pred_dir: str | Path, gt_dir: str | Path) -> list[str]:

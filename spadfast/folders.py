@@ -51,9 +51,13 @@ class SegmentationFolder(Dataset):
             :func:`spadfast.files.intensity_range`); "dtype" warns when most images use under 1/8 of their range.
         mixed_sizes: with ``image_size=None``, every item keeps its own native size (training patches are cut from
             them: :class:`spadfast.patches.PatchDraws`); images under ``MIN_SIDE`` px are refused.
+        num_classes: 2 (binary masks, nonzero is foreground) or more (label maps holding 0..num_classes-1).
+        ignore_label: a mask value marking unannotated pixels (e.g. 255): masks are then read as label maps (binary
+            ones hold 0/1), and those pixels are -1 in every mask channel (no loss, no validation score there).
 
     Returns (per item):
-        ``(image, mask)``: image float32 ``[C,H,W]`` in ``[-1, 1]``, mask float32 ``[1,H,W]`` in ``{0, 1}``.
+        ``(image, mask)``: image float32 ``[C,H,W]`` in ``[-1, 1]``, mask float32 ``[K,H,W]`` in ``{0, 1}`` (K =
+        num_classes - 1; -1 at ignored pixels).
 
     Attributes:
         names: sorted list of stems. paths: list of ``(image_path, mask_path)``. image_size: ``(H, W)`` of items.
@@ -77,9 +81,13 @@ class SegmentationFolder(Dataset):
         intensity_norm: str = "dtype",
         mixed_sizes: bool = False,
         num_classes: int = 2,
+        ignore_label: int | None = None,
     ):
         self.root = Path(root)
         self.num_classes = check_int(num_classes, "num_classes", 2)
+        self.ignore_label = None if ignore_label is None else check_int(ignore_label, "ignore_label", self.num_classes)
+        if self.ignore_label is not None and self.ignore_label > 65535:
+            raise ValueError(f"`ignore_label` must be a 16-bit pixel value, got {ignore_label}")
         size = check_size(image_size)
         want_channels = check_channels(channels, allow_none=True)
         self.cache = bool(cache)
@@ -101,8 +109,9 @@ class SegmentationFolder(Dataset):
             image, mask, lo, hi, fraction = self._load(image_path, mask_path, check=True,
                                                        want_channels=want_channels)
             used.append(fraction)
-            empty += not mask.any()
-            if mask.all():
+            foreground = mask != 0 if self.ignore_label is None else (mask != 0) & (mask != self.ignore_label)
+            empty += not foreground.any()
+            if foreground.all():
                 full.append(mask_path.name)
             if self.cache:
                 self._items.append((image, mask, lo, hi))
@@ -120,7 +129,7 @@ class SegmentationFolder(Dataset):
     ) -> tuple[np.ndarray, np.ndarray, float, float, float]:
         """Resized image (stored dtype, ``[H,W]`` or ``[H,W,3]``), bool mask, intensity range and used range."""
         image, lo, hi, used = load_stored(image_path, None, self.intensity_norm)
-        mask = read_mask(mask_path) if self.num_classes == 2 else self._labels(mask_path)
+        mask = read_mask(mask_path) if self._binary_masks else self._labels(mask_path)
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"{image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {mask_path} is "
@@ -143,18 +152,28 @@ class SegmentationFolder(Dataset):
                 )
         if self.mixed_sizes:
             return image, mask, lo, hi, used
-        resize = resize_mask if self.num_classes == 2 else resize_labels
+        resize = resize_mask if self._binary_masks else resize_labels
         return resize_image(image, self.image_size), resize(mask, self.image_size), lo, hi, used
 
+    @property
+    def _binary_masks(self) -> bool:
+        """Masks read as bool (nonzero is foreground) rather than as label maps."""
+        return self.num_classes == 2 and self.ignore_label is None
+
     def _labels(self, mask_path: Path) -> np.ndarray:
-        """A multi-class mask: class values 0..num_classes-1 (uint8), anything else a ValueError naming file and value."""
+        """A label map: class values 0..num_classes-1 or ``ignore_label`` (uint8, uint16 for an ignore value above
+        255); anything else a ValueError naming file and value."""
         labels = read_label_png(mask_path)
-        top = int(labels.max(initial=0))
-        if top >= self.num_classes or int(labels.min(initial=0)) < 0:
-            hint = " (255 is often an 'ignore' value: spadfast does not ignore pixels; relabel them)" if top == 255 else ""
+        values = labels if self.ignore_label is None else labels[labels != self.ignore_label]
+        top = int(values.max(initial=0))
+        if top >= self.num_classes or int(values.min(initial=0)) < 0:
+            hint = ""
+            if top == 255 and self.ignore_label is None:
+                hint = " (255 is often an 'ignore' value: declare it with ignore_label: 255, or relabel those pixels)"
+            allowed = f"values 0..{self.num_classes - 1}" + (f" or {self.ignore_label}" if self.ignore_label else "")
             raise ValueError(f"{mask_path} holds class value {top} but num_classes is {self.num_classes} "
-                             f"(values 0..{self.num_classes - 1}){hint}")
-        return labels.astype(np.uint8)
+                             f"({allowed}){hint}")
+        return labels.astype(np.uint16 if (self.ignore_label or 0) > 255 else np.uint8)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -167,8 +186,11 @@ class SegmentationFolder(Dataset):
             raise IndexError(f"index {index} is out of range for SegmentationFolder of length {len(self)}")
         image, mask, lo, hi = self._items[index] if self.cache else self._load(*self.paths[index])[:4]
         image_t = torch.from_numpy(stored_to_model(image, lo, hi, self.channels))
-        if self.num_classes > 2:  # one channel per foreground class
+        if not self._binary_masks:  # one channel per foreground class, -1 in every channel where ignored
             classes = np.arange(1, self.num_classes, dtype=mask.dtype).reshape(-1, 1, 1)
-            return image_t, torch.from_numpy((mask[None] == classes).astype(np.float32))
+            channels = (mask[None] == classes).astype(np.float32)
+            if self.ignore_label is not None:
+                channels[:, mask == self.ignore_label] = -1.0
+            return image_t, torch.from_numpy(channels)
         mask_t = torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32))
         return image_t, mask_t

@@ -30,10 +30,10 @@ def patch_corner(mask: torch.Tensor, patch: tuple[int, int], rng: np.random.Gene
     K, H, W = mask.shape
     ph, pw = patch
     if rng.random() < foreground_share:
-        present = [k for k in range(K) if bool(mask[k].any())]
+        present = [k for k in range(K) if bool((mask[k] > 0).any())]  # -1 (ignored) is not foreground
         if present:
             k = present[int(rng.integers(len(present)))]
-            ys, xs = torch.nonzero(mask[k], as_tuple=True)
+            ys, xs = torch.nonzero(mask[k] > 0, as_tuple=True)
             j = int(rng.integers(len(ys)))
             y = min(max(int(ys[j]) - ph // 2, 0), H - ph)
             x = min(max(int(xs[j]) - pw // 2, 0), W - pw)

@@ -392,7 +392,8 @@ def main(args: argparse.Namespace, report: dict[str, Any] | None = None) -> int:
         from .evaluate import evaluate_folders
 
         spacing = getattr(args, "spacing", None)
-        report = evaluate_folders(args.pred, args.gt, spacing=tuple(spacing) if spacing else None)
+        report = evaluate_folders(args.pred, args.gt, spacing=tuple(spacing) if spacing else None,
+                                  ignore=getattr(args, "ignore", None))
     path = write_report(report, args.pred, args.gt, args.report, images_dir=args.images, run_dir=args.run)
     print(f"spadfast evaluate: report {path}")
     return 0

@@ -129,5 +129,6 @@ def validate_whole_images(trainer, pairs: list[tuple[torch.Tensor, torch.Tensor]
     scores: list[float] = []
     for i, (image, mask) in enumerate(pairs):
         probs, _ = segment_image(trainer, image, f"val{i}", ensemble=1, seed=trainer.config.seed)
-        scores += present_class_dice(probs > trainer.config.threshold, mask > 0.5)
+        annotated = (mask >= 0).to(probs.device)  # ignored pixels (-1) are scored as neither
+        scores += present_class_dice((probs > trainer.config.threshold) & annotated, mask.to(probs.device) > 0.5)
     return sum(scores) / len(scores) if scores else 1.0

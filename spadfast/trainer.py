@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
@@ -43,7 +42,8 @@ from .distributed import resolve_device
 from .class_scores import present_class_dice
 from .models import build_model, check_fits_memory
 from .perturb import perturb_factor, spad_perturb
-from .training_inputs import noised_pair, perturbed_rows, self_condition, supervised_loss, x0_from_prediction
+from .training_inputs import (masked_mse, noised_pair, perturbed_rows, self_condition, split_ignored, supervised_loss,
+                              x0_from_prediction)
 from .profiling import nvtx_range
 from .run_log import RunLog
 from .preemption import StopSignals
@@ -140,14 +140,15 @@ class SPADTrainer:
             return self.config.lr
         return self.config.lr * min(1.0, (step + 1) / self.config.warmup_steps)
 
-    def _loss(self, image: torch.Tensor, mask: torch.Tensor, micro: int) -> torch.Tensor:
+    def _loss(self, image: torch.Tensor, mask: torch.Tensor, micro: int,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
         """Diffusion loss of one micro-batch: perturb (SPAD), noise, predict, MSE to the target of ``perturb_mode``
-        (:mod:`spadfast.training_inputs`)."""
+        (:mod:`spadfast.training_inputs`); ``valid`` (``[B,1,H,W]``, 0/1) limits it to annotated pixels."""
         cfg = self.config
         B, K, H, W = mask.shape
         if cfg.objective == "supervised":
             empty, t0 = torch.zeros_like(mask), torch.zeros(B, dtype=torch.long, device=self.device)
-            return supervised_loss(self._forward(empty, image, None, t0).float(), mask)
+            return supervised_loss(self._forward(empty, image, None, t0).float(), mask, valid=valid)
         clean = mask * 2 - 1
         t = torch.randint(0, cfg.num_train_timesteps, (B,), generator=self.generator, device=self.device)
         eps = torch.randn(clean.shape, generator=self.generator, device=self.device)
@@ -177,7 +178,7 @@ class SPADTrainer:
                 keep = torch.rand((B, 1, 1, 1), generator=self.generator, device=self.device) >= cfg.condition_dropout
                 cond = cond * keep
         pred = self._forward(x_t, image, cond, t)
-        return F.mse_loss(pred.float(), target)
+        return masked_mse(pred.float(), target, valid)
 
     def _forward(self, x_t: torch.Tensor, image: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor,
                  model: nn.Module | None = None) -> torch.Tensor:
@@ -214,10 +215,11 @@ class SPADTrainer:
             image = image.to(self.device, non_blocking=True).float()
             mask = mask.to(self.device, non_blocking=True).float()
             image, mask = augment_batch(image, mask, cfg.augment, self.generator)
+            mask, valid = split_ignored(mask) if cfg.ignore_label is not None else (mask, None)
             last = k == cfg.grad_accum - 1
             no_sync = self.distributed and not last and hasattr(self._train_model, "no_sync")
             with self._train_model.no_sync() if no_sync else nullcontext():
-                loss = self._loss(image, mask, self.step * cfg.grad_accum + k) / cfg.grad_accum
+                loss = self._loss(image, mask, self.step * cfg.grad_accum + k, valid) / cfg.grad_accum
                 with nvtx_range("backward"):
                     self.scaler.scale(loss).backward()
             total += loss.detach()
@@ -329,6 +331,7 @@ class SPADTrainer:
         self._log_overlays(images, masks, result)
         H, W = masks.shape[-2:]
         pred, truth = result.mask.cpu().reshape(-1, H, W), masks.reshape(-1, H, W) > 0.5
+        pred = pred & (masks.reshape(-1, H, W) >= 0)  # ignored pixels (-1) are scored as neither
         scores = present_class_dice(pred, truth)
         return sum(scores) / len(scores) if scores else 1.0
 

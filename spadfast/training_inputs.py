@@ -24,7 +24,8 @@ import torch
 
 from .schedule import add_noise, training_target
 
-__all__ = ["perturbed_rows", "noised_pair", "x0_from_prediction", "self_condition", "supervised_loss"]
+__all__ = ["perturbed_rows", "noised_pair", "x0_from_prediction", "self_condition", "supervised_loss", "split_ignored",
+           "masked_mse"]
 
 
 def perturbed_rows(batch: int, share: float, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
@@ -75,11 +76,30 @@ def self_condition(estimate: torch.Tensor, perturbed_binary: torch.Tensor, binar
     return estimate + 2 * (perturbed_binary - binary)
 
 
-def supervised_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def supervised_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0,
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy plus soft Dice (1 - mean over rows and classes), ``logits`` and ``mask`` (0/1)
-    float ``[B,K,H,W]``."""
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mask)
-    p = torch.sigmoid(logits)
+    float ``[B,K,H,W]``; ``valid`` (0/1 ``[B,1,H,W]``, optional) keeps only annotated pixels in both terms."""
+    if valid is None:
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mask)
+    else:
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+        bce = (bce * valid).sum() / (valid.sum() * mask.shape[1]).clamp_min(1)
+    p = torch.sigmoid(logits) if valid is None else torch.sigmoid(logits) * valid
     inter = (p * mask).sum(dim=(2, 3))
     dice = (2 * inter + smooth) / (p.sum(dim=(2, 3)) + mask.sum(dim=(2, 3)) + smooth)
     return bce + (1 - dice.mean())
+
+
+def split_ignored(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask`` ``[B,K,H,W]`` holding -1 at ignored pixels -> (mask with those pixels 0, ``valid`` 0/1
+    ``[B,1,H,W]``: 1 where every channel is annotated)."""
+    return mask.clamp_min(0), (mask >= 0).all(1, keepdim=True).to(mask.dtype)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error of ``[B,K,H,W]`` tensors over the pixels where ``valid`` (``[B,1,H,W]``, 0/1) is 1 (all
+    pixels when None; 0 when none is)."""
+    if valid is None:
+        return torch.nn.functional.mse_loss(pred, target)
+    return ((pred - target) ** 2 * valid).sum() / (valid.sum() * pred.shape[1]).clamp_min(1)
