@@ -49,8 +49,44 @@ def _read_dicom_series(folder: Path, sitk):
         raise ValueError(f"{folder} holds no DICOM image series (a report or other non-image DICOM?)")
     if len(ids) > 1:
         raise ValueError(f"{folder} mixes {len(ids)} DICOM series ({', '.join(ids[:3])}): one series per folder")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), ids[0]))
-    return reader.Execute()
+    files = reader.GetGDCMSeriesFileNames(str(folder), ids[0])
+    _check_slice_geometry(folder, files, sitk)
+    reader.SetFileNames(files)
+    return reader.Execute()  # rescale slope/intercept: ITK applies each slice's own
+
+
+def _check_slice_geometry(folder: Path, files, sitk) -> None:
+    """Refuse a series whose slices (in GDCM's position order) differ in orientation or are not evenly spaced
+    along the slice normal: a missing slice, a duplicate, or two stacks in one series."""
+    if len(files) < 2:
+        return
+    positions, orientations = [], []
+    header = sitk.ImageFileReader()
+    for f in files:
+        header.SetFileName(f)
+        header.ReadImageInformation()
+        tags = {t: header.GetMetaData(t) for t in ("0020|0032", "0020|0037") if header.HasMetaDataKey(t)}
+        if len(tags) < 2:
+            return  # no patient geometry (e.g. secondary capture): GDCM orders by instance number
+        positions.append([float(v) for v in tags["0020|0032"].split("\\")])
+        orientations.append([float(v) for v in tags["0020|0037"].split("\\")])
+    orientations_arr = np.asarray(orientations)
+    if np.abs(orientations_arr - orientations_arr[0]).max() > 1e-4:
+        raise ValueError(f"{folder}: the DICOM slices have different orientations (0020,0037): not one stack")
+    row, col = orientations_arr[0, :3], orientations_arr[0, 3:]
+    along = np.sort(np.asarray(positions) @ np.cross(row, col))  # slice positions along the normal, mm
+    steps = np.diff(along)
+    if steps.min() < 1e-3:  # (GDCM then falls back to file-name order)
+        raise ValueError(f"{folder}: two DICOM slices share the position {along[int(steps.argmin())]:.3f} mm along "
+                         "the slice normal (a duplicated slice, or two acquisitions in one series)")
+    order = np.diff(np.asarray(positions) @ np.cross(row, col))
+    if not ((order > 0).all() or (order < 0).all()):
+        raise ValueError(f"{folder}: the DICOM slices could not be ordered by position")
+    typical = float(np.median(steps))
+    if np.abs(steps - typical).max() > max(0.01 * typical, 1e-3):
+        k = int(np.abs(steps - typical).argmax())
+        raise ValueError(f"{folder}: the DICOM slices are not evenly spaced: {steps[k]:.3f} mm between the slices at "
+                         f"{along[k]:.3f} and {along[k + 1]:.3f} mm, {typical:.3f} mm elsewhere (a missing slice?)")
 
 
 def read_itk_as_nifti(path: str | os.PathLike):

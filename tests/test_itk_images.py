@@ -146,3 +146,61 @@ def test_predict_reads_a_folder_of_dicom_series_like_nifti(tmp_path):
     b = nib.load(str(tmp_path / "pred_dicom" / "patient7.nii.gz"))
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-3)
     assert np.array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj))
+
+
+def _series(tmp_path, depth=6):
+    data = np.random.default_rng(9).integers(0, 500, (7, 6, depth)).astype(np.int16)
+    nii = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(data, _oblique_affine()), str(nii))
+    folder = tmp_path / "series"
+    _write_dicom_series(sitk.ReadImage(str(nii)), folder)
+    return folder
+
+
+def test_a_missing_slice_is_refused_by_folder(tmp_path):
+    folder = _series(tmp_path)
+    read_nifti(folder)  # whole: fine
+    (folder / "slice001.dcm").unlink()  # a middle slice (file names are shuffled positions)
+    with pytest.raises(ValueError, match=r"series: the DICOM slices are not evenly spaced.*missing slice"):
+        read_nifti(folder)
+
+
+def test_a_duplicated_slice_is_refused_by_folder(tmp_path):
+    folder = _series(tmp_path)
+    import shutil
+
+    shutil.copy(folder / "slice001.dcm", folder / "copy.dcm")
+    with pytest.raises(ValueError, match="share the position"):
+        read_nifti(folder)
+
+
+def test_per_slice_rescale_is_applied_like_reading_each_file(tmp_path):
+    """CT series store int16 with a rescale slope/intercept per slice: the volume equals each file read alone."""
+    import locale
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        raw = np.random.default_rng(3).integers(0, 2000, (4, 5, 6)).astype(np.int16)
+        for k in range(4):
+            plane = sitk.GetImageFromArray(raw[k])
+            for tag, value in (("0008|0060", "CT"), ("0020|000e", "1.2.3"), ("0020|0013", str(k + 1)),
+                               ("0020|0032", f"0\\0\\{2.5 * k}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                               ("0028|1053", str(1 + k)), ("0028|1052", "-1024"), ("0008|0018", f"1.2.3.{k + 1}")):
+                plane.SetMetaData(tag, value)
+            writer.SetFileName(str(folder / f"s{3 - k}.dcm"))
+            writer.Execute(plane)
+        alone = {}
+        for f in folder.iterdir():
+            image = sitk.ReadImage(str(f))
+            alone[round(image.GetOrigin()[2] / 2.5)] = sitk.GetArrayFromImage(image)[0]
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    volume = np.asarray(read_nifti(folder).dataobj)  # [i, j, k]
+    for k in range(4):
+        assert np.array_equal(volume[:, :, k].T, alone[k])
+        # GDCM's writer stored round((v + 1024) / slope); reading applied each slice's slope and intercept again
+        assert np.abs(volume[:, :, k].T.astype(np.int64) - raw[k]).max() <= k + 1
