@@ -24,6 +24,8 @@ def check_fields(obj, nullable: frozenset[str] | set[str] = frozenset()) -> None
             setattr(obj, f.name, value)
         if default is None and str(f.type).startswith("int"):
             ok, kind = value is None or is_int(value), "an int or null"
+        elif default is None and str(f.type).startswith("str"):
+            ok, kind = value is None or isinstance(value, str), "a string or null"
         elif default is None:
             ok = value is None or (is_number(value) and math.isfinite(value))
             kind = "a finite number or null"

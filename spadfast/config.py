@@ -106,6 +106,9 @@ class SPADConfig:
     # label-map folders: this pixel value marks "not annotated": no loss and no validation score there (None:
     # every value must be a class); e.g. 255, Pascal VOC's boundary value
     ignore_label: int | None = None
+    # volumes: "RAS" permutes/flips each case to RAS axis order before slicing (outputs go back onto the input's
+    # grid), so one anatomy stored in any orientation gives one prediction; None slices the array as stored
+    reorient: str | None = None
     slice_axis: int | None = None  # volumes: the array axis slices are taken along (None: the coarsest spacing)
     foreground_fraction: float = 0.5  # volumes: probability a training slice is drawn from slices with foreground
     modalities: tuple[str, ...] = ()  # volumes: modality per image channel ("CT", "MR", ...), recorded from the data
@@ -194,6 +197,7 @@ class SPADConfig:
             (self.image_channels >= 1, "image_channels", ">= 1"),
             (self.num_classes >= 2, "num_classes", ">= 2 (background + at least one class)"),
             (self.slice_axis in (None, 0, 1, 2), "slice_axis", "None, 0, 1 or 2"),
+            (self.reorient in (None, "RAS"), "reorient", "None or 'RAS'"),
             (self.ignore_label is None or self.num_classes <= self.ignore_label <= 65535, "ignore_label",
              "None or a pixel value in [num_classes, 65535] (not a class)"),
             (0 <= self.foreground_fraction <= 1, "foreground_fraction", "in [0, 1]"),
@@ -365,7 +369,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-_NULLABLE = {"clip_sample", "pas_steps", "slice_axis", "ignore_label"}  # fields documented as "None disables"
+_NULLABLE = {"clip_sample", "pas_steps", "slice_axis", "ignore_label", "reorient"}  # fields documented as "None disables"
 
 
 def _plain_file_name(name: str) -> bool:

@@ -22,6 +22,7 @@ import torch
 from ._validation import check_axis, check_int
 from .metrics import labels_from_probs
 from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
+from .orientation import Reorientation
 from .distributed import shard_of
 from .input_folders import check_one_input_kind
 from .sampler import image_noise_key
@@ -72,6 +73,8 @@ class VolumeSettings:
         uint8_maps: hold and write the probability and uncertainty volumes as uint8 scaled by 1/255 (NIfTI's
             ``scl_slope``; readers get floats back): a quarter of float32's memory and disk, steps of 1/255.
         progress: a progress bar of slices per case (stderr).
+        reorient: ``"RAS"``: slice each case in RAS axis order, as a model trained with ``reorient: RAS`` was
+            (:mod:`spadfast.orientation`; outputs are put back on the input's grid); None: as stored.
     """
 
     axis: int | None = None
@@ -88,6 +91,7 @@ class VolumeSettings:
     allow_image_model: bool = False
     uint8_maps: bool = False
     progress: bool = False
+    reorient: str | None = None
 
 
 def _settings(settings: VolumeSettings | None, options: dict) -> VolumeSettings:
@@ -129,11 +133,14 @@ def segment_volume(
     if len(image) != cfg.image_channels:
         raise ValueError(f"{paths[0]}: the case has {len(image)} channels but the model expects "
                          f"config.image_channels = {cfg.image_channels}")
-    axis = coarsest_axis(case.spacing) if opts.axis is None else check_axis(opts.axis)
+    turn = Reorientation(case.reference.affine, opts.reorient)  # type: ignore[attr-defined]
+    shape = turn.shape(case.shape)  # the arrays sliced below are in the standard order
+    axis = coarsest_axis(turn.spacing(case.spacing)) if opts.axis is None else check_axis(opts.axis)
     normed, _ = normalize_volume(image, modalities, opts.window)
+    normed = [turn.to_standard(ch) for ch in normed]
     case.channels = image = None  # free the raw intensities
-    n_slices = case.shape[axis]
-    h, w = in_plane_shape(case.shape, axis)
+    n_slices = shape[axis]
+    h, w = in_plane_shape(shape, axis)
     name = case_stem(volume_stem(paths[0]) or paths[0].name)[0]
 
     labels: np.ndarray | None = None
@@ -163,11 +170,11 @@ def segment_volume(
             std = np.stack([u.numpy() for _, u in tiled]) if opts.write_uncertainty else None
         k_classes = probs.shape[1]
         if labels is None:
-            labels = np.zeros(case.shape, np.uint8 if k_classes < 255 else np.uint16)
+            labels = np.zeros(shape, np.uint8 if k_classes < 255 else np.uint16)
             if opts.write_probabilities:
-                probs_vol = np.zeros((*case.shape, k_classes), maps_dtype)
+                probs_vol = np.zeros((*shape, k_classes), maps_dtype)
             if opts.write_uncertainty:
-                std_vol = np.zeros((*case.shape, k_classes), maps_dtype)
+                std_vol = np.zeros((*shape, k_classes), maps_dtype)
         native = np.stack([np.stack([resize_plane(p, (h, w)) for p in slice_probs]) for slice_probs in probs])
         slice_labels = labels_from_probs(native, threshold)  # [B,h,w]
         for b, k in enumerate(idx):
@@ -181,6 +188,9 @@ def segment_volume(
     if bar is not None:
         bar.close()
     assert labels is not None
+    labels = turn.to_stored(labels)
+    probs_vol = turn.to_stored(probs_vol) if probs_vol is not None else None
+    std_vol = turn.to_stored(std_vol) if std_vol is not None else None
     return {"labels": labels, "probs": probs_vol, "std": std_vol, "reference": case.reference,
             "maps_scale": bool(opts.uint8_maps)}
 

@@ -35,6 +35,7 @@ from .nifti import (
     read_nifti,
     volume_files,
 )
+from .orientation import Reorientation
 from .slice_draws import draw_slice
 from .volume_norm import NormParams, apply_normalization, modality_of, normalization_params
 
@@ -105,6 +106,7 @@ class _Case:
     spacing: tuple[float, float, float]
     norm: list[NormParams]
     foreground: np.ndarray  # bool per slice along the chosen axis
+    turn: Reorientation  # stored axes -> the axes slices are taken in
 
 
 class VolumeSlices(Dataset):
@@ -142,6 +144,9 @@ class VolumeSlices(Dataset):
             holds one decoded volume at a time). The result does not depend on it.
         cases: only these case names (e.g. a train/validation split of ``imagesTr``); None: every case. Files of
             other cases are not read.
+        reorient: ``"RAS"``: each case's image and labels are permuted/flipped to RAS axis order when read
+            (:mod:`spadfast.orientation`; ``axis``, shapes and spacings then refer to those axes, and the
+            memory-mapped one-slice reads are off); None: as stored.
 
     Returns (per item):
         ``(image, mask)``: image float32 ``[C_mod,S,S]`` in [-1, 1]; mask float32 ``[K,S,S]`` one-hot over the K
@@ -177,8 +182,11 @@ class VolumeSlices(Dataset):
         split: str = "train",
         init_workers: int | None = None,
         cases: Sequence[str] | None = None,
+        reorient: str | None = None,
     ) -> None:
         self.root = Path(root)
+        self.reorient = reorient
+        Reorientation(np.eye(4), reorient)  # checks the code before any file is read
         self.image_size: tuple[int, int] | None = check_size(image_size)  # None: native in-plane size
         want_axis = check_axis(axis)
         self.foreground_fraction = check_number(foreground_fraction, "foreground_fraction", 0, 1, optional=True)
@@ -218,6 +226,7 @@ class VolumeSlices(Dataset):
         # Pass 1: headers only (cheap): channels, geometry, the slicing axis.
         n_mod = len(info.modalities) or None
         heads = {case: load_case(paths, n_mod, decode=False) for case, paths in groups.items()}
+        turns = {case: Reorientation(h.reference.affine, reorient) for case, h in heads.items()}  # type: ignore
         channels = {case: n_channels_of(h) for case, h in heads.items()}
         first = next(iter(groups))
         for case, c in channels.items():
@@ -229,7 +238,7 @@ class VolumeSlices(Dataset):
                                  f"({groups[first][0]}) has {channels[first]}: every case needs the same modalities")
         self.image_channels: int = channels[first]
         self.modalities: list[str] = list(info.modalities) or ["unknown"] * self.image_channels
-        median_spacing = np.median(np.array([h.spacing for h in heads.values()]), axis=0)
+        median_spacing = np.median(np.array([turns[c].spacing(h.spacing) for c, h in heads.items()]), axis=0)
         self.axis: int = coarsest_axis(median_spacing.tolist()) if want_axis is None else want_axis
 
         # Pass 2: decode every volume once: corrupt files, labels, normalisation, foreground slices. Cases are
@@ -241,12 +250,15 @@ class VolumeSlices(Dataset):
 
         def scan(i: int, case: str, paths: list[Path]):
             head = heads[case]
-            label = read_label(labels[case], head, n_classes)  # geometry before decoding the image
+            turn = turns[case]
+            label = turn.to_standard(read_label(labels[case], head, n_classes))  # geometry before the image
             raw = load_case(paths, n_mod).channels
             assert raw is not None
+            raw = [turn.to_standard(ch) for ch in raw]
             norm = [normalization_params(ch, modality_of(info.modalities, c), self.window) for c, ch in enumerate(raw)]
             foreground = (label > 0).any(axis=tuple(a for a in range(3) if a != self.axis))
-            entry = _Case(case, paths, labels[case], head.shape, head.spacing, norm, foreground)
+            entry = _Case(case, paths, labels[case], turn.shape(head.shape), turn.spacing(head.spacing), norm,
+                          foreground, turn)
             cached = [apply_normalization(ch, p) for ch, p in zip(raw, norm)] if i >= keep_from else None
             return entry, int(label.max(initial=0)), cached, label if cached is not None else None
 
@@ -303,14 +315,15 @@ class VolumeSlices(Dataset):
             return self._cache[case]
         c = self._cases[case]
         loaded = load_case(c.image_paths, self.image_channels if len(c.image_paths) == 1 else None)
-        image = [apply_normalization(ch, p) for ch, p in zip(loaded.channels, c.norm)]  # type: ignore[arg-type]
-        label = read_label(c.label_path, None, self.num_classes)
+        image = [c.turn.to_standard(apply_normalization(ch, p))
+                 for ch, p in zip(loaded.channels, c.norm)]  # type: ignore[arg-type]
+        label = c.turn.to_standard(read_label(c.label_path, None, self.num_classes))
         self._remember(case, image, label)
         return image, label
 
     def _uncompressed(self, case: int) -> bool:
         c = self._cases[case]
-        return all(p.name.lower().endswith(".nii") for p in [*c.image_paths, c.label_path])
+        return c.turn.identity and all(p.name.lower().endswith(".nii") for p in [*c.image_paths, c.label_path])
 
     def _read_one_slice(self, case: int, k: int) -> tuple[list[np.ndarray], np.ndarray]:
         """Slice ``k`` of an uncompressed case straight from its memory-mapped files (no full decode): normalised

@@ -329,7 +329,7 @@ def test_volume_settings_are_one_dataclass_with_keyword_overrides():
     merged = _settings(base, {"steps": 5, "batch_size": 2})
     assert (merged.steps, merged.batch_size, merged.write_uncertainty) == (5, 2, True)
     assert _settings(None, {}) == VolumeSettings()
-    assert len(fields(VolumeSettings)) == 14
+    assert len(fields(VolumeSettings)) == 15
     with pytest.raises(TypeError, match="stepz"):
         _settings(None, {"stepz": 5})
     with pytest.raises(TypeError, match="settings"):
