@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the ensemble members, undone before averaging (images; no extra denoiser rows when K >= views)")
     p.add_argument("--uncertainty", action="store_true", help="also write ensemble std maps to OUT/uncertainty "
                    "(volumes: OUT/uncertainty/<case>.nii.gz)")
-    p.add_argument("--probabilities", action="store_true", help="volumes: also write OUT/probabilities/<case>.nii.gz")
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities: OUT/probabilities/"
+                   "<case>.nii.gz for volumes, OUT/probabilities/<stem>_<k>.png (16-bit, x 65535) per foreground class "
+                   "k for images")
     p.add_argument("--uint8-maps", action="store_true", help="volumes: hold and write probability/uncertainty maps "
                    "as uint8 scaled by 1/255 (a quarter of float32's memory and disk)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
@@ -315,6 +317,7 @@ def cmd_predict(args) -> int:
         segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
         batch_size=args.batch_size, overlay=args.overlay, uncertainty=args.uncertainty,
         progress=not args.no_progress and sys.stderr.isatty() and shard[0] == 0, shard=shard, tta=args.tta,
+        probabilities=args.probabilities,
     )
     _print_total(len(names), "masks", args.out)
     return 0

@@ -192,11 +192,15 @@ def _to_native(values: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def _write_outputs(out_dir: Path, overlay_dir: Path, stem: str, image_path: Path, native: tuple[int, int],
                    prob: np.ndarray, std: np.ndarray, threshold: float, uncertainty: bool, overlay: bool,
-                   overlay_gt: Path | None) -> None:
+                   overlay_gt: Path | None, probabilities: bool = False) -> None:
     """Everything ``predict_folder`` writes for one image (runs on the writer thread). ``prob``/``std``: ``[H,W]``
     (binary) or ``[M,H,W]`` (M foreground classes: the PNG holds class values 0..M, the uncertainty the largest
     class std)."""
     h, w = native
+    if probabilities:  # one 16-bit PNG per foreground class: probability x 65535
+        for k, p in enumerate(prob if prob.ndim == 3 else prob[None], start=1):
+            scaled = np.rint(np.clip(_to_native(p, h, w), 0, 1) * 65535).astype(np.uint16)
+            write_bytes_atomic(out_dir / "probabilities" / f"{stem}_{k}.png", _png(scaled))
     if prob.ndim == 3:
         labels = labels_from_probs(np.stack([_to_native(p, h, w) for p in prob]), threshold)
         write_bytes_atomic(out_dir / f"{stem}.png", _png(labels.astype(np.uint8 if prob.shape[0] < 255 else
@@ -241,6 +245,7 @@ def predict_folder(
     progress: bool = False,
     shard: tuple[int, int] = (0, 1),
     tta: bool = False,
+    probabilities: bool = False,
 ) -> list[str]:
     """Write ``OUT/<stem>.png`` (0/255) for every image of ``images_dir``; returns the stems.
 
@@ -254,7 +259,8 @@ def predict_folder(
     (prediction in green, and ground truth from ``overlay_gt/<stem>.png`` in red when given); ``uncertainty``
     writes the ensemble std scaled to 0-255 to ``uncertainty/<stem>.png``. A multi-class model writes label PNGs
     holding class values 0..num_classes-1 (:func:`spadfast.metrics.labels_from_probs`; uncertainty: the largest
-    class std).
+    class std). ``probabilities`` writes ``probabilities/<stem>_<k>.png`` for each foreground class k = 1..M:
+    16-bit, the class probability x 65535 at the image's native size.
     ``tta``: test-time augmentation spread over the ensemble members (:mod:`spadfast.tta`).
     ``shard = (rank, world)``: only this process's share of the files (:func:`spadfast.distributed.shard_of`; torchrun ranks split a
     folder, each mask byte-identical to a one-process run since the noise is keyed by file name).
@@ -315,7 +321,8 @@ def predict_folder(
                     probs, std = probs[:, 0], std[:, 0]
             for i, stem in enumerate(chunk):
                 writes.append(writer.submit(_write_outputs, out_dir, overlay_dir, stem, files[stem], loaded[i][1],
-                                            probs[i], std[i], cfg.threshold, uncertainty, overlay, gt))
+                                            probs[i], std[i], cfg.threshold, uncertainty, overlay, gt,
+                                            probabilities))
             if bar is not None:
                 bar.update(len(chunk))
         for w in writes:

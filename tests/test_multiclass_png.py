@@ -56,9 +56,15 @@ def test_train_predict_and_evaluate_label_pngs(tmp_path, resize):
     trainer.save(tmp_path / "run")
     out = tmp_path / "pred"
     predict_folder(Segmenter.from_checkpoint(tmp_path / "run"), root / "images", out, steps=2, ensemble=2,
-                   uncertainty=True)
+                   uncertainty=True, probabilities=True)
     labels = cv2.imread(str(out / "0.png"), cv2.IMREAD_UNCHANGED)
     assert labels.shape == (16, 16) and labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+    maps = [cv2.imread(str(out / "probabilities" / f"0_{k}.png"), cv2.IMREAD_UNCHANGED) for k in (1, 2)]
+    assert all(m.dtype == np.uint16 and m.shape == (16, 16) for m in maps)
+    probs = np.stack(maps).astype(np.float64) / 65535
+    clear = (np.abs(probs - 0.5) > 1e-3).all(0)  # the 16-bit rounding cannot move these across the threshold
+    expected = np.where(probs.max(0) > 0.5, probs.argmax(0) + 1, 0)
+    assert np.array_equal(labels[clear], expected[clear]) and clear.sum() >= 16  # (ensemble 2: many ties at 0.5)
     report = evaluate_folders(out, root / "masks")
     assert set(report["mean"]["per_class"]) <= {"1", "2"} and len(report["cases"]) == 4
 
