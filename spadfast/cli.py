@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment every image of a folder with a trained checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True, nargs="+",
-                   help="run folder, checkpoint or export; several: an ensemble of models (members split across them)")
+                   help="run folder, checkpoint, export or ONNX export folder; several: an ensemble of models (members "
+                   "split across them)")
     p.add_argument("--images", type=Path, required=True, help="folder of images (PNG/JPEG/TIFF/BMP) or of NIfTI "
                    "volumes (e.g. DATA/imagesTs: <case>_0000.nii.gz, ...)")
     p.add_argument("--out", type=Path, required=True, help="new (or empty) folder for 0/255 PNG masks")
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast for sampling (default: the run's; auto: bf16 on CUDA and on CPUs with native bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (cached on disk by inductor)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, one per core)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime: run an ONNX export (spadfast export --format onnx); an ONNX export folder given "
+                   "as --checkpoint always runs on onnxruntime")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="Dice / IoU / HD95 of predicted vs ground-truth masks, paired by name")
@@ -269,10 +273,13 @@ def cmd_predict(args) -> int:
     from .paths import check_input_dir, check_output_dir
     from .predict import Segmenter, predict_folder
 
+    from .onnx_model import check_runtime
+
     check_input_dir(args.images, "--images")
-    checkpoints = [resolve_path(c) for c in args.checkpoint]
-    for checkpoint in checkpoints:
-        if not checkpoint.is_file():
+    onnx = check_runtime(args.checkpoint, args.runtime, args.compile, args.amp)
+    checkpoints = [Path(c) if o else resolve_path(c) for c, o in zip(args.checkpoint, onnx)]
+    for checkpoint, o in zip(checkpoints, onnx):
+        if not o and not checkpoint.is_file():
             raise ValueError(f"--checkpoint: no checkpoint at {str(checkpoint)!r}")
     shard = (dist_utils.env_rank(), dist_utils.env_world_size())  # under torchrun, ranks split the files
     if shard[1] > 1:  # a gloo group for the barrier and the summary (the model itself runs per process)
@@ -289,8 +296,9 @@ def cmd_predict(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    models = [Segmenter.from_checkpoint(c, device=args.device, amp=args.amp, compile=args.compile)
-              for c in args.checkpoint]
+    models = [Segmenter.from_onnx(c, threads=args.threads) if o else
+              Segmenter.from_checkpoint(c, device=args.device, amp=args.amp, compile=args.compile)
+              for c, o in zip(args.checkpoint, onnx)]
     if len(models) > 1:
         from .model_ensemble import ModelEnsemble
 
@@ -331,6 +339,10 @@ def _print_total(count: int, what: str, out) -> None:
 
 
 def cmd_export(args) -> int:
+    if args.format == "onnx":
+        from .onnx_export import main as onnx_main
+
+        return onnx_main(args)
     from .export import main as export_main
 
     return export_main(args)

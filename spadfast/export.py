@@ -67,7 +67,10 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, half: bo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``spadfast export``."""
     parser.add_argument("--checkpoint", type=Path, required=True, help="run folder or .safetensors checkpoint")
-    parser.add_argument("--out", type=Path, required=True, help="the export, a .safetensors file")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the export: a .safetensors file, or a folder with --format onnx")
+    parser.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                        help="onnx: encoder.onnx + denoiser.onnx + spadfast.json, run by predict --runtime onnxruntime")
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     parser.add_argument("--labels", nargs="+", metavar="NAME",
                         help="class names, background first (num_classes names)")
@@ -83,3 +86,4 @@ def main(args: argparse.Namespace) -> int:
     source = resolve_path(args.checkpoint).stat().st_size / 2**20
     print(f"spadfast: exported {path} ({size:.1f} MiB; the checkpoint is {source:.1f} MiB)")
     return 0
+

@@ -84,15 +84,28 @@ class Segmenter:
 
     @classmethod
     def load(cls, path, device: str | None = None):
-        """:meth:`from_checkpoint` for a run folder, a checkpoint or an export (``spadfast export``); a list of them
-        is a :class:`spadfast.model_ensemble.ModelEnsemble` (members split across the models)."""
+        """:meth:`from_checkpoint` for a run folder, a checkpoint or an export (``spadfast export``; an ONNX export
+        folder runs on onnxruntime: :meth:`from_onnx`); a list of them is a
+        :class:`spadfast.model_ensemble.ModelEnsemble` (members split across the models)."""
+        from .onnx_model import is_onnx_export
+
         if isinstance(path, (list, tuple)):
             from .model_ensemble import ModelEnsemble
 
             if len(path) != 1:
-                return ModelEnsemble([cls.from_checkpoint(p, device=device) for p in path], [str(p) for p in path])
+                return ModelEnsemble([cls.load(p, device=device) for p in path], [str(p) for p in path])
             path = path[0]
+        if is_onnx_export(path):
+            return cls.from_onnx(path)
         return cls.from_checkpoint(path, device=device)
+
+    @classmethod
+    def from_onnx(cls, folder, threads: int | None = None) -> Segmenter:
+        """The ONNX export in ``folder`` (``spadfast export --format onnx``) run by onnxruntime on the CPU: same
+        sampler, windows and outputs as the PyTorch model (:mod:`spadfast.onnx_model`)."""
+        from .onnx_model import load_onnx_parts
+
+        return cls(*load_onnx_parts(folder, threads))
 
     def predict(self, x, steps: int | None = None, ensemble: int | None = None, seed: int = 0,
                 name: str | None = None, tta: bool = False) -> dict[str, np.ndarray]:
