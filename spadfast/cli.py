@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import importlib
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="start from a SPADConfig preset (cpu-small, cpu-medium, gpu-base); "
                    "--config keys override it")
     p.add_argument("--steps", type=int, help="optimizer steps (overrides train_steps)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (default: config.device)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (default: config.device)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uint8-maps", action="store_true", help="volumes: hold and write probability/uncertainty maps "
                    "as uint8 scaled by 1/255 (a quarter of float32's memory and disk)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-    p.add_argument("--device", help="cpu, cuda or auto (default: the checkpoint's)")
+    p.add_argument("--device", help="cpu, cuda, mps or auto (default: the checkpoint's)")
     p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"),
                    help="autocast for sampling (default: the run's; auto: bf16 on CUDA and on CPUs with native bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (cached on disk by inductor)")
@@ -404,21 +405,20 @@ def cmd_verify(args) -> int:
     return run_verify(device=args.device, quick=args.quick, compile_only=args.compile_only, archs=args.arch)
 
 
-def cmd_plot(args) -> int:
-    from .plots import main as plot_main
-
-    return plot_main(args)
-
-
-def cmd_ablate(args) -> int:
-    from .ablate import main as ablate_main
-
-    return ablate_main(args)
+def _delegate(module: str):
+    """The handler of a subcommand whose module has ``main(args)`` (imported when the subcommand runs)."""
+    return lambda args: importlib.import_module(f".{module}", __package__).main(args)
 
 
-def _os_error_line(e: OSError) -> str:
-    where = f": {e.filename!r}" if getattr(e, "filename", None) else ""
-    return f"{e.strerror or e}{where}"
+def _error_line(e: Exception) -> str | None:
+    """The one line a user sees for an input/environment error (None: a bug, re-raised with its traceback)."""
+    if isinstance(e, NotImplementedError):  # an op without an Apple-GPU kernel: which one, and the ways around it
+        return None if "mps" not in str(e).lower() else (
+            f"on device 'mps': {str(e).splitlines()[0]} Set PYTORCH_ENABLE_MPS_FALLBACK=1 (that op then runs on "
+            "the CPU) or use --device cpu")
+    if isinstance(e, OSError):  # FileNotFoundError, PermissionError, disk full, ...: names its path
+        return f"{e.strerror or e}{f': {e.filename!r}' if getattr(e, 'filename', None) else ''}"
+    return str(e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,14 +428,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"demo": cmd_demo, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-               "verify": cmd_verify, "plot": cmd_plot, "ablate": cmd_ablate, "export": cmd_export}[args.command]
+               "verify": cmd_verify, "plot": _delegate("plots"), "ablate": _delegate("ablate"), "export": cmd_export}[args.command]
     t0 = time.perf_counter()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a torchrun worker: see distributed.exit_process
     try:
         code = handler(args)
-    except (ValueError, TypeError, FloatingPointError, OSError) as e:
-        # OSError (FileNotFoundError, PermissionError, disk full, ...) names its path; every message is one line
-        text = _os_error_line(e) if isinstance(e, OSError) else str(e)
+    except (ValueError, TypeError, FloatingPointError, OSError, NotImplementedError) as e:
+        text = _error_line(e)  # every message is one line
+        if text is None:
+            raise
         print(f"spadfast {args.command}: error: {' '.join(text.split())}", file=sys.stderr)
         dist_utils.shutdown(wait=False)
         if distributed:

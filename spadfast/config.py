@@ -214,7 +214,7 @@ class SPADConfig:
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)"),
             (self.num_workers >= 0, "num_workers", ">= 0"),
-            (_valid_device(self.device), "device", "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+            (_valid_device(self.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
             (self.beta_schedule in BETA_SCHEDULES, "beta_schedule", f"one of {BETA_SCHEDULES}"),
             (self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}"),
             (self.perturb_mode in PERTURB_MODES, "perturb_mode", f"one of {PERTURB_MODES}"),
@@ -394,7 +394,7 @@ def _valid_device(name: str) -> bool:
     try:
         import torch
 
-        return torch.device(name).type in ("cpu", "cuda")
+        return torch.device(name).type in ("cpu", "cuda", "mps")
     except (RuntimeError, ValueError):
         return False
 

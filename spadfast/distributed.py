@@ -130,10 +130,14 @@ def exit_process(code: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"``: this rank's CUDA device when available, else CPU. Under torchrun each rank uses cuda:LOCAL_RANK."""
+    """``"auto"``: this rank's CUDA device when available, else CPU. Under torchrun each rank uses cuda:LOCAL_RANK.
+    ``"mps"`` (Apple GPUs) is taken only when asked for: the reference ops run there (no Triton, no CUDA graphs)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"`device` is {name!r} but this machine has no usable Apple GPU (torch.backends.mps is not "
+                         "available: macOS 12.3+ on Apple silicon with a torch build that has MPS)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"`device` is {name!r} but CUDA is not available")

@@ -45,6 +45,9 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     if backend == "triton":
         if not triton_available():
             raise ValueError("`backend` 'triton' needs the `triton` package, which does not import here")
+        if tensor.device.type == "mps":
+            raise ValueError("`backend` 'triton' has no Apple GPU (MPS) target: use backend='reference' (the 'auto' "
+                             "default does) on device 'mps'")
         if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(
                 "`backend` 'triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is imported; "

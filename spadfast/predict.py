@@ -188,6 +188,8 @@ def _predict_volume_input(segmenter, x, steps, ensemble, seed) -> dict[str, np.n
 
 def _resolve_amp(amp: str, device: torch.device) -> str:
     if amp == "auto":
+        if device.type == "mps":
+            return "none"  # float32 on Apple GPUs: their autocast covers fewer ops
         from .cpu_features import cpu_has_native_bf16
 
         return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "none"
