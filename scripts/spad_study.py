@@ -123,7 +123,7 @@ def run(out: Path, folds: int, seeds: int, variants: tuple[str, ...], datasets: 
 
     torch.set_num_threads(1)
     base = SPADConfig.preset("cpu-small", **BASE).to_dict()
-    phases = [[v for v in variants if v in PRIMARY_VARIANTS], list(variants)]
+    phases = [p for p in ([v for v in variants if v in PRIMARY_VARIANTS], list(variants)) if p]
     for phase in phases:
         for n_seeds in range(1, seeds + 1):  # seed-major: every (fold, data set) gets seed k before any gets k + 1
             for k in range(folds):

@@ -18,7 +18,8 @@ STEPS = (1, 2, 5, 10, 25)
 ENSEMBLES = (1, 5)
 NAMES = {"baseline": "baseline", "spad": "SPAD (target)", "spad-input": "SPAD input", "ddpm-ip": "DDPM-IP",
          "spad-no-fade": "SPAD no-fade", "spad-input-no-fade": "SPAD input no-fade",
-         "supervised": "supervised (not diffusion)", "structured": "structured (SPAD input, erase/morph/warp/blobs)"}
+         "supervised": "supervised (not diffusion)", "structured": "structured (SPAD input, erase/morph/warp/blobs)",
+         "nnu-net-augmentation": "nnU-Net augmentation (baseline + rotation, scaling, gamma, noise, blur)"}
 # fixed before any result was seen: (data set, variant, label)
 PRIMARY = (("clean", "spad-input", "SPAD input vs baseline, clean annotations"),
            ("noisy", "spad-no-fade", "SPAD no-fade vs baseline, noisy annotations"),
@@ -198,7 +199,9 @@ PROTOCOL = """## Protocol
   default); SPAD input (x_t from the perturbed mask on half of each batch, clean target); DDPM-IP (gamma 0.1);
   SPAD no-fade and SPAD input no-fade (PaS horizon twice the run); supervised (not diffusion: the same network,
   one forward pass, BCE + Dice, same tiles and steps); structured (SPAD input with cell erasure, per-object
-  dilation/erosion up to 2 px, contour warps up to 1.5 px, one spurious blob per tile on average).
+  dilation/erosion up to 2 px, contour warps up to 1.5 px, one spurious blob per tile on average). An extension
+  outside the 96 planned runs, on clean annotations only: nnU-Net augmentation (the baseline with nnU-Net's 2-D
+  augmentation, `AugmentConfig.nnunet()`, on top of the flips), which decides spadfast's `augment` default.
 - **Evaluation** (`spadfast.study_eval`): every run's EMA weights at 1, 2, 5, 10 and 25 DDIM steps, with 1 and 5
   members (the first k of one 5-member draw), initial noise keyed per tile name (common random numbers).
 - **Statistics** (`spadfast.study_stats`): unit = training run (fold, seed); mean paired difference to the baseline

@@ -71,7 +71,8 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
         >>> from spadfast.config import SPADConfig
         >>> list(variant_overrides(SPADConfig().to_dict()))  # doctest: +NORMALIZE_WHITESPACE
         ['SPAD', 'w/o ScD', 'w/o BcD', 'baseline', 'PaS linear', 'PaS step', 'input mode', 'condition mode',
-         'SPAD input', 'DDPM-IP', 'SPAD no-fade', 'SPAD input no-fade', 'structured', 'supervised']
+         'SPAD input', 'DDPM-IP', 'SPAD no-fade', 'SPAD input no-fade', 'structured', 'supervised',
+         'nnU-Net augmentation']
     """
     from .config import PERTURB_MODES
     from .schedule import PROGRESS_KINDS
@@ -97,6 +98,12 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out["structured"] = {**input_share, "perturb": {"scd_kind": "erase", "morph_px": 2, "warp_px": 1.5,
                                                       "blob_count": 1.0}}
     out["supervised"] = {"objective": "supervised", "perturb": {"enabled": False}}
+    # the baseline with nnU-Net's 2-D augmentation (rotation, scaling, gamma, noise, blur) on top of the flips
+    from dataclasses import asdict
+
+    from .augmentation import AugmentConfig
+
+    out["nnU-Net augmentation"] = {"perturb": {"enabled": False}, "augment": asdict(AugmentConfig.nnunet())}
     return out
 
 
