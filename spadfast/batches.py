@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ def coerce_dataset(
     synthetic_seed: int = 0, intensity_norm: str = "dtype", mask_channels: int = 1, slice_axis: int | None = None,
     foreground_fraction: float = 0.5, window: tuple[float, float] | None = None, resize: bool = True,
     patch_seed: int = 0, foreground_oversample: float = 1 / 3, ignore_label: int | None = None,
-    reorient: str | None = None,
+    reorient: str | None = None, target_spacing: Sequence[float] = (),
 ) -> Dataset:
     """A training/validation dataset from what the user passed, checked before any work starts.
 
@@ -33,6 +33,7 @@ def coerce_dataset(
             data whole images.
         ignore_label: image folders: the mask value that marks unannotated pixels (mask -1 in every channel there);
             Datasets may then hold -1 too. reorient: volume folders' axis order (:mod:`spadfast.orientation`).
+        target_spacing: volume folders without ``resize``: the in-plane spacing slices are resampled to (mm).
     """
     from .folders import SegmentationFolder
     from .synthetic import SyntheticLesions
@@ -47,7 +48,7 @@ def coerce_dataset(
 
         if is_volume_folder(data):
             data = VolumeSlices(data, image_size=image_size if resize else None, axis=slice_axis, window=window,
-                                reorient=reorient,
+                                reorient=reorient, target_spacing=None if resize else target_spacing,
                                 foreground_fraction=foreground_fraction if name == "train_data" else None)
             if not resize and name == "train_data":
                 from .patches import PatchDraws
@@ -107,7 +108,7 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
                   mask_channels=cfg.mask_channels, slice_axis=cfg.slice_axis,
                   foreground_fraction=cfg.foreground_fraction, window=cfg.intensity_window or None,
                   resize=cfg.resize, patch_seed=cfg.seed, foreground_oversample=cfg.foreground_oversample,
-                  ignore_label=cfg.ignore_label, reorient=cfg.reorient)
+                  ignore_label=cfg.ignore_label, reorient=cfg.reorient, target_spacing=cfg.target_spacing)
     train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
                            **common)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}

@@ -254,7 +254,7 @@ def _volume_data(cfg, data: Path, config_file: Path | None):
         return cfg, data
     ds = VolumeSlices(data, image_size=cfg.image_size if cfg.resize else None, axis=cfg.slice_axis,
                       window=cfg.intensity_window or None, foreground_fraction=cfg.foreground_fraction, seed=cfg.seed,
-                      reorient=cfg.reorient)
+                      reorient=cfg.reorient, target_spacing=None if cfg.resize else cfg.target_spacing)
     given = _read_config_keys(config_file) if config_file else {}
     found = {"num_classes": ds.num_classes, "image_channels": ds.image_channels, "slice_axis": ds.axis,
              "modalities": list(ds.modalities)}
@@ -317,7 +317,7 @@ def cmd_predict(args) -> int:
             seed=args.seed, batch_size=args.batch_size, write_probabilities=args.probabilities,
             write_uncertainty=args.uncertainty, modalities=list(cfg.modalities) or None,
             window=cfg.intensity_window or None, shard=shard, uint8_maps=args.uint8_maps,
-            reorient=getattr(cfg, "reorient", None),
+            reorient=getattr(cfg, "reorient", None), target_spacing=tuple(getattr(cfg, "target_spacing", ())),
             progress=not args.no_progress and sys.stderr.isatty() and shard[0] == 0,
         )
         _print_total(len(names), "label volumes", args.out)

@@ -109,6 +109,9 @@ class SPADConfig:
     # volumes: "RAS" permutes/flips each case to RAS axis order before slicing (outputs go back onto the input's
     # grid), so one anatomy stored in any orientation gives one prediction; None slices the array as stored
     reorient: str | None = None
+    # volumes with resize: false: () slices at the native in-plane pixel size; (dy, dx) mm resamples every slice to
+    # that in-plane spacing (image bilinear, labels nearest) and predictions back onto the input's grid
+    target_spacing: tuple[float, ...] = ()
     slice_axis: int | None = None  # volumes: the array axis slices are taken along (None: the coarsest spacing)
     foreground_fraction: float = 0.5  # volumes: probability a training slice is drawn from slices with foreground
     modalities: tuple[str, ...] = ()  # volumes: modality per image channel ("CT", "MR", ...), recorded from the data
@@ -180,6 +183,7 @@ class SPADConfig:
         self.channel_mults = tuple(int(c) for c in self.channel_mults)
         self.modalities = tuple(self.modalities)
         self.intensity_window = tuple(float(v) for v in self.intensity_window)
+        self.target_spacing = tuple(float(v) for v in self.target_spacing)
         self.attention_levels = tuple(int(c) for c in self.attention_levels)
         if isinstance(self.perturb, dict):
             self.perturb = _build(PerturbConfig, self.perturb, "perturb.")
@@ -198,6 +202,9 @@ class SPADConfig:
             (self.num_classes >= 2, "num_classes", ">= 2 (background + at least one class)"),
             (self.slice_axis in (None, 0, 1, 2), "slice_axis", "None, 0, 1 or 2"),
             (self.reorient in (None, "RAS"), "reorient", "None or 'RAS'"),
+            (not self.target_spacing or (len(self.target_spacing) == 2 and min(self.target_spacing) > 0
+                                         and not self.resize), "target_spacing",
+             "() or (dy, dx) in mm, both > 0, with resize: false (image_size then sets the patch)"),
             (self.ignore_label is None or self.num_classes <= self.ignore_label <= 65535, "ignore_label",
              "None or a pixel value in [num_classes, 65535] (not a class)"),
             (0 <= self.foreground_fraction <= 1, "foreground_fraction", "in [0, 1]"),

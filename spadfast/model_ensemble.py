@@ -18,7 +18,8 @@ from .sampler import SampleResult
 __all__ = ["ModelEnsemble", "SHARED_KEYS"]
 
 SHARED_KEYS = ("image_size", "image_channels", "num_classes", "resize", "intensity_norm", "modalities",
-               "intensity_window", "slice_axis", "reorient")
+               "intensity_window", "slice_axis", "reorient",
+               "target_spacing")
 
 
 class ModelEnsemble:

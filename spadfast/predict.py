@@ -173,7 +173,8 @@ def _predict_volume_input(segmenter, x, steps, ensemble, seed) -> dict[str, np.n
     cfg = segmenter.config
     kwargs = dict(axis=cfg.slice_axis, steps=steps, ensemble=ensemble, seed=seed, write_probabilities=True,
                   write_uncertainty=True, modalities=list(cfg.modalities) or None,
-                  window=cfg.intensity_window or None, reorient=getattr(cfg, "reorient", None))
+                  window=cfg.intensity_window or None, reorient=getattr(cfg, "reorient", None),
+                  target_spacing=tuple(getattr(cfg, "target_spacing", ())))
     if isinstance(x, (str, Path)):
         out = segment_volume(segmenter, [x], **kwargs)
     else:  # a nibabel image: the readers take files

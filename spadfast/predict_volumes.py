@@ -28,7 +28,7 @@ from .input_folders import check_one_input_kind
 from .sampler import image_noise_key
 from .sliding_window import segment_image
 from .volume_norm import normalize_volume
-from .volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume
+from .volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume, spacing_size
 
 __all__ = ["VolumeSettings", "segment_volume", "predict_volume", "predict_volume_folder", "check_volume_model"]
 
@@ -73,6 +73,8 @@ class VolumeSettings:
         uint8_maps: hold and write the probability and uncertainty volumes as uint8 scaled by 1/255 (NIfTI's
             ``scl_slope``; readers get floats back): a quarter of float32's memory and disk, steps of 1/255.
         progress: a progress bar of slices per case (stderr).
+        target_spacing: ``(dy, dx)`` mm (models trained with it, ``resize: false``): each slice is resampled to that
+            in-plane spacing before its sliding windows, and the probabilities back to the slice's own size.
         reorient: ``"RAS"``: slice each case in RAS axis order, as a model trained with ``reorient: RAS`` was
             (:mod:`spadfast.orientation`; outputs are put back on the input's grid); None: as stored.
     """
@@ -92,6 +94,7 @@ class VolumeSettings:
     uint8_maps: bool = False
     progress: bool = False
     reorient: str | None = None
+    target_spacing: tuple[float, ...] = ()
 
 
 def _settings(settings: VolumeSettings | None, options: dict) -> VolumeSettings:
@@ -164,7 +167,8 @@ def segment_volume(
             probs = result.probs.detach().float().cpu().numpy()
             std = result.std.detach().float().cpu().numpy() if opts.write_uncertainty else None
         else:  # native in-plane size: sliding windows of image_size over each slice
-            tiled = [segment_image(segmenter, torch.from_numpy(slice_volume(normed, axis, k, None)),
+            resampled = spacing_size(shape, turn.spacing(case.spacing), axis, opts.target_spacing)
+            tiled = [segment_image(segmenter, torch.from_numpy(slice_volume(normed, axis, k, resampled)),
                                    f"{name}/{axis}/{k}", opts.steps, opts.ensemble, opts.seed) for k in idx]
             probs = np.stack([p.numpy() for p, _ in tiled])
             std = np.stack([u.numpy() for _, u in tiled]) if opts.write_uncertainty else None

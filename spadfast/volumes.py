@@ -68,6 +68,17 @@ def resize_plane(plane: np.ndarray, size: tuple[int, int] | None, nearest: bool 
     return cv2.resize(plane, (size[1], size[0]), interpolation=flag)
 
 
+def spacing_size(shape: Sequence[int], spacing: Sequence[float], axis: int,
+                 target: Sequence[float] | None) -> tuple[int, int] | None:
+    """In-plane ``(H, W)`` of a slice along ``axis`` resampled from the volume's ``spacing`` to ``target`` ``(dy, dx)``
+    mm (at least 1 px each); None without a target (native size)."""
+    if not target:
+        return None
+    h, w = in_plane_shape(shape, axis)
+    sy, sx = (float(s) for i, s in enumerate(spacing[:3]) if i != axis)
+    return max(1, round(h * sy / float(target[0]))), max(1, round(w * sx / float(target[1])))
+
+
 def slice_volume(
     image: np.ndarray | Sequence[np.ndarray], axis: int, index: int, size: tuple[int, int] | None
 ) -> np.ndarray:
@@ -144,6 +155,8 @@ class VolumeSlices(Dataset):
             holds one decoded volume at a time). The result does not depend on it.
         cases: only these case names (e.g. a train/validation split of ``imagesTr``); None: every case. Files of
             other cases are not read.
+        target_spacing: ``(dy, dx)`` mm, with ``image_size=None``: every slice is resampled to that in-plane
+            spacing (image bilinear, labels nearest; :func:`spacing_size`); None: native pixels.
         reorient: ``"RAS"``: each case's image and labels are permuted/flipped to RAS axis order when read
             (:mod:`spadfast.orientation`; ``axis``, shapes and spacings then refer to those axes, and the
             memory-mapped one-slice reads are off); None: as stored.
@@ -183,8 +196,12 @@ class VolumeSlices(Dataset):
         init_workers: int | None = None,
         cases: Sequence[str] | None = None,
         reorient: str | None = None,
+        target_spacing: Sequence[float] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.target_spacing = tuple(float(s) for s in target_spacing) if target_spacing else None
+        if self.target_spacing is not None and (len(self.target_spacing) != 2 or min(self.target_spacing) <= 0):
+            raise ValueError(f"`target_spacing` must be (dy, dx) in mm, both > 0, got {target_spacing!r}")
         self.reorient = reorient
         Reorientation(np.eye(4), reorient)  # checks the code before any file is read
         self.image_size: tuple[int, int] | None = check_size(image_size)  # None: native in-plane size
@@ -385,8 +402,10 @@ class VolumeSlices(Dataset):
             k = 0
         else:
             image, label = self.volume(case)
-        x = slice_volume(image, self.axis, k, self.image_size)
-        y = one_hot(slice_label(label, self.axis, k, self.image_size), self.mask_channels)
+        c = self._cases[case]
+        size = self.image_size or spacing_size(c.shape, c.spacing, self.axis, self.target_spacing)
+        x = slice_volume(image, self.axis, k, size)
+        y = one_hot(slice_label(label, self.axis, k, size), self.mask_channels)
         return torch.from_numpy(x), torch.from_numpy(y)
 
 

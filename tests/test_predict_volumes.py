@@ -329,7 +329,7 @@ def test_volume_settings_are_one_dataclass_with_keyword_overrides():
     merged = _settings(base, {"steps": 5, "batch_size": 2})
     assert (merged.steps, merged.batch_size, merged.write_uncertainty) == (5, 2, True)
     assert _settings(None, {}) == VolumeSettings()
-    assert len(fields(VolumeSettings)) == 15
+    assert len(fields(VolumeSettings)) == 16
     with pytest.raises(TypeError, match="stepz"):
         _settings(None, {"stepz": 5})
     with pytest.raises(TypeError, match="settings"):
@@ -376,3 +376,52 @@ def test_uint8_maps_are_a_quarter_of_the_memory_and_read_back_as_floats(tmp_path
         np.testing.assert_allclose(b.get_fdata(), a.get_fdata(), atol=0.5 / 255 + 1e-6)
         np.testing.assert_allclose(b.affine, a.affine)
     assert np.array_equal(nib.load(str(full)).get_fdata(), nib.load(str(small)).get_fdata())  # the same labels
+
+
+def test_target_spacing_resamples_each_slice_and_maps_back_to_the_input_grid(tmp_path):
+    """A pointwise model: the probabilities are exactly its pointwise output on the slice resampled to the target
+    spacing, resampled back to the slice's own size."""
+    import nibabel as nib
+
+    from spadfast.volume_norm import normalize_volume
+    from spadfast.volumes import resize_plane, spacing_size
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(0, 1, (37, 29, 3)).astype(np.float32)
+    src = tmp_path / "case_0000.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.5, 3.0, 1.0])), str(src))
+    assert spacing_size(data.shape, (0.7, 0.5, 3.0), 2, (1.6, 1.1)) == (16, 13)  # 37 * 0.7 / 1.6, 29 * 0.5 / 1.1
+    seg = FakeSegmenter(size=8, classes=2, resize=False)
+    out = predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz", axis=2, write_probabilities=True,
+                         target_spacing=(1.6, 1.1))
+    assert nib.load(str(out)).shape == data.shape
+    normed, _ = normalize_volume([data], ["MR"])
+    probs = nib.load(str(tmp_path / "out" / "probabilities" / "case.nii.gz")).get_fdata(dtype=np.float32)
+    for k in range(3):
+        small = np.clip(resize_plane(normed[0][:, :, k], (16, 13)), -1, 1)
+        for c, centre in enumerate(CENTRES[:2]):
+            want = resize_plane(np.clip(1 - 3 * np.abs(small - centre), 0, 1).astype(np.float32), (37, 29))
+            np.testing.assert_allclose(probs[:, :, k, c], want, atol=1e-5)
+
+
+def test_training_slices_are_resampled_to_the_target_spacing(tmp_path):
+    from spadfast.config import SPADConfig
+    from spadfast.synthetic_volumes import write_demo_volumes
+    from spadfast.volumes import VolumeSlices
+
+    root = write_demo_volumes(tmp_path / "vols", n_cases=2, shape=(24, 22, 4), seed=0)
+    native = VolumeSlices(root, image_size=None, foreground_fraction=None)
+    coarse = VolumeSlices(root, image_size=None, foreground_fraction=None, target_spacing=(2.0, 2.0))
+    for i in range(len(native)):
+        (x, y), (xs, ys) = native[i], coarse[i]
+        case, _ = native.slice_of(i)
+        sp = [s for a, s in enumerate(native.spacings[case]) if a != native.axis]
+        want = tuple(max(1, round(n * s / 2.0)) for n, s in zip(x.shape[-2:], sp))
+        assert tuple(xs.shape[-2:]) == want == tuple(ys.shape[-2:])
+        assert set(ys.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="target_spacing"):
+        SPADConfig(target_spacing=(1.0, 1.0), resize=True)
+    with pytest.raises(ValueError, match="target_spacing"):
+        SPADConfig(target_spacing=(1.0, 0.0))
+    with pytest.raises(ValueError, match="target_spacing"):
+        VolumeSlices(root, image_size=None, target_spacing=(1.0,))
