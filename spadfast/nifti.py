@@ -19,7 +19,6 @@ millimetres is ``header.get_zooms()[:3]`` (``spacing``). Every error names the f
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -30,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import is_int
-from .files import write_bytes_atomic
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # the last four through SimpleITK
 GEOMETRY_ATOL = 1e-3  # millimetres: affines that differ by less are the same geometry
@@ -267,52 +265,6 @@ def same_affine(a, b) -> bool:
 def same_geometry(a, b) -> bool:
     """Two NIfTI images lie on the same voxel grid: equal spatial shape and :func:`same_affine`."""
     return tuple(a.shape[:3]) == tuple(b.shape[:3]) and same_affine(a, b)
-
-
-def _nifti_bytes(img, path: Path) -> bytes:
-    raw = img.to_bytes()
-    return gzip.compress(raw, compresslevel=1, mtime=0) if path.name.lower().endswith(".gz") else raw
-
-
-def write_nifti(path: str | os.PathLike, data: np.ndarray, reference=None, affine: np.ndarray | None = None,
-                slope: float = 1.0) -> Path:
-    """Write ``data`` as a NIfTI-1 file (``.nii.gz`` gzipped, ``.nii`` not), atomically.
-
-    Args:
-        path: destination ending in ``.nii.gz`` or ``.nii``; missing folders are created.
-        data: the voxels, ``[I,J,K]`` or ``[I,J,K,C]``; its dtype is stored as is (uint8/uint16 labels, float32
-            probabilities).
-        reference: a nibabel image whose geometry to copy: its header (qform and sform with their codes, units,
-            pixdim) with the data type, shape and scaling replaced; the file read back has exactly the reference's
-            affine. ``None``: a fresh header from ``affine``.
-        affine: 4x4 voxel-to-world matrix when ``reference`` is None (qform and sform codes set to 1, scanner).
-        slope: NIfTI ``scl_slope`` (readers see ``data * slope``): 1/255 stores [0, 1] maps as uint8.
-
-    Returns:
-        The path written.
-    """
-    nib = _nib()
-    path = Path(path)
-    if volume_stem(path) is None:
-        raise ValueError(f"`path` must end in .nii.gz or .nii, got {path}")
-    data = np.asarray(data)
-    if reference is not None:
-        header = reference.header.copy()
-        header.set_data_dtype(data.dtype)
-        header["cal_min"], header["cal_max"] = 0, 0
-        zooms = list(header.get_zooms()[:3]) + [1.0] * (data.ndim - 3)
-        img = nib.Nifti1Image(data, None, header=header)
-        img.header.set_zooms(zooms[: data.ndim])
-        img.header.set_slope_inter(slope, 0.0)  # after construction: building an image from an array resets it
-    else:
-        if affine is None:
-            raise ValueError("`affine` is required when `reference` is None")
-        img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-        img.set_qform(np.asarray(affine, dtype=np.float64), code=1)
-        img.set_sform(np.asarray(affine, dtype=np.float64), code=1)
-        img.header.set_xyzt_units("mm", "sec")
-        img.header.set_slope_inter(slope, 0.0)
-    return write_bytes_atomic(path, _nifti_bytes(img, path))
 
 
 @dataclass

@@ -44,8 +44,9 @@ class Reorientation:
         return self._apply(array, first_axis, forward=True)
 
     def to_stored(self, array: np.ndarray, first_axis: int = 0) -> np.ndarray:
-        """The inverse of :meth:`to_standard`: back onto the input's voxel grid."""
-        return self._apply(array, first_axis, forward=False)
+        """The inverse of :meth:`to_standard`: back onto the input's voxel grid, as a view of ``array`` (outputs are
+        written straight from it, without a reordered copy)."""
+        return self._apply(array, first_axis, forward=False, contiguous=False)
 
     def shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """A stored ``(I, J, K)`` shape (or spacing) in the standard order (no flips apply to sizes)."""
@@ -59,7 +60,7 @@ class Reorientation:
     def spacing(self, spacing: Sequence[float]) -> tuple[float, float, float]:
         return self.shape(spacing)  # type: ignore[return-value, arg-type]
 
-    def _apply(self, array: np.ndarray, first_axis: int, forward: bool) -> np.ndarray:
+    def _apply(self, array: np.ndarray, first_axis: int, forward: bool, contiguous: bool = True) -> np.ndarray:
         if self.identity:
             return array
         from nibabel.orientations import apply_orientation
@@ -67,4 +68,4 @@ class Reorientation:
         moved = np.moveaxis(array, range(first_axis, first_axis + 3), range(3)) if first_axis else array
         out = apply_orientation(moved, self._forward if forward else self._backward)
         out = np.moveaxis(out, range(3), range(first_axis, first_axis + 3)) if first_axis else out
-        return np.ascontiguousarray(out)
+        return np.ascontiguousarray(out) if contiguous else out

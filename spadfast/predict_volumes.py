@@ -21,7 +21,8 @@ import torch
 
 from ._validation import check_axis, check_int
 from .metrics import labels_from_probs
-from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem, write_nifti
+from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem
+from .nifti_write import write_nifti
 from .orientation import Reorientation
 from .distributed import shard_of
 from .input_folders import check_one_input_kind

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._validation import check_int
 from .files import write_bytes_atomic
-from .nifti import write_nifti
+from .nifti_write import write_nifti
 
 
 def _ellipsoid(shape, centre, radii) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 
 from spadfast.evaluate import evaluate_folders, format_table
 from spadfast.metrics import dice, hd95, iou, per_class_metrics
-from spadfast.nifti import write_nifti
+from spadfast.nifti_write import write_nifti
 from spadfast.synthetic_volumes import write_demo_volumes
 
 

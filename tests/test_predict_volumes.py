@@ -12,7 +12,7 @@ import torch
 from spadfast import SampleResult, SPADConfig
 from spadfast.metrics import labels_from_probs, per_class_metrics
 from spadfast.predict_volumes import predict_volume, predict_volume_folder
-from spadfast.nifti import write_nifti
+from spadfast.nifti_write import write_nifti
 from spadfast.synthetic_volumes import write_demo_volumes
 from spadfast.volumes import VolumeSlices
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from spadfast import volumes
-from spadfast.nifti import group_cases, is_volume_folder, read_dataset_json, write_nifti
+from spadfast.nifti import group_cases, is_volume_folder, read_dataset_json
+from spadfast.nifti_write import write_nifti
 from spadfast.synthetic_volumes import write_demo_volumes
 from spadfast import volume_norm
 from spadfast.volume_norm import apply_normalization, normalization_params
