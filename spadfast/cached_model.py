@@ -179,14 +179,20 @@ class SPADCachedUNet(nn.Module):
         h = self.out_conv(F.silu(self.out_norm(h)))
         return h[:, :, :H, :W] if (Hp, Wp) != (H, W) else h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, repeats: int = 1) -> torch.Tensor:
         """``denoise(mask, encode(image), t)`` with ``x = cat[x_t, image(, cond)]`` (``[N, in_channels, H, W]``):
         the first ``out_channels`` channels are the noisy mask, the next ``image_channels`` the image, the last
         ``out_channels`` the condition when ``mask_channels == 2 * out_channels`` (the trainer's and sampler's
-        order)."""
+        order). ``repeats`` R > 1: rows come in groups of R that share one image (training at several noise levels
+        per image); each group's image is encoded once and its features serve the R rows."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"`x` must have shape [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
         m, c = self.out_channels, self.image_channels
         image = x[:, m : m + c]
         mask = x[:, :m] if self.mask_channels == m else torch.cat([x[:, :m], x[:, m + c :]], dim=1)
-        return self.denoise(mask, self.encode(image), t)
+        if repeats == 1:
+            return self.denoise(mask, self.encode(image), t)
+        if x.shape[0] % repeats:
+            raise ValueError(f"`x` has {x.shape[0]} rows, not a whole number of groups of repeats = {repeats}")
+        features = [f.repeat_interleave(repeats, dim=0) for f in self.encode(image[::repeats])]
+        return self.denoise(mask, features, t)

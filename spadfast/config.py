@@ -143,6 +143,9 @@ class SPADConfig:
     train_steps: int = 2000
     pas_steps: int | None = None  # PaS horizon: progress p = step / pas_steps (None: train_steps)
     batch_size: int = 16
+    # cached_unet: each image of a batch is encoded once and its mask trained at this many noise levels (rows),
+    # so a step sees batch_size * noise_levels denoiser rows for batch_size encoder passes
+    noise_levels: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
@@ -202,6 +205,10 @@ class SPADConfig:
             (self.num_classes >= 2, "num_classes", ">= 2 (background + at least one class)"),
             (self.slice_axis in (None, 0, 1, 2), "slice_axis", "None, 0, 1 or 2"),
             (self.reorient in (None, "RAS"), "reorient", "None or 'RAS'"),
+            (self.noise_levels >= 1 and (self.noise_levels == 1 or (self.model_type == "cached_unet"
+                                                                   and self.objective == "diffusion")),
+             "noise_levels", ">= 1; above 1 only for model_type cached_unet with objective diffusion (the plain UNet "
+             "encodes the image with every row)"),
             (not self.target_spacing or (len(self.target_spacing) == 2 and min(self.target_spacing) > 0
                                          and not self.resize), "target_spacing",
              "() or (dy, dx) in mm, both > 0, with resize: false (image_size then sets the patch)"),

@@ -145,6 +145,8 @@ class SPADTrainer:
         """Diffusion loss of one micro-batch: perturb (SPAD), noise, predict, MSE to the target of ``perturb_mode``
         (:mod:`spadfast.training_inputs`); ``valid`` (``[B,1,H,W]``, 0/1) limits it to annotated pixels."""
         cfg = self.config
+        if cfg.noise_levels > 1:  # every image's mask at several noise levels; the image is encoded once
+            mask, valid = (v.repeat_interleave(cfg.noise_levels, 0) if v is not None else None for v in (mask, valid))
         B, K, H, W = mask.shape
         if cfg.objective == "supervised":
             empty, t0 = torch.zeros_like(mask), torch.zeros(B, dtype=torch.long, device=self.device)
@@ -182,12 +184,14 @@ class SPADTrainer:
 
     def _forward(self, x_t: torch.Tensor, image: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor,
                  model: nn.Module | None = None) -> torch.Tensor:
+        levels = self.config.noise_levels  # > 1: rows come in groups sharing one image (cached_model.forward)
+        image = image.repeat_interleave(levels, dim=0) if levels > 1 else image
         inp = torch.cat([x_t, image] if cond is None else [x_t, image, cond], dim=1)
         if self.config.channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             with nvtx_range("forward"):
-                return (model or self._train_model)(inp, t.float())
+                return (model or self._train_model)(inp, t.float(), **({"repeats": levels} if levels > 1 else {}))
 
     @torch.no_grad()
     def _self_estimate(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
