@@ -87,3 +87,37 @@ def test_bench_training(benchmark, provider, case, base_info, device):
     benchmark.pedantic(step, rounds=10 if ON_CUDA else 3, iterations=1, warmup_rounds=0)
     record_throughput(benchmark, None, device)
     benchmark.extra_info.update(peak_memory_info(device))
+
+
+# Denoiser rows per step are equal across providers (16); what differs is how many images the encoder sees.
+ROWS_PROVIDERS = {
+    "unet-b16": dict(model_type="unet", batch_size=16),
+    "cached-b16": dict(model_type="cached_unet", batch_size=16),
+    "cached-b4xL4": dict(model_type="cached_unet", batch_size=4, noise_levels=4),
+    "cached-b8xL2": dict(model_type="cached_unet", batch_size=8, noise_levels=2),
+}
+
+
+@pytest.mark.parametrize("provider", list(ROWS_PROVIDERS))
+def test_bench_training_rows(benchmark, provider, base_info, device):
+    """One eager step of the ``cpu-small`` preset's model (32 px) with 16 denoiser rows: the plain UNet, the cached
+    encoder at batch 16, and the cached encoder with 4 (2) images at 4 (2) noise levels each
+    (``config.noise_levels``). ``scripts/measure_noise_levels.py`` turns these into Dice per minute of training."""
+    overrides = ROWS_PROVIDERS[provider]
+    B = overrides["batch_size"]
+    masks = mask_batch(B, 32, 32, device)
+    images = synthetic_images(masks)
+    cfg = SPADConfig.preset("cpu-small", device=str(device), progress_bar=False, **overrides)
+    trainer = SPADTrainer(cfg, train_data=[(images[i].cpu(), masks[i].cpu()) for i in range(B)])
+    batches = itertools.repeat((images, masks))
+
+    def step():
+        loss = trainer.train_step(batches)
+        sync(device)
+        return loss
+
+    step()
+    benchmark.group = "train_step-16rows-cpu-small-32px"
+    benchmark.extra_info.update(base_info, provider=provider, rows=16, **{k: v for k, v in overrides.items()})
+    benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=2)
+    record_throughput(benchmark, None, device)
