@@ -19,7 +19,8 @@ ENSEMBLES = (1, 5)
 NAMES = {"baseline": "baseline", "spad": "SPAD (target)", "spad-input": "SPAD input", "ddpm-ip": "DDPM-IP",
          "spad-no-fade": "SPAD no-fade", "spad-input-no-fade": "SPAD input no-fade",
          "supervised": "supervised (not diffusion)", "structured": "structured (SPAD input, erase/morph/warp/blobs)",
-         "nnu-net-augmentation": "nnU-Net augmentation (baseline + rotation, scaling, gamma, noise, blur)"}
+         "nnu-net-augmentation": "nnU-Net augmentation (baseline + rotation, scaling, gamma, noise, blur)",
+         "spad-input-object-bcd": "SPAD input, BcD scaled per object (bcd_object_frac 0.5)"}
 # fixed before any result was seen: (data set, variant, label)
 PRIMARY = (("clean", "spad-input", "SPAD input vs baseline, clean annotations"),
            ("noisy", "spad-no-fade", "SPAD no-fade vs baseline, noisy annotations"),

@@ -72,7 +72,7 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
         >>> list(variant_overrides(SPADConfig().to_dict()))  # doctest: +NORMALIZE_WHITESPACE
         ['SPAD', 'w/o ScD', 'w/o BcD', 'baseline', 'PaS linear', 'PaS step', 'input mode', 'condition mode',
          'SPAD input', 'DDPM-IP', 'SPAD no-fade', 'SPAD input no-fade', 'structured', 'supervised',
-         'nnU-Net augmentation']
+         'nnU-Net augmentation', 'SPAD input object-BcD']
     """
     from .config import PERTURB_MODES
     from .schedule import PROGRESS_KINDS
@@ -104,6 +104,7 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from .augmentation import AugmentConfig
 
     out["nnU-Net augmentation"] = {"perturb": {"enabled": False}, "augment": asdict(AugmentConfig.nnunet())}
+    out["SPAD input object-BcD"] = {**input_share, "perturb": {"bcd_object_frac": 0.5}}  # BcD scaled per object
     return out
 
 

@@ -37,6 +37,8 @@ class PerturbConfig:
     bcd_max: float = 0.3  # BcD noise std at p = 0
     blur_sigma_max: float = 2.0  # BcD Gaussian width at p = 0, pixels
     band_radius_max: int = 3  # BcD band half-width at p = 0, pixels
+    # > 0: each object's BcD band and blur scaled by min(1, frac * its equivalent radius / band_radius_max) (0: off)
+    bcd_object_frac: float = 0.0
     clamp: bool = True
     scd_kind: str = "noise"  # noise: N(0, scd_max f) inside the target; erase: a share scd_max f of cells erased
     morph_px: int = 0  # structured: each object dilated or eroded by up to round(morph_px f) px (0: off)
@@ -52,7 +54,7 @@ class PerturbConfig:
             raise ValueError(f"`pas_kind` must be one of {PROGRESS_KINDS}, got {self.pas_kind!r}")
         if not 0 < self.pas_end <= 1:
             raise ValueError(f"`pas_end` must lie in (0, 1], got {self.pas_end}")
-        for name in ("scd_max", "bcd_max", "blur_sigma_max"):
+        for name in ("scd_max", "bcd_max", "blur_sigma_max", "bcd_object_frac"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.pas_floor <= 1:

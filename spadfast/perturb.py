@@ -12,7 +12,9 @@
    cell is erased with probability ``scd_max * f`` (:func:`spadfast.structured_perturb.erase_cells`).
 3. BcD (:func:`spadfast.ops.boundary_blur`): in a band of half-width ``ceil(band_radius_max * f)`` around the Canny
    edge, the mask blurred with ``sigma = blur_sigma_max * f`` plus noise of std ``bcd_max * f``, overriding ScD there.
-   Width and blur shrink with f: coarse early, fine late.
+   Width and blur shrink with f: coarse early, fine late. With ``bcd_object_frac`` > 0 each object's band and blur
+   shrink further with its size (:func:`spadfast.structured_perturb.object_radii`): a nucleus of radius 3 px no
+   longer disappears into a 3 px band.
 4. Optionally clamp to [0, 1] (``clamp``), so ``2 * x0~ - 1`` stays in the diffusion's data range.
 
 A component that is off (``scd`` / ``bcd`` False, or all its settings 0: :attr:`PerturbConfig.scd_active`,
@@ -92,8 +94,23 @@ def spad_perturb(
         out = mask.clone()
     if cfg.bcd_active:
         radius = int(math.ceil(cfg.band_radius_max * f))
-        out = ops.boundary_blur(
-            mask, cfg.blur_sigma_max * f, cfg.bcd_max * f, radius, base=out, generator=generator, seed=seed,
-            offset=offset + mask.numel(), validate=validate and out is None, backend=backend,
-        )
+        if cfg.bcd_object_frac > 0 and radius > 0:  # each object's band and blur scaled to its size
+            rows = mask.reshape(-1, 1, *mask.shape[-2:])
+            for r, region in structured.object_radii(rows, radius, cfg.band_radius_max, cfg.bcd_object_frac):
+                state = generator.get_state() if generator is not None else None
+                done = ops.boundary_blur(
+                    mask, cfg.blur_sigma_max * f * r / radius, cfg.bcd_max * f, r, base=out, generator=generator,
+                    seed=seed, offset=offset + mask.numel(), validate=validate and out is None, backend=backend)
+                if state is not None:
+                    generator.set_state(state)  # every group draws the one noise field of the plain BcD
+                base = out if out is not None else mask.to(out_dtype)
+                out = torch.where(region.view(mask.shape) > 0, done, base)
+            if generator is not None:
+                ops.boundary_blur(mask, 0.0, 0.0, 0, generator=generator, seed=seed, offset=offset + mask.numel(),
+                                  validate=False, backend=backend)  # advance the stream as the plain BcD does
+        else:
+            out = ops.boundary_blur(
+                mask, cfg.blur_sigma_max * f, cfg.bcd_max * f, radius, base=out, generator=generator, seed=seed,
+                offset=offset + mask.numel(), validate=validate and out is None, backend=backend,
+            )
     return out.clamp_(0.0, 1.0) if cfg.clamp else out

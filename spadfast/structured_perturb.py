@@ -11,6 +11,8 @@ errors are structured: missing chunks, shifted boundaries, spurious blobs. Each 
 - :func:`warp_contours`: a smooth displacement field (Gaussian-filtered white noise, width ``WARP_SIGMA`` px, peak
   ``px * f``) moves the mask, nearest-neighbour.
 - :func:`add_blobs`: ``Poisson(count * f)`` disks of radius ``radius`` centred on background pixels.
+- :func:`object_radii`: BcD scaled to each object (``bcd_object_frac``): the band half-width every object's boundary
+  gets, from its equivalent radius (the perturbation then runs BcD once per distinct half-width).
 
 All take bool or 0/1 float masks ``[N,1,H,W]`` and a ``torch.Generator`` (CPU) and return float32 0/1 masks of the
 same shape on the mask's device; the object labelling runs on the host.
@@ -26,7 +28,8 @@ import torch.nn.functional as F
 
 from .reference import gaussian_blur
 
-__all__ = ["WARP_SIGMA", "erase_cells", "morph_objects", "warp_contours", "add_blobs", "generator_for"]
+__all__ = ["WARP_SIGMA", "erase_cells", "morph_objects", "warp_contours", "add_blobs", "generator_for",
+           "object_radii"]
 
 WARP_SIGMA = 4.0  # pixels: the scale over which a contour warp is smooth
 
@@ -130,3 +133,31 @@ def add_blobs(mask: torch.Tensor, count: float, radius: int, generator: torch.Ge
         pick = torch.multinomial(background.float(), k, replacement=True, generator=generator)
         centres[n, 0].view(-1)[pick] = 1.0
     return torch.maximum(m, _dilate(centres.to(m.device), radius))
+
+
+def object_radii(mask: torch.Tensor, full_radius: int, band_radius_max: float, frac: float
+                 ) -> list[tuple[int, torch.Tensor]]:
+    """Per-object BcD band half-widths: object k (8-connected, equivalent radius ``r_k = sqrt(area / pi)``) gets
+    ``ceil(full_radius * s_k)`` with ``s_k = min(1, frac * r_k / band_radius_max)``, so an object whose scaled radius
+    reaches the configured band keeps the full band and a smaller one a proportionally narrower one.
+
+    Returns ``[(radius, region)]`` for each distinct radius, largest first; ``region`` (float 0/1 ``[N,1,H,W]``) is
+    that radius's objects dilated by ``radius + 1`` px: where their band lies (inner and outer side).
+    """
+    m = mask.float()
+    groups: dict[int, np.ndarray] = {}
+    for n, labels in enumerate(_objects(m)):
+        count = int(labels.max())
+        if count == 0:
+            continue
+        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        scale = np.minimum(1.0, frac * np.sqrt(areas / math.pi) / max(band_radius_max, 1e-9))
+        radii = np.ceil(full_radius * scale - 1e-9).astype(int)
+        for r in np.unique(radii):
+            objects = np.isin(labels, np.flatnonzero(radii == r) + 1)
+            groups.setdefault(int(r), np.zeros((m.shape[0], *labels.shape), bool))[n] = objects
+    out = []
+    for r in sorted(groups, reverse=True):
+        objects = torch.from_numpy(groups[r]).to(m.device).float().unsqueeze(1)
+        out.append((r, F.max_pool2d(objects, 2 * r + 3, stride=1, padding=r + 1)))  # square: as BcD's band
+    return out

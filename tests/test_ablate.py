@@ -45,7 +45,8 @@ def test_variants_and_their_configs():
     table = variant_overrides(base)
     assert list(table) == ["SPAD", "w/o ScD", "w/o BcD", "baseline", "PaS linear", "PaS step", "input mode",
                            "condition mode", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade",
-                           "structured", "supervised", "nnU-Net augmentation"]
+                           "structured", "supervised", "nnU-Net augmentation",
+                           "SPAD input object-BcD"]
     cfg = {n: SPADConfig.from_dict(_merge(base, o)) for n, o in table.items()}
     assert cfg["SPAD"].to_dict() == base
     for name, off in (("w/o ScD", "scd"), ("w/o BcD", "bcd")):  # one switch off, every other knob as in SPAD
@@ -57,7 +58,8 @@ def test_variants_and_their_configs():
     assert list(variant_overrides(linear_base))[4:7] == ["PaS cosine", "PaS step", "target mode"]
     assert [slug(n) for n in table] == ["spad", "wo-scd", "wo-bcd", "baseline", "pas-linear", "pas-step", "input-mode",
                                         "condition-mode", "spad-input", "ddpm-ip", "spad-no-fade",
-                                        "spad-input-no-fade", "structured", "supervised", "nnu-net-augmentation"]
+                                        "spad-input-no-fade", "structured", "supervised", "nnu-net-augmentation",
+                                        "spad-input-object-bcd"]
     augmented = cfg["nnU-Net augmentation"]  # the baseline plus nnU-Net's augmentation, nothing else
     assert augmented.augment == AugmentConfig.nnunet() and augmented.perturb.enabled is False
     assert _merge(augmented.to_dict(), {"augment": base["augment"]}) == cfg["baseline"].to_dict()
@@ -86,6 +88,7 @@ def test_each_variant_changes_exactly_the_keys_its_name_says():
         "supervised": {"objective": "supervised", "perturb.enabled": False},
         "nnU-Net augmentation": {"perturb.enabled": False, "augment.rotate_prob": 0.2, "augment.scale_prob": 0.2,
                                  "augment.gamma_prob": 0.3, "augment.noise_prob": 0.1, "augment.blur_prob": 0.2},
+        "SPAD input object-BcD": {"perturb_mode": "input", "perturb_prob": 0.5, "perturb.bcd_object_frac": 0.5},
     }
     flat_base = _flat(base)
     for name, changes in variant_overrides(base).items():
