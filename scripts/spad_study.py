@@ -162,25 +162,25 @@ def evaluate(out: Path) -> int:
 
 
 def trivial_baselines(out: Path, folds: int) -> dict[str, float]:
-    """Dice of two thresholds without training, on the same test tiles: Otsu per tile, and one intensity threshold
-    tuned on each fold's training tiles (the best of 0..255 on training Dice)."""
+    """Dice of two thresholds without training, on the same test tiles (:mod:`spadfast.baselines`): Otsu per tile,
+    and one intensity threshold tuned on each fold's training tiles; the mean over every fold's test tiles."""
+    from spadfast.baselines import trivial_baselines as fold_baselines
     from spadfast.files import index_folder, read_mask
-    from spadfast.study_eval import image_scores
 
-    otsu, tuned = [], []
+    def tiles(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        files = index_folder(folder / "images")
+        return ([cv2.imread(str(files[s]), cv2.IMREAD_GRAYSCALE) for s in sorted(files)],
+                [read_mask(folder / "masks" / f"{s}.png") for s in sorted(files)])
+
+    sums: dict[str, float] = {}
+    count = 0
     for k in range(folds):
         root = out / "data" / "clean" / f"fold{k}"
-        train = [(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), read_mask(root / "train" / "masks" / p.name))
-                 for p in index_folder(root / "train" / "images").values()]
-        pix = np.concatenate([im.ravel() for im, _ in train])
-        fg = np.concatenate([m.ravel() for _, m in train])
-        best = max(range(256), key=lambda t: 2 * (fg & (pix > t)).sum() / (fg.sum() + (pix > t).sum() + 1e-9))
-        for p in index_folder(root / "test" / "images").values():
-            im, gt = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), read_mask(root / "test" / "masks" / p.name)
-            _, th = cv2.threshold(im, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-            otsu.append(image_scores(th.astype(np.float32), gt)["dice"])
-            tuned.append(image_scores((im > best).astype(np.float32), gt)["dice"])
-    return {"Otsu per tile": float(np.mean(otsu)), "intensity threshold tuned on training tiles": float(np.mean(tuned))}
+        test = tiles(root / "test")
+        for name, value in fold_baselines(*tiles(root / "train"), *test).items():
+            sums[name] = sums.get(name, 0.0) + value * len(test[0])
+        count += len(test[0])
+    return {name: total / count for name, total in sums.items()}
 
 
 def _slim_case(case: dict) -> dict:

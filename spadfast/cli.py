@@ -377,7 +377,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_demo(args) -> int:
     from .config import SPADConfig
-    from .demo import demo_config, run_demo
+    from .demo import demo_config, run_demo, summary_line
     from .paths import check_output_dir
 
     _check_steps(args.steps)
@@ -394,8 +394,7 @@ def cmd_demo(args) -> int:
     if args.device:
         cfg_dict["device"] = args.device
     report = run_demo(args.out, SPADConfig.from_dict(cfg_dict), test_size=args.test_size)
-    print(f"spadfast demo: mean Dice {report['mean']['dice']:.3f}, IoU {report['mean']['iou']:.3f}, "
-          f"HD95 {report['mean']['hd95']:.2f} px on {len(report['cases'])} held-out images; see {args.out}")
+    print(summary_line(report, args.out))
     return 0
 
 
