@@ -107,6 +107,13 @@ def _drop_ignored(p: np.ndarray, g: np.ndarray, ignore: int | None) -> tuple[np.
     return np.where(ignored, 0, p).astype(p.dtype), np.where(ignored, 0, g).astype(g.dtype)
 
 
+def _collect(work, shard: tuple[int, int]) -> list:
+    """``[work()]`` for one process; with ``shard = (rank, world)``, world > 1, every rank's result (a collective:
+    :func:`spadfast.distributed.gather_or_raise`). A single-process call never touches a process group, so
+    ``evaluate_folders`` may run on one rank of a larger job."""
+    return [work()] if shard[1] == 1 else dist_utils.gather_or_raise(work)
+
+
 def _merged(parts: list[list[dict[str, Any]]], names: list[str]) -> list[dict[str, Any]]:
     """Every rank's scored cases (``parts``, as :func:`spadfast.distributed.gather_or_raise` returns them) in
     ``names``' order."""
@@ -146,7 +153,7 @@ def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[st
             cases.append(score_case(name, p, g, spacing if spacing is not None else spacing_of(g_img)))
         return cases
 
-    cases = _merged(dist_utils.gather_or_raise(score_share), names)
+    cases = _merged(_collect(score_share, shard), names)
     classes = range(1, n_classes) if n_classes else sorted({int(c) for case in cases for c in case["per_class"]})
     return {"cases": cases, "mean": summarize_classes(cases), "classes": class_names(classes, info.class_names),
             "hd95_unit": "mm"}
@@ -180,7 +187,7 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
         return p_vals, g_vals, first_file
 
     # binary vs multi-class is decided on the whole set, so every rank learns every rank's values
-    found = dist_utils.gather_or_raise(read_share)
+    found = _collect(read_share, shard)
     p_vals, g_vals = set().union(*(f[0] for f in found)), set().union(*(f[1] for f in found))
     units = {} if spacing is None else {"hd95_unit": "spacing units"}
     if len(p_vals) <= 1 and len(g_vals) <= 1:  # binary: nonzero is foreground, no per-class scores
@@ -193,7 +200,7 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
                 cases.append({"name": n, **{key: float(fn(p, g, spacing=sp)) for key, fn in METRICS.items()}})
             return cases
 
-        cases = _merged(dist_utils.gather_or_raise(score_binary), names)
+        cases = _merged(_collect(score_binary, shard), names)
         return {"cases": cases, "mean": summarize(cases), **units}
     top = max(p_vals | g_vals)
     if top > MAX_PNG_CLASS:
@@ -201,7 +208,7 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
         raise ValueError(f"{culprit} holds the value {top} but the masks hold several labels "
                          f"({sorted(p_vals | g_vals)[:6]}...): multi-class PNG label maps store class numbers "
                          f"1..{MAX_PNG_CLASS}; a 0/255 binary mask cannot be scored against a multi-class map")
-    cases = _merged(dist_utils.gather_or_raise(lambda: [score_case(n, p_maps[n], g_maps[n], sp) for n in share]),
+    cases = _merged(_collect(lambda: [score_case(n, p_maps[n], g_maps[n], sp) for n in share], shard),
                     names)
     return {"cases": cases, "mean": summarize_classes(cases), "classes": class_names(sorted(p_vals | g_vals)),
             **units}
@@ -247,7 +254,7 @@ def evaluate_folders(
     dist_utils.shard_of([], shard)  # checks `shard`
     if ignore is not None and not (isinstance(ignore, int) and 0 < ignore <= 65535):
         raise ValueError(f"`ignore` must be None or a label value in 1..65535, got {ignore!r}")
-    if shard[1] != dist_utils.world_size() or shard[0] != dist_utils.rank():
+    if shard[1] > 1 and (shard[1] != dist_utils.world_size() or shard[0] != dist_utils.rank()):
         raise ValueError(f"`shard` {shard!r} is not this process's place (rank {dist_utils.rank()} of "
                          f"{dist_utils.world_size()}; torchrun starts the process group)")
     kind, pred, gt, names = list_pairs(pred_dir, gt_dir)

@@ -287,3 +287,16 @@ def test_gather_or_raise_without_a_process_group():
         gather_or_raise(lambda: {}["x"])  # not an input error: raised as it is, untouched
     with pytest.raises(ValueError, match="boom"):
         gather_or_raise(lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+
+def test_one_process_call_inside_a_larger_job_stays_local(tmp_path, monkeypatch):
+    """Default shard (0, 1) on one rank of a process group: no collective (the other ranks are not scoring)."""
+    from spadfast import distributed
+
+    for sub in ("p", "g"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "a.png"), np.eye(8, dtype=np.uint8) * 255)
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    monkeypatch.setattr(distributed, "rank", lambda: 2)
+    monkeypatch.setattr(distributed, "gather_or_raise", lambda work: pytest.fail("a collective was entered"))
+    assert evaluate_folders(tmp_path / "p", tmp_path / "g")["mean"]["dice"] == 1.0
