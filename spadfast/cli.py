@@ -277,7 +277,7 @@ def cmd_predict(args) -> int:
     from .onnx_model import check_runtime
 
     check_input_dir(args.images, "--images")
-    onnx = check_runtime(args.checkpoint, args.runtime, args.compile, args.amp)
+    onnx = check_runtime(args.checkpoint, args.runtime, args.compile, args.amp, args.device)
     checkpoints = [Path(c) if o else resolve_path(c) for c, o in zip(args.checkpoint, onnx)]
     for checkpoint, o in zip(checkpoints, onnx):
         if not o and not checkpoint.is_file():

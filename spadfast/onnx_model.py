@@ -37,17 +37,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_runtime(checkpoints: list, runtime: str, compile: bool, amp: str | None) -> list[bool]:
+def check_runtime(checkpoints: list, runtime: str, compile: bool, amp: str | None,
+                  device: str | None = None) -> list[bool]:
     """``predict``'s checks of ``--runtime`` against its ``--checkpoint``s; returns which of them are ONNX exports.
-    ValueError: ``--runtime onnxruntime`` with a PyTorch checkpoint, ``--compile``/``--amp`` with an ONNX export."""
+    ValueError: ``--runtime onnxruntime`` with a PyTorch checkpoint, ``--compile``/``--amp`` or a non-CPU ``--device``
+    with an ONNX export."""
     flags = [is_onnx_export(c) for c in checkpoints]
     for checkpoint, onnx in zip(checkpoints, flags):
         if runtime == "onnxruntime" and not onnx:
             raise ValueError(f"--runtime onnxruntime: {str(checkpoint)!r} is not an ONNX export; make one with "
                              "spadfast export --format onnx --checkpoint RUN --out DIR")
-        if onnx and (compile or amp not in (None, "none")):
-            raise ValueError(f"--checkpoint {str(checkpoint)!r} is an ONNX export (run by onnxruntime in float32): "
-                             "--compile and --amp apply to PyTorch models")
+        if onnx and (compile or amp not in (None, "none") or device not in (None, "auto", "cpu")):
+            raise ValueError(f"--checkpoint {str(checkpoint)!r} is an ONNX export (run by onnxruntime in float32 on "
+                             "the CPU): --compile, --amp and --device apply to PyTorch models")
     return flags
 
 

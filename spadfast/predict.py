@@ -96,6 +96,8 @@ class Segmenter:
                 return ModelEnsemble([cls.load(p, device=device) for p in path], [str(p) for p in path])
             path = path[0]
         if is_onnx_export(path):
+            if device not in (None, "auto", "cpu"):
+                raise ValueError(f"{path} is an ONNX export: it runs on onnxruntime's CPU provider, not on {device!r}")
             return cls.from_onnx(path)
         return cls.from_checkpoint(path, device=device)
 
