@@ -77,7 +77,7 @@ def main() -> None:
                     run_ablation(data / "train", folder, val=data / "test", config=cfg, seeds=1,
                                  variants=["baseline"], log=lambda m, tag=f"[{arm} fold{k} seed{seed}]":
                                  print(tag, m, flush=True))
-                    run = folder / "runs" / "baseline" / "seed0"
+                    run = folder / "runs" / "baseline" / f"seed{seed}"  # ablate names a run by its config seed
                     records = evaluate_checkpoint(run, data / "test" / "images", data / "test" / "masks",
                                                   steps=(10,), ensembles=(1,))
                     write_text_atomic(scores, json.dumps(records))
