@@ -220,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dest", type=Path, default=ROOT / "docs" / "spad_study" / "cells")
     p.add_argument("--code", default="runs trained by a frozen worktree (`/work/study-wt`) that moved from "
                    "5d8f22e to d3dd02b on 2026-12-04 as variants were added (the variants that ran train identically "
-                   "at each); evaluated with main at 2b4b85e and later (study_eval unchanged since)",
+                   "at each), except the clean runs started after 06:25 that day (the nnU-Net augmentation extension "
+                   "and the secondary variants from then on), trained by main from f770dd5 / 7627446 on (the baseline "
+                   "trains bit-identically at d3dd02b and 7627446: checked over 15 steps; the structured variant's "
+                   "contour-warp blur changed in between); evaluated with main at 2b4b85e and later (study_eval "
+                   "unchanged since)",
                    help="report: which spadfast code made the runs")
     args = p.parse_args(argv)
     if args.step == "prepare":

@@ -112,10 +112,15 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
     n_runs = len(cells)
     hours = sum(c["train_seconds"] for c in cells.values()) / 3600
     units = sorted({(k[1], k[3]) for k in cells})
+    done_planned = len([p for p in plan if p in cells]) if plan else n_runs
     if planned:
-        lines += [f"**Status: {n_runs} of {planned} planned runs finished; the study is still running (it resumes "
-                  "where it stopped). No verdict below is final until the primary intervals are resolved; the "
-                  "defaults stay unchanged meanwhile.**", ""]
+        extra = f" (and {n_runs - done_planned} runs of extensions outside the plan)" if n_runs > done_planned else ""
+        primary_n = min(compare(cells, d, v, d, "baseline", *PRIMARY_AT, "dice")["n"] for d, v, _ in PRIMARY)
+        state = ("every primary comparison has its planned runs; the secondary variants are still running (the "
+                 "study resumes where it stopped)" if primary_n >= len(units) >= 6 else
+                 "the study is still running (it resumes where it stopped); no verdict below is final until the "
+                 "primary comparisons have their planned runs")
+        lines += [f"**Status: {done_planned} of {planned} planned runs finished{extra}; {state}.**", ""]
     lines += [
         f"Runs finished: **{n_runs}** (training time {hours:.1f} h on a shared 2-core CPU, one thread per run); "
         f"(fold, seed) units with at least one run: {len(units)}. Protocol, data and reproduction: below. "
