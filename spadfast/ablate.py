@@ -194,6 +194,11 @@ def train_and_evaluate(
         trainer = SPADTrainer(cfg, train_dir, val_images.parent, out_dir=run)
     start_step = trainer.step
     trainer.fit()
+    if trainer.stopped_by:  # fit saved this step; a truncated run must never be scored and recorded as done
+        from .preemption import Stopped
+
+        raise Stopped(f"{run} stopped at step {trainer.step} of {cfg.train_steps} by {trainer.stopped_by}; its "
+                      "checkpoint is saved: rerun the same command to resume it")
     trainer.save(run)
     train_s = time.perf_counter() - t0
     pred = run / "pred"
@@ -414,10 +419,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Handler of ``spadfast ablate``: runs :func:`run_ablation` and prints the table."""
-    run_ablation(args.data, args.out, val=args.val, preset=args.preset, seeds=args.seeds, steps=args.steps,
-                 variants=args.variants, val_fraction=args.val_fraction, split_seed=args.split_seed,
-                 device=args.device, config=args.config, folds=args.folds, sample_steps=args.sample_steps,
-                 ensembles=args.ensembles)
+    """Handler of ``spadfast ablate``: runs :func:`run_ablation` and prints the table; a stop signal ends it with
+    :data:`spadfast.preemption.EXIT_STOPPED` and one line (the interrupted run resumes on the next call)."""
+    from .preemption import EXIT_STOPPED, Stopped
+
+    try:
+        run_ablation(args.data, args.out, val=args.val, preset=args.preset, seeds=args.seeds, steps=args.steps,
+                     variants=args.variants, val_fraction=args.val_fraction, split_seed=args.split_seed,
+                     device=args.device, config=args.config, folds=args.folds, sample_steps=args.sample_steps,
+                     ensembles=args.ensembles)
+    except Stopped as e:
+        print(f"spadfast ablate: {e}", flush=True)
+        return EXIT_STOPPED
     print((Path(args.out) / "ablation.md").read_text(), end="")
     return 0

@@ -15,9 +15,14 @@ import threading
 
 import torch
 
-__all__ = ["EXIT_STOPPED", "StopSignals", "check_signal_names"]
+__all__ = ["EXIT_STOPPED", "StopSignals", "Stopped", "check_signal_names"]
 
 EXIT_STOPPED = 3  # `spadfast train` stopped by a signal after writing its checkpoint (errors exit 2)
+
+
+class Stopped(Exception):
+    """A run inside a larger job (``spadfast ablate``, the study) was stopped by a signal after writing its checkpoint:
+    the job ends here, without recording the run as finished; rerunning the same command resumes it."""
 
 
 def check_signal_names(names: object) -> tuple[str, ...]:

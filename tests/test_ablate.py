@@ -157,6 +157,38 @@ def test_seeds_split_skip_and_table(data, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_stop_signal_ends_the_ablation_without_recording_a_truncated_run(data, tmp_path, monkeypatch):
+    """SIGUSR1 mid-run (a scheduler's preemption): the run's checkpoint is saved, the run is not scored or marked
+    done, the job stops; the next call resumes it to the full budget."""
+    import os
+    import signal
+
+    from spadfast.preemption import Stopped
+    from spadfast.trainer import SPADTrainer
+
+    out = tmp_path / "abl"
+    real_step = SPADTrainer.train_step
+    calls = {"n": 0}
+
+    def signalled_at_step_2(self, batches):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)  # delivered to the main thread's handler, as a scheduler's would be
+        return real_step(self, batches)
+
+    monkeypatch.setattr(SPADTrainer, "train_step", signalled_at_step_2)
+    with pytest.raises(Stopped, match="stopped at step 2 of 4 by SIGUSR1"):
+        run_ablation(data, out, steps=4, overrides=TINY, variants=["SPAD", "baseline"], log=lambda m: None)
+    run = out / "runs" / "spad" / "seed0"
+    assert (run / "checkpoint.safetensors").is_file() and not (run / "metrics.json").exists()
+    assert not (out / "runs" / "baseline").exists()  # the job ended there
+    monkeypatch.undo()
+    run_ablation(data, out, steps=4, overrides=TINY, variants=["SPAD", "baseline"], log=lambda m: None)
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["resumed_from"] == 2 and record["steps"] == 4
+
+
+@pytest.mark.slow
 def test_resume_from_checkpoint(data, tmp_path, monkeypatch):
     from spadfast.trainer import SPADTrainer
 
