@@ -230,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "prepare":
         prepare(args.out, args.folds, args.wheel)
     elif args.step == "run":
+        from spadfast.preemption import EXIT_STOPPED, Stopped
+
         prepare(args.out, args.folds, args.wheel)
-        run(args.out, args.folds, args.seeds, tuple(args.variants), tuple(args.datasets))
+        try:
+            run(args.out, args.folds, args.seeds, tuple(args.variants), tuple(args.datasets))
+        except Stopped as e:  # a signal: the run's checkpoint is saved and it resumes on the next call
+            print(f"spad_study: {e}", flush=True)
+            return EXIT_STOPPED
     elif args.step == "evaluate":
         evaluate(args.out)
         baselines = trivial_baselines(args.out, args.folds)
