@@ -105,7 +105,9 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     out["nnU-Net augmentation"] = {"perturb": {"enabled": False}, "augment": asdict(AugmentConfig.nnunet())}
     out["SPAD input object-BcD"] = {**input_share, "perturb": {"bcd_object_frac": 0.5}}  # BcD scaled per object
-    return out
+    # the perturbation is off by default (the study's result): every SPAD variant turns it on itself
+    off = {"baseline", "DDPM-IP", "supervised", "nnU-Net augmentation"}
+    return {name: v if name in off else _merge({"perturb": {"enabled": True}}, v) for name, v in out.items()}
 
 
 def slug(name: str) -> str:

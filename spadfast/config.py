@@ -140,7 +140,9 @@ class SPADConfig:
     condition_dropout: float = 0.5  # "condition" mode: probability that the condition channel is zeroed in training
     perturb_prob: float = 1.0  # share of each batch's rows that get the perturbation ("target" and "input" modes)
     input_gamma: float = 0.0  # DDPM-IP: x_t is built with noise eps + gamma * xi, the target from eps (0: off)
-    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    # off by default: the SPAD study found no gain from any SPAD variant (docs/spad_study.md); a `perturb` block turns
+    # it on unless it says `enabled: false`
+    perturb: PerturbConfig = field(default_factory=lambda: PerturbConfig(enabled=False))
     # training
     train_steps: int = 2000
     pas_steps: int | None = None  # PaS horizon: progress p = step / pas_steps (None: train_steps)

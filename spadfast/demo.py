@@ -8,6 +8,7 @@ p = 0, 0.25, 0.5, 0.75, 1; columns mask, Canny edges, ScD, BcD, both: what train
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -59,7 +60,8 @@ def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int =
     test_dir = out / "test"
     write_synthetic_folder(test_dir, test_size, cfg.image_size, TEST_SEED)
     _, example_mask = SyntheticLesions(1, image_size=64, seed=TEST_SEED).numpy(0)
-    grid = perturbation_grid(torch.from_numpy(example_mask[0]), cfg=cfg.perturb)
+    # what SPAD does to a mask over training (the illustration shows it even where training runs with it off)
+    grid = perturbation_grid(torch.from_numpy(example_mask[0]), cfg=dataclasses.replace(cfg.perturb, enabled=True))
     cv2.imwrite(str(out / "perturbation.png"), grid)
     predict_folder(trainer, test_dir / "images", out / "pred", overlay=True, overlay_gt=test_dir / "masks",
                    overlay_dir=out / "overlays")

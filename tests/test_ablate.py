@@ -41,7 +41,7 @@ def _runs(out: Path) -> list[str]:
 def test_variants_and_their_configs():
     from spadfast.augmentation import AugmentConfig
 
-    base = SPADConfig.preset("cpu-small").to_dict()
+    base = SPADConfig.preset("cpu-small", perturb={"enabled": True}).to_dict()  # a base with SPAD on, as the study's
     table = variant_overrides(base)
     assert list(table) == ["SPAD", "w/o ScD", "w/o BcD", "baseline", "PaS linear", "PaS step", "input mode",
                            "condition mode", "SPAD input", "DDPM-IP", "SPAD no-fade", "SPAD input no-fade",
@@ -53,6 +53,9 @@ def test_variants_and_their_configs():
         want = _merge(base, {"perturb": {off: False}})
         assert cfg[name].to_dict() == want and want["perturb"][off] is False and base["perturb"][off] is True
     assert cfg["baseline"].perturb.enabled is False
+    default = SPADConfig.preset("cpu-small").to_dict()  # SPAD off: the SPAD variants turn it on
+    assert default["perturb"]["enabled"] is False
+    assert SPADConfig.from_dict(_merge(default, variant_overrides(default)["SPAD"])).to_dict() == base
     assert cfg["PaS step"].perturb.pas_kind == "step" and cfg["condition mode"].perturb_mode == "condition"
     linear_base = _merge(base, {"perturb": {"pas_kind": "linear"}, "perturb_mode": "condition"})
     assert list(variant_overrides(linear_base))[4:7] == ["PaS cosine", "PaS step", "target mode"]
@@ -72,8 +75,11 @@ def _flat(d, prefix=""):
     return out
 
 
-def test_each_variant_changes_exactly_the_keys_its_name_says():
-    base = SPADConfig.preset("cpu-small").to_dict()
+@pytest.mark.parametrize("spad_in_base", [True, False])
+def test_each_variant_changes_exactly_the_keys_its_name_says(spad_in_base):
+    """On a base with SPAD on (the study's) and on the default base (SPAD off): each variant changes what its name
+    says, and every SPAD variant switches the perturbation on itself."""
+    base = SPADConfig.preset("cpu-small", perturb={"enabled": spad_in_base}).to_dict()
     want = {
         "SPAD": {}, "w/o ScD": {"perturb.scd": False}, "w/o BcD": {"perturb.bcd": False},
         "baseline": {"perturb.enabled": False}, "PaS linear": {"perturb.pas_kind": "linear"},
@@ -93,7 +99,11 @@ def test_each_variant_changes_exactly_the_keys_its_name_says():
     flat_base = _flat(base)
     for name, changes in variant_overrides(base).items():
         flat = _flat(SPADConfig.from_dict(_merge(base, changes)).to_dict())
-        assert {k: v for k, v in flat.items() if flat_base[k] != v} == want[name], name
+        expected = dict(want[name])
+        if not spad_in_base:  # the perturbation is off already; the SPAD variants turn it on
+            if expected.pop("perturb.enabled", True):
+                expected["perturb.enabled"] = True
+        assert {k: v for k, v in flat.items() if flat_base[k] != v} == expected, name
 
 
 def test_split_is_seeded_and_disjoint():
