@@ -174,19 +174,10 @@ def test_a_stop_signal_ends_the_ablation_without_recording_a_truncated_run(data,
     import signal
 
     from spadfast.preemption import Stopped
-    from spadfast.trainer import SPADTrainer
 
     out = tmp_path / "abl"
-    real_step = SPADTrainer.train_step
-    calls = {"n": 0}
-
-    def signalled_at_step_2(self, batches):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)  # delivered to the main thread's handler, as a scheduler's would be
-        return real_step(self, batches)
-
-    monkeypatch.setattr(SPADTrainer, "train_step", signalled_at_step_2)
+    # delivered to the main thread's handler, as a scheduler's signal would be
+    _at_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGUSR1))
     with pytest.raises(Stopped, match="stopped at step 2 of 4 by SIGUSR1"):
         run_ablation(data, out, steps=4, overrides=TINY, variants=["SPAD", "baseline"], log=lambda m: None)
     run = out / "runs" / "spad" / "seed0"
@@ -198,21 +189,30 @@ def test_a_stop_signal_ends_the_ablation_without_recording_a_truncated_run(data,
     assert record["resumed_from"] == 2 and record["steps"] == 4
 
 
-@pytest.mark.slow
-def test_resume_from_checkpoint(data, tmp_path, monkeypatch):
+def _at_step(monkeypatch, n: int, action) -> None:
+    """Run ``action()`` when the n-th training step of this test starts (then the step itself)."""
     from spadfast.trainer import SPADTrainer
 
-    out = tmp_path / "abl"
     real_step = SPADTrainer.train_step
     calls = {"n": 0}
 
-    def dies_at_step_3(self, batches):
+    def step(self, batches):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("power cut")
+        if calls["n"] == n:
+            action()
         return real_step(self, batches)
 
-    monkeypatch.setattr(SPADTrainer, "train_step", dies_at_step_3)
+    monkeypatch.setattr(SPADTrainer, "train_step", step)
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint(data, tmp_path, monkeypatch):
+    out = tmp_path / "abl"
+
+    def power_cut():
+        raise KeyboardInterrupt("power cut")
+
+    _at_step(monkeypatch, 3, power_cut)
     overrides = {**TINY, "checkpoint_every": 2}
     with pytest.raises(KeyboardInterrupt):
         run_ablation(data, out, steps=4, overrides=overrides, variants=["SPAD"], log=lambda m: None)
