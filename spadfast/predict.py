@@ -21,6 +21,7 @@ from .files import (
     write_mask_png,
 )
 from .metrics import labels_from_probs
+from .prediction import Prediction
 from .sampler import DDIMSampler, SampleResult, image_noise_key
 from .distributed import shard_of
 from .input_folders import check_one_input_kind
@@ -110,14 +111,15 @@ class Segmenter:
         return cls(*load_onnx_parts(folder, threads))
 
     def predict(self, x, steps: int | None = None, ensemble: int | None = None, seed: int = 0,
-                name: str | None = None, tta: bool = False) -> dict[str, np.ndarray]:
+                name: str | None = None, tta: bool = False) -> Prediction:
         """Segment one image or volume at the input's size or voxel grid.
 
         ``x``: a path (PNG/TIFF/... or NIfTI ``.nii``/``.nii.gz``), a nibabel image, or a numpy array as image readers
-        return it (``[H,W]`` / ``[H,W,C]``, any dtype), normalised as training normalised files. Returns
-        ``{"labels", "mask", "probs", "std"}``: for a 2-D input ``labels`` int ``[H,W]`` (0 background),
-        ``mask`` bool ``[H,W]`` (any class), ``probs``/``std`` float32 ``[H,W]`` (binary) or ``[M,H,W]``; for a
-        volume ``labels`` ``[I,J,K]`` and ``probs``/``std`` ``[I,J,K,M]``. These are what ``predict`` writes for the
+        return it (``[H,W]`` / ``[H,W,C]``, any dtype), normalised as training normalised files. Returns a
+        :class:`spadfast.prediction.Prediction` (attributes, or keys ``"labels"``, ``"mask"``, ``"foreground"``,
+        ``"probs"``, ``"std"``): for a 2-D input ``labels`` = ``mask`` int ``[H,W]`` (0 background),
+        ``foreground`` bool, ``probs``/``std`` float32 ``[H,W]`` (binary) or ``[M,H,W]``; for a volume ``labels``
+        ``[I,J,K]`` and ``probs``/``std`` ``[I,J,K,M]``. These are what ``predict`` writes for the
         same file (the noise is keyed by ``name``, default the file's stem or ``"array"``). ``tta``: flips (and
         transposes) spread over the members (:mod:`spadfast.tta`; images only)."""
         if _is_volume_input(x):
@@ -145,7 +147,7 @@ class Segmenter:
         labels = labels_from_probs(probs, cfg.threshold)
         if probs.shape[0] == 1:
             probs, std = probs[0], std[0]
-        return {"labels": labels, "mask": labels > 0, "probs": probs, "std": std}
+        return Prediction(labels, probs, std)
 
     def segment(self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None,
                 seed: int | None = 0, return_members: bool = False,
@@ -166,7 +168,7 @@ def _is_volume_input(x) -> bool:
     return type(x).__module__.startswith("nibabel")
 
 
-def _predict_volume_input(segmenter, x, steps, ensemble, seed) -> dict[str, np.ndarray]:
+def _predict_volume_input(segmenter, x, steps, ensemble, seed) -> Prediction:
     """:meth:`Segmenter.predict` of a volume: the settings ``spadfast predict`` uses on NIfTI folders."""
     import tempfile
 
@@ -186,7 +188,7 @@ def _predict_volume_input(segmenter, x, steps, ensemble, seed) -> dict[str, np.n
             path = Path(tmp) / "image.nii.gz"
             nib.save(x, str(path))
             out = segment_volume(segmenter, [path], **kwargs)
-    return {"labels": out["labels"], "mask": out["labels"] > 0, "probs": out["probs"], "std": out["std"]}
+    return Prediction(out["labels"], out["probs"], out["std"])
 
 
 def _resolve_amp(amp: str, device: torch.device) -> str:

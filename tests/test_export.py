@@ -115,6 +115,7 @@ def test_segmenter_predicts_a_nifti_volume_as_predict_writes_it(tmp_path):
     out = seg.predict(case, steps=2, ensemble=2)
     written = nib.load(str(tmp_path / "pred" / f"{names[0]}.nii.gz")).get_fdata().astype(np.int64)
     assert out["labels"].shape == written.shape and np.array_equal(out["labels"], written)
-    assert out["probs"].shape == (*written.shape, 2) and out["mask"].dtype == bool
+    assert out["probs"].shape == (*written.shape, 2) and out["foreground"].dtype == bool
+    assert out.mask is out.labels and np.array_equal(out.foreground, written > 0)  # the documented attributes
     from_image = seg.predict(nib.load(str(case)), steps=2, ensemble=2)
     assert from_image["labels"].shape == written.shape
