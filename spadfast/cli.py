@@ -381,7 +381,7 @@ def cmd_demo(args) -> int:
     from .paths import check_output_dir
 
     _check_steps(args.steps)
-    own = ("run", "test", "pred", "overlays", "metrics.json", "config.json", "perturbation.png")
+    own = ("run", "test", "pred", "overlays", "metrics.json", "baselines.json", "config.json", "perturbation.png")
     check_output_dir(args.out, "--out", overwrite=args.overwrite, own_files=own)
     base = demo_config(args.device or "auto")
     if args.preset:

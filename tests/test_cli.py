@@ -92,9 +92,11 @@ def test_demo_small(tmp_path, capsys):
     cfg = _config_file(tmp_path, train_steps=2)
     assert main(["demo", "--out", str(tmp_path / "demo"), "--config", str(cfg), "--test-size", "3"]) == 0
     report = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert set(report) == {"cases", "mean"}  # exactly the evaluate format
     assert len(report["cases"]) == 3 and {"dice", "iou", "hd95"} <= set(report["mean"])
-    assert set(report["baselines"]) == {"Otsu per image", "intensity threshold tuned on training images"}
-    assert all(0 <= v <= 1 for v in report["baselines"].values())
+    baselines = json.loads((tmp_path / "demo" / "baselines.json").read_text())
+    assert set(baselines) == {"Otsu per image", "intensity threshold tuned on training images"}
+    assert all(0 <= v <= 1 for v in baselines.values())
     assert "trivial baselines on them, Dice: Otsu per image" in capsys.readouterr().out
     assert len(list((tmp_path / "demo" / "overlays").glob("*.png"))) == 3
     assert (tmp_path / "demo" / "run" / "checkpoint.safetensors").is_file()
