@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -189,6 +190,26 @@ def _slim_case(case: dict) -> dict:
     return {"name": case["name"], **{k: round(float(case[k]), 4) for k in KEPT_METRICS}}
 
 
+# Until these times (UTC, 2026-12-04) a data set's runs were trained by the frozen worktree /work/study-wt, after
+# them by the main checkout (its commit when the run finished is recorded; the process may have started earlier)
+_MAIN_FROM = {"clean": "2026-12-04T06:25:00", "noisy": "2026-12-04T06:58:00"}
+
+
+def _git_commit(repo: Path, before: float) -> str:
+    stamp = datetime.fromtimestamp(before, timezone.utc).isoformat()
+    found = subprocess.run(["git", "-C", str(repo), "log", "-1", f"--before={stamp}", "--format=%h"],
+                           capture_output=True, text=True)
+    return found.stdout.strip() or "unknown"
+
+
+def _trained_by(data: str, variant: str, finished: float) -> str:
+    """Which spadfast trained a run that finished at ``finished`` (epoch seconds): worktree and commit."""
+    start = datetime.fromisoformat(_MAIN_FROM[data]).replace(tzinfo=timezone.utc).timestamp()
+    if finished >= start or variant == "nnu-net-augmentation":
+        return f"main at {_git_commit(ROOT, finished)} or earlier"
+    return f"/work/study-wt at {_git_commit(Path('/work/study-wt'), finished)}"
+
+
 def collect(out: Path, dest: Path) -> int:
     """Copy each evaluated run (the cell's result) to ``dest/<data>/fold<k>/<variant>/seed<s>.json``: its config,
     training time, the ablation's held-out scores and the study evaluation, per image."""
@@ -200,6 +221,8 @@ def collect(out: Path, dest: Path) -> int:
         record = json.loads(done.read_text())
         study = json.loads((done.parent / EVAL_FILE).read_text())
         slim = {k: record[k] for k in ("config", "steps", "train_seconds")}
+        slim["finished"] = datetime.fromtimestamp(done.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        slim["code"] = _trained_by(data, variant, done.stat().st_mtime)
         slim["study"] = [{"steps": r["steps"], "ensemble": r["ensemble"], "mean": r["mean"],
                           "cases": [_slim_case(c) for c in r["cases"]]} for r in study]
         target = dest / data / fold / variant / f"{seed}.json"
