@@ -51,13 +51,15 @@ def _units(cells, data: str, variant: str, steps: int, ensemble: int, metric: st
             for (d, fold, v, seed), c in cells.items() if d == data and v == variant}
 
 
-def compare(cells, data_a, variant_a, data_b, variant_b, steps, ensemble, metric, margin=0.003) -> dict:
-    """Mean paired difference a - b over (fold, seed) units, with t and bootstrap intervals and the verdict."""
+def compare(cells, data_a, variant_a, data_b, variant_b, steps, ensemble, metric, margin=0.003,
+            n_boot: int = 0) -> dict:
+    """Mean paired difference a - b over (fold, seed) units, with the t-interval, the verdict and (``n_boot`` > 0)
+    the hierarchical bootstrap interval (NaN otherwise)."""
     diffs = unit_differences(_units(cells, data_a, variant_a, steps, ensemble, metric),
                              _units(cells, data_b, variant_b, steps, ensemble, metric))
     unit_means = [float(d.mean()) for d in diffs.values()]
     mean, lo, hi = t_interval(unit_means)
-    blo, bhi = hierarchical_bootstrap(diffs, n_boot=2000) if diffs else (math.nan, math.nan)
+    blo, bhi = hierarchical_bootstrap(diffs, n_boot=n_boot) if diffs and n_boot else (math.nan, math.nan)
     return {"n": len(unit_means), "mean": mean, "ci": (lo, hi), "boot": (blo, bhi), "p": t_pvalue(unit_means),
             "verdict": verdict(lo, hi, margin), "per_unit": {f"{f}/seed{s}": m for (f, s), m in
                                                               zip(diffs, unit_means)}}
@@ -116,10 +118,14 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
     if planned:
         extra = f" (and {n_runs - done_planned} runs of extensions outside the plan)" if n_runs > done_planned else ""
         primary_n = min(compare(cells, d, v, d, "baseline", *PRIMARY_AT, "dice")["n"] for d, v, _ in PRIMARY)
-        state = ("every primary comparison has its planned runs; the secondary variants are still running (the "
-                 "study resumes where it stopped)" if primary_n >= len(units) >= 6 else
-                 "the study is still running (it resumes where it stopped); no verdict below is final until the "
-                 "primary comparisons have their planned runs")
+        if done_planned == planned:
+            state = "the study is complete"
+        elif primary_n >= len(units) >= 6:
+            state = ("every primary comparison has its planned runs; the secondary variants are still running (the "
+                     "study resumes where it stopped)")
+        else:
+            state = ("the study is still running (it resumes where it stopped); no verdict below is final until the "
+                     "primary comparisons have their planned runs")
         lines += [f"**Status: {done_planned} of {planned} planned runs finished{extra}; {state}.**", ""]
     lines += [
         f"Runs finished: **{n_runs}** (training time {hours:.1f} h on a shared 2-core CPU, one thread per run); "
@@ -130,7 +136,7 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
     lines += [f"## Primary comparisons (fixed in advance; Dice, {s} DDIM steps, {e} member)", "",
               "| comparison | Δ Dice [95 % CI] | bootstrap 95 % | verdict |", "|---|---|---|---|"]
     for data, v, label in PRIMARY:
-        r = compare(cells, data, v, data, "baseline", s, e, "dice")
+        r = compare(cells, data, v, data, "baseline", s, e, "dice", n_boot=2000)
         boot = "" if math.isnan(r["boot"][0]) else f"[{r['boot'][0]:+.4f}, {r['boot'][1]:+.4f}]"
         lines.append(f"| {label} | {_cell(r)} | {boot} | {r['verdict'] if r['n'] else 'not run yet'} |")
     pc = compare(cells, "noisy", "baseline", "clean", "baseline", s, e, "dice")
@@ -145,23 +151,30 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
             if (data, v) not in {(d, x) for d, x, _ in PRIMARY}:
                 secondary[f"{data}/{v}"] = compare(cells, data, v, data, "baseline", s, e, "dice")["p"]
     adjusted = holm(secondary)
+
+    def ran_on(data: str) -> list[str]:
+        return [v for v in variants if any(k[0] == data and k[2] == v for k in cells)]
+
+    not_run = [f"{NAMES[v]} on {data} annotations" for data in data_sets for v in variants if v not in ran_on(data)]
     lines += ["## Δ Dice by DDIM steps and ensemble size", ""]
     for data in data_sets:
         lines += [f"### {data} training annotations", "",
                   "| variant | members | " + " | ".join(f"{st} steps" for st in STEPS) + " |",
                   "|---|---|" + "---|" * len(STEPS)]
-        for v in variants:
+        for v in ran_on(data):
             for ens in ENSEMBLES:
                 row = [_cell(compare(cells, data, v, data, "baseline", st, ens, "dice")) for st in STEPS]
                 lines.append(f"| {NAMES[v]} | {ens} | " + " | ".join(row) + " |")
         lines.append("")
+    if not_run:
+        lines += ["Not run (extensions on one data set only): " + "; ".join(not_run) + ".", ""]
     holm_text = ", ".join(f"{k} {p:.3f}" for k, p in adjusted.items() if not math.isnan(p)) or "none yet"
     lines += [f"Holm-adjusted p-values of the secondary Dice comparisons (10 steps, 1 member): {holm_text}.", ""]
     lines += ["## Boundary and calibration (10 steps, 5 members)", "",
               "| data | variant | " + " | ".join(label for _, label, _ in SECONDARY_METRICS) + " |",
               "|---|---|" + "---|" * len(SECONDARY_METRICS)]
     for data in data_sets:
-        for v in variants:
+        for v in ran_on(data):
             row = [_cell(compare(cells, data, v, data, "baseline", 10, 5, m, margin)) for m, _, margin in
                    SECONDARY_METRICS]
             lines.append(f"| {data} | {NAMES[v]} | " + " | ".join(row) + " |")
@@ -207,7 +220,10 @@ PROTOCOL = """## Protocol
   one forward pass, BCE + Dice, same tiles and steps); structured (SPAD input with cell erasure, per-object
   dilation/erosion up to 2 px, contour warps up to 1.5 px, one spurious blob per tile on average). An extension
   outside the 96 planned runs, on clean annotations only: nnU-Net augmentation (the baseline with nnU-Net's 2-D
-  augmentation, `AugmentConfig.nnunet()`, on top of the flips), which decides spadfast's `augment` default.
+  augmentation, `AugmentConfig.nnunet()`, on top of the flips), which decides spadfast's `augment` default. A
+  second extension, on both data sets: SPAD input with the BcD band and blur scaled to each object's size
+  (`bcd_object_frac` 0.5: a nucleus of equivalent radius r gets at most a 0.5 r band), the option that answers
+  "the BcD band covers most of a small object".
 - **Evaluation** (`spadfast.study_eval`): every run's EMA weights at 1, 2, 5, 10 and 25 DDIM steps, with 1 and 5
   members (the first k of one 5-member draw), initial noise keyed per tile name (common random numbers).
 - **Statistics** (`spadfast.study_stats`): unit = training run (fold, seed); mean paired difference to the baseline
