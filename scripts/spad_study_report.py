@@ -26,6 +26,10 @@ PRIMARY = (("clean", "spad-input", "SPAD input vs baseline, clean annotations"),
            ("noisy", "spad-no-fade", "SPAD no-fade vs baseline, noisy annotations"),
            ("noisy", "spad-input-no-fade", "SPAD input no-fade vs baseline, noisy annotations"))
 PRIMARY_AT = (10, 1)  # DDIM steps, ensemble members
+# the study's folds; later folds hold registered confirmatory tests (docs/spad_study/confirmatory.md), reported apart
+STUDY_FOLDS = ("fold0", "fold1")
+# (data set, variant, folds, label): fixed before their runs
+CONFIRMATORY = (("clean", "structured", ("fold2", "fold3"), "structured vs baseline, clean annotations"),)
 SECONDARY_METRICS = (("boundary_f1", "boundary F1 (1 px)", 0.003), ("ece_band", "ECE near the boundary", 0.003),
                      ("brier_band", "Brier near the boundary", 0.003), ("spurious", "spurious components", 0.05))
 
@@ -105,14 +109,36 @@ def _figure(cells, data_sets, variants, path: Path) -> bool:
     return True
 
 
+def _confirmatory(all_cells, steps: int, ensemble: int) -> list[str]:
+    """The registered confirmatory tests: the new folds alone (the test) and pooled with the study's folds."""
+    out = []
+    for data, v, folds, label in CONFIRMATORY:
+        new = {k: c for k, c in all_cells.items() if k[1] in folds}
+        if not any(k[0] == data and k[2] == v for k in new):
+            continue
+        old = {k: c for k, c in all_cells.items() if k[1] in STUDY_FOLDS}
+        test, found, pooled = (compare(x, data, v, data, "baseline", steps, ensemble, "dice")
+                               for x in (new, old, {**old, **new}))
+        verdict = ("confirmed" if test["n"] >= 2 and test["ci"][0] > 0 else "not confirmed")
+        out += ["## Confirmatory test (registered before its runs: `spad_study/confirmatory.md`)", "",
+                f"| {label}, Dice, {steps} steps, {ensemble} member | Δ Dice [95 % CI] |", "|---|---|",
+                f"| found on {', '.join(STUDY_FOLDS)} | {_cell(found)} |",
+                f"| **test on {', '.join(folds)}** | **{_cell(test)}** |",
+                f"| pooled | {_cell(pooled)} |", "",
+                f"Verdict by the registered rule (the test interval above zero): **{verdict}**"
+                + ("" if test["n"] >= 6 else f" so far ({test['n']} of 6 runs)") + ".", ""]
+    return out
+
+
 def write_report(cells_root: Path, page: Path, baselines: dict | None = None, planned: int | None = None,
                  plan: list[tuple[str, str, str, int]] | None = None, code: str | None = None) -> str:
-    cells = load_cells(cells_root)
+    all_cells = load_cells(cells_root)
+    cells = {k: c for k, c in all_cells.items() if k[1] in STUDY_FOLDS}
     data_sets = sorted({k[0] for k in cells})
     variants = [v for v in NAMES if v != "baseline" and any(k[2] == v for k in cells)]
     lines = ["# Does SPAD help? The study", ""]
-    n_runs = len(cells)
-    hours = sum(c["train_seconds"] for c in cells.values()) / 3600
+    n_runs = len(all_cells)
+    hours = sum(c["train_seconds"] for c in all_cells.values()) / 3600
     units = sorted({(k[1], k[3]) for k in cells})
     done_planned = len([p for p in plan if p in cells]) if plan else n_runs
     if planned:
@@ -145,6 +171,7 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
     if baselines:
         lines += ["Trivial baselines on the same test tiles (no training): " + ", ".join(
             f"{k} Dice {v:.4f}" for k, v in baselines.items()) + ".", ""]
+    lines += _confirmatory(all_cells, s, e)
     secondary = {}
     for data in data_sets:
         for v in variants:
@@ -223,7 +250,9 @@ PROTOCOL = """## Protocol
   augmentation, `AugmentConfig.nnunet()`, on top of the flips), which decides spadfast's `augment` default. A
   second extension, on both data sets: SPAD input with the BcD band and blur scaled to each object's size
   (`bcd_object_frac` 0.5: a nucleus of equivalent radius r gets at most a 0.5 r band), the option that answers
-  "the BcD band covers most of a small object".
+  "the BcD band covers most of a small object". A confirmatory test registered after the study's results
+  (`spad_study/confirmatory.md`): structured vs baseline on clean annotations, on folds 2 and 3 (held-out strips
+  2 and 3), seeds 0-2.
 - **Evaluation** (`spadfast.study_eval`): every run's EMA weights at 1, 2, 5, 10 and 25 DDIM steps, with 1 and 5
   members (the first k of one 5-member draw), initial noise keyed per tile name (common random numbers).
 - **Statistics** (`spadfast.study_stats`): unit = training run (fold, seed); mean paired difference to the baseline
@@ -233,6 +262,15 @@ PROTOCOL = """## Protocol
 ## Reproduce
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/spad_study.py run --out spad_study
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/spad_study.py evaluate --out spad_study
+    # the extensions
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/spad_study.py run --out spad_study --datasets clean \\
+        --variants "nnU-Net augmentation"
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/spad_study.py run --out spad_study \\
+        --variants "SPAD input object-BcD"
+    # the confirmatory test on folds 2-3
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/spad_study.py run --out spad_study --folds 4 \\
+        --datasets clean --variants baseline structured
     OMP_NUM_THREADS=1 .venv/bin/python scripts/spad_study.py evaluate --out spad_study
     .venv/bin/python scripts/spad_study.py collect --out spad_study
     .venv/bin/python scripts/spad_study.py report

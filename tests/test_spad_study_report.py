@@ -84,3 +84,30 @@ def test_a_variant_run_on_one_data_set_gets_no_empty_rows_on_the_other(tmp_path)
     assert f"Not run (extensions on one data set only): {aug} on noisy annotations." in page
     assert sum(line.startswith(f"| clean | {aug} |") for line in page.splitlines()) == 1
     assert not any(line.startswith(f"| noisy | {aug} |") for line in page.splitlines())
+
+
+@pytest.mark.parametrize("gain, verdict", [(0.05, "confirmed"), (-0.05, "not confirmed")])
+def test_the_confirmatory_folds_are_reported_apart_from_the_study(tmp_path, gain, verdict):
+    both = ("clean", "noisy")
+    root, dice = _study(tmp_path, {"baseline": both, "structured": both})
+    rng = np.random.default_rng(11)
+    new_units = [(f"fold{k}", s) for k in (2, 3) for s in range(3)]
+    for f, s in new_units:
+        for v, shift in (("baseline", 0.0), ("structured", gain)):  # a clear effect on the new folds only
+            dice["clean", f, v, s] = rng.uniform(0.5, 0.9, len(TILES)) * 0.1 + 0.6 + shift
+            _write_cell(root, "clean", f, v, s, dice["clean", f, v, s])
+    page = report.write_report(root, tmp_path / "page.md")
+    run_diff = lambda units: [float(np.mean(dice["clean", f, "structured", s] - dice["clean", f, "baseline", s]))
+                              for f, s in units]
+    old_units = [(f"fold{k}", s) for k in range(2) for s in range(3)]
+    lines = page.splitlines()
+    test_line = next(x for x in lines if x.startswith("| **test on fold2, fold3**"))
+    assert _t_text(run_diff(new_units)) in test_line
+    assert _t_text(run_diff(old_units)) in next(x for x in lines if x.startswith("| found on fold0, fold1"))
+    assert _t_text(run_diff(old_units + new_units)) in next(x for x in lines if x.startswith("| pooled"))
+    assert f"registered rule (the test interval above zero): **{verdict}**." in page
+    # the study's own tables keep to folds 0-1
+    name = report.NAMES["structured"]
+    row = next(x for x in lines if x.startswith(f"| {name} | 1 |"))
+    assert _t_text(run_diff(old_units)) in row
+    assert not any(x.startswith("| clean | fold2 |") for x in lines)
