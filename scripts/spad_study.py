@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -138,6 +139,8 @@ def run(out: Path, folds: int, seeds: int, variants: tuple[str, ...], datasets: 
 
 
 EVAL_FILE = "study_eval.json"
+CONFIRMATORY_FOLDS = (2, 3)  # docs/spad_study/confirmatory.md
+CONFIRMATORY_BASELINES = "baselines_confirmatory.json"  # the trivial baselines on those folds' test tiles
 KEPT_METRICS = ("dice", "iou", "hd95", "boundary_f1", "spurious", "brier", "ece", "brier_band", "ece_band")
 
 
@@ -164,7 +167,7 @@ def evaluate(out: Path) -> int:
     return n
 
 
-def trivial_baselines(out: Path, folds: int) -> dict[str, float]:
+def trivial_baselines(out: Path, folds: Sequence[int]) -> dict[str, float]:
     """Dice of two thresholds without training, on the same test tiles (:mod:`spadfast.baselines`): Otsu per tile,
     and one intensity threshold tuned on each fold's training tiles; the mean over every fold's test tiles."""
     from spadfast.baselines import trivial_baselines as fold_baselines
@@ -177,7 +180,7 @@ def trivial_baselines(out: Path, folds: int) -> dict[str, float]:
 
     sums: dict[str, float] = {}
     count = 0
-    for k in range(folds):
+    for k in folds:
         root = out / "data" / "clean" / f"fold{k}"
         test = tiles(root / "test")
         for name, value in fold_baselines(*tiles(root / "train"), *test).items():
@@ -267,23 +270,30 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_STOPPED
     elif args.step == "evaluate":
         evaluate(args.out)
-        baselines = trivial_baselines(args.out, args.folds)
+        baselines = trivial_baselines(args.out, range(args.folds))
         (args.out / "baselines.json").write_text(json.dumps(baselines, indent=1))
+        if all((args.out / "data" / "clean" / f"fold{k}" / "done").is_file() for k in CONFIRMATORY_FOLDS):
+            (args.out / CONFIRMATORY_BASELINES).write_text(
+                json.dumps(trivial_baselines(args.out, CONFIRMATORY_FOLDS), indent=1))
     elif args.step == "collect":
         collect(args.out, args.dest)
-        if (args.out / "baselines.json").is_file():
-            shutil.copyfile(args.out / "baselines.json", args.dest / "baselines.json")
+        for name in ("baselines.json", CONFIRMATORY_BASELINES):
+            if (args.out / name).is_file():
+                shutil.copyfile(args.out / name, args.dest / name)
     else:
         from spad_study_report import write_report
 
         page = ROOT / "docs" / "spad_study.md"
         baselines_file = args.dest / "baselines.json"
         baselines = json.loads(baselines_file.read_text()) if baselines_file.is_file() else None
+        confirm_file = args.dest / CONFIRMATORY_BASELINES
+        confirm_baselines = json.loads(confirm_file.read_text()) if confirm_file.is_file() else None
         from spadfast.ablate import slug
 
         plan = [(d, f"fold{k}", slug(v), s) for s in range(args.seeds) for k in range(args.folds)
                 for d in args.datasets for v in args.variants]
-        page.write_text(write_report(args.dest, page, baselines, len(plan), plan, args.code))
+        page.write_text(write_report(args.dest, page, baselines, len(plan), plan, args.code,
+                                    confirm_baselines))
         print(f"wrote {page}")
     return 0
 

@@ -109,7 +109,13 @@ def _figure(cells, data_sets, variants, path: Path) -> bool:
     return True
 
 
-def _confirmatory(all_cells, steps: int, ensemble: int) -> list[str]:
+def _mean_dice(cells, data: str, variant: str, folds, steps: int, ensemble: int) -> float:
+    """Mean over runs of each run's mean Dice."""
+    return float(np.mean([np.mean(list(_cases(c, steps, ensemble, "dice").values()))
+                          for (d, f, v, _), c in cells.items() if d == data and v == variant and f in folds]))
+
+
+def _confirmatory(all_cells, steps: int, ensemble: int, baselines: dict | None = None) -> list[str]:
     """The registered confirmatory tests: the new folds alone (the test) and pooled with the study's folds."""
     out = []
     for data, v, folds, label in CONFIRMATORY:
@@ -127,11 +133,17 @@ def _confirmatory(all_cells, steps: int, ensemble: int) -> list[str]:
                 f"| pooled | {_cell(pooled)} |", "",
                 f"Verdict by the registered rule (the test interval above zero): **{verdict}**"
                 + ("" if test["n"] >= 6 else f" so far ({test['n']} of 6 runs)") + ".", ""]
+        absolute = ", ".join(f"{NAMES[x]} {_mean_dice(new, data, x, folds, steps, ensemble):.4f}"
+                             for x in ("baseline", v))
+        trivial = ("; trivial baselines on the same tiles: " + ", ".join(f"{k} {b:.4f}" for k, b in baselines.items())
+                   if baselines else "")
+        out += [f"Mean Dice on {', '.join(folds)} (mean over runs): {absolute}{trivial}.", ""]
     return out
 
 
 def write_report(cells_root: Path, page: Path, baselines: dict | None = None, planned: int | None = None,
-                 plan: list[tuple[str, str, str, int]] | None = None, code: str | None = None) -> str:
+                 plan: list[tuple[str, str, str, int]] | None = None, code: str | None = None,
+                 confirm_baselines: dict | None = None) -> str:
     all_cells = load_cells(cells_root)
     cells = {k: c for k, c in all_cells.items() if k[1] in STUDY_FOLDS}
     data_sets = sorted({k[0] for k in cells})
@@ -171,7 +183,7 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
     if baselines:
         lines += ["Trivial baselines on the same test tiles (no training): " + ", ".join(
             f"{k} Dice {v:.4f}" for k, v in baselines.items()) + ".", ""]
-    lines += _confirmatory(all_cells, s, e)
+    lines += _confirmatory(all_cells, s, e, confirm_baselines)
     secondary = {}
     for data in data_sets:
         for v in variants:
