@@ -85,7 +85,7 @@ def _figure(cells, data_sets, variants, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, len(data_sets), figsize=(5 * len(data_sets), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(data_sets), figsize=(5 * len(data_sets), 4.6), squeeze=False)
     for ax, data in zip(axes[0], data_sets):
         for j, v in enumerate(variants):
             rs = [compare(cells, data, v, data, "baseline", s, 1, "dice") for s in STEPS]
@@ -101,8 +101,9 @@ def _figure(cells, data_sets, variants, path: Path) -> bool:
         ax.set_xlabel("DDIM steps (1 member)")
         ax.set_ylabel("Dice - baseline Dice")
         ax.set_title(f"{data} training annotations")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()  # below the panels: inside, it hides a curve
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
