@@ -111,3 +111,22 @@ def test_the_confirmatory_folds_are_reported_apart_from_the_study(tmp_path, gain
     row = next(x for x in lines if x.startswith(f"| {name} | 1 |"))
     assert _t_text(run_diff(old_units)) in row
     assert not any(x.startswith("| clean | fold2 |") for x in lines)
+
+
+def test_the_primary_extension_is_pooled_beside_the_planned_result(tmp_path):
+    both = ("clean", "noisy")
+    root, dice = _study(tmp_path, {"baseline": both, "spad-input": both})
+    rng = np.random.default_rng(5)
+    for f, s in [(f"fold{k}", s) for k in (2, 3) for s in range(3)]:
+        for v in ("baseline", "spad-input"):
+            dice["clean", f, v, s] = rng.uniform(0.5, 0.95, len(TILES))
+            _write_cell(root, "clean", f, v, s, dice["clean", f, v, s])
+    page = report.write_report(root, tmp_path / "page.md")
+    diff = lambda folds: [float(np.mean(dice["clean", f"fold{k}", "spad-input", s] - dice["clean", f"fold{k}",
+                                                                                       "baseline", s]))
+                          for k in folds for s in range(3)]
+    line = next(x for x in page.splitlines() if x.startswith("| SPAD input vs baseline, clean"))
+    columns = line.strip("| ").split(" | ")
+    assert columns[1] == _t_text(diff((0, 1)))  # the planned result keeps to folds 0-1
+    assert columns[-1] == _t_text(diff((0, 1, 2, 3)))
+    assert "fold0, fold1, fold2, fold3 (extension)" in page
