@@ -281,7 +281,8 @@ PROTOCOL = """## Protocol
   (`bcd_object_frac` 0.5: a nucleus of equivalent radius r gets at most a 0.5 r band), the option that answers
   "the BcD band covers most of a small object". A confirmatory test registered after the study's results
   (`spad_study/confirmatory.md`): structured vs baseline on clean annotations, on folds 2 and 3 (held-out strips
-  2 and 3), seeds 0-2.
+  2 and 3), seeds 0-2; on the same folds, the primary comparisons again (registered likewise), pooled with folds 0-1
+  beside the planned result.
 - **Evaluation** (`spadfast.study_eval`): every run's EMA weights at 1, 2, 5, 10 and 25 DDIM steps, with 1 and 5
   members (the first k of one 5-member draw), initial noise keyed per tile name (common random numbers).
 - **Statistics** (`spadfast.study_stats`): unit = training run (fold, seed); mean paired difference to the baseline
@@ -300,6 +301,11 @@ PROTOCOL = """## Protocol
     # the confirmatory test on folds 2-3
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/spad_study.py run --out spad_study --folds 4 \\
         --datasets clean --variants baseline structured
+    # the primary comparisons on folds 2-3
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/spad_study.py run --out spad_study --folds 4 \\
+        --datasets clean --variants "SPAD input"
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/spad_study.py run --out spad_study --folds 4 \\
+        --datasets noisy --variants baseline "SPAD no-fade" "SPAD input no-fade"
     OMP_NUM_THREADS=1 .venv/bin/python scripts/spad_study.py evaluate --out spad_study
     .venv/bin/python scripts/spad_study.py collect --out spad_study
     .venv/bin/python scripts/spad_study.py report
