@@ -251,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                    "at each), except the clean runs started after 06:25 that day (the nnU-Net augmentation extension "
                    "and the secondary variants from then on), trained by main from f770dd5 / 7627446 on (the baseline "
                    "trains bit-identically at d3dd02b and 7627446: checked over 15 steps; the structured variant's "
-                   "contour-warp blur changed in between); the runs that finished after 08:30 on 2026-12-04 (the last 7 "
-                   "planned runs, most of the object-BcD extension, the confirmatory test) by main at d9f8020, whose "
-                   "spadfast package did not change while they ran; evaluated with main at 2b4b85e and later "
-                   "(study_eval unchanged since)",
+                   "contour-warp blur changed in between); the runs that finished after 08:30 on 2026-12-04 (the "
+                   "last 7 planned runs, most of the object-BcD extension, the confirmatory test, the primary "
+                   "comparisons on folds 2-3) by main with the spadfast package of d9f8020 (unchanged while they "
+                   "ran); evaluated with main at 2b4b85e and later (study_eval unchanged since)",
                    help="report: which spadfast code made the runs")
     args = p.parse_args(argv)
     if args.step == "prepare":

@@ -198,7 +198,7 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
         lines += [f"The last column adds the registered extension's runs on {', '.join(EXTENSION_FOLDS)} "
                   "(`spad_study/confirmatory.md`): an estimate over more runs, not a new test.", ""]
     if baselines:
-        lines += ["Trivial baselines on the same test tiles (no training): " + ", ".join(
+        lines += [f"Trivial baselines on the test tiles of {', '.join(STUDY_FOLDS)} (no training): " + ", ".join(
             f"{k} Dice {v:.4f}" for k, v in baselines.items()) + ".", ""]
     lines += _confirmatory(all_cells, s, e, confirm_baselines)
     secondary = {}
