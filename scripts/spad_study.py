@@ -139,7 +139,7 @@ def run(out: Path, folds: int, seeds: int, variants: tuple[str, ...], datasets: 
 
 
 EVAL_FILE = "study_eval.json"
-CONFIRMATORY_FOLDS = (2, 3)  # docs/spad_study/confirmatory.md
+CONFIRMATORY_FOLDS = (2, 3)  # docs/spad_study/confirmatory.md; spad_study_report.EXTENSION_FOLDS
 CONFIRMATORY_BASELINES = "baselines_confirmatory.json"  # the trivial baselines on those folds' test tiles
 KEPT_METRICS = ("dice", "iou", "hd95", "boundary_f1", "spurious", "brier", "ece", "brier_band", "ece_band")
 
