@@ -11,32 +11,60 @@ from torch.utils.data import Dataset, DistributedSampler
 from . import distributed as dist_utils
 
 
+def volume_dataset(root: str | Path, config, name: str = "train_data") -> Dataset:
+    """The one constructor of volume training/validation data from a Decathlon / nnU-Net folder and a config.
+
+    Every path builds volume data here (``spadfast train``, ``SPADTrainer(train_data=folder)``, ``--resume``,
+    ``spadfast ablate``), so the slice draws of a run depend on ``config.seed`` alone, not on how it started.
+
+    Args:
+        root: the data set folder. config: the run's :class:`~spadfast.config.SPADConfig` (``image_size``,
+            ``resize``, ``slice_axis``, ``intensity_window``, ``foreground_fraction``, ``seed``, ``reorient``,
+            ``target_spacing``, ``foreground_oversample`` are read).
+        name: ``"train_data"``: slices drawn per epoch with ``config.seed`` (random ``image_size`` patches of them
+            without ``resize``); anything else (validation): every slice once, whole.
+
+    Returns:
+        a :class:`~spadfast.volumes.VolumeSlices`, or a :class:`~spadfast.patches.PatchDraws` of one.
+    """
+    from .volumes import VolumeSlices
+
+    train = name == "train_data"
+    data: Dataset = VolumeSlices(
+        root, image_size=config.image_size if config.resize else None, axis=config.slice_axis,
+        window=config.intensity_window or None, reorient=config.reorient,
+        target_spacing=None if config.resize else config.target_spacing,
+        foreground_fraction=config.foreground_fraction if train else None, seed=config.seed,
+    )
+    if train and not config.resize:
+        from .patches import PatchDraws
+
+        data = PatchDraws(data, config.image_size, seed=config.seed, foreground_share=config.foreground_oversample)
+    return data
+
+
 def coerce_dataset(
-    data: Dataset | str | Path | None, name: str, image_size: int, channels: int, synthetic_n: int = 0,
-    synthetic_seed: int = 0, intensity_norm: str = "dtype", mask_channels: int = 1, slice_axis: int | None = None,
-    foreground_fraction: float = 0.5, window: tuple[float, float] | None = None, resize: bool = True,
-    patch_seed: int = 0, foreground_oversample: float = 1 / 3, ignore_label: int | None = None,
-    reorient: str | None = None, target_spacing: Sequence[float] = (),
+    data: Dataset | str | Path | None, name: str, config, synthetic_n: int = 0, synthetic_seed: int = 0,
 ) -> Dataset:
     """A training/validation dataset from what the user passed, checked before any work starts.
 
     Args:
         data: a folder holding ``images/`` and ``masks/``, a Dataset of ``(image [C,H,W] in [-1,1],
-            mask [1,H,W] in {0,1})`` or None (``synthetic_n`` synthetic lesions from ``synthetic_seed``).
+            mask [K,H,W] in {0,1})`` or None (``synthetic_n`` synthetic lesions from ``synthetic_seed``).
         name: the argument's name, for errors (``"train_data"``).
-        image_size, channels: what the model expects (``config.image_size``, ``config.image_channels``).
-        intensity_norm: how folder images map to [-1, 1] (``config.intensity_norm``).
-        mask_channels: K = num_classes - 1. slice_axis, foreground_fraction: for volume folders (Decathlon /
-            nnU-Net layout, read as :class:`spadfast.volumes.VolumeSlices`; validation serves every slice).
-        resize: False keeps image folders at native size: training data becomes random ``image_size`` patches
-            (:class:`spadfast.patches.PatchDraws` with ``patch_seed`` and ``foreground_oversample``), validation
-            data whole images.
-        ignore_label: image folders: the mask value that marks unannotated pixels (mask -1 in every channel there);
-            Datasets may then hold -1 too. reorient: volume folders' axis order (:mod:`spadfast.orientation`).
-        target_spacing: volume folders without ``resize``: the in-plane spacing slices are resampled to (mm).
+        config: the run's :class:`~spadfast.config.SPADConfig`: ``image_size`` and ``image_channels`` (what the
+            model expects), ``intensity_norm`` (how folder images map to [-1, 1]), ``mask_channels`` (K =
+            num_classes - 1), ``ignore_label`` (image folders: the mask value that marks unannotated pixels, mask
+            -1 in every channel there; Datasets may then hold -1 too) and ``resize`` (False keeps image folders at
+            native size: training data becomes random ``image_size`` patches, :class:`spadfast.patches.PatchDraws`
+            with ``config.seed`` and ``foreground_oversample``, validation data whole images). Volume folders
+            (Decathlon / nnU-Net layout) go through :func:`volume_dataset`.
     """
     from .folders import SegmentationFolder
     from .synthetic import SyntheticLesions
+
+    image_size, channels, mask_channels = config.image_size, config.image_channels, config.mask_channels
+    intensity_norm, resize, ignore_label = config.intensity_norm, config.resize, config.ignore_label
 
     if data is None:
         if mask_channels != 1:
@@ -44,16 +72,9 @@ def coerce_dataset(
         return SyntheticLesions(synthetic_n, image_size=image_size, seed=synthetic_seed, channels=channels)
     if isinstance(data, (str, Path)):
         from .nifti import is_volume_folder
-        from .volumes import VolumeSlices
 
         if is_volume_folder(data):
-            data = VolumeSlices(data, image_size=image_size if resize else None, axis=slice_axis, window=window,
-                                reorient=reorient, target_spacing=None if resize else target_spacing,
-                                foreground_fraction=foreground_fraction if name == "train_data" else None)
-            if not resize and name == "train_data":
-                from .patches import PatchDraws
-
-                data = PatchDraws(data, image_size, seed=patch_seed, foreground_share=foreground_oversample)
+            data = volume_dataset(data, config, name)
         elif resize:
             return SegmentationFolder(data, image_size=image_size, channels=channels,
                                       intensity_norm=intensity_norm, num_classes=mask_channels + 1,
@@ -66,7 +87,8 @@ def coerce_dataset(
                                         ignore_label=ignore_label)
             if name != "train_data":
                 return folder
-            return PatchDraws(folder, image_size, seed=patch_seed, foreground_share=foreground_oversample)
+            return PatchDraws(folder, image_size, seed=config.seed,
+                              foreground_share=config.foreground_oversample)
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise TypeError(f"`{name}` must be a Dataset, a folder path or None, got {type(data).__name__}")
     if len(data) == 0:
@@ -104,13 +126,7 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     from .volumes import VolumeSlices
 
     cfg = config
-    common = dict(image_size=cfg.image_size, channels=cfg.image_channels, intensity_norm=cfg.intensity_norm,
-                  mask_channels=cfg.mask_channels, slice_axis=cfg.slice_axis,
-                  foreground_fraction=cfg.foreground_fraction, window=cfg.intensity_window or None,
-                  resize=cfg.resize, patch_seed=cfg.seed, foreground_oversample=cfg.foreground_oversample,
-                  ignore_label=cfg.ignore_label, reorient=cfg.reorient, target_spacing=cfg.target_spacing)
-    train = coerce_dataset(train_data, "train_data", synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed,
-                           **common)
+    train = coerce_dataset(train_data, "train_data", cfg, synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
     source = getattr(train, "dataset", train)  # PatchDraws cuts patches of it
     if isinstance(source, VolumeSlices) and not cfg.modalities:
@@ -118,10 +134,10 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     val = None
     if val_data is None and train_data is None:
         val_seed = cfg.seed + 10_007
-        val = coerce_dataset(None, "val_data", synthetic_n=cfg.synthetic_val, synthetic_seed=val_seed, **common)
+        val = coerce_dataset(None, "val_data", cfg, synthetic_n=cfg.synthetic_val, synthetic_seed=val_seed)
         sources["val"] = describe_source(None, cfg.synthetic_val, val_seed)
     elif val_data is not None:
-        val = coerce_dataset(val_data, "val_data", **common)
+        val = coerce_dataset(val_data, "val_data", cfg)
         sources["val"] = describe_source(val_data)
     return train, val, sources
 

@@ -247,26 +247,20 @@ def _train_locked(args) -> int:
 def _volume_data(cfg, data: Path, config_file: Path | None):
     """For a Decathlon / nnU-Net folder: read it once and take ``num_classes``, ``image_channels`` and the slicing
     axis from it (a config file that sets them differently is an error naming the key)."""
+    from .batches import volume_dataset
     from .nifti import is_volume_folder
-    from .volumes import VolumeSlices
 
     if not is_volume_folder(data):
         return cfg, data
-    ds = VolumeSlices(data, image_size=cfg.image_size if cfg.resize else None, axis=cfg.slice_axis,
-                      window=cfg.intensity_window or None, foreground_fraction=cfg.foreground_fraction, seed=cfg.seed,
-                      reorient=cfg.reorient, target_spacing=None if cfg.resize else cfg.target_spacing)
+    dataset = volume_dataset(data, cfg)  # the constructor --resume and the library use: the same slice draws
+    ds = getattr(dataset, "dataset", dataset)  # the VolumeSlices under PatchDraws (resize: false)
     given = _read_config_keys(config_file) if config_file else {}
     found = {"num_classes": ds.num_classes, "image_channels": ds.image_channels, "slice_axis": ds.axis,
              "modalities": list(ds.modalities)}
     for key, value in found.items():
         if key in given and given[key] not in (None, []) and given[key] != value:
             raise ValueError(f"config key `{key}` is {given[key]!r} but {str(data)!r} has {value!r}")
-    if not cfg.resize:  # native in-plane size: the trainer trains on patches of image_size
-        from .patches import PatchDraws
-
-        return type(cfg).from_dict({**cfg.to_dict(), **found}), PatchDraws(
-            ds, cfg.image_size, seed=cfg.seed, foreground_share=cfg.foreground_oversample)
-    return type(cfg).from_dict({**cfg.to_dict(), **found}), ds
+    return type(cfg).from_dict({**cfg.to_dict(), **found}), dataset
 
 
 def cmd_predict(args) -> int:

@@ -191,3 +191,45 @@ def test_validation_dice_leaves_out_classes_absent_from_both_maps(name):
                           val_data=FixedPairs(truth))
     stub_segment(trainer, lambda images: pred)
     assert trainer.validate(len(truth)) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("resize", [True, False])
+def test_volume_slice_draws_follow_the_config_seed_on_every_path(demo, resize):
+    """Issue 29.2: the library path (a folder given to the trainer, as ``--resume`` and ``ablate`` pass it) draws
+    with ``config.seed``, as the CLI's fresh run does; two seeds draw different slices."""
+    from spadfast.batches import volume_dataset
+    from spadfast.cli import _volume_data
+
+    def draws(dataset) -> list:
+        """Epoch 0's slice of every item, and the seed of the patch draws on top of them (resize: false)."""
+        slices = getattr(dataset, "dataset", dataset)
+        return [slices.slice_of(i, epoch=0) for i in range(len(slices))] + [dataset.seed]
+
+    configs = {seed: tiny_config(seed=seed, num_classes=2, resize=resize) for seed in (0, 7)}
+    library = {seed: SPADTrainer(cfg, demo).train_data for seed, cfg in configs.items()}
+    from_cli = _volume_data(configs[7], demo, None)[1]
+    assert draws(library[7]) == draws(from_cli) == draws(volume_dataset(demo, configs[7]))
+    assert draws(library[7])[:-1] != draws(library[0])[:-1]
+
+
+def test_cli_volume_resume_with_a_seed_is_bit_identical(demo, tmp_path):
+    """Issue 29.2: ``spadfast train`` on volumes with seed 7, stopped after 2 steps and resumed to 4, ends on the
+    same tensors (weights, EMA, optimizer, random streams) as an uninterrupted 4-step run."""
+    import json
+
+    from spadfast.checkpoint import read_checkpoint
+    from spadfast.cli import main
+
+    config = tmp_path / "seed7.json"
+    config.write_text(json.dumps({**tiny_config(seed=7, num_classes=2, pas_steps=4, log_every=1,
+                                                batch_size=4).to_dict(), "device": "cpu"}))
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    base = ["train", "--data", str(demo), "--config", str(config)]
+    assert main([*base, "--out", str(whole), "--steps", "4"]) == 0
+    assert main([*base, "--out", str(split), "--steps", "2"]) == 0
+    assert main(["train", "--data", str(demo), "--out", str(split), "--resume", "--steps", "4"]) == 0
+    expected, _ = read_checkpoint(whole)
+    resumed, meta = read_checkpoint(split)
+    assert meta["step"] == 4 and expected.keys() == resumed.keys()
+    differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
+    assert not differing, f"resumed run differs from the uninterrupted one in {differing[:5]}"
