@@ -123,12 +123,18 @@ def segment_image(segmenter, image: torch.Tensor, name: str, steps: int | None =
 
 def validate_whole_images(trainer, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Mean Dice of single-member sliding-window predictions of whole images ``(image [C,H,W], mask [K,H,W])``,
-    over (image, class) pairs where the class is in the prediction or the ground truth (1.0 when none is)."""
+    over (image, class) pairs where the class is in the prediction or the ground truth (1.0 when none is).
+
+    A pixel's class is the one ``predict`` writes (:func:`spadfast.metrics.labels_from_probs`, as the resized path
+    scores it), so a pixel counts for one class at most."""
     from .class_scores import present_class_dice
+    from .metrics import labels_from_probs
 
     scores: list[float] = []
     for i, (image, mask) in enumerate(pairs):
         probs, _ = segment_image(trainer, image, f"val{i}", ensemble=1, seed=trainer.config.seed)
+        labels = labels_from_probs(probs, trainer.config.threshold)  # [H,W] in 0..K
+        classes = torch.arange(1, probs.shape[0] + 1, device=labels.device).view(-1, 1, 1)
         annotated = (mask >= 0).to(probs.device)  # ignored pixels (-1) are scored as neither
-        scores += present_class_dice((probs > trainer.config.threshold) & annotated, mask.to(probs.device) > 0.5)
+        scores += present_class_dice((labels == classes) & annotated, mask.to(probs.device) > 0.5)
     return sum(scores) / len(scores) if scores else 1.0

@@ -233,3 +233,22 @@ def test_cli_volume_resume_with_a_seed_is_bit_identical(demo, tmp_path):
     assert meta["step"] == 4 and expected.keys() == resumed.keys()
     differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
     assert not differing, f"resumed run differs from the uninterrupted one in {differing[:5]}"
+
+
+@pytest.mark.parametrize("resize", [True, False])
+def test_validation_scores_the_labels_predict_writes(resize, monkeypatch):
+    """Issue 29.8: where two class probabilities exceed the threshold, the pixel belongs to the likelier class only
+    (``labels_from_probs``, what ``predict`` writes), on the resized and the native-resolution (sliding window)
+    path alike. Class 1 is right; class 2 at 0.6 under it would count as a wrong class-2 pixel (Dice 0.5)."""
+    from spadfast import sliding_window
+
+    truth = torch.zeros(2, 2, 12, 12)
+    truth[:, 0, 3:8, 3:9] = 1
+    probs = torch.full((2, 12, 12), 0.1)
+    probs[0, 3:8, 3:9], probs[1, 3:8, 3:9] = 0.9, 0.6
+    cfg = tiny_config(num_classes=3, image_size=12 if resize else 8, resize=resize)
+    trainer = SPADTrainer(cfg, train_data=FixedPairs(truth), val_data=FixedPairs(truth))
+    trainer.segment = lambda images, **_: SampleResult.from_members(
+        probs.expand(images.shape[0], 1, 2, 12, 12), trainer.config.threshold)
+    monkeypatch.setattr(sliding_window, "segment_image", lambda *_, **__: (probs, torch.zeros_like(probs)))
+    assert trainer.validate(2) == 1.0
