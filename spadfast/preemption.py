@@ -1,8 +1,10 @@
 """Stop a training run cleanly on a scheduler's signal (SLURM preemption, ``scancel``, ``kill``).
 
 While :class:`StopSignals` is active, the configured signals (``config.stop_signals``, default SIGTERM and SIGUSR1)
-only set a flag: the trainer finishes the optimizer step it is in, every rank agrees to stop at the same step (one
-tiny all-reduce per step under DDP), rank 0 writes the checkpoint atomically, and ``spadfast train`` exits with
+only set a flag: the trainer finishes the optimizer step it is in (under DDP: goes on to the next step that is a
+multiple of ``log_every``, where every rank agrees to stop at the same step by one tiny all-reduce, so the hot path
+has no per-step collective or host sync; a scheduler's grace period must outlast ``log_every`` steps), rank 0 writes
+the checkpoint atomically, and ``spadfast train`` exits with
 :data:`EXIT_STOPPED` and one line naming the step and the signal. A second signal while saving only sets the flag
 again, and the checkpoint is written by rename, so it is never half-written. ``--resume`` then continues
 bit-identically to a run that was never stopped.
@@ -64,7 +66,8 @@ class StopSignals:
         self.received = self.received or signal.Signals(signum).name
 
     def requested(self, distributed: bool, device: torch.device) -> str | None:
-        """The signal that stops this step on every rank (None: go on). Under DDP, any rank's signal stops all."""
+        """The signal that stops this step on every rank (None: go on). Under DDP, any rank's signal stops all: a
+        collective and a host sync, so every rank must call it at the same steps (the trainer: at log steps)."""
         if not distributed:
             return self.received
         import torch.distributed as dist

@@ -291,7 +291,10 @@ class SPADTrainer:
                                                           if "val_dice" in record else {}))
             elif validate:
                 self.run_log.write({"step": self.step, "val_dice": self.validate()})
-            self.stopped_by = stops.requested(self.distributed, self.device)
+            if not self.distributed or self.step % cfg.log_every == 0:
+                # under DDP ranks agree by an all-reduce and a host sync: only at log steps, which sync anyway (a
+                # scheduler's grace period outlasts log_every steps; the signal is kept until then)
+                self.stopped_by = stops.requested(self.distributed, self.device)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None or (
                     self.stopped_by and self.out_dir is not None):
                 self.save(self.out_dir)

@@ -88,3 +88,38 @@ def test_cli_stops_on_sigterm_with_its_own_status_and_resumes(tmp_path):
     subprocess.run([*base[:4], "--out", str(run), "--resume"], check=True, cwd=ROOT, env=env, capture_output=True)
     a, b = _tensors(tmp_path / "straight"), _tensors(run)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_ddp_checks_the_stop_signal_at_log_steps_only(tmp_path, monkeypatch):
+    """Issue 29.9: under DDP (a real one-process gloo group) the stop check is a collective, so it runs at log steps
+    only: a signal after step 4 with ``log_every=3`` stops every rank at step 6, with the checkpoint of step 6, after
+    two all-reduces in eight steps' worth of fit (one per step before)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        trainer = SPADTrainer(tiny_config(train_steps=8, log_every=3, val_every=0), out_dir=tmp_path / "run")
+        assert trainer.distributed
+        reductions = []
+        real_all_reduce = dist.all_reduce
+
+        def counting_all_reduce(tensor, *args, **kwargs):
+            reductions.append(trainer.step)
+            return real_all_reduce(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(dist, "all_reduce", counting_all_reduce)
+        real_step = trainer.train_step
+
+        def step_then_signal(batches):
+            out = real_step(batches)
+            if trainer.step == 4:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return out
+
+        monkeypatch.setattr(trainer, "train_step", step_then_signal)
+        trainer.fit()
+        assert (trainer.stopped_by, trainer.step) == ("SIGUSR1", 6)
+        assert reductions == [3, 6]
+        assert read_checkpoint(tmp_path / "run")[1]["step"] == 6
+    finally:
+        dist.destroy_process_group()
