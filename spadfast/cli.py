@@ -305,13 +305,10 @@ def cmd_predict(args) -> int:
     if volume_files(args.images):
         from .predict_volumes import predict_volume_folder
 
-        cfg = segmenter.config
-        names = predict_volume_folder(
-            segmenter, args.images, args.out, axis=cfg.slice_axis, steps=args.steps, ensemble=args.ensemble,
-            seed=args.seed, batch_size=args.batch_size, write_probabilities=args.probabilities,
-            write_uncertainty=args.uncertainty, modalities=list(cfg.modalities) or None,
-            window=cfg.intensity_window or None, shard=shard, uint8_maps=args.uint8_maps,
-            reorient=getattr(cfg, "reorient", None), target_spacing=tuple(getattr(cfg, "target_spacing", ())),
+        names = predict_volume_folder(  # preprocessed as the model was trained (its config, read there)
+            segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
+            batch_size=args.batch_size, write_probabilities=args.probabilities, write_uncertainty=args.uncertainty,
+            shard=shard, uint8_maps=args.uint8_maps, tta=args.tta,
             progress=not args.no_progress and sys.stderr.isatty() and shard[0] == 0,
         )
         _print_total(len(names), "label volumes", args.out)

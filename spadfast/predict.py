@@ -121,9 +121,9 @@ class Segmenter:
         ``foreground`` bool, ``probs``/``std`` float32 ``[H,W]`` (binary) or ``[M,H,W]``; for a volume ``labels``
         ``[I,J,K]`` and ``probs``/``std`` ``[I,J,K,M]``. These are what ``predict`` writes for the
         same file (the noise is keyed by ``name``, default the file's stem or ``"array"``). ``tta``: flips (and
-        transposes) spread over the members (:mod:`spadfast.tta`; images only)."""
+        transposes) spread over the members (:mod:`spadfast.tta`; a volume's slices each)."""
         if _is_volume_input(x):
-            return _predict_volume_input(self, x, steps, ensemble, seed)
+            return _predict_volume_input(self, x, steps, ensemble, seed, tta)
         cfg = self.config
         native = not getattr(cfg, "resize", True)
         size = None if native else cfg.image_size
@@ -168,17 +168,14 @@ def _is_volume_input(x) -> bool:
     return type(x).__module__.startswith("nibabel")
 
 
-def _predict_volume_input(segmenter, x, steps, ensemble, seed) -> Prediction:
+def _predict_volume_input(segmenter, x, steps, ensemble, seed, tta: bool = False) -> Prediction:
     """:meth:`Segmenter.predict` of a volume: the settings ``spadfast predict`` uses on NIfTI folders."""
     import tempfile
 
     from .predict_volumes import segment_volume
 
-    cfg = segmenter.config
-    kwargs = dict(axis=cfg.slice_axis, steps=steps, ensemble=ensemble, seed=seed, write_probabilities=True,
-                  write_uncertainty=True, modalities=list(cfg.modalities) or None,
-                  window=cfg.intensity_window or None, reorient=getattr(cfg, "reorient", None),
-                  target_spacing=tuple(getattr(cfg, "target_spacing", ())))
+    kwargs = dict(steps=steps, ensemble=ensemble, seed=seed, write_probabilities=True, write_uncertainty=True,
+                  tta=tta)  # the preprocessing: the model's own (predict_volumes.model_preprocessing)
     if isinstance(x, (str, Path)):
         out = segment_volume(segmenter, [x], **kwargs)
     else:  # a nibabel image: the readers take files

@@ -22,16 +22,18 @@ import torch
 from ._validation import check_axis, check_int
 from .metrics import labels_from_probs
 from .nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem
-from .nifti_write import write_nifti
+from .nifti_write import check_reference_writable, write_nifti
 from .orientation import Reorientation
 from .distributed import shard_of
 from .input_folders import check_one_input_kind
 from .sampler import image_noise_key
 from .sliding_window import segment_image
+from .tta import with_tta
 from .volume_norm import normalize_volume
 from .volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume, spacing_size
 
-__all__ = ["VolumeSettings", "segment_volume", "predict_volume", "predict_volume_folder", "check_volume_model"]
+__all__ = ["VolumeSettings", "VolumePreprocessing", "model_preprocessing", "segment_volume", "predict_volume",
+           "predict_volume_folder", "check_volume_model"]
 
 
 def _resolve_size(image_size: object, segmenter) -> tuple[int, int]:
@@ -54,11 +56,53 @@ def check_volume_model(config, where: object, allow_image_model: bool = False) -
 
 
 @dataclass(frozen=True)
-class VolumeSettings:
-    """How :func:`predict_volume` and :func:`predict_volume_folder` segment a case.
+class VolumePreprocessing:
+    """How a model's volumes were normalised and sliced in training, read from its config by
+    :func:`model_preprocessing` (the one place; as nnU-Net's predictor reads its plans).
 
     Attributes:
-        axis: array axis to slice along, as in training; None: each volume's coarsest spacing.
+        modalities: one name per channel (``"CT"`` selects the CT normalisation); None: not recorded (not CT).
+        window: the fixed ``(lo, hi)`` intensity window of every channel, or None (the per-modality rule).
+        reorient: ``"RAS"`` (slice in RAS axis order, :mod:`spadfast.orientation`) or None (as stored).
+        target_spacing: in-plane ``(dy, dx)`` mm each slice is resampled to (``resize: false`` models), or ``()``.
+        axis: the array axis slices are taken along, or None (each volume's coarsest spacing).
+    """
+
+    modalities: tuple[str, ...] | None = None
+    window: tuple[float, float] | None = None
+    reorient: str | None = None
+    target_spacing: tuple[float, ...] = ()
+    axis: int | None = None
+
+
+def model_preprocessing(config, modalities: Sequence[str] | None = None) -> VolumePreprocessing:
+    """The volume preprocessing ``config`` (a :class:`spadfast.SPADConfig`) was trained with. ``modalities``: the
+    fallback when the config records none (a model trained on 2-D images or on dict items), e.g. a dataset.json's."""
+    recorded = tuple(str(m) for m in getattr(config, "modalities", ()) or ())
+    window = tuple(float(v) for v in getattr(config, "intensity_window", ()) or ())
+    return VolumePreprocessing(
+        modalities=recorded or (tuple(modalities) if modalities else None),
+        window=(window[0], window[1]) if window else None,
+        reorient=getattr(config, "reorient", None),
+        target_spacing=tuple(float(v) for v in getattr(config, "target_spacing", ()) or ()),
+        axis=getattr(config, "slice_axis", None),
+    )
+
+
+# Preprocessing knobs VolumeSettings had before the model's config became their one source (issue 29.1).
+_PREPROCESSING_OPTIONS = {"modalities": "modalities", "window": "intensity_window", "reorient": "reorient",
+                          "target_spacing": "target_spacing"}
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    """Run-time settings of :func:`predict_volume` and :func:`predict_volume_folder`. The preprocessing (modalities,
+    intensity window, reorientation, target spacing, slice axis) is never set here: it is what the model was
+    trained with (:func:`model_preprocessing`).
+
+    Attributes:
+        axis: array axis to slice along; None: the model's ``slice_axis`` (itself None: each volume's coarsest
+            spacing).
         image_size: the model's slice size (default ``config.image_size``).
         steps, ensemble, seed: sampling settings passed to ``segment``. Each slice's initial noise is keyed by
             ``"<case>/<axis>/<slice>"``, so its labels do not depend on ``batch_size``.
@@ -66,18 +110,14 @@ class VolumeSettings:
         write_probabilities: also write ``probabilities/<case>.nii.gz`` beside the label map: float32
             ``[I,J,K,K_classes]`` mean class probabilities.
         write_uncertainty: also write ``uncertainty/<case>.nii.gz``: float32 ``[I,J,K,K_classes]`` ensemble std.
-        modalities: one name per channel, as in dataset.json (``"CT"`` selects the CT normalisation); must match
-            training. window: a fixed ``(lo, hi)`` intensity window, as in training.
         threshold: class probability that beats the background (default ``config.threshold``, else 0.5).
         allow_image_model: run a binary model trained on 2-D images (refused by default:
             :func:`check_volume_model`).
         uint8_maps: hold and write the probability and uncertainty volumes as uint8 scaled by 1/255 (NIfTI's
             ``scl_slope``; readers get floats back): a quarter of float32's memory and disk, steps of 1/255.
         progress: a progress bar of slices per case (stderr).
-        target_spacing: ``(dy, dx)`` mm (models trained with it, ``resize: false``): each slice is resampled to that
-            in-plane spacing before its sliding windows, and the probabilities back to the slice's own size.
-        reorient: ``"RAS"``: slice each case in RAS axis order, as a model trained with ``reorient: RAS`` was
-            (:mod:`spadfast.orientation`; outputs are put back on the input's grid); None: as stored.
+        tta: test-time augmentation of every slice (:mod:`spadfast.tta`: flips, and transposes of square inputs,
+            spread over the ensemble members and undone before averaging), as ``predict --tta`` does for images.
     """
 
     axis: int | None = None
@@ -88,20 +128,20 @@ class VolumeSettings:
     batch_size: int = 8
     write_probabilities: bool = False
     write_uncertainty: bool = False
-    modalities: Sequence[str] | None = None
-    window: tuple[float, float] | None = None
     threshold: float | None = None
     allow_image_model: bool = False
     uint8_maps: bool = False
     progress: bool = False
-    reorient: str | None = None
-    target_spacing: tuple[float, ...] = ()
+    tta: bool = False
 
 
 def _settings(settings: VolumeSettings | None, options: dict) -> VolumeSettings:
     """``settings`` with ``options`` (its field names as keywords) applied; an unknown keyword is a TypeError."""
     if settings is not None and not isinstance(settings, VolumeSettings):
         raise TypeError(f"`settings` must be a VolumeSettings, got {type(settings).__name__}")
+    for option in sorted(set(options) & set(_PREPROCESSING_OPTIONS)):
+        raise TypeError(f"`{option}` is not a prediction setting: volumes are preprocessed as the model was trained "
+                        f"(its config's `{_PREPROCESSING_OPTIONS[option]}`)")
     unknown = sorted(set(options) - {f.name for f in fields(VolumeSettings)})
     if unknown:
         raise TypeError(f"unknown keyword argument {unknown[0]!r}; VolumeSettings has "
@@ -118,8 +158,15 @@ def segment_volume(
     """Segment one case and return its volumes in the input's voxel order (nothing is written):
     ``{"labels": uint8/uint16 [I,J,K], "probs": float32 [I,J,K,K_classes] or None, "std": ... or None,
     "reference": the nibabel image of channel 0}``; probabilities and std only when ``write_probabilities`` /
-    ``write_uncertainty`` are set. Arguments as in :func:`predict_volume`."""
-    opts = _settings(settings, options)
+    ``write_uncertainty`` are set. Arguments as in :func:`predict_volume`; preprocessed as the model was trained
+    (:func:`model_preprocessing`)."""
+    return _segment_case(segmenter, image_paths, _settings(settings, options), model_preprocessing(segmenter.config))
+
+
+def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePreprocessing,
+                  check_reference=None) -> dict:
+    """:func:`segment_volume` with the preprocessing given; ``check_reference(reference, path)`` runs once the case
+    is read and before any voxel is normalised or segmented (the writers' checks)."""
     if isinstance(image_paths, (str, os.PathLike)):
         image_paths = [image_paths]
     paths = [Path(p) for p in image_paths]
@@ -130,22 +177,26 @@ def segment_volume(
     check_volume_model(cfg, paths[0], opts.allow_image_model)
     size = _resolve_size(opts.image_size, segmenter)
     threshold = float(getattr(cfg, "threshold", 0.5)) if opts.threshold is None else opts.threshold
-    modalities = opts.modalities
-    case = load_case(paths, len(modalities) if modalities else int(cfg.image_channels))
+    modalities = prep.modalities
+    n_modalities = len(modalities) if modalities else int(cfg.image_channels)
+    case = load_case(paths, n_modalities)
     image = case.channels
     assert image is not None
     if len(image) != cfg.image_channels:
         raise ValueError(f"{paths[0]}: the case has {len(image)} channels but the model expects "
                          f"config.image_channels = {cfg.image_channels}")
-    turn = Reorientation(case.reference.affine, opts.reorient)  # type: ignore[attr-defined]
+    if check_reference is not None:
+        check_reference(case.reference, paths[0])
+    turn = Reorientation(case.reference.affine, prep.reorient)  # type: ignore[attr-defined]
     shape = turn.shape(case.shape)  # the arrays sliced below are in the standard order
-    axis = coarsest_axis(turn.spacing(case.spacing)) if opts.axis is None else check_axis(opts.axis)
-    normed, _ = normalize_volume(image, modalities, opts.window)
+    axis = opts.axis if opts.axis is not None else prep.axis
+    axis = coarsest_axis(turn.spacing(case.spacing)) if axis is None else check_axis(axis)
+    normed, _ = normalize_volume(image, modalities, prep.window)
     normed = [turn.to_standard(ch) for ch in normed]
     case.channels = image = None  # free the raw intensities
     n_slices = shape[axis]
     h, w = in_plane_shape(shape, axis)
-    name = case_stem(volume_stem(paths[0]) or paths[0].name)[0]
+    name = paths[0].name if paths[0].is_dir() else case_stem(volume_stem(paths[0]) or paths[0].name)[0]
 
     labels: np.ndarray | None = None
     probs_vol: np.ndarray | None = None
@@ -156,6 +207,7 @@ def segment_volume(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_slices, desc=f"spadfast predict {name}", unit="slice", dynamic_ncols=True)
+    segment = with_tta(segmenter) if opts.tta else segmenter.segment
     for start in range(0, n_slices, batch_size):
         if bar is not None:
             bar.update(min(batch_size, n_slices - start))
@@ -163,14 +215,14 @@ def segment_volume(
         if getattr(cfg, "resize", True):
             batch = torch.from_numpy(np.stack([slice_volume(normed, axis, k, size) for k in idx]))
             keys = [image_noise_key(f"{name}/{axis}/{k}") for k in idx]
-            result = segmenter.segment(batch, steps=opts.steps, ensemble=opts.ensemble, seed=opts.seed,
-                                       noise_keys=keys)
+            result = segment(batch, steps=opts.steps, ensemble=opts.ensemble, seed=opts.seed, noise_keys=keys)
             probs = result.probs.detach().float().cpu().numpy()
             std = result.std.detach().float().cpu().numpy() if opts.write_uncertainty else None
         else:  # native in-plane size: sliding windows of image_size over each slice
-            resampled = spacing_size(shape, turn.spacing(case.spacing), axis, opts.target_spacing)
+            resampled = spacing_size(shape, turn.spacing(case.spacing), axis, prep.target_spacing)
             tiled = [segment_image(segmenter, torch.from_numpy(slice_volume(normed, axis, k, resampled)),
-                                   f"{name}/{axis}/{k}", opts.steps, opts.ensemble, opts.seed) for k in idx]
+                                   f"{name}/{axis}/{k}", opts.steps, opts.ensemble, opts.seed, segment=segment)
+                     for k in idx]
             probs = np.stack([p.numpy() for p, _ in tiled])
             std = np.stack([u.numpy() for _, u in tiled]) if opts.write_uncertainty else None
         k_classes = probs.shape[1]
@@ -227,14 +279,30 @@ def predict_volume(
         ValueError: unreadable inputs (see :func:`spadfast.nifti.load_case`), channels unlike
             ``config.image_channels``, a bad ``axis``/``batch_size``/``out_path``, a model trained on 2-D images.
     """
+    return _predict_case(segmenter, image_paths, out_path, _settings(settings, options),
+                         model_preprocessing(segmenter.config))
+
+
+def _predict_case(segmenter, image_paths, out_path, opts: VolumeSettings, prep: VolumePreprocessing) -> Path:
+    """:func:`predict_volume` with the preprocessing given; the input's header is checked writable for every
+    output before the case is segmented."""
     out_path = Path(out_path)
     if volume_stem(out_path) is None:
         raise ValueError(f"`out_path` must end in .nii.gz or .nii, got {out_path}")
-    result = segment_volume(segmenter, image_paths, settings, **options)
+    slope = 1 / 255 if opts.uint8_maps else 1.0
+
+    def check_outputs(reference, where: Path) -> None:
+        classes = max(1, int(getattr(segmenter.config, "num_classes", 2)) - 1)
+        spatial = tuple(int(n) for n in reference.shape[:3])
+        maps = (spatial + (classes,), np.dtype(np.uint8 if opts.uint8_maps else np.float32), slope)
+        outputs = [(spatial, np.dtype(np.uint8 if classes < 255 else np.uint16), 1.0)]
+        outputs += [maps] * (bool(opts.write_probabilities) + bool(opts.write_uncertainty))
+        check_reference_writable(reference, where, outputs)
+
+    result = _segment_case(segmenter, image_paths, opts, prep, check_reference=check_outputs)
     labels, probs_vol, std_vol, reference = result["labels"], result["probs"], result["std"], result["reference"]
     write_nifti(out_path, labels, reference=reference)
     file_name = out_path.name
-    slope = 1 / 255 if result["maps_scale"] else 1.0
     if probs_vol is not None:
         write_nifti(out_path.parent / "probabilities" / file_name, probs_vol, reference=reference, slope=slope)
     if std_vol is not None:
@@ -268,8 +336,9 @@ def predict_volume_folder(
     grouped by case) and write ``out_dir/<case>.nii.gz``; returns the case names.
 
     ``settings`` / ``options`` as in :func:`predict_volume`; ``shard = (rank, world)``: only this process's share
-    of the cases (:func:`spadfast.distributed.shard_of`); ``modalities`` default: the ``dataset.json`` beside
-    ``images_dir`` (in its parent folder), if any. A folder that also holds 2-D images, and a model trained on 2-D
+    of the cases (:func:`spadfast.distributed.shard_of`); preprocessed as the model was trained
+    (:func:`model_preprocessing`; for a model that records no modalities, those of the ``dataset.json`` beside
+    ``images_dir``, in its parent folder, if any). A folder that also holds 2-D images, and a model trained on 2-D
     images (unless ``allow_image_model``), are ValueErrors raised before any case is read.
     """
     opts = _settings(settings, options)
@@ -277,9 +346,8 @@ def predict_volume_folder(
     groups = group_cases(images_dir)
     check_one_input_kind(images_dir)
     check_volume_model(segmenter.config, images_dir, opts.allow_image_model)
-    if opts.modalities is None:
-        opts = replace(opts, modalities=list(read_dataset_json(images_dir.parent).modalities) or None)
+    prep = model_preprocessing(segmenter.config, read_dataset_json(images_dir.parent).modalities)
     cases = shard_of(list(groups), shard)
     for case in cases:
-        predict_volume(segmenter, groups[case], out_dir / f"{case}.nii.gz", opts)
+        _predict_case(segmenter, groups[case], out_dir / f"{case}.nii.gz", opts, prep)
     return cases

@@ -109,8 +109,7 @@ def test_segmenter_predicts_a_nifti_volume_as_predict_writes_it(tmp_path):
     trainer.save(tmp_path / "run")
     seg = Segmenter.load(tmp_path / "run")
     images = root / "imagesTs"
-    names = predict_volume_folder(seg, images, tmp_path / "pred", steps=2, ensemble=2,
-                                  modalities=list(seg.config.modalities) or None)
+    names = predict_volume_folder(seg, images, tmp_path / "pred", steps=2, ensemble=2)
     case = sorted(images.glob("*.nii.gz"))[0]
     out = seg.predict(case, steps=2, ensemble=2)
     written = nib.load(str(tmp_path / "pred" / f"{names[0]}.nii.gz")).get_fdata().astype(np.int64)

@@ -55,8 +55,7 @@ def test_prediction_from_itk_equals_prediction_from_nifti(volumes, kind, tmp_pat
 
     seg = FakeSegmenter(size=16, classes=2)
     for name in ("nii", kind):
-        predict_volume_folder(seg, volumes[name].parent, tmp_path / f"pred_{name}", steps=1, ensemble=1,
-                              modalities=["MR"])
+        predict_volume_folder(seg, volumes[name].parent, tmp_path / f"pred_{name}", steps=1, ensemble=1)
     a = nib.load(str(tmp_path / "pred_nii" / "case.nii.gz"))
     b = nib.load(str(tmp_path / f"pred_{kind}" / "case.nii.gz"))
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
@@ -141,7 +140,7 @@ def test_predict_reads_a_folder_of_dicom_series_like_nifti(tmp_path):
     _write_dicom_series(sitk.ReadImage(str(nii)), tmp_path / "dicom" / "patient7")
     seg = FakeSegmenter(size=16, classes=2)
     for name in ("nii", "dicom"):
-        assert predict_volume_folder(seg, tmp_path / name, tmp_path / f"pred_{name}", modalities=["MR"]) == ["patient7"]
+        assert predict_volume_folder(seg, tmp_path / name, tmp_path / f"pred_{name}") == ["patient7"]
     a = nib.load(str(tmp_path / "pred_nii" / "patient7.nii.gz"))
     b = nib.load(str(tmp_path / "pred_dicom" / "patient7.nii.gz"))
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-3)

@@ -54,9 +54,9 @@ class PositionalSegmenter:
     that is neither flip- nor transpose-invariant, as a trained one is not, so a flipped or transposed slice changes
     its answer."""
 
-    def __init__(self, size=16):
+    def __init__(self, size=16, reorient=None):
         self.config = SPADConfig(image_size=size, image_channels=1, device="cpu", channel_mults=(1,),
-                                 attention_levels=(), modalities=("MR",))
+                                 attention_levels=(), modalities=("MR",), reorient=reorient)
         self.keys = []
 
     def segment(self, images, steps=None, ensemble=None, seed=0, noise_keys=None):
@@ -82,8 +82,8 @@ def test_prediction_is_the_same_in_world_space_for_any_storage(tmp_path, k):
     runs = {}
     for reorient in (None, "RAS"):
         for path in (base, other):
-            seg = PositionalSegmenter()
-            out = segment_volume(seg, [path], reorient=reorient, modalities=["MR"], write_uncertainty=True)
+            seg = PositionalSegmenter(reorient=reorient)  # the model's reorient: the one segment_volume reads
+            out = segment_volume(seg, [path], write_uncertainty=True)
             stored = nib.load(str(path))
             assert out["labels"].shape == stored.shape and out["std"].shape[:3] == stored.shape  # the input's grid
             world = nib.as_closest_canonical(nib.Nifti1Image(out["labels"], stored.affine))  # one common storage

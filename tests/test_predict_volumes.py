@@ -24,9 +24,9 @@ class FakeSegmenter:
     """Class k's probability is 1 at its intensity centre and falls to 0.5 half-way to the next one. Its config
     records modalities, as a model trained on volumes does."""
 
-    def __init__(self, channels: int = 1, size: int = 16, classes: int = 2, resize: bool = True):
+    def __init__(self, channels: int = 1, size: int = 16, classes: int = 2, resize: bool = True, **preprocessing):
         self.config = SPADConfig(image_size=size, image_channels=channels, device="cpu", channel_mults=(1,),
-                                 attention_levels=(), modalities=("MR",) * channels, resize=resize)
+                                 attention_levels=(), modalities=("MR",) * channels, resize=resize, **preprocessing)
         self.classes = classes
         self.batches: list[torch.Tensor] = []
         self.keys: list[int] = []
@@ -89,9 +89,9 @@ def test_native_size_round_trip_is_exact(tmp_path, axis):
     src = write_source(tmp_path / "case_0000.nii.gz", lab, oblique_affine())
     shape = lab.shape
     plane = [s for i, s in enumerate(shape) if i != (2 if axis is None else axis)]
-    seg = FakeSegmenter(size=plane[0])
+    seg = FakeSegmenter(size=plane[0], intensity_window=WINDOW)
     out = predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz", axis=axis, image_size=tuple(plane),
-                         window=WINDOW, batch_size=4)
+                         batch_size=4)
     assert out == tmp_path / "out" / "case.nii.gz"
     assert_same_geometry(out, src, shape)
     got = nib.load(str(out))
@@ -107,8 +107,8 @@ def test_resized_slices_scaled_source_and_outputs(tmp_path):
     # stored 100 c with slope 2, inter -1024: scaled intensities -1024, -824, -624 (same window positions)
     src = write_source(tmp_path / "p_0000.nii", lab, aff, qform_code=2, sform_code=1, slope=(2.0, -1024.0))
     assert np.asarray(nib.load(str(src)).dataobj).min() == -1024
-    seg = FakeSegmenter(size=16)
-    out = predict_volume(seg, [src], tmp_path / "o" / "p.nii.gz", axis=None, window=(-1024, -424),
+    seg = FakeSegmenter(size=16, intensity_window=(-1024, -424))
+    out = predict_volume(seg, [src], tmp_path / "o" / "p.nii.gz", axis=None,
                          write_probabilities=True, write_uncertainty=True)
     assert_same_geometry(out, src, lab.shape)
     got = nib.load(str(out))
@@ -133,8 +133,8 @@ def test_resized_slices_scaled_source_and_outputs(tmp_path):
 def test_binary_model_writes_0_1(tmp_path):
     lab = (three_class_labels() > 0).astype(np.uint8)
     src = write_source(tmp_path / "b_0000.nii.gz", lab, oblique_affine())
-    out = predict_volume(FakeSegmenter(size=12, classes=1), [src], tmp_path / "b.nii.gz", axis=2,
-                         image_size=(12, 10), window=WINDOW)
+    out = predict_volume(FakeSegmenter(size=12, classes=1, intensity_window=WINDOW), [src], tmp_path / "b.nii.gz",
+                         axis=2, image_size=(12, 10))
     np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), lab)
 
 
@@ -210,9 +210,8 @@ def test_channels_last_source_gives_a_3d_label_map(tmp_path):
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
     nib.save(img, str(tmp_path / "v.nii.gz"))
-    seg = FakeSegmenter(channels=2, size=12)
-    out = predict_volume(seg, tmp_path / "v.nii.gz", tmp_path / "out" / "v.nii.gz", axis=2, image_size=(12, 10),
-                         modalities=["T1", "T2"], window=WINDOW)
+    seg = FakeSegmenter(channels=2, size=12, intensity_window=WINDOW)
+    out = predict_volume(seg, tmp_path / "v.nii.gz", tmp_path / "out" / "v.nii.gz", axis=2, image_size=(12, 10))
     got = nib.load(str(out))
     assert got.shape == lab.shape
     np.testing.assert_array_equal(got.affine, nib.load(str(tmp_path / "v.nii.gz")).affine)  # as stored (float32)
@@ -220,10 +219,13 @@ def test_channels_last_source_gives_a_3d_label_map(tmp_path):
 
 
 def test_ct_folder_uses_the_training_normalisation(tmp_path):
-    """imagesTs of a CT data set: dataset.json (beside it) selects the CT rule for prediction as for training."""
+    """imagesTs of a CT data set: the model (trained on it, so recording "CT") gets the CT rule for prediction as
+    for training."""
     root = write_demo_volumes(tmp_path / "d", n_cases=1, n_test=2, shape=(12, 12, 4), modality="CT", num_classes=3)
     ds = VolumeSlices(root, image_size=16, foreground_fraction=None, split="test")
+    assert ds.modalities == ["CT"]
     seg = FakeSegmenter(size=16)
+    seg.config.modalities = tuple(ds.modalities)
     predict_volume_folder(seg, root / "imagesTs", tmp_path / "pred")
     fed = torch.cat(seg.batches)
     torch.testing.assert_close(fed, torch.stack([ds[i][0] for i in range(len(ds))]), rtol=0, atol=0)
@@ -329,7 +331,7 @@ def test_volume_settings_are_one_dataclass_with_keyword_overrides():
     merged = _settings(base, {"steps": 5, "batch_size": 2})
     assert (merged.steps, merged.batch_size, merged.write_uncertainty) == (5, 2, True)
     assert _settings(None, {}) == VolumeSettings()
-    assert len(fields(VolumeSettings)) == 16
+    assert len(fields(VolumeSettings)) == 13
     with pytest.raises(TypeError, match="stepz"):
         _settings(None, {"stepz": 5})
     with pytest.raises(TypeError, match="settings"):
@@ -391,9 +393,8 @@ def test_target_spacing_resamples_each_slice_and_maps_back_to_the_input_grid(tmp
     src = tmp_path / "case_0000.nii.gz"
     nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.5, 3.0, 1.0])), str(src))
     assert spacing_size(data.shape, (0.7, 0.5, 3.0), 2, (1.6, 1.1)) == (16, 13)  # 37 * 0.7 / 1.6, 29 * 0.5 / 1.1
-    seg = FakeSegmenter(size=8, classes=2, resize=False)
-    out = predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz", axis=2, write_probabilities=True,
-                         target_spacing=(1.6, 1.1))
+    seg = FakeSegmenter(size=8, classes=2, resize=False, target_spacing=(1.6, 1.1))
+    out = predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz", axis=2, write_probabilities=True)
     assert nib.load(str(out)).shape == data.shape
     normed, _ = normalize_volume([data], ["MR"])
     probs = nib.load(str(tmp_path / "out" / "probabilities" / "case.nii.gz")).get_fdata(dtype=np.float32)
@@ -425,3 +426,61 @@ def test_training_slices_are_resampled_to_the_target_spacing(tmp_path):
         SPADConfig(target_spacing=(1.0, 0.0))
     with pytest.raises(ValueError, match="target_spacing"):
         VolumeSlices(root, image_size=None, target_spacing=(1.0,))
+
+
+def _store_permuted_and_flipped(path):
+    """Rewrite a NIfTI file with its axes 0 and 1 swapped and the first flipped (same anatomy, another storage)."""
+    img = nib.load(str(path))
+    nib.save(img.as_reoriented(np.array([[1, -1], [0, 1], [2, 1]])), str(path))
+
+
+def test_the_documented_call_preprocesses_as_the_model_was_trained_and_equals_predict(tmp_path, capsys):
+    """A CT model trained with ``reorient: RAS``: ``predict_volume(seg, path, out)`` with no settings feeds the model
+    exactly the slices training saw (CT window, RAS order), and writes the bytes ``spadfast predict`` writes."""
+    from spadfast import SPADTrainer
+    from spadfast.cli import main
+    from spadfast.predict import Segmenter
+    from tests.helpers import tiny_config
+
+    root = write_demo_volumes(tmp_path / "d", n_cases=1, n_test=1, shape=(16, 12, 4), modality="CT", num_classes=2)
+    case = root / "imagesTs" / "test_000_0000.nii.gz"
+    _store_permuted_and_flipped(case)
+    _store_permuted_and_flipped(root / "labelsTs" / "test_000.nii.gz")
+    trainer = SPADTrainer(tiny_config(reorient="RAS", train_steps=1, image_size=16, resize=True), root)
+    trainer.fit()
+    seg = Segmenter.load(trainer.save(tmp_path / "run"))
+    assert seg.config.modalities == ("CT",) and seg.config.reorient == "RAS"
+
+    fed: list[torch.Tensor] = []
+    segment = seg.segment
+    seg.segment = lambda images, **kw: fed.append(images.clone()) or segment(images, **kw)
+    api = predict_volume(seg, case, tmp_path / "api" / "test_000.nii.gz", steps=1, ensemble=1)
+    training = VolumeSlices(root, image_size=16, foreground_fraction=None, split="test", reorient="RAS")
+    assert training.modalities == ["CT"] and training._cases[0].norm[0].kind == "window"
+    torch.testing.assert_close(torch.cat(fed), torch.stack([training[i][0] for i in range(len(training))]),
+                               rtol=0, atol=0)
+
+    code = main(["predict", "--checkpoint", str(tmp_path / "run"), "--images", str(root / "imagesTs"), "--out",
+                 str(tmp_path / "cli"), "--steps", "1", "--ensemble", "1", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "cli" / "test_000.nii.gz").read_bytes() == api.read_bytes()
+    labels = seg.predict(case, steps=1, ensemble=1).labels
+    np.testing.assert_array_equal(labels, np.asarray(nib.load(str(api)).dataobj))
+
+
+def test_preprocessing_is_not_a_prediction_setting(tmp_path):
+    """The model's config is the one source of the preprocessing: the old per-call knobs are refused by name."""
+    from spadfast.predict_volumes import model_preprocessing
+
+    src = write_source(tmp_path / "c_0000.nii.gz", three_class_labels(), oblique_affine())
+    seg = FakeSegmenter(intensity_window=WINDOW, reorient="RAS", slice_axis=1)
+    for option, key in (("window", "intensity_window"), ("modalities", "modalities"), ("reorient", "reorient"),
+                        ("target_spacing", "target_spacing")):
+        with pytest.raises(TypeError, match=f"`{option}` is not a prediction setting.*`{key}`"):
+            predict_volume(seg, [src], tmp_path / "c.nii.gz", **{option: None})
+    prep = model_preprocessing(seg.config)
+    assert (prep.modalities, prep.window, prep.reorient, prep.target_spacing, prep.axis) == (
+        ("MR",), WINDOW, "RAS", (), 1)
+    assert model_preprocessing(image_model_config(), ["CT"]).modalities == ("CT",)  # a model recording none
+    predict_volume(seg, [src], tmp_path / "c.nii.gz", batch_size=20)
+    assert len(seg.batches) == 1 and seg.batches[0].shape[0] == 10  # the model's slice axis 1 (RAS order)
