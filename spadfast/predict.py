@@ -114,14 +114,20 @@ class Segmenter:
                 name: str | None = None, tta: bool = False) -> Prediction:
         """Segment one image or volume at the input's size or voxel grid.
 
-        ``x``: a path (PNG/TIFF/... or NIfTI ``.nii``/``.nii.gz``), a nibabel image, or a numpy array as image readers
-        return it (``[H,W]`` / ``[H,W,C]``, any dtype), normalised as training normalised files. Returns a
+        ``x``: a path (PNG/TIFF/... or NIfTI ``.nii``/``.nii.gz``), a nibabel image, or a numpy array as Python image
+        readers return it: ``[H,W]`` gray or ``[H,W,C]`` in RGB(A) order (PIL, imageio, scikit-image, tifffile,
+        napari; convert ``cv2.imread``'s BGR with ``cv2.cvtColor`` first), bool, uint8, uint16, float in [0, 1] or
+        another integer type (:func:`spadfast.files.array_to_model`), normalised as training normalised files. A
+        2-D input must be at least ``MIN_SIDE`` (8) px on each side for a native-resolution model, as in
+        ``predict``; ``ensemble`` below the number of models, or ``tta`` with fewer than 2 members per model, is
+        refused (:func:`check_members`). Returns a
         :class:`spadfast.prediction.Prediction` (attributes, or keys ``"labels"``, ``"mask"``, ``"foreground"``,
         ``"probs"``, ``"std"``): for a 2-D input ``labels`` = ``mask`` int ``[H,W]`` (0 background),
         ``foreground`` bool, ``probs``/``std`` float32 ``[H,W]`` (binary) or ``[M,H,W]``; for a volume ``labels``
         ``[I,J,K]`` and ``probs``/``std`` ``[I,J,K,M]``. These are what ``predict`` writes for the
         same file (the noise is keyed by ``name``, default the file's stem or ``"array"``). ``tta``: flips (and
         transposes) spread over the members (:mod:`spadfast.tta`; a volume's slices each)."""
+        check_members(self, ensemble, tta)
         if _is_volume_input(x):
             return _predict_volume_input(self, x, steps, ensemble, seed, tta)
         cfg = self.config
@@ -134,6 +140,8 @@ class Segmenter:
             image, hw = array_to_model(np.asarray(x) if isinstance(x, torch.Tensor) else x, size,
                                        cfg.image_channels, cfg.intensity_norm)
             name = name or "array"
+        if native:
+            check_min_side(hw, str(x) if isinstance(x, (str, Path)) else "`x`")
         tensor = torch.from_numpy(image).float()
         segment = with_tta(self) if tta else self.segment
         if native:
@@ -159,6 +167,30 @@ class Segmenter:
             ensemble=cfg.ensemble if ensemble is None else ensemble, seed=seed, threshold=cfg.threshold,
             return_members=return_members, noise_keys=noise_keys, validate=False,
         )
+
+
+def check_members(segmenter, ensemble: int | None, tta: bool = False, name: str = "ensemble") -> int:
+    """The member count of a sampling call (``ensemble``, default the config's), refused where it would drop work
+    silently: fewer members than the models of a :class:`spadfast.model_ensemble.ModelEnsemble` (member k runs on
+    model k mod n, so the last models would never run), or ``tta`` with fewer than 2 members per model (member 0 of
+    a model sees the image as is: one member is plain sampling). ``name``: the argument the message names."""
+    K = segmenter.config.ensemble if ensemble is None else check_int(ensemble, name, 1)
+    what = f"`{name}` {K}" if ensemble is not None else f"the config's `ensemble` {K}"
+    models = len(getattr(segmenter, "segmenters", ())) or 1
+    if K < models:
+        raise ValueError(f"{what} is below the {models} models of the ensemble: models {K + 1}..{models} would never "
+                         f"run; pass {name} >= {models} (a multiple of {models} weighs the models equally)")
+    if tta and K < 2 * models:
+        per = f" per model ({models} models)" if models > 1 else ""
+        raise ValueError(f"test-time augmentation with {what} gives a member the image as is and no other view"
+                         f"{per}: pass {name} >= {2 * models} (8 members{per} see every view of a square image)")
+    return K
+
+
+def check_min_side(hw: tuple[int, int], what: str) -> None:
+    """The one size rule of native-resolution prediction (CLI and API): at least ``MIN_SIDE`` px on each side."""
+    if min(hw) < MIN_SIDE:
+        raise ValueError(f"{what} is {hw[1]}x{hw[0]} (WxH): images must be at least {MIN_SIDE} px on each side")
 
 
 def _is_volume_input(x) -> bool:
@@ -290,6 +322,7 @@ def predict_folder(
     if not files:
         raise ValueError(f"`images` folder {str(images_dir)!r} holds no images (PNG/JPEG/TIFF/BMP)")
     batch_size = check_int(batch_size, "batch_size", 1)
+    check_members(segmenter, ensemble, tta)
     cfg = segmenter.config
     stems = shard_of(sorted(files), shard)
     if not stems:
@@ -304,10 +337,9 @@ def predict_folder(
     def load(chunk: list[str]) -> list[tuple[np.ndarray, tuple[int, int], float]]:
         size = None if native else cfg.image_size
         items = [read_model_input(files[s], size, cfg.image_channels, cfg.intensity_norm) for s in chunk]
-        for s, item in zip(chunk, items):
-            if native and min(item[1]) < MIN_SIDE:
-                raise ValueError(f"{files[s]} is {item[1][1]}x{item[1][0]} (WxH): images must be at least "
-                                 f"{MIN_SIDE} px on each side")
+        if native:
+            for s, item in zip(chunk, items):
+                check_min_side(item[1], str(files[s]))
         return items
 
     bar = None

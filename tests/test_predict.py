@@ -130,3 +130,89 @@ def test_compiled_and_bf16_prediction_paths(tmp_path):
     assert auto.config.amp == ("bf16" if cpu_has_native_bf16() else "none")
     with pytest.raises(ValueError, match="`amp`"):
         Segmenter.from_checkpoint(tmp_path, amp="fp8")
+
+
+def _random_output_model(config, run):
+    """Save an untrained run whose EMA output layer is random: a fresh model's output layer is zero, so its masks
+    would not depend on the image at all."""
+    trainer = SPADTrainer(config)
+    with torch.no_grad():
+        for p in trainer.ema.out_conv.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(7))
+    trainer.save(run)
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory):
+    """A 3-channel native-resolution model whose output depends on its input, and PNGs of every layout."""
+    root = tmp_path_factory.mktemp("rgb")
+    _random_output_model(tiny_config(image_channels=3, resize=False, train_steps=1), root / "run")
+    rng = np.random.default_rng(3)
+    images = root / "images"
+    images.mkdir()
+    for bits, dtype in ((8, np.uint8), (16, np.uint16)):
+        top = np.iinfo(dtype).max
+        rgba = rng.integers(0, top, (20, 24, 4), endpoint=True).astype(dtype)
+        rgba[:, :, 0] //= 4  # channels of different brightness, so that an order swap shows
+        rgba[:, :, 3] = top  # opaque: PNG readers agree on the colour of opaque pixels
+        cv2.imwrite(str(images / f"gray{bits}.png"), rgba[:, :, 1])
+        cv2.imwrite(str(images / f"rgb{bits}.png"), cv2.cvtColor(rgba[:, :, :3], cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(images / f"rgba{bits}.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    return root
+
+
+def test_arrays_as_python_readers_return_them_predict_as_the_cli_writes_the_file(rgb_model, tmp_path):
+    """Issue 29.6: arrays are RGB(A); PIL's array of a file gives the mask predict writes for that file."""
+    from PIL import Image
+
+    from spadfast.cli import main as cli_main
+
+    images = rgb_model / "images"
+    assert cli_main(["predict", "--checkpoint", str(rgb_model / "run"), "--images", str(images), "--out",
+                     str(tmp_path / "pred"), "--steps", "2", "--ensemble", "2"]) == 0
+    segmenter = Segmenter.load(rgb_model / "run")
+    for path in sorted(images.glob("*.png")):
+        if path.stem in ("rgb16", "rgba16"):  # PIL cannot open 16-bit colour PNGs: OpenCV's BGR(A), turned to RGB(A)
+            stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            array = cv2.cvtColor(stored, cv2.COLOR_BGR2RGB if stored.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+        else:
+            array = np.asarray(Image.open(path))
+        assert array.ndim == (2 if path.stem.startswith("gray") else 3), path.stem
+        from_array = segmenter.predict(array, steps=2, ensemble=2, name=path.stem)
+        from_path = segmenter.predict(path, steps=2, ensemble=2)
+        written = cv2.imread(str(tmp_path / "pred" / path.name), cv2.IMREAD_GRAYSCALE) > 0
+        assert np.array_equal(from_array.probs, from_path.probs), path.stem
+        assert np.array_equal(from_array.mask > 0, written), path.stem
+
+
+def test_integer_empty_and_tiny_arrays_follow_the_file_rules(rgb_model):
+    """Issue 29.15: other integer dtypes read as files holding those values; empty and too-small arrays refused
+    with the CLI's rule, naming `x`."""
+    segmenter = Segmenter.load(rgb_model / "run")
+    rng = np.random.default_rng(0)
+    u16 = rng.integers(0, 65535, (20, 24), endpoint=True).astype(np.uint16)
+    u8 = rng.integers(0, 127, (20, 24), endpoint=True).astype(np.uint8)
+    expected16 = segmenter.predict(u16, steps=1, ensemble=1).probs
+    expected8 = segmenter.predict(u8, steps=1, ensemble=1).probs
+    for same in (u16.astype(np.int32), u16.astype(np.int64), u16.astype(np.uint32)):
+        assert np.array_equal(segmenter.predict(same, steps=1, ensemble=1).probs, expected16), same.dtype
+    assert np.array_equal(segmenter.predict(u8.astype(np.int8), steps=1, ensemble=1).probs, expected8)
+    assert np.array_equal(segmenter.predict((u16 // 2).astype(np.int16), steps=1, ensemble=1).probs,
+                          segmenter.predict(u16 // 2, steps=1, ensemble=1).probs)
+    with pytest.raises(ValueError, match=r"`x` is int16 with values in \[-5, .*intensity_norm"):
+        segmenter.predict(np.full((20, 24), -5, np.int16), steps=1, ensemble=1)
+    with pytest.raises(ValueError, match="`x` is empty"):
+        segmenter.predict(np.zeros((0, 24), np.uint8))
+    with pytest.raises(ValueError, match=r"`x` is 1x1 \(WxH\): images must be at least 8 px"):
+        segmenter.predict(np.zeros((1, 1), np.uint8))
+    with pytest.raises(ValueError, match="5 channels"):
+        segmenter.predict(np.zeros((20, 24, 5), np.uint8))
+
+
+def test_integer_arrays_outside_a_files_range_are_read_by_value_under_minmax(tmp_path):
+    _random_output_model(tiny_config(intensity_norm="minmax", train_steps=1, resize=True), tmp_path / "run")
+    segmenter = Segmenter.load(tmp_path / "run")
+    ct = np.random.default_rng(1).integers(-1024, 3000, (16, 16)).astype(np.int16)
+    shifted = (ct.astype(np.int32) + 1024).astype(np.uint16)  # the same image, offset into a file's range
+    torch.testing.assert_close(segmenter.predict(ct, steps=1, ensemble=1).probs,
+                               segmenter.predict(shifted, steps=1, ensemble=1).probs, atol=1e-5, rtol=0)
