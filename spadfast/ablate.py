@@ -341,6 +341,13 @@ def run_ablation(
         raise ValueError(f"unknown variant {unknown[0]!r}; variants: {', '.join(table)}")
     if not names:
         raise ValueError("`variants` must name at least one variant")
+    from .training_inputs import check_perturb_mode
+
+    for name in names:  # a variant the trainer would refuse stops the ablation before any run trains
+        try:
+            check_perturb_mode(SPADConfig.from_dict(_merge(base, table[name])))
+        except ValueError as err:
+            raise ValueError(f"ablation variant {name!r}: {err}") from None
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")

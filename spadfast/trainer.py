@@ -42,8 +42,8 @@ from .distributed import resolve_device
 from .class_scores import present_class_dice
 from .models import build_model, check_fits_memory
 from .perturb import perturb_factor, spad_perturb
-from .training_inputs import (masked_mse, noised_pair, perturbed_rows, self_condition, split_ignored, supervised_loss,
-                              x0_from_prediction)
+from .training_inputs import (check_perturb_mode, masked_mse, noised_pair, perturbed_rows, self_condition,
+                              split_ignored, supervised_loss, x0_from_prediction)
 from .profiling import nvtx_range
 from .run_log import RunLog
 from .preemption import StopSignals
@@ -90,6 +90,7 @@ class SPADTrainer:
         if not isinstance(config, SPADConfig):
             raise TypeError(f"`config` must be a SPADConfig, dict or file path, got {type(config).__name__}")
         self.config = cfg = config
+        check_perturb_mode(cfg)
         self.device = resolve_device(cfg.device)
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("`amp` 'fp16' needs a CUDA device (use 'bf16' on CPU)")

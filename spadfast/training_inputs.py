@@ -6,7 +6,11 @@ All tensors are float32 ``[B,K,H,W]`` in diffusion units ([-1, 1] masks) unless 
 - ``target``: the perturbed mask is the diffusion's x0 (input and regression target): label noise that fades.
 - ``input``: x_t is built from the perturbed mask, the regression target is the clean mask. For ``epsilon`` and
   ``v_prediction`` the target noise is the one that maps x_t back to the clean mask:
-  ``eps* = eps + sqrt(a / (1 - a)) (x0_in - clean)``, so the model's x0 estimate is supervised to be clean.
+  ``eps* = eps + sqrt(a / (1 - a)) (x0_in - clean)``, so the model's x0 estimate is supervised to be clean. At small t
+  ``sqrt(a / (1 - a))`` is ~100 (linear betas, t = 0), so those targets are ~100x the noise scale wherever the
+  perturbation changed the mask and the MSE is dominated by a few low-noise rows: the trainer refuses ``input`` with a
+  perturbation unless ``prediction_type`` is ``sample``, whose target is the clean mask itself
+  (:func:`check_perturb_mode`).
 - ``condition``: x_t is built from the clean mask; the extra input channel is the model's own detached x0 estimate
   (self-conditioning, as the sampler feeds the previous step's estimate), with SPAD's perturbation of its
   binarisation added. The ground truth never enters the condition.
@@ -25,7 +29,25 @@ import torch
 from .schedule import add_noise, training_target
 
 __all__ = ["perturbed_rows", "noised_pair", "x0_from_prediction", "self_condition", "supervised_loss", "split_ignored",
-           "masked_mse"]
+           "masked_mse", "check_perturb_mode"]
+
+
+def check_perturb_mode(config) -> None:
+    """ValueError (naming ``perturb_mode`` and ``prediction_type``, with the alternatives) for a config that would
+    train ``perturb_mode: input`` with a perturbation on and an ``epsilon`` or ``v_prediction`` target: the noise that
+    maps x_t (built from the perturbed mask) back to the clean mask holds ``sqrt(abar / (1 - abar)) (x0~ - x0)``, up
+    to ~100x the noise scale at small t (see the module docstring). Checked when training starts, not when a config
+    or checkpoint loads, so models trained that way still predict."""
+    if config.objective != "diffusion" or config.perturb_mode != "input" or config.prediction_type == "sample":
+        return
+    if not config.perturb.enabled:  # x0~ is the clean mask: the targets are plain noise
+        return
+    raise ValueError(
+        f"`perturb_mode: input` with `prediction_type: {config.prediction_type}` regresses onto noise targets up to "
+        "sqrt(abar/(1-abar)) ~ 100x the noise scale at small t (x_t is built from the perturbed mask, the loss "
+        "targets the clean one); set `prediction_type: sample` (the presets' choice), or use `perturb_mode: target` "
+        "or `condition`"
+    )
 
 
 def perturbed_rows(batch: int, share: float, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:

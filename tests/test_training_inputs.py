@@ -185,3 +185,42 @@ def test_supervised_reference_trains_and_predicts_in_one_pass():
         tiny_config(objective="supervised", perturb_mode="condition")
     with pytest.raises(ValueError, match="objective"):
         tiny_config(objective="nope")
+
+
+def test_input_mode_with_noise_targets_is_refused_with_the_alternatives(tmp_path, capsys):
+    """Issue 29.10: in ``input`` mode the epsilon target that maps x_t (from the perturbed mask) back to the clean
+    mask is ~100x the noise scale at t = 0 where the perturbation changed the mask; such a run is refused before it
+    trains (library, CLI, ablation), naming both keys and the alternatives; the sample target stays in [-1, 1]."""
+    import json
+
+    from spadfast.ablate import run_ablation
+    from spadfast.cli import main
+    from spadfast.schedule import alphas_cumprod, make_betas
+    from spadfast.synthetic import write_synthetic_folder
+
+    _, mask = _masks(0)
+    clean, perturbed = mask * 2 - 1, -(mask * 2 - 1)  # every pixel changed: the worst case
+    a = alphas_cumprod(make_betas("linear", 1000))[0].view(1, 1, 1, 1)
+    eps = torch.zeros_like(clean)
+    _, eps_target = noised_pair("input", "epsilon", clean, perturbed, None, eps, a)
+    _, x0_target = noised_pair("input", "sample", clean, perturbed, None, eps, a)
+    assert eps_target.abs().max() > 100 and x0_target.abs().max() == 1
+
+    spad = {"enabled": True}
+    for prediction_type in ("epsilon", "v_prediction"):
+        with pytest.raises(ValueError, match=r"`perturb_mode: input` with `prediction_type: .*prediction_type: sample"):
+            SPADTrainer(tiny_config(perturb_mode="input", prediction_type=prediction_type, perturb=spad))
+    SPADTrainer(tiny_config(perturb_mode="input", prediction_type="sample", perturb=spad))
+    SPADTrainer(tiny_config(perturb_mode="input"))  # SPAD off (the default): x0~ is the clean mask, plain noise
+    SPADTrainer(tiny_config(perturb_mode="target", perturb=spad))
+
+    config = tmp_path / "eps_input.json"
+    config.write_text(json.dumps(tiny_config(perturb_mode="input", perturb=spad).to_dict()))
+    assert main(["train", "--out", str(tmp_path / "run"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "perturb_mode: input" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    data = write_synthetic_folder(tmp_path / "data", 4, 16, seed=0)
+    config.write_text(json.dumps(tiny_config(perturb_mode="target", perturb=spad).to_dict()))
+    with pytest.raises(ValueError, match="ablation variant 'SPAD input'.*prediction_type: sample"):
+        run_ablation(data, tmp_path / "ablation", config=config, variants=["SPAD", "SPAD input"])
+    assert not (tmp_path / "ablation").exists()
