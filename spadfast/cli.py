@@ -266,7 +266,7 @@ def _volume_data(cfg, data: Path, config_file: Path | None):
 def cmd_predict(args) -> int:
     from .checkpoint import resolve_path
     from .paths import check_input_dir, check_output_dir
-    from .predict import Segmenter, predict_folder
+    from .predict import Segmenter, check_members, predict_folder
 
     from .onnx_model import check_runtime
 
@@ -300,6 +300,7 @@ def cmd_predict(args) -> int:
         segmenter = ModelEnsemble(models, [str(c) for c in args.checkpoint])
     else:
         segmenter = models[0]
+    check_members(segmenter, args.ensemble, args.tta, name="--ensemble")  # before any sampling
     from .nifti import volume_files
 
     if volume_files(args.images):

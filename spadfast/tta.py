@@ -57,7 +57,10 @@ def segment_tta(segment, images: torch.Tensor, steps: int | None, ensemble: int,
 
 
 def with_tta(segmenter):
-    """``segmenter.segment`` with test-time augmentation: the same signature, members spread over the views."""
+    """``segmenter.segment`` with test-time augmentation: the same signature, members spread over the views (for a
+    :class:`spadfast.model_ensemble.ModelEnsemble`: each model's members over the views)."""
+    if callable(getattr(segmenter, "segment_tta", None)):
+        return segmenter.segment_tta
     cfg = segmenter.config
 
     def segment(images, steps=None, ensemble=None, seed=0, return_members=False, noise_keys=None):
