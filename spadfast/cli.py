@@ -1,4 +1,4 @@
-"""Command line: ``spadfast {demo,train,predict,evaluate,verify,plot,ablate}`` (also ``python -m spadfast``).
+"""Command line: ``spadfast {demo,train,predict,evaluate,export,verify,plot,ablate}`` (also ``python -m spadfast``).
 
 Every command checks its output paths before any work (:mod:`spadfast.paths`) and turns a bad input, a bad path or
 an ``OSError`` into one line naming the argument, key or file, with exit status 2.
@@ -17,7 +17,7 @@ from pathlib import Path
 from . import distributed as dist_utils
 from ._version import __version__
 
-COMMANDS = ("demo", "train", "predict", "evaluate", "verify", "plot", "ablate")
+COMMANDS = ("demo", "train", "predict", "evaluate", "export", "verify", "plot", "ablate")
 # config keys that a resumed run may change with --config (the rest define the run and must match the checkpoint)
 RESUMABLE_KEYS = frozenset({
     "train_steps", "pas_steps", "log_every", "val_every", "val_samples", "checkpoint_every", "progress_bar",
@@ -265,7 +265,7 @@ def _volume_data(cfg, data: Path, config_file: Path | None):
 
 def cmd_predict(args) -> int:
     from .checkpoint import resolve_path
-    from .paths import check_input_dir, check_output_dir
+    from .paths import check_input_dir, check_output_dir, model_inputs
     from .predict import Segmenter, check_members, predict_folder
 
     from .onnx_model import check_runtime
@@ -281,7 +281,7 @@ def cmd_predict(args) -> int:
         import torch
 
         dist_utils.init_from_env(torch.device("cpu"))
-    check_output_dir(args.out, "--out", inputs=[args.images, *(c.parent for c in checkpoints)],
+    check_output_dir(args.out, "--out", inputs=[args.images, *model_inputs(args.checkpoint)],
                      overwrite=args.overwrite)
     dist_utils.barrier()  # every rank has checked --out before any writes into it
     if args.threads is not None:

@@ -2,7 +2,8 @@
 
 An export is a spadfast safetensors file (the checkpoint format: atomic write, per-tensor SHA-256) holding only the
 EMA weights (``ema.*``, float32, or float16 with ``half``) and metadata ``{"kind": "export", "config", "step",
-"class_names", "spadfast_version"}``: about a quarter of a training checkpoint (model, EMA and two Adam moments), an
+"class_names", "half", "source_id", "spadfast_version"}`` (``source_id``: a digest of the source checkpoint's path, so
+that re-exporting a run may replace its earlier export and nothing else): about a quarter of a training checkpoint (model, EMA and two Adam moments), an
 eighth with ``half``. :meth:`spadfast.predict.Segmenter.from_checkpoint` (and every command that reads a model)
 accepts it as it accepts a run, and an export without ``half`` predicts byte-identically to its run.
 """
@@ -10,6 +11,8 @@ accepts it as it accepts a run, and an export without ``half`` predicts byte-ide
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -38,18 +41,53 @@ def is_export(meta: dict[str, Any]) -> bool:
     return meta.get("kind") == EXPORT_KIND
 
 
+def _replaceable(out: Path, source: str, config: dict[str, Any]) -> str | None:
+    """None when ``out`` may be (re)written by an export of ``source`` (whose config is ``config``): it does not
+    exist, or it is an earlier export of the same run (the same source file, :func:`source_id`; exports written
+    before the source was recorded: the same config). Else what ``out`` is, for the refusal."""
+    if not out.exists():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(out), framework="pt") as f:
+            header = f.metadata() or {}
+        theirs = json.loads(header.get("meta", "{}"))
+    except Exception:  # any unreadable file is simply not an export of ours
+        return "not a spadfast export"
+    if not is_export(theirs):
+        return "a training checkpoint" if "config" in theirs else "not a spadfast export"
+    same = theirs.get("source_id") == source_id(source) if "source_id" in theirs else theirs.get("config") == config
+    return None if same else "the export of another run"
+
+
+def source_id(source: str) -> str:
+    """What an export records of the checkpoint it came from: a digest of its absolute path (the path itself would
+    ship a machine's folder names with the model)."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, half: bool = False,
-                 class_names: list[str] | None = None) -> Path:
+                 class_names: list[str] | None = None, overwrite: bool = False) -> Path:
     """Write the export of ``checkpoint`` (a run folder, a checkpoint or another export) to ``out`` (``.safetensors``).
 
     ``class_names``: one name per class, background included (``num_classes`` names), stored for readers.
-    Raises ValueError naming the file: unreadable checkpoint, ``out`` not a ``.safetensors`` path, a class-name
-    count that disagrees with the model's classes.
+    An existing ``out`` is replaced only when it is an earlier export of the same run (the metadata records a digest
+    of the source checkpoint's path) or with ``overwrite``: another run's ``checkpoint.safetensors`` is never lost
+    silently.
+    Raises ValueError naming the file: unreadable checkpoint, ``out`` not a ``.safetensors`` path or an existing file
+    that is not an earlier export of this run, a class-name count that disagrees with the model's classes.
     """
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out {str(out)!r}: an export is one .safetensors file")
     tensors, meta = read_checkpoint(checkpoint)
+    source = str(resolve_path(checkpoint).expanduser().resolve())
+    if not overwrite:
+        what = _replaceable(out, source, meta["config"])
+        if what is not None:
+            raise ValueError(f"--out {str(out)!r} already exists and is {what}, not an earlier export of "
+                             f"{source!r}: pass --overwrite to replace it, or choose another path")
     config = meta["config"]
     n = int(config.get("num_classes", 2))
     if class_names is not None and len(class_names) != n:
@@ -61,6 +99,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, half: bo
     names = class_names if class_names is not None else meta.get("class_names")
     return write_checkpoint(out, ema, {"kind": EXPORT_KIND, "config": config, "step": meta.get("step"),
                                        "class_names": names, "half": bool(half),
+                                       "source_id": source_id(source),
                                        "spadfast_version": __version__})
 
 
@@ -74,6 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     parser.add_argument("--labels", nargs="+", metavar="NAME",
                         help="class names, background first (num_classes names)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that is not an earlier "
+                        "export of this run (safetensors), or write into a non-empty folder (onnx)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -81,7 +122,8 @@ def main(args: argparse.Namespace) -> int:
     from .paths import check_output_file
 
     check_output_file(args.out, "--out", inputs=[resolve_path(args.checkpoint)])
-    path = export_model(args.checkpoint, args.out, half=args.half, class_names=args.labels)
+    path = export_model(args.checkpoint, args.out, half=args.half, class_names=args.labels,
+                        overwrite=args.overwrite)
     size = path.stat().st_size / 2**20
     source = resolve_path(args.checkpoint).stat().st_size / 2**20
     print(f"spadfast: exported {path} ({size:.1f} MiB; the checkpoint is {source:.1f} MiB)")

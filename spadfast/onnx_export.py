@@ -125,15 +125,15 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 def main(args: argparse.Namespace) -> int:
     """Handler of ``spadfast export --format onnx``."""
     from .checkpoint import resolve_path
-    from .paths import check_output_dir
+    from .paths import check_output_dir, model_inputs
 
     if args.half:
         raise ValueError("--half applies to safetensors exports; ONNX graphs are exported in float32")
     if args.out.suffix == ".safetensors":
         raise ValueError(f"--out {str(args.out)!r}: an ONNX export is a folder (encoder.onnx, denoiser.onnx, "
                          "spadfast.json), not a .safetensors file")
-    check_output_dir(args.out, "--out", inputs=[resolve_path(args.checkpoint)],
-                     own_files=("encoder.onnx", "denoiser.onnx", "spadfast.json"))
+    check_output_dir(args.out, "--out", inputs=model_inputs([resolve_path(args.checkpoint)]),
+                     overwrite=args.overwrite, own_files=("encoder.onnx", "denoiser.onnx", "spadfast.json"))
     meta = export_onnx(args.checkpoint, args.out, class_names=args.labels)
     size = sum(p.stat().st_size for p in args.out.glob("*.onnx")) / 2**20
     print(f"spadfast: exported {meta.parent} as ONNX ({size:.1f} MiB of graphs)")

@@ -44,6 +44,9 @@ def check_output_dir(
 ) -> Path:
     """A folder for outputs: writable, not any input nor inside or around one, and empty unless ``overwrite``.
 
+    ``inputs``: folders (the output may be neither inside nor around them) or files (the output may not be the file;
+    a folder holding an input file is refused only as non-empty, since nothing written there takes a file's name).
+
     ``own_files``: names this command writes there (e.g. ``checkpoint.safetensors``); a folder holding only those
     (and our hidden temp files) counts as this command's previous output.
     """
@@ -53,6 +56,8 @@ def check_output_dir(
         if item is None:
             continue
         src = Path(item).expanduser().resolve()
+        if src.is_file() and path != src:
+            continue
         if _inside(path, src) or _inside(src, path):
             raise ValueError(f"{name} {str(path)!r} would overlap the input {str(src)!r}: choose a separate folder")
     if path.is_dir() and not overwrite:
@@ -62,6 +67,24 @@ def check_output_dir(
             raise ValueError(f"{name} {str(path)!r} is not empty (holds {foreign[0]!r}, ...): choose a new folder or "
                              "pass --overwrite")
     return path
+
+
+def model_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """What an output folder must not overlap, for each model a command reads: a folder (a run folder, an ONNX
+    export) is protected whole; a ``.safetensors`` file is protected itself, or with its folder when that folder is
+    a run (the file is the run's ``checkpoint.safetensors``, or sits beside one), never merely the folder it lies
+    in (an export in the working folder must not block every output beside it)."""
+    from .checkpoint import CHECKPOINT_NAME
+
+    protected = []
+    for item in paths:
+        path = Path(item).expanduser()
+        if path.suffix == ".safetensors" and not path.is_dir():
+            is_run = path.name == CHECKPOINT_NAME or (path.parent / CHECKPOINT_NAME).is_file()
+            protected.append(path.parent if is_run else path)
+        else:
+            protected.append(path)
+    return protected
 
 
 def _image_folder_beside(folder: Path) -> Path | None:

@@ -118,3 +118,60 @@ def test_segmenter_predicts_a_nifti_volume_as_predict_writes_it(tmp_path):
     assert out.mask is out.labels and np.array_equal(out.foreground, written > 0)  # the documented attributes
     from_image = seg.predict(nib.load(str(case)), steps=2, ensemble=2)
     assert from_image["labels"].shape == written.shape
+
+
+def test_a_model_file_protects_itself_and_a_run_folder_protects_the_run(run, tmp_path, monkeypatch, capsys):
+    """Issue 29.5: an export (or ONNX export folder) in the working folder blocks no output beside it."""
+    from spadfast.paths import check_output_dir, model_inputs
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["export", "--checkpoint", str(run / "run"), "--out", "m.safetensors"]) == 0
+    images = str(run / "data" / "images")
+    assert cli_main(["predict", "--checkpoint", "m.safetensors", "--images", images, "--out", "pred",
+                     "--steps", "1", "--ensemble", "1"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+    for checkpoint in (run / "run", run / "run" / "checkpoint.safetensors"):  # a run is protected whole
+        assert cli_main(["predict", "--checkpoint", str(checkpoint), "--images", images, "--out",
+                         str(run / "run" / "pred"), "--steps", "1"]) == 2
+        assert "would overlap the input" in capsys.readouterr().err
+    (tmp_path / "m_onnx").mkdir()  # an ONNX export folder: protected itself, not the folder it lies in
+    (tmp_path / "m_onnx" / "spadfast.json").write_text("{}")
+    check_output_dir("pred_onnx", "--out", inputs=model_inputs(["m_onnx"]))
+    with pytest.raises(ValueError, match="would overlap the input"):
+        check_output_dir("m_onnx/pred", "--out", inputs=model_inputs(["m_onnx"]))
+    with pytest.raises(ValueError, match="is an existing file"):
+        check_output_dir("m.safetensors", "--out", inputs=model_inputs(["m.safetensors"]))
+
+
+def test_export_never_replaces_a_file_that_is_not_an_earlier_export_of_the_run(run, tmp_path, capsys):
+    """Issue 29.12: another run's checkpoint (or any file) survives `export --out` unless --overwrite."""
+    other = SPADTrainer(tiny_config(train_steps=1, seed=3))
+    other_checkpoint = other.save(tmp_path / "other")
+    before = other_checkpoint.read_bytes()
+    argv = ["export", "--checkpoint", str(run / "run"), "--out", str(other_checkpoint)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already exists and is a training checkpoint" in err and "--overwrite" in err
+    assert other_checkpoint.read_bytes() == before
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("mine")
+    with pytest.raises(ValueError, match="not a spadfast export"):
+        export_model(run / "run", notes)
+    assert notes.read_text() == "mine"
+    export_model(other_checkpoint, tmp_path / "o.safetensors")
+    with pytest.raises(ValueError, match="the export of another run"):
+        export_model(run / "run", tmp_path / "o.safetensors")
+    mine = export_model(run / "run", tmp_path / "m.safetensors")
+    assert export_model(run / "run", mine, half=True) == mine  # re-exporting the same run replaces its export
+    assert read_checkpoint(mine)[1]["half"] is True
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert read_checkpoint(other_checkpoint)[1]["kind"] == "export"
+
+
+def test_onnx_export_accepts_overwrite_and_the_usage_line_lists_export():
+    from spadfast.cli import build_parser
+
+    args = build_parser().parse_args(["export", "--format", "onnx", "--checkpoint", "run", "--out", "m_onnx",
+                                      "--overwrite"])
+    assert args.overwrite is True
+    assert "export" in build_parser().format_usage()
