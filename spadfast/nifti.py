@@ -83,10 +83,11 @@ def group_cases(folder: str | os.PathLike, label_stems: Sequence[str] | None = N
     """Image files of ``folder`` grouped by case: ``{case: [channel 0 path, channel 1 path, ...]}``, sorted by case.
 
     ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... are the channels of ``<case>``; a file without a 4-digit
-    suffix is a whole case on its own (3-D, or 4-D with the modalities last). Hidden files (``._case.nii.gz``
-    from macOS archives) are skipped. When ``label_stems`` (the label maps' names) is given and every image file's
-    name is one of them, each file is a whole case even if its name ends in 4 digits (``case_0001.nii.gz`` with
-    ``labelsTr/case_0001.nii.gz``).
+    suffix is a whole case on its own (3-D, or 4-D with the modalities last), and so is a sub-folder holding a DICOM
+    series, whatever its name (``case_0001/`` is case ``case_0001``: channel suffixes apply to files only). Hidden
+    files (``._case.nii.gz`` from macOS archives) are skipped. When ``label_stems`` (the label maps' names) is given
+    and every image file's name is one of them, each file is a whole case even if its name ends in 4 digits
+    (``case_0001.nii.gz`` with ``labelsTr/case_0001.nii.gz``).
 
     Raises:
         ValueError: the folder is missing or holds no volumes, a case's channel numbers are not 0..n-1, or a case
@@ -99,7 +100,8 @@ def group_cases(folder: str | os.PathLike, label_stems: Sequence[str] | None = N
     files = volume_files(folder)
     whole = label_stems is not None and bool(files) and set(files) <= set(label_stems)
     for stem, path in files.items():
-        case, channel = (stem, None) if whole else case_stem(stem)
+        # a DICOM series folder is one case whatever its name: channel suffixes name files
+        case, channel = (stem, None) if whole or path.is_dir() else case_stem(stem)
         entry = by_case.setdefault(case, {})
         if (channel is None and entry) or (channel is not None and None in entry):
             other = next(iter(entry.values()))

@@ -203,3 +203,25 @@ def test_per_slice_rescale_is_applied_like_reading_each_file(tmp_path):
         assert np.array_equal(volume[:, :, k].T, alone[k])
         # GDCM's writer stored round((v + 1024) / slope); reading applied each slice's slope and intercept again
         assert np.abs(volume[:, :, k].T.astype(np.int64) - raw[k]).max() <= k + 1
+
+
+def test_dicom_series_folders_named_like_channels_are_cases_of_their_own(tmp_path):
+    """Channel suffixes (_0000, _0001) name files: a series folder ``case_0001/`` is case ``case_0001``, and
+    ``x_0000/`` with ``x_0001/`` are two cases, not one two-channel case."""
+    from spadfast.nifti import group_cases
+    from spadfast.predict_volumes import predict_volume_folder
+
+    data = np.random.default_rng(6).integers(0, 800, (12, 10, 3)).astype(np.int16)
+    nii = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(data, _oblique_affine()), str(nii))
+    volume = sitk.ReadImage(str(nii))
+    _write_dicom_series(volume, tmp_path / "lone" / "case_0001")
+    for name in ("x_0000", "x_0001"):
+        _write_dicom_series(volume, tmp_path / "pair" / name)
+    assert group_cases(tmp_path / "lone") == {"case_0001": [tmp_path / "lone" / "case_0001"]}
+    assert group_cases(tmp_path / "pair") == {n: [tmp_path / "pair" / n] for n in ("x_0000", "x_0001")}
+    seg = FakeSegmenter(size=16, classes=2)
+    assert predict_volume_folder(seg, tmp_path / "pair", tmp_path / "pred") == ["x_0000", "x_0001"]
+    a, b = (nib.load(str(tmp_path / "pred" / f"x_000{i}.nii.gz")) for i in (0, 1))
+    assert a.shape == b.shape == data.shape and np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    assert len(set(seg.keys)) == 2 * 3  # each series keyed by its own folder name, slice by slice
