@@ -172,22 +172,34 @@ def _evaluate_pngs(pred: dict[str, Path], gt: dict[str, Path], names: list[str],
     p_maps: dict[str, Any] = {}
     g_maps: dict[str, Any] = {}
 
-    def read_share() -> tuple[set[int], set[int], dict[int, str]]:
+    def read_share() -> tuple[set[int], set[int], dict[int, str], set[int], str | None]:
+        stored_g_vals: set[int] = set()  # ground-truth values before the ignored ones are dropped
+        first_ignored = None  # the first ground-truth file holding the ignore value
         for n in share:
             p, g = read_label_png(pred[n]), read_label_png(gt[n])
             if p.shape != g.shape:
                 raise ValueError(f"{str(pred[n])!r} is {p.shape[1]}x{p.shape[0]} but {str(gt[n])!r} is "
                                  f"{g.shape[1]}x{g.shape[0]}")
+            if ignore is not None:
+                stored_g_vals.update(int(v) for v in np.unique(g))
+                if first_ignored is None and (g == ignore).any():
+                    first_ignored = str(gt[n])
             p_maps[n], g_maps[n] = _drop_ignored(p, g, ignore)
         p_vals, g_vals = set(present_classes(*p_maps.values())), set(present_classes(*g_maps.values()))
         first_file = {}  # value above MAX_PNG_CLASS -> the first file holding it, for the error below
         for v in sorted(v for v in p_vals | g_vals if v > MAX_PNG_CLASS):
             maps, folder = (p_maps, pred) if v in p_vals else (g_maps, gt)
             first_file[v] = str(next(folder[n] for n in share if (maps[n] == v).any()))
-        return p_vals, g_vals, first_file
+        return p_vals, g_vals, first_file, stored_g_vals, first_ignored
 
     # binary vs multi-class is decided on the whole set, so every rank learns every rank's values
     found = _collect(read_share, shard)
+    stored = set().union(*(f[3] for f in found))
+    if ignore is not None and ignore in stored and stored <= {0, ignore}:
+        culprit = next(f[4] for f in found if f[4] is not None)
+        raise ValueError(f"--ignore {ignore}: every nonzero ground-truth pixel holds {ignore} (e.g. {culprit}), so "
+                         f"all foreground would be ignored and nothing scored; for 0/{ignore} binary masks drop "
+                         f"--ignore (use it where {ignore} marks unannotated pixels beside the class values)")
     p_vals, g_vals = set().union(*(f[0] for f in found)), set().union(*(f[1] for f in found))
     units = {} if spacing is None else {"hd95_unit": "spacing units"}
     if len(p_vals) <= 1 and len(g_vals) <= 1:  # binary: nonzero is foreground, no per-class scores
@@ -233,7 +245,9 @@ def evaluate_folders(
             group of ``world`` ranks (torchrun), gathers the others' scores, so every rank returns the whole report
             (equal to a single process's). Default ``(0, 1)``: one process scores everything.
         ignore: a ground-truth value marking unannotated pixels (e.g. 255): those pixels count as background in
-            both maps (neither foreground nor error in any metric). A prediction never holds it.
+            both maps (neither foreground nor error in any metric). A prediction never holds it. PNG ground truth
+            holding no value but 0 and ``ignore`` (0/255 binary masks with ``ignore=255``) is a ValueError naming a
+            file: every foreground pixel would be ignored.
 
     Returns:
         ``{"cases": [...], "mean": {...}}``; binary PNG folders give exactly ``{"name", "dice", "iou", "hd95"}``

@@ -3,9 +3,10 @@
 An export is a spadfast safetensors file (the checkpoint format: atomic write, per-tensor SHA-256) holding only the
 EMA weights (``ema.*``, float32, or float16 with ``half``) and metadata ``{"kind": "export", "config", "step",
 "class_names", "half", "source_id", "spadfast_version"}`` (``source_id``: a digest of the source checkpoint's path, so
-that re-exporting a run may replace its earlier export and nothing else): about a quarter of a training checkpoint (model, EMA and two Adam moments), an
-eighth with ``half``. :meth:`spadfast.predict.Segmenter.from_checkpoint` (and every command that reads a model)
-accepts it as it accepts a run, and an export without ``half`` predicts byte-identically to its run.
+that re-exporting a run may replace its earlier export and nothing else): about a quarter of a training checkpoint
+(model, EMA and two Adam moments), an eighth with ``half``. :meth:`spadfast.predict.Segmenter.from_checkpoint`
+(and every command that reads a model) accepts it as it accepts a run, and an export without ``half`` predicts
+byte-identically to its run.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ model: member k of an image is sampled by model ``k mod n`` (with noise keyed by
 probabilities are the mean over all members and the uncertainty their std, so an ensemble of K members costs the
 same denoiser rows however many models share it. Every model must get a member: an ensemble of fewer members than
 models is refused (:func:`spadfast.predict.check_members`), as is test-time augmentation that leaves a model one
-member (each model's members are spread over the views, so no model is dropped). Models must agree on what defines their input and output
-(image size and channels, classes, resize, intensity normalisation, modalities); typically the k folds of one
-data set (``spadfast ablate --folds``).
+member (each model's members are spread over the views, so no model is dropped). Models must agree on what defines
+their input and output (image size and channels, classes, resize, intensity normalisation, modalities); typically
+the k folds of one data set (``spadfast ablate --folds``).
 """
 
 from __future__ import annotations

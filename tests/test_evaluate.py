@@ -300,3 +300,24 @@ def test_one_process_call_inside_a_larger_job_stays_local(tmp_path, monkeypatch)
     monkeypatch.setattr(distributed, "rank", lambda: 2)
     monkeypatch.setattr(distributed, "gather_or_raise", lambda work: pytest.fail("a collective was entered"))
     assert evaluate_folders(tmp_path / "p", tmp_path / "g")["mean"]["dice"] == 1.0
+
+
+def test_ignore_equal_to_the_foreground_of_binary_masks_is_refused(tmp_path, capsys):
+    """Issue 29.14: --ignore 255 on 0/255 masks would ignore every foreground pixel (Dice 0 everywhere)."""
+    from spadfast.cli import main as cli_main
+
+    g = {"a.png": np.zeros((12, 12)), "b.png": np.zeros((12, 12))}
+    g["a.png"][2:7, 2:7] = 255
+    g["b.png"][5:9, 1:4] = 255
+    pred, gt = write_pngs(tmp_path / "p", g), write_pngs(tmp_path / "g", g)
+    with pytest.raises(ValueError, match=r"--ignore 255: every nonzero ground-truth pixel holds 255 \(e.g. .*a\.png"):
+        evaluate_folders(pred, gt, ignore=255)
+    assert cli_main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--ignore", "255"]) == 2
+    err = capsys.readouterr().err
+    assert "drop --ignore" in err and len(err.strip().splitlines()) == 1
+    assert evaluate_folders(pred, gt)["mean"]["dice"] == 1.0
+    labelled = {k: np.where(v > 0, 1, 0) for k, v in g.items()}  # 0/1 masks with 255 where nobody annotated
+    labelled["b.png"][0, :] = 255
+    report = evaluate_folders(write_pngs(tmp_path / "p1", {k: np.where(v == 1, 255, 0) for k, v in labelled.items()}),
+                              write_pngs(tmp_path / "g1", labelled), ignore=255)
+    assert report["mean"]["dice"] == 1.0
