@@ -484,3 +484,45 @@ def test_preprocessing_is_not_a_prediction_setting(tmp_path):
     assert model_preprocessing(image_model_config(), ["CT"]).modalities == ("CT",)  # a model recording none
     predict_volume(seg, [src], tmp_path / "c.nii.gz", batch_size=20)
     assert len(seg.batches) == 1 and seg.batches[0].shape[0] == 10  # the model's slice axis 1 (RAS order)
+
+
+@pytest.mark.parametrize("kind", ["extensions", "nifti2"])
+def test_maps_are_written_for_inputs_with_header_extensions_or_nifti2(tmp_path, kind):
+    """AFNI/FreeSurfer inputs carry header extensions, some converters write NIfTI-2: the label, probability and
+    uncertainty maps are written on their grid (the extensions are not copied)."""
+    lab = three_class_labels()
+    affine = oblique_affine()
+    image_class = nib.Nifti2Image if kind == "nifti2" else nib.Nifti1Image
+    img = image_class((lab * 100).astype(np.int16), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=2)
+    if kind == "extensions":
+        img.header.extensions.append(nib.nifti1.Nifti1Extension("afni", b"<AFNI_attributes self_idcode='x'/>" * 4))
+    src = tmp_path / "case_0000.nii.gz"
+    nib.save(img, str(src))
+    seg = FakeSegmenter(size=12, intensity_window=WINDOW)
+    out = predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz", axis=2, image_size=(12, 10),
+                         write_probabilities=True, write_uncertainty=True)
+    assert_same_geometry(out, src, lab.shape)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), lab)
+    for sub in ("probabilities", "uncertainty"):
+        maps = nib.load(str(tmp_path / "out" / sub / "case.nii.gz"))
+        assert type(maps) is image_class and maps.shape == (*lab.shape, 2) and not maps.header.extensions
+        np.testing.assert_array_equal(maps.affine, nib.load(str(src)).affine)
+
+
+def test_an_unwritable_input_header_fails_before_the_case_is_segmented(tmp_path, monkeypatch):
+    from nibabel.spatialimages import HeaderDataError
+
+    import spadfast.nifti_write as nifti_write
+
+    src = write_source(tmp_path / "case_0000.nii.gz", three_class_labels(), oblique_affine())
+
+    def refuse(header, out):
+        raise HeaderDataError("no header for you")
+
+    monkeypatch.setattr(nifti_write, "_write_header", refuse)
+    seg = FakeSegmenter(size=12)
+    with pytest.raises(ValueError, match=r"case_0000\.nii\.gz: cannot write a uint8 \[12, 10, 6\] map.*no header"):
+        predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz")
+    assert seg.batches == [] and not (tmp_path / "out").exists()
