@@ -68,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=int, help="ensemble members (default: config.ensemble)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
-    p.add_argument("--overlay", action="store_true", help="also write image-with-contour PNGs to OUT/overlays")
+    p.add_argument("--overlay", action="store_true", help="also write image-with-contour PNGs to OUT/overlays "
+                   "(2-D images; refused for volumes)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: flips (and transposes) spread over "
-                   "the ensemble members, undone before averaging (images; no extra denoiser rows when K >= views)")
+                   "the ensemble members, undone before averaging (images, and each slice of a volume; no extra "
+                   "denoiser rows when K >= views)")
     p.add_argument("--uncertainty", action="store_true", help="also write ensemble std maps to OUT/uncertainty "
                    "(volumes: OUT/uncertainty/<case>.nii.gz)")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities: OUT/probabilities/"
@@ -271,6 +273,10 @@ def cmd_predict(args) -> int:
     from .onnx_model import check_runtime
 
     check_input_dir(args.images, "--images")
+    if args.overlay:
+        from .input_folders import check_no_volumes
+
+        check_no_volumes(args.images, "--overlay draws contours on 2-D images")
     onnx = check_runtime(args.checkpoint, args.runtime, args.compile, args.amp, args.device)
     checkpoints = [Path(c) if o else resolve_path(c) for c, o in zip(args.checkpoint, onnx)]
     for checkpoint, o in zip(checkpoints, onnx):
