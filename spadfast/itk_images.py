@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ITK_SUFFIXES", "is_itk_volume", "is_dicom_series_dir", "read_itk_as_nifti"]
+__all__ = ["ITK_SUFFIXES", "is_itk_volume", "is_dicom_series_dir", "check_not_loose_dicom",
+           "read_itk_as_nifti"]
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -39,6 +40,16 @@ def is_dicom_series_dir(path: str | os.PathLike) -> bool:
                 if f.read(132)[128:] == b"DICM":
                     return True
     return False
+
+
+def check_not_loose_dicom(folder: str | os.PathLike, name: str | None = "images") -> None:
+    """ValueError naming ``folder`` (and the argument ``name``, if any) when it holds DICOM slices itself: a series
+    is read from its own sub-folder (one case each), so such a folder would hold no case at all."""
+    folder = Path(folder)
+    if is_dicom_series_dir(folder):
+        what = f"`{name}` folder {str(folder)!r}" if name else str(folder)
+        raise ValueError(f"{what} holds DICOM slices directly: move each series into its own sub-folder "
+                         f"({str(folder / '<case>')!r}, one case per series)")
 
 
 def _read_dicom_series(folder: Path, sitk):

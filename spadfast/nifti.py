@@ -109,6 +109,9 @@ def group_cases(folder: str | os.PathLike, label_stems: Sequence[str] | None = N
                              "or <case>_0000.nii.gz, <case>_0001.nii.gz, ... (one file per modality)")
         entry[channel] = path
     if not by_case:
+        from .itk_images import check_not_loose_dicom
+
+        check_not_loose_dicom(folder, None)
         raise ValueError(f"{folder} holds no .nii.gz / .nii volumes")
     out: dict[str, list[Path]] = {}
     for case in sorted(by_case):

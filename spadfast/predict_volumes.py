@@ -175,6 +175,9 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     batch_size = check_int(opts.batch_size, "batch_size", 1)
     cfg = segmenter.config
     check_volume_model(cfg, paths[0], opts.allow_image_model)
+    from .predict import check_members  # (predict imports this module lazily)
+
+    check_members(segmenter, opts.ensemble, opts.tta)
     size = _resolve_size(opts.image_size, segmenter)
     threshold = float(getattr(cfg, "threshold", 0.5)) if opts.threshold is None else opts.threshold
     modalities = prep.modalities
@@ -346,6 +349,9 @@ def predict_volume_folder(
     groups = group_cases(images_dir)
     check_one_input_kind(images_dir)
     check_volume_model(segmenter.config, images_dir, opts.allow_image_model)
+    from .predict import check_members
+
+    check_members(segmenter, opts.ensemble, opts.tta)  # before the first case, not after it
     prep = model_preprocessing(segmenter.config, read_dataset_json(images_dir.parent).modalities)
     cases = shard_of(list(groups), shard)
     for case in cases:

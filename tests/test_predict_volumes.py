@@ -526,3 +526,86 @@ def test_an_unwritable_input_header_fails_before_the_case_is_segmented(tmp_path,
     with pytest.raises(ValueError, match=r"case_0000\.nii\.gz: cannot write a uint8 \[12, 10, 6\] map.*no header"):
         predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz")
     assert seg.batches == [] and not (tmp_path / "out").exists()
+
+
+class MembersSegmenter(FakeSegmenter):
+    """A model that is neither flip- nor transpose-invariant (foreground only in the slice's upper-left quarter)
+    and returns its members, as test-time augmentation needs."""
+
+    def segment(self, images, steps=None, ensemble=None, seed=0, return_members=False, noise_keys=None):
+        self.batches.append(images.clone())
+        H, W = images.shape[-2:]
+        corner = ((torch.arange(H) < H // 2).view(H, 1) & (torch.arange(W) < W // 2).view(1, W)).float()
+        probs = (images[:, :1] > 0).float() * corner
+        members = probs[:, None].expand(-1, ensemble or 1, -1, -1, -1)
+        return SampleResult.from_members(members, 0.5, return_members=return_members)
+
+
+def test_tta_augments_every_slice_of_a_volume(tmp_path):
+    data = np.random.default_rng(5).normal(size=(12, 12, 3)).astype(np.float32)
+    src = tmp_path / "case_0000.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 3.0, 1.0])), str(src))
+    plain, tta = MembersSegmenter(size=12), MembersSegmenter(size=12)
+    a = segment_volume_probs(plain, src, tta=False)
+    b = segment_volume_probs(tta, src, tta=True)
+    assert len(tta.batches) == 2 * len(plain.batches)  # two views of each batch of slices
+    torch.testing.assert_close(tta.batches[1], tta.batches[0].flip(-1))  # view 1 of spadfast.tta: a flip of W
+    corner = np.zeros((12, 12), bool)
+    corner[:6, :6] = True
+    flipped_corner = corner[:, ::-1]
+    normed = plain.batches[0][:, 0].numpy().transpose(1, 2, 0)  # [I,J,K] slices along axis 2
+    want = 0.5 * ((normed > 0) & corner[..., None]) + 0.5 * ((normed > 0) & flipped_corner[..., None])
+    np.testing.assert_allclose(b, want, atol=1e-6)
+    assert not np.allclose(a, b)
+
+
+def segment_volume_probs(seg, src, tta):
+    from spadfast.predict_volumes import segment_volume
+
+    return segment_volume(seg, [src], axis=2, ensemble=2, tta=tta, write_probabilities=True)["probs"][..., 0]
+
+
+def test_overlay_and_loose_dicom_slices_are_refused_in_one_line_before_work(runs, tmp_path, capsys):
+    from spadfast.cli import main
+    from spadfast.predict import predict_folder
+
+    code = main(["predict", "--checkpoint", str(runs["vol"]), "--images", str(runs["root"] / "imagesTs"), "--out",
+                 str(tmp_path / "pred"), "--overlay"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and "--overlay draws contours on 2-D images" in err[0], err
+    assert not (tmp_path / "pred").exists()
+    loose = tmp_path / "dicom"
+    loose.mkdir()
+    for k in range(3):
+        (loose / f"IM{k:04d}.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    pattern = "holds DICOM slices directly: move each series into its own sub-folder"
+    seg = FakeSegmenter(size=16, classes=1)
+    for call in (lambda: predict_volume_folder(seg, loose, tmp_path / "a"),
+                 lambda: predict_folder(seg, loose, tmp_path / "b")):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+    code, err = predict_cli(capsys, runs["vol"], loose, tmp_path / "pred")
+    assert code == 2 and len(err) == 1 and pattern in err[0] and str(loose) in err[0], err
+
+
+def test_cli_tta_reaches_volume_slices(runs, tmp_path, capsys):
+    from spadfast.cli import main
+
+    maps = {}
+    for flag in ([], ["--tta"]):
+        out = tmp_path / f"pred{len(flag)}"
+        code = main(["predict", "--checkpoint", str(runs["vol"]), "--images", str(runs["root"] / "imagesTs"),
+                     "--out", str(out), "--steps", "1", "--ensemble", "2", "--probabilities", *flag])
+        assert code == 0, capsys.readouterr().err
+        maps[bool(flag)] = nib.load(str(out / "probabilities" / "test_000.nii.gz")).get_fdata()
+    assert maps[True].shape == maps[False].shape and not np.allclose(maps[True], maps[False])
+
+
+def test_tta_with_one_member_is_refused_before_work(tmp_path):
+    src = write_source(tmp_path / "case_0000.nii.gz", three_class_labels(), oblique_affine())
+    seg = MembersSegmenter(size=12)
+    with pytest.raises(ValueError, match="test-time augmentation with `ensemble` 1"):
+        predict_volume(seg, [src], tmp_path / "out" / "case.nii.gz", ensemble=1, tta=True)
+    with pytest.raises(ValueError, match="test-time augmentation with `ensemble` 1"):
+        predict_volume_folder(seg, tmp_path, tmp_path / "out", ensemble=1, tta=True)
+    assert seg.batches == [] and not (tmp_path / "out").exists()
