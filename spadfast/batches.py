@@ -74,7 +74,13 @@ def coerce_dataset(
         from .nifti import is_volume_folder
 
         if is_volume_folder(data):
-            data = volume_dataset(data, config, name)
+            root, data = data, volume_dataset(data, config, name)
+            slices = getattr(data, "dataset", data)
+            if slices.num_classes != mask_channels + 1:  # refused, never merged into fewer classes
+                raise ValueError(
+                    f"`{name}` {str(root)!r} holds {slices.num_classes} classes ({', '.join(slices.class_names)}) but "
+                    f"`num_classes` is {mask_channels + 1}: set `num_classes: {slices.num_classes}` (spadfast train "
+                    "takes it from the data), or relabel the volumes")
         elif resize:
             return SegmentationFolder(data, image_size=image_size, channels=channels,
                                       intensity_norm=intensity_norm, num_classes=mask_channels + 1,

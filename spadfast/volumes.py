@@ -277,11 +277,15 @@ class VolumeSlices(Dataset):
             entry = _Case(case, paths, labels[case], turn.shape(head.shape), turn.spacing(head.spacing), norm,
                           foreground, turn)
             cached = [apply_normalization(ch, p) for ch, p in zip(raw, norm)] if i >= keep_from else None
-            return entry, int(label.max(initial=0)), cached, label if cached is not None else None
+            values: set[int] = set()
+            if n_classes is None:  # the label values, for _check_class_numbers (bincount: one linear pass)
+                top = int(label.max(initial=0))
+                values = set((np.unique(label) if top > 65535 else np.flatnonzero(np.bincount(label.ravel()))).tolist())
+            return entry, int(label.max(initial=0)), cached, label if cached is not None else None, values
 
         workers = min(len(groups), check_int(init_workers, "init_workers", 1) if init_workers is not None
                       else min(4, os.cpu_count() or 1))
-        max_label = 0
+        max_label, max_label_file, label_values = 0, labels[first], set()
         jobs = [(i, case, paths) for i, (case, paths) in enumerate(groups.items())]
         if workers <= 1:
             results = (scan(*job) for job in jobs)
@@ -290,15 +294,18 @@ class VolumeSlices(Dataset):
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spadfast-volumes")
             results = pool.map(lambda job: scan(*job), jobs)
         try:
-            for i, (entry, top, cached, label) in enumerate(results):
+            for i, (entry, top, cached, label, values) in enumerate(results):
                 self._cases.append(entry)
-                max_label = max(max_label, top)
+                if top > max_label:
+                    max_label, max_label_file = top, entry.label_path
+                label_values |= values
                 if cached is not None:
                     self._remember(i, cached, label)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if n_classes is None:
+            _check_class_numbers(max_label, max_label_file, label_values)
             n_classes = max(2, max_label + 1)
             self.class_names: list[str] = ["background"] + [f"class {c}" for c in range(1, n_classes)]
         else:
@@ -407,6 +414,24 @@ class VolumeSlices(Dataset):
         x = slice_volume(image, self.axis, k, size)
         y = one_hot(slice_label(label, self.axis, k, size), self.mask_channels)
         return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _check_class_numbers(top: int, path: Path, values: set[int]) -> None:
+    """Without dataset.json the classes are 0..max label: refuse a large label value that most of 1..max never
+    reach (255 as "unannotated", a 0/255 binary mask), which would silently make a ``max + 1``-class model. Dense
+    label sets (many real classes, e.g. 117 organs) pass. ``path``: a label map holding ``top``; ``values``: every
+    label value of the set."""
+    from .class_scores import LARGE_LABEL
+
+    if top < LARGE_LABEL or len(values - {0}) >= top / 2:
+        return
+    shown = sorted(values)
+    raise ValueError(
+        f"{path} holds label {top}, and without a dataset.json that makes a {top + 1}-class model, though the set "
+        f"holds only the values {shown[:8]}{'...' if len(shown) > 8 else ''}: store class numbers 0..C-1 (binary "
+        "masks as 0/1, not 0/255; unannotated voxels as background), or add a dataset.json whose `labels` names the "
+        "classes"
+    )
 
 
 def _check_window(window: object) -> tuple[float, float] | None:

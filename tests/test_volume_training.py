@@ -252,3 +252,33 @@ def test_validation_scores_the_labels_predict_writes(resize, monkeypatch):
         probs.expand(images.shape[0], 1, 2, 12, 12), trainer.config.threshold)
     monkeypatch.setattr(sliding_window, "segment_image", lambda *_, **__: (probs, torch.zeros_like(probs)))
     assert trainer.validate(2) == 1.0
+
+
+def test_a_large_label_value_without_dataset_json_is_refused_naming_the_file(tmp_path):
+    """Issue 29.14: labels {0, 255} in a volume set without dataset.json would make a 256-class model; the set is
+    refused naming the file, the value and the fix. Dense class numbers pass however many there are."""
+    import nibabel as nib
+
+    root = write_demo_volumes(tmp_path / "Task", n_cases=2, shape=(12, 12, 4), num_classes=2, n_test=0)
+    (root / "dataset.json").unlink()
+    assert VolumeSlices(root, image_size=8).num_classes == 2
+    path = root / "labelsTr" / "case_001.nii.gz"
+    img = nib.load(path)
+    labels = np.asarray(img.dataobj).astype(np.uint8)
+    nib.save(nib.Nifti1Image(labels * 255, img.affine, img.header), path)
+    with pytest.raises(ValueError, match=r"case_001\.nii\.gz holds label 255.*256-class.*\[0, 1, 255\].*0/1.*dataset"):
+        VolumeSlices(root, image_size=8)
+    many = np.zeros_like(labels)
+    many.flat[:120] = np.arange(120)  # 0..119: dense class numbers, a large label set
+    nib.save(nib.Nifti1Image(many, img.affine, img.header), path)
+    assert VolumeSlices(root, image_size=8).num_classes == 120
+
+
+def test_a_multi_class_volume_set_in_a_binary_run_is_refused_naming_the_classes(tmp_path):
+    """Issue 29.14: three classes in the volumes, ``num_classes: 2`` in the config: refused with the folder, the
+    classes found and the fix, never merged."""
+    root = write_demo_volumes(tmp_path / "Task", n_cases=2, shape=(12, 12, 4), num_classes=3, n_test=0)
+    with pytest.raises(ValueError, match=r"`train_data` .*Task' holds 3 classes .* `num_classes` is 2: set "
+                                         r"`num_classes: 3`"):
+        SPADTrainer(tiny_config(), root)
+    assert SPADTrainer(tiny_config(num_classes=3), root).train_data.dataset.num_classes == 3  # patches of slices
