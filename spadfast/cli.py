@@ -232,6 +232,11 @@ def _train_locked(args) -> int:
             for p in (checkpoint, run / cfg.log_file):
                 p.unlink(missing_ok=True)  # a clean log: the replaced run's records do not continue into this one
         trainer = SPADTrainer(cfg, data, args.val, out_dir=run)
+    from .config import cpu_training_hint
+
+    hint = cpu_training_hint(trainer.config, trainer.device.type)
+    if hint and trainer.rank == 0:
+        print(hint, file=sys.stderr, flush=True)
     trainer.fit()
     if trainer.stopped_by:  # fit saved this step's checkpoint before stopping
         from .preemption import EXIT_STOPPED

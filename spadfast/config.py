@@ -390,6 +390,27 @@ PRESETS: dict[str, dict[str, Any]] = {
 _NULLABLE = {"clip_sample", "pas_steps", "slice_axis", "ignore_label", "reorient"}  # fields documented as "None disables"
 
 
+def cpu_training_hint(config: SPADConfig, device_type: str) -> str | None:
+    """One warning line when a config sized for a GPU (``gpu-base``) is about to train on a CPU, with the fix; None
+    otherwise. The work per step is estimated as ``image_size^2 * batch_size * grad_accum * base_channels^2``
+    against the ``cpu-medium`` preset's, and warned about above 4x it (``gpu-base`` is ~14x)."""
+    if device_type != "cpu":
+        return None
+
+    def work(c: dict[str, Any]) -> float:
+        return float(c["image_size"]) ** 2 * c["batch_size"] * c.get("grad_accum", 1) * c["base_channels"] ** 2
+
+    mine = dict(image_size=config.image_size, batch_size=config.batch_size, grad_accum=config.grad_accum,
+                base_channels=config.base_channels)
+    ratio = work(mine) / work(PRESETS["cpu-medium"])
+    if ratio <= 4:
+        return None
+    return (f"spadfast train: warning: this config (image_size {config.image_size}, batch_size {config.batch_size}, "
+            f"base_channels {config.base_channels}) is sized for a GPU, ~{ratio:.0f}x the work per step of preset "
+            "cpu-medium, and trains on the CPU, where each step is slow; use --preset cpu-small or cpu-medium here, "
+            "or a CUDA device")
+
+
 def _plain_file_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 

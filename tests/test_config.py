@@ -130,3 +130,28 @@ def test_compile_mode_is_one_of_torch_compiles_modes():
         with pytest.raises(ValueError, match="`compile_mode`.*max-autotune") as info:
             SPADConfig(compile_mode=bad)
         assert repr(bad) in str(info.value)
+
+
+def test_a_gpu_sized_config_on_the_cpu_gets_one_warning_line_with_the_fix(tmp_path, capsys, monkeypatch):
+    """Issue 29.15: ``train --preset gpu-base`` on a CPU prints one line naming the cpu presets before training;
+    the cpu presets, and gpu-base on CUDA, print nothing."""
+    from spadfast import trainer as trainer_module
+    from spadfast.cli import main
+    from spadfast.config import cpu_training_hint
+    from spadfast.synthetic import write_synthetic_folder
+
+    gpu = SPADConfig.preset("gpu-base")
+    assert "cpu-small" in cpu_training_hint(gpu, "cpu") and "~14x" in cpu_training_hint(gpu, "cpu")
+    assert cpu_training_hint(gpu, "cuda") is None
+    assert cpu_training_hint(SPADConfig.preset("cpu-small"), "cpu") is None
+    assert cpu_training_hint(SPADConfig.preset("cpu-medium"), "cpu") is None
+
+    def no_training(self, steps=None):
+        raise ValueError("fit is not run in this test")
+
+    monkeypatch.setattr(trainer_module.SPADTrainer, "fit", no_training)
+    data = write_synthetic_folder(tmp_path / "data", 2, 32, seed=0)
+    args = ["train", "--data", str(data), "--preset", "gpu-base", "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "--preset cpu-small" in warnings[0]
