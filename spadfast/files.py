@@ -371,11 +371,11 @@ def load_stored(
     of the dtype's range the image reaches (:func:`used_range_fraction`).
     """
     path = Path(path)
-    return _stored(_to_rgb_or_gray(_decode(path), path), path, size, norm)
+    return stored_array(_to_rgb_or_gray(_decode(path), path), path, size, norm)
 
 
-def _stored(array: np.ndarray, path: Path, size: tuple[int, int] | None, norm: str):
-    """:func:`load_stored` of an already decoded array."""
+def stored_array(array: np.ndarray, path: Path, size: tuple[int, int] | None, norm: str):
+    """:func:`load_stored` of an already decoded ``[H,W]`` / ``[H,W,3]`` RGB array (``path`` names it in errors)."""
     scale = _scale_of(array, path)
     lo, hi = intensity_range(array, scale, norm)
     used = used_range_fraction(array, scale)
@@ -409,67 +409,9 @@ def read_model_input(
     size = check_size(size)
     path = Path(path)
     decoded = _to_rgb_or_gray(_decode(path), path)
-    array, lo, hi, used = _stored(decoded, path, size, norm)
+    array, lo, hi, used = stored_array(decoded, path, size, norm)
     native = decoded.shape[:2]
     return stored_to_model(array, lo, hi, check_channels(channels, allow_none=False)), native, used
-
-
-def array_to_model(array: np.ndarray, size: tuple[int, int] | int | None, channels: int,
-                   norm: str = "dtype") -> tuple[np.ndarray, tuple[int, int]]:
-    """An image array as Python image readers return it as model input, exactly as :func:`read_model_input` treats
-    a file holding the same pixels: float32 ``[C,H,W]`` in ``[-1, 1]`` and the native ``(H, W)``.
-
-    ``array``: ``[H,W]`` gray, ``[H,W,1]``, ``[H,W,2]`` gray + alpha, ``[H,W,3]`` RGB or ``[H,W,4]`` RGBA (channels
-    in RGB order, as PIL, imageio, scikit-image, tifffile and napari return them; alpha is dropped; OpenCV's
-    ``cv2.imread`` returns BGR: convert with ``cv2.cvtColor(a, cv2.COLOR_BGR2RGB)`` first). dtypes: bool, uint8
-    (/255), uint16 (/65535), float in [0, 1], and other integer types holding values a file could: int8 in
-    [0, 255] as 8-bit, int16/int32/int64/uint32/uint64 in [0, 65535] as 16-bit (PIL opens 16-bit PNGs as int32).
-    Integers outside that range are read by value under ``norm`` ``"minmax"``/``"percentile"`` and refused under
-    ``"dtype"``. A wrong rank, an empty array, NaN/inf or such a refused range is a ValueError naming ``x``."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"`x` must be a numpy array, a path or a tensor, got {type(array).__name__}")
-    if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
-        raise ValueError(f"`x` must be an [H,W] or [H,W,C] image array of numbers, got shape {array.shape} "
-                         f"dtype {array.dtype}")
-    if array.size == 0:
-        raise ValueError(f"`x` is empty (shape {array.shape}): an image needs at least one pixel")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError("`x` holds NaN or inf")
-    rgb = _array_rgb_or_gray(array)
-    size = check_size(size)
-    channels = check_channels(channels, allow_none=False)
-    if rgb.dtype.kind == "b":
-        rgb = rgb.astype(np.uint8) * np.uint8(255)
-    elif rgb.dtype == np.float16:
-        rgb = rgb.astype(np.float32)  # OpenCV resizes float32/float64, not float16
-    elif rgb.dtype.kind in "iu" and rgb.dtype not in (np.uint8, np.uint16):
-        lo, hi = int(rgb.min()), int(rgb.max())
-        top = 255 if rgb.dtype.itemsize == 1 else 65535
-        if 0 <= lo and hi <= top:
-            rgb = rgb.astype(np.uint8 if top == 255 else np.uint16)
-        elif norm == "dtype":
-            raise ValueError(f"`x` is {rgb.dtype} with values in [{lo}, {hi}]: with intensity_norm 'dtype' an "
-                             f"integer image must hold values in [0, {top}] as an 8/16-bit file does; pass floats "
-                             "in [0, 1] or use a model trained with intensity_norm 'minmax' or 'percentile'")
-        else:  # minmax/percentile read the values themselves: no dtype range is involved
-            values = rgb.astype(np.float32)
-            lo_f, hi_f = intensity_range(values, 1.0, norm)
-            stored = resize_image(values, size) if size is not None else values
-            return stored_to_model(stored, lo_f, hi_f, channels), values.shape[:2]
-    stored, lo_f, hi_f, _ = _stored(rgb, Path("<x>"), size, norm)
-    return stored_to_model(stored, lo_f, hi_f, channels), rgb.shape[:2]
-
-
-def _array_rgb_or_gray(array: np.ndarray) -> np.ndarray:
-    """An in-memory image (RGB(A) or gray(+alpha) channel order) as ``[H,W]`` gray or ``[H,W,3]`` RGB."""
-    if array.ndim == 2:
-        return array
-    if array.shape[2] in (1, 2):
-        return array[:, :, 0]
-    if array.shape[2] in (3, 4):
-        return np.ascontiguousarray(array[:, :, :3])
-    raise ValueError(f"`x` has {array.shape[2]} channels (shape {array.shape}): expected gray [H,W], or [H,W,C] "
-                     "with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)")
 
 
 def warn_low_range(fractions: list[float], where: str) -> None:

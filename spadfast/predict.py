@@ -11,16 +11,22 @@ import torch
 from ._constants import MIN_SIDE
 from ._validation import check_images, check_int
 from .files import (
-    array_to_model,
+    check_channels,
+    check_size,
     index_folder,
+    intensity_range,
     read_image,
     read_mask,
     read_model_input,
+    resize_image,
+    stored_array,
+    stored_to_model,
     warn_low_range,
     write_bytes_atomic,
     write_mask_png,
 )
 from .metrics import labels_from_probs
+from .model_ensemble import ModelEnsemble, check_members
 from .prediction import Prediction
 from .sampler import DDIMSampler, SampleResult, image_noise_key
 from .distributed import shard_of
@@ -91,8 +97,6 @@ class Segmenter:
         from .onnx_model import is_onnx_export
 
         if isinstance(path, (list, tuple)):
-            from .model_ensemble import ModelEnsemble
-
             if len(path) != 1:
                 return ModelEnsemble([cls.load(p, device=device) for p in path], [str(p) for p in path])
             path = path[0]
@@ -117,10 +121,10 @@ class Segmenter:
         ``x``: a path (PNG/TIFF/... or NIfTI ``.nii``/``.nii.gz``), a nibabel image, or a numpy array as Python image
         readers return it: ``[H,W]`` gray or ``[H,W,C]`` in RGB(A) order (PIL, imageio, scikit-image, tifffile,
         napari; convert ``cv2.imread``'s BGR with ``cv2.cvtColor`` first), bool, uint8, uint16, float in [0, 1] or
-        another integer type (:func:`spadfast.files.array_to_model`), normalised as training normalised files. A
+        another integer type (:func:`array_to_model`), normalised as training normalised files. A
         2-D input must be at least ``MIN_SIDE`` (8) px on each side for a native-resolution model, as in
         ``predict``; ``ensemble`` below the number of models, or ``tta`` with fewer than 2 members per model, is
-        refused (:func:`check_members`). Returns a
+        refused (:func:`spadfast.model_ensemble.check_members`). Returns a
         :class:`spadfast.prediction.Prediction` (attributes, or keys ``"labels"``, ``"mask"``, ``"foreground"``,
         ``"probs"``, ``"std"``): for a 2-D input ``labels`` = ``mask`` int ``[H,W]`` (0 background),
         ``foreground`` bool, ``probs``/``std`` float32 ``[H,W]`` (binary) or ``[M,H,W]``; for a volume ``labels``
@@ -169,28 +173,69 @@ class Segmenter:
         )
 
 
-def check_members(segmenter, ensemble: int | None, tta: bool = False, name: str = "ensemble") -> int:
-    """The member count of a sampling call (``ensemble``, default the config's), refused where it would drop work
-    silently: fewer members than the models of a :class:`spadfast.model_ensemble.ModelEnsemble` (member k runs on
-    model k mod n, so the last models would never run), or ``tta`` with fewer than 2 members per model (member 0 of
-    a model sees the image as is: one member is plain sampling). ``name``: the argument the message names."""
-    K = segmenter.config.ensemble if ensemble is None else check_int(ensemble, name, 1)
-    what = f"`{name}` {K}" if ensemble is not None else f"the config's `ensemble` {K}"
-    models = len(getattr(segmenter, "segmenters", ())) or 1
-    if K < models:
-        raise ValueError(f"{what} is below the {models} models of the ensemble: models {K + 1}..{models} would never "
-                         f"run; pass {name} >= {models} (a multiple of {models} weighs the models equally)")
-    if tta and K < 2 * models:
-        per = f" per model ({models} models)" if models > 1 else ""
-        raise ValueError(f"test-time augmentation with {what} gives a member the image as is and no other view"
-                         f"{per}: pass {name} >= {2 * models} (8 members{per} see every view of a square image)")
-    return K
-
-
 def check_min_side(hw: tuple[int, int], what: str) -> None:
     """The one size rule of native-resolution prediction (CLI and API): at least ``MIN_SIDE`` px on each side."""
     if min(hw) < MIN_SIDE:
         raise ValueError(f"{what} is {hw[1]}x{hw[0]} (WxH): images must be at least {MIN_SIDE} px on each side")
+
+
+def array_to_model(array: np.ndarray, size: tuple[int, int] | int | None, channels: int,
+                   norm: str = "dtype") -> tuple[np.ndarray, tuple[int, int]]:
+    """An image array as Python image readers return it as model input, exactly as
+    :func:`spadfast.files.read_model_input` treats a file holding the same pixels: float32 ``[C,H,W]`` in
+    ``[-1, 1]`` and the native ``(H, W)``.
+
+    ``array``: ``[H,W]`` gray, ``[H,W,1]``, ``[H,W,2]`` gray + alpha, ``[H,W,3]`` RGB or ``[H,W,4]`` RGBA (channels
+    in RGB order, as PIL, imageio, scikit-image, tifffile and napari return them; alpha is dropped; OpenCV's
+    ``cv2.imread`` returns BGR: convert with ``cv2.cvtColor(a, cv2.COLOR_BGR2RGB)`` first). dtypes: bool, uint8
+    (/255), uint16 (/65535), float in [0, 1], and other integer types holding values a file could: int8 in
+    [0, 255] as 8-bit, int16/int32/int64/uint32/uint64 in [0, 65535] as 16-bit (PIL opens 16-bit PNGs as int32).
+    Integers outside that range are read by value under ``norm`` ``"minmax"``/``"percentile"`` and refused under
+    ``"dtype"``. A wrong rank, an empty array, NaN/inf or such a refused range is a ValueError naming ``x``."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"`x` must be a numpy array, a path or a tensor, got {type(array).__name__}")
+    if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
+        raise ValueError(f"`x` must be an [H,W] or [H,W,C] image array of numbers, got shape {array.shape} "
+                         f"dtype {array.dtype}")
+    if array.size == 0:
+        raise ValueError(f"`x` is empty (shape {array.shape}): an image needs at least one pixel")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError("`x` holds NaN or inf")
+    rgb = _array_rgb_or_gray(array)
+    size = check_size(size)
+    channels = check_channels(channels, allow_none=False)
+    if rgb.dtype.kind == "b":
+        rgb = rgb.astype(np.uint8) * np.uint8(255)
+    elif rgb.dtype == np.float16:
+        rgb = rgb.astype(np.float32)  # OpenCV resizes float32/float64, not float16
+    elif rgb.dtype.kind in "iu" and rgb.dtype not in (np.uint8, np.uint16):
+        lo, hi = int(rgb.min()), int(rgb.max())
+        top = 255 if rgb.dtype.itemsize == 1 else 65535
+        if 0 <= lo and hi <= top:
+            rgb = rgb.astype(np.uint8 if top == 255 else np.uint16)
+        elif norm == "dtype":
+            raise ValueError(f"`x` is {rgb.dtype} with values in [{lo}, {hi}]: with intensity_norm 'dtype' an "
+                             f"integer image must hold values in [0, {top}] as an 8/16-bit file does; pass floats "
+                             "in [0, 1] or use a model trained with intensity_norm 'minmax' or 'percentile'")
+        else:  # minmax/percentile read the values themselves: no dtype range is involved
+            values = rgb.astype(np.float32)
+            lo_f, hi_f = intensity_range(values, 1.0, norm)
+            stored = resize_image(values, size) if size is not None else values
+            return stored_to_model(stored, lo_f, hi_f, channels), values.shape[:2]
+    stored, lo_f, hi_f, _ = stored_array(rgb, Path("<x>"), size, norm)
+    return stored_to_model(stored, lo_f, hi_f, channels), rgb.shape[:2]
+
+
+def _array_rgb_or_gray(array: np.ndarray) -> np.ndarray:
+    """An in-memory image (RGB(A) or gray(+alpha) channel order) as ``[H,W]`` gray or ``[H,W,3]`` RGB."""
+    if array.ndim == 2:
+        return array
+    if array.shape[2] in (1, 2):
+        return array[:, :, 0]
+    if array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[:, :, :3])
+    raise ValueError(f"`x` has {array.shape[2]} channels (shape {array.shape}): expected gray [H,W], or [H,W,C] "
+                     "with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)")
 
 
 def _is_volume_input(x) -> bool:

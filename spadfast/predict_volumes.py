@@ -175,7 +175,7 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     batch_size = check_int(opts.batch_size, "batch_size", 1)
     cfg = segmenter.config
     check_volume_model(cfg, paths[0], opts.allow_image_model)
-    from .predict import check_members  # (predict imports this module lazily)
+    from .model_ensemble import check_members
 
     check_members(segmenter, opts.ensemble, opts.tta)
     size = _resolve_size(opts.image_size, segmenter)
@@ -349,7 +349,7 @@ def predict_volume_folder(
     groups = group_cases(images_dir)
     check_one_input_kind(images_dir)
     check_volume_model(segmenter.config, images_dir, opts.allow_image_model)
-    from .predict import check_members
+    from .model_ensemble import check_members
 
     check_members(segmenter, opts.ensemble, opts.tta)  # before the first case, not after it
     prep = model_preprocessing(segmenter.config, read_dataset_json(images_dir.parent).modalities)

@@ -66,7 +66,7 @@ def test_the_readme_ensemble_is_a_segmenter_in_every_documented_way(runs, tmp_pa
     assert cli_main(["predict", "--checkpoint", str(runs / "run0"), str(runs / "run1"), "--images", str(images),
                      "--out", str(tmp_path / "p"), "--steps", "2", "--ensemble", "4"]) == 0
     seg = TopLevel.load([str(runs / "run0"), str(runs / "run1")])  # the README: Segmenter.load([a, b, c])
-    assert isinstance(seg, TopLevel)
+    assert isinstance(seg, ModelEnsemble)
     for path in sorted(images.glob("*.png")):
         out = seg.predict(str(path), steps=2, ensemble=4)  # the README: out = seg.predict("scan.png")
         out.mask, out.probs, out.std  # noqa: B018  (the README's next line)
