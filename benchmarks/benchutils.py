@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from spadfast.synthetic import blob_masks
+
+from spadfast.ops.blobs import blob_masks
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_CUDA = DEVICE.type == "cuda"
@@ -111,7 +112,7 @@ def synthetic_images(mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def mask_batch(B: int, H: int, W: int, device: torch.device | str = DEVICE, seed: int = 0) -> torch.Tensor:
-    """Float32 ``[B,1,H,W]`` 0/1 masks of :func:`spadfast.synthetic.blob_masks` (cells of 32 px, a third foreground)
+    """Float32 ``[B,1,H,W]`` 0/1 masks of :func:`spadfast.data.synthetic.blob_masks` (cells of 32 px, a third foreground)
     on ``device``."""
     return blob_masks((B, 1, H, W), seed=seed, cell=32, threshold=2 / 3).float().to(device)
 
@@ -156,9 +157,9 @@ _COMPILED: dict[str, Callable] = {}
 
 
 def compiled_reference(op: str) -> Callable:
-    """``torch.compile(spadfast.reference.<op>)``, one wrapper per op (static shapes: one graph per shape)."""
+    """``torch.compile(spadfast.ops.reference.<op>)``, one wrapper per op (static shapes: one graph per shape)."""
     if op not in _COMPILED:
-        from spadfast.op_table import OPS
+        from spadfast.ops.op_table import OPS
 
         _COMPILED[op] = torch.compile(OPS[op].reference, dynamic=False)
     return _COMPILED[op]
@@ -166,7 +167,7 @@ def compiled_reference(op: str) -> Callable:
 
 def triton_launcher(op: str) -> Callable:
     """The Triton launcher of ``op`` from the op table (same signature as the reference)."""
-    from spadfast.op_table import OPS
+    from spadfast.ops.op_table import OPS
 
     return OPS[op].launcher
 
@@ -178,7 +179,7 @@ def op_provider(op: str, provider: str, args: tuple, explicit: dict, philox: dic
     every provider); ``triton-philox`` calls the launcher with ``philox`` (seed/offset, noise drawn in-kernel).
     """
     if provider == "reference":
-        from spadfast.op_table import OPS
+        from spadfast.ops.op_table import OPS
 
         fn, kwargs = OPS[op].reference, explicit
     elif provider == "compiled":

@@ -5,9 +5,9 @@
   every step (``int(t)``, i.e. ``t.item()``) and turned back into a tensor for the model, ``model(cat[x, image], t)``
   at every step (so a cached-encoder model re-encodes the image every step), members averaged at the end.
 - :func:`cached_sample`: spadfast's batched loop for a model with ``encode`` / ``denoise``
-  (:class:`spadfast.cached_model.SPADCachedUNet`): the images are encoded once, the features repeated per member,
+  (:class:`spadfast.models.cached_unet.SPADCachedUNet`): the images are encoded once, the features repeated per member,
   then S steps of ``denoise`` + :func:`spadfast.ops.ddim_step` on all B*K rows at once, every coefficient
-  precomputed (no host sync). Same initial noise as :class:`spadfast.sampler.DDIMSampler` (``randn((B*K, 1, H, W))``
+  precomputed (no host sync). Same initial noise as :class:`spadfast.diffusion.sampler.DDIMSampler` (``randn((B*K, 1, H, W))``
   from a CPU generator seeded with ``seed``), so with ``eta == 0`` it returns what ``DDIMSampler.sample`` returns
   for the same model (up to float rounding: the features are computed at batch B instead of B*K). Written here so
   the cached model can be timed before the sampler calls ``encode`` / ``denoise`` itself.
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spadfast import ops
-from spadfast.schedule import ddim_alphas, ddim_timesteps
+from spadfast.diffusion.schedule import ddim_alphas, ddim_timesteps
 
 
 def diffusers_scheduler(cfg):

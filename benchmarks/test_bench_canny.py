@@ -7,16 +7,16 @@ import torch
 from benchutils import (
     DEVICE,
     OP_CASES,
-    mask_batch,
     compiled_reference,
     device_name,
+    mask_batch,
     nbytes,
     run_timed,
     skip_unless_available,
     triton_launcher,
 )
 
-from spadfast import reference
+from spadfast.ops import reference
 
 PROVIDERS = ["reference", "compiled", "triton", "cv2", "kornia"]
 

@@ -14,8 +14,8 @@ import torch
 from benchutils import MODEL_CONFIG, mask_batch, sync, synthetic_images
 
 from spadfast.config import SPADConfig
-from spadfast.predict import Segmenter
-from spadfast.trainer import SPADTrainer
+from spadfast.infer.segmenter import Segmenter
+from spadfast.train.trainer import SPADTrainer
 
 SIZE, BATCH, STEPS, MEMBERS = 64, 8, 5, 3
 _STATE: dict[str, object] = {}
@@ -42,7 +42,7 @@ def _segmenter(provider: str, run) -> Segmenter:
     if provider == "onnxruntime":
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnxscript")
-        from spadfast.onnx_export import export_onnx
+        from spadfast.infer.onnx_export import export_onnx
 
         folder = run.parent / "onnx"
         if not folder.exists():

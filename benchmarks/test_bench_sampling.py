@@ -40,9 +40,9 @@ from benchutils import (
 )
 from naive_sampler import cached_sample, diffusers_scheduler, naive_sample
 
-from spadfast.cached_model import SPADCachedUNet
 from spadfast.config import SPADConfig
-from spadfast.trainer import SPADTrainer
+from spadfast.models.cached_unet import SPADCachedUNet
+from spadfast.train.trainer import SPADTrainer
 
 PROVIDERS = ["naive", "eager", "cuda_graph", "diffusers", "encode_once"]
 MODELS = ["unet", "cached"]

@@ -6,7 +6,7 @@ cached-encoder model. Providers:
 - ``naive``: what a user writes around a single-window sampler: windows one at a time, members one at a time at
   batch 1, diffusers' ``DDIMScheduler``, ``model(cat[x, window], t)`` every step (the window is re-encoded every
   step), Gaussian-blended the same way.
-- ``spadfast``: :func:`spadfast.sliding_window.segment_image`: windows x members through the sampler in chunks, each
+- ``spadfast``: :func:`spadfast.infer.sliding_window.segment_image`: windows x members through the sampler in chunks, each
   window encoded once, noise keyed per window.
 
 Each row records ``ratio_to_naive`` and the process's peak memory in ``extra_info``.
@@ -20,8 +20,8 @@ from benchutils import MODEL_CONFIG, mask_batch, peak_memory_info, record_throug
 from naive_sampler import diffusers_scheduler, naive_sample
 
 from spadfast.config import SPADConfig
-from spadfast.sliding_window import gaussian_importance, segment_image, window_positions
-from spadfast.trainer import SPADTrainer
+from spadfast.infer.sliding_window import gaussian_importance, segment_image, window_positions
+from spadfast.train.trainer import SPADTrainer
 
 SIZE, WINDOW, STEPS, MEMBERS, OVERLAP = 512, 128, 5, 3, 0.5
 _NAIVE: dict[str, float] = {}

@@ -13,7 +13,7 @@ from benchutils import (
     skip_unless_available,
 )
 
-from spadfast import reference
+from spadfast.ops import reference
 
 PROVIDERS = ["reference", "compiled", "triton", "triton-philox"]
 # PerturbConfig's defaults at progress 0.

@@ -27,7 +27,7 @@ from benchutils import (
 )
 
 from spadfast.config import SPADConfig
-from spadfast.trainer import SPADTrainer
+from spadfast.train.trainer import SPADTrainer
 
 PROVIDERS = ["eager", "compiled", "compiled+kernels", "compiled+reference"]
 CASES = [

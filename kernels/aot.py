@@ -64,7 +64,7 @@ class Result:
 def cases(ops: Iterable[str] | None = None) -> list[AotCase]:
     """Every launch variant of the named ops (default: every op-table row), in table order: each op's own
     ``aot_variants()``."""
-    from spadfast.op_table import OPS
+    from spadfast.ops.op_table import OPS
 
     return [c for op in (ops or OPS) for c in OPS[op].aot_variants()]
 
@@ -155,7 +155,7 @@ _RESULTS: dict[tuple, tuple] = {}
 
 def compile_case(case: AotCase, arch: str) -> Result:
     """Plan ``case`` and compile it for ``arch``; errors are recorded in the result, not raised."""
-    from spadfast.op_table import OPS
+    from spadfast.ops.op_table import OPS
 
     from .utils import plan
 

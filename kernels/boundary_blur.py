@@ -3,29 +3,28 @@
 
 Layout ``(B, 1, H, W)``, any dtype and strides, no copies. Each program owns a ``BLOCK_H x BLOCK_W`` tile of one image
 and recomputes everything from clamped loads: the band by streaming the Canny stencil over the ``(2*radius+5)^2``
-window (``spadfast.kernels.canny._edge_near``), the separable Gaussian (taps ``spadfast.reference.gaussian_weights``,
+window (``spadfast.kernels.canny._edge_near``), the separable Gaussian (taps ``spadfast.ops.reference.gaussian_weights``,
 rows then columns, replicated border) and the noise, an explicit tensor or in-kernel Philox
 ``randn(seed, offset + b*H*W + r*W + c)``. fp32 inside, cast on store.
 
-Reference: spadfast.reference.boundary_blur
+Reference: spadfast.ops.reference.boundary_blur
 """
 
 from __future__ import annotations
 
 import functools
-
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from spadfast._validation import MAX_BAND_RADIUS, draw_seed, prepare_boundary_blur
-from spadfast.reference import gaussian_weights
+from spadfast.ops.checks import MAX_BAND_RADIUS, draw_seed, prepare_boundary_blur
+from spadfast.ops.reference import gaussian_weights
 
 from .canny import _edge_near
-from .variants import BIG, DTYPES, SMALL, TRAINING, VERIFY_DTYPES, AotCase, VerifyCase, meta, wide_strides
 from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
+from .variants import BIG, DTYPES, SMALL, TRAINING, VERIFY_DTYPES, AotCase, VerifyCase, meta, wide_strides
 
 __all__ = ["MAX_RADIUS", "boundary_blur", "tile_for_radius"]
 
@@ -136,7 +135,7 @@ def boundary_blur(
 ) -> torch.Tensor:
     """BcD: blur the mask around its boundary and add Gaussian noise there (Triton).
 
-    Same arguments and results as :func:`spadfast.reference.boundary_blur`, except for the noise bits when it is
+    Same arguments and results as :func:`spadfast.ops.reference.boundary_blur`, except for the noise bits when it is
     drawn: in-kernel Philox ``randn(seed, offset + b*H*W + r*W + c)``, so a call consumes ``B*H*W`` offsets (advance
     ``offset`` by that much for an independent draw under the same seed). With no ``seed``, one is drawn from
     ``generator`` (a host sync when the generator is on CUDA) or from torch's global CPU generator.
@@ -191,10 +190,10 @@ def boundary_blur(
 
 
 def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator) -> list[VerifyCase]:
-    """``spadfast verify``'s checks against :func:`spadfast.reference.boundary_blur`, one per floating dtype, with
+    """``spadfast verify``'s checks against :func:`spadfast.ops.reference.boundary_blur`, one per floating dtype, with
     explicit noise."""
-    from spadfast import reference
-    from spadfast.synthetic import blob_masks
+    from spadfast.ops import reference
+    from spadfast.ops.blobs import blob_masks
 
     mask = blob_masks(shape, cell=8, generator=generator).to(device)
     out = []
@@ -229,8 +228,10 @@ def _perturb_pairs(cfg) -> list[tuple[float, int, float]]:
 
 def aot_variants() -> list[AotCase]:
     """The launch variants the ahead-of-time check compiles (:mod:`spadfast.kernels.aot`), on meta tensors."""
+    from types import SimpleNamespace
+
     from spadfast.kernels.boundary_blur import MAX_RADIUS
-    from spadfast.config import PerturbConfig
+    from spadfast.ops.constants import PERTURB_KERNEL_DEFAULTS
 
     def call(shape=TRAINING, dtype=torch.float32, sigma=1.0, radius=1, noise=False, base=False, seed=1, offset=0,
              wide=False):  # fmt: skip
@@ -256,7 +257,7 @@ def aot_variants() -> list[AotCase]:
     cases += [AotCase("boundary_blur", f"fp32 radius={r}", call(radius=r)) for r in range(MAX_RADIUS + 1)]
     # What training launches with the default PerturbConfig (base = the ScD output, Philox, validate off); the
     # Philox offset passes int32 until B*H*W*step counts exceed 2**31 and int64 afterwards.
-    for f, radius, sigma in _perturb_pairs(PerturbConfig()):
+    for f, radius, sigma in _perturb_pairs(SimpleNamespace(**PERTURB_KERNEL_DEFAULTS)):
         for offset, tag in ((0, ""), (BIG, " offset-i64")):
             cases.append(AotCase("boundary_blur", f"perturb f={f:.3f} radius={radius} sigma={sigma:.2f}{tag}",
                               call(sigma=sigma, radius=radius, base=True, offset=offset), default=True))  # fmt: skip

@@ -5,7 +5,7 @@ sectors and tie-break, the magnitude being 0 outside the image. Layout ``(B, 1, 
 program owns a ``BLOCK_H x BLOCK_W`` tile of one image and recomputes its 2-pixel halo by clamped loads.
 ``_edge_near`` (edge within a Chebyshev radius) is shared with ``boundary_blur``.
 
-Reference: spadfast.reference.canny
+Reference: spadfast.ops.reference.canny
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-from spadfast._validation import as_b1hw, check_mask
+from spadfast.ops.checks import as_b1hw, check_mask
 
-from .variants import DTYPES, SMALL, TRAINING, AotCase, VerifyCase, meta, wide_strides
 from .utils import Launch, clamped_offset, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
+from .variants import DTYPES, SMALL, TRAINING, AotCase, VerifyCase, meta, wide_strides
 
 __all__ = ["TILE", "ELEMS_PER_THREAD", "canny"]
 
-# OpenCV's fixed-point tangent constants, the values spadfast.reference uses (tan(22.5 deg) * 2**15 and 2**15).
+# OpenCV's fixed-point tangent constants, the values spadfast.ops.reference uses (tan(22.5 deg) * 2**15 and 2**15).
 TG22: tl.constexpr = tl.constexpr(13573.0)
 SHIFT: tl.constexpr = tl.constexpr(32768.0)
 
@@ -172,9 +172,9 @@ def canny(mask: torch.Tensor, validate: bool = True, *, block_size: tuple[int, i
 
 
 def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator) -> list[VerifyCase]:
-    """``spadfast verify``'s checks of this kernel against :func:`spadfast.reference.canny` on fresh blob masks."""
-    from spadfast import reference
-    from spadfast.synthetic import blob_masks
+    """``spadfast verify``'s checks of this kernel against :func:`spadfast.ops.reference.canny` on fresh blob masks."""
+    from spadfast.ops import reference
+    from spadfast.ops.blobs import blob_masks
 
     mask = blob_masks(shape, cell=8, generator=generator).to(device)
     run = lambda b: (canny if b == "triton" else reference.canny)(mask)  # noqa: E731

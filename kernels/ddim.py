@@ -12,7 +12,7 @@ In-kernel noise is Philox ``randn(seed, offset + i)`` with ``i`` the row-major i
 shape, whatever the layout. No host sync with ``validate=False`` and ``noise`` or ``seed`` given, so the step can be
 captured in a CUDA graph.
 
-Reference: spadfast.reference.ddim_step
+Reference: spadfast.ops.reference.ddim_step
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-from spadfast._constants import PREDICTION_TYPES
-from spadfast._validation import check_alpha, check_alpha_order, check_ddim_args, check_random_source, draw_seed
+from spadfast.ops.checks import check_alpha, check_alpha_order, check_ddim_args, check_random_source, draw_seed
+from spadfast.ops.constants import PREDICTION_TYPES
 
-from .variants import BIG, DTYPES, SAMPLING, SMALL, VERIFY_DTYPES, AotCase, VerifyCase, meta
 from .utils import Launch, grid_3d, launch, tile_config, tile_coords, tile_offset
+from .variants import BIG, DTYPES, SAMPLING, SMALL, VERIFY_DTYPES, AotCase, VerifyCase, meta
 
 __all__ = ["ELEMS_PER_THREAD", "TILE", "ddim_step"]
 
@@ -188,7 +188,7 @@ def ddim_step(
     *,
     block_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM update with one Triton kernel; semantics of :func:`spadfast.reference.ddim_step`.
+    """One DDIM update with one Triton kernel; semantics of :func:`spadfast.ops.reference.ddim_step`.
 
     Args:
         sample: ``x_t``, floating (fp32/fp16/bf16...), leading batch dimension, any strides (``[B,1,H,W]`` is read in
@@ -257,9 +257,9 @@ def ddim_step(
 
 
 def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator) -> list[VerifyCase]:
-    """``spadfast verify``'s checks against :func:`spadfast.reference.ddim_step`: every floating dtype x prediction
+    """``spadfast verify``'s checks against :func:`spadfast.ops.reference.ddim_step`: every floating dtype x prediction
     type, eta 0.5 with explicit noise, per-row alphas, clipping at 1."""
-    from spadfast import reference
+    from spadfast.ops import reference
 
     out = []
     for dtype in VERIFY_DTYPES:
@@ -277,7 +277,7 @@ def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator
 
 def aot_variants() -> list[AotCase]:
     """The launch variants the ahead-of-time check compiles (:mod:`spadfast.kernels.aot`), on meta tensors."""
-    from spadfast._constants import PREDICTION_TYPES
+    from spadfast.ops.constants import PREDICTION_TYPES
 
     def call(shape=SAMPLING, dtype=torch.float32, prediction="epsilon", clip=1.0, eta=0.0, noise=False,
              alpha="step", offset=0):  # fmt: skip

@@ -7,7 +7,7 @@ noise is Philox ``randn(seed, offset + (b*H + y)*W + x)``; anchor cell ``(b, y /
 is kept iff ``rand(anchor_seed, offset + (b*HC + cy)*WC + cx) < keep_ratio``, with ``anchor_seed`` a fixed mix of
 ``seed`` so that anchors and noise are independent streams.
 
-Reference: spadfast.reference.target_noise
+Reference: spadfast.ops.reference.target_noise
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-from spadfast._validation import draw_seed, prepare_target_noise
+from spadfast.ops.checks import draw_seed, prepare_target_noise
 
-from .variants import BIG, DTYPES, SMALL, TRAINING, VERIFY_DTYPES, AotCase, VerifyCase, meta, wide_strides
 from .utils import Launch, grid_3d, launch, pointer_view, tile_config, tile_coords, tile_offset
+from .variants import BIG, DTYPES, SMALL, TRAINING, VERIFY_DTYPES, AotCase, VerifyCase, meta, wide_strides
 
 __all__ = ["anchor_seed", "target_noise"]
 
@@ -111,7 +111,7 @@ def target_noise(
     *,
     block_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """ScD with one fused Triton kernel; semantics of :func:`spadfast.reference.target_noise`.
+    """ScD with one fused Triton kernel; semantics of :func:`spadfast.ops.reference.target_noise`.
 
     Args:
         mask: ``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]`` binary mask (bool, integer or floating), any strides.
@@ -170,10 +170,10 @@ def target_noise(
 
 
 def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator) -> list[VerifyCase]:
-    """``spadfast verify``'s checks against :func:`spadfast.reference.target_noise`, one per floating dtype, with
+    """``spadfast verify``'s checks against :func:`spadfast.ops.reference.target_noise`, one per floating dtype, with
     explicit noise and anchors."""
-    from spadfast import reference
-    from spadfast.synthetic import blob_masks
+    from spadfast.ops import reference
+    from spadfast.ops.blobs import blob_masks
 
     mask = blob_masks(shape, cell=8, generator=generator).to(device)
     anchors = reference.anchor_mask(shape, 4, 0.25, generator=generator).to(device)
@@ -191,9 +191,11 @@ def verify_cases(shape: tuple[int, ...], device: str, generator: torch.Generator
 
 def aot_variants() -> list[AotCase]:
     """The launch variants the ahead-of-time check compiles (:mod:`spadfast.kernels.aot`), on meta tensors."""
-    from spadfast.config import PerturbConfig
+    from types import SimpleNamespace
 
-    cfg = PerturbConfig()
+    from spadfast.ops.constants import PERTURB_KERNEL_DEFAULTS
+
+    cfg = SimpleNamespace(**PERTURB_KERNEL_DEFAULTS)
 
     def call(shape=TRAINING, dtype=torch.float32, anchor_size=cfg.anchor_size, noise=False, anchors=False, seed=1,
              offset=0, wide=False):  # fmt: skip

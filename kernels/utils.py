@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spadfast._validation import is_int
+from spadfast.ops.checks import is_int
 
 __all__ = [
     "KernelLaunchError",

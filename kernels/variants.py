@@ -3,7 +3,7 @@
 (:class:`AotCase`: a launcher call on ``meta`` tensors, :mod:`spadfast.kernels.aot`), and the meta-tensor helpers.
 
 Each ``kernels/<op>.py`` exports ``verify_cases(shape, device, generator)`` and ``aot_variants()`` next to its
-launcher; :mod:`spadfast.verify` and :mod:`spadfast.kernels.aot` iterate :data:`spadfast.op_table.OPS` and call them,
+launcher; :mod:`spadfast.verify` and :mod:`spadfast.kernels.aot` iterate :data:`spadfast.ops.op_table.OPS` and call them,
 so an op's facts live in its own file.
 """
 
@@ -24,7 +24,7 @@ VERIFY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # floating input
 @dataclass
 class VerifyCase:
     """``run(backend)`` computes the op with ``backend`` "triton" or "reference" on fixed inputs; ``exact``: binary
-    output compared bit for bit, else within :data:`spadfast.op_table.TOLERANCES` of ``dtype``."""
+    output compared bit for bit, else within :data:`spadfast.ops.op_table.TOLERANCES` of ``dtype``."""
 
     op: str
     shape: tuple[int, ...]

@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spadfast.config import SPADConfig
-from spadfast.models import build_model
+from spadfast.models.factory import build_model
 
 PEAK_BF16 = 989e12
 MFU = 0.35

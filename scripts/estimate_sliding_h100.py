@@ -18,8 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spadfast.config import SPADConfig
-from spadfast.models import build_model
-from spadfast.sliding_window import window_positions
+from spadfast.infer.sliding_window import window_positions
+from spadfast.models.factory import build_model
 
 PEAK_BF16 = 989e12
 HBM_BPS = 3.35e12

@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure_cached_quality import make_model  # noqa: E402
 from measure_fewstep import load_split  # noqa: E402
 
-from spadfast import metrics  # noqa: E402
 from spadfast.demo import demo_config  # noqa: E402
-from spadfast.sampler import DDIMSampler  # noqa: E402
-from spadfast.schedule import alphas_cumprod, make_betas  # noqa: E402
+from spadfast.diffusion.sampler import DDIMSampler  # noqa: E402
+from spadfast.diffusion.schedule import alphas_cumprod, make_betas  # noqa: E402
+from spadfast.evaluation import metrics  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test", default="/tmp/spad_quality/demo_test")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from spadfast.trainer import SPADTrainer
+    from spadfast.train.trainer import SPADTrainer
 
     cfg = demo_config("cpu")
     images, masks = load_split(Path(args.test), cfg.image_size)

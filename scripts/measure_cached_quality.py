@@ -10,7 +10,7 @@ Two data sets, each model trained from the same seed with the same config (``spa
   Gaussian blur sigma 1, Otsu threshold, holes filled (``scipy.ndimage.binary_fill_holes``), connected components
   under 64 px removed. Columns 0..255 are the training region (every 32x32 window at stride 4, 3,876 tiles; the
   trainer adds flips / 90-degree rotations), columns 256..383 are held out (non-overlapping 32x32 tiles, 36 tiles:
-  rows 0..287); Dice / HD95 per tile with ``spadfast.metrics`` (empty vs empty Dice 1, HD95 0; empty vs non-empty
+  rows 0..287); Dice / HD95 per tile with ``spadfast.evaluation.metrics`` (empty vs empty Dice 1, HD95 0; empty vs non-empty
   HD95 inf is reported as a count, and the HD95 mean is over finite tiles).
 
 Usage: ``OMP_NUM_THREADS=1 python scripts/measure_cached_quality.py [--data demo coins] [--models unet cached8]
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spadfast.cached_model import SPADCachedUNet
 from spadfast.demo import TEST_SEED, demo_config
-from spadfast.model import count_parameters
-from spadfast.trainer import SPADTrainer
+from spadfast.models.cached_unet import SPADCachedUNet
+from spadfast.models.unet import count_parameters
+from spadfast.train.trainer import SPADTrainer
 
 MODELS = {
     "unet": None,  # the trainer's default SPADUNet from the config
@@ -90,7 +90,7 @@ def coins_tiles(size: int = 32) -> tuple[torch.utils.data.Dataset, torch.Tensor,
 
 
 def evaluate_tensors(trainer: SPADTrainer, images: torch.Tensor, masks: torch.Tensor) -> dict:
-    from spadfast import metrics
+    from spadfast.evaluation import metrics
 
     preds = []
     for s in range(0, len(images), 8):
@@ -110,9 +110,9 @@ def run(data: str, model_name: str, out: Path, steps: int | None) -> dict:
     cfg.progress_bar = False
     t0 = time.perf_counter()
     if data == "demo":
-        from spadfast.synthetic import write_synthetic_folder
-        from spadfast.evaluate import evaluate_folders
-        from spadfast.predict import predict_folder
+        from spadfast.data.synthetic import write_synthetic_folder
+        from spadfast.evaluation.evaluate import evaluate_folders
+        from spadfast.infer.segmenter import predict_folder
 
         trainer = SPADTrainer(cfg, model=make_model(model_name, cfg))
         trainer.fit()

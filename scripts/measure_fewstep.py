@@ -9,7 +9,7 @@ read back from PNG as the demo does).
 For each S in ``--steps`` one 10-member ensemble is drawn per image (``DDIMSampler.sample(..., ensemble=10, seed=s,
 return_members=True)`` for the batch of 8 images starting at s, eta 0, trailing spacing, x0 clipped); an ensemble
 of K is its first K members (K in
-``--ensembles``), averaged and thresholded at 0.5. Dice and HD95 (``spadfast.metrics``, MONAI conventions) per image;
+``--ensembles``), averaged and thresholded at 0.5. Dice and HD95 (``spadfast.evaluation.metrics``, MONAI conventions) per image;
 HD95 is averaged over the images where it is finite, and the number of infinite ones (empty prediction, non-empty
 mask) is given. Writes ``fewstep.json`` and, with matplotlib, ``--plot`` (default docs/fewstep_curve.png).
 """
@@ -27,16 +27,16 @@ import cv2
 import numpy as np
 import torch
 
-from spadfast import metrics
 from spadfast.demo import TEST_SEED, demo_config
-from spadfast.sampler import DDIMSampler
-from spadfast.schedule import alphas_cumprod, make_betas
+from spadfast.diffusion.sampler import DDIMSampler
+from spadfast.diffusion.schedule import alphas_cumprod, make_betas
+from spadfast.evaluation import metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def load_split(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from spadfast.synthetic import write_synthetic_folder
+    from spadfast.data.synthetic import write_synthetic_folder
 
     if not (folder / "images").is_dir():
         write_synthetic_folder(folder, 32, size, TEST_SEED)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     print(f"# threads {torch.get_num_threads()} load {os.getloadavg()[0]:.2f} "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
-    from spadfast.trainer import SPADTrainer
+    from spadfast.train.trainer import SPADTrainer
 
     results = {}
     trainer = SPADTrainer.from_checkpoint(args.checkpoint)

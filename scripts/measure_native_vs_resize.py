@@ -30,9 +30,9 @@ def main() -> int:
     args = p.parse_args()
     from spadfast import SPADTrainer
     from spadfast.config import SPADConfig
-    from spadfast.evaluate import evaluate_folders
-    from spadfast.metrics import dice, hd95, iou
-    from spadfast.predict import predict_folder
+    from spadfast.evaluation.evaluate import evaluate_folders
+    from spadfast.evaluation.metrics import dice, hd95, iou
+    from spadfast.infer.segmenter import predict_folder
 
     image, labels = _dsb(args.wheel, args.out / "source")
     mask = labels > 0

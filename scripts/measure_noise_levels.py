@@ -39,11 +39,11 @@ def _mean_dice(records: list[dict], steps: int = 10, ensemble: int = 1) -> float
 def main() -> None:
     import torch
 
-    from spadfast.ablate import run_ablation
     from spadfast.config import SPADConfig
-    from spadfast.files import write_text_atomic
-    from spadfast.study_eval import evaluate_checkpoint
-    from spadfast.study_stats import t_interval
+    from spadfast.io.files import write_text_atomic
+    from spadfast.study.ablate import run_ablation
+    from spadfast.study.grid_eval import evaluate_checkpoint
+    from spadfast.study.stats import t_interval
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", type=Path, required=True, help="the SPAD study's folder (data/, runs/)")

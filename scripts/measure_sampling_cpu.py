@@ -8,7 +8,7 @@ Timing does not depend on the weights; the output convs get random weights so th
 Paths (``--part headline``):
 - ``naive``: ``benchmarks/naive_sampler.naive_sample``: members one at a time at batch 1, diffusers' DDIMScheduler,
   host-side timestep, ``model(cat[x, image], t)`` every step (the cached model re-encodes every step).
-- ``spadfast`` UNet: ``spadfast.sampler.DDIMSampler.sample`` (members batched, coefficients precomputed).
+- ``spadfast`` UNet: ``spadfast.diffusion.sampler.DDIMSampler.sample`` (members batched, coefficients precomputed).
 - ``spadfast`` cached: ``DDIMSampler.sample`` too, which encodes each image once and runs ``denoise`` per step
   (spadfast >= the commit that wired ``model_type="cached_unet"``); compiled runs, and older samplers, use
   ``benchmarks/naive_sampler.cached_sample``, the same loop written out (encode once, features repeated per member,
@@ -41,12 +41,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from naive_sampler import cached_sample, diffusers_scheduler, naive_sample  # noqa: E402
 
-from spadfast.cached_model import SPADCachedUNet  # noqa: E402
 from spadfast.config import SPADConfig  # noqa: E402
-from spadfast.cpu_features import cpu_has_native_bf16  # noqa: E402
-from spadfast.model import SPADUNet  # noqa: E402
-from spadfast.sampler import DDIMSampler  # noqa: E402
-from spadfast.schedule import alphas_cumprod, make_betas  # noqa: E402
+from spadfast.diffusion.sampler import DDIMSampler  # noqa: E402
+from spadfast.diffusion.schedule import alphas_cumprod, make_betas  # noqa: E402
+from spadfast.models.cached_unet import SPADCachedUNet  # noqa: E402
+from spadfast.models.unet import SPADUNet  # noqa: E402
+from spadfast.runtime.cpu_features import cpu_has_native_bf16  # noqa: E402
 
 
 def build(name: str, channels_last: bool = False) -> torch.nn.Module:

@@ -67,7 +67,7 @@ def main() -> int:
     for n in nodes:
         n.wait()
     rows.append(("train, 2 nodes x 1 process (localhost)", f"{_steps_per_s(out / 'n2'):.2f} steps/s (global batch 16)"))
-    from spadfast.synthetic import write_synthetic_folder
+    from spadfast.data.synthetic import write_synthetic_folder
 
     data = write_synthetic_folder(out / "images", 64, 32, seed=0)
     predict = ["-m", "spadfast", "predict", "--checkpoint", str(out / "w1"), "--images", str(data / "images"),

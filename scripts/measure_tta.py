@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spadfast.evaluate import evaluate_folders
-from spadfast.predict import Segmenter, predict_folder
-from spadfast.study_stats import t_interval
+from spadfast.evaluation.evaluate import evaluate_folders
+from spadfast.infer.segmenter import Segmenter, predict_folder
+from spadfast.study.stats import t_interval
 
 
 def _score(segmenter, images: Path, gt: Path, tta: bool, steps: int, ensemble: int) -> dict:

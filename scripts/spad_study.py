@@ -122,8 +122,8 @@ def prepare(out: Path, folds: int, wheel: Path | None) -> None:
 def run(out: Path, folds: int, seeds: int, variants: tuple[str, ...], datasets: tuple[str, ...]) -> None:
     import torch
 
-    from spadfast.ablate import run_ablation
     from spadfast.config import SPADConfig
+    from spadfast.study.ablate import run_ablation
 
     torch.set_num_threads(1)
     base = SPADConfig.preset("cpu-small", **BASE).to_dict()
@@ -149,8 +149,8 @@ def evaluate(out: Path) -> int:
     counts x ensemble sizes, on its fold's clean test tiles."""
     import torch
 
-    from spadfast.files import write_text_atomic
-    from spadfast.study_eval import evaluate_checkpoint
+    from spadfast.io.files import write_text_atomic
+    from spadfast.study.grid_eval import evaluate_checkpoint
 
     torch.set_num_threads(1)
     n = 0
@@ -168,10 +168,10 @@ def evaluate(out: Path) -> int:
 
 
 def trivial_baselines(out: Path, folds: Sequence[int]) -> dict[str, float]:
-    """Dice of two thresholds without training, on the same test tiles (:mod:`spadfast.baselines`): Otsu per tile,
+    """Dice of two thresholds without training, on the same test tiles (:mod:`spadfast.evaluation.baselines`): Otsu per tile,
     and one intensity threshold tuned on each fold's training tiles; the mean over every fold's test tiles."""
-    from spadfast.baselines import trivial_baselines as fold_baselines
-    from spadfast.files import index_folder, read_mask
+    from spadfast.evaluation.baselines import trivial_baselines as fold_baselines
+    from spadfast.io.files import index_folder, read_mask
 
     def tiles(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
         files = index_folder(folder / "images")
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "prepare":
         prepare(args.out, args.folds, args.wheel)
     elif args.step == "run":
-        from spadfast.preemption import EXIT_STOPPED, Stopped
+        from spadfast.runtime.preemption import EXIT_STOPPED, Stopped
 
         prepare(args.out, args.folds, args.wheel)
         try:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         baselines = json.loads(baselines_file.read_text()) if baselines_file.is_file() else None
         confirm_file = args.dest / CONFIRMATORY_BASELINES
         confirm_baselines = json.loads(confirm_file.read_text()) if confirm_file.is_file() else None
-        from spadfast.ablate import slug
+        from spadfast.study.ablate import slug
 
         plan = [(d, f"fold{k}", slug(v), s) for s in range(args.seeds) for k in range(args.folds)
                 for d in args.datasets for v in args.variants]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spadfast.study_stats import hierarchical_bootstrap, holm, t_interval, t_pvalue, unit_differences, verdict
+from spadfast.study.stats import hierarchical_bootstrap, holm, t_interval, t_pvalue, unit_differences, verdict
 
 STEPS = (1, 2, 5, 10, 25)
 ENSEMBLES = (1, 5)
@@ -271,7 +271,7 @@ PROTOCOL = """## Protocol
   and a smooth contour warp (up to 1.5 px); 24.9 % of the foreground area changes. Test masks are always clean.
 - **Training**: the `cpu-small` preset (cached-encoder model, 16 channels, x0 prediction), 1000 steps of 16 tiles,
   `val_every` 0, through `spadfast ablate --config` (one folder per data set and fold), seeds 0, 1, 2.
-- **Variants** (`spadfast.ablate.variant_overrides`): baseline (perturbation off); SPAD (target mode, the
+- **Variants** (`spadfast.study.ablate.variant_overrides`): baseline (perturbation off); SPAD (target mode, the
   default); SPAD input (x_t from the perturbed mask on half of each batch, clean target); DDPM-IP (gamma 0.1);
   SPAD no-fade and SPAD input no-fade (PaS horizon twice the run); supervised (not diffusion: the same network,
   one forward pass, BCE + Dice, same tiles and steps); structured (SPAD input with cell erasure, per-object
@@ -284,9 +284,9 @@ PROTOCOL = """## Protocol
   (`spad_study/confirmatory.md`): structured vs baseline on clean annotations, on folds 2 and 3 (held-out strips
   2 and 3), seeds 0-2; on the same folds, the primary comparisons again (registered likewise), pooled with folds 0-1
   beside the planned result.
-- **Evaluation** (`spadfast.study_eval`): every run's EMA weights at 1, 2, 5, 10 and 25 DDIM steps, with 1 and 5
+- **Evaluation** (`spadfast.study.grid_eval`): every run's EMA weights at 1, 2, 5, 10 and 25 DDIM steps, with 1 and 5
   members (the first k of one 5-member draw), initial noise keyed per tile name (common random numbers).
-- **Statistics** (`spadfast.study_stats`): unit = training run (fold, seed); mean paired difference to the baseline
+- **Statistics** (`spadfast.study.stats`): unit = training run (fold, seed); mean paired difference to the baseline
   with a t-interval over runs and a hierarchical bootstrap (seeds within folds, tiles within runs); Holm for the
   secondary comparisons; a result is null when its whole interval lies inside +-0.003 Dice.
 

@@ -1,5 +1,7 @@
 """spadfast: fast Structure- and Progress-Aware Diffusion (SPAD) for medical image segmentation."""
 
+import sys as _sys
+
 from ._version import __version__
 
 
@@ -29,12 +31,20 @@ def _register_source_kernels() -> None:
 
 _register_source_kernels()
 
-from . import metrics, ops, reference, schedule  # noqa: E402
+from . import ops  # noqa: E402
 from .config import PerturbConfig, SPADConfig  # noqa: E402
-from .perturb import spad_perturb  # noqa: E402
-from .predict import Segmenter  # noqa: E402
-from .sampler import DDIMSampler, SampleResult  # noqa: E402
-from .trainer import SPADTrainer  # noqa: E402
+from .diffusion import schedule  # noqa: E402
+from .diffusion.perturb import spad_perturb  # noqa: E402
+from .diffusion.sampler import DDIMSampler, SampleResult  # noqa: E402
+from .evaluation import metrics  # noqa: E402
+from .infer.segmenter import Segmenter  # noqa: E402
+from .ops import reference  # noqa: E402
+from .train.trainer import SPADTrainer  # noqa: E402
+
+# DESIGN.md's public paths `spadfast.metrics.dice` and `spadfast.schedule.make_betas` keep importing
+# (`from spadfast.metrics import dice`): the same module objects as their homes in evaluation/ and diffusion/.
+_sys.modules[__name__ + ".metrics"] = metrics
+_sys.modules[__name__ + ".schedule"] = schedule
 
 __all__ = [
     "__version__",

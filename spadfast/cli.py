@@ -1,21 +1,21 @@
 """Command line: ``spadfast {demo,train,predict,evaluate,export,verify,plot,ablate}`` (also ``python -m spadfast``).
 
-Every command checks its output paths before any work (:mod:`spadfast.paths`) and turns a bad input, a bad path or
+Every command checks its output paths before any work (:mod:`spadfast.io.paths`) and turns a bad input, a bad path or
 an ``OSError`` into one line naming the argument, key or file, with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import importlib
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from . import distributed as dist_utils
 from ._version import __version__
+from .runtime import distributed as dist_utils
 
 COMMANDS = ("demo", "train", "predict", "evaluate", "export", "verify", "plot", "ablate")
 # config keys that a resumed run may change with --config (the rest define the run and must match the checkpoint)
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel size DY DX (PNG; default 1 1) or voxel size D0 D1 D2 overriding NIfTI headers")
     p.add_argument("--ignore", type=int, metavar="VALUE",
                    help="ground-truth value of unannotated pixels (e.g. 255): scored as neither class nor error")
-    from .report import add_arguments as add_report_arguments
+    from .evaluation.report import add_arguments as add_report_arguments
 
     add_report_arguments(p)
 
@@ -111,11 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", action="append", metavar="SM",
                    help="target for --compile-only, e.g. sm_80, sm_90 (repeatable; default: sm_80 and sm_90)")
 
-    from .ablate import add_arguments as add_ablate_arguments
-    from .plots import add_arguments as add_plot_arguments
+    from .evaluation.plots import add_arguments as add_plot_arguments
+    from .study.ablate import add_arguments as add_ablate_arguments
 
     add_plot_arguments(sub.add_parser("plot", help="training curves (loss, validation Dice, PaS) of a run"))
-    from .export import add_arguments as add_export_arguments
+    from .models.export import add_arguments as add_export_arguments
 
     add_export_arguments(sub.add_parser("export", help="a run's EMA weights and config as one small file to ship"))
     add_ablate_arguments(sub.add_parser("ablate", help="train and compare SPAD, w/o ScD, w/o BcD and the baseline"))
@@ -155,8 +155,8 @@ def _check_steps(steps: int | None) -> None:
 
 
 def cmd_train(args) -> int:
-    from .paths import check_input_dir
-    from .runlock import hold_run_lock
+    from .io.paths import check_input_dir
+    from .runtime.runlock import hold_run_lock
 
     _check_steps(args.steps)
     for name, folder in (("--data", args.data), ("--val", args.val)):
@@ -170,16 +170,16 @@ def cmd_train(args) -> int:
 
 
 def _train_out(out: Path) -> Path:
-    from .paths import check_output_dir
+    from .io.paths import check_output_dir
 
     return check_output_dir(out, "--out", overwrite=True)  # a folder the lock file can go in
 
 
 def _train_locked(args) -> int:
-    from .checkpoint import resolve_path
-    from .files import remove_stale_temps
-    from .paths import check_output_dir
-    from .trainer import SPADTrainer
+    from .io.files import remove_stale_temps
+    from .io.paths import check_output_dir
+    from .models.checkpoint import resolve_path
+    from .train.trainer import SPADTrainer
 
     run = Path(args.out)
     checkpoint = resolve_path(run)
@@ -239,7 +239,7 @@ def _train_locked(args) -> int:
         print(hint, file=sys.stderr, flush=True)
     trainer.fit()
     if trainer.stopped_by:  # fit saved this step's checkpoint before stopping
-        from .preemption import EXIT_STOPPED
+        from .runtime.preemption import EXIT_STOPPED
 
         if trainer.rank == 0:
             print(f"spadfast train: stopped at step {trainer.step} by {trainer.stopped_by}; checkpoint "
@@ -254,8 +254,8 @@ def _train_locked(args) -> int:
 def _volume_data(cfg, data: Path, config_file: Path | None):
     """For a Decathlon / nnU-Net folder: read it once and take ``num_classes``, ``image_channels`` and the slicing
     axis from it (a config file that sets them differently is an error naming the key)."""
-    from .batches import volume_dataset
-    from .nifti import is_volume_folder
+    from .data.batches import volume_dataset
+    from .io.nifti import is_volume_folder
 
     if not is_volume_folder(data):
         return cfg, data
@@ -271,15 +271,14 @@ def _volume_data(cfg, data: Path, config_file: Path | None):
 
 
 def cmd_predict(args) -> int:
-    from .checkpoint import resolve_path
-    from .paths import check_input_dir, check_output_dir, model_inputs
-    from .predict import Segmenter, check_members, predict_folder
-
-    from .onnx_model import check_runtime
+    from .infer.onnx_model import check_runtime
+    from .infer.segmenter import Segmenter, check_members, predict_folder
+    from .io.paths import check_input_dir, check_output_dir, model_inputs
+    from .models.checkpoint import resolve_path
 
     check_input_dir(args.images, "--images")
     if args.overlay:
-        from .input_folders import check_no_volumes
+        from .io.input_folders import check_no_volumes
 
         check_no_volumes(args.images, "--overlay draws contours on 2-D images")
     onnx = check_runtime(args.checkpoint, args.runtime, args.compile, args.amp, args.device)
@@ -306,16 +305,16 @@ def cmd_predict(args) -> int:
               Segmenter.from_checkpoint(c, device=args.device, amp=args.amp, compile=args.compile)
               for c, o in zip(args.checkpoint, onnx)]
     if len(models) > 1:
-        from .model_ensemble import ModelEnsemble
+        from .infer.ensemble import ModelEnsemble
 
         segmenter = ModelEnsemble(models, [str(c) for c in args.checkpoint])
     else:
         segmenter = models[0]
     check_members(segmenter, args.ensemble, args.tta, name="--ensemble")  # before any sampling
-    from .nifti import volume_files
+    from .io.nifti import volume_files
 
     if volume_files(args.images):
-        from .predict_volumes import predict_volume_folder
+        from .infer.volumes import predict_volume_folder
 
         names = predict_volume_folder(  # preprocessed as the model was trained (its config, read there)
             segmenter, args.images, args.out, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
@@ -344,19 +343,19 @@ def _print_total(count: int, what: str, out) -> None:
 
 def cmd_export(args) -> int:
     if args.format == "onnx":
-        from .onnx_export import main as onnx_main
+        from .infer.onnx_export import main as onnx_main
 
         return onnx_main(args)
-    from .export import main as export_main
+    from .models.export import main as export_main
 
     return export_main(args)
 
 
 def cmd_evaluate(args) -> int:
-    from . import report as report_mod
-    from .evaluate import evaluate_folders, format_table
-    from .files import write_text_atomic
-    from .paths import check_input_dir, check_output_file
+    from .evaluation import report as report_mod
+    from .evaluation.evaluate import evaluate_folders, format_table
+    from .io.files import write_text_atomic
+    from .io.paths import check_input_dir, check_output_file
 
     check_input_dir(args.pred, "--pred")
     check_input_dir(args.gt, "--gt")
@@ -381,7 +380,7 @@ def cmd_evaluate(args) -> int:
 def cmd_demo(args) -> int:
     from .config import SPADConfig
     from .demo import demo_config, run_demo, summary_line
-    from .paths import check_output_dir
+    from .io.paths import check_output_dir
 
     _check_steps(args.steps)
     own = ("run", "test", "pred", "overlays", "metrics.json", "baselines.json", "config.json", "perturbation.png")
@@ -430,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"demo": cmd_demo, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-               "verify": cmd_verify, "plot": _delegate("plots"), "ablate": _delegate("ablate"), "export": cmd_export}[args.command]
+               "verify": cmd_verify, "plot": _delegate("evaluation.plots"), "ablate": _delegate("study.ablate"), "export": cmd_export}[args.command]
     t0 = time.perf_counter()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a torchrun worker: see distributed.exit_process
     try:

@@ -8,86 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._constants import BACKENDS, INTENSITY_NORMS, PREDICTION_TYPES
-from ._fields import check_fields
-from ._validation import MAX_BAND_RADIUS
-from .augmentation import AugmentConfig
-from .schedule import BETA_SCHEDULES, PROGRESS_KINDS, TIMESTEP_SPACINGS
+from .data.augmentation import AugmentConfig
+from .diffusion.perturb import PerturbConfig
+from .diffusion.schedule import BETA_SCHEDULES, TIMESTEP_SPACINGS
+from .ops.constants import BACKENDS, INTENSITY_NORMS, PREDICTION_TYPES
+from .ops.fields import check_fields
 
-PERTURB_MODES = ("target", "input", "condition")  # spadfast.training_inputs
+PERTURB_MODES = ("target", "input", "condition")  # spadfast.diffusion.training_inputs
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
 OBJECTIVES = ("diffusion", "supervised")
-SCD_KINDS = ("noise", "erase")  # supervised: the non-diffusion reference (spadfast.training_inputs)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
-
-
-@dataclass
-class PerturbConfig:
-    """Knobs of the SPAD perturbation (see the module docstring; documented in the README)."""
-
-    enabled: bool = True
-    pas_kind: str = "cosine"  # linear | cosine | step
-    pas_end: float = 0.8  # progress at which the perturbation reaches 0 (the rest of training sees clean masks)
-    pas_stages: int = 4  # plateaus of the "step" kind
-    pas_floor: float = 0.0  # PaS strength never drops below this (0: fades to clean masks; > 0: never fades out)
-    scd_max: float = 0.5  # ScD noise std at p = 0 (mask units)
-    anchor_size: int = 4  # anchor cell side, pixels
-    keep_ratio: float = 0.25  # fraction of anchor cells left unaltered
-    bcd_max: float = 0.3  # BcD noise std at p = 0
-    blur_sigma_max: float = 2.0  # BcD Gaussian width at p = 0, pixels
-    band_radius_max: int = 3  # BcD band half-width at p = 0, pixels
-    # > 0: each object's BcD band and blur scaled by min(1, frac * its equivalent radius / band_radius_max) (0: off)
-    bcd_object_frac: float = 0.0
-    clamp: bool = True
-    scd_kind: str = "noise"  # noise: N(0, scd_max f) inside the target; erase: a share scd_max f of cells erased
-    morph_px: int = 0  # structured: each object dilated or eroded by up to round(morph_px f) px (0: off)
-    warp_px: float = 0.0  # structured: smooth contour warp of peak warp_px f px (0: off)
-    blob_count: float = 0.0  # structured: Poisson(blob_count f) spurious disks outside the target (0: off)
-    blob_radius: int = 3  # radius of those disks, px
-    scd: bool = True  # ScD on; off, the target keeps its clean values (outside BcD's band)
-    bcd: bool = True  # BcD on; off, the boundary keeps ScD's values (no band override)
-
-    def __post_init__(self) -> None:
-        check_fields(self, _NULLABLE)
-        if self.pas_kind not in PROGRESS_KINDS:
-            raise ValueError(f"`pas_kind` must be one of {PROGRESS_KINDS}, got {self.pas_kind!r}")
-        if not 0 < self.pas_end <= 1:
-            raise ValueError(f"`pas_end` must lie in (0, 1], got {self.pas_end}")
-        for name in ("scd_max", "bcd_max", "blur_sigma_max", "bcd_object_frac"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.pas_floor <= 1:
-            raise ValueError(f"`pas_floor` must lie in [0, 1], got {self.pas_floor}")
-        if not 0 <= self.keep_ratio <= 1:
-            raise ValueError(f"`keep_ratio` must lie in [0, 1], got {self.keep_ratio}")
-        if self.anchor_size < 1 or self.band_radius_max < 0 or self.pas_stages < 1:
-            raise ValueError("`anchor_size` and `pas_stages` must be >= 1 and `band_radius_max` >= 0")
-        if self.scd_kind not in SCD_KINDS:
-            raise ValueError(f"`scd_kind` must be one of {SCD_KINDS}, got {self.scd_kind!r}")
-        if self.scd_kind == "erase" and self.scd_max > 1:
-            raise ValueError(f"`scd_max` is a share of cells with scd_kind 'erase' and must be <= 1, got {self.scd_max}")
-        if self.morph_px < 0 or self.warp_px < 0 or self.blob_count < 0 or self.blob_radius < 0:
-            raise ValueError("`morph_px`, `warp_px`, `blob_count` and `blob_radius` must be >= 0")
-        if self.band_radius_max > MAX_BAND_RADIUS:
-            raise ValueError(f"`band_radius_max` must be <= {MAX_BAND_RADIUS} (boundary_blur's band limit), got "
-                             f"{self.band_radius_max}")
-
-    @property
-    def scd_active(self) -> bool:
-        """ScD changes masks: the perturbation and ScD are on and ``scd_max > 0``."""
-        return self.enabled and self.scd and self.scd_max > 0
-
-    @property
-    def structured_active(self) -> bool:
-        """A structured corruption (:mod:`spadfast.structured_perturb`) is on."""
-        return self.enabled and (self.morph_px > 0 or self.warp_px > 0 or self.blob_count > 0)
-
-    @property
-    def bcd_active(self) -> bool:
-        """BcD changes masks: the perturbation and BcD are on and not all of its settings are 0 (with all 0, BcD
-        would only reset ScD's noise on the edge pixels)."""
-        return self.enabled and self.bcd and (self.bcd_max > 0 or self.blur_sigma_max > 0 or self.band_radius_max > 0)
 
 
 @dataclass
@@ -173,7 +104,7 @@ class SPADConfig:
     val_every: int = 0
     val_samples: int = 16
     checkpoint_every: int = 0
-    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")  # finish the step, checkpoint, exit (spadfast.preemption)
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")  # finish the step, checkpoint, exit (spadfast.runtime.preemption)
     progress_bar: bool = True
     # sampling
     sample_steps: int = 5  # the knee of docs/fewstep_curve.png: more steps did not improve Dice on the demo split
@@ -270,7 +201,7 @@ class SPADConfig:
             (self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 disables periodic checkpoints)"),
             (_plain_file_name(self.log_file), "log_file", "a plain, non-empty file name (no folders)"),
         ]
-        from .preemption import check_signal_names
+        from .runtime.preemption import check_signal_names
 
         self.stop_signals = check_signal_names(self.stop_signals)
         for ok, name, what in checks:
@@ -331,7 +262,7 @@ class SPADConfig:
         off CUDA, with a warning); a header without a spadfast trainer's keys is a ValueError naming ``source``."""
         import warnings
 
-        from .distributed import resolve_device
+        from .runtime.distributed import resolve_device
 
         needed = ("config",) if meta.get("kind") == "export" else ("config", "step", "optimizer_param_groups")
         for key in needed:

@@ -3,7 +3,7 @@
 Outputs under ``OUT``: ``run/checkpoint.safetensors`` and ``run/log.jsonl``, ``test/images`` + ``test/masks`` (the
 held-out split), ``pred/`` (0/255 PNG masks), ``overlays/`` (image with predicted contour in green and ground truth in
 red), ``metrics.json`` (the ``evaluate`` format), ``baselines.json`` (the trivial baselines' Dice on the same split:
-:mod:`spadfast.baselines`), ``config.json`` (the run's config), ``perturbation.png`` (rows p = 0, 0.25, 0.5, 0.75, 1;
+:mod:`spadfast.evaluation.baselines`), ``config.json`` (the run's config), ``perturbation.png`` (rows p = 0, 0.25, 0.5, 0.75, 1;
 columns mask, Canny edges, ScD, BcD, both: what SPAD does to a mask, when it is on).
 """
 
@@ -19,8 +19,8 @@ import cv2
 import torch
 
 from .config import SPADConfig
-from .files import write_text_atomic
-from .visualize import perturbation_grid
+from .evaluation.visualize import perturbation_grid
+from .io.files import write_text_atomic
 
 TEST_SEED = 987_654
 
@@ -45,10 +45,10 @@ def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int =
 
     The demo owns ``OUT/run``, ``OUT/test``, ``OUT/pred`` and ``OUT/overlays``: a re-run deletes and rewrites them.
     """
-    from .synthetic import SyntheticLesions, write_synthetic_folder
-    from .evaluate import evaluate_folders
-    from .predict import predict_folder
-    from .trainer import SPADTrainer
+    from .data.synthetic import SyntheticLesions, write_synthetic_folder
+    from .evaluation.evaluate import evaluate_folders
+    from .infer.segmenter import predict_folder
+    from .train.trainer import SPADTrainer
 
     out = Path(out)
     cfg = config or demo_config()
@@ -77,11 +77,11 @@ def run_demo(out: str | Path, config: SPADConfig | None = None, test_size: int =
 
 
 def _baselines(cfg: SPADConfig, test_dir: Path) -> dict[str, float]:
-    """:func:`spadfast.baselines.trivial_baselines` on the demo's held-out split, tuned on (up to 256 of) the
+    """:func:`spadfast.evaluation.baselines.trivial_baselines` on the demo's held-out split, tuned on (up to 256 of) the
     synthetic training images the model saw."""
-    from .baselines import to_uint8, trivial_baselines
-    from .files import index_folder, read_mask
-    from .synthetic import SyntheticLesions
+    from .data.synthetic import SyntheticLesions
+    from .evaluation.baselines import to_uint8, trivial_baselines
+    from .io.files import index_folder, read_mask
 
     train = SyntheticLesions(min(cfg.synthetic_train, 256), image_size=cfg.image_size, seed=cfg.seed,
                              channels=cfg.image_channels)

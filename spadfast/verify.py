@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import ops
-from .op_table import OPS, TOLERANCES
+from .ops.op_table import OPS, TOLERANCES
 
 if TYPE_CHECKING:  # the kernel package needs Triton; spadfast imports without it
     from spadfast.kernels.variants import VerifyCase

@@ -9,7 +9,7 @@ import pytest
 
 from spadfast import __version__
 from spadfast.cli import main
-from spadfast.synthetic import write_synthetic_folder
+from spadfast.data.synthetic import write_synthetic_folder
 
 from .helpers import tiny_config
 
@@ -105,8 +105,8 @@ def test_demo_small(tmp_path, capsys):
 def test_resume_with_more_steps_keeps_the_pas_horizon(tmp_path):
     """``train --resume --steps 2N`` after N steps: PaS keeps its N-step horizon, so the extra steps see clean
     masks (progress >= 1) instead of re-opening the perturbation."""
-    from spadfast.checkpoint import read_checkpoint
-    from spadfast.perturb import perturb_factor
+    from spadfast.diffusion.perturb import perturb_factor
+    from spadfast.models.checkpoint import read_checkpoint
 
     data = write_synthetic_folder(tmp_path / "data", 6, 16, seed=0)
     cfg = _config_file(tmp_path)
@@ -134,9 +134,8 @@ def test_demo_rerun_replaces_its_own_outputs(tmp_path):
 
 
 def test_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
-    import spadfast.checkpoint as ckpt
-
-    from .test_checkpoint import _full_disk
+    import spadfast.models.checkpoint as ckpt
+    from tests.models.test_checkpoint import _full_disk
 
     data = write_synthetic_folder(tmp_path / "data", 6, 16, seed=0)
     run = tmp_path / "run"

@@ -135,10 +135,10 @@ def test_compile_mode_is_one_of_torch_compiles_modes():
 def test_a_gpu_sized_config_on_the_cpu_gets_one_warning_line_with_the_fix(tmp_path, capsys, monkeypatch):
     """Issue 29.15: ``train --preset gpu-base`` on a CPU prints one line naming the cpu presets before training;
     the cpu presets, and gpu-base on CUDA, print nothing."""
-    from spadfast import trainer as trainer_module
     from spadfast.cli import main
     from spadfast.config import cpu_training_hint
-    from spadfast.synthetic import write_synthetic_folder
+    from spadfast.data.synthetic import write_synthetic_folder
+    from spadfast.train import trainer as trainer_module
 
     gpu = SPADConfig.preset("gpu-base")
     assert "cpu-small" in cpu_training_hint(gpu, "cpu") and "~14x" in cpu_training_hint(gpu, "cpu")

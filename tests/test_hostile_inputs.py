@@ -3,7 +3,7 @@ key, before any work, and leaves every file as it was (hashes compared). The tab
 add a row for each new case, so that the class stays closed.
 
 Not covered here: an unwritable folder (these tests may run as root, for whom every folder is writable; the check
-is :func:`spadfast.paths.check_writable_dir`, exercised with a file standing in the way instead).
+is :func:`spadfast.io.paths.check_writable_dir`, exercised with a file standing in the way instead).
 """
 
 import hashlib
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from spadfast import SPADTrainer
-from spadfast.synthetic import write_synthetic_folder
+from spadfast.data.synthetic import write_synthetic_folder
 
 from .helpers import tiny_config
 
@@ -63,7 +63,7 @@ def world(tmp_path_factory) -> Path:
     (root / "run_flipped").mkdir()
     (root / "run_flipped" / "checkpoint.safetensors").write_bytes(bytes(flipped))
 
-    from spadfast.checkpoint import read_checkpoint, write_checkpoint
+    from spadfast.models.checkpoint import read_checkpoint, write_checkpoint
 
     tensors, meta = read_checkpoint(root / "run")
     name = next(k for k in tensors if k.startswith("ema.") and tensors[k].is_floating_point())
@@ -79,7 +79,7 @@ def world(tmp_path_factory) -> Path:
         (root / f"cfg_{key}.json").write_text(json.dumps({**cfg.to_dict(), key: value}))
     (root / "cfg_resume_size.json").write_text(json.dumps({"image_size": 32}))
     (root / "cfg_resume_steps.json").write_text(json.dumps({"train_steps": 1}))
-    from spadfast.synthetic_volumes import write_demo_volumes
+    from spadfast.data.synthetic_volumes import write_demo_volumes
 
     write_demo_volumes(root / "vols", n_cases=1, shape=(16, 16, 3), num_classes=2, n_test=1)
     (root / "bad.yaml").write_text("image_size: [unclosed\n")
@@ -184,7 +184,7 @@ def test_resume_without_data_uses_the_recorded_folder(world, tmp_path):
     shutil.copytree(world / "run", run)
     proc = _run("train", "--out", str(run), "--resume", "--steps", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from spadfast.checkpoint import read_checkpoint
+    from spadfast.models.checkpoint import read_checkpoint
 
     _, meta = read_checkpoint(run)
     assert meta["step"] == 3 and meta["data"]["train"]["path"] == str((world / "data").resolve())

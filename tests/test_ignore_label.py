@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from spadfast import SPADTrainer
-from spadfast.class_scores import present_class_dice
-from spadfast.evaluate import evaluate_folders
-from spadfast.folders import SegmentationFolder
-from spadfast.patches import patch_corner
-from spadfast.training_inputs import supervised_loss
+from spadfast.data.folders import SegmentationFolder
+from spadfast.data.patches import patch_corner
+from spadfast.diffusion.training_inputs import supervised_loss
+from spadfast.evaluation.class_scores import present_class_dice
+from spadfast.evaluation.evaluate import evaluate_folders
 
 from .helpers import tiny_config
 

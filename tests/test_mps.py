@@ -7,9 +7,9 @@ import torch
 
 from spadfast import cli
 from spadfast.config import SPADConfig
-from spadfast.distributed import resolve_device
+from spadfast.infer.segmenter import _resolve_amp
 from spadfast.ops import resolve_backend
-from spadfast.predict import _resolve_amp
+from spadfast.runtime.distributed import resolve_device
 
 HAS_MPS = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
 

@@ -16,14 +16,14 @@ nib = pytest.importorskip("nibabel")
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory):
-    from spadfast.synthetic_volumes import write_demo_volumes
+    from spadfast.data.synthetic_volumes import write_demo_volumes
 
     return write_demo_volumes(tmp_path_factory.mktemp("vol") / "Task01", n_cases=3, shape=(20, 18, 6),
                               num_classes=3, n_test=2)
 
 
 def test_trainer_and_sampler_carry_one_channel_per_class(volumes):
-    from spadfast.volumes import VolumeSlices
+    from spadfast.data.volumes import VolumeSlices
 
     ds = VolumeSlices(volumes, image_size=16)
     val = VolumeSlices(volumes, image_size=16, foreground_fraction=None)
@@ -43,7 +43,7 @@ def test_binary_is_the_c2_case_against_diffusers():
     """num_classes=2 is the binary model: one mask channel, probabilities from a DDIM loop run independently by
     diffusers over the same EMA model and noise, mask = probs > threshold, labels = mask."""
     DDIMScheduler = pytest.importorskip("diffusers").DDIMScheduler  # absent on some GPU machines
-    from spadfast.schedule import make_betas
+    from spadfast.diffusion.schedule import make_betas
 
     trainer = SPADTrainer(tiny_config(num_classes=2, threshold=0.3))
     assert trainer.config.mask_channels == 1
@@ -118,7 +118,7 @@ def test_validate_scores_a_known_prediction(M, predict):
 
 
 def test_synthetic_data_refuses_and_binary_png_masks_name_their_255_under_more_classes(tmp_path):
-    from spadfast.synthetic import write_synthetic_folder
+    from spadfast.data.synthetic import write_synthetic_folder
 
     with pytest.raises(ValueError, match="synthetic"):
         SPADTrainer(tiny_config(num_classes=3))
@@ -133,7 +133,7 @@ def test_decathlon_train_predict_evaluate_through_the_cli(volumes, tmp_path, cap
                                if k not in ("num_classes", "image_channels", "slice_axis")}))
     run = tmp_path / "run"
     assert main(["train", "--data", str(volumes), "--out", str(run), "--config", str(cfg)]) == 0
-    from spadfast.checkpoint import read_checkpoint
+    from spadfast.models.checkpoint import read_checkpoint
 
     config = read_checkpoint(run)[1]["config"]
     assert config["num_classes"] == 3 and config["image_channels"] == 1 and config["slice_axis"] == 2

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from spadfast import SPADTrainer
-from spadfast.evaluate import evaluate_folders
-from spadfast.folders import SegmentationFolder
-from spadfast.predict import Segmenter, predict_folder
+from spadfast.data.folders import SegmentationFolder
+from spadfast.evaluation.evaluate import evaluate_folders
+from spadfast.infer.segmenter import Segmenter, predict_folder
 
 from .helpers import tiny_config
 
@@ -93,7 +93,7 @@ def test_palette_pngs_are_read_by_index_for_training_and_evaluation(tmp_path):
 
 
 def test_binary_palette_mask_is_foreground_by_index(tmp_path):
-    from spadfast.files import read_mask
+    from spadfast.io.files import read_mask
 
     labels = (np.random.default_rng(5).random((9, 13)) > 0.5).astype(np.uint8)
     _as_palette_png(tmp_path / "m.png", labels, [(255, 255, 255), (200, 30, 30)])  # background drawn white

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from spadfast import SPADTrainer
-from spadfast.batches import batch_iterator
-from spadfast.folders import SegmentationFolder
-from spadfast.patches import PatchDraws
-from spadfast.predict import Segmenter, predict_folder
+from spadfast.data.batches import batch_iterator
+from spadfast.data.folders import SegmentationFolder
+from spadfast.data.patches import PatchDraws
+from spadfast.infer.segmenter import Segmenter, predict_folder
 
 from .helpers import tiny_config
 
-ERA = Path(__file__).parent / "data" / "resize_era"
+ERA = Path(__file__).parent / "fixtures" / "resize_era"
 
 
 def _folder(root: Path, sizes, seed: int = 0) -> Path:
@@ -95,7 +95,8 @@ def test_checkpoints_from_before_the_key_resize_and_predict_exactly_as_then(tmp_
     segmenter = Segmenter.from_checkpoint(ERA)
     assert segmenter.config.resize is True
     probs = segmenter.segment(torch.from_numpy(np.load(ERA / "input.npy")), steps=2, ensemble=2).probs
-    assert torch.equal(probs, torch.from_numpy(np.load(ERA / "probs.npy")))
+    # float rounding differs between CPUs' convolution kernels (see test_unet's stored-checkpoint test)
+    torch.testing.assert_close(probs, torch.from_numpy(np.load(ERA / "probs.npy")), rtol=0, atol=1e-6)
     out = tmp_path / "pred"
     predict_folder(segmenter, ERA / "images", out, steps=2, ensemble=2)
     for f in sorted((ERA / "pred").glob("*.png")):
@@ -105,8 +106,8 @@ def test_checkpoints_from_before_the_key_resize_and_predict_exactly_as_then(tmp_
 
 
 def test_native_volume_training_cuts_patches_from_native_slices(tmp_path):
-    from spadfast.synthetic_volumes import write_demo_volumes
-    from spadfast.volumes import VolumeSlices
+    from spadfast.data.synthetic_volumes import write_demo_volumes
+    from spadfast.data.volumes import VolumeSlices
 
     root = write_demo_volumes(tmp_path / "vols", n_cases=2, shape=(40, 28, 6), num_classes=3, n_test=0)
     trainer = SPADTrainer(tiny_config(num_classes=3, train_steps=2, resize=False, image_size=16), root, root)
@@ -119,7 +120,7 @@ def test_native_volume_training_cuts_patches_from_native_slices(tmp_path):
 
 
 def test_images_of_the_window_size_predict_as_with_resize(tmp_path):
-    from spadfast.synthetic import write_synthetic_folder
+    from spadfast.data.synthetic import write_synthetic_folder
 
     data = write_synthetic_folder(tmp_path / "data", 3, 16, seed=2)
     trainer = SPADTrainer(tiny_config(train_steps=1, resize=False))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spadfast import SPADTrainer
-from spadfast.checkpoint import read_checkpoint
+from spadfast.models.checkpoint import read_checkpoint
 
 from .helpers import tiny_config
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spadfast.op_table import OPS
+from spadfast.ops.op_table import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 

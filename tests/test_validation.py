@@ -1,6 +1,6 @@
 """Argument checks at the public boundary: every bad input raises ValueError/TypeError naming the argument in backticks.
 
-Covers spadfast.reference.* and spadfast.ops.* (backend="reference"; backend dispatch errors for ops only).
+Covers spadfast.ops.reference.* and spadfast.ops.* (backend="reference"; backend dispatch errors for ops only).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from spadfast import ops, reference, schedule
-from spadfast._validation import (
+from spadfast import ops
+from spadfast.diffusion import schedule
+from spadfast.ops import reference
+from spadfast.ops.checks import (
     MAX_BAND_RADIUS,
     ArgumentTypeError,
     check_axis,
@@ -375,8 +377,8 @@ def test_check_number_allows_inf_only_when_asked():
 
 # ------------------------------------------------------------------------------------- scalar call sites
 def _tiny_sampler():
-    from spadfast.models import build_model
-    from spadfast.sampler import DDIMSampler
+    from spadfast.diffusion.sampler import DDIMSampler
+    from spadfast.models.factory import build_model
 
     from .helpers import tiny_config
 
@@ -389,25 +391,25 @@ def _sample(**kw):
 
 
 def _make_split(val_fraction=0.5, seed=0):
-    from spadfast.ablation_split import make_split
+    from spadfast.study.split import make_split
 
     return make_split(["a", "b", "c", "d"], val_fraction, seed)
 
 
 def _check_size(v):
-    from spadfast.files import check_size
+    from spadfast.io.files import check_size
 
     return check_size(v)
 
 
 def _surface(ndim):
-    from spadfast.metrics import surface
+    from spadfast.evaluation.metrics import surface
 
     return surface(np.zeros((3, 3, 3), bool), ndim=ndim)
 
 
 def _unet(**kw):
-    from spadfast.model import SPADUNet
+    from spadfast.models.unet import SPADUNet
 
     return SPADUNet(**{"in_channels": 2, "base_channels": 8, "channel_mults": (1,), "attention_levels": (), **kw})
 
@@ -496,7 +498,7 @@ def sampling_entry_points():
     import copy
 
     from spadfast import SPADTrainer
-    from spadfast.predict import Segmenter
+    from spadfast.infer.segmenter import Segmenter
 
     from .helpers import tiny_config
 
@@ -515,9 +517,9 @@ def sampling_entry_points():
 @pytest.mark.parametrize("entry", ["SPADTrainer.sample", "SPADTrainer.sample [C,H,W]", "SPADTrainer.segment",
                                    "Segmenter.segment", "DDIMSampler.sample"])
 def test_images_are_checked_exactly_once_per_public_sampling_call(entry, sampling_entry_points, monkeypatch):
-    import spadfast.predict
-    import spadfast.sampler
-    import spadfast.trainer
+    import spadfast.diffusion.sampler
+    import spadfast.infer.segmenter
+    import spadfast.train.trainer
 
     calls = []
 
@@ -525,7 +527,7 @@ def test_images_are_checked_exactly_once_per_public_sampling_call(entry, samplin
         calls.append(args)
         return check_images(*args, **kwargs)
 
-    for module in (spadfast.trainer, spadfast.sampler, spadfast.predict):
+    for module in (spadfast.train.trainer, spadfast.diffusion.sampler, spadfast.infer.segmenter):
         monkeypatch.setattr(module, "check_images", spy)
     sampling_entry_points[entry](torch.zeros(2, 1, 16, 16))
     assert len(calls) == 1

@@ -3,8 +3,8 @@ import importlib
 import numpy as np
 import torch
 
-import spadfast.profiling as profiling
-from spadfast.visualize import perturbation_grid
+import spadfast.runtime.profiling as profiling
+from spadfast.evaluation.visualize import perturbation_grid
 
 
 def test_perturbation_grid_layout():

@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import Dataset
 
 from spadfast import SampleResult, SPADTrainer
-from spadfast.batches import batch_iterator, validation_pairs
-from spadfast.synthetic_volumes import write_demo_volumes
-from spadfast.volumes import VolumeSlices
+from spadfast.data.batches import batch_iterator, validation_pairs
+from spadfast.data.synthetic_volumes import write_demo_volumes
+from spadfast.data.volumes import VolumeSlices
 
 from .helpers import tiny_config
 
@@ -197,8 +197,8 @@ def test_validation_dice_leaves_out_classes_absent_from_both_maps(name):
 def test_volume_slice_draws_follow_the_config_seed_on_every_path(demo, resize):
     """Issue 29.2: the library path (a folder given to the trainer, as ``--resume`` and ``ablate`` pass it) draws
     with ``config.seed``, as the CLI's fresh run does; two seeds draw different slices."""
-    from spadfast.batches import volume_dataset
     from spadfast.cli import _volume_data
+    from spadfast.data.batches import volume_dataset
 
     def draws(dataset) -> list:
         """Epoch 0's slice of every item, and the seed of the patch draws on top of them (resize: false)."""
@@ -217,8 +217,8 @@ def test_cli_volume_resume_with_a_seed_is_bit_identical(demo, tmp_path):
     same tensors (weights, EMA, optimizer, random streams) as an uninterrupted 4-step run."""
     import json
 
-    from spadfast.checkpoint import read_checkpoint
     from spadfast.cli import main
+    from spadfast.models.checkpoint import read_checkpoint
 
     config = tmp_path / "seed7.json"
     config.write_text(json.dumps({**tiny_config(seed=7, num_classes=2, pas_steps=4, log_every=1,
@@ -240,7 +240,7 @@ def test_validation_scores_the_labels_predict_writes(resize, monkeypatch):
     """Issue 29.8: where two class probabilities exceed the threshold, the pixel belongs to the likelier class only
     (``labels_from_probs``, what ``predict`` writes), on the resized and the native-resolution (sliding window)
     path alike. Class 1 is right; class 2 at 0.6 under it would count as a wrong class-2 pixel (Dice 0.5)."""
-    from spadfast import sliding_window
+    from spadfast.infer import sliding_window
 
     truth = torch.zeros(2, 2, 12, 12)
     truth[:, 0, 3:8, 3:9] = 1

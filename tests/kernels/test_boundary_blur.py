@@ -1,4 +1,4 @@
-"""Triton boundary_blur against spadfast.reference.boundary_blur, under TRITON_INTERPRET=1 on CPU.
+"""Triton boundary_blur against spadfast.ops.reference.boundary_blur, under TRITON_INTERPRET=1 on CPU.
 
 Explicit noise: equal to the reference to fp32 rounding (same taps, different summation order). In-kernel Philox:
 determinism, statistics of the noise in the band, bit-exact passthrough of ``base`` outside the band.
@@ -7,10 +7,11 @@ determinism, statistics of the noise in the band, bit-exact passthrough of ``bas
 import pytest
 import torch
 
-from spadfast import ops, reference
+from spadfast import ops
 from spadfast.kernels.boundary_blur import MAX_RADIUS
 from spadfast.kernels.boundary_blur import boundary_blur as triton_boundary_blur
-from spadfast.op_table import TOLERANCES
+from spadfast.ops import reference
+from spadfast.ops.op_table import TOLERANCES
 
 from .normal_stats import assert_standard_normal
 from .test_canny import random_mask

@@ -1,13 +1,14 @@
-"""Triton Canny against spadfast.reference.canny (byte-exact) and cv2.Canny, under TRITON_INTERPRET=1 on CPU."""
+"""Triton Canny against spadfast.ops.reference.canny (byte-exact) and cv2.Canny, under TRITON_INTERPRET=1 on CPU."""
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from spadfast.synthetic import blob_masks
-from spadfast import ops, reference
+from spadfast import ops
 from spadfast.kernels.canny import canny as triton_canny
+from spadfast.ops import reference
+from spadfast.ops.blobs import blob_masks
 
 
 def random_mask(shape, kind: str, seed: int = 0) -> torch.Tensor:

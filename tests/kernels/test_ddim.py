@@ -1,12 +1,13 @@
-"""Triton ``ddim_step`` against ``spadfast.reference.ddim_step`` and diffusers' ``DDIMScheduler.step``."""
+"""Triton ``ddim_step`` against ``spadfast.ops.reference.ddim_step`` and diffusers' ``DDIMScheduler.step``."""
 
 import pytest
 import torch
 
-from spadfast import ops, reference
+from spadfast import ops
 from spadfast.kernels.ddim import ddim_step as triton_ddim_step
-from spadfast._constants import PREDICTION_TYPES
-from spadfast.op_table import TOLERANCES
+from spadfast.ops import reference
+from spadfast.ops.constants import PREDICTION_TYPES
+from spadfast.ops.op_table import TOLERANCES
 
 from .layouts import LAYOUTS, column_major
 from .normal_stats import assert_standard_normal, assert_uncorrelated_neighbours

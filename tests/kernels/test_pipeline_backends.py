@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from spadfast.synthetic import blob_masks
 from spadfast import SPADTrainer, spad_perturb
+from spadfast.ops.blobs import blob_masks
 
 from ..helpers import tiny_config
 
@@ -61,9 +61,9 @@ def test_trainer_and_sampler_on_kernels(kernel_device, mode):
 def test_eta_noise_does_not_depend_on_chunking_on_kernels(kernel_device):
     """In-kernel Philox counters are (step, row, pixel): any chunking draws the same eta noise for a row."""
     from spadfast import DDIMSampler
-    from spadfast.schedule import alphas_cumprod, make_betas
+    from spadfast.diffusion.schedule import alphas_cumprod, make_betas
 
-    from ..test_sampler import ToyDenoiser
+    from ..diffusion.test_sampler import ToyDenoiser
 
     model = ToyDenoiser(2).to(kernel_device)
     ac = alphas_cumprod(make_betas("linear", 1000))

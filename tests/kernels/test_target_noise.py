@@ -1,11 +1,12 @@
-"""Triton ``target_noise`` (ScD) against ``spadfast.reference.target_noise``; statistics of the in-kernel Philox."""
+"""Triton ``target_noise`` (ScD) against ``spadfast.ops.reference.target_noise``; statistics of the in-kernel Philox."""
 
 import pytest
 import torch
 
-from spadfast import ops, reference
+from spadfast import ops
 from spadfast.kernels.target_noise import target_noise as triton_target_noise
-from spadfast.op_table import TOLERANCES
+from spadfast.ops import reference
+from spadfast.ops.op_table import TOLERANCES
 
 from .layouts import LAYOUTS, column_major
 from .normal_stats import assert_standard_normal, assert_uncorrelated_neighbours

@@ -1,7 +1,7 @@
 import pytest
 
 from spadfast import verify
-from spadfast.op_table import OPS
+from spadfast.ops.op_table import OPS
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,1 @@
+"""The diffusion itself: noise schedules and PaS, the SPAD perturbation, training targets, the DDIM sampler."""

@@ -1,0 +1,1 @@
+"""Scoring: metrics and their registry, folder evaluation, trivial baselines, the HTML report, plots, pictures."""

@@ -1,0 +1,1 @@
+"""Prediction: ``Segmenter``, sliding windows, test-time augmentation, model ensembles, volumes, ONNX."""

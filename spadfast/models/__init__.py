@@ -1,0 +1,1 @@
+"""Denoisers (UNet, cached-encoder UNet), the model factory, checkpoint files and the safetensors export."""

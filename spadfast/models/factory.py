@@ -1,0 +1,67 @@
+"""The model a config asks for (``model_type``), and a memory estimate that refuses impossible configs early.
+
+The one place that maps config keys to a denoiser: :class:`spadfast.models.unet.SPADUNet` or
+:class:`spadfast.models.cached_unet.SPADCachedUNet`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .cached_unet import SPADCachedUNet
+from .unet import SPADUNet
+
+
+def build_model(config) -> nn.Module:
+    """The denoiser a :class:`~spadfast.SPADConfig` describes (``model_type``): the one place that maps keys to it.
+
+    ``"unet"``: :class:`SPADUNet` on ``cat[x_t, image(, cond)]``. ``"cached_unet"``:
+    :class:`spadfast.models.cached_unet.SPADCachedUNet`, whose image encoder runs once per image when sampling.
+    """
+    kwargs = dict(base_channels=config.base_channels, channel_mults=config.channel_mults,
+                  num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
+                  dropout=config.dropout)
+    if config.model_type == "cached_unet":
+        mask_channels = config.model_in_channels - config.image_channels
+        return SPADCachedUNet(image_channels=config.image_channels, mask_channels=mask_channels,
+                              out_channels=config.mask_channels, **kwargs)
+    return SPADUNet(in_channels=config.model_in_channels, out_channels=config.mask_channels, **kwargs)
+
+
+def estimate_training_bytes(config) -> int:
+    """A rough upper estimate of the activation memory one training micro-batch of ``config``'s UNet keeps for
+    backward (float32): about ten feature maps per residual block and level, plus attention score matrices.
+
+    Used to refuse impossible configs (``image_size: 65536``) with a message before the kernel kills the process.
+    """
+    total = 0
+    levels = len(config.channel_mults)
+    for i, mult in enumerate(config.channel_mults):
+        channels = config.base_channels * mult
+        pixels = (config.image_size // 2**i) ** 2
+        blocks = 2 * config.num_res_blocks + (2 if i == levels - 1 else 0)
+        total += blocks * 10 * 2 * channels * pixels
+        if i in config.attention_levels or (config.attention_levels and i == levels - 1):
+            total += blocks * 4 * pixels * pixels
+    return total * 4 * config.batch_size
+
+
+def check_fits_memory(config, device: torch.device) -> None:
+    """ValueError naming ``image_size``/``batch_size`` when a training step cannot fit ``device``'s memory."""
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return
+    need = estimate_training_bytes(config)
+    if need > available:
+        raise ValueError(
+            f"`image_size` {config.image_size} with `batch_size` {config.batch_size} needs about "
+            f"{need / 2**30:,.0f} GiB of activations per training step; this {device.type} device has "
+            f"{available / 2**30:,.0f} GiB: lower `image_size`, `batch_size` or `base_channels`"
+        )

@@ -1,0 +1,1 @@
+"""Studies: the ablation runner, held-out splits and folds, run-level statistics, the steps x members grid."""

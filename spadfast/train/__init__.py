@@ -1,0 +1,1 @@
+"""Training: ``SPADTrainer`` and its run log."""

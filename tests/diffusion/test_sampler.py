@@ -1,0 +1,317 @@
+import pytest
+import torch
+
+from spadfast import DDIMSampler
+from spadfast.diffusion.schedule import alphas_cumprod, make_betas
+
+
+class ToyDenoiser(torch.nn.Module):
+    """A fixed, deterministic stand-in for the UNet: smooth in x, depends on the image and on t."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.weight = torch.nn.Parameter(torch.randn(1, in_channels, 3, 3, generator=g) * 0.2)
+
+    def forward(self, x, t):
+        out = torch.nn.functional.conv2d(x, self.weight, padding=1)
+        return torch.tanh(out) * (0.5 + t.view(-1, 1, 1, 1) / 2000)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loop_matches_diffusers(spacing, prediction_type):
+    steps, T = 20, 1000  # 20 divides 1000, so diffusers' "t - T//S" previous step is right for both spacings
+    model = ToyDenoiser(2)
+    sampler = DDIMSampler(model, alphas_cumprod(make_betas("linear", T)), prediction_type=prediction_type,
+                          steps=steps, spacing=spacing, clip_sample=1.0)
+    images = torch.rand(2, 1, 12, 10) * 2 - 1
+    result = sampler.sample(images, ensemble=2, seed=3, return_members=True)
+
+    DDIMScheduler = pytest.importorskip("diffusers").DDIMScheduler  # absent on some GPU machines
+    sched = DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", clip_sample=True,
+                          timestep_spacing=spacing, prediction_type=prediction_type, set_alpha_to_one=True)
+    sched.set_timesteps(steps)
+    x = torch.randn((4, 1, 12, 10), generator=torch.Generator().manual_seed(3))
+    imgs = images.repeat_interleave(2, dim=0)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = model(torch.cat([x, imgs], 1), torch.full((4,), float(t)))
+            x = sched.step(out, t, x, eta=0.0).prev_sample
+    expected = ((x.clamp(-1, 1) + 1) / 2).view(2, 2, 12, 10)
+    torch.testing.assert_close(result.members, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_chunking_and_seed():
+    model = ToyDenoiser(3)
+    ac = alphas_cumprod(make_betas("linear", 1000))
+    images = torch.rand(3, 1, 9, 11) * 2 - 1
+    whole = DDIMSampler(model, ac, perturb_mode="condition", steps=4, chunk=64).sample(images, ensemble=3, seed=1)
+    parts = DDIMSampler(model, ac, perturb_mode="condition", steps=4, chunk=2).sample(images, ensemble=3, seed=1)
+    torch.testing.assert_close(whole.probs, parts.probs, rtol=0, atol=1e-6)
+    other = DDIMSampler(model, ac, perturb_mode="condition", steps=4).sample(images, ensemble=3, seed=2)
+    assert not torch.equal(whole.probs, other.probs)
+    assert (whole.std > 0).any()
+
+
+def test_eta_sampling_is_deterministic_per_seed():
+    model = ToyDenoiser(2)
+    sampler = DDIMSampler(model, alphas_cumprod(make_betas("linear", 1000)), steps=5, eta=1.0)
+    images = torch.rand(1, 1, 8, 8)
+    a = sampler.sample(images, ensemble=2, seed=0).probs
+    assert torch.equal(a, sampler.sample(images, ensemble=2, seed=0).probs)
+    assert not torch.equal(a, sampler.sample(images, ensemble=2, seed=1).probs)
+
+
+def test_bad_arguments():
+    sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", 100)), steps=5)
+    with pytest.raises(ValueError, match="`steps`"):
+        sampler.sample(torch.zeros(1, 1, 8, 8), steps=101)
+    with pytest.raises(ValueError, match="`images`"):
+        sampler.sample(torch.zeros(1, 8, 8))
+    with pytest.raises(TypeError, match="`images`"):
+        sampler.sample(torch.zeros(1, 1, 8, 8, dtype=torch.int64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_matches_eager():
+    model = ToyDenoiser(2).cuda()
+    ac = alphas_cumprod(make_betas("linear", 1000))
+    images = torch.rand(2, 1, 32, 32, device="cuda")
+    eager = DDIMSampler(model, ac, steps=10, cuda_graph=False).sample(images, ensemble=3, seed=4)
+    graph = DDIMSampler(model, ac, steps=10, cuda_graph=True)
+    first = graph.sample(images, ensemble=3, seed=4)
+    second = graph.sample(images, ensemble=3, seed=4)  # replay
+    torch.testing.assert_close(first.probs, eager.probs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(first.probs, second.probs)
+    assert len(graph._graphs) == 1
+
+
+
+# ------------------------------------------------------------------------------------- graph path, on the CPU
+class FakeGraphs:
+    """Stands in for CUDA graphs on the CPU: ``capture`` runs the loop once on the static buffers (as a capture
+    records it) and ``replay`` re-runs it on whatever the static buffers hold, writing into the same output."""
+
+    def __init__(self, fail: bool = False):
+        self.captures = 0
+        self.fail = fail
+
+    def supports(self, x):
+        return True
+
+    def capture(self, fn, static_inputs):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures += 1
+        static_out = fn(*static_inputs)
+
+        def replay():
+            static_out.copy_(fn(*static_inputs))
+
+        return replay, static_out
+
+
+def _graph_sampler(**kw):
+    model = kw.pop("model", None) or ToyDenoiser(3 if kw.get("perturb_mode") == "condition" else 2)
+    sampler = DDIMSampler(model, alphas_cumprod(make_betas("linear", 1000)), steps=kw.pop("steps", 3), **kw)
+    sampler._graph_backend = FakeGraphs()
+    return sampler
+
+
+SETTINGS = [
+    ("backend", "reference", "auto"), ("clip_sample", 1.0, None), ("prediction_type", "epsilon", "sample"),
+    ("prediction_type", "epsilon", "v_prediction"), ("spacing", "trailing", "leading"),
+    ("spacing", "trailing", "linspace"), ("amp_dtype", None, torch.bfloat16), ("channels_last", False, True),
+]
+
+
+@pytest.mark.parametrize("name,before,after", SETTINGS)
+def test_graph_cache_never_replays_a_stale_setting(name, before, after):
+    """Changing any setting after a capture gives what a fresh eager sampler with that setting gives."""
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    sampler = _graph_sampler(**{name: before})
+    sampler.sample(images, ensemble=2, seed=1)
+    setattr(sampler, name, after)
+    got = sampler.sample(images, ensemble=2, seed=1)
+    eager = _graph_sampler(**{name: after}, model=sampler.model)
+    eager.cuda_graph = False
+    want = eager.sample(images, ensemble=2, seed=1)
+    torch.testing.assert_close(got.probs, want.probs, rtol=0, atol=1e-6)
+    assert sampler._graph_backend.captures == 2
+
+
+def test_graph_cache_tracks_model_identity_and_perturb_mode():
+    images = torch.rand(1, 1, 8, 8) * 2 - 1
+    sampler = _graph_sampler()
+    first = sampler.sample(images, seed=0).probs
+    sampler.model = ToyDenoiser(2)  # another model (e.g. a reloaded EMA): a new capture, not the old graph
+    with torch.no_grad():
+        sampler.model.weight.mul_(-1.5)
+    second = sampler.sample(images, seed=0).probs
+    assert sampler._graph_backend.captures == 2 and not torch.equal(first, second)
+    sampler.model, sampler.perturb_mode = ToyDenoiser(3), "condition"
+    sampler.sample(images, seed=0)
+    assert sampler._graph_backend.captures == 3
+
+
+def test_graph_replay_equals_eager_and_cache_is_bounded():
+    sampler = _graph_sampler(graph_cache_size=2)
+    eager = _graph_sampler(model=sampler.model)
+    eager.cuda_graph = False
+    for size in (8, 9, 8, 10, 8):  # 10 evicts 9, the least recently used (8 was used again after 9)
+        images = torch.rand(2, 1, size, size) * 2 - 1
+        for seed in (0, 1):  # a replay with new inputs in the static buffers
+            got = sampler.sample(images, ensemble=2, seed=seed)
+            torch.testing.assert_close(got.probs, eager.sample(images, ensemble=2, seed=seed).probs,
+                                       rtol=0, atol=1e-6)
+        assert len(sampler._graphs) <= 2
+    assert sampler._graph_backend.captures == 3  # 8, 9, 10: the later 8s are replays (FIFO would recapture)
+
+
+def test_failed_capture_warns_once_and_samples_eagerly():
+    sampler = _graph_sampler()
+    sampler._graph_backend = FakeGraphs(fail=True)
+    eager = _graph_sampler(model=sampler.model)
+    eager.cuda_graph = False
+    images = torch.rand(1, 1, 8, 8) * 2 - 1
+    with pytest.warns(RuntimeWarning, match="sampling eagerly"):
+        got = sampler.sample(images, seed=0)
+    torch.testing.assert_close(got.probs, eager.sample(images, seed=0).probs, rtol=0, atol=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler.sample(images, seed=0)  # no second warning
+
+
+def test_cuda_graph_capture_and_replay_run_on_the_tensors_device(monkeypatch):
+    """The capture's streams, the capture itself and every replay enter the device of the inputs (cuda:1 here),
+    never the current device. CUDA is mocked: this checks the bookkeeping of the CUDA-only branch on any machine."""
+    from spadfast.diffusion import sampler as sampler_mod
+
+    entered, log = [], []
+
+    class FakeDevice:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(str(self.device))
+
+        def __exit__(self, *exc):
+            return False
+
+    class FakeStream:
+        def __init__(self, device=None):
+            log.append(("stream", str(device)))
+
+        def wait_stream(self, other):
+            pass
+
+    class FakeGraph:
+        def replay(self):
+            log.append(("replay", entered[-1]))
+
+    cuda = sampler_mod.torch.cuda
+    monkeypatch.setattr(cuda, "device", FakeDevice)
+    monkeypatch.setattr(cuda, "Stream", FakeStream)
+    monkeypatch.setattr(cuda, "current_stream", lambda device=None: FakeStream(device))
+    monkeypatch.setattr(cuda, "stream", lambda s: FakeDevice("stream"))
+    monkeypatch.setattr(cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(cuda, "graph", lambda g: FakeDevice("graph"))
+
+    x = torch.zeros(2, 1, 4, 4)
+    calls = []
+    graphs = sampler_mod._CudaGraphs()
+    fake_device = torch.device("cuda", 1)
+
+    def fn(a):
+        calls.append(a)
+        return a + 1
+
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: fake_device), raising=False)
+    replay, out = graphs.capture(fn, (x,))
+    replay()
+    monkeypatch.undo()
+    assert entered[0] == "cuda:1" and ("stream", "cuda:1") in log
+    assert ("replay", "cuda:1") in log
+    assert len(calls) == 3  # two warm-up runs and the captured one
+
+
+@pytest.mark.parametrize("eta", [-0.5, 1.0 + 1e-6, 1.5, 2.0, float("nan"), float("inf")])
+def test_eta_outside_unit_interval_is_rejected(eta):
+    with pytest.raises(ValueError, match="`eta`"):
+        DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", 100)), eta=eta)
+
+
+def test_every_eta_in_unit_interval_samples_finite():
+    images = torch.rand(1, 1, 6, 6) * 2 - 1
+    for eta in torch.linspace(0, 1, 21).tolist():
+        sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", 1000)), steps=7, eta=eta)
+        assert torch.isfinite(sampler.sample(images, ensemble=2, seed=0).probs).all(), eta
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_every_step_count_ends_on_the_clean_sample(spacing):
+    """For every S in [1, T] the loop's last step targets alpha_prev = 1 (t = -1, the clean sample), never the
+    noisiest alpha (what indexing alphas_cumprod at t = -1 would give), and its alphas increase monotonically."""
+    T = 1000
+    sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", T)), spacing=spacing)
+    for S in range(1, T + 1):
+        _, a_t, a_prev = sampler.set_timesteps(S, "cpu")
+        assert a_t.shape == (S,) and a_prev[-1] == 1.0, (spacing, S)
+        assert (a_prev[:-1] > a_t[:-1]).all() and (a_t[1:] > a_t[:-1]).all(), (spacing, S)
+
+
+def test_noise_keys_make_an_image_independent_of_its_batch():
+    """With per-image noise keys an image gets the same members whether alone, first or last in a batch."""
+    sampler = DDIMSampler(ToyDenoiser(2), alphas_cumprod(make_betas("linear", 1000)), steps=3, chunk=3)
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    keys = [11, 7, 2024, 3]
+    whole = sampler.sample(images, ensemble=2, seed=5, noise_keys=keys, return_members=True).members
+    for order in ([3, 2, 1, 0], [1, 3], [2]):
+        part = sampler.sample(images[order], ensemble=2, seed=5, noise_keys=[keys[i] for i in order],
+                              return_members=True).members
+        torch.testing.assert_close(part, whole[order], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="`noise_keys`"):
+        sampler.sample(images, noise_keys=[1, 2])
+
+
+class NestingDenoiser(torch.nn.Module):
+    """A denoiser whose first forward runs ``sampler.sample(images, **kwargs)`` from inside the sampling loop (as a
+    validation pass inside a prediction callback would); the nested result is kept in ``nested``."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.sampler: DDIMSampler | None = None
+        self.nest_with: tuple | None = None
+        self.nested = None
+
+    def forward(self, x, t):
+        if self.nest_with is not None:
+            images, kwargs = self.nest_with
+            self.nest_with = None
+            self.nested = self.sampler.sample(images, **kwargs)
+        return self.inner(x, t)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("chunk", [64, 3])
+def test_reentrant_sample_inside_the_model_equals_separate_calls(backend, chunk):
+    model = NestingDenoiser(ToyDenoiser(2))
+    sampler = DDIMSampler(model, alphas_cumprod(make_betas("linear", 1000)), steps=4, eta=0.7, chunk=chunk,
+                          backend=backend)
+    model.sampler = sampler
+    outer_images, inner_images = torch.rand(2, 1, 8, 8) * 2 - 1, torch.rand(3, 1, 8, 8) * 2 - 1
+    outer_kwargs, inner_kwargs = dict(ensemble=2, seed=5), dict(ensemble=3, seed=11, return_members=True)
+    outer_alone = sampler.sample(outer_images, **outer_kwargs)
+    inner_alone = sampler.sample(inner_images, **inner_kwargs)
+
+    model.nest_with = (inner_images, inner_kwargs)
+    outer_nested = sampler.sample(outer_images, **outer_kwargs)
+    assert model.nested is not None  # the nested call did run inside the outer loop
+    assert torch.equal(outer_nested.probs, outer_alone.probs)
+    assert torch.equal(model.nested.members, inner_alone.members)
+    assert model.training  # the outer call's train/eval restore is not undone by the nested one

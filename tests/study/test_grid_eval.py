@@ -1,0 +1,100 @@
+"""The SPAD study's per-image scores against direct computations, and checkpoint evaluation with common noise."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from spadfast.ops.blobs import blob_masks
+from spadfast.study.grid_eval import STUDY_METRICS, boundary_f1, evaluate_checkpoint, image_scores, spurious_components
+
+
+def _blobs(seed: int, shape=(23, 29)) -> np.ndarray:
+    return blob_masks(shape, seed=seed, cell=7, threshold=0.65).numpy()
+
+
+def _boundary_brute(m):
+    h, w = m.shape
+    out = np.zeros_like(m)
+    for y, x in itertools.product(range(h), range(w)):
+        if m[y, x]:
+            nb = [(y + dy, x + dx) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)) if 0 <= y + dy < h and 0 <= x + dx < w]
+            out[y, x] = any(not m[q] for q in nb)
+    return out
+
+
+def _f1_brute(p, g, tol=1.0):
+    bp, bg = np.argwhere(_boundary_brute(p)), np.argwhere(_boundary_brute(g))
+    if len(bp) == 0 and len(bg) == 0:
+        return 1.0
+    if len(bp) == 0 or len(bg) == 0:
+        return 0.0
+    d = np.sqrt(((bp[:, None, :] - bg[None, :, :]) ** 2).sum(-1))
+    prec, rec = (d.min(1) <= tol).mean(), (d.min(0) <= tol).mean()
+    return 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_boundary_f1_matches_a_brute_force_count(seed):
+    p, g = _blobs(seed), _blobs(seed + 100)
+    assert boundary_f1(p, g) == pytest.approx(_f1_brute(p, g))
+    assert boundary_f1(g, g) == 1.0
+
+
+def test_spurious_components_count_predictions_away_from_the_truth():
+    gt = np.zeros((20, 20), bool)
+    gt[2:6, 2:6] = True
+    pred = np.zeros_like(gt)
+    pred[3:5, 3:9] = True  # overlaps the truth
+    pred[12:14, 12:14] = True  # spurious
+    pred[17, 1] = True  # spurious, one pixel
+    assert spurious_components(pred, gt) == 2
+    assert spurious_components(np.zeros_like(gt), gt) == 0
+
+
+def test_calibration_scores_match_direct_computations():
+    rng = np.random.default_rng(0)
+    gt = _blobs(3, (31, 27))
+    prob = np.clip(gt * 0.7 + rng.random(gt.shape) * 0.3, 0, 1)
+    s = image_scores(prob, gt)
+    assert set(s) == set(STUDY_METRICS)
+    assert s["brier"] == pytest.approx(((prob - gt) ** 2).mean())
+    bins = np.minimum((prob * 10).astype(int), 9)
+    ece = sum(abs(prob[bins == b].sum() - gt[bins == b].sum()) for b in range(10)) / prob.size
+    assert s["ece"] == pytest.approx(ece)
+    edge = _boundary_brute(gt)
+    e = np.argwhere(edge)
+    near = np.array([[np.sqrt(((e - [y, x]) ** 2).sum(1)).min() <= 3 for x in range(gt.shape[1])]
+                     for y in range(gt.shape[0])])
+    assert s["brier_band"] == pytest.approx(((prob[near] - gt[near]) ** 2).mean())
+    assert np.isnan(image_scores(prob, np.zeros_like(gt))["brier_band"])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from spadfast import SPADTrainer
+    from spadfast.data.synthetic import write_synthetic_folder
+
+    from ..helpers import tiny_config
+
+    root = tmp_path_factory.mktemp("study_eval")
+    write_synthetic_folder(root / "data", 5, 16, seed=1)
+    trainer = SPADTrainer(tiny_config(train_steps=2))
+    trainer.fit()
+    trainer.save(root / "run")
+    return root
+
+
+def test_evaluate_checkpoint_gives_every_pair_and_common_noise(tiny_run):
+    data = tiny_run / "data"
+    recs = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(1, 3), ensembles=(1, 2))
+    assert [(r["steps"], r["ensemble"]) for r in recs] == [(1, 1), (1, 2), (3, 1), (3, 2)]
+    assert all(len(r["cases"]) == 5 for r in recs)
+    # noise keyed per image name: the batch an image sits in does not change its scores
+    again = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(1, 3), ensembles=(1, 2),
+                                batch_size=2)
+    for r, q in zip(recs, again):
+        for a, b in zip(r["cases"], q["cases"]):
+            assert a["name"] == b["name"]
+            for k in STUDY_METRICS:  # batched convolutions round differently: equal up to float32 noise
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["name"], k)
