@@ -3,7 +3,7 @@ trainer's generator (so it is seeded and resumes bit-exactly).
 
 Per sample, each transform fires with its own probability:
 
-- ``flips``: one of the 8 symmetries of the square (:func:`spadfast.data.augment.dihedral`), always drawn first (with
+- ``flips``: one of the 8 symmetries of the square (:func:`spadfast.data.augmentation.dihedral`), always drawn first (with
   every other probability 0 the random stream is the one flips alone always used);
 - spatial, one resampling of image (bilinear) and mask (nearest) together: rotation by up to ``rotate_deg``,
   isotropic scaling in ``scale_range``, elastic deformation (a smooth displacement field of peak ``elastic_px`` px,
@@ -26,9 +26,8 @@ import torch.nn.functional as F
 
 from ..ops.fields import check_fields
 from ..ops.reference import gaussian_blur as _blur_rows
-from .augment import dihedral
 
-__all__ = ["AugmentConfig", "augment_batch"]
+__all__ = ["AugmentConfig", "augment_batch", "dihedral"]
 
 
 @dataclass
@@ -135,3 +134,20 @@ def augment_batch(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g
     if cfg.intensity:
         image = _intensity(image, cfg, generator)
     return image, mask
+
+
+def dihedral(image: torch.Tensor, mask: torch.Tensor, ops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply symmetry ``ops[b]`` in ``0..7`` to row ``b`` of ``image`` ``[B,C,H,W]`` and ``mask`` ``[B,M,H,W]``.
+
+    Bit 0 flips horizontally, bit 1 vertically, bit 2 transposes (needs ``H == W``; ignored otherwise, so
+    non-square images get the 4 flips only). Works on any device without host syncs; returns new tensors.
+    """
+    B = image.shape[0]
+    ops = ops.to(image.device).view(B, 1, 1, 1)
+    out = torch.cat([image, mask.to(image.dtype)], dim=1)
+    out = torch.where(ops % 2 == 1, out.flip(-1), out)
+    out = torch.where((ops // 2) % 2 == 1, out.flip(-2), out)
+    if out.shape[-1] == out.shape[-2]:
+        out = torch.where(ops // 4 == 1, out.transpose(-1, -2), out)
+    c = image.shape[1]
+    return out[:, :c], out[:, c:].to(mask.dtype)

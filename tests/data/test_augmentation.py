@@ -1,12 +1,13 @@
 """The augment block: each transform does what it says, image and mask stay aligned, masks stay binary, draws are
-seeded, old configs (augment: true/false) mean what they meant, and a run with every transform on resumes exactly."""
+seeded, old configs (augment: true/false) mean what they meant, and a run with every transform on resumes exactly;
+``dihedral`` moves image and mask through the same symmetry of the square."""
 
 import pytest
 import torch
 
 from spadfast import SPADTrainer
 from spadfast.config import SPADConfig
-from spadfast.data.augmentation import AugmentConfig, augment_batch
+from spadfast.data.augmentation import AugmentConfig, augment_batch, dihedral
 from spadfast.models.checkpoint import read_checkpoint
 from spadfast.ops.blobs import blob_masks
 
@@ -54,7 +55,7 @@ def test_probability_zero_is_the_identity_and_flips_alone_keep_their_stream():
     image, mask = _batch()
     off = AugmentConfig(flips=False)
     assert all(torch.equal(a, b) for a, b in zip(augment_batch(image, mask, off, torch.Generator()), (image, mask)))
-    from spadfast.data.augment import dihedral
+    from spadfast.data.augmentation import dihedral
 
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     flips = augment_batch(image, mask, AugmentConfig(), g1)
@@ -87,3 +88,29 @@ def test_a_run_with_every_transform_resumes_bit_identically(tmp_path):
     resumed.save(tmp_path / "b")
     a, b = read_checkpoint(tmp_path / "a")[0], read_checkpoint(tmp_path / "b")[0]
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def symmetries(plane: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations/reflections of a square plane (the 4 flips of a non-square one), from torch's own ops."""
+    flips = [plane, plane.flip(-1), plane.flip(-2), plane.flip(-1).flip(-2)]
+    if plane.shape[-1] != plane.shape[-2]:
+        return flips
+    return flips + [f.transpose(-1, -2) for f in flips]
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (10, 14)])
+def test_dihedral_moves_image_and_mask_together_through_every_symmetry(shape):
+    torch.manual_seed(0)
+    mask = (torch.rand(8, 1, *shape) < 0.3).float()
+    image = torch.cat([mask * 2 - 1, torch.rand(8, 1, *shape)], dim=1)  # channel 0 is the mask's picture
+    ops = torch.arange(8)
+    out_image, out_mask = dihedral(image, mask, ops)
+    assert out_image.shape == image.shape and out_mask.shape == mask.shape and out_mask.dtype == mask.dtype
+    seen = set()
+    for b in range(8):
+        assert torch.equal((out_image[b, 0] + 1) / 2, out_mask[b, 0])  # still one picture
+        candidates = symmetries(image[b])
+        index = next(i for i, c in enumerate(candidates) if torch.equal(c, out_image[b]))
+        assert torch.equal(symmetries(mask[b])[index], out_mask[b])  # the mask got the image's symmetry
+        seen.add(index)
+    assert len(seen) == len(symmetries(mask[0]))  # ops 0..7 reach every symmetry (4 on non-square planes)
