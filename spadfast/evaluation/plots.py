@@ -11,14 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["read_log", "run_config", "pas_curve", "plot_curves", "plot_metric_distributions", "plot_ablation",
-           "add_arguments", "main"]
+from .._version import __version__
+from ..io.paths import check_output_file
 
+__all__ = [
+    "read_log", "run_config", "pas_curve", "plot_curves", "plot_metric_distributions", "plot_ablation",
+    "add_arguments", "main", "CREATOR", "PLOT_FORMATS", "plot_format", "plot_metadata", "is_spadfast_plot",
+    "check_plot_target"
+]
 
 
 def _figure(width: float, height: float):
@@ -34,7 +41,7 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | Path, dpi: int = 100) -> Path:
     from ..io.files import write_atomic
-    from .plot_files import plot_format, plot_metadata
+    from .plots import plot_format, plot_metadata
 
     path = Path(path)
     fmt = plot_format(path)
@@ -321,10 +328,81 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Handler of ``spadfast plot``: checks the output file, then draws :func:`plot_curves`."""
-    from .plot_files import check_plot_target
+    from .plots import check_plot_target
 
     out = args.out if args.out is not None else Path(args.run) / "curves.png"
     check_plot_target(out, "--out", overwrite=getattr(args, "overwrite", False))
     path = plot_curves(args.run, out)
     print(f"spadfast plot: wrote {path}")
     return 0
+
+
+CREATOR = "spadfast plot"
+PLOT_FORMATS = ("png", "svg", "pdf")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HEAD_BYTES = 1 << 16  # the SVG metadata block is at the top, the PDF information dictionary near the end
+_SVG_TAG = re.compile(r"<dc:creator>\s*<cc:Agent>\s*<dc:title>" + re.escape(CREATOR) + r"[ <]")
+_PDF_TAG = b"/Creator (" + CREATOR.encode() + b" "
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """``"png"``, ``"svg"`` or ``"pdf"`` from the file's suffix (none: png); another suffix is a ValueError."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    if fmt not in PLOT_FORMATS:
+        raise ValueError(f"plot file {str(path)!r} must end in .png, .svg or .pdf")
+    return fmt
+
+
+def plot_metadata() -> dict[str, str]:
+    """The ``metadata`` argument of ``Figure.savefig`` that tags a plot as spadfast's (every format takes it)."""
+    return {"Creator": f"{CREATOR} {__version__}"}
+
+
+def _png_creator(path: Path) -> str | None:
+    """The ``Creator`` text of a PNG's ``tEXt`` chunks before the image data, or None."""
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind in (b"IDAT", b"IEND") or length > _HEAD_BYTES:
+                return None
+            data = f.read(length)
+            f.seek(4, os.SEEK_CUR)  # CRC
+            if kind == b"tEXt" and data.startswith(b"Creator\x00"):
+                return data[len(b"Creator\x00"):].decode("latin-1")
+
+
+def is_spadfast_plot(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file written by a spadfast plot (its creator tag, read from the file's metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        fmt = plot_format(path)
+        if fmt == "png":
+            creator = _png_creator(path)
+            return creator is not None and (creator + " ").startswith(CREATOR + " ")
+        with open(path, "rb") as f:
+            if fmt == "svg":
+                return _SVG_TAG.search(f.read(_HEAD_BYTES).decode("utf-8", "replace")) is not None
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _HEAD_BYTES))
+            return _PDF_TAG in f.read()
+    except (OSError, ValueError):
+        return False
+
+
+def check_plot_target(path: str | os.PathLike, name: str, overwrite: bool = False) -> Path:
+    """A plot file about to be written: a known format, not a folder, in a writable folder, and either new, a
+    previous spadfast plot, or ``overwrite`` given; anything else is a ValueError naming ``name`` and the file."""
+    path = check_output_file(path, name)
+    plot_format(path)
+    if path.exists() and not overwrite and not is_spadfast_plot(path):
+        raise ValueError(f"{name} {str(path)!r} exists and is not a spadfast plot: choose another file, or pass "
+                         "--overwrite to replace it")
+    return path

@@ -177,7 +177,7 @@ def test_plot_replaces_only_its_own_files(run, tmp_path, capsys):
     from matplotlib.figure import Figure
 
     from spadfast.cli import main as cli_main
-    from spadfast.evaluation.plot_files import is_spadfast_plot
+    from spadfast.evaluation.plots import is_spadfast_plot
 
     foreign_fig = Figure()
     FigureCanvasAgg(foreign_fig)

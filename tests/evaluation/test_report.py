@@ -14,7 +14,7 @@ import pytest
 
 from spadfast.evaluation.evaluate import evaluate_folders
 from spadfast.evaluation.report import add_arguments, main, write_report
-from spadfast.evaluation.report_folder import MARKER
+from spadfast.evaluation.report import MARKER
 from spadfast.io.files import write_mask_png
 
 
@@ -243,7 +243,7 @@ def test_volumes_show_one_slice(tmp_path):
 
 
 def test_rewriting_a_report_keeps_the_users_files(folders, monkeypatch):
-    import spadfast.evaluation.report_folder as report_folder
+    import spadfast.evaluation.report as report_folder
 
     report = evaluate_folders(folders["pred"], folders["gt"])
     out = folders["root"] / "report"
