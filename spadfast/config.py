@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ class SPADConfig:
     # cached_unet (default): image encoder once per image + light mask denoiser per step, 13.8x faster sampling than
     # the unet on CPU at equal Dice (benchmarks/RESULTS.md); unet: the plain concatenating UNet
     model_type: str = "cached_unet"
-    image_size: int = 64
-    image_channels: int = 1
+    image_size: int = 64  # side of the training patch and inference window (resize: true: every image resized to it)
+    image_channels: int = 1  # channels of the input image (1 gray, 3 RGB; volumes: one per modality)
     num_classes: int = 2  # label classes, background included: K = num_classes - 1 mask channels (binary: 2)
     # label-map folders: this pixel value marks "not annotated": no loss and no validation score there (None:
     # every value must be a class); e.g. 255, Pascal VOC's boundary value
@@ -55,66 +56,77 @@ class SPADConfig:
     resize: bool = False
     tile_overlap: float = 0.5  # sliding-window overlap in [0, 1) (resize: false)
     foreground_oversample: float = 1 / 3  # share of training patches centred on a foreground pixel (resize: false)
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 4)
-    num_res_blocks: int = 1
-    attention_levels: tuple[int, ...] = (2,)
-    dropout: float = 0.0
+    base_channels: int = 32  # UNet width at the first level
+    channel_mults: tuple[int, ...] = (1, 2, 4)  # width multiplier per UNet level (one level per entry)
+    num_res_blocks: int = 1  # residual blocks per UNet level
+    attention_levels: tuple[int, ...] = (2,)  # UNet levels with self-attention (() none; also the bottleneck)
+    dropout: float = 0.0  # dropout probability in the residual blocks
     # diffusion
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "epsilon"
-    perturb_mode: str = "target"
+    num_train_timesteps: int = 1000  # T, the diffusion steps of the noise schedule
+    beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2 | cosine
+    beta_start: float = 1e-4  # first beta of the linear schedules
+    beta_end: float = 0.02  # last beta of the linear schedules
+    prediction_type: str = "epsilon"  # what the denoiser outputs: epsilon | sample (x0) | v_prediction
+    perturb_mode: str = "target"  # where the SPAD perturbation enters, when on: target | input | condition
     objective: str = "diffusion"  # diffusion | supervised (one forward pass, BCE + Dice; no perturbation, no DDIM)
     condition_dropout: float = 0.5  # "condition" mode: probability that the condition channel is zeroed in training
     perturb_prob: float = 1.0  # share of each batch's rows that get the perturbation ("target" and "input" modes)
     input_gamma: float = 0.0  # DDPM-IP: x_t is built with noise eps + gamma * xi, the target from eps (0: off)
+    # self-conditioning (Analog Bits, Chen et al. 2023): an extra input channel holds a first no-grad pass's x0
+    # estimate on a self_condition_prob share of rows (zeros on the rest); sampling feeds the previous step's
+    # estimate. perturb_mode "condition" is this plus SPAD's perturbation of the estimate, so the two exclude
+    self_condition: bool = False
+    self_condition_prob: float = 0.5  # self_condition: share of training rows whose channel holds the estimate
+    # recycling (ImgX-DiffSeg, Fu et al. 2023): x_t is re-noised from the model's own no-grad x0 estimate at t + 1,
+    # never from the ground truth; the loss targets the ground truth (needs prediction_type sample, SPAD off)
+    recycle: bool = False
+    # Diff-UNet (Xing et al. 2023): + weight * (BCE + soft Dice) of the x0 estimate against the mask (0: off)
+    x0_loss_weight: float = 0.0
     # off by default: the SPAD study found no gain from any SPAD variant (docs/spad_study.md); a `perturb` block turns
     # it on unless it says `enabled: false`
     perturb: PerturbConfig = field(default_factory=lambda: PerturbConfig(enabled=False))
     # training
-    train_steps: int = 2000
+    train_steps: int = 2000  # optimizer steps of the run
     pas_steps: int | None = None  # PaS horizon: progress p = step / pas_steps (None: train_steps)
-    batch_size: int = 16
+    batch_size: int = 16  # images per step and process (DDP: times the world size)
     # cached_unet: each image of a batch is encoded once and its mask trained at this many noise levels (rows),
     # so a step sees batch_size * noise_levels denoiser rows for batch_size encoder passes
     noise_levels: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    ema_decay: float = 0.999
-    amp: str = "none"
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    compile_mode: str = "default"
+    lr: float = 2e-4  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 100  # linear learning-rate warm-up steps
+    grad_clip: float = 1.0  # gradient-norm clip (0: off)
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    ema_decay: float = 0.999  # EMA of the weights; sampling, export and predict use the EMA model
+    amp: str = "none"  # autocast: none | bf16 | fp16 (fp16 with a grad scaler, CUDA only)
+    seed: int = 0  # seeds every random draw of the run, in [0, 2**32)
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N | mps
+    compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune(-no-cudagraphs)
     ops_backend: str = "auto"  # SPAD perturbation and DDIM update: auto (Triton on CUDA) | reference | triton
-    channels_last: bool = True
+    channels_last: bool = True  # channels-last memory format for the model and its inputs
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # a block, or a bool: flips on/off, the rest off
-    num_workers: int = 0
-    synthetic_train: int = 1024
-    synthetic_val: int = 32
-    log_every: int = 50
-    log_file: str = "log.jsonl"
+    num_workers: int = 0  # DataLoader worker processes per rank
+    synthetic_train: int = 1024  # synthetic lesion images when no training data is given
+    synthetic_val: int = 32  # synthetic validation images when no validation data is given
+    log_every: int = 50  # steps between log records (loss, learning rate, PaS strength)
+    log_file: str = "log.jsonl"  # JSONL log file name inside the run folder
     log_tensorboard: bool = False  # also write the log's scalars and validation overlays to RUN/tensorboard
-    val_every: int = 0
-    val_samples: int = 16
-    checkpoint_every: int = 0
-    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")  # finish the step, checkpoint, exit (spadfast.runtime.preemption)
-    progress_bar: bool = True
+    val_every: int = 0  # steps between validation Dice records of the EMA model (0: off)
+    val_samples: int = 16  # validation images (volumes: slices, fixed and seeded) scored each time
+    checkpoint_every: int = 0  # steps between checkpoints during fit (0: only when the run ends or is stopped)
+    # signals that finish the step, checkpoint and exit with status 3 (spadfast.runtime.preemption)
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    progress_bar: bool = True  # tqdm bar during fit
     # sampling
     sample_steps: int = 5  # the knee of docs/fewstep_curve.png: more steps did not improve Dice on the demo split
-    ensemble: int = 5
-    eta: float = 0.0
-    timestep_spacing: str = "trailing"
-    clip_sample: float | None = 1.0
-    threshold: float = 0.5
-    sample_chunk: int = 64
-    cuda_graph: bool = True
+    ensemble: int = 5  # K members averaged per image; their std is the uncertainty
+    eta: float = 0.0  # DDIM eta in [0, 1] (0: deterministic given the initial noise)
+    timestep_spacing: str = "trailing"  # DDIM step selection: leading | trailing | linspace
+    clip_sample: float | None = 1.0  # x0 estimate clipped to [-v, v] at each step (None: off)
+    threshold: float = 0.5  # foreground where the members' mean probability exceeds it
+    sample_chunk: int = 64  # most images x members per denoiser call (bounds sampling memory)
+    cuda_graph: bool = True  # CUDA: capture the whole DDIM loop as one CUDA graph
 
     def __post_init__(self) -> None:
         check_fields(self, _NULLABLE)
@@ -175,6 +187,20 @@ class SPADConfig:
             (0 <= self.tile_overlap < 1, "tile_overlap", "in [0, 1)"),
             (0 <= self.foreground_oversample <= 1, "foreground_oversample", "in [0, 1]"),
             (0 <= self.input_gamma <= 1, "input_gamma", "in [0, 1]"),
+            (0 <= self.self_condition_prob <= 1, "self_condition_prob", "in [0, 1]"),
+            (not self.self_condition or self.perturb_mode != "condition", "self_condition",
+             "false with perturb_mode 'condition' (that mode already self-conditions, with SPAD's perturbation of the "
+             "estimate and condition_dropout): use one of them"),
+            (math.isfinite(self.x0_loss_weight) and self.x0_loss_weight >= 0, "x0_loss_weight", ">= 0 and finite"),
+            (not self.recycle or self.prediction_type == "sample", "recycle",
+             "false unless prediction_type is 'sample' (x_t comes from the model's estimate, the loss targets the "
+             "ground truth: epsilon/v targets would be up to ~100x the noise scale at small t)"),
+            (not self.recycle or (self.perturb_mode != "condition" and not self.perturb.enabled), "recycle",
+             "false with perturb_mode 'condition' or a SPAD perturbation on (the model's own estimate is the "
+             "perturbation; use self_condition for a condition channel)"),
+            (self.objective == "diffusion" or not (self.self_condition or self.recycle or self.x0_loss_weight),
+             "objective", "'diffusion' with self_condition, recycle or x0_loss_weight (a supervised model is trained "
+             "by BCE + Dice in one pass)"),
             (self.train_steps >= 1, "train_steps", ">= 1"),
             (self.pas_steps is None or self.pas_steps >= 1, "pas_steps", "None or >= 1"),
             (self.batch_size >= 1, "batch_size", ">= 1"),
@@ -220,9 +246,15 @@ class SPADConfig:
 
     @property
     def model_in_channels(self) -> int:
-        """K noisy mask channels + image channels (+ K condition channels in "condition" mode)."""
+        """K noisy mask channels + image channels (+ K condition channels: "condition" mode or self_condition)."""
         k = self.mask_channels
-        return k + self.image_channels + (k if self.perturb_mode == "condition" else 0)
+        return k + self.image_channels + (k if self.condition_channel else 0)
+
+    @property
+    def condition_channel(self) -> bool:
+        """The denoiser sees a condition channel (the previous x0 estimate): ``perturb_mode: condition`` or
+        ``self_condition``."""
+        return self.perturb_mode == "condition" or self.self_condition
 
     @property
     def pas_horizon(self) -> int:
