@@ -11,10 +11,14 @@ entries), and a failed capture warns once and samples eagerly. A model with ``en
 per image (``chunk`` images per ``encode`` call, under the sampler's autocast) and reused by every member and
 step. Members are mapped to probabilities ``(x0 + 1) / 2`` clipped to [0, 1]; the result is their mean, their
 standard deviation (uncertainty) and the labels (background unless a class exceeds the threshold).
+
+Step fusion (``step_fusion``, after Diff-UNet's step-uncertainty fusion, Xing et al., MICCAI 2023) replaces each
+member's last sample by a weighted mean of the x0 estimates of all S steps; see :func:`fusion_weight`.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 import zlib
 from collections import OrderedDict
@@ -31,6 +35,8 @@ from ..ops.checks import check_images, check_int, is_int
 from ..runtime.profiling import nvtx_range
 from .schedule import check_eta, ddim_alphas, ddim_timesteps
 
+STEP_FUSIONS = ("none", "mean", "uncertainty")
+
 
 @dataclass
 class SampleResult:
@@ -38,8 +44,8 @@ class SampleResult:
 
     ``probs``, ``std``: float32 ``[B,M,H,W]`` per-class probability (member mean) and uncertainty (member std);
     ``mask``: bool ``[B,M,H,W]``, one-hot of ``labels`` (binary: ``probs > threshold``); ``labels``: int64
-    ``[B,H,W]`` in ``0..M`` (:func:`spadfast.evaluation.metrics.labels_from_probs`: background unless some class exceeds the
-    threshold); ``members``: member probabilities ``[B,K,H,W]`` (binary) or ``[B,K,M,H,W]``, only when asked for.
+    ``[B,H,W]`` in ``0..M`` (:func:`labels_from_probs`: background unless some class exceeds the threshold);
+    ``members``: member probabilities ``[B,K,H,W]`` (binary) or ``[B,K,M,H,W]``, only when asked for.
     """
 
     probs: torch.Tensor
@@ -61,6 +67,37 @@ class SampleResult:
             mask = labels.unsqueeze(1) == torch.arange(1, M + 1, device=labels.device).view(1, M, 1, 1)
             kept = members
         return cls(probs, std, mask, kept if return_members else None, labels)
+
+
+def check_step_fusion(value: object, name: str = "step_fusion") -> str:
+    """``value`` if it is one of :data:`STEP_FUSIONS`, else a ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in STEP_FUSIONS:
+        raise ValueError(f"`{name}` must be one of {STEP_FUSIONS}, got {value!r}")
+    return value
+
+
+def fusion_weight(x0: torch.Tensor, step: int, steps: int, members: int, fusion: str) -> torch.Tensor | float:
+    """Weight of step ``step`` (0-based, of ``steps``) in the fused estimate; ``x0`` float ``[N,M,H,W]`` in [-1, 1]:
+    the clipped x0 estimates of that step, ``N`` = images x ``members`` rows, image-major.
+
+    - ``"mean"``: 1 for every step (the plain mean of the S estimates).
+    - ``"uncertainty"`` (Diff-UNet's step-uncertainty fusion): per image, class channel and pixel,
+      ``w_i = exp(sigmoid((i + 1) / S) * (1 - u_i))`` with ``u_i`` the binary entropy of the members' mean
+      probability ``p_i = (mean_k x0_{i,k} + 1) / 2`` in bits (0 where the members agree on 0 or 1, 1 at p = 0.5).
+      The step term grows with progress (sigmoid(1/S) .. sigmoid(1) = 0.73); a confident pixel weighs up to e times
+      an uncertain one. Diff-UNet uses ``-p log p`` of the sigmoid output; spadfast takes the symmetric binary
+      entropy (background and foreground confidence count alike) and normalises by the weight sum (Diff-UNet sums
+      logits and thresholds at 0). Returns float32 ``[N,M,H,W]``, equal for the members of an image.
+
+    The fused estimate of member k is ``sum_i w_i x0_{i,k} / sum_i w_i``; since the weights are shared by the members,
+    the members' mean of fused estimates is the fused members' mean.
+    """
+    if fusion == "mean":
+        return 1.0
+    p = (x0.view(-1, members, *x0.shape[1:]).mean(dim=1) + 1) / 2
+    entropy = -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)) / math.log(2)
+    step_term = 1.0 / (1.0 + math.exp(-(step + 1) / steps))  # a Python float: no host sync, constant in a graph
+    return torch.exp(step_term * (1 - entropy)).repeat_interleave(members, dim=0)
 
 
 def image_noise_key(name: str) -> int:
@@ -105,6 +142,7 @@ class DDIMSampler:
         alphas_cumprod: float32 ``[T]`` training schedule.
         prediction_type: what the model predicts: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
         perturb_mode: ``"condition"`` adds the previous step's x0 estimate as an input channel (zeros at step 0).
+        self_condition: adds that channel too (self-conditioning, the config's ``self_condition``).
         steps, eta, spacing, clip_sample: DDIM settings (``clip_sample`` None disables clipping of x0; ``eta`` in
             [0, 1]).
         chunk: most rows (images x members) per forward; larger batches run in chunks.
@@ -114,6 +152,9 @@ class DDIMSampler:
         backend: ops backend for the DDIM update.
         graph_cache_size: most captured graphs kept (least recently used evicted).
         mask_channels: M, the mask channels the model denoises (num_classes - 1).
+        step_fusion: ``"none"`` keeps the last sample; ``"mean"`` / ``"uncertainty"`` fuse the x0 estimates of
+            every step (:func:`fusion_weight`). ``"uncertainty"`` needs all members of an image in one chunk, so its
+            chunks hold whole images (at least ``ensemble`` rows, more than ``chunk`` when ``ensemble > chunk``).
     """
 
     def __init__(
@@ -134,8 +175,12 @@ class DDIMSampler:
         graph_cache_size: int = 4,
         mask_channels: int = 1,
         objective: str = "diffusion",
+        self_condition: bool = False,
+        step_fusion: str = "none",
     ) -> None:
         self.model = model
+        self.self_condition = bool(self_condition)
+        self.step_fusion = check_step_fusion(step_fusion)
         self.objective = objective
         self.alphas_cumprod = alphas_cumprod.float().cpu()
         self.prediction_type = prediction_type
@@ -165,6 +210,8 @@ class DDIMSampler:
             clip_sample=config.clip_sample, chunk=config.sample_chunk, cuda_graph=config.cuda_graph,
             amp_dtype=config.amp_dtype, channels_last=config.channels_last, backend=config.ops_backend,
             mask_channels=config.mask_channels, objective=config.objective,
+            self_condition=getattr(config, "self_condition", False),
+            step_fusion=getattr(config, "step_fusion", "none"),
         )
 
     def set_timesteps(self, steps: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -211,8 +258,9 @@ class DDIMSampler:
         return tuple(c[first:last].repeat_interleave(K, dim=0)[lo:hi] for c in per_image)
 
     def _loop(self, x: torch.Tensor, *context: torch.Tensor, steps: int, eta_seed: int | None = None,
-              total_rows: int = 0, row0: int = 0) -> torch.Tensor:
-        """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,M,H,W]`` (float32). No host sync.
+              total_rows: int = 0, row0: int = 0, fusion: str = "none", members: int = 1) -> torch.Tensor:
+        """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,M,H,W]`` (float32), or with
+        ``fusion`` other than ``"none"`` the fused x0 estimate (accumulated on the device). No host sync.
 
         ``context`` is ``(images,)`` for a plain denoiser or the image features of a cached-encoder model. With
         ``eta > 0`` the step noise is keyed by ``eta_seed`` and offset by step, row and pixel: ``x`` holds rows
@@ -220,9 +268,10 @@ class DDIMSampler:
         """
         t_model, a_t, a_prev = self.set_timesteps(steps, x.device)
         n = x.shape[0]
-        cond = torch.zeros_like(x) if self.perturb_mode == "condition" else None
+        cond = torch.zeros_like(x) if self.perturb_mode == "condition" or self.self_condition else None
         cached = self._cached_encoder()
         autocast = self._autocast(x.device)
+        fused = weights = None
         for i in range(steps):
             with nvtx_range(f"ddim_step_{i}"):
                 with autocast:
@@ -241,7 +290,12 @@ class DDIMSampler:
                 x, x0 = x_next.view(x.shape), x0.view(x.shape)
                 if cond is not None:
                     cond = x0
-        return x
+                if fusion != "none":
+                    est = x0.clamp(-1, 1)
+                    w = fusion_weight(est, i, steps, members, fusion)
+                    fused = w * est if fused is None else fused + w * est
+                    weights = w if weights is None else weights + w
+        return x if fused is None else fused / weights
 
     def _supervised_probs(self, per_image: tuple[torch.Tensor, ...], B: int, H: int, W: int,
                           device: torch.device) -> torch.Tensor:
@@ -261,34 +315,39 @@ class DDIMSampler:
                 outs.append(out.float())
         return torch.sigmoid(torch.cat(outs))
 
-    def _graph_key(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int) -> tuple:
-        return (
+    def _graph_key(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int, fusion: str = "none",
+                   members: int = 1) -> tuple:
+        return (fusion, members if fusion == "uncertainty" else 0,
             tuple(x.shape), tuple((tuple(c.shape), c.dtype, c.is_contiguous(memory_format=torch.channels_last))
                                   for c in context),
-            steps, x.device, id(self.model), self.prediction_type, self.perturb_mode, self.eta, self.clip_sample,
+            steps, x.device, id(self.model), self.prediction_type, self.perturb_mode, self.self_condition, self.eta,
+            self.clip_sample,
             self.spacing, self.backend, self.amp_dtype, self.channels_last, tuple(self.alphas_cumprod.shape),
         )
 
     def _run(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int, eta_seed: int | None = None,
-             total_rows: int = 0, row0: int = 0) -> torch.Tensor:
+             total_rows: int = 0, row0: int = 0, fusion: str = "none", members: int = 1) -> torch.Tensor:
         """The loop on rows ``row0 .. row0 + len(x)`` of ``total_rows`` (see :meth:`_loop`): replayed from a cached
         CUDA graph when ``eta == 0`` (no step noise, so the graph does not depend on the rows), else eager."""
         use_graph = self.cuda_graph and self.eta == 0.0 and self._graph_backend.supports(x)
         if not use_graph:
-            return self._loop(x, *context, steps=steps, eta_seed=eta_seed, total_rows=total_rows, row0=row0)
-        key = self._graph_key(x, context, steps)
+            return self._loop(x, *context, steps=steps, eta_seed=eta_seed, total_rows=total_rows, row0=row0,
+                              fusion=fusion, members=members)
+        key = self._graph_key(x, context, steps, fusion, members)
         entry = self._graphs.get(key)
         if entry is None:
             static = (x.clone(), *(c.clone() for c in context))
             try:
-                replay, static_out = self._graph_backend.capture(lambda *a: self._loop(*a, steps=steps), static)
+                replay, static_out = self._graph_backend.capture(
+                    lambda *a: self._loop(*a, steps=steps, fusion=fusion, members=members), static)
             except Exception as e:  # noqa: BLE001  (any capture failure: sample eagerly instead)
                 if not self._graph_failed_warned:
                     warnings.warn(f"CUDA-graph capture of the sampling loop failed ({type(e).__name__}: {e}); "
                                   "sampling eagerly from now on", RuntimeWarning, stacklevel=3)
                     self._graph_failed_warned = True
                 self.cuda_graph = False
-                return self._loop(x, *context, steps=steps, eta_seed=eta_seed, total_rows=total_rows, row0=row0)
+                return self._loop(x, *context, steps=steps, eta_seed=eta_seed, total_rows=total_rows, row0=row0,
+                              fusion=fusion, members=members)
             # the model is kept alive by the entry, so id(model) in the key cannot be reused while it is cached
             entry = (replay, static, static_out, self.model)
             self._graphs[key] = entry
@@ -327,6 +386,7 @@ class DDIMSampler:
         return_members: bool = False,
         noise_keys: Sequence[int] | None = None,
         validate: bool = True,
+        step_fusion: str | None = None,
     ) -> SampleResult:
         """Segment ``images`` (float ``[B,C,H,W]`` in [-1, 1]) with a K-member DDIM ensemble.
 
@@ -337,12 +397,14 @@ class DDIMSampler:
         in-kernel Philox keyed by (step, row, pixel) on the Triton backend, so chunking does not change it either;
         the reference backend draws it per chunk (deterministic for a given seed and chunk size). ``validate=False``
         skips the image checks, for a caller that has run :func:`~spadfast.ops.checks.check_images` already.
+        ``step_fusion`` (None: the sampler's own) fuses every step's x0 estimate (:func:`fusion_weight`).
         """
         if validate:
             check_images(images)
         seed = check_int(seed, "seed", 0, optional=True)
         steps = check_int(self.steps if steps is None else steps, "steps", 1, self.alphas_cumprod.numel())
         ensemble = check_int(ensemble, "ensemble", 1)
+        fusion = check_step_fusion(self.step_fusion if step_fusion is None else step_fusion)
         B, _, H, W = images.shape
         if noise_keys is not None:
             noise_keys = list(noise_keys)
@@ -364,10 +426,13 @@ class DDIMSampler:
                 x = self._supervised_probs(per_image, B, H, W, device)
             else:
                 outs = []
-                for start in range(0, B * K, self.chunk):
-                    stop = min(start + self.chunk, B * K)
+                # uncertainty fusion reads all members of an image at every step: chunks of whole images
+                chunk = max(K, self.chunk // K * K) if fusion == "uncertainty" else self.chunk
+                for start in range(0, B * K, chunk):
+                    stop = min(start + chunk, B * K)
                     context = self._rows_context(per_image, K, start, stop)
-                    outs.append(self._run(x_T[start:stop].to(device), context, steps, eta_seed, B * K, start))
+                    outs.append(self._run(x_T[start:stop].to(device), context, steps, eta_seed, B * K, start,
+                                          fusion, K))
                 x = torch.cat(outs)
         finally:
             self.model.train(was_training)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -315,3 +317,147 @@ def test_reentrant_sample_inside_the_model_equals_separate_calls(backend, chunk)
     assert torch.equal(outer_nested.probs, outer_alone.probs)
     assert torch.equal(model.nested.members, inner_alone.members)
     assert model.training  # the outer call's train/eval restore is not undone by the nested one
+
+
+# ------------------------------------------------------------------------------------- step fusion
+class ConstantX0(torch.nn.Module):
+    """``prediction_type="sample"`` stand-in: predicts ``early`` at timesteps above 700 and ``late`` below,
+    whatever x_t (each ``[1,1,H,W]``, broadcast over rows)."""
+
+    def __init__(self, early: torch.Tensor, late: torch.Tensor):
+        super().__init__()
+        self.early, self.late = early, late
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return torch.where(t.view(-1, 1, 1, 1) > 700, self.early, self.late).expand(x.shape[0], 1, *x.shape[2:])
+
+
+def _fusion_sampler(**kw):
+    model = kw.pop("model", None) or ToyDenoiser(2)
+    return DDIMSampler(model, alphas_cumprod(make_betas("linear", 1000)), steps=kw.pop("steps", 4), **kw)
+
+
+def test_step_fusion_none_is_the_default_and_bit_identical():
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    default = _fusion_sampler().sample(images, ensemble=3, seed=2, return_members=True)
+    for s, kw in ((_fusion_sampler(step_fusion="none"), {}), (_fusion_sampler(step_fusion="mean"),
+                                                                {"step_fusion": "none"})):
+        other = s.sample(images, ensemble=3, seed=2, return_members=True, **kw)
+        assert torch.equal(other.members, default.members) and torch.equal(other.std, default.std)
+    for fusion in ("mean", "uncertainty"):  # fusing 4 steps is not the last step
+        fused = _fusion_sampler().sample(images, ensemble=3, seed=2, step_fusion=fusion)
+        assert not torch.allclose(fused.probs, default.probs, atol=1e-3), fusion
+
+
+@pytest.mark.parametrize("fusion", ["mean", "uncertainty"])
+def test_step_fusion_shapes_range_and_determinism(fusion):
+    images = torch.rand(3, 1, 9, 11) * 2 - 1
+    s = _fusion_sampler(step_fusion=fusion)
+    a = s.sample(images, ensemble=2, seed=1, return_members=True)
+    assert a.probs.shape == a.std.shape == (3, 1, 9, 11) and a.members.shape == (3, 2, 9, 11)
+    assert a.probs.dtype == torch.float32 and (a.probs >= 0).all() and (a.probs <= 1).all()
+    assert torch.equal(a.members, s.sample(images, ensemble=2, seed=1, return_members=True).members)
+    assert not torch.equal(a.members, s.sample(images, ensemble=2, seed=9, return_members=True).members)
+    two_class = ToyDenoiser(3)
+    two_class.weight = torch.nn.Parameter(torch.cat([two_class.weight, -two_class.weight.flip(1)]))  # 2 outputs
+    multi = _fusion_sampler(model=two_class, mask_channels=2, step_fusion=fusion)
+    m = multi.sample(images, ensemble=2, seed=1, return_members=True)
+    assert m.probs.shape == (3, 2, 9, 11) and m.members.shape == (3, 2, 2, 9, 11) and m.labels.shape == (3, 9, 11)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "uncertainty"])
+def test_fusion_of_identical_estimates_is_the_estimate(fusion):
+    x0 = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)
+    s = _fusion_sampler(model=ConstantX0(x0, x0), prediction_type="sample", steps=5, step_fusion=fusion)
+    out = s.sample(torch.zeros(2, 1, 8, 8), ensemble=3, seed=0)
+    torch.testing.assert_close(out.probs, ((x0 + 1) / 2).expand(2, 1, 8, 8), rtol=0, atol=1e-6)
+    assert (out.std == 0).all()
+
+
+def _bits(p):
+    return -sum(q * math.log2(q) for q in (p, 1 - p) if q > 0)
+
+
+def test_uncertainty_fusion_matches_a_hand_computed_two_step_case():
+    """S = 2 (timesteps 999, 499): step 1 predicts a, step 2 predicts b; weights exp(sigmoid(i/2) * (1 - H(p)))."""
+    a_vals, b_vals = [0.6, -1.0, 0.0, 1.0], [-0.2, 0.5, 0.0, 1.0]
+    a = torch.tensor(a_vals).view(1, 1, 2, 2)
+    b = torch.tensor(b_vals).view(1, 1, 2, 2)
+    model = ConstantX0(a, b)
+    for fusion in ("mean", "uncertainty"):
+        s = _fusion_sampler(model=model, prediction_type="sample", steps=2, step_fusion=fusion)
+        got = s.sample(torch.zeros(1, 1, 2, 2), ensemble=2, seed=0).probs.flatten().tolist()
+        for g, av, bv in zip(got, a_vals, b_vals):
+            if fusion == "mean":
+                want = ((av + bv) / 2 + 1) / 2
+            else:
+                w1 = math.exp((1 / (1 + math.exp(-0.5))) * (1 - _bits((av + 1) / 2)))
+                w2 = math.exp((1 / (1 + math.exp(-1.0))) * (1 - _bits((bv + 1) / 2)))
+                want = ((w1 * av + w2 * bv) / (w1 + w2) + 1) / 2
+            assert g == pytest.approx(want, abs=1e-6), (fusion, av, bv)
+    # hand numbers for pixel 0: p = 0.8 (H = 0.7219 bits) then 0.4 (H = 0.9710 bits)
+    w1, w2 = math.exp(0.62246 * 0.27807), math.exp(0.73106 * 0.02905)
+    assert got[0] == pytest.approx(((w1 * 0.6 - w2 * 0.2) / (w1 + w2) + 1) / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["none", "mean", "uncertainty"])
+def test_every_step_count_from_1_to_50_samples_finite(fusion):
+    s = _fusion_sampler(step_fusion=fusion)
+    images = torch.rand(1, 1, 8, 8) * 2 - 1
+    for steps in range(1, 51):
+        out = s.sample(images, steps=steps, ensemble=2, seed=0)
+        assert torch.isfinite(out.probs).all() and out.probs.shape == (1, 1, 8, 8), steps
+
+
+@pytest.mark.parametrize("fusion", ["mean", "uncertainty"])
+def test_step_fusion_does_not_depend_on_chunking_or_batch(fusion):
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    keys = [4, 8, 15]
+    whole = _fusion_sampler(step_fusion=fusion, chunk=64).sample(images, ensemble=3, seed=1, noise_keys=keys,
+                                                                  return_members=True)
+    for chunk in (1, 2, 4, 7):
+        part = _fusion_sampler(step_fusion=fusion, chunk=chunk).sample(images, ensemble=3, seed=1, noise_keys=keys,
+                                                                        return_members=True)
+        torch.testing.assert_close(part.members, whole.members, rtol=0, atol=1e-6)
+    alone = _fusion_sampler(step_fusion=fusion).sample(images[2:], ensemble=3, seed=1, noise_keys=keys[2:],
+                                                       return_members=True)
+    torch.testing.assert_close(alone.members, whole.members[2:], rtol=0, atol=1e-6)
+
+
+def test_mean_fusion_members_do_not_depend_on_the_ensemble_size():
+    """Keyed noise: member k is the same draw whatever K; "mean" fuses each member on its own."""
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    s = _fusion_sampler(step_fusion="mean")
+    big = s.sample(images, ensemble=4, seed=3, noise_keys=[1, 2], return_members=True).members
+    for k in (1, 2, 3):
+        small = s.sample(images, ensemble=k, seed=3, noise_keys=[1, 2], return_members=True).members
+        torch.testing.assert_close(small, big[:, :k], rtol=0, atol=1e-6)
+    # "uncertainty" weights read every member: one member alone weighs by its own confidence, and still equals the
+    # first member of a K = 1 draw inside a larger batch
+    u = _fusion_sampler(step_fusion="uncertainty")
+    one = u.sample(images, ensemble=1, seed=3, noise_keys=[1, 2], return_members=True).members
+    assert not torch.allclose(one, u.sample(images, ensemble=4, seed=3, noise_keys=[1, 2],
+                                            return_members=True).members[:, :1], atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "uncertainty"])
+def test_step_fusion_graph_replay_equals_eager_and_keys_the_cache(fusion):
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    eager = _fusion_sampler(step_fusion=fusion, steps=3).sample(images, ensemble=2, seed=4)
+    graph = _graph_sampler(step_fusion=fusion)
+    first, second = graph.sample(images, ensemble=2, seed=4), graph.sample(images, ensemble=2, seed=4)
+    torch.testing.assert_close(first.probs, eager.probs, rtol=0, atol=1e-6)
+    assert torch.equal(first.probs, second.probs) and graph._graph_backend.captures == 1
+    plain = graph.sample(images, ensemble=2, seed=4, step_fusion="none")  # a new graph, not a stale replay
+    assert graph._graph_backend.captures == 2
+    assert torch.equal(plain.probs, _fusion_sampler(steps=3).sample(images, ensemble=2, seed=4).probs)
+
+
+def test_bad_step_fusion_is_refused_naming_the_argument():
+    with pytest.raises(ValueError, match="`step_fusion`"):
+        _fusion_sampler(step_fusion="max")
+    with pytest.raises(ValueError, match="`step_fusion`"):
+        _fusion_sampler().sample(torch.zeros(1, 1, 8, 8), step_fusion="last")
+    with pytest.raises(ValueError, match="`step_fusion`"):
+        _fusion_sampler(step_fusion=None)
