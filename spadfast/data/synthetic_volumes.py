@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.files import write_bytes_atomic
-from ..io.nifti_write import write_nifti
+from ..io.nifti import write_nifti
 from ..ops.checks import check_int
 
 

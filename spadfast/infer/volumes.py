@@ -23,7 +23,8 @@ from ..data.volumes import coarsest_axis, in_plane_shape, resize_plane, slice_vo
 from ..diffusion.sampler import image_noise_key, labels_from_probs
 from ..io.input_folders import check_one_input_kind
 from ..io.nifti import case_stem, group_cases, load_case, read_dataset_json, volume_stem
-from ..io.nifti_write import check_reference_writable, write_nifti
+from ..io.nifti import write_nifti
+from ..io.nifti import check_reference_writable
 from ..io.orientation import Reorientation
 from ..io.volume_norm import normalize_volume
 from ..ops.checks import check_axis, check_int

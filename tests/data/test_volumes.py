@@ -14,7 +14,7 @@ from spadfast.data.synthetic_volumes import write_demo_volumes
 from spadfast.data.volumes import VolumeSlices, coarsest_axis
 from spadfast.io import volume_norm
 from spadfast.io.nifti import group_cases, is_volume_folder, read_dataset_json
-from spadfast.io.nifti_write import write_nifti
+from spadfast.io.nifti import write_nifti
 from spadfast.io.volume_norm import apply_normalization, normalization_params
 
 SHAPE = (12, 10, 6)

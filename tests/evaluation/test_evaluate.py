@@ -14,7 +14,7 @@ import pytest
 from spadfast.data.synthetic_volumes import write_demo_volumes
 from spadfast.evaluation.evaluate import evaluate_folders, format_table
 from spadfast.evaluation.metrics import dice, hd95, iou, per_class_metrics
-from spadfast.io.nifti_write import write_nifti
+from spadfast.io.nifti import write_nifti
 
 
 def write_pngs(folder, maps):

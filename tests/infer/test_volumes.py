@@ -15,7 +15,7 @@ from spadfast.data.volumes import VolumeSlices
 from spadfast.diffusion.sampler import labels_from_probs
 from spadfast.evaluation.metrics import per_class_metrics
 from spadfast.infer.volumes import predict_volume, predict_volume_folder
-from spadfast.io.nifti_write import write_nifti
+from spadfast.io.nifti import write_nifti
 
 WINDOW = (0.0, 300.0)  # label c has intensity 100 c: -1, -1/3, 1/3, 1 after the window
 CENTRES = (-1 / 3, 1 / 3, 1.0)
@@ -515,7 +515,7 @@ def test_maps_are_written_for_inputs_with_header_extensions_or_nifti2(tmp_path, 
 def test_an_unwritable_input_header_fails_before_the_case_is_segmented(tmp_path, monkeypatch):
     from nibabel.spatialimages import HeaderDataError
 
-    import spadfast.io.nifti_write as nifti_write
+    import spadfast.io.nifti as nifti_write
 
     src = write_source(tmp_path / "case_0000.nii.gz", three_class_labels(), oblique_affine())
 

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from spadfast.io.nifti_write import write_nifti
+from spadfast.io.nifti import write_nifti
 from spadfast.io.orientation import Reorientation
 
 
@@ -85,7 +85,7 @@ def test_maps_on_a_reference_with_extensions_nifti2_or_big_endian_equal_nibabels
                                                                                        dtype, slope):
     """Label, probability (float32 and uint8-scaled) maps on such an input's grid: nibabel's own writer on the same
     header without the extensions gives the same bytes, and the file reads back with the input's geometry."""
-    from spadfast.io.nifti_write import check_reference_writable
+    from spadfast.io.nifti import check_reference_writable
 
     reference = _reference(tmp_path, kind)
     data = (np.random.default_rng(2).random(shape) * 200).astype(dtype)
@@ -109,7 +109,7 @@ def test_maps_on_a_reference_with_extensions_nifti2_or_big_endian_equal_nibabels
 
 
 def test_an_unwritable_reference_header_is_a_value_error_naming_the_input(tmp_path):
-    from spadfast.io.nifti_write import check_reference_writable
+    from spadfast.io.nifti import check_reference_writable
 
     reference = _reference(tmp_path, "nifti2")
     with pytest.raises(ValueError, match=r"case_0000\.nii\.gz: cannot write a float32 \[7, 6, 5, 70000\] map"):
