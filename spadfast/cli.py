@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="new (or empty) folder for 0/255 PNG masks")
     p.add_argument("--steps", type=int, help="DDIM steps (default: config.sample_steps)")
     p.add_argument("--ensemble", type=int, help="ensemble members (default: config.ensemble)")
+    p.add_argument("--step-fusion", choices=("none", "mean", "uncertainty"), help="combine the x0 estimates of every "
+                   "DDIM step: plain mean or Diff-UNet's step-uncertainty weights (default: config.step_fusion)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     p.add_argument("--overlay", action="store_true", help="also write image-with-contour PNGs to OUT/overlays "
@@ -304,6 +306,9 @@ def cmd_predict(args) -> int:
     models = [Segmenter.from_onnx(c, threads=args.threads) if o else
               Segmenter.from_checkpoint(c, device=args.device, amp=args.amp, compile=args.compile)
               for c, o in zip(args.checkpoint, onnx)]
+    if getattr(args, "step_fusion", None) is not None:
+        for model in models:
+            model.step_fusion = args.step_fusion
     if len(models) > 1:
         from .infer.ensemble import ModelEnsemble
 

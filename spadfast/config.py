@@ -11,6 +11,7 @@ from typing import Any
 
 from .data.augmentation import AugmentConfig
 from .diffusion.perturb import PerturbConfig
+from .diffusion.sampler import STEP_FUSIONS
 from .diffusion.schedule import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from .ops.constants import BACKENDS, INTENSITY_NORMS, PREDICTION_TYPES
 from .ops.fields import check_fields
@@ -135,6 +136,9 @@ class SPADConfig:
         self.intensity_window = tuple(float(v) for v in self.intensity_window)
         self.target_spacing = tuple(float(v) for v in self.target_spacing)
         self.attention_levels = tuple(int(c) for c in self.attention_levels)
+    # "none": keep the last DDIM sample; "mean" / "uncertainty": fuse every step's x0 estimate, plain or weighted by
+    # step and members' entropy (Diff-UNet's step-uncertainty fusion; spadfast.diffusion.sampler.fusion_weight)
+    step_fusion: str = "none"
         if isinstance(self.perturb, dict):
             self.perturb = _build(PerturbConfig, self.perturb, "perturb.")
         if isinstance(self.augment, bool):  # configs and checkpoints from before the block: flips on or off
@@ -234,6 +238,7 @@ class SPADConfig:
             if not ok:
                 raise ValueError(f"`{name}` must be {what}, got {getattr(self, name)!r}")
         if self.image_size % (2 ** (len(self.channel_mults) - 1)) != 0:
+            (self.step_fusion in STEP_FUSIONS, "step_fusion", f"one of {STEP_FUSIONS}"),
             raise ValueError(
                 f"`image_size` must be divisible by 2**(len(channel_mults)-1) = {2 ** (len(self.channel_mults) - 1)}, "
                 f"got {self.image_size}"

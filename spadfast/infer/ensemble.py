@@ -47,6 +47,16 @@ class ModelEnsemble:
         self.model = getattr(segmenters[0], "model", None)
         self.sampler = getattr(segmenters[0], "sampler", None)
 
+    @property
+    def step_fusion(self) -> str:
+        """The models' step fusion (set on every model; "uncertainty" weighs each model's own members)."""
+        return self.segmenters[0].step_fusion
+
+    @step_fusion.setter
+    def step_fusion(self, value: str) -> None:
+        for seg in self.segmenters:
+            seg.step_fusion = value
+
     def predict(self, x, steps: int | None = None, ensemble: int | None = None, seed: int = 0,
                 name: str | None = None, tta: bool = False):
         """:meth:`spadfast.infer.segmenter.Segmenter.predict` with this ensemble's members (same arguments and result)."""

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..diffusion.sampler import DDIMSampler, SampleResult, image_noise_key, labels_from_probs
+from ..diffusion.sampler import DDIMSampler, SampleResult, check_step_fusion, image_noise_key, labels_from_probs
 from ..evaluation.visualize import overlay_contour
 from ..io.files import (
     check_channels,
@@ -45,6 +45,18 @@ class Segmenter:
         self.config = config
         self.model = model.eval().requires_grad_(False)
         self.sampler = DDIMSampler.from_config(config, self.model, alphas_cumprod)
+
+    @property
+    def step_fusion(self) -> str:
+        """How the sampler combines its steps: ``"none"`` (last sample), ``"mean"`` or ``"uncertainty"``
+        (:func:`spadfast.diffusion.sampler.fusion_weight`); set it to change every later prediction (the config's
+        ``step_fusion`` follows)."""
+        return self.sampler.step_fusion
+
+    @step_fusion.setter
+    def step_fusion(self, value: str) -> None:
+        self.sampler.step_fusion = check_step_fusion(value)
+        self.config.step_fusion = value
 
     @classmethod
     def from_checkpoint(cls, path, device: str | None = None, amp: str | None = None,
@@ -162,13 +174,15 @@ class Segmenter:
 
     def segment(self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None,
                 seed: int | None = 0, return_members: bool = False,
-                noise_keys: list[int] | None = None) -> SampleResult:
+                noise_keys: list[int] | None = None, step_fusion: str | None = None) -> SampleResult:
+        """``images`` float ``[B,C,H,W]`` in [-1, 1] -> :class:`SampleResult`; ``None`` arguments take the config's
+        (``step_fusion``: the sampler's, :attr:`step_fusion`)."""
         cfg = self.config
         images, _ = check_images(images, cfg.image_channels)
         return self.sampler.sample(
             images, steps=cfg.sample_steps if steps is None else steps,
             ensemble=cfg.ensemble if ensemble is None else ensemble, seed=seed, threshold=cfg.threshold,
-            return_members=return_members, noise_keys=noise_keys, validate=False,
+            return_members=return_members, noise_keys=noise_keys, validate=False, step_fusion=step_fusion,
         )
 
 
