@@ -128,6 +128,9 @@ class SPADConfig:
     threshold: float = 0.5  # foreground where the members' mean probability exceeds it
     sample_chunk: int = 64  # most images x members per denoiser call (bounds sampling memory)
     cuda_graph: bool = True  # CUDA: capture the whole DDIM loop as one CUDA graph
+    # "none": keep the last DDIM sample; "mean" / "uncertainty": fuse every step's x0 estimate, plain or weighted by
+    # step and members' entropy (Diff-UNet's step-uncertainty fusion; spadfast.diffusion.sampler.fusion_weight)
+    step_fusion: str = "none"
 
     def __post_init__(self) -> None:
         check_fields(self, _NULLABLE)
@@ -136,9 +139,6 @@ class SPADConfig:
         self.intensity_window = tuple(float(v) for v in self.intensity_window)
         self.target_spacing = tuple(float(v) for v in self.target_spacing)
         self.attention_levels = tuple(int(c) for c in self.attention_levels)
-    # "none": keep the last DDIM sample; "mean" / "uncertainty": fuse every step's x0 estimate, plain or weighted by
-    # step and members' entropy (Diff-UNet's step-uncertainty fusion; spadfast.diffusion.sampler.fusion_weight)
-    step_fusion: str = "none"
         if isinstance(self.perturb, dict):
             self.perturb = _build(PerturbConfig, self.perturb, "perturb.")
         if isinstance(self.augment, bool):  # configs and checkpoints from before the block: flips on or off
@@ -195,7 +195,7 @@ class SPADConfig:
             (not self.self_condition or self.perturb_mode != "condition", "self_condition",
              "false with perturb_mode 'condition' (that mode already self-conditions, with SPAD's perturbation of the "
              "estimate and condition_dropout): use one of them"),
-            (math.isfinite(self.x0_loss_weight) and self.x0_loss_weight >= 0, "x0_loss_weight", ">= 0 and finite"),
+            (self.x0_loss_weight >= 0, "x0_loss_weight", ">= 0 (0: off)"),
             (not self.recycle or self.prediction_type == "sample", "recycle",
              "false unless prediction_type is 'sample' (x_t comes from the model's estimate, the loss targets the "
              "ground truth: epsilon/v targets would be up to ~100x the noise scale at small t)"),

@@ -20,6 +20,22 @@ per-class logits, trained with :func:`supervised_loss` (the non-diffusion refere
 
 DDPM-IP (``input_gamma`` > 0, Ning et al. 2023): x_t = add_noise(x0_in, eps + gamma * xi) with the target built
 from ``eps``, a perturbation of the forward noise only.
+
+Training options of the diffusion study (each off by default; combinations are checked by ``SPADConfig``):
+
+- ``self_condition`` (Analog Bits, Chen et al. 2023): the condition channel of ``condition`` mode without SPAD's
+  perturbation: on a ``self_condition_prob`` share of rows the model's own detached x0 estimate (a first no-grad
+  pass with an empty condition), zeros on the rest (:func:`self_condition_rows`). ``condition`` mode is
+  self-conditioning with the estimate's binarisation perturbed and ``condition_dropout`` zeroing rows, so the two
+  are refused together.
+- ``recycle`` (ImgX-DiffSeg, Fu et al. 2023, ``prev_step: next`` without ``reverse_step``): a no-grad pass on x_{t+1}
+  built from the ground truth (t + 1 clamped at T - 1, the step the sampler comes from) gives x0^; x_t is x0^
+  re-noised at t with fresh noise, and the regression target is the ground truth (:func:`recycled_pair`: ``input``
+  mode with x0^ as the perturbed mask). ImgX draws t from [0, T - 1); spadfast keeps [0, T) so the timestep draw
+  is that of a run without recycling. Only ``prediction_type: sample`` (the target of ``epsilon``/``v`` would
+  carry ``sqrt(abar/(1-abar)) (x0^ - x0)``, as in ``input`` mode).
+- ``x0_loss_weight`` (Diff-UNet, Xing et al. 2023): + weight * (BCE + soft Dice) of the x0 estimate against the
+  regression's x0 (:func:`x0_mask_loss`).
 """
 
 from __future__ import annotations
@@ -29,7 +45,8 @@ import torch
 from .schedule import add_noise, training_target
 
 __all__ = ["perturbed_rows", "noised_pair", "x0_from_prediction", "self_condition", "supervised_loss", "split_ignored",
-           "masked_mse", "check_perturb_mode"]
+           "masked_mse", "check_perturb_mode", "diffusion_x0", "recycled_pair", "self_condition_rows", "x0_mask_loss",
+           "recycle_timesteps"]
 
 
 def check_perturb_mode(config) -> None:
@@ -72,12 +89,63 @@ def noised_pair(
         a: ``abar_t`` per row, ``[B,1,1,1]``.
         input_noise: ``gamma * xi`` of DDPM-IP, added to the noise that builds x_t only (None: off).
     """
-    x0_in = clean if mode == "condition" else perturbed if rows is None else torch.where(rows, perturbed, clean)
+    x0_in = diffusion_x0(mode, clean, perturbed, rows)
     x_t = add_noise(x0_in, eps if input_noise is None else eps + input_noise, a)
     if mode == "target":
         return x_t, training_target(prediction_type, x0_in, eps, a)
     eps_clean = eps if mode == "condition" else eps + (a / (1 - a)).sqrt() * (x0_in - clean)
     return x_t, training_target(prediction_type, clean, eps_clean, a)
+
+
+def diffusion_x0(mode: str, clean: torch.Tensor, perturbed: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The mask x_t is built from (:func:`noised_pair`'s ``x0_in``): ``clean`` in ``condition`` mode, else
+    ``perturbed`` on ``rows`` (every row when None) and ``clean`` elsewhere; float ``[B,K,H,W]`` in [-1, 1]."""
+    return clean if mode == "condition" else perturbed if rows is None else torch.where(rows, perturbed, clean)
+
+
+def recycle_timesteps(t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
+    """Timesteps of recycling's first pass: ``t + 1`` clamped at ``T - 1`` (int64 ``[B]``, as ``t``)."""
+    return (t + 1).clamp_max(num_train_timesteps - 1)
+
+
+def recycled_pair(prediction_type: str, clean: torch.Tensor, estimate: torch.Tensor, eps: torch.Tensor,
+                  a: torch.Tensor, input_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_t, target)`` of recycling: x_t = ``add_noise(estimate, eps (+ input_noise), a)``, the target that of the
+    ground truth ``clean`` (``input`` mode of :func:`noised_pair` with the detached x0 estimate as the perturbed
+    mask). All float ``[B,K,H,W]`` in [-1, 1] but ``eps`` (standard normal) and ``a`` (``[B,1,1,1]``)."""
+    return noised_pair("input", prediction_type, clean, estimate, None, eps, a, input_noise)
+
+
+def self_condition_rows(estimate: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Self-conditioning's channel: ``estimate`` (float ``[B,K,H,W]``, detached) on a ``share`` of rows drawn from
+    ``generator`` (one uniform per row), zeros on the others."""
+    keep = torch.rand((estimate.shape[0], 1, 1, 1), generator=generator, device=estimate.device) < share
+    return estimate * keep
+
+
+def x0_mask_loss(x0: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None,
+                 smooth: float = 1.0, eps: float = 1e-3) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice (1 - mean over rows and class channels) of the x0 estimate as a mask.
+
+    Args:
+        x0: float ``[B,K,H,W]``, the model's x0 estimate in diffusion units (about [-1, 1]).
+        mask: float ``[B,K,H,W]`` in [0, 1], the x0 the regression targets in mask units.
+        valid: optional 0/1 ``[B,1,H,W]``: only annotated pixels count, in both terms.
+
+    The probability is ``p = (x0 + 1) / 2`` clipped to ``[eps, 1 - eps]``, as the sampler reads a member (there
+    clipped to [0, 1]); outside that range the clip passes no gradient and the MSE alone pulls the estimate back.
+    Returns a float32 scalar.
+    """
+    p = ((x0.float() + 1) / 2).clamp(eps, 1 - eps)
+    bce = torch.nn.functional.binary_cross_entropy(p, mask, reduction="none")
+    if valid is None:
+        bce = bce.mean()
+    else:
+        bce = (bce * valid).sum() / (valid.sum() * mask.shape[1]).clamp_min(1)
+        p, mask = p * valid, mask * valid
+    inter = (p * mask).sum(dim=(2, 3))
+    dice = (2 * inter + smooth) / (p.sum(dim=(2, 3)) + mask.sum(dim=(2, 3)) + smooth)
+    return bce + (1 - dice.mean())
 
 
 def x0_from_prediction(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

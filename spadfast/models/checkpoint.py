@@ -87,7 +87,7 @@ def save_from_main(path: str | os.PathLike, tensors: dict[str, torch.Tensor], ma
 
 
 # config keys that give the same weights another meaning: a checkpoint resumes only into a run that shares them
-RUN_DEFINING_KEYS = ("prediction_type", "perturb_mode", "objective", "num_classes", "beta_schedule",
+RUN_DEFINING_KEYS = ("prediction_type", "perturb_mode", "self_condition", "objective", "num_classes", "beta_schedule",
                      "num_train_timesteps", "beta_start", "beta_end")
 
 

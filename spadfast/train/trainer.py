@@ -30,13 +30,18 @@ from ..diffusion.sampler import DDIMSampler, SampleResult
 from ..diffusion.schedule import add_noise, alphas_cumprod, make_betas
 from ..diffusion.training_inputs import (
     check_perturb_mode,
+    diffusion_x0,
     masked_mse,
     noised_pair,
     perturbed_rows,
+    recycle_timesteps,
+    recycled_pair,
     self_condition,
+    self_condition_rows,
     split_ignored,
     supervised_loss,
     x0_from_prediction,
+    x0_mask_loss,
 )
 from ..evaluation.class_scores import present_class_dice
 from ..models.checkpoint import (
@@ -152,7 +157,11 @@ class SPADTrainer:
     def _loss(self, image: torch.Tensor, mask: torch.Tensor, micro: int,
               valid: torch.Tensor | None = None) -> torch.Tensor:
         """Diffusion loss of one micro-batch: perturb (SPAD), noise, predict, MSE to the target of ``perturb_mode``
-        (:mod:`spadfast.diffusion.training_inputs`); ``valid`` (``[B,1,H,W]``, 0/1) limits it to annotated pixels."""
+        (:mod:`spadfast.diffusion.training_inputs`); ``valid`` (``[B,1,H,W]``, 0/1) limits it to annotated pixels.
+
+        The study's options (off by default, each drawing nothing when off): ``recycle`` builds x_t from a no-grad
+        estimate at t + 1; ``self_condition`` feeds a no-grad estimate on x_t as the condition channel on a
+        ``self_condition_prob`` share of rows; ``x0_loss_weight`` adds BCE + soft Dice of the x0 estimate."""
         cfg = self.config
         if cfg.noise_levels > 1:  # every image's mask at several noise levels; the image is encoded once
             mask, valid = (v.repeat_interleave(cfg.noise_levels, 0) if v is not None else None for v in (mask, valid))
@@ -180,16 +189,30 @@ class SPADTrainer:
             perturbed = spad_perturb(source.reshape(B * K, 1, H, W), self.step / cfg.pas_horizon, cfg.perturb,
                                      seed=cfg.seed, offset=offset, validate=False,
                                      backend=cfg.ops_backend).view(B, K, H, W)
-        x_t, target = noised_pair(cfg.perturb_mode, cfg.prediction_type, clean, perturbed * 2 - 1, rows, eps, a,
-                                  input_noise)
+        if cfg.recycle:  # x_t from the model's own estimate at t + 1, re-noised at t; the target stays the truth
+            t_re = recycle_timesteps(t, cfg.num_train_timesteps)
+            a_re = self.alphas_cumprod[t_re].view(B, 1, 1, 1)
+            recycled = self._self_estimate(image, add_noise(clean, eps, a_re), t_re, a_re)
+            eps = torch.randn(clean.shape, generator=self.generator, device=self.device)
+            x_t, target = recycled_pair(cfg.prediction_type, clean, recycled, eps, a, input_noise)
+        else:
+            x_t, target = noised_pair(cfg.perturb_mode, cfg.prediction_type, clean, perturbed * 2 - 1, rows, eps, a,
+                                      input_noise)
         cond = None
         if estimate is not None:
             cond = self_condition(estimate, perturbed, binary)
             if cfg.condition_dropout > 0:
                 keep = torch.rand((B, 1, 1, 1), generator=self.generator, device=self.device) >= cfg.condition_dropout
                 cond = cond * keep
+        elif cfg.self_condition:
+            cond = self_condition_rows(self._self_estimate(image, x_t, t, a), cfg.self_condition_prob, self.generator)
         pred = self._forward(x_t, image, cond, t)
-        return masked_mse(pred.float(), target, valid)
+        loss = masked_mse(pred.float(), target, valid)
+        if cfg.x0_loss_weight > 0:
+            x0 = x0_from_prediction(cfg.prediction_type, x_t, pred.float(), a)
+            truth = clean if cfg.recycle else diffusion_x0(cfg.perturb_mode, clean, perturbed * 2 - 1, rows)
+            loss = loss + cfg.x0_loss_weight * x0_mask_loss(x0, (truth + 1) / 2, valid)
+        return loss
 
     def _forward(self, x_t: torch.Tensor, image: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor,
                  model: nn.Module | None = None) -> torch.Tensor:
@@ -204,8 +227,10 @@ class SPADTrainer:
 
     @torch.no_grad()
     def _self_estimate(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """The model's own x0 estimate with an empty condition (the sampler's first step), detached, clipped."""
-        out = self._forward(x_t, image, torch.zeros_like(x_t), t, model=self.model).float()
+        """The model's own x0 estimate with an empty condition (the sampler's first step), detached, clipped; float
+        ``[B,K,H,W]`` for ``x_t`` ``[B,K,H,W]`` (without a condition channel when the model has none: recycling)."""
+        cond = torch.zeros_like(x_t) if self.config.condition_channel else None
+        out = self._forward(x_t, image, cond, t, model=self.model).float()
         limit = self.config.clip_sample or 1.0
         return x0_from_prediction(self.config.prediction_type, x_t, out, a).clamp(-limit, limit)
 

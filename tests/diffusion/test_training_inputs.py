@@ -224,3 +224,60 @@ def test_input_mode_with_noise_targets_is_refused_with_the_alternatives(tmp_path
     with pytest.raises(ValueError, match="ablation variant 'SPAD input'.*prediction_type: sample"):
         run_ablation(data, tmp_path / "ablation", config=config, variants=["SPAD", "SPAD input"])
     assert not (tmp_path / "ablation").exists()
+
+
+# ------------------------------------------------------------------ the diffusion study's options (issue 31.2)
+def test_recycled_pair_noises_the_estimate_and_targets_the_truth():
+    from spadfast.diffusion.training_inputs import recycled_pair
+
+    clean, estimate, eps, a = _example(3)
+    for prediction_type in PREDICTION_TYPES:
+        x_t, target = recycled_pair(prediction_type, clean, estimate, eps, a)
+        torch.testing.assert_close(x_t, a.sqrt() * estimate + (1 - a).sqrt() * eps)  # no ground truth in x_t
+        # the x0 the target stands for is the ground truth
+        torch.testing.assert_close(x0_from_prediction(prediction_type, x_t, target, a), clean, atol=2e-4, rtol=0)
+
+
+def test_recycle_timesteps_are_the_next_step_clamped_at_the_last():
+    from spadfast.diffusion.training_inputs import recycle_timesteps
+
+    t = torch.tensor([0, 5, 998, 999])
+    assert recycle_timesteps(t, 1000).tolist() == [1, 6, 999, 999]
+    assert recycle_timesteps(t, 1000).dtype == torch.int64
+
+
+def test_self_condition_rows_keep_a_share_of_rows_and_zero_the_rest():
+    from spadfast.diffusion.training_inputs import self_condition_rows
+
+    estimate = torch.rand(4000, 1, 2, 2) + 0.5  # never 0, so a zero row was dropped
+    for share in (0.0, 0.3, 1.0):
+        out = self_condition_rows(estimate, share, torch.Generator().manual_seed(1))
+        kept = (out != 0).flatten(1).all(1)
+        assert ((out == 0).flatten(1).all(1) | kept).all()  # whole rows, kept equal to the estimate
+        assert torch.equal(out[kept], estimate[kept])
+        assert abs(kept.float().mean().item() - share) < 0.03
+    a = self_condition_rows(estimate, 0.5, torch.Generator().manual_seed(2))
+    assert torch.equal(a, self_condition_rows(estimate, 0.5, torch.Generator().manual_seed(2)))  # seeded
+
+
+def test_x0_mask_loss_is_bce_plus_soft_dice_of_the_estimate_per_class_channel():
+    from spadfast.diffusion.training_inputs import x0_mask_loss
+
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(3, 2, 6, 5, generator=g) > 0.5).float()  # two class channels
+    x0 = torch.randn(3, 2, 6, 5, generator=g) * 0.8
+    p = ((x0 + 1) / 2).clamp(1e-3, 1 - 1e-3)
+    bce = -(mask * p.log() + (1 - mask) * (1 - p).log()).mean()
+    dice = [(2 * (p[b, k] * mask[b, k]).sum() + 1) / (p[b, k].sum() + mask[b, k].sum() + 1)
+            for b in range(3) for k in range(2)]
+    torch.testing.assert_close(x0_mask_loss(x0, mask), bce + 1 - torch.stack(dice).mean())
+    assert x0_mask_loss(mask * 2 - 1, mask) < 0.02 < x0_mask_loss(1 - mask * 2, mask)  # right vs inverted masks
+    # ignored pixels count in neither term
+    valid = (torch.rand(3, 1, 6, 5, generator=g) > 0.3).float()
+    scrambled = torch.where(valid.bool(), x0, torch.randn(3, 2, 6, 5, generator=g))
+    torch.testing.assert_close(x0_mask_loss(x0, mask, valid), x0_mask_loss(scrambled, mask, valid))
+    assert not torch.allclose(x0_mask_loss(x0, mask), x0_mask_loss(scrambled, mask))
+    # a gradient reaches the estimate inside (0, 1)
+    x0.requires_grad_(True)
+    x0_mask_loss(x0, mask).backward()
+    assert x0.grad.abs().sum() > 0
