@@ -210,3 +210,43 @@ def test_defaults_are_off_and_checkpoints_without_the_keys_load_with_them_off():
             "step": 0, "optimizer_param_groups": []}
     old = SPADConfig.from_checkpoint_meta(meta, "old.safetensors")
     assert not old.self_condition and not old.recycle and old.x0_loss_weight == 0 and old.model_in_channels == 2
+
+
+DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import torch, torch.distributed as dist
+from tests.helpers import tiny_config
+from spadfast import SPADTrainer
+trainer = SPADTrainer(tiny_config(self_condition=True, recycle=True, prediction_type="sample", x0_loss_weight=0.5))
+before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+trainer.fit(2)
+flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+gathered = [None, None]
+dist.all_gather_object(gathered, flat)
+if trainer.rank == 0:
+    torch.save({{"equal": torch.equal(*gathered), "moved": not torch.equal(flat, before)}}, {out!r})
+from spadfast.runtime.distributed import exit_process, shutdown
+shutdown()
+exit_process(0)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_with_every_option_keeps_ranks_in_sync(tmp_path):
+    """The no-grad passes run on the unwrapped module: the DDP gradient all-reduce still keeps the ranks equal."""
+    import os
+    import subprocess
+    import sys
+
+    from ..runtime.test_distributed import ROOT, _free_port
+
+    out = tmp_path / "result.pt"
+    script = tmp_path / "ddp_options.py"
+    script.write_text(DDP_SCRIPT.format(root=str(ROOT), out=str(out)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert torch.load(out) == {"equal": True, "moved": True}
