@@ -16,6 +16,7 @@ from .diffusion.schedule import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from .ops.constants import BACKENDS, INTENSITY_NORMS, PREDICTION_TYPES
 from .ops.fields import check_fields
 
+CT_NORMALIZATIONS = ("dataset", "volume")
 PERTURB_MODES = ("target", "input", "condition")  # spadfast.diffusion.training_inputs
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
@@ -51,6 +52,13 @@ class SPADConfig:
     foreground_fraction: float = 0.5  # volumes: probability a training slice is drawn from slices with foreground
     modalities: tuple[str, ...] = ()  # volumes: modality per image channel ("CT", "MR", ...), recorded from the data
     intensity_window: tuple[float, ...] = ()  # volumes: fixed (lo, hi) window for every channel; () = per modality
+    # volumes, CT channels: "dataset" clips and z-scores with the training set's foreground statistics (nnU-Net's
+    # CTNormalization, computed at training start into ct_stats); "volume" uses each volume's own percentiles
+    # (checkpoints written before this key: "volume")
+    ct_normalization: str = "dataset"
+    # (p0.5, p99.5, mean, std) of the training set's foreground voxels per image channel (4 values a channel; non-CT
+    # channels hold zeros); filled at training start with ct_normalization: dataset, stored in the checkpoint
+    ct_stats: tuple[float, ...] = ()
     intensity_norm: str = "dtype"  # image files -> [-1, 1]: dtype | minmax | percentile (per image)
     # native resolution: False keeps image files at their own pixel size (training patches of image_size, sliding
     # windows at inference); True resizes every image to image_size (checkpoints written before this key: True)
@@ -137,6 +145,7 @@ class SPADConfig:
         self.channel_mults = tuple(int(c) for c in self.channel_mults)
         self.modalities = tuple(self.modalities)
         self.intensity_window = tuple(float(v) for v in self.intensity_window)
+        self.ct_stats = tuple(float(v) for v in self.ct_stats)
         self.target_spacing = tuple(float(v) for v in self.target_spacing)
         self.attention_levels = tuple(int(c) for c in self.attention_levels)
         if isinstance(self.perturb, dict):
@@ -170,6 +179,10 @@ class SPADConfig:
              or self.intensity_window[0] < self.intensity_window[1]), "intensity_window", "() or (lo, hi), lo < hi"),
             (not self.modalities or len(self.modalities) == self.image_channels, "modalities",
              "empty or one name per image channel"),
+            (self.ct_normalization in CT_NORMALIZATIONS, "ct_normalization", f"one of {CT_NORMALIZATIONS}"),
+            (not self.ct_stats or (len(self.ct_stats) == 4 * self.image_channels
+                                   and all(math.isfinite(v) for v in self.ct_stats)), "ct_stats",
+             "() or 4 finite values (p0.5, p99.5, mean, std) per image channel"),
             (self.intensity_norm in INTENSITY_NORMS, "intensity_norm", f"one of {INTENSITY_NORMS}"),
             (self.base_channels >= 1, "base_channels", ">= 1"),
             (len(self.channel_mults) >= 1, "channel_mults", "non-empty"),
@@ -225,6 +238,7 @@ class SPADConfig:
             (self.clip_sample is None or self.clip_sample > 0, "clip_sample", "None or > 0"),
             (0 < self.threshold < 1, "threshold", "in (0, 1)"),
             (self.sample_chunk >= 1, "sample_chunk", ">= 1"),
+            (self.step_fusion in STEP_FUSIONS, "step_fusion", f"one of {STEP_FUSIONS}"),
             (self.log_every >= 1, "log_every", ">= 1"),
             (self.val_every >= 0, "val_every", ">= 0 (0 disables validation)"),
             (self.val_samples >= 1, "val_samples", ">= 1"),
@@ -238,7 +252,6 @@ class SPADConfig:
             if not ok:
                 raise ValueError(f"`{name}` must be {what}, got {getattr(self, name)!r}")
         if self.image_size % (2 ** (len(self.channel_mults) - 1)) != 0:
-            (self.step_fusion in STEP_FUSIONS, "step_fusion", f"one of {STEP_FUSIONS}"),
             raise ValueError(
                 f"`image_size` must be divisible by 2**(len(channel_mults)-1) = {2 ** (len(self.channel_mults) - 1)}, "
                 f"got {self.image_size}"
@@ -307,6 +320,7 @@ class SPADConfig:
                 raise ValueError(f"checkpoint {source!r} lacks {key!r} in its metadata: not a SPADTrainer checkpoint")
         cfg_dict = dict(meta["config"])
         cfg_dict.setdefault("resize", True)  # written before native resolution existed: it resized every image
+        cfg_dict.setdefault("ct_normalization", "volume")  # written before data-set CT statistics existed
         if device is not None:
             cfg_dict["device"] = device
         if cfg_dict.get("amp") == "fp16" and resolve_device(cfg_dict.get("device", "auto")).type != "cuda":

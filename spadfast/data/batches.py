@@ -27,15 +27,27 @@ def volume_dataset(root: str | Path, config, name: str = "train_data") -> Datase
     Returns:
         a :class:`~spadfast.data.volumes.VolumeSlices`, or a :class:`~spadfast.data.patches.PatchDraws` of one.
     """
+    from ..io.volume_norm import ct_stats_from_flat, ct_stats_to_flat, is_ct
     from .volumes import VolumeSlices
 
     train = name == "train_data"
+    dataset_ct = config.ct_normalization == "dataset" and not config.intensity_window
+    ct_stats = ct_stats_from_flat(config.ct_stats) if dataset_ct else None
+    if dataset_ct and ct_stats is None and train:
+        ct_stats = "compute"
     data: Dataset = VolumeSlices(
         root, image_size=config.image_size if config.resize else None, axis=config.slice_axis,
         window=config.intensity_window or None, reorient=config.reorient,
         target_spacing=None if config.resize else config.target_spacing,
-        foreground_fraction=config.foreground_fraction if train else None, seed=config.seed,
+        foreground_fraction=config.foreground_fraction if train else None, seed=config.seed, ct_stats=ct_stats,
     )
+    if ct_stats == "compute" and any(s is not None for s in data.ct_stats):
+        # stored in the config, hence in every checkpoint: validation, --resume and prediction use these numbers
+        config.ct_stats = ct_stats_to_flat(data.ct_stats)
+    elif dataset_ct and ct_stats is None and any(is_ct(m) for m in data.modalities):
+        raise ValueError(f"`{name}` {str(root)!r} holds CT, which ct_normalization 'dataset' normalises with the "
+                         "training set's statistics, and the config holds none (train on these volumes, or set "
+                         "ct_normalization: volume)")
     if train and not config.resize:
         from .patches import PatchDraws
 

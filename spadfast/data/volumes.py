@@ -27,7 +27,16 @@ from torch.utils.data import Dataset
 from ..io.files import check_size
 from ..io.nifti import group_cases, load_case, n_channels_of, read_dataset_json, read_label, read_nifti, volume_files
 from ..io.orientation import Reorientation
-from ..io.volume_norm import NormParams, apply_normalization, modality_of, normalization_params
+from ..io.volume_norm import (
+    CTStats,
+    NormParams,
+    apply_normalization,
+    dataset_ct_stats,
+    foreground_sample,
+    is_ct,
+    modality_of,
+    normalization_params,
+)
 from ..ops.checks import check_axis, check_int, check_number
 from .slice_draws import draw_slice
 
@@ -140,6 +149,9 @@ class VolumeSlices(Dataset):
         axis: 0, 1 or 2, the array axis to slice along; None: the coarsest voxel spacing (median over cases).
         foreground_fraction: probability in [0, 1] of drawing a foreground slice, or None (every slice in order).
         window: ``(lo, hi)``: a fixed intensity window for every channel instead of the per-modality rule.
+        ct_stats: CT channels' data-set statistics (:mod:`spadfast.io.volume_norm`): one
+            :class:`~spadfast.io.volume_norm.CTStats` or None per image channel; ``"compute"``: from this set's
+            foreground voxels (the training set, at training start); None: each volume's own percentiles.
         cache_volumes: decoded volumes kept in memory (0: decode on every access).
         seed: slice-sampling seed.
         split: ``"train"`` (``imagesTr``/``labelsTr``) or ``"test"`` (``imagesTs``/``labelsTs``).
@@ -161,7 +173,8 @@ class VolumeSlices(Dataset):
         num_classes: C, background included. class_names: C names (``[0]`` is the background; ``"class <i>"``
         without dataset.json). mask_channels: K = C - 1. modalities: one name per image channel (``"unknown"``
         without dataset.json). image_channels: C_mod. case_names: sorted case names. axis: the slicing axis.
-        image_size: ``(H, W)``. spacings: per-case voxel size (mm).
+        image_size: ``(H, W)``. spacings: per-case voxel size (mm). ct_stats: the CT statistics in use per image
+        channel (None for non-CT channels or per-volume statistics).
 
     Example:
         >>> import tempfile
@@ -189,8 +202,12 @@ class VolumeSlices(Dataset):
         cases: Sequence[str] | None = None,
         reorient: str | None = None,
         target_spacing: Sequence[float] | None = None,
+        ct_stats: Sequence[CTStats | None] | str | None = None,
     ) -> None:
         self.root = Path(root)
+        compute_ct = isinstance(ct_stats, str)
+        if compute_ct and ct_stats != "compute":
+            raise ValueError(f"`ct_stats` must be None, 'compute' or one CTStats (or None) per channel, got {ct_stats!r}")
         self.target_spacing = tuple(float(s) for s in target_spacing) if target_spacing else None
         if self.target_spacing is not None and (len(self.target_spacing) != 2 or min(self.target_spacing) <= 0):
             raise ValueError(f"`target_spacing` must be (dy, dx) in mm, both > 0, got {target_spacing!r}")
@@ -247,6 +264,15 @@ class VolumeSlices(Dataset):
                                  f"({groups[first][0]}) has {channels[first]}: every case needs the same modalities")
         self.image_channels: int = channels[first]
         self.modalities: list[str] = list(info.modalities) or ["unknown"] * self.image_channels
+        ct_channels = [c for c in range(self.image_channels) if is_ct(self.modalities[c])] if self.window is None else []
+        if compute_ct or ct_stats is None:
+            self.ct_stats: list[CTStats | None] = [None] * self.image_channels
+        else:
+            given = list(ct_stats)  # type: ignore[arg-type]
+            if len(given) != self.image_channels:
+                raise ValueError(f"`ct_stats` holds {len(given)} entries for {self.image_channels} image channels")
+            self.ct_stats = given
+        compute_ct = compute_ct and bool(ct_channels)
         median_spacing = np.median(np.array([turns[c].spacing(h.spacing) for c, h in heads.items()]), axis=0)
         self.axis: int = coarsest_axis(median_spacing.tolist()) if want_axis is None else want_axis
 
@@ -264,16 +290,21 @@ class VolumeSlices(Dataset):
             raw = load_case(paths, n_mod).channels
             assert raw is not None
             raw = [turn.to_standard(ch) for ch in raw]
-            norm = [normalization_params(ch, modality_of(info.modalities, c), self.window) for c, ch in enumerate(raw)]
+            norm = [normalization_params(ch, modality_of(info.modalities, c), self.window, self.ct_stats[c])
+                    for c, ch in enumerate(raw)]
+            samples = [foreground_sample(raw[c], label) for c in ct_channels] if compute_ct else None
             foreground = (label > 0).any(axis=tuple(a for a in range(3) if a != self.axis))
             entry = _Case(case, paths, labels[case], turn.shape(head.shape), turn.spacing(head.spacing), norm,
                           foreground, turn)
-            cached = [apply_normalization(ch, p) for ch, p in zip(raw, norm)] if i >= keep_from else None
+            if compute_ct:  # normalised once the data set's statistics are known (below)
+                cached = list(raw) if i >= keep_from else None
+            else:
+                cached = [apply_normalization(ch, p) for ch, p in zip(raw, norm)] if i >= keep_from else None
             values: set[int] = set()
             if n_classes is None:  # the label values, for _check_class_numbers (bincount: one linear pass)
                 top = int(label.max(initial=0))
                 values = set((np.unique(label) if top > 65535 else np.flatnonzero(np.bincount(label.ravel()))).tolist())
-            return entry, int(label.max(initial=0)), cached, label if cached is not None else None, values
+            return entry, int(label.max(initial=0)), cached, label if cached is not None else None, values, samples
 
         workers = min(len(groups), check_int(init_workers, "init_workers", 1) if init_workers is not None
                       else min(4, os.cpu_count() or 1))
@@ -285,17 +316,34 @@ class VolumeSlices(Dataset):
         else:
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spadfast-volumes")
             results = pool.map(lambda job: scan(*job), jobs)
+        raw_cached: list[tuple[int, list[np.ndarray], np.ndarray]] = []
+        ct_samples: list[list[np.ndarray]] = [[] for _ in ct_channels]
         try:
-            for i, (entry, top, cached, label, values) in enumerate(results):
+            for i, (entry, top, cached, label, values, samples) in enumerate(results):
                 self._cases.append(entry)
                 if top > max_label:
                     max_label, max_label_file = top, entry.label_path
                 label_values |= values
+                if samples is not None:
+                    for k, sample in enumerate(samples):
+                        ct_samples[k].append(sample)
                 if cached is not None:
-                    self._remember(i, cached, label)
+                    if compute_ct:
+                        raw_cached.append((i, cached, label))
+                    else:
+                        self._remember(i, cached, label)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+        if compute_ct:
+            for k, c in enumerate(ct_channels):
+                self.ct_stats[c] = dataset_ct_stats(ct_samples[k])
+            for entry in self._cases:
+                entry.norm = [normalization_params(np.zeros(0), modality_of(info.modalities, c), None,
+                                                   self.ct_stats[c]) if self.ct_stats[c] is not None else p
+                              for c, p in enumerate(entry.norm)]
+            for i, raw, label in raw_cached:
+                self._remember(i, [apply_normalization(ch, p) for ch, p in zip(raw, self._cases[i].norm)], label)
         if n_classes is None:
             _check_class_numbers(max_label, max_label_file, label_values)
             n_classes = max(2, max_label + 1)

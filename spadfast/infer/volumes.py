@@ -26,7 +26,7 @@ from ..io.nifti import case_stem, group_cases, load_case, read_dataset_json, vol
 from ..io.nifti import write_nifti
 from ..io.nifti import check_reference_writable
 from ..io.orientation import Reorientation
-from ..io.volume_norm import normalize_volume
+from ..io.volume_norm import CTStats, ct_stats_from_flat, is_ct, normalize_volume
 from ..ops.checks import check_axis, check_int
 from ..runtime.distributed import shard_of
 from .sliding_window import segment_image
@@ -66,6 +66,8 @@ class VolumePreprocessing:
         reorient: ``"RAS"`` (slice in RAS axis order, :mod:`spadfast.io.orientation`) or None (as stored).
         target_spacing: in-plane ``(dy, dx)`` mm each slice is resampled to (``resize: false`` models), or ``()``.
         axis: the array axis slices are taken along, or None (each volume's coarsest spacing).
+        ct_stats: the training set's CT statistics per channel (``ct_normalization: dataset``), or None (CT channels
+            use each volume's own percentiles).
     """
 
     modalities: tuple[str, ...] | None = None
@@ -73,6 +75,7 @@ class VolumePreprocessing:
     reorient: str | None = None
     target_spacing: tuple[float, ...] = ()
     axis: int | None = None
+    ct_stats: tuple[CTStats | None, ...] | None = None
 
 
 def model_preprocessing(config, modalities: Sequence[str] | None = None) -> VolumePreprocessing:
@@ -80,12 +83,22 @@ def model_preprocessing(config, modalities: Sequence[str] | None = None) -> Volu
     fallback when the config records none (a model trained on 2-D images or on dict items), e.g. a dataset.json's."""
     recorded = tuple(str(m) for m in getattr(config, "modalities", ()) or ())
     window = tuple(float(v) for v in getattr(config, "intensity_window", ()) or ())
+    names = recorded or (tuple(modalities) if modalities else None)
+    ct_stats = None
+    if getattr(config, "ct_normalization", "volume") == "dataset" and not window:
+        ct_stats = ct_stats_from_flat(getattr(config, "ct_stats", ()))
+        if ct_stats is None and any(is_ct(m) for m in recorded):  # a model trained on CT volumes (not a fallback)
+            raise ValueError("the model normalises CT with its training set's statistics (ct_normalization: "
+                             "dataset) but its config holds none (ct_stats is empty): a checkpoint written while "
+                             "training set them; set ct_normalization: volume in its config to use per-volume "
+                             "statistics instead")
     return VolumePreprocessing(
-        modalities=recorded or (tuple(modalities) if modalities else None),
+        modalities=names,
         window=(window[0], window[1]) if window else None,
         reorient=getattr(config, "reorient", None),
         target_spacing=tuple(float(v) for v in getattr(config, "target_spacing", ()) or ()),
         axis=getattr(config, "slice_axis", None),
+        ct_stats=tuple(ct_stats) if ct_stats is not None else None,
     )
 
 
@@ -194,7 +207,7 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     shape = turn.shape(case.shape)  # the arrays sliced below are in the standard order
     axis = opts.axis if opts.axis is not None else prep.axis
     axis = coarsest_axis(turn.spacing(case.spacing)) if axis is None else check_axis(axis)
-    normed, _ = normalize_volume(image, modalities, prep.window)
+    normed, _ = normalize_volume(image, modalities, prep.window, prep.ct_stats)
     normed = [turn.to_standard(ch) for ch in normed]
     case.channels = image = None  # free the raw intensities
     n_slices = shape[axis]

@@ -219,18 +219,27 @@ def test_channels_last_source_gives_a_3d_label_map(tmp_path):
     np.testing.assert_array_equal(np.asarray(got.dataobj), lab)
 
 
-def test_ct_folder_uses_the_training_normalisation(tmp_path):
+@pytest.mark.parametrize("ct_normalization", ["volume", "dataset"])
+def test_ct_folder_uses_the_training_normalisation(tmp_path, ct_normalization):
     """imagesTs of a CT data set: the model (trained on it, so recording "CT") gets the CT rule for prediction as
-    for training."""
-    root = write_demo_volumes(tmp_path / "d", n_cases=1, n_test=2, shape=(12, 12, 4), modality="CT", num_classes=3)
-    ds = VolumeSlices(root, image_size=16, foreground_fraction=None, split="test")
-    assert ds.modalities == ["CT"]
+    for training: each volume's own percentile window, or the training set's statistics from the config."""
+    from spadfast.io.volume_norm import ct_stats_to_flat
+
+    root = write_demo_volumes(tmp_path / "d", n_cases=2, n_test=2, shape=(12, 12, 4), modality="CT", num_classes=3)
     seg = FakeSegmenter(size=16)
+    seg.config.ct_normalization = ct_normalization
+    stats = None
+    if ct_normalization == "dataset":
+        stats = VolumeSlices(root, image_size=16, ct_stats="compute").ct_stats  # the training set's (imagesTr)
+        seg.config.ct_stats = ct_stats_to_flat(stats)
+    ds = VolumeSlices(root, image_size=16, foreground_fraction=None, split="test", ct_stats=stats)
+    assert ds.modalities == ["CT"]
     seg.config.modalities = tuple(ds.modalities)
     predict_volume_folder(seg, root / "imagesTs", tmp_path / "pred")
     fed = torch.cat(seg.batches)
     torch.testing.assert_close(fed, torch.stack([ds[i][0] for i in range(len(ds))]), rtol=0, atol=0)
-    assert all(c.norm[0].kind == "window" for c in ds._cases)  # the CT percentile window
+    kind = "window" if ct_normalization == "volume" else "ct_dataset"
+    assert all(c.norm[0].kind == kind for c in ds._cases)
 
 
 def image_model_config(**overrides) -> SPADConfig:
@@ -456,8 +465,11 @@ def test_the_documented_call_preprocesses_as_the_model_was_trained_and_equals_pr
     segment = seg.segment
     seg.segment = lambda images, **kw: fed.append(images.clone()) or segment(images, **kw)
     api = predict_volume(seg, case, tmp_path / "api" / "test_000.nii.gz", steps=1, ensemble=1)
-    training = VolumeSlices(root, image_size=16, foreground_fraction=None, split="test", reorient="RAS")
-    assert training.modalities == ["CT"] and training._cases[0].norm[0].kind == "window"
+    from spadfast.io.volume_norm import ct_stats_from_flat
+
+    training = VolumeSlices(root, image_size=16, foreground_fraction=None, split="test", reorient="RAS",
+                            ct_stats=ct_stats_from_flat(seg.config.ct_stats))  # the training set's CT statistics
+    assert training.modalities == ["CT"] and training._cases[0].norm[0].kind == "ct_dataset"
     torch.testing.assert_close(torch.cat(fed), torch.stack([training[i][0] for i in range(len(training))]),
                                rtol=0, atol=0)
 
