@@ -1,9 +1,11 @@
-"""Evaluate one checkpoint the way the SPAD study does: several DDIM step counts and ensemble sizes, common random
-numbers, and boundary and calibration metrics beside Dice/IoU/HD95.
+"""Evaluate one checkpoint the way the diffusion study does: a grid of DDIM step counts x ensemble sizes x step
+fusions, common random numbers, and boundary, calibration, uncertainty, tile and ambiguity endpoints beside
+Dice/IoU/HD95.
 
-Every image's initial noise is keyed by its file stem (:func:`spadfast.diffusion.sampler.image_noise_key`), so two variants
-evaluated on the same folder see the same noise (common random numbers: their paired differences are not diluted by
-sampling noise). An ensemble of ``e`` is the mean of the first ``e`` members of one ``max(ensembles)``-member draw.
+Every image's initial noise is keyed by its file stem (:func:`spadfast.diffusion.sampler.image_noise_key`; windows:
+stem and position), so two variants evaluated on the same folder see the same noise (common random numbers: their
+paired differences are not diluted by sampling noise), and an ensemble of ``e`` holds the first ``e`` members of a
+larger one. Each grid cell is sampled on its own, so its ``seconds_per_image`` is measured, not derived.
 
 Per image (binary masks, probabilities ``p`` in [0, 1], threshold 0.5):
 
@@ -11,12 +13,21 @@ Per image (binary masks, probabilities ``p`` in [0, 1], threshold 0.5):
 - ``boundary_f1``: F1 of boundary pixels matched within ``tolerance`` px (Euclidean) of the other mask's boundary;
   1 when both masks are empty, 0 when one is.
 - ``spurious``: predicted connected components (8-connected) that touch no ground-truth pixel.
-- ``brier``: mean ``(p - y)^2``; ``ece``: expected calibration error over 10 equal-width bins of ``p``.
-- ``brier_band``, ``ece_band``: the same within ``band`` px of the ground-truth boundary (NaN without a boundary).
+- ``brier``, ``ece`` (``ece_bins`` equal-width bins of ``p``), and ``brier_band``, ``ece_band`` within ``band`` px
+  of the ground-truth boundary (NaN without a boundary): :mod:`spadfast.evaluation.calibration`.
+- ``aurc``: area under the risk-coverage curve of the per-pixel uncertainty (``uncertainty``: ``"bernoulli"``
+  p(1-p) of the members' mean, the default, defined alike for a supervised sigmoid; or ``"std"``, the members' std)
+  against the per-pixel errors of the thresholded prediction.
+- ``whole_image=True``: each image is scored whole at native resolution through Gaussian sliding windows
+  (:func:`spadfast.infer.sliding_window.segment_tiled`), plus ``dice_nonempty_tiles`` and ``empty_tile_fp_rate``
+  over ``tile`` x ``tile`` px tiles (:mod:`spadfast.evaluation.tiles`).
+- ``annotator_dirs`` (several mask folders of the same images): ``ged`` and ``hm_iou`` of the thresholded members
+  against the annotators (:mod:`spadfast.evaluation.ambiguity`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,21 +37,20 @@ import numpy as np
 from scipy import ndimage
 
 from ..evaluation import metrics
+from ..evaluation.ambiguity import ged, hm_iou
+from ..evaluation.calibration import aurc, boundary, brier, ece, near_boundary, pixel_uncertainty
+from ..evaluation.tiles import tile_scores
 
-__all__ = ["STUDY_METRICS", "image_scores", "evaluate_checkpoint"]
+__all__ = ["STUDY_METRICS", "TILE_METRICS", "AMBIGUITY_METRICS", "image_scores", "evaluate_checkpoint",
+           "summarize_cases"]
 
-STUDY_METRICS = ("dice", "iou", "hd95", "boundary_f1", "spurious", "brier", "ece", "brier_band", "ece_band")
-
-
-def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Bool [H,W]: foreground pixels with a 4-neighbour in the background (image borders are not boundary)."""
-    padded = np.pad(mask, 1, mode="edge")
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~inner
+STUDY_METRICS = ("dice", "iou", "hd95", "boundary_f1", "spurious", "brier", "ece", "brier_band", "ece_band", "aurc")
+TILE_METRICS = ("dice_nonempty_tiles", "empty_tile_fp_rate")
+AMBIGUITY_METRICS = ("ged", "hm_iou")
 
 
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: float = 1.0) -> float:
-    bp, bg = _boundary(pred), _boundary(gt)
+    bp, bg = boundary(pred), boundary(gt)
     if not bp.any() and not bg.any():
         return 1.0
     if not bp.any() or not bg.any():
@@ -58,86 +68,114 @@ def spurious_components(pred: np.ndarray, gt: np.ndarray) -> int:
     return int(n - 1 - np.count_nonzero(touched))
 
 
-def _ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    if p.size == 0:
-        return float("nan")
-    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    conf = np.bincount(idx, weights=p, minlength=bins)
-    acc = np.bincount(idx, weights=y, minlength=bins)
-    return float(np.abs(conf - acc).sum() / p.size)
-
-
-def image_scores(prob: np.ndarray, gt: np.ndarray, band: int = 3, tolerance: float = 1.0) -> dict[str, float]:
-    """Scores of one image: ``prob`` float [H,W] in [0, 1], ``gt`` bool [H,W]; keys :data:`STUDY_METRICS`."""
+def image_scores(prob: np.ndarray, gt: np.ndarray, band: int = 3, tolerance: float = 1.0, ece_bins: int = 10,
+                 uncertainty: np.ndarray | None = None) -> dict[str, float]:
+    """Scores of one image: ``prob`` float [H,W] in [0, 1], ``gt`` bool [H,W]; keys :data:`STUDY_METRICS`.
+    ``uncertainty`` float [H,W] ranks the pixels for ``aurc`` (None: ``p (1 - p)``)."""
     pred = prob > 0.5
-    y = gt.astype(np.float64)
-    p = prob.astype(np.float64)
-    near = np.zeros_like(gt)
-    edge = _boundary(gt)
-    if edge.any():
-        near = ndimage.distance_transform_edt(~edge) <= band
+    near = near_boundary(gt, band)
+    u = pixel_uncertainty(prob) if uncertainty is None else uncertainty
     out = {"dice": float(metrics.dice(pred, gt)), "iou": float(metrics.iou(pred, gt)),
            "hd95": float(metrics.hd95(pred, gt))}
     out.update(
         boundary_f1=boundary_f1(pred, gt, tolerance), spurious=float(spurious_components(pred, gt)),
-        brier=float(((p - y) ** 2).mean()), ece=_ece(p.ravel(), y.ravel()),
-        brier_band=float(((p[near] - y[near]) ** 2).mean()) if near.any() else float("nan"),
-        ece_band=_ece(p[near], y[near]) if near.any() else float("nan"),
+        brier=brier(prob, gt), ece=ece(prob, gt, ece_bins), brier_band=brier(prob, gt, near),
+        ece_band=ece(prob, gt, ece_bins, near), aurc=aurc(u, pred != gt),
     )
     return out
 
 
 def evaluate_checkpoint(
     run: str | Path, images_dir: str | Path, masks_dir: str | Path, steps: Sequence[int] = (1, 2, 5, 10, 25),
-    ensembles: Sequence[int] = (1, 5), seed: int = 0, batch_size: int = 64,
+    ensembles: Sequence[int] = (1, 5), seed: int = 0, batch_size: int = 64, fusions: Sequence[str] = ("none",),
+    whole_image: bool = False, tile: int = 32, band: int = 3, ece_bins: int = 10, uncertainty: str = "bernoulli",
+    annotator_dirs: Sequence[str | Path] | None = None, device: str | None = "cpu",
 ) -> list[dict[str, Any]]:
-    """Score a run's EMA model on a folder for every (steps, ensemble) pair.
+    """Score a run's EMA model on a folder for every (steps, ensemble, step fusion) cell (module docstring).
 
-    Returns one record per pair: ``{"steps", "ensemble", "cases": [{"name", <metric>: value}], "mean": {...}}``
-    (the mean skips NaN; HD95's mean is over finite values, with ``hd95_over3`` the share of images whose HD95 is
-    above 3 px or infinite).
+    Returns one record per cell, steps outermost, then fusion, then ensemble: ``{"steps", "ensemble",
+    "step_fusion", "seconds_per_image", "cases": [{"name", <metric>: value}], "mean": {...}}`` (the mean skips NaN;
+    HD95's mean is over finite values, with ``hd95_over3`` the share of images whose HD95 is above 3 px or
+    infinite). ``seconds_per_image``: wall time of the cell's sampling (and window stitching) over the images, on
+    ``device``. ``annotator_dirs`` needs images of the model's size (``whole_image`` False).
     """
     import torch
 
-    from ..diffusion.sampler import image_noise_key
+    from ..diffusion.sampler import check_step_fusion, image_noise_key
+    from ..evaluation.calibration import UNCERTAINTY_KINDS
     from ..infer.segmenter import Segmenter
-    from ..io.files import index_folder, read_mask, read_model_input
+    from ..infer.sliding_window import segment_tiled
+    from ..io.files import check_size, index_folder, read_mask, read_model_input
+    from ..ops.checks import check_int
 
-    segmenter = Segmenter.from_checkpoint(run, device="cpu")
+    steps = [check_int(s, "steps", 1) for s in steps]
+    ensembles = [check_int(e, "ensembles", 1) for e in ensembles]
+    fusions = [check_step_fusion(f, "fusions") for f in fusions]
+    if not steps or not ensembles or not fusions:
+        raise ValueError("`steps`, `ensembles` and `fusions` must each name at least one value")
+    if uncertainty not in UNCERTAINTY_KINDS:
+        raise ValueError(f"`uncertainty` must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
+    annotators = [Path(d) for d in annotator_dirs or ()]
+    if annotators and whole_image:
+        raise ValueError("`annotator_dirs` needs whole_image=False (members are scored at the model's size)")
+    segmenter = Segmenter.from_checkpoint(run, device=device)
     cfg = segmenter.config
     images = index_folder(Path(images_dir))
     stems = sorted(images)
+    if not stems:
+        raise ValueError(f"{images_dir}: no images to evaluate")
     gts = {s: read_mask(Path(masks_dir) / f"{s}.png") for s in stems}
-    members_max = max(ensembles)
+    raters = {s: np.stack([read_mask(d / f"{s}.png") for d in annotators]) for s in stems} if annotators else {}
+    size = None if whole_image else cfg.image_size
+    inputs = {s: read_model_input(images[s], size, cfg.image_channels, cfg.intensity_norm)[0] for s in stems}
+    window = check_size(cfg.image_size)
     records = []
     for n_steps in steps:
-        per_ensemble: dict[int, list[dict[str, Any]]] = {e: [] for e in ensembles}
-        for start in range(0, len(stems), batch_size):
-            chunk = stems[start:start + batch_size]
-            arrays = [read_model_input(images[s], cfg.image_size, cfg.image_channels, cfg.intensity_norm)[0]
-                      for s in chunk]
-            result = segmenter.segment(torch.from_numpy(np.stack(arrays)), steps=n_steps, ensemble=members_max,
-                                       seed=seed, return_members=True,
-                                       noise_keys=[image_noise_key(s) for s in chunk])
-            members = result.members.numpy()  # [B, K, H, W]
-            for i, stem in enumerate(chunk):
-                for e in ensembles:
-                    prob = members[i, :e].mean(axis=0)
-                    if prob.shape != gts[stem].shape:
-                        raise ValueError(f"{images[stem]}: the study evaluates at the model's size; image is "
-                                         f"{gts[stem].shape}, model {prob.shape}")
-                    per_ensemble[e].append({"name": stem, **image_scores(prob, gts[stem])})
-        for e in ensembles:
-            records.append({"steps": n_steps, "ensemble": e, "cases": per_ensemble[e],
-                            "mean": summarize_cases(per_ensemble[e])})
+        for fusion in fusions:
+            for e in ensembles:
+                kwargs = dict(steps=n_steps, ensemble=e, seed=seed, step_fusion=fusion)
+                cases, elapsed = [], 0.0
+                for start in range(0, len(stems), batch_size):
+                    chunk = stems[start:start + batch_size]
+                    t0 = time.perf_counter()
+                    if whole_image:
+                        maps = [segment_tiled(segmenter.segment, torch.from_numpy(inputs[s]), window,
+                                              float(cfg.tile_overlap), s, **kwargs) for s in chunk]
+                        outs = [(p[0].numpy(), u[0].numpy(), None) for p, u in maps]
+                    else:
+                        result = segmenter.segment(torch.from_numpy(np.stack([inputs[s] for s in chunk])),
+                                                   return_members=True, noise_keys=[image_noise_key(s) for s in chunk],
+                                                   **kwargs)
+                        probs, std, members = (result.probs[:, 0].cpu().numpy(), result.std[:, 0].cpu().numpy(),
+                                               result.members.cpu().numpy())
+                        outs = list(zip(probs, std, members))
+                    elapsed += time.perf_counter() - t0
+                    for stem, (prob, std, members) in zip(chunk, outs):
+                        gt = gts[stem]
+                        if prob.shape != gt.shape:
+                            raise ValueError(f"{images[stem]}: the mask is {gt.shape}, the prediction {prob.shape} "
+                                             "(whole_image=True scores images at their own size)")
+                        u = pixel_uncertainty(prob, std, uncertainty)
+                        case = {"name": stem, **image_scores(prob, gt, band, ece_bins=ece_bins, uncertainty=u)}
+                        if whole_image:
+                            scores = tile_scores(prob > 0.5, gt, tile)
+                            case.update({k: scores[k] for k in TILE_METRICS})
+                        if annotators:
+                            samples = members > cfg.threshold
+                            case.update(ged=ged(samples, raters[stem]), hm_iou=hm_iou(samples, raters[stem]))
+                        cases.append(case)
+                records.append({"steps": n_steps, "ensemble": e, "step_fusion": fusion,
+                                "seconds_per_image": elapsed / len(stems), "cases": cases,
+                                "mean": summarize_cases(cases)})
     return records
 
 
 def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, float]:
     """Mean of each metric over cases (NaN skipped, HD95 over finite values) and ``hd95_over3``."""
     out: dict[str, float] = {}
-    for name in STUDY_METRICS:
+    for name in (*STUDY_METRICS, *TILE_METRICS, *AMBIGUITY_METRICS):
+        if not cases or name not in cases[0]:
+            continue
         values = np.array([c[name] for c in cases], dtype=np.float64)
         keep = np.isfinite(values)
         out[name] = float(values[keep].mean()) if keep.any() else float("nan")

@@ -18,7 +18,8 @@ def _boundary_brute(m):
     out = np.zeros_like(m)
     for y, x in itertools.product(range(h), range(w)):
         if m[y, x]:
-            nb = [(y + dy, x + dx) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)) if 0 <= y + dy < h and 0 <= x + dx < w]
+            nb = [(y + dy, x + dx) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
+                  if 0 <= y + dy < h and 0 <= x + dx < w]
             out[y, x] = any(not m[q] for q in nb)
     return out
 
@@ -98,3 +99,59 @@ def test_evaluate_checkpoint_gives_every_pair_and_common_noise(tiny_run):
             assert a["name"] == b["name"]
             for k in STUDY_METRICS:  # batched convolutions round differently: equal up to float32 noise
                 assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["name"], k)
+
+
+def test_aurc_in_image_scores_uses_the_given_uncertainty():
+    from spadfast.evaluation.calibration import aurc
+
+    gt = _blobs(5)
+    prob = np.clip(gt * 0.8 + np.random.default_rng(1).random(gt.shape) * 0.3, 0, 1)
+    assert image_scores(prob, gt)["aurc"] == pytest.approx(aurc(prob * (1 - prob), (prob > 0.5) != gt))
+    u = np.random.default_rng(2).random(gt.shape)
+    assert image_scores(prob, gt, uncertainty=u)["aurc"] == pytest.approx(aurc(u, (prob > 0.5) != gt))
+    assert image_scores(prob, gt, ece_bins=3)["ece"] != image_scores(prob, gt, ece_bins=20)["ece"]
+
+
+def test_grid_has_a_fusion_axis_timings_and_ambiguity_scores(tiny_run):
+    data = tiny_run / "data"
+    recs = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(3,), ensembles=(1, 2),
+                               fusions=("none", "uncertainty"), annotator_dirs=[data / "masks", data / "masks"])
+    assert [(r["steps"], r["step_fusion"], r["ensemble"]) for r in recs] == [
+        (3, "none", 1), (3, "none", 2), (3, "uncertainty", 1), (3, "uncertainty", 2)]
+    assert all(r["seconds_per_image"] > 0 for r in recs)
+    for case in recs[0]["cases"] + recs[2]["cases"]:  # one member against two identical annotators
+        assert case["hm_iou"] == pytest.approx(case["iou"])
+        assert case["ged"] == pytest.approx(2 * (1 - case["iou"]))
+    assert {"aurc", "ged", "hm_iou"} <= set(recs[1]["mean"])
+    assert any(a["dice"] != b["dice"] or a["brier"] != b["brier"] for a, b in zip(recs[1]["cases"], recs[3]["cases"]))
+    with pytest.raises(ValueError, match="`fusions`"):
+        evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", fusions=("max",))
+    with pytest.raises(ValueError, match="`annotator_dirs`"):
+        evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", whole_image=True,
+                            annotator_dirs=[data / "masks"])
+    with pytest.raises(ValueError, match="`uncertainty`"):
+        evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", uncertainty="entropy")
+
+
+def test_whole_image_scoring_equals_the_model_size_path_on_one_window_and_tiles_larger_images(tiny_run, tmp_path):
+    data = tiny_run / "data"
+    kw = dict(steps=(2,), ensembles=(2,), uncertainty="std")
+    small = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", **kw)
+    whole = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", whole_image=True, tile=8, **kw)
+    for a, b in zip(small[0]["cases"], whole[0]["cases"]):  # a 16 px image is one window keyed as the image
+        for k in STUDY_METRICS:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5, nan_ok=True), k
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / "images" / f"big{i}.png"), rng.integers(0, 255, (37, 29), dtype=np.uint8))
+        cv2.imwrite(str(tmp_path / "masks" / f"big{i}.png"), _blobs(i, (37, 29)).astype(np.uint8) * 255)
+    rec = evaluate_checkpoint(tiny_run / "run", tmp_path / "images", tmp_path / "masks", whole_image=True, tile=8,
+                              **kw)[0]
+    for case in rec["cases"]:
+        assert 0 <= case["dice_nonempty_tiles"] <= 1 and 0 <= case["empty_tile_fp_rate"] <= 1
+    with pytest.raises(ValueError, match="whole_image"):
+        evaluate_checkpoint(tiny_run / "run", tmp_path / "images", tmp_path / "masks", **kw)
