@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "spadfast"
-SUBPACKAGES = ("runtime", "ops", "io", "diffusion", "models", "data", "evaluation", "infer", "train", "study")
+SUBPACKAGES = ("runtime", "ops", "io", "diffusion", "models", "data", "evaluation", "infer", "train", "study",
+               "viewers")
 MODULES = sorted([p for p in SOURCE.rglob("*.py")] + [p for p in (ROOT / "kernels").glob("*.py")])
 
 
