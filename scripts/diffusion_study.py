@@ -330,34 +330,35 @@ def run(out: Path, cells: list[tuple[str, int, str, int]], table: dict[str, Any]
 # ----------------------------------------------------------------------------------------------------- evaluate
 
 
-def _grid_kwargs(fn, data: str, test: Path) -> tuple[dict[str, Any], list[str]]:
+def _grid_kwargs(fn, data: str, test: Path, diffusion: bool) -> tuple[dict[str, Any], list[str]]:
     """The grid evaluation's keyword arguments this data set needs, those that ``fn`` accepts; and the endpoints
     left out because it does not (recorded in the run's evaluation, never silently)."""
-    wanted: dict[str, Any] = {}
+    wanted: dict[str, Any] = {"whole_image": True}  # strips and slices scored whole, with sliding windows
     if data in NUCLEI:
         wanted["tile"] = TILE  # non-empty-tile Dice and the empty-tile false-positive rate
     else:
-        wanted["annotators"] = test / "annotators"  # GED, HM-IoU
-        wanted["probabilities"] = test / "prob"  # ECE, Brier against the map
+        wanted["annotator_dirs"] = sorted((test / "annotators").iterdir())  # GED, HM-IoU
+    if diffusion:
+        from spadfast.diffusion import sampler
+
+        if hasattr(sampler, "STEP_FUSIONS"):
+            wanted["fusions"] = tuple(sampler.STEP_FUSIONS)  # "none" first: the unfused cells come first
     accepted = set(inspect.signature(fn).parameters)
     return ({k: v for k, v in wanted.items() if k in accepted},
             [f"{k} (grid_eval.evaluate_checkpoint takes no `{k}`)" for k in wanted if k not in accepted])
 
 
 def evaluate(out: Path, log=print) -> int:
-    """Score every trained run without ``study_eval.json`` on its test images at ``EVAL_STEPS`` x ``EVAL_MEMBERS``
-    (and with step fusion when the sampler has it): ``{"grid": [...], "step_fusion": [...] or None, "seconds",
-    "left_out"}``."""
+    """Score every trained run without ``study_eval.json`` on its whole test images at ``EVAL_STEPS`` x
+    ``EVAL_MEMBERS`` x step fusions (supervised runs: one pass): ``{"grid": [...], "seconds", "left_out",
+    "evaluated_at"}``."""
     import torch
 
-    from spadfast.config import SPADConfig
     from spadfast.io.files import write_text_atomic
     from spadfast.study import grid_eval
 
     torch.set_num_threads(1)
     fn = grid_eval.evaluate_checkpoint
-    fusion = "step_fusion" in {f.name for f in dataclasses.fields(SPADConfig)} and "step_fusion" in set(
-        inspect.signature(fn).parameters)
     n = 0
     for cell_file in sorted((out / "runs").glob(f"*/fold*/*/seed*/{CELL_FILE}")):
         run_dir = cell_file.parent
@@ -366,20 +367,21 @@ def evaluate(out: Path, log=print) -> int:
         cell = json.loads(cell_file.read_text())
         d = cell["data"]
         test = out / "data" / d / (f"fold{cell['fold']}" if d in NUCLEI else "") / "test"
-        kwargs, left_out = _grid_kwargs(fn, d, test)
         supervised = cell["variant"].startswith("supervised")
+        kwargs, left_out = _grid_kwargs(fn, d, test, diffusion=not supervised)
+        grid_args = dict(steps=(1,) if supervised else EVAL_STEPS, ensembles=(1,) if supervised else EVAL_MEMBERS)
         t0 = time.perf_counter()
-        grid = fn(run_dir, test / "images", test / "masks", steps=(1,) if supervised else EVAL_STEPS,
-                  ensembles=(1,) if supervised else EVAL_MEMBERS, **kwargs)
+        try:
+            grid = fn(run_dir, test / "images", test / "masks", **grid_args, **kwargs)
+        except ValueError as e:
+            if "annotator_dirs" not in kwargs or "annotator_dirs" not in str(e):
+                raise
+            kwargs.pop("annotator_dirs")  # grid_eval scores annotators only at the model's size
+            left_out.append(f"GED and HM-IoU against the annotators ({e})")
+            grid = fn(run_dir, test / "images", test / "masks", **grid_args, **kwargs)
         seconds = time.perf_counter() - t0
-        fused = None
-        if fusion and not supervised:
-            fused = fn(run_dir, test / "images", test / "masks", steps=EVAL_STEPS, ensembles=EVAL_MEMBERS,
-                       step_fusion=True, **kwargs)
-        elif not supervised:
-            left_out.append("step fusion (no `step_fusion` in SPADConfig or grid_eval yet)")
-        write_text_atomic(run_dir / EVAL_FILE, json.dumps({"grid": grid, "step_fusion": fused, "seconds": seconds,
-                                                           "left_out": left_out, "evaluated_at": _commit()}))
+        write_text_atomic(run_dir / EVAL_FILE, json.dumps({"grid": grid, "seconds": seconds, "left_out": left_out,
+                                                           "evaluated_at": _commit()}))
         log(f"evaluated {run_dir} ({seconds:.0f} s){'; left out: ' + ', '.join(left_out) if left_out else ''}")
         n += 1
     return n
@@ -396,20 +398,18 @@ def _curve(run_dir: Path) -> list[list[float]]:
     return [[r["step"], round(float(r["val_dice"]), 4)] for r in records if "val_dice" in r]
 
 
-def _slim(records: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    if records is None:
-        return None
-
+def _slim(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def num(x: Any) -> Any:
         return round(float(x), 5) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
 
-    return [{"steps": r["steps"], "ensemble": r["ensemble"], "mean": {k: num(x) for k, x in r["mean"].items()},
+    return [{**{k: num(v) for k, v in r.items() if k not in ("mean", "cases")},
+             "mean": {k: num(x) for k, x in r["mean"].items()},
              "cases": [{k: num(x) for k, x in c.items()} for c in r["cases"]]} for r in records]
 
 
 def collect(out: Path, dest: Path) -> int:
     """Each evaluated run to ``dest/<data>/fold<k>/<variant>/seed<s>.json``: config, commit, training time, the
-    validation curve, the grid (and step-fusion grid) per image, what was left out."""
+    validation curve, the grid per image (steps x members x step fusion), what was left out."""
     from spadfast.study.ablate import DONE_FILE
 
     n = 0
@@ -421,7 +421,7 @@ def collect(out: Path, dest: Path) -> int:
         record = json.loads((run_dir / DONE_FILE).read_text())
         study = json.loads((run_dir / EVAL_FILE).read_text())
         slim = {**cell, "config": record["config"], "steps": record["steps"], "curve": _curve(run_dir),
-                "study": _slim(study["grid"]), "step_fusion": _slim(study["step_fusion"]),
+                "study": _slim(study["grid"]),
                 "eval_seconds": round(study["seconds"], 1), "left_out": study["left_out"],
                 "evaluated_at": study["evaluated_at"]}
         target = dest / Path(*run_dir.relative_to(out / "runs").parts).with_suffix(".json")

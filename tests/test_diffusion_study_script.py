@@ -149,7 +149,13 @@ def test_smoke_one_cell_runs_evaluates_collects_and_resumes(tmp_path, monkeypatc
     monkeypatch.setattr(ds, "EVAL_MEMBERS", (1, 2))
     assert ds.evaluate(out, log=messages.append) == 1
     study = json.loads((run_dir / ds.EVAL_FILE).read_text())
-    assert [(r["steps"], r["ensemble"]) for r in study["grid"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    unfused = [(r["steps"], r["ensemble"]) for r in study["grid"] if r.get("step_fusion", "none") == "none"]
+    assert unfused == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    # GED / HM-IoU are either scored or their absence is recorded with the reason
+    if any("annotator" in why or "GED" in why for why in study["left_out"]):
+        assert "ged" not in study["grid"][0]["cases"][0]
+    else:
+        assert "ged" in study["grid"][0]["cases"][0]
     assert len(study["grid"][0]["cases"]) == 1 and study["grid"][0]["cases"][0]["name"] == "z007"
     dest = tmp_path / "cells"
     assert ds.collect(out, dest) == 1
