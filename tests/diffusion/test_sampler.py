@@ -76,12 +76,13 @@ def test_bad_arguments():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_matches_eager():
+@pytest.mark.parametrize("fusion", ["none", "mean", "uncertainty"])
+def test_cuda_graph_matches_eager(fusion):
     model = ToyDenoiser(2).cuda()
     ac = alphas_cumprod(make_betas("linear", 1000))
     images = torch.rand(2, 1, 32, 32, device="cuda")
-    eager = DDIMSampler(model, ac, steps=10, cuda_graph=False).sample(images, ensemble=3, seed=4)
-    graph = DDIMSampler(model, ac, steps=10, cuda_graph=True)
+    eager = DDIMSampler(model, ac, steps=10, cuda_graph=False, step_fusion=fusion).sample(images, ensemble=3, seed=4)
+    graph = DDIMSampler(model, ac, steps=10, cuda_graph=True, step_fusion=fusion)
     first = graph.sample(images, ensemble=3, seed=4)
     second = graph.sample(images, ensemble=3, seed=4)  # replay
     torch.testing.assert_close(first.probs, eager.probs, rtol=1e-5, atol=1e-5)
