@@ -17,14 +17,14 @@ name), so it is segmented exactly as with ``resize: true``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..diffusion.sampler import image_noise_key
 
-__all__ = ["SIGMA_SCALE", "window_starts", "window_positions", "gaussian_importance", "window_key", "segment_tiled",
+__all__ = ["SIGMA_SCALE", "window_starts", "window_positions", "gaussian_importance", "window_key", "segment_tiled", "segment_tiled_many",
            "segment_image", "validate_whole_images"]
 
 SIGMA_SCALE = 1.0 / 8  # Gaussian sigma as a fraction of the window side (nnU-Net's choice)
@@ -76,35 +76,56 @@ def segment_tiled(
     ``[n,M,h,w]`` (:meth:`spadfast.SPADTrainer.segment`, :meth:`spadfast.infer.segmenter.Segmenter.segment`); ``chunk``
     windows per call.
     """
+    return segment_tiled_many(segment, [image], window, overlap, [name], chunk=chunk, **sample_kwargs)[0]
+
+
+def segment_tiled_many(
+    segment: Callable[..., object], images: Sequence[torch.Tensor], window: tuple[int, int], overlap: float,
+    names: Sequence[str], chunk: int | None = 16, **sample_kwargs,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`segment_tiled` of several images ``[C, H_i, W_i]`` whose windows share sampler calls: ``chunk``
+    windows per call, taken across the images in order (a volume's slices fill the sampler's rows instead of one
+    slice's few windows each; None: every window in one call, the sampler chunking by its own memory limit). Every
+    window keeps its own noise key, so each image's result does not depend on which images share its calls. Returns
+    one ``(probs, std)`` pair, float32 ``[M, H_i, W_i]``, per image."""
     if not 0 <= overlap < 1:
         raise ValueError(f"`tile_overlap` must lie in [0, 1), got {overlap}")
-    C, H, W = image.shape
+    if len(images) != len(names):
+        raise ValueError(f"`names` must name every image: {len(names)} names for {len(images)} images")
     h, w = window
-    pad_h, pad_w = max(0, h - H), max(0, w - W)
-    padded = image
-    if pad_h or pad_w:
-        padded = F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
-    size = (H + pad_h, W + pad_w)
-    positions = window_positions(size, window, overlap)
-    whole = positions == [(0, 0)] and not (pad_h or pad_w)  # the image is one window: key it as the image itself
     weight = gaussian_importance(window)
-    probs_sum = std_sum = None
-    weight_sum = torch.zeros(size)
-    for start in range(0, len(positions), chunk):
-        part = positions[start:start + chunk]
-        tiles = torch.stack([padded[:, y:y + h, x:x + w] for y, x in part])
-        keys = [image_noise_key(name)] if whole else [window_key(name, y, x) for y, x in part]
-        result = segment(tiles, noise_keys=keys, **sample_kwargs)
+    plans = []  # per image: padded image, padded size, window positions, whether it is one window
+    jobs = []  # (image index, y, x, noise key) in call order
+    for i, (image, name) in enumerate(zip(images, names)):
+        _, H, W = image.shape
+        pad_h, pad_w = max(0, h - H), max(0, w - W)
+        padded = F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0] if pad_h or pad_w else image
+        size = (H + pad_h, W + pad_w)
+        positions = window_positions(size, window, overlap)
+        whole = positions == [(0, 0)] and not (pad_h or pad_w)  # the image is one window: keyed as the image itself
+        plans.append((padded, size, (H, W)))
+        jobs += [(i, y, x, image_noise_key(name) if whole else window_key(name, y, x)) for y, x in positions]
+    sums: list[list[torch.Tensor] | None] = [None] * len(images)
+    chunk = max(1, len(jobs)) if chunk is None else chunk
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start:start + chunk]
+        tiles = torch.stack([plans[i][0][:, y:y + h, x:x + w] for i, y, x, _ in part])
+        result = segment(tiles, noise_keys=[key for *_, key in part], **sample_kwargs)
         probs, std = result.probs.detach().float().cpu(), result.std.detach().float().cpu()
-        if probs_sum is None:
-            probs_sum = torch.zeros(probs.shape[1], *size)
-            std_sum = torch.zeros(probs.shape[1], *size)
-        for (y, x), p, s in zip(part, probs, std):
+        for (i, y, x, _), p, s in zip(part, probs, std):
+            if sums[i] is None:
+                size = plans[i][1]
+                sums[i] = [torch.zeros(p.shape[0], *size), torch.zeros(p.shape[0], *size), torch.zeros(size)]
+            probs_sum, std_sum, weight_sum = sums[i]  # type: ignore[misc]
             probs_sum[:, y:y + h, x:x + w] += p * weight
             std_sum[:, y:y + h, x:x + w] += s * weight
             weight_sum[y:y + h, x:x + w] += weight
-    assert probs_sum is not None and std_sum is not None
-    return (probs_sum / weight_sum)[:, :H, :W], (std_sum / weight_sum)[:, :H, :W]
+    out = []
+    for (_, _, (H, W)), acc in zip(plans, sums):
+        assert acc is not None
+        probs_sum, std_sum, weight_sum = acc
+        out.append(((probs_sum / weight_sum)[:, :H, :W], (std_sum / weight_sum)[:, :H, :W]))
+    return out
 
 
 def segment_image(segmenter, image: torch.Tensor, name: str, steps: int | None = None, ensemble: int | None = None,

@@ -29,7 +29,7 @@ from ..io.orientation import Reorientation
 from ..io.volume_norm import CTStats, ct_stats_from_flat, is_ct, normalize_volume
 from ..ops.checks import check_axis, check_int
 from ..runtime.distributed import shard_of
-from .sliding_window import segment_image
+from .sliding_window import segment_tiled_many
 from .tta import with_tta
 
 __all__ = ["VolumeSettings", "VolumePreprocessing", "model_preprocessing", "segment_volume", "predict_volume",
@@ -235,10 +235,14 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
             probs = result.probs.detach().float().cpu().numpy()
             std = result.std.detach().float().cpu().numpy() if opts.write_uncertainty else None
         else:  # native in-plane size: sliding windows of image_size over each slice
+            # the windows of the batch's slices share sampler calls (keys per window: results as slice by slice)
             resampled = spacing_size(shape, turn.spacing(case.spacing), axis, prep.target_spacing)
-            tiled = [segment_image(segmenter, torch.from_numpy(slice_volume(normed, axis, k, resampled)),
-                                   f"{name}/{axis}/{k}", opts.steps, opts.ensemble, opts.seed, segment=segment)
-                     for k in idx]
+            window = _resolve_size(None, segmenter)
+            assert window is not None
+            tiled = segment_tiled_many(
+                segment, [torch.from_numpy(slice_volume(normed, axis, k, resampled)) for k in idx], window,
+                float(getattr(cfg, "tile_overlap", 0.5)), [f"{name}/{axis}/{k}" for k in idx], chunk=None,
+                steps=opts.steps, ensemble=opts.ensemble, seed=opts.seed)
             probs = np.stack([p.numpy() for p, _ in tiled])
             std = np.stack([u.numpy() for _, u in tiled]) if opts.write_uncertainty else None
         k_classes = probs.shape[1]

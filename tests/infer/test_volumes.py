@@ -622,3 +622,32 @@ def test_tta_with_one_member_is_refused_before_work(tmp_path):
     with pytest.raises(ValueError, match="test-time augmentation with `ensemble` 1"):
         predict_volume_folder(seg, tmp_path, tmp_path / "out", ensemble=1, tta=True)
     assert seg.batches == [] and not (tmp_path / "out").exists()
+
+
+def test_native_slices_share_sampler_calls_and_predict_as_slice_by_slice(tmp_path):
+    """Volume prediction at native resolution sends the windows of ``batch_size`` slices in one sampler call (a
+    slice's few windows no longer fill a call each), and every window keeps its noise key: the label, probability
+    and uncertainty maps equal slice-by-slice prediction."""
+    from spadfast import SPADTrainer
+    from spadfast.infer.segmenter import Segmenter
+    from tests.helpers import tiny_config
+
+    root = write_demo_volumes(tmp_path / "d", n_cases=1, n_test=1, shape=(20, 18, 5), num_classes=3)
+    trainer = SPADTrainer(tiny_config(train_steps=1, num_classes=3, image_size=8, resize=False), root)
+    seg = Segmenter.load(trainer.save(tmp_path / "run"))
+    calls: list[int] = []
+    segment = seg.segment
+    seg.segment = lambda images, **kw: calls.append(images.shape[0]) or segment(images, **kw)
+    case = root / "imagesTs" / "test_000_0000.nii.gz"
+    maps = {}
+    for batch_size in (1, 3, 5):
+        calls.clear()
+        out = predict_volume(seg, case, tmp_path / str(batch_size) / "t.nii.gz", steps=2, ensemble=2,
+                             batch_size=batch_size, write_probabilities=True, write_uncertainty=True)
+        maps[batch_size] = [np.asarray(nib.load(str(p)).dataobj) for p in sorted(out.parent.rglob("*.nii.gz"))]
+        windows_per_slice = 16  # 20 x 18 slices in 8 x 8 windows at overlap 0.5: 4 x 4 positions
+        assert calls == [windows_per_slice * min(batch_size, 5 - s) for s in range(0, 5, batch_size)]
+    assert len(maps[1]) == 3
+    for batch_size in (3, 5):
+        for a, b in zip(maps[1], maps[batch_size]):
+            np.testing.assert_array_equal(a, b)
