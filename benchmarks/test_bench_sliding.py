@@ -79,3 +79,47 @@ def test_bench_sliding(benchmark, provider, base_info, device):
         benchmark.extra_info["ratio_to_naive"] = round(naive / mean, 2) if naive else None
         print(f"\n{benchmark.group} {provider}: {mean:.2f} s/image, ratio_to_naive "
               f"{benchmark.extra_info['ratio_to_naive'] or 'n/a'}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Group ``volume-slices``: the slices of one volume at native resolution, each a few windows. ``per_slice`` is the
+# volume path before windows were batched across slices (one :func:`segment_tiled` call per slice); ``batched`` is
+# today's :func:`segment_tiled_many` over ``batch_size`` slices (the windows of 8 slices in one sampler call).
+SLICES, SLICE_SIZE, SLICE_WINDOW, SLICE_BATCH = 16, 96, 64, 8
+
+
+@pytest.mark.parametrize("provider", ["per_slice", "batched"])
+def test_bench_volume_slices(benchmark, provider, base_info, device):
+    from spadfast.infer.sliding_window import segment_tiled, segment_tiled_many
+
+    cfg = SPADConfig(image_size=SLICE_WINDOW, device=str(device), progress_bar=False, sample_steps=STEPS,
+                     ensemble=MEMBERS, synthetic_train=2, synthetic_val=1, batch_size=2, tile_overlap=OVERLAP,
+                     cuda_graph=False, **MODEL_CONFIG)
+    trainer = SPADTrainer(cfg)
+    slices = list(synthetic_images(mask_batch(SLICES, SLICE_SIZE, SLICE_SIZE, device)))
+    window = (SLICE_WINDOW, SLICE_WINDOW)
+    names = [f"vol/2/{k}" for k in range(SLICES)]
+
+    def run():
+        if provider == "per_slice":
+            return [segment_tiled(trainer.segment, s, window, OVERLAP, n, steps=STEPS, ensemble=MEMBERS)
+                    for s, n in zip(slices, names)]
+        return [r for k in range(0, SLICES, SLICE_BATCH) for r in segment_tiled_many(
+            trainer.segment, slices[k:k + SLICE_BATCH], window, OVERLAP, names[k:k + SLICE_BATCH], chunk=None,
+            steps=STEPS, ensemble=MEMBERS)]
+
+    benchmark.group = (f"volume-slices-{SLICES}x{SLICE_SIZE}x{SLICE_SIZE}-window{SLICE_WINDOW}-{STEPS}steps-"
+                       f"x{MEMBERS}members")
+    benchmark.extra_info.update(base_info, provider=provider, windows_per_slice=len(window_positions(
+        (SLICE_SIZE, SLICE_SIZE), window, OVERLAP)), slice_batch=SLICE_BATCH)
+
+    def timed():
+        out = run()
+        sync(device)
+        return out
+
+    benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=1)
+    record_throughput(benchmark, None, device)
+    mean = benchmark.extra_info.get("mean_s")
+    if mean:
+        benchmark.extra_info["slices_per_s"] = round(SLICES / mean, 3)
