@@ -338,6 +338,7 @@ def _grid_kwargs(fn, data: str, test: Path, diffusion: bool) -> tuple[dict[str, 
         wanted["tile"] = TILE  # non-empty-tile Dice and the empty-tile false-positive rate
     else:
         wanted["annotator_dirs"] = sorted((test / "annotators").iterdir())  # GED, HM-IoU
+        wanted["prob_dir"] = test / "prob"  # ECE and Brier against the grey-matter probability map
     if diffusion:
         from spadfast.diffusion import sampler
 
@@ -384,6 +385,39 @@ def evaluate(out: Path, log=print) -> int:
                                                            "evaluated_at": _commit()}))
         log(f"evaluated {run_dir} ({seconds:.0f} s){'; left out: ' + ', '.join(left_out) if left_out else ''}")
         n += 1
+    return n + evaluate_supervised_x5(out, log)
+
+
+def evaluate_supervised_x5(out: Path, log=print) -> int:
+    """``supervised x5`` of each unit (registration.md): the runs ``supervised`` (seed s) and ``supervised-m1..m4``
+    (seeds s + 100 j) scored as one ensemble of 5 (one pass each), written to ``<fold>/supervised-x5/seed<s>/``
+    once all five are trained; returns how many were scored."""
+    from spadfast.io.files import write_text_atomic
+    from spadfast.study import grid_eval
+
+    n = 0
+    for first in sorted((out / "runs").glob(f"*/fold*/supervised/seed*/{CELL_FILE}")):
+        unit = first.parent
+        runs = [unit] + [unit.parent.parent / f"supervised-m{j}" / unit.name for j in range(1, 5)]
+        if not all((r / CELL_FILE).is_file() for r in runs):
+            continue
+        dest = unit.parent.parent / "supervised-x5" / unit.name
+        if (dest / EVAL_FILE).is_file():
+            continue
+        cell = json.loads(first.read_text())
+        d = cell["data"]
+        test = out / "data" / d / (f"fold{cell['fold']}" if d in NUCLEI else "") / "test"
+        kwargs, left_out = _grid_kwargs(grid_eval.evaluate_checkpoint, d, test, diffusion=False)
+        t0 = time.perf_counter()
+        grid = grid_eval.evaluate_checkpoint(runs, test / "images", test / "masks", steps=(1,), ensembles=(5,),
+                                             **kwargs)
+        dest.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(dest / CELL_FILE, json.dumps({**cell, "variant": "supervised-x5",
+                                                        "members": [str(r) for r in runs]}))
+        write_text_atomic(dest / EVAL_FILE, json.dumps({"grid": grid, "seconds": time.perf_counter() - t0,
+                                                        "left_out": left_out, "evaluated_at": _commit()}))
+        log(f"evaluated {dest} (5 supervised runs as one ensemble)")
+        n += 1
     return n
 
 
@@ -418,7 +452,8 @@ def collect(out: Path, dest: Path) -> int:
         if not (run_dir / EVAL_FILE).is_file():
             continue
         cell = json.loads(cell_file.read_text())
-        record = json.loads((run_dir / DONE_FILE).read_text())
+        done = run_dir / DONE_FILE  # none for supervised-x5: an ensemble of five trained runs, not a run
+        record = json.loads(done.read_text()) if done.is_file() else {"config": None, "steps": None}
         study = json.loads((run_dir / EVAL_FILE).read_text())
         slim = {**cell, "config": record["config"], "steps": record["steps"], "curve": _curve(run_dir),
                 "study": _slim(study["grid"]),

@@ -81,13 +81,15 @@ def segment_tiled(
 
 def segment_tiled_many(
     segment: Callable[..., object], images: Sequence[torch.Tensor], window: tuple[int, int], overlap: float,
-    names: Sequence[str], chunk: int | None = 16, **sample_kwargs,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    names: Sequence[str], chunk: int | None = 16, return_members: bool = False, **sample_kwargs,
+) -> list[tuple[torch.Tensor, ...]]:
     """:func:`segment_tiled` of several images ``[C, H_i, W_i]`` whose windows share sampler calls: ``chunk``
     windows per call, taken across the images in order (a volume's slices fill the sampler's rows instead of one
     slice's few windows each; None: every window in one call, the sampler chunking by its own memory limit). Every
     window keeps its own noise key, so each image's result does not depend on which images share its calls. Returns
-    one ``(probs, std)`` pair, float32 ``[M, H_i, W_i]``, per image."""
+    one ``(probs, std)`` pair, float32 ``[M, H_i, W_i]``, per image; ``return_members``: ``(probs, std, members)``
+    with every member's probabilities stitched alike, float32 ``[K, M, H_i, W_i]`` (samples of whole images, e.g. for
+    GED against several annotators)."""
     if not 0 <= overlap < 1:
         raise ValueError(f"`tile_overlap` must lie in [0, 1), got {overlap}")
     if len(images) != len(names):
@@ -110,21 +112,33 @@ def segment_tiled_many(
     for start in range(0, len(jobs), chunk):
         part = jobs[start:start + chunk]
         tiles = torch.stack([plans[i][0][:, y:y + h, x:x + w] for i, y, x, _ in part])
-        result = segment(tiles, noise_keys=[key for *_, key in part], **sample_kwargs)
+        extra = {"return_members": True} if return_members else {}
+        result = segment(tiles, noise_keys=[key for *_, key in part], **sample_kwargs, **extra)
         probs, std = result.probs.detach().float().cpu(), result.std.detach().float().cpu()
-        for (i, y, x, _), p, s in zip(part, probs, std):
+        members = None
+        if return_members:
+            members = result.members.detach().float().cpu()
+            members = members.unsqueeze(2) if members.ndim == 4 else members  # binary [n,K,h,w] -> [n,K,1,h,w]
+        for j, ((i, y, x, _), p, s) in enumerate(zip(part, probs, std)):
             if sums[i] is None:
                 size = plans[i][1]
                 sums[i] = [torch.zeros(p.shape[0], *size), torch.zeros(p.shape[0], *size), torch.zeros(size)]
-            probs_sum, std_sum, weight_sum = sums[i]  # type: ignore[misc]
+                if members is not None:
+                    sums[i].append(torch.zeros(members.shape[1], p.shape[0], *size))  # type: ignore[union-attr]
+            probs_sum, std_sum, weight_sum = sums[i][:3]  # type: ignore[index]
             probs_sum[:, y:y + h, x:x + w] += p * weight
             std_sum[:, y:y + h, x:x + w] += s * weight
             weight_sum[y:y + h, x:x + w] += weight
+            if members is not None:
+                sums[i][3][:, :, y:y + h, x:x + w] += members[j] * weight  # type: ignore[index]
     out = []
     for (_, _, (H, W)), acc in zip(plans, sums):
         assert acc is not None
-        probs_sum, std_sum, weight_sum = acc
-        out.append(((probs_sum / weight_sum)[:, :H, :W], (std_sum / weight_sum)[:, :H, :W]))
+        probs_sum, std_sum, weight_sum = acc[:3]
+        maps = [(probs_sum / weight_sum)[:, :H, :W], (std_sum / weight_sum)[:, :H, :W]]
+        if return_members:
+            maps.append((acc[3] / weight_sum)[..., :H, :W])
+        out.append(tuple(maps))
     return out
 
 

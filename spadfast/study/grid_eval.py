@@ -22,7 +22,13 @@ Per image (binary masks, probabilities ``p`` in [0, 1], threshold 0.5):
   (:func:`spadfast.infer.sliding_window.segment_tiled`), plus ``dice_nonempty_tiles`` and ``empty_tile_fp_rate``
   over ``tile`` x ``tile`` px tiles (:mod:`spadfast.evaluation.tiles`).
 - ``annotator_dirs`` (several mask folders of the same images): ``ged`` and ``hm_iou`` of the thresholded members
-  against the annotators (:mod:`spadfast.evaluation.ambiguity`).
+  against the annotators (:mod:`spadfast.evaluation.ambiguity`); with ``whole_image`` each member is stitched over
+  the windows as the mean is.
+- ``prob_dir`` (``<stem>.npy`` float maps in [0, 1], e.g. the grey-matter probability map an ambiguous set was
+  thresholded from): ``brier_prob``, ``ece_prob`` and their ``_band`` versions against that map instead of the mask.
+- ``run`` may list several runs: they are scored as one ensemble, members split across the runs
+  (:class:`spadfast.infer.ensemble.ModelEnsemble`; five supervised runs with ``ensembles=(5,)`` are the
+  deep-ensemble reference).
 """
 
 from __future__ import annotations
@@ -41,12 +47,13 @@ from ..evaluation.ambiguity import ged, hm_iou
 from ..evaluation.calibration import aurc, boundary, brier, ece, near_boundary, pixel_uncertainty
 from ..evaluation.tiles import tile_scores
 
-__all__ = ["STUDY_METRICS", "TILE_METRICS", "AMBIGUITY_METRICS", "image_scores", "evaluate_checkpoint",
-           "summarize_cases"]
+__all__ = ["STUDY_METRICS", "TILE_METRICS", "AMBIGUITY_METRICS", "PROB_METRICS", "image_scores",
+           "evaluate_checkpoint", "summarize_cases"]
 
 STUDY_METRICS = ("dice", "iou", "hd95", "boundary_f1", "spurious", "brier", "ece", "brier_band", "ece_band", "aurc")
 TILE_METRICS = ("dice_nonempty_tiles", "empty_tile_fp_rate")
 AMBIGUITY_METRICS = ("ged", "hm_iou")
+PROB_METRICS = ("brier_prob", "ece_prob", "brier_prob_band", "ece_prob_band")
 
 
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: float = 1.0) -> float:
@@ -86,10 +93,12 @@ def image_scores(prob: np.ndarray, gt: np.ndarray, band: int = 3, tolerance: flo
 
 
 def evaluate_checkpoint(
-    run: str | Path, images_dir: str | Path, masks_dir: str | Path, steps: Sequence[int] = (1, 2, 5, 10, 25),
+    run: str | Path | Sequence[str | Path], images_dir: str | Path, masks_dir: str | Path,
+    steps: Sequence[int] = (1, 2, 5, 10, 25),
     ensembles: Sequence[int] = (1, 5), seed: int = 0, batch_size: int = 64, fusions: Sequence[str] = ("none",),
     whole_image: bool = False, tile: int = 32, band: int = 3, ece_bins: int = 10, uncertainty: str = "bernoulli",
     annotator_dirs: Sequence[str | Path] | None = None, device: str | None = "cpu",
+    prob_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Score a run's EMA model on a folder for every (steps, ensemble, step fusion) cell (module docstring).
 
@@ -97,14 +106,14 @@ def evaluate_checkpoint(
     "step_fusion", "seconds_per_image", "cases": [{"name", <metric>: value}], "mean": {...}}`` (the mean skips NaN;
     HD95's mean is over finite values, with ``hd95_over3`` the share of images whose HD95 is above 3 px or
     infinite). ``seconds_per_image``: wall time of the cell's sampling (and window stitching) over the images, on
-    ``device``. ``annotator_dirs`` needs images of the model's size (``whole_image`` False).
+    ``device``.
     """
     import torch
 
     from ..diffusion.sampler import check_step_fusion, image_noise_key
     from ..evaluation.calibration import UNCERTAINTY_KINDS
     from ..infer.segmenter import Segmenter
-    from ..infer.sliding_window import segment_tiled
+    from ..infer.sliding_window import segment_tiled_many
     from ..io.files import check_size, index_folder, read_mask, read_model_input
     from ..ops.checks import check_int
 
@@ -116,9 +125,13 @@ def evaluate_checkpoint(
     if uncertainty not in UNCERTAINTY_KINDS:
         raise ValueError(f"`uncertainty` must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
     annotators = [Path(d) for d in annotator_dirs or ()]
-    if annotators and whole_image:
-        raise ValueError("`annotator_dirs` needs whole_image=False (members are scored at the model's size)")
-    segmenter = Segmenter.from_checkpoint(run, device=device)
+    runs = [run] if isinstance(run, (str, Path)) else list(run)
+    if not runs:
+        raise ValueError("`run` must name at least one run")
+    if len(runs) > 1 and min(ensembles) < len(runs):
+        raise ValueError(f"`ensembles` must be >= the {len(runs)} runs of the ensemble (one member per run at "
+                         f"least), got {list(ensembles)}")
+    segmenter = Segmenter.from_checkpoint(runs[0], device=device) if len(runs) == 1 else Segmenter.load(runs, device)
     cfg = segmenter.config
     images = index_folder(Path(images_dir))
     stems = sorted(images)
@@ -126,6 +139,17 @@ def evaluate_checkpoint(
         raise ValueError(f"{images_dir}: no images to evaluate")
     gts = {s: read_mask(Path(masks_dir) / f"{s}.png") for s in stems}
     raters = {s: np.stack([read_mask(d / f"{s}.png") for d in annotators]) for s in stems} if annotators else {}
+    soft = {}
+    if prob_dir is not None:
+        for s in stems:
+            path = Path(prob_dir) / f"{s}.npy"
+            if not path.is_file():
+                raise ValueError(f"`prob_dir` {str(prob_dir)!r} has no {path.name} for image {s!r}")
+            soft[s] = np.load(path).astype(np.float64)
+            if soft[s].shape != gts[s].shape or not (np.isfinite(soft[s]).all() and 0 <= soft[s].min()
+                                                     and soft[s].max() <= 1):
+                raise ValueError(f"{path}: a probability map of the mask's shape {gts[s].shape} in [0, 1] is needed, "
+                                 f"got shape {soft[s].shape}")
     size = None if whole_image else cfg.image_size
     inputs = {s: read_model_input(images[s], size, cfg.image_channels, cfg.intensity_norm)[0] for s in stems}
     window = check_size(cfg.image_size)
@@ -133,15 +157,21 @@ def evaluate_checkpoint(
     for n_steps in steps:
         for fusion in fusions:
             for e in ensembles:
-                kwargs = dict(steps=n_steps, ensemble=e, seed=seed, step_fusion=fusion)
+                kwargs: dict[str, Any] = dict(steps=n_steps, ensemble=e, seed=seed)
+                if fusion != "none":  # a model ensemble samples without fusion only
+                    kwargs["step_fusion"] = fusion
                 cases, elapsed = [], 0.0
                 for start in range(0, len(stems), batch_size):
                     chunk = stems[start:start + batch_size]
                     t0 = time.perf_counter()
                     if whole_image:
-                        maps = [segment_tiled(segmenter.segment, torch.from_numpy(inputs[s]), window,
-                                              float(cfg.tile_overlap), s, **kwargs) for s in chunk]
-                        outs = [(p[0].numpy(), u[0].numpy(), None) for p, u in maps]
+                        outs = []
+                        for s in chunk:
+                            maps = segment_tiled_many(segmenter.segment, [torch.from_numpy(inputs[s])], window,
+                                                      float(cfg.tile_overlap), [s], return_members=bool(annotators),
+                                                      **kwargs)[0]
+                            members = maps[2][:, 0].numpy() if annotators else None
+                            outs.append((maps[0][0].numpy(), maps[1][0].numpy(), members))
                     else:
                         result = segmenter.segment(torch.from_numpy(np.stack([inputs[s] for s in chunk])),
                                                    return_members=True, noise_keys=[image_noise_key(s) for s in chunk],
@@ -163,6 +193,11 @@ def evaluate_checkpoint(
                         if annotators:
                             samples = members > cfg.threshold
                             case.update(ged=ged(samples, raters[stem]), hm_iou=hm_iou(samples, raters[stem]))
+                        if soft:
+                            q, near = soft[stem], near_boundary(gt, band)
+                            case.update(brier_prob=brier(prob, q), ece_prob=ece(prob, q, ece_bins),
+                                        brier_prob_band=brier(prob, q, near),
+                                        ece_prob_band=ece(prob, q, ece_bins, near))
                         cases.append(case)
                 records.append({"steps": n_steps, "ensemble": e, "step_fusion": fusion,
                                 "seconds_per_image": elapsed / len(stems), "cases": cases,
@@ -173,7 +208,7 @@ def evaluate_checkpoint(
 def summarize_cases(cases: list[dict[str, Any]]) -> dict[str, float]:
     """Mean of each metric over cases (NaN skipped, HD95 over finite values) and ``hd95_over3``."""
     out: dict[str, float] = {}
-    for name in (*STUDY_METRICS, *TILE_METRICS, *AMBIGUITY_METRICS):
+    for name in (*STUDY_METRICS, *TILE_METRICS, *AMBIGUITY_METRICS, *PROB_METRICS):
         if not cases or name not in cases[0]:
             continue
         values = np.array([c[name] for c in cases], dtype=np.float64)

@@ -126,9 +126,6 @@ def test_grid_has_a_fusion_axis_timings_and_ambiguity_scores(tiny_run):
     assert any(a["dice"] != b["dice"] or a["brier"] != b["brier"] for a, b in zip(recs[1]["cases"], recs[3]["cases"]))
     with pytest.raises(ValueError, match="`fusions`"):
         evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", fusions=("max",))
-    with pytest.raises(ValueError, match="`annotator_dirs`"):
-        evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", whole_image=True,
-                            annotator_dirs=[data / "masks"])
     with pytest.raises(ValueError, match="`uncertainty`"):
         evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", uncertainty="entropy")
 
@@ -155,3 +152,57 @@ def test_whole_image_scoring_equals_the_model_size_path_on_one_window_and_tiles_
         assert 0 <= case["dice_nonempty_tiles"] <= 1 and 0 <= case["empty_tile_fp_rate"] <= 1
     with pytest.raises(ValueError, match="whole_image"):
         evaluate_checkpoint(tiny_run / "run", tmp_path / "images", tmp_path / "masks", **kw)
+
+
+def test_whole_images_stitch_every_member_for_the_ambiguity_scores(tiny_run):
+    """GED and HM-IoU of whole images: each member is stitched over the windows as the mean is, so on images of one
+    window they equal the model-size path's."""
+    data = tiny_run / "data"
+    kw = dict(steps=(2,), ensembles=(3,), annotator_dirs=[data / "masks", data / "masks"])
+    small = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", **kw)[0]["cases"]
+    whole = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", whole_image=True, tile=8,
+                                **kw)[0]["cases"]
+    for a, b in zip(small, whole):
+        assert a["ged"] == pytest.approx(b["ged"], abs=1e-6) and a["hm_iou"] == pytest.approx(b["hm_iou"], abs=1e-6)
+
+
+def test_calibration_against_a_probability_map(tiny_run, tmp_path):
+    from spadfast.io.files import read_mask
+
+    data = tiny_run / "data"
+    rng = np.random.default_rng(3)
+    stems = sorted(p.stem for p in (data / "masks").glob("*.png"))
+    maps = {}
+    for stem in stems:
+        maps[stem] = rng.random(read_mask(data / "masks" / f"{stem}.png").shape)
+        np.save(tmp_path / f"{stem}.npy", maps[stem])
+    rec = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(2,), ensembles=(2,),
+                              prob_dir=tmp_path)[0]
+    hard = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(2,), ensembles=(2,))[0]
+    for case, plain in zip(rec["cases"], hard["cases"]):
+        assert case["brier"] == plain["brier"]  # the mask-based scores are unchanged
+        assert 0 <= case["brier_prob"] <= 1 and 0 <= case["ece_prob"] <= 1
+        assert case["brier_prob"] != pytest.approx(case["brier"])
+    assert {"brier_prob", "ece_prob", "brier_prob_band", "ece_prob_band"} <= set(rec["mean"])
+    # a map equal to the mask gives the mask-based scores exactly
+    for stem in stems:
+        np.save(tmp_path / f"{stem}.npy", read_mask(data / "masks" / f"{stem}.png").astype(np.float64))
+    same = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(2,), ensembles=(2,),
+                               prob_dir=tmp_path)[0]
+    for case in same["cases"]:
+        assert case["brier_prob"] == pytest.approx(case["brier"]) and case["ece_prob"] == pytest.approx(case["ece"])
+        assert case["brier_prob_band"] == pytest.approx(case["brier_band"], nan_ok=True)
+    np.save(tmp_path / f"{stems[0]}.npy", np.full((3, 3), 0.5))
+    with pytest.raises(ValueError, match="probability map of the mask's shape"):
+        evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(1,), ensembles=(1,),
+                            prob_dir=tmp_path)
+
+
+def test_several_runs_are_scored_as_one_ensemble(tiny_run):
+    data = tiny_run / "data"
+    runs = [tiny_run / "run", tiny_run / "run"]
+    rec = evaluate_checkpoint(runs, data / "images", data / "masks", steps=(2,), ensembles=(2,))[0]
+    one = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(2,), ensembles=(1,))[0]
+    assert len(rec["cases"]) == len(one["cases"]) and all(0 <= c["dice"] <= 1 for c in rec["cases"])
+    with pytest.raises(ValueError, match="`ensembles` must be >= the 2 runs"):
+        evaluate_checkpoint(runs, data / "images", data / "masks", steps=(2,), ensembles=(1,))
