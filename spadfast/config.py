@@ -21,6 +21,7 @@ PERTURB_MODES = ("target", "input", "condition")  # spadfast.diffusion.training_
 AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet")
 OBJECTIVES = ("diffusion", "supervised")
+PRIORS = ("none", "supervised")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
 
 
@@ -91,6 +92,13 @@ class SPADConfig:
     recycle: bool = False
     # Diff-UNet (Xing et al. 2023): + weight * (BCE + soft Dice) of the x0 estimate against the mask (0: off)
     x0_loss_weight: float = 0.0
+    # supervised prior (MedSegDiff-V2, HiDiff, PGRD): "supervised" first trains the same architecture with objective
+    # supervised for prior_steps steps, freezes it, and feeds its probabilities (scaled to [-1, 1]) to the diffusion
+    # model as K more channels after the image; "none": off
+    prior: str = "none"
+    # prior supervised: the first prior_steps of train_steps train the prior, the rest the diffusion model (each
+    # phase with its own warm-up, EMA ramp and optimizer); in [1, train_steps)
+    prior_steps: int = 0
     # off by default: the SPAD study found no gain from any SPAD variant (docs/spad_study.md); a `perturb` block turns
     # it on unless it says `enabled: false`
     perturb: PerturbConfig = field(default_factory=lambda: PerturbConfig(enabled=False))
@@ -209,6 +217,15 @@ class SPADConfig:
              "false with perturb_mode 'condition' (that mode already self-conditions, with SPAD's perturbation of the "
              "estimate and condition_dropout): use one of them"),
             (self.x0_loss_weight >= 0, "x0_loss_weight", ">= 0 (0: off)"),
+            (self.prior in PRIORS, "prior", f"one of {PRIORS}"),
+            (self.prior == "none" or self.objective == "diffusion", "prior",
+             "'none' with objective 'supervised' (the prior is itself the supervised network)"),
+            (self.prior == "none" or self.perturb_mode != "condition", "prior",
+             "'none' with perturb_mode 'condition' (its condition channel is the model's own perturbed estimate; "
+             "self_condition combines with the prior)"),
+            (self.prior_steps >= 0 and (self.prior == "none" or 1 <= self.prior_steps < self.train_steps),
+             "prior_steps", "in [1, train_steps) with prior 'supervised' (the rest of train_steps trains the "
+             "diffusion), >= 0 otherwise"),
             (not self.recycle or self.prediction_type == "sample", "recycle",
              "false unless prediction_type is 'sample' (x_t comes from the model's estimate, the loss targets the "
              "ground truth: epsilon/v targets would be up to ~100x the noise scale at small t)"),
@@ -264,9 +281,28 @@ class SPADConfig:
 
     @property
     def model_in_channels(self) -> int:
-        """K noisy mask channels + image channels (+ K condition channels: "condition" mode or self_condition)."""
+        """K noisy mask channels + :attr:`model_image_channels` (+ K condition channels: "condition" mode or
+        self_condition)."""
         k = self.mask_channels
-        return k + self.image_channels + (k if self.condition_channel else 0)
+        return k + self.model_image_channels + (k if self.condition_channel else 0)
+
+    @property
+    def model_image_channels(self) -> int:
+        """What the denoiser sees per image: the image channels, + K prior probability channels with ``prior``
+        (the cached encoder encodes both, once per image)."""
+        return self.image_channels + (self.mask_channels if self.prior != "none" else 0)
+
+    @property
+    def prior_phase_steps(self) -> int:
+        """Optimizer steps that train the prior before the diffusion model: ``prior_steps`` with a prior, else 0."""
+        return self.prior_steps if self.prior != "none" else 0
+
+    def prior_config(self) -> SPADConfig:
+        """The prior network's config: this run's architecture and data with ``objective: supervised`` and the
+        diffusion-only options off."""
+        return dataclasses.replace(self, objective="supervised", prior="none", prior_steps=0, perturb_mode="target",
+                                   self_condition=False, recycle=False, x0_loss_weight=0.0, noise_levels=1,
+                                   train_steps=self.prior_steps)
 
     @property
     def condition_channel(self) -> bool:
@@ -276,8 +312,9 @@ class SPADConfig:
 
     @property
     def pas_horizon(self) -> int:
-        """Steps over which PaS runs from p = 0 to p = 1 (``pas_steps``, or ``train_steps`` when unset)."""
-        return self.pas_steps if self.pas_steps is not None else self.train_steps
+        """Diffusion steps over which PaS runs from p = 0 to p = 1 (``pas_steps``, or ``train_steps`` less the
+        prior's phase when unset)."""
+        return self.pas_steps if self.pas_steps is not None else self.train_steps - self.prior_phase_steps
 
     @property
     def amp_dtype(self):

@@ -100,6 +100,16 @@ def fusion_weight(x0: torch.Tensor, step: int, steps: int, members: int, fusion:
     return torch.exp(step_term * (1 - entropy)).repeat_interleave(members, dim=0)
 
 
+def prior_condition(prior: nn.Module, images: torch.Tensor, mask_channels: int) -> torch.Tensor:
+    """The supervised prior's channels of ``images`` (float ``[N,C,H,W]``): ``2 sigmoid(logits) - 1``, float32
+    ``[N,K,H,W]`` in [-1, 1], the logits of one pass of ``prior`` (``objective: supervised``) on ``cat[0, image]`` at
+    t = 0. The diffusion model sees them after the image channels; the trainer and the sampler both call this."""
+    n, _, H, W = images.shape
+    empty = images.new_zeros(n, mask_channels, H, W)
+    logits = prior(torch.cat([empty, images], dim=1), images.new_zeros(n))
+    return torch.sigmoid(logits.float()) * 2 - 1
+
+
 def image_noise_key(name: str) -> int:
     """A stable 31-bit key for an image name (CRC-32): its initial noise then depends on the name only."""
     return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
@@ -155,6 +165,9 @@ class DDIMSampler:
         step_fusion: ``"none"`` keeps the last sample; ``"mean"`` / ``"uncertainty"`` fuse the x0 estimates of
             every step (:func:`fusion_weight`). ``"uncertainty"`` needs all members of an image in one chunk, so its
             chunks hold whole images (at least ``ensemble`` rows, more than ``chunk`` when ``ensemble > chunk``).
+        prior: the frozen supervised prior (config ``prior: supervised``): its channels
+            (:func:`prior_condition`) are computed once per image, ``chunk`` images a pass, before the loop and
+            appended to the image channels, so the model sees ``M + C + M (+ M)`` channels.
     """
 
     def __init__(
@@ -177,8 +190,10 @@ class DDIMSampler:
         objective: str = "diffusion",
         self_condition: bool = False,
         step_fusion: str = "none",
+        prior: nn.Module | None = None,
     ) -> None:
         self.model = model
+        self.prior = prior
         self.self_condition = bool(self_condition)
         self.step_fusion = check_step_fusion(step_fusion)
         self.objective = objective
@@ -202,8 +217,13 @@ class DDIMSampler:
         self.steps = steps
 
     @classmethod
-    def from_config(cls, config, model: nn.Module, alphas_cumprod: torch.Tensor) -> DDIMSampler:
-        """The sampler a :class:`~spadfast.SPADConfig` describes (the one place that maps config keys to it)."""
+    def from_config(cls, config, model: nn.Module, alphas_cumprod: torch.Tensor,
+                    prior: nn.Module | None = None) -> DDIMSampler:
+        """The sampler a :class:`~spadfast.SPADConfig` describes (the one place that maps config keys to it);
+        ``prior``: the supervised prior network of a ``prior: supervised`` config (required there)."""
+        if (getattr(config, "prior", "none") != "none") != (prior is not None):
+            raise ValueError(f"`prior` must be the prior network exactly when the config's `prior` is 'supervised' "
+                             f"(config: {getattr(config, 'prior', 'none')!r}, module given: {prior is not None})")
         return cls(
             model, alphas_cumprod, prediction_type=config.prediction_type, perturb_mode=config.perturb_mode,
             steps=config.sample_steps, eta=config.eta, spacing=config.timestep_spacing,
@@ -211,7 +231,7 @@ class DDIMSampler:
             amp_dtype=config.amp_dtype, channels_last=config.channels_last, backend=config.ops_backend,
             mask_channels=config.mask_channels, objective=config.objective,
             self_condition=getattr(config, "self_condition", False),
-            step_fusion=getattr(config, "step_fusion", "none"),
+            step_fusion=getattr(config, "step_fusion", "none"), prior=prior,
         )
 
     def set_timesteps(self, steps: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -238,9 +258,23 @@ class DDIMSampler:
         # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA-graph capture
         return torch.autocast(device.type, dtype=self.amp_dtype, cache_enabled=False)
 
+    def _with_prior(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` with the prior's channels appended (:func:`prior_condition`, ``chunk`` images a pass under
+        autocast); ``images`` itself without a prior."""
+        if self.prior is None:
+            return images
+        parts = []
+        with self._autocast(images.device):
+            for start in range(0, images.shape[0], self.chunk):
+                parts.append(prior_condition(self.prior, images[start : start + self.chunk], self.mask_channels))
+        out = torch.cat([images, torch.cat(parts).to(images.dtype)], dim=1)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
     def _per_image_context(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What the loop is conditioned on, one row per image: ``(images,)`` for a plain denoiser, else the image
-        features of ``model.encode`` (one tensor per level), encoded ``chunk`` images at a time under autocast."""
+        features of ``model.encode`` (one tensor per level), encoded ``chunk`` images at a time under autocast;
+        with a prior, the images carry its channels (:meth:`_with_prior`)."""
+        images = self._with_prior(images)
         if not self._cached_encoder():
             return (images,)
         parts = []
@@ -420,6 +454,8 @@ class DDIMSampler:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         was_training = self.model.training
         self.model.eval()
+        if self.prior is not None:
+            self.prior.eval()
         try:
             per_image = self._per_image_context(imgs)
             if self.objective == "supervised":

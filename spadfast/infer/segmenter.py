@@ -39,12 +39,15 @@ class Segmenter:
     """Inference only: a checkpoint's EMA model and its sampler (no optimizer, no DDP, no datasets).
 
     ``segment`` has :meth:`spadfast.SPADTrainer.segment`'s signature, so either can drive :func:`predict_folder`.
+    ``prior``: the supervised prior network of a ``prior: supervised`` model (its EMA weights, ``prior.ema.*``).
     """
 
-    def __init__(self, config, model: torch.nn.Module, alphas_cumprod: torch.Tensor) -> None:
+    def __init__(self, config, model: torch.nn.Module, alphas_cumprod: torch.Tensor,
+                 prior: torch.nn.Module | None = None) -> None:
         self.config = config
         self.model = model.eval().requires_grad_(False)
-        self.sampler = DDIMSampler.from_config(config, self.model, alphas_cumprod)
+        self.prior = prior.eval().requires_grad_(False) if prior is not None else None
+        self.sampler = DDIMSampler.from_config(config, self.model, alphas_cumprod, prior=self.prior)
 
     @property
     def step_fusion(self) -> str:
@@ -82,16 +85,23 @@ class Segmenter:
         cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         if amp is not None:
             cfg = SPADConfig.from_dict({**cfg.to_dict(), "amp": _resolve_amp(amp, resolve_device(cfg.device))})
-        model = build_model(cfg)
-        ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
-        try:
-            model.load_state_dict(ema)
-        except RuntimeError as e:
-            raise ValueError(f"checkpoint {source!r} does not match the model: {e}") from None
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model = model.to(resolve_device(cfg.device), memory_format=memory_format)
+        nets = {"ema.": build_model(cfg)}
+        if cfg.prior != "none":
+            nets["prior.ema."] = build_model(cfg.prior_config())
+        elif any(k.startswith("prior.") for k in tensors):
+            raise ValueError(f"checkpoint {source!r} holds prior.* weights but its config has `prior: none`")
+        for prefix, net in nets.items():
+            ema = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                net.load_state_dict(ema)
+            except RuntimeError as e:
+                raise ValueError(f"checkpoint {source!r} does not match the {'prior' if 'prior' in prefix else 'model'}"
+                                 f": {e}") from None
+            nets[prefix] = net.to(resolve_device(cfg.device), memory_format=memory_format)
+        model = nets["ema."]
         betas = make_betas(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
-        segmenter = cls(cfg, model, alphas_cumprod(betas))
+        segmenter = cls(cfg, model, alphas_cumprod(betas), prior=nets.get("prior.ema."))
         if compile:
             if callable(getattr(model, "denoise", None)):
                 model.denoise = torch.compile(model.denoise)

@@ -1,7 +1,9 @@
 """Checkpoint files: one safetensors file holding every tensor plus a JSON header, written atomically.
 
 Tensor keys are fixed and versioned (``FORMAT_VERSION``): ``model.<param>``, ``ema.<param>``,
-``optim.<index>.<state>``, ``scaler.<name>``, ``rng.<name>``. The safetensors ``__metadata__`` holds
+``optim.<index>.<state>``, ``scaler.<name>``, ``rng.<name>``; a run with a supervised prior (config ``prior``) adds
+``prior.model.``, ``prior.ema.`` and ``prior.optim.`` keys (the prior network, its EMA and its optimizer state, whose
+hyperparameters are the metadata's ``prior_optimizer_param_groups``). The safetensors ``__metadata__`` holds
 ``{"format": "spadfast", "version": 1, "meta": <JSON>, "sha256": <JSON>}`` with the config, the step, optimizer
 hyperparameters and anything else that is not a tensor, and a SHA-256 of every tensor's bytes, verified on load
 (a flipped bit is an error naming the tensor; model and EMA weights must also be finite). A crash mid-write
@@ -88,7 +90,7 @@ def save_from_main(path: str | os.PathLike, tensors: dict[str, torch.Tensor], ma
 
 # config keys that give the same weights another meaning: a checkpoint resumes only into a run that shares them
 RUN_DEFINING_KEYS = ("prediction_type", "perturb_mode", "self_condition", "objective", "num_classes", "beta_schedule",
-                     "num_train_timesteps", "beta_start", "beta_end")
+                     "num_train_timesteps", "beta_start", "beta_end", "prior", "prior_steps")
 
 
 def check_same_run(meta: dict[str, Any], config: dict[str, Any], source: str) -> None:
@@ -148,7 +150,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             if tensor_digest(v) != digests[k]:
                 raise ValueError(f"checkpoint {str(target)!r}: tensor {k!r} fails its SHA-256 check (corrupt file)")
     for k, v in tensors.items():
-        if k.startswith(("model.", "ema.")) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+        weight = k.startswith(("model.", "ema.", "prior.model.", "prior.ema."))
+        if weight and v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ValueError(f"checkpoint {str(target)!r}: weight {k!r} holds NaN or inf; the run diverged or the "
                              "file was damaged")
     return tensors, meta
@@ -163,16 +166,20 @@ def pack_training_state(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     rng_per_rank: list[dict[str, torch.Tensor]],
+    prior: tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every tensor of a training run under the checkpoint's fixed keys (see the module docstring)."""
+    """Every tensor of a training run under the checkpoint's fixed keys (see the module docstring); ``prior``:
+    the supervised prior's ``(model, ema, optimizer)``, under ``prior.*``."""
     tensors: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
-        tensors[f"model.{k}"] = v
-    for k, v in ema.state_dict().items():
-        tensors[f"ema.{k}"] = v
-    for idx, state in optimizer.state_dict()["state"].items():
-        for k, v in state.items():
-            tensors[f"optim.{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    nets = [("", model, ema, optimizer)] + ([("prior.", *prior)] if prior is not None else [])
+    for prefix, net, net_ema, opt in nets:
+        for k, v in net.state_dict().items():
+            tensors[f"{prefix}model.{k}"] = v
+        for k, v in net_ema.state_dict().items():
+            tensors[f"{prefix}ema.{k}"] = v
+        for idx, state in opt.state_dict()["state"].items():
+            for k, v in state.items():
+                tensors[f"{prefix}optim.{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
     for k, v in scaler.state_dict().items():
         if isinstance(v, (int, float)):
             tensors[f"scaler.{k}"] = torch.tensor(float(v), dtype=torch.float64)
@@ -195,35 +202,55 @@ def unpack_training_state(
     optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler | None,
     source: str,
+    prior: tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer | None] | None = None,
 ) -> None:
-    """Load :func:`pack_training_state`'s tensors into the modules (optimizer and scaler optional, for inference)."""
-
-    def sub(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    try:
-        model.load_state_dict(sub("model."))
-        ema.load_state_dict(sub("ema."))
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint {source!r} does not match the model: {e}") from None
-    if optimizer is not None:
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in sub("optim.").items():
-            idx, name = k.split(".", 1)
-            state.setdefault(int(idx), {})[name] = v
-        params = list(model.parameters())
-        for idx, st in state.items():
-            for name, v in st.items():
-                if v.dim() > 0 and (idx >= len(params) or v.shape != params[idx].shape):
-                    raise ValueError(f"checkpoint {source!r}: optimizer state {idx}.{name} does not match the model")
-        groups = [dict(g) for g in meta["optimizer_param_groups"]]
-        for g, p in zip(groups, optimizer.state_dict()["param_groups"]):
-            g["params"] = p["params"]
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    """Load :func:`pack_training_state`'s tensors into the modules (optimizer and scaler optional, for inference);
+    ``prior``: the prior's ``(model, ema, optimizer)`` for the ``prior.*`` keys (a checkpoint without them, or with
+    them when ``prior`` is None, is a ValueError naming ``source``)."""
+    has_prior = any(k.startswith("prior.") for k in tensors)
+    if has_prior != (prior is not None):
+        raise ValueError(f"checkpoint {source!r} {'holds' if has_prior else 'lacks'} a supervised prior (prior.* "
+                         f"tensors) but the model {'has none' if has_prior else 'needs one'}")
+    _load_net(tensors, "", model, ema, optimizer, meta.get("optimizer_param_groups"), source)
+    if prior is not None:
+        _load_net(tensors, "prior.", *prior, meta.get("prior_optimizer_param_groups"), source)
     if scaler is not None and scaler.is_enabled():
-        scaler_state = {k: (int(v.item()) if k.endswith("tracker") else v.item()) for k, v in sub("scaler.").items()}
+        scaler_state = {k[len("scaler."):]: (int(v.item()) if k.endswith("tracker") else v.item())
+                        for k, v in tensors.items() if k.startswith("scaler.")}
         if scaler_state:
             scaler.load_state_dict(scaler_state)
+
+
+def _load_net(tensors: dict[str, torch.Tensor], prefix: str, model: torch.nn.Module, ema: torch.nn.Module,
+              optimizer: torch.optim.Optimizer | None, param_groups: list[dict[str, Any]] | None, source: str) -> None:
+    """One network's ``<prefix>model.``, ``<prefix>ema.`` and ``<prefix>optim.`` tensors into its modules."""
+
+    def sub(p: str) -> dict[str, torch.Tensor]:
+        return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+    try:
+        model.load_state_dict(sub(f"{prefix}model."))
+        ema.load_state_dict(sub(f"{prefix}ema."))
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {source!r} does not match the {prefix or 'model'}: {e}") from None
+    if optimizer is None:
+        return
+    if param_groups is None:
+        raise ValueError(f"checkpoint {source!r} lacks the {prefix}optimizer's hyperparameters in its metadata")
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in sub(f"{prefix}optim.").items():
+        idx, name = k.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    params = list(model.parameters())
+    for idx, st in state.items():
+        for name, v in st.items():
+            if v.dim() > 0 and (idx >= len(params) or v.shape != params[idx].shape):
+                raise ValueError(f"checkpoint {source!r}: optimizer state {prefix}{idx}.{name} does not match the "
+                                 "model")
+    groups = [dict(g) for g in param_groups]
+    for g, p in zip(groups, optimizer.state_dict()["param_groups"]):
+        g["params"] = p["params"]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:

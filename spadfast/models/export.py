@@ -1,9 +1,9 @@
 """``spadfast export``: a trained model without its training state, to ship and to predict with.
 
 An export is a spadfast safetensors file (the checkpoint format: atomic write, per-tensor SHA-256) holding only the
-EMA weights (``ema.*``, float32, or float16 with ``half``) and metadata ``{"kind": "export", "config", "step",
-"class_names", "half", "source_id", "spadfast_version"}`` (``source_id``: a digest of the source checkpoint's path, so
-that re-exporting a run may replace its earlier export and nothing else): about a quarter of a training checkpoint
+EMA weights (``ema.*``, and ``prior.ema.*`` for a model with a supervised prior; float32, or float16 with ``half``)
+and metadata ``{"kind": "export", "config", "step", "class_names", "half", "source_id", "spadfast_version"}``
+(``source_id``: a digest of the source checkpoint's path, so that re-exporting a run may replace its earlier export and nothing else): about a quarter of a training checkpoint
 (model, EMA and two Adam moments), an eighth with ``half``. :meth:`spadfast.infer.segmenter.Segmenter.from_checkpoint`
 (and every command that reads a model) accepts it as it accepts a run, and an export without ``half`` predicts
 byte-identically to its run.
@@ -94,7 +94,8 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, half: bo
     if class_names is not None and len(class_names) != n:
         raise ValueError(f"--labels names {len(class_names)} classes but the model in "
                          f"{str(resolve_path(checkpoint))!r} has num_classes = {n} (background included)")
-    ema = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items() if k.startswith("ema.")}
+    ema = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items()
+           if k.startswith(("ema.", "prior.ema."))}
     if not ema:
         raise ValueError(f"{str(resolve_path(checkpoint))!r} holds no EMA weights to export")
     names = class_names if class_names is not None else meta.get("class_names")

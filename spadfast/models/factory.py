@@ -25,8 +25,9 @@ def build_model(config) -> nn.Module:
                   num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
                   dropout=config.dropout)
     if config.model_type == "cached_unet":
-        mask_channels = config.model_in_channels - config.image_channels
-        return SPADCachedUNet(image_channels=config.image_channels, mask_channels=mask_channels,
+        image_channels = getattr(config, "model_image_channels", config.image_channels)  # image (+ prior channels)
+        mask_channels = config.model_in_channels - image_channels
+        return SPADCachedUNet(image_channels=image_channels, mask_channels=mask_channels,
                               out_channels=config.mask_channels, **kwargs)
     return SPADUNet(in_channels=config.model_in_channels, out_channels=config.mask_channels, **kwargs)
 

@@ -26,7 +26,7 @@ from ..config import SPADConfig
 from ..data.augmentation import augment_batch
 from ..data.batches import batch_iterator, resume_data_line, resume_source, training_datasets, validation_pairs
 from ..diffusion.perturb import perturb_factor, spad_perturb
-from ..diffusion.sampler import DDIMSampler, SampleResult
+from ..diffusion.sampler import DDIMSampler, SampleResult, prior_condition
 from ..diffusion.schedule import add_noise, alphas_cumprod, make_betas
 from ..diffusion.training_inputs import (
     check_perturb_mode,
@@ -120,6 +120,10 @@ class SPADTrainer:
         model = build_model(cfg) if model is None else model
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        prior = None
+        if cfg.prior != "none":
+            torch.manual_seed(cfg.seed)  # the prior starts as the supervised run of this seed starts
+            prior = build_model(cfg.prior_config())
         # dropout and other global draws differ per rank (DDP ranks must not share dropout masks)
         torch.manual_seed((cfg.seed * 1_000_003 + 7_919 * (self.rank + 1)) % 2**63)
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -136,6 +140,20 @@ class SPADTrainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
         )
+        # the supervised prior (config `prior`): trained for the first prior_steps, then frozen; its EMA feeds the
+        # diffusion model's prior channels in training and sampling
+        self.prior_model = self.prior_ema = self.prior_optimizer = self._train_prior = None
+        if prior is not None:
+            self.prior_model = prior.to(self.device, memory_format=memory_format)
+            self.prior_ema = copy.deepcopy(self.prior_model).requires_grad_(False).eval()
+            self._train_prior = self.prior_model
+            if self.distributed:
+                self._train_prior = DistributedDataParallel(self.prior_model, device_ids=ids)
+            if cfg.compile:
+                self._train_prior = torch.compile(self._train_prior, mode=cfg.compile_mode)
+            self.prior_optimizer = torch.optim.AdamW(
+                self.prior_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
+            )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         betas = make_betas(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
         self.alphas_cumprod = alphas_cumprod(betas).to(self.device)
@@ -145,14 +163,27 @@ class SPADTrainer:
         self.stopped_by: str | None = None  # the signal that ended the last fit early (spadfast.runtime.preemption)
         self.history: list[dict[str, Any]] = []
         self.run_log = RunLog(self.out_dir, cfg.log_file, cfg.log_tensorboard, dist_utils.is_main(),
-                              lambda step: perturb_factor(step / cfg.pas_horizon, cfg.perturb))
-        self.sampler = DDIMSampler.from_config(cfg, self.ema, alphas_cumprod(betas))
+                              lambda step: perturb_factor(self._phase_step(step) / cfg.pas_horizon, cfg.perturb))
+        self.sampler = DDIMSampler.from_config(cfg, self.ema, alphas_cumprod(betas), prior=self.prior_ema)
+        self.prior_sampler = (DDIMSampler.from_config(cfg.prior_config(), self.prior_ema, alphas_cumprod(betas))
+                              if self.prior_ema is not None else None)
 
     # -------------------------------------------------------------------------------------------- training
+    @property
+    def phase(self) -> str:
+        """``"prior"`` while the next optimizer step trains the supervised prior (config ``prior``), else
+        ``"diffusion"``."""
+        return "prior" if self.step < self.config.prior_phase_steps else "diffusion"
+
+    def _phase_step(self, step: int) -> int:
+        """``step`` counted from the start of its phase (the prior's steps come first)."""
+        p = self.config.prior_phase_steps
+        return step if step < p else step - p
+
     def _lr(self, step: int) -> float:
         if self.config.warmup_steps == 0:
             return self.config.lr
-        return self.config.lr * min(1.0, (step + 1) / self.config.warmup_steps)
+        return self.config.lr * min(1.0, (self._phase_step(step) + 1) / self.config.warmup_steps)
 
     def _loss(self, image: torch.Tensor, mask: torch.Tensor, micro: int,
               valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -163,6 +194,14 @@ class SPADTrainer:
         estimate at t + 1; ``self_condition`` feeds a no-grad estimate on x_t as the condition channel on a
         ``self_condition_prob`` share of rows; ``x0_loss_weight`` adds BCE + soft Dice of the x0 estimate."""
         cfg = self.config
+        if self.phase == "prior":  # the supervised prior's step, as a run with objective supervised takes it
+            empty, t0 = torch.zeros_like(mask), torch.zeros(mask.shape[0], dtype=torch.long, device=self.device)
+            logits = self._forward(empty, image, None, t0, model=self._train_prior, levels=1)
+            return supervised_loss(logits.float(), mask, valid=valid)
+        if self.prior_ema is not None:  # the frozen prior's channels follow the image's
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                                 enabled=self.amp_dtype is not None):
+                image = torch.cat([image, prior_condition(self.prior_ema, image, cfg.mask_channels)], dim=1)
         if cfg.noise_levels > 1:  # every image's mask at several noise levels; the image is encoded once
             mask, valid = (v.repeat_interleave(cfg.noise_levels, 0) if v is not None else None for v in (mask, valid))
         B, K, H, W = mask.shape
@@ -186,7 +225,8 @@ class SPADTrainer:
             offset = (micro * self.world_size + self.rank) * 2 * mask.numel()
             source = mask if binary is None else binary
             # one perturbation per class channel: channels become rows of the [B*K,1,H,W] batch the ops take
-            perturbed = spad_perturb(source.reshape(B * K, 1, H, W), self.step / cfg.pas_horizon, cfg.perturb,
+            perturbed = spad_perturb(source.reshape(B * K, 1, H, W), self._phase_step(self.step) / cfg.pas_horizon,
+                                     cfg.perturb,
                                      seed=cfg.seed, offset=offset, validate=False,
                                      backend=cfg.ops_backend).view(B, K, H, W)
         if cfg.recycle:  # x_t from the model's own estimate at t + 1, re-noised at t; the target stays the truth
@@ -215,8 +255,9 @@ class SPADTrainer:
         return loss
 
     def _forward(self, x_t: torch.Tensor, image: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor,
-                 model: nn.Module | None = None) -> torch.Tensor:
-        levels = self.config.noise_levels  # > 1: rows come in groups sharing one image (cached_model.forward)
+                 model: nn.Module | None = None, levels: int | None = None) -> torch.Tensor:
+        # > 1: rows come in groups sharing one image (cached_model.forward)
+        levels = self.config.noise_levels if levels is None else levels
         image = image.repeat_interleave(levels, dim=0) if levels > 1 else image
         inp = torch.cat([x_t, image] if cond is None else [x_t, image, cond], dim=1)
         if self.config.channels_last:
@@ -235,17 +276,24 @@ class SPADTrainer:
         return x0_from_prediction(self.config.prediction_type, x_t, out, a).clamp(-limit, limit)
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        ema_p = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1.0 - decay)
-        for eb, b in zip(self.ema.buffers(), self.model.buffers()):
+    def _update_ema(self, model: nn.Module, ema: nn.Module) -> None:
+        step = self._phase_step(self.step)
+        decay = min(self.config.ema_decay, (1 + step) / (10 + step))
+        ema_p = list(ema.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - decay)
+        for eb, b in zip(ema.buffers(), model.buffers()):
             eb.copy_(b)
 
     def train_step(self, batches: Iterator) -> torch.Tensor:
-        """One optimizer step (``grad_accum`` micro-batches); returns the mean loss as a device tensor (no sync)."""
+        """One optimizer step (``grad_accum`` micro-batches) of the network of :attr:`phase`; returns the mean loss
+        as a device tensor (no sync)."""
         cfg = self.config
-        for group in self.optimizer.param_groups:
+        if self.phase == "prior":
+            model, train_model, ema = self.prior_model, self._train_prior, self.prior_ema
+            optimizer = self.prior_optimizer
+        else:
+            model, train_model, optimizer, ema = self.model, self._train_model, self.optimizer, self.ema
+        for group in optimizer.param_groups:
             group["lr"] = self._lr(self.step)
         total = torch.zeros((), device=self.device)
         for k in range(cfg.grad_accum):
@@ -255,20 +303,20 @@ class SPADTrainer:
             image, mask = augment_batch(image, mask, cfg.augment, self.generator)
             mask, valid = split_ignored(mask) if cfg.ignore_label is not None else (mask, None)
             last = k == cfg.grad_accum - 1
-            no_sync = self.distributed and not last and hasattr(self._train_model, "no_sync")
-            with self._train_model.no_sync() if no_sync else nullcontext():
+            no_sync = self.distributed and not last and hasattr(train_model, "no_sync")
+            with train_model.no_sync() if no_sync else nullcontext():
                 loss = self._loss(image, mask, self.step * cfg.grad_accum + k, valid) / cfg.grad_accum
                 with nvtx_range("backward"):
                     self.scaler.scale(loss).backward()
             total += loss.detach()
         with nvtx_range("optimizer"):
             if cfg.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.scaler.step(self.optimizer)
+                self.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.scaler.step(optimizer)
             self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self._update_ema()
+            optimizer.zero_grad(set_to_none=True)
+            self._update_ema(model, ema)
         self.step += 1
         return total
 
@@ -381,13 +429,18 @@ class SPADTrainer:
         self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None, seed: int | None = 0,
         return_members: bool = False, noise_keys: list[int] | None = None,
     ) -> SampleResult:
-        """EMA-model DDIM ensemble: probabilities, uncertainty and thresholded masks (see :class:`SampleResult`)."""
+        """EMA-model DDIM ensemble: probabilities, uncertainty and thresholded masks (see :class:`SampleResult`).
+
+        With a supervised prior (config ``prior``), up to the end of its phase (``step <= prior_steps``) this is the
+        prior's own prediction (the diffusion model is untrained then), so validation scores the prior."""
         images, _ = check_images(images, self.config.image_channels, unbatched=True)
         return self._segment_checked(images, steps, ensemble, seed, return_members, noise_keys)
 
     def _segment_checked(self, images, steps, ensemble, seed, return_members=False, noise_keys=None) -> SampleResult:
         """:meth:`segment` of ``[B,C,H,W]`` images that passed :func:`check_images`."""
-        return self.sampler.sample(
+        prior_only = self.prior_sampler is not None and self.step <= self.config.prior_steps
+        sampler = self.prior_sampler if prior_only else self.sampler
+        return sampler.sample(
             images, steps=self.config.sample_steps if steps is None else steps,
             ensemble=self.config.ensemble if ensemble is None else ensemble, seed=seed,
             threshold=self.config.threshold, return_members=return_members, noise_keys=noise_keys, validate=False,
@@ -409,7 +462,8 @@ class SPADTrainer:
         if self.distributed:
             per_rank = [None] * self.world_size
             torch.distributed.all_gather_object(per_rank, capture_rng(self.generator, self.device))
-        return pack_training_state(self.model, self.ema, self.optimizer, self.scaler, per_rank)
+        prior = (self.prior_model, self.prior_ema, self.prior_optimizer) if self.prior_model is not None else None
+        return pack_training_state(self.model, self.ema, self.optimizer, self.scaler, per_rank, prior)
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint (rank 0; other ranks wait) atomically; ``path`` is a run directory or a file.
@@ -421,6 +475,9 @@ class SPADTrainer:
             "config": self.config.to_dict(),
             "step": self.step,
             "optimizer_param_groups": optimizer_param_groups(self.optimizer),
+            "phase": self.phase,
+            **({"prior_optimizer_param_groups": optimizer_param_groups(self.prior_optimizer)}
+               if self.prior_optimizer is not None else {}),
             "world_size": self.world_size,
             "device_type": self.device.type,
             "history": self.history,
@@ -466,8 +523,12 @@ class SPADTrainer:
         """Load a checkpoint's tensors and metadata into this trainer (model, EMA, optimizer, scaler, RNG, step);
         a checkpoint of another ``prediction_type`` (or other run-defining key) is a ValueError naming both values."""
         check_same_run(meta, self.config.to_dict(), source)
-        unpack_training_state(tensors, meta, self.model, self.ema, self.optimizer, self.scaler, source)
+        prior = (self.prior_model, self.prior_ema, self.prior_optimizer) if self.prior_model is not None else None
+        unpack_training_state(tensors, meta, self.model, self.ema, self.optimizer, self.scaler, source, prior)
         self.step = int(meta["step"])
+        if meta.get("phase", self.phase) != self.phase:
+            raise ValueError(f"checkpoint {source!r} records phase {meta['phase']!r} at step {self.step}, but this "
+                             f"config's prior_steps puts that step in phase {self.phase!r}")
         self.history = list(meta.get("history", []))
         saved_device, saved_world = meta.get("device_type"), meta.get("world_size")
         if saved_device == self.device.type and saved_world == self.world_size:
