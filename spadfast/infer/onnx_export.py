@@ -6,8 +6,9 @@ The export is a folder:
 - ``encoder.onnx`` (cached-encoder models): ``image`` float32 ``[N, C, S, S]`` -> ``f0 .. f{L-1}``, the image
   features of every level (``model.encode``), run once per image;
 - ``denoiser.onnx``: ``x`` float32 ``[N, M, S, S]`` (the noisy mask, plus the condition channels in condition
-  mode), ``t`` float32 ``[N]`` (training timesteps) and the features ``f0 ..`` -> ``out`` ``[N, M_out, S, S]``
-  (``model.denoise``); a plain UNet has no encoder and its denoiser takes ``x = cat[x_t, image(, cond)]``;
+  mode or with self_condition), ``t`` float32 ``[N]`` (training timesteps) and the features ``f0 ..`` -> ``out``
+  ``[N, M_out, S, S]`` (``model.denoise``); a plain UNet has no encoder and its denoiser takes
+  ``x = cat[x_t, image(, cond)]``;
 - ``spadfast.json``: ``{"kind": "onnx", "config", "class_names", "step", "spadfast_version", "files": {name:
   sha256}}``.
 
@@ -88,6 +89,10 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     out = Path(out_dir)
     _, meta = read_checkpoint(checkpoint)
+    prior = (meta.get("config") or {}).get("prior", "none")
+    if prior != "none":  # the sampler would need the prior's graph too; not exported yet
+        raise ValueError(f"{str(resolve_path(checkpoint))!r} has a supervised prior (`prior: {prior}`): ONNX "
+                         "export does not carry it yet; export it with --format safetensors and predict with PyTorch")
     segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", amp="none")
     cfg, model = segmenter.config, segmenter.model.float().eval()
     n = cfg.num_classes
@@ -97,7 +102,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                          f"has num_classes = {n} (background included)")
     out.mkdir(parents=True, exist_ok=True)
     S, C, M = cfg.image_size, cfg.image_channels, cfg.mask_channels
-    x_channels = 2 * M if cfg.perturb_mode == "condition" else M
+    x_channels = 2 * M if cfg.condition_channel else M  # the condition channels: condition mode or self_condition
     cached = callable(getattr(model, "encode", None)) and callable(getattr(model, "denoise", None))
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(2, C, S, S, generator=gen) * 2 - 1

@@ -133,7 +133,8 @@ def test_cli_refuses_onnx_options_that_do_not_apply(exported, tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1000:]
 
 
-@pytest.mark.parametrize("overrides", [dict(model_type="unet"), dict(perturb_mode="condition")])
+@pytest.mark.parametrize("overrides", [dict(model_type="unet"), dict(perturb_mode="condition"),
+                                       dict(self_condition=True), dict(self_condition=True, model_type="unet")])
 def test_other_model_kinds_export_and_agree(tmp_path, overrides):
     run = _run(tmp_path, **overrides)
     export_onnx(run, tmp_path / "onnx")
@@ -141,3 +142,10 @@ def test_other_model_kinds_export_and_agree(tmp_path, overrides):
     want = Segmenter.from_checkpoint(run, device="cpu", amp="none").segment(images, steps=3, ensemble=2)
     got = Segmenter.from_onnx(tmp_path / "onnx").segment(images, steps=3, ensemble=2)
     torch.testing.assert_close(got.probs, want.probs, atol=1e-3, rtol=0)
+
+
+def test_a_model_with_a_supervised_prior_is_refused_in_one_line(tmp_path):
+    run = _run(tmp_path, prior="supervised", prior_steps=1, prediction_type="sample")
+    with pytest.raises(ValueError, match="supervised prior .*--format safetensors"):
+        export_onnx(run, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()  # refused before any file is written
