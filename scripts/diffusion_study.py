@@ -70,7 +70,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "x0-loss-0.1": {"x0_loss_weight": 0.1},  # pilot fold only: the weight is chosen among these
     "x0-loss-0.3": {"x0_loss_weight": 0.3},
     "x0-loss-1": {"x0_loss_weight": 1.0},
-    "prior": {"prior": True},
+    # the first half trains the prior: the same 3000 steps as "supervised" (bit-identical to that run of the seed), so
+    # the pair compares the refinement with its own input; then 3000 diffusion steps, as every diffusion variant gets
+    # (2x the training of either; a --steps smoke run is overridden by these keys)
+    "prior": {"prior": "supervised", "prior_steps": 3000, "train_steps": 6000},
     "best-combination": "{choice:best_combination}",  # the overrides of the two chosen variants, merged
     "supervised": {"objective": "supervised"},
     **{f"supervised-m{j}": {"objective": "supervised", "seed_offset": 100 * j} for j in range(1, 5)},
