@@ -36,6 +36,10 @@ Training options of the diffusion study (each off by default; combinations are c
   carry ``sqrt(abar/(1-abar)) (x0^ - x0)``, as in ``input`` mode).
 - ``x0_loss_weight`` (Diff-UNet, Xing et al. 2023): + weight * (BCE + soft Dice) of the x0 estimate against the
   regression's x0 (:func:`x0_mask_loss`).
+- ``prior: supervised`` (MedSegDiff-V2, HiDiff, PGRD): the first ``prior_steps`` train a supervised network of the
+  same architecture (:func:`supervised_loss`); afterwards it is frozen and its EMA's probabilities, scaled to
+  [-1, 1] (:func:`spadfast.diffusion.sampler.prior_condition`), are K more image channels of every diffusion input;
+  the targets above are unchanged.
 """
 
 from __future__ import annotations
