@@ -25,30 +25,29 @@ from spadfast.viewers.napari_reader import napari_get_reader, read_prediction_fo
 from spadfast.viewers.napari_widget import segment_widget  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def x_display():
     """Qt's offscreen platform still draws napari's OpenGL canvas through GLX: an X display, Xvfb when none is
-    set (scripts/bootstrap.sh installs it). Started on a display number Xvfb picks itself, stopped after."""
+    set (scripts/bootstrap.sh installs it), on a display number Xvfb picks itself. Qt keeps its X connection until
+    the interpreter exits (closing it earlier is a fatal XIO error and exit status 1), so a watcher stops Xvfb once
+    this test process is gone."""
     if os.environ.get("DISPLAY"):
         yield os.environ["DISPLAY"]
         return
     if shutil.which("Xvfb") is None:
         pytest.skip("no X display and no Xvfb for napari's OpenGL canvas (apt-get install xvfb)")
     read, write = os.pipe()
-    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watcher = (f"Xvfb -displayfd {write} -screen 0 1024x768x24 -nolisten tcp >/dev/null 2>&1 & x=$!; "
+               f"while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 1; done; kill $x")
+    subprocess.Popen(["sh", "-c", watcher], pass_fds=(write,), start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write)
-    try:
-        with os.fdopen(read) as f:
-            number = f.readline().strip()  # Xvfb writes the display number once it accepts clients
-        if not number:
-            pytest.skip("Xvfb did not start")
-        os.environ["DISPLAY"] = f":{number}"
-        yield os.environ["DISPLAY"]
-    finally:
-        os.environ.pop("DISPLAY", None)
-        server.terminate()
-        server.wait(timeout=10)
+    with os.fdopen(read) as f:
+        number = f.readline().strip()  # Xvfb writes the display number once it accepts clients
+    if not number:
+        pytest.skip("Xvfb did not start")
+    os.environ["DISPLAY"] = f":{number}"
+    yield os.environ["DISPLAY"]
 
 
 def test_the_manifest_validates_and_napari_lists_the_plugin():
