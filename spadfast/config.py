@@ -50,6 +50,9 @@ class SPADConfig:
     # that in-plane spacing (image bilinear, labels nearest) and predictions back onto the input's grid
     target_spacing: tuple[float, ...] = ()
     slice_axis: int | None = None  # volumes: the array axis slices are taken along (None: the coarsest spacing)
+    # volumes, 2.5-D: the k neighbouring slices on each side join the slice as extra image channels (edge slices
+    # replicated); the model then sees image_channels x (2k + 1) channels. 0: each slice alone
+    context_slices: int = 0
     foreground_fraction: float = 0.5  # volumes: probability a training slice is drawn from slices with foreground
     modalities: tuple[str, ...] = ()  # volumes: modality per image channel ("CT", "MR", ...), recorded from the data
     intensity_window: tuple[float, ...] = ()  # volumes: fixed (lo, hi) window for every channel; () = per modality
@@ -183,6 +186,7 @@ class SPADConfig:
             (self.ignore_label is None or self.num_classes <= self.ignore_label <= 65535, "ignore_label",
              "None or a pixel value in [num_classes, 65535] (not a class)"),
             (0 <= self.foreground_fraction <= 1, "foreground_fraction", "in [0, 1]"),
+            (0 <= self.context_slices <= 16, "context_slices", "an int in [0, 16] (slices on each side)"),
             (len(self.intensity_window) in (0, 2) and (not self.intensity_window
              or self.intensity_window[0] < self.intensity_window[1]), "intensity_window", "() or (lo, hi), lo < hi"),
             (not self.modalities or len(self.modalities) == self.image_channels, "modalities",
@@ -287,10 +291,15 @@ class SPADConfig:
         return k + self.model_image_channels + (k if self.condition_channel else 0)
 
     @property
+    def input_channels(self) -> int:
+        """Channels of one model input image: ``image_channels`` (modalities) x ``2 context_slices + 1`` slices."""
+        return self.image_channels * (2 * self.context_slices + 1)
+
+    @property
     def model_image_channels(self) -> int:
-        """What the denoiser sees per image: the image channels, + K prior probability channels with ``prior``
+        """What the denoiser sees per image: :attr:`input_channels`, + K prior probability channels with ``prior``
         (the cached encoder encodes both, once per image)."""
-        return self.image_channels + (self.mask_channels if self.prior != "none" else 0)
+        return self.input_channels + (self.mask_channels if self.prior != "none" else 0)
 
     @property
     def prior_phase_steps(self) -> int:

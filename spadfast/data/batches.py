@@ -40,6 +40,7 @@ def volume_dataset(root: str | Path, config, name: str = "train_data") -> Datase
         window=config.intensity_window or None, reorient=config.reorient,
         target_spacing=None if config.resize else config.target_spacing,
         foreground_fraction=config.foreground_fraction if train else None, seed=config.seed, ct_stats=ct_stats,
+        context_slices=config.context_slices,
     )
     if ct_stats == "compute" and any(s is not None for s in data.ct_stats):
         # stored in the config, hence in every checkpoint: validation, --resume and prediction use these numbers
@@ -53,6 +54,12 @@ def volume_dataset(root: str | Path, config, name: str = "train_data") -> Datase
 
         data = PatchDraws(data, config.image_size, seed=config.seed, foreground_share=config.foreground_oversample)
     return data
+
+
+def _is_volume_folder(path) -> bool:
+    from ..io.nifti import is_volume_folder
+
+    return is_volume_folder(path)
 
 
 def coerce_dataset(
@@ -77,6 +84,12 @@ def coerce_dataset(
 
     image_size, channels, mask_channels = config.image_size, config.image_channels, config.mask_channels
     intensity_norm, resize, ignore_label = config.intensity_norm, config.resize, config.ignore_label
+    context = config.context_slices
+    if context and not (isinstance(data, (str, Path)) and _is_volume_folder(data)) and (
+            data is None or isinstance(data, (str, Path))):
+        raise ValueError(f"`{name}`: context_slices {context} stacks neighbouring slices of volumes, and "
+                         f"{'the synthetic lesions are' if data is None else repr(str(data)) + ' is'} 2-D: use a "
+                         "Decathlon / nnU-Net volume folder, or set context_slices: 0")
 
     if data is None:
         if mask_channels != 1:
@@ -126,9 +139,11 @@ def coerce_dataset(
     if not bool(allowed.all()):
         extra = " (and -1, ignored, with ignore_label)" if ignore_label is not None else ""
         raise ValueError(f"`{name}` masks must hold only 0 and 1{extra} (item 0 holds {mask.unique()[:4].tolist()})")
-    if image.dim() != 3 or image.shape[0] != channels:
+    if image.dim() != 3 or image.shape[0] != config.input_channels:
+        what = "config.image_channels" if not context else (
+            f"config.image_channels {channels} x (2 context_slices + 1) slices")
         raise ValueError(
-            f"`{name}` images must be [C={channels},H,W] (config.image_channels), got {tuple(image.shape)}"
+            f"`{name}` images must be [C={config.input_channels},H,W] ({what}), got {tuple(image.shape)}"
         )
     if mask.dim() != 3 or mask.shape[0] != mask_channels or mask.shape[1:] != image.shape[1:]:
         raise ValueError(f"`{name}` masks must be [K={mask_channels},H,W] (num_classes - 1) matching the image, got "

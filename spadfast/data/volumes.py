@@ -40,7 +40,7 @@ from ..io.volume_norm import (
 from ..ops.checks import check_axis, check_int, check_number
 from .slice_draws import draw_slice
 
-__all__ = ["VolumeSlices", "coarsest_axis", "slice_volume"]
+__all__ = ["VolumeSlices", "coarsest_axis", "slice_volume", "context_indices"]
 
 
 
@@ -80,13 +80,26 @@ def spacing_size(shape: Sequence[int], spacing: Sequence[float], axis: int,
     return max(1, round(h * sy / float(target[0]))), max(1, round(w * sx / float(target[1])))
 
 
+def context_indices(index: int, context: int, length: int) -> list[int]:
+    """The slices a 2.5-D input of slice ``index`` stacks: ``index - context .. index + context``, clamped to
+    ``[0, length)`` (edge slices replicated)."""
+    return [min(max(index + d, 0), length - 1) for d in range(-context, context + 1)]
+
+
 def slice_volume(
-    image: np.ndarray | Sequence[np.ndarray], axis: int, index: int, size: tuple[int, int] | None
+    image: np.ndarray | Sequence[np.ndarray], axis: int, index: int, size: tuple[int, int] | None,
+    context: int = 0,
 ) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a normalised volume (float32 ``[C,I,J,K]``, or a list of ``[I,J,K]``
     channels), resized to ``size``: float32 ``[C,H,W]`` in [-1, 1]. The one path from a volume to model input,
-    shared by :class:`VolumeSlices` and :func:`spadfast.infer.volumes.predict_volume`."""
-    planes = [ch[(slice(None),) * axis + (index,)] for ch in image]  # basic indexing: views (np.take is slow)
+    shared by :class:`VolumeSlices` and :func:`spadfast.infer.volumes.predict_volume`.
+
+    ``context`` k > 0 (2.5-D, ``SPADConfig.context_slices``): the slices ``index - k .. index + k`` (edge slices
+    replicated, :func:`context_indices`), offset-major: ``[C x (2k + 1), H, W]`` holds the C channels of slice
+    ``index - k`` first and those of ``index`` in the middle."""
+    length = image[0].shape[axis]
+    planes = [ch[(slice(None),) * axis + (k,)] for k in context_indices(index, context, length)
+              for ch in image]  # basic indexing: views (np.take is slow)
     return np.stack([np.clip(resize_plane(np.ascontiguousarray(p), size), -1.0, 1.0) for p in planes]).astype(
         np.float32, copy=False
     )
@@ -153,6 +166,8 @@ class VolumeSlices(Dataset):
             :class:`~spadfast.io.volume_norm.CTStats` or None per image channel; ``"compute"``: from this set's
             foreground voxels (the training set, at training start); None: each volume's own percentiles.
         cache_volumes: decoded volumes kept in memory (0: decode on every access).
+        context_slices: k > 0 stacks the k neighbouring slices on each side as extra channels (2.5-D; images
+            ``[C_mod x (2k + 1),S,S]``, :func:`slice_volume`); 0: each slice alone.
         seed: slice-sampling seed.
         split: ``"train"`` (``imagesTr``/``labelsTr``) or ``"test"`` (``imagesTs``/``labelsTs``).
         init_workers: threads that decode and check the volumes in ``__init__`` (default ``min(4, CPUs)``; each
@@ -203,6 +218,7 @@ class VolumeSlices(Dataset):
         reorient: str | None = None,
         target_spacing: Sequence[float] | None = None,
         ct_stats: Sequence[CTStats | None] | str | None = None,
+        context_slices: int = 0,
     ) -> None:
         self.root = Path(root)
         compute_ct = isinstance(ct_stats, str)
@@ -218,6 +234,7 @@ class VolumeSlices(Dataset):
         self.foreground_fraction = check_number(foreground_fraction, "foreground_fraction", 0, 1, optional=True)
         self.window = _check_window(window)
         self.cache_volumes = check_int(cache_volumes, "cache_volumes", 0)
+        self.context_slices = check_int(context_slices, "context_slices", 0)
         self.seed = check_int(seed, "seed", 0)
         if split not in ("train", "test"):
             raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
@@ -389,11 +406,12 @@ class VolumeSlices(Dataset):
         c = self._cases[case]
         return c.turn.identity and all(p.name.lower().endswith(".nii") for p in [*c.image_paths, c.label_path])
 
-    def _read_one_slice(self, case: int, k: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """Slice ``k`` of an uncompressed case straight from its memory-mapped files (no full decode): normalised
-        image float32 ``[C,...]`` and labels, each with the slicing axis kept at length 1."""
+    def _read_one_slice(self, case: int, k: int, stop: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+        """Slices ``k .. stop - 1`` (default: slice ``k`` alone) of an uncompressed case straight from its
+        memory-mapped files (no full decode): normalised image float32 ``[C,...]`` and labels, each with the slicing
+        axis kept (length ``stop - k``)."""
         c = self._cases[case]
-        sl = (slice(None),) * self.axis + (slice(k, k + 1),)
+        sl = (slice(None),) * self.axis + (slice(k, k + 1 if stop is None else stop),)
         chans = []
         for path in c.image_paths:
             img = read_nifti(path)
@@ -444,14 +462,16 @@ class VolumeSlices(Dataset):
     def load_slice(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image, mask)`` of slice ``number`` in file order (case by case, then along ``axis``)."""
         case, k = self._slices[number]
+        c = self._cases[case]
         if case not in self._cache and self._uncompressed(case):
-            image, label = self._read_one_slice(case, k)
-            k = 0
+            lo = max(k - self.context_slices, 0)  # the slab the 2.5-D context needs (the slice alone without)
+            hi = min(k + self.context_slices + 1, c.shape[self.axis])
+            image, label = self._read_one_slice(case, lo, hi)
+            k -= lo
         else:
             image, label = self.volume(case)
-        c = self._cases[case]
         size = self.image_size or spacing_size(c.shape, c.spacing, self.axis, self.target_spacing)
-        x = slice_volume(image, self.axis, k, size)
+        x = slice_volume(image, self.axis, k, size, self.context_slices)
         y = one_hot(slice_label(label, self.axis, k, size), self.mask_channels)
         return torch.from_numpy(x), torch.from_numpy(y)
 

@@ -101,7 +101,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"--labels names {len(names)} classes but the model in {str(resolve_path(checkpoint))!r} "
                          f"has num_classes = {n} (background included)")
     out.mkdir(parents=True, exist_ok=True)
-    S, C, M = cfg.image_size, cfg.image_channels, cfg.mask_channels
+    S, C, M = cfg.image_size, cfg.input_channels, cfg.mask_channels  # input: modalities x 2.5-D slices
     x_channels = 2 * M if cfg.condition_channel else M  # the condition channels: condition mode or self_condition
     cached = callable(getattr(model, "encode", None)) and callable(getattr(model, "denoise", None))
     gen = torch.Generator().manual_seed(0)

@@ -156,6 +156,7 @@ class Segmenter:
         if _is_volume_input(x):
             return _predict_volume_input(self, x, steps, ensemble, seed, tta)
         cfg = self.config
+        check_not_volume_only(cfg, "`x` is a 2-D image")
         native = not getattr(cfg, "resize", True)
         size = None if native else cfg.image_size
         if isinstance(x, (str, Path)):
@@ -188,7 +189,7 @@ class Segmenter:
         """``images`` float ``[B,C,H,W]`` in [-1, 1] -> :class:`SampleResult`; ``None`` arguments take the config's
         (``step_fusion``: the sampler's, :attr:`step_fusion`)."""
         cfg = self.config
-        images, _ = check_images(images, cfg.image_channels)
+        images, _ = check_images(images, cfg.input_channels)
         return self.sampler.sample(
             images, steps=cfg.sample_steps if steps is None else steps,
             ensemble=cfg.ensemble if ensemble is None else ensemble, seed=seed, threshold=cfg.threshold,
@@ -347,6 +348,14 @@ def _png(array: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def check_not_volume_only(config, what: str) -> None:
+    """ValueError for a 2.5-D model (``context_slices`` > 0: it reads neighbouring slices) given a 2-D input."""
+    k = int(getattr(config, "context_slices", 0) or 0)
+    if k:
+        raise ValueError(f"{what}, and the model reads {k} neighbouring slice(s) on each side (context_slices {k}): "
+                         "it segments volumes only (NIfTI, NRRD/MetaImage or DICOM series)")
+
+
 def predict_folder(
     segmenter,
     images_dir: str | Path,
@@ -392,6 +401,7 @@ def predict_folder(
     batch_size = check_int(batch_size, "batch_size", 1)
     check_members(segmenter, ensemble, tta)
     cfg = segmenter.config
+    check_not_volume_only(cfg, f"`images` folder {str(images_dir)!r} holds 2-D images")
     stems = shard_of(sorted(files), shard)
     if not stems:
         return []

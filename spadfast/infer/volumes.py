@@ -211,6 +211,7 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     normed = [turn.to_standard(ch) for ch in normed]
     case.channels = image = None  # free the raw intensities
     n_slices = shape[axis]
+    context = int(getattr(cfg, "context_slices", 0) or 0)  # 2.5-D: neighbouring slices as channels
     h, w = in_plane_shape(shape, axis)
     name = paths[0].name if paths[0].is_dir() else case_stem(volume_stem(paths[0]) or paths[0].name)[0]
 
@@ -229,7 +230,7 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
             bar.update(min(batch_size, n_slices - start))
         idx = list(range(start, min(start + batch_size, n_slices)))
         if getattr(cfg, "resize", True):
-            batch = torch.from_numpy(np.stack([slice_volume(normed, axis, k, size) for k in idx]))
+            batch = torch.from_numpy(np.stack([slice_volume(normed, axis, k, size, context) for k in idx]))
             keys = [image_noise_key(f"{name}/{axis}/{k}") for k in idx]
             result = segment(batch, steps=opts.steps, ensemble=opts.ensemble, seed=opts.seed, noise_keys=keys)
             probs = result.probs.detach().float().cpu().numpy()
@@ -240,7 +241,7 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
             window = _resolve_size(None, segmenter)
             assert window is not None
             tiled = segment_tiled_many(
-                segment, [torch.from_numpy(slice_volume(normed, axis, k, resampled)) for k in idx], window,
+                segment, [torch.from_numpy(slice_volume(normed, axis, k, resampled, context)) for k in idx], window,
                 float(getattr(cfg, "tile_overlap", 0.5)), [f"{name}/{axis}/{k}" for k in idx], chunk=None,
                 steps=opts.steps, ensemble=opts.ensemble, seed=opts.seed)
             probs = np.stack([p.numpy() for p, _ in tiled])

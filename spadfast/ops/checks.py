@@ -189,7 +189,8 @@ def check_images(images: object, channels: int | None = None, unbatched: bool = 
         layouts = "[B,C,H,W] or [C,H,W]" if unbatched else "[B,C,H,W]"
         raise ValueError(f"`images` must have shape {layouts} with B >= 1, got {tuple(images.shape)}")
     if channels is not None and batch.shape[1] != channels:
-        raise ValueError(f"`images` must have {channels} channel(s) (config.image_channels), "
+        raise ValueError(f"`images` must have {channels} channel(s) (config.image_channels, times 2 context_slices "
+                         "+ 1 for a 2.5-D model), "
                          f"got shape {tuple(images.shape)}")
     if not batch.is_floating_point():
         raise TypeError(f"`images` must be a floating tensor in [-1, 1], got {batch.dtype}")

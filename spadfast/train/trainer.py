@@ -433,7 +433,7 @@ class SPADTrainer:
 
         With a supervised prior (config ``prior``), up to the end of its phase (``step <= prior_steps``) this is the
         prior's own prediction (the diffusion model is untrained then), so validation scores the prior."""
-        images, _ = check_images(images, self.config.image_channels, unbatched=True)
+        images, _ = check_images(images, self.config.input_channels, unbatched=True)
         return self._segment_checked(images, steps, ensemble, seed, return_members, noise_keys)
 
     def _segment_checked(self, images, steps, ensemble, seed, return_members=False, noise_keys=None) -> SampleResult:
@@ -451,7 +451,7 @@ class SPADTrainer:
     ) -> torch.Tensor:
         """Foreground probabilities in [0, 1]: ``[B,M,H,W]`` for ``[B,C,H,W]`` images (``[M,H,W]`` for ``[C,H,W]``),
         M = num_classes - 1."""
-        images_b, squeeze = check_images(images, self.config.image_channels, unbatched=True)
+        images_b, squeeze = check_images(images, self.config.input_channels, unbatched=True)
         probs = self._segment_checked(images_b, steps, ensemble, seed).probs
         return probs[0] if squeeze else probs
 
