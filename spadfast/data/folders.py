@@ -39,7 +39,7 @@ class SegmentationFolder(Dataset):
     ``[-1, 1]``; resized with INTER_AREA (shrinking) or INTER_LINEAR. Masks: see :func:`read_mask` (nonzero is
     foreground; JPEG masks thresholded at half range); resized with INTER_NEAREST_EXACT.
 
-    Items are returned as stored: the trainer augments batches (:func:`spadfast.data.augment.dihedral` in
+    Items are returned as stored: the trainer augments batches (:func:`spadfast.data.augmentation.dihedral` in
     ``SPADTrainer.train_step``), so the folder draws nothing.
 
     Args:
