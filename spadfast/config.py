@@ -19,7 +19,7 @@ from .ops.fields import check_fields
 CT_NORMALIZATIONS = ("dataset", "volume")
 PERTURB_MODES = ("target", "input", "condition")  # spadfast.diffusion.training_inputs
 AMP_DTYPES = ("none", "bf16", "fp16")
-MODEL_TYPES = ("unet", "cached_unet")
+MODEL_TYPES = ("unet", "cached_unet", "unet3d")
 OBJECTIVES = ("diffusion", "supervised")
 PRIORS = ("none", "supervised")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
@@ -36,7 +36,13 @@ class SPADConfig:
     # model
     # cached_unet (default): image encoder once per image + light mask denoiser per step, 13.8x faster sampling than
     # the unet on CPU at equal Dice (benchmarks/RESULTS.md); unet: the plain concatenating UNet
+    # unet3d: a 3-D UNet on 3-D patches of NIfTI volumes (spadfast.models.unet3d; needs patch_size_3d)
     model_type: str = "cached_unet"
+    # unet3d: (d, h, w) voxels of a training patch and of a prediction window, along the volume's array axes
+    patch_size_3d: tuple[int, ...] = ()
+    # unet3d: (d, h, w) voxel spacing in mm the pooling is planned for (an axis is not pooled while it is over twice
+    # the finest); () fills it at training start with the training volumes' median spacing
+    spacing_3d: tuple[float, ...] = ()
     image_size: int = 64  # side of the training patch and inference window (resize: true: every image resized to it)
     image_channels: int = 1  # channels of the input image (1 gray, 3 RGB; volumes: one per modality)
     num_classes: int = 2  # label classes, background included: K = num_classes - 1 mask channels (binary: 2)
@@ -158,6 +164,8 @@ class SPADConfig:
         self.intensity_window = tuple(float(v) for v in self.intensity_window)
         self.ct_stats = tuple(float(v) for v in self.ct_stats)
         self.target_spacing = tuple(float(v) for v in self.target_spacing)
+        self.patch_size_3d = tuple(int(v) for v in self.patch_size_3d)
+        self.spacing_3d = tuple(float(v) for v in self.spacing_3d)
         self.attention_levels = tuple(int(c) for c in self.attention_levels)
         if isinstance(self.perturb, dict):
             self.perturb = _build(PerturbConfig, self.perturb, "perturb.")
@@ -172,6 +180,20 @@ class SPADConfig:
         checks = [
             (self.model_type in MODEL_TYPES, "model_type", f"one of {MODEL_TYPES}"),
             (self.image_size >= 8, "image_size", ">= 8"),
+            (self.model_type == "unet3d" or not self.patch_size_3d, "patch_size_3d", "() unless model_type is unet3d"),
+            (self.model_type != "unet3d" or (len(self.patch_size_3d) == 3 and min(self.patch_size_3d) >= 1),
+             "patch_size_3d", "(d, h, w), 3 ints >= 1, with model_type unet3d"),
+            (not self.spacing_3d or (len(self.spacing_3d) == 3 and min(self.spacing_3d) > 0), "spacing_3d",
+             "() or (d, h, w) mm, all > 0"),
+            (self.model_type != "unet3d" or not self.attention_levels, "attention_levels",
+             "() with model_type unet3d (the 3-D UNet has no attention)"),
+            (self.model_type != "unet3d" or self.context_slices == 0, "context_slices",
+             "0 with model_type unet3d (the 3-D model sees the neighbouring slices already)"),
+            (self.model_type != "unet3d" or not self.perturb.enabled, "perturb",
+             "disabled with model_type unet3d (the SPAD perturbation is 2-D)"),
+            (self.model_type != "unet3d" or self.prior == "none", "prior", "'none' with model_type unet3d"),
+            (self.model_type != "unet3d" or not self.resize, "resize",
+             "false with model_type unet3d (volumes are read at their own voxel grid)"),
             (self.image_channels >= 1, "image_channels", ">= 1"),
             (self.num_classes >= 2, "num_classes", ">= 2 (background + at least one class)"),
             (self.slice_axis in (None, 0, 1, 2), "slice_axis", "None, 0, 1 or 2"),

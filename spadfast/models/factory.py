@@ -13,6 +13,7 @@ from torch import nn
 
 from .cached_unet import SPADCachedUNet
 from .unet import SPADUNet
+from .unet3d import SPADUNet3D
 
 
 def build_model(config) -> nn.Module:
@@ -24,6 +25,10 @@ def build_model(config) -> nn.Module:
     kwargs = dict(base_channels=config.base_channels, channel_mults=config.channel_mults,
                   num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
                   dropout=config.dropout)
+    if config.model_type == "unet3d":
+        kwargs.pop("attention_levels")
+        return SPADUNet3D(in_channels=config.model_in_channels, out_channels=config.mask_channels,
+                          patch_size=config.patch_size_3d, spacing=config.spacing_3d or (1.0, 1.0, 1.0), **kwargs)
     if config.model_type == "cached_unet":
         image_channels = getattr(config, "model_image_channels", config.image_channels)  # image (+ prior channels)
         mask_channels = config.model_in_channels - image_channels
@@ -38,6 +43,8 @@ def estimate_training_bytes(config) -> int:
 
     Used to refuse impossible configs (``image_size: 65536``) with a message before the kernel kills the process.
     """
+    if config.model_type == "unet3d":
+        return _estimate_3d(config)
     total = 0
     levels = len(config.channel_mults)
     for i, mult in enumerate(config.channel_mults):
@@ -47,6 +54,22 @@ def estimate_training_bytes(config) -> int:
         total += blocks * 10 * 2 * channels * pixels
         if i in config.attention_levels or (config.attention_levels and i == levels - 1):
             total += blocks * 4 * pixels * pixels
+    return total * 4 * config.batch_size
+
+
+def _estimate_3d(config) -> int:
+    """:func:`estimate_training_bytes` of ``model_type: unet3d``: ten float32 feature maps per residual block, level
+    sizes following the planned strides (:func:`spadfast.models.unet3d.plan_strides`)."""
+    from .unet3d import plan_strides
+
+    size = list(config.patch_size_3d)
+    strides = plan_strides(size, config.spacing_3d or (1.0, 1.0, 1.0), len(config.channel_mults) - 1)
+    total, levels = 0, len(config.channel_mults)
+    for i, mult in enumerate(config.channel_mults):
+        blocks = 2 * config.num_res_blocks + (2 if i == levels - 1 else 0)
+        total += blocks * 10 * 2 * config.base_channels * mult * size[0] * size[1] * size[2]
+        if i < levels - 1:
+            size = [-(-s // st) for s, st in zip(size, strides[i])]
     return total * 4 * config.batch_size
 
 
@@ -60,6 +83,12 @@ def check_fits_memory(config, device: torch.device) -> None:
         except (ValueError, OSError, AttributeError):
             return
     need = estimate_training_bytes(config)
+    if need > available and config.model_type == "unet3d":
+        raise ValueError(
+            f"`patch_size_3d` {config.patch_size_3d} with `batch_size` {config.batch_size} needs about "
+            f"{need / 2**30:,.0f} GiB of activations per training step; this {device.type} device has "
+            f"{available / 2**30:,.0f} GiB: lower `patch_size_3d`, `batch_size` or `base_channels`"
+        )
     if need > available:
         raise ValueError(
             f"`image_size` {config.image_size} with `batch_size` {config.batch_size} needs about "

@@ -1,0 +1,185 @@
+"""Conditional 3-D UNet denoiser: ``eps_theta(concat[x_t, image, (cond)], t) -> [B, out_channels, D, H, W]``.
+
+The 2-D :class:`spadfast.models.unet.SPADUNet` with ``Conv3d`` everywhere and per-axis pooling planned as nnU-Net's
+planner does it (:func:`plan_strides`): an axis is pooled (stride 2) only while its current spacing is at most twice
+the finest current spacing and it keeps at least :data:`MIN_POOLED_SIZE` voxels after pooling, so a coarse slice axis
+is left alone until the in-plane axes have caught up. Residual blocks are modulated by the same sinusoidal time
+embedding (scale-shift); the final conv is zero-initialised, so a fresh model predicts 0. There is no
+self-attention (attention over every voxel of a 3-D patch does not fit memory at useful patch sizes).
+
+Inputs whose size along an axis is not a multiple of that axis's total stride are padded at the end by edge
+replication and the output is cropped back, so any ``D, H, W >= 1`` works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.checks import check_int, is_int
+from .unet import _num_groups, _TimeEmbedding, timestep_vector
+
+__all__ = ["SPADUNet3D", "plan_strides", "MIN_POOLED_SIZE"]
+
+MIN_POOLED_SIZE = 4  # an axis stops being pooled when pooling would leave fewer voxels than this (nnU-Net: 4)
+
+
+def plan_strides(patch_size: Sequence[int], spacing: Sequence[float], downsamples: int) -> tuple[tuple[int, ...], ...]:
+    """Per-axis strides ``(sd, sh, sw)`` (each 1 or 2) of each of ``downsamples`` down-sampling steps.
+
+    nnU-Net's rule: at every step an axis is pooled iff its current spacing is ``<= 2 x`` the finest current spacing
+    and its current size halves to ``>= MIN_POOLED_SIZE``; a pooled axis's spacing doubles and its size halves. A
+    step where no axis qualifies gets stride 1 on every axis (the level still adds width, not resolution).
+
+    Example:
+        >>> plan_strides((8, 32, 32), (5.0, 1.0, 1.0), 3)  # 5 mm slices: z joins once x, y reach 4 mm
+        ((1, 2, 2), (1, 2, 2), (2, 2, 2))
+    """
+    size = [int(s) for s in patch_size]
+    space = [float(s) for s in spacing]
+    plan = []
+    for _ in range(downsamples):
+        finest = min(space)
+        stride = tuple(2 if space[a] <= 2 * finest and size[a] // 2 >= MIN_POOLED_SIZE else 1 for a in range(3))
+        for a in range(3):
+            if stride[a] == 2:
+                size[a] //= 2
+                space[a] *= 2
+        plan.append(stride)
+    return tuple(plan)
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(_num_groups(channels, groups), channels)
+
+
+class _ResBlock3d(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = _norm(in_ch, groups)
+        self.conv1 = nn.Conv3d(in_ch, out_ch, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, 2 * out_ch)
+        self.norm2 = _norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.temb(temb)[:, :, None, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SPADUNet3D(nn.Module):
+    """Conditional 3-D UNet denoiser (see the module docstring).
+
+    Args:
+        in_channels: channels of the model input, ``M + C_image`` (``+ M`` with a condition channel).
+        out_channels: channels of the prediction, M (one per foreground class).
+        base_channels: width of level 0; level ``i`` has ``base_channels * channel_mults[i]`` channels.
+        channel_mults: width multiplier per level (``len - 1`` down-sampling steps).
+        num_res_blocks: residual blocks per level, in the down and in the up path.
+        dropout: dropout probability inside residual blocks.
+        groups: GroupNorm groups (reduced to a divisor of the width).
+        patch_size: ``(d, h, w)`` training patch the pooling is planned for (:func:`plan_strides`).
+        spacing: ``(d, h, w)`` voxel spacing in mm the pooling is planned for (isotropic by default).
+
+    Raises:
+        ValueError: naming the argument, on a non-positive size, bad ``channel_mults``, ``patch_size`` or
+            ``spacing``.
+
+    Example:
+        >>> model = SPADUNet3D(2, 1, base_channels=4, channel_mults=(1, 2), patch_size=(8, 8, 8))
+        >>> model(torch.randn(1, 2, 7, 9, 10), torch.tensor([5])).shape
+        torch.Size([1, 1, 7, 9, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 1,
+        base_channels: int = 16,
+        channel_mults: tuple[int, ...] = (1, 2, 4),
+        num_res_blocks: int = 1,
+        dropout: float = 0.0,
+        groups: int = 8,
+        patch_size: Sequence[int] = (32, 32, 32),
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    ):
+        super().__init__()
+        for name, value in dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+                                num_res_blocks=num_res_blocks, groups=groups).items():
+            check_int(value, name, 1)
+        channel_mults = tuple(channel_mults)
+        if not channel_mults or any(not is_int(m) or m < 1 for m in channel_mults):
+            raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
+        if len(patch_size) != 3 or any(not is_int(s) or s < 1 for s in patch_size):
+            raise ValueError(f"`patch_size` must be 3 ints >= 1 (d, h, w), got {tuple(patch_size)!r}")
+        if len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
+            raise ValueError(f"`spacing` must be 3 numbers > 0 (d, h, w mm), got {tuple(spacing)!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.strides = plan_strides(patch_size, spacing, len(channel_mults) - 1)
+        self.multiple = tuple(int(torch.tensor([s[a] for s in self.strides] or [1]).prod()) for a in range(3))
+        chs = [base_channels * m for m in channel_mults]
+        temb_dim = 4 * base_channels
+        self.time_embed = _TimeEmbedding(base_channels, temb_dim)
+        self.stem = nn.Conv3d(in_channels, chs[0], 3, padding=1)
+        self.down = nn.ModuleList(
+            nn.ModuleList(_ResBlock3d(ch, ch, temb_dim, dropout, groups) for _ in range(num_res_blocks)) for ch in chs
+        )
+        self.downsample = nn.ModuleList(
+            nn.Conv3d(chs[i], chs[i + 1], 3, stride=self.strides[i], padding=1) for i in range(len(chs) - 1)
+        )
+        self.mid1 = _ResBlock3d(chs[-1], chs[-1], temb_dim, dropout, groups)
+        self.mid2 = _ResBlock3d(chs[-1], chs[-1], temb_dim, dropout, groups)
+        self.up = nn.ModuleList(
+            nn.ModuleList(_ResBlock3d(2 * ch, ch, temb_dim, dropout, groups) for _ in range(num_res_blocks))
+            for ch in chs
+        )
+        self.upsample = nn.ModuleList(nn.Conv3d(chs[i], chs[i - 1], 3, padding=1) for i in range(1, len(chs)))
+        self.out_norm = _norm(chs[0], groups)
+        self.out_conv = nn.Conv3d(chs[0], out_channels, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Predict the denoising target.
+
+        Args:
+            x: ``[B, in_channels, D, H, W]`` float.
+            t: ``[B]`` timesteps (a 0-d tensor or a number is broadcast), in training units.
+
+        Returns:
+            ``[B, out_channels, D, H, W]``, ``x``'s dtype (autocast's under autocast).
+        """
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"`x` must have shape [B, {self.in_channels}, D, H, W], got {tuple(x.shape)}")
+        size = tuple(x.shape[2:])
+        pad = [-s % m for s, m in zip(size, self.multiple)]
+        if any(pad):
+            x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+        temb = self.time_embed(timestep_vector(t, x.shape[0], x.device))
+        h = self.stem(x)
+        skips = []
+        for i, blocks in enumerate(self.down):
+            for block in blocks:
+                h = block(h, temb)
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        h = self.mid2(self.mid1(h, temb), temb)
+        for i in reversed(range(len(self.up))):
+            for block in self.up[i]:
+                h = block(torch.cat([h, skips.pop()], dim=1), temb)
+            if i > 0:
+                h = self.upsample[i - 1](F.interpolate(h, scale_factor=tuple(float(s) for s in self.strides[i - 1]),
+                                                       mode="nearest"))
+        h = self.out_conv(F.silu(self.out_norm(h)))
+        return h[:, :, :size[0], :size[1], :size[2]] if any(pad) else h
