@@ -74,8 +74,10 @@ def segment_widget(napari_viewer):
                      "(type a .safetensors path; the button picks folders)")
     layer = create_widget(label="image", annotation=napari.layers.Image)
     mode = ComboBox(label="segment", choices=[(MODE_LABELS[m], m) for m in MODES], value="image")
-    steps = SpinBox(label="steps", value=0, min=0, max=1000, tooltip="DDIM steps (0: the model's own)")
-    members = SpinBox(label="members", value=0, min=0, max=256, tooltip="ensemble members (0: the model's own)")
+    steps = SpinBox(label="steps", value=0, min=0, max=1000,
+                    tooltip="DDIM steps (set to the model's own when a model is chosen; 0: the model's own)")
+    members = SpinBox(label="members", value=0, min=0, max=256,
+                      tooltip="ensemble members (set to the model's own when a model is chosen; 0: the model's own)")
     tta = CheckBox(label="TTA", value=False, tooltip="flips (and transposes) spread over the members")
     run = PushButton(text="Segment")
     cancel = PushButton(text="Cancel", enabled=False)
@@ -93,6 +95,19 @@ def segment_widget(napari_viewer):
         mode.value = "image" if spatial == 2 else ("slice" if mode.value == "image" else mode.value)
 
     layer.changed.connect(on_layer)
+
+    def on_model(value) -> None:
+        """Show the chosen model's own steps and members (0 stays "the model's own" when it cannot be read)."""
+        chosen = model.line_edit.value.strip()
+        if not chosen or not Path(chosen).exists():
+            return
+        try:
+            config = load_segmenter(chosen).config
+        except (ValueError, TypeError, OSError):
+            return  # reported when Segment is pressed
+        steps.value, members.value = int(config.sample_steps), int(config.ensemble)
+
+    model.changed.connect(on_model)
 
     def finish(text: str) -> None:
         run.enabled, cancel.enabled = True, False

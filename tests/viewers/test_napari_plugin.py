@@ -95,11 +95,13 @@ def test_a_stack_slice_by_slice_in_the_viewer(make_napari_viewer, qtbot, tiny_ru
     viewer.add_image(stack, name="stack")
     widget = segment_widget(viewer)
     widget.controls["model"].value = tiny_run
+    segmenter = Segmenter.load(tiny_run)  # the widget shows the model's own steps and members once it is chosen
+    assert widget.controls["steps"].value == segmenter.config.sample_steps
+    assert widget.controls["members"].value == segmenter.config.ensemble
     widget.controls["layer"].value = viewer.layers["stack"]
     widget.controls["mode"].value = "stack"
     widget.segment()
     _wait(qtbot, widget)
-    segmenter = Segmenter.load(tiny_run)
     for z in range(2):
         np.testing.assert_array_equal(viewer.layers["stack labels"].data[z], segmenter.predict(stack[z]).labels)
     assert widget.controls["progress"].value == 2
