@@ -31,15 +31,17 @@ def volume_dataset(root: str | Path, config, name: str = "train_data") -> Datase
     from .volumes import VolumeSlices
 
     train = name == "train_data"
+    three_d = config.model_type == "unet3d"
     dataset_ct = config.ct_normalization == "dataset" and not config.intensity_window
     ct_stats = ct_stats_from_flat(config.ct_stats) if dataset_ct else None
     if dataset_ct and ct_stats is None and train:
         ct_stats = "compute"
     data: Dataset = VolumeSlices(
-        root, image_size=config.image_size if config.resize else None, axis=config.slice_axis,
+        root, image_size=config.image_size if config.resize and not three_d else None, axis=config.slice_axis,
         window=config.intensity_window or None, reorient=config.reorient,
         target_spacing=None if config.resize else config.target_spacing,
-        foreground_fraction=config.foreground_fraction if train else None, seed=config.seed, ct_stats=ct_stats,
+        foreground_fraction=config.foreground_fraction if train and not three_d else None, seed=config.seed,
+        ct_stats=ct_stats,
         context_slices=config.context_slices,
     )
     if ct_stats == "compute" and any(s is not None for s in data.ct_stats):
@@ -49,6 +51,14 @@ def volume_dataset(root: str | Path, config, name: str = "train_data") -> Datase
         raise ValueError(f"`{name}` {str(root)!r} holds CT, which ct_normalization 'dataset' normalises with the "
                          "training set's statistics, and the config holds none (train on these volumes, or set "
                          "ct_normalization: volume)")
+    if three_d:  # 3-D patches; validation: fixed (epoch 0) patches, half of them centred on foreground
+        from .patches3d import VolumePatches3D
+
+        data = VolumePatches3D(data, config.patch_size_3d, seed=config.seed,
+                               foreground_share=config.foreground_oversample if train else 0.5)
+        if train and not config.spacing_3d:  # the pooling plan of the model and of every checkpoint
+            config.spacing_3d = data.spacing
+        return data
     if train and not config.resize:
         from .patches import PatchDraws
 
@@ -85,6 +95,11 @@ def coerce_dataset(
     image_size, channels, mask_channels = config.image_size, config.image_channels, config.mask_channels
     intensity_norm, resize, ignore_label = config.intensity_norm, config.resize, config.ignore_label
     context = config.context_slices
+    if config.model_type == "unet3d" and not (isinstance(data, (str, Path)) and _is_volume_folder(data)) and (
+            data is None or isinstance(data, (str, Path))):
+        raise ValueError(f"`{name}`: model_type unet3d trains on 3-D patches of volumes, and "
+                         f"{'the synthetic lesions are' if data is None else repr(str(data)) + ' is'} 2-D: use a "
+                         "Decathlon / nnU-Net volume folder, or a 2-D model_type")
     if context and not (isinstance(data, (str, Path)) and _is_volume_folder(data)) and (
             data is None or isinstance(data, (str, Path))):
         raise ValueError(f"`{name}`: context_slices {context} stacks neighbouring slices of volumes, and "
@@ -100,7 +115,7 @@ def coerce_dataset(
 
         if is_volume_folder(data):
             root, data = data, volume_dataset(data, config, name)
-            slices = getattr(data, "dataset", data)
+            slices = getattr(data, "dataset", getattr(data, "volumes", data))
             if slices.num_classes != mask_channels + 1:  # refused, never merged into fewer classes
                 raise ValueError(
                     f"`{name}` {str(root)!r} holds {slices.num_classes} classes ({', '.join(slices.class_names)}) but "
@@ -139,6 +154,13 @@ def coerce_dataset(
     if not bool(allowed.all()):
         extra = " (and -1, ignored, with ignore_label)" if ignore_label is not None else ""
         raise ValueError(f"`{name}` masks must hold only 0 and 1{extra} (item 0 holds {mask.unique()[:4].tolist()})")
+    if config.model_type == "unet3d":
+        if image.dim() != 4 or image.shape[0] != config.input_channels or mask.dim() != 4 or (
+                mask.shape[0] != mask_channels or mask.shape[1:] != image.shape[1:]):
+            raise ValueError(f"`{name}` items must be 3-D for model_type unet3d: image "
+                             f"[C={config.input_channels},D,H,W] and mask [K={mask_channels},D,H,W], got "
+                             f"{tuple(image.shape)} and {tuple(mask.shape)}")
+        return data
     if image.dim() != 3 or image.shape[0] != config.input_channels:
         what = "config.image_channels" if not context else (
             f"config.image_channels {channels} x (2 context_slices + 1) slices")
@@ -161,7 +183,7 @@ def training_datasets(config, train_data, val_data) -> tuple[Dataset, Dataset | 
     cfg = config
     train = coerce_dataset(train_data, "train_data", cfg, synthetic_n=cfg.synthetic_train, synthetic_seed=cfg.seed)
     sources = {"train": describe_source(train_data, cfg.synthetic_train, cfg.seed), "val": None}
-    source = getattr(train, "dataset", train)  # PatchDraws cuts patches of it
+    source = getattr(train, "dataset", getattr(train, "volumes", train))  # what PatchDraws / VolumePatches3D cut
     if isinstance(source, VolumeSlices) and not cfg.modalities:
         cfg.modalities = tuple(source.modalities)
     val = None
@@ -229,9 +251,10 @@ class EpochDraws(Dataset):
 def draws_per_epoch(dataset: Dataset) -> bool:
     """True for a dataset whose items are random draws that should change every epoch (volume slices, patches)."""
     from .patches import PatchDraws
+    from .patches3d import VolumePatches3D
     from .volumes import VolumeSlices
 
-    if isinstance(dataset, PatchDraws):
+    if isinstance(dataset, (PatchDraws, VolumePatches3D)):
         return True
     return isinstance(dataset, VolumeSlices) and dataset.foreground_fraction is not None
 

@@ -64,7 +64,8 @@ class SampleResult:
         if M == 1:
             mask, kept = probs > threshold, members[:, :, 0]
         else:
-            mask = labels.unsqueeze(1) == torch.arange(1, M + 1, device=labels.device).view(1, M, 1, 1)
+            classes = torch.arange(1, M + 1, device=labels.device).view(1, M, *[1] * (labels.dim() - 1))
+            mask = labels.unsqueeze(1) == classes
             kept = members
         return cls(probs, std, mask, kept if return_members else None, labels)
 
@@ -98,6 +99,24 @@ def fusion_weight(x0: torch.Tensor, step: int, steps: int, members: int, fusion:
     entropy = -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)) / math.log(2)
     step_term = 1.0 / (1.0 + math.exp(-(step + 1) / steps))  # a Python float: no host sync, constant in a graph
     return torch.exp(step_term * (1 - entropy)).repeat_interleave(members, dim=0)
+
+
+def check_volume_images(images: object, channels: int | None = None) -> torch.Tensor:
+    """A 3-D model's input: a finite floating tensor ``[B,C,D,H,W]``, B >= 1, ``C == channels`` when given; a
+    one-line ValueError/TypeError naming ``images`` otherwise (a 2-D batch included). Returns it."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"`images` must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 5 or images.shape[0] == 0:
+        raise ValueError(f"`images` must have shape [B,C,D,H,W] with B >= 1 for a 3-D model (model_type unet3d), got "
+                         f"{tuple(images.shape)}")
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"`images` must have {channels} channel(s) (config.image_channels), got shape "
+                         f"{tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"`images` must be a floating tensor in [-1, 1], got {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("`images` must be finite (no NaN or inf)")
+    return images
 
 
 def prior_condition(prior: nn.Module, images: torch.Tensor, mask_channels: int) -> torch.Tensor:
@@ -316,8 +335,9 @@ class DDIMSampler:
                         parts = [x, *context] if cond is None else [x, *context, cond]
                         out = self.model(torch.cat(parts, dim=1), t_model[i].expand(n))
                 rows = x.shape[:2].numel()  # the ops take [rows,1,H,W]: class channels become rows
+                plane = (rows, 1, -1, x.shape[-1])  # a volume's [D,H,W] as [D*H,W]: the update is elementwise
                 x_next, x0 = ops.ddim_step(
-                    x.reshape(rows, 1, *x.shape[2:]), out.float().reshape(rows, 1, *x.shape[2:]), a_t[i], a_prev[i],
+                    x.reshape(plane), out.float().reshape(plane), a_t[i], a_prev[i],
                     self.eta, None, self.clip_sample, self.prediction_type, seed=eta_seed,
                     offset=(i * total_rows + row0) * x[0].numel(), validate=False, backend=self.backend,
                 )
@@ -331,15 +351,15 @@ class DDIMSampler:
                     weights = w if weights is None else weights + w
         return x if fused is None else fused / weights
 
-    def _supervised_probs(self, per_image: tuple[torch.Tensor, ...], B: int, H: int, W: int,
+    def _supervised_probs(self, per_image: tuple[torch.Tensor, ...], B: int, spatial: Sequence[int],
                           device: torch.device) -> torch.Tensor:
         """``objective="supervised"``: sigmoid of one forward pass per image with an empty mask input at t = 0;
-        float32 ``[B,M,H,W]``."""
+        float32 ``[B,M,*spatial]`` (``spatial``: ``(H, W)``, or ``(D, H, W)`` for volumes)."""
         outs = []
         for start in range(0, B, self.chunk):
             stop = min(start + self.chunk, B)
             context = self._rows_context(per_image, 1, start, stop)
-            empty = torch.zeros(stop - start, self.mask_channels, H, W, device=device)
+            empty = torch.zeros(stop - start, self.mask_channels, *spatial, device=device)
             t = torch.zeros(stop - start, device=device)
             with self._autocast(device):
                 if self._cached_encoder():
@@ -395,16 +415,16 @@ class DDIMSampler:
         return static_out.clone()
 
     def _initial_noise(
-        self, B: int, K: int, H: int, W: int, seed: int | None, keys: Sequence[int] | None
+        self, B: int, K: int, spatial: Sequence[int], seed: int | None, keys: Sequence[int] | None
     ) -> torch.Tensor:
-        """``x_T`` ``[B*K,M,H,W]`` on the CPU: one draw for the batch, or per image from ``(seed, keys[b])``."""
+        """``x_T`` ``[B*K,M,*spatial]`` on the CPU: one draw for the batch, or per image from ``(seed, keys[b])``."""
         M = self.mask_channels
         if keys is None:
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
-            return torch.randn((B * K, M, H, W), generator=gen)
+            return torch.randn((B * K, M, *spatial), generator=gen)
         base = 0 if seed is None else seed
         parts = [
-            torch.randn((K, M, H, W), generator=torch.Generator().manual_seed((base * 1_000_003 + k) % 2**63))
+            torch.randn((K, M, *spatial), generator=torch.Generator().manual_seed((base * 1_000_003 + k) % 2**63))
             for k in keys
         ]
         return torch.cat(parts)
@@ -434,23 +454,26 @@ class DDIMSampler:
         ``step_fusion`` (None: the sampler's own) fuses every step's x0 estimate (:func:`fusion_weight`).
         """
         if validate:
-            check_images(images)
+            if isinstance(images, torch.Tensor) and images.dim() == 5:
+                check_volume_images(images)
+            else:
+                check_images(images)
         seed = check_int(seed, "seed", 0, optional=True)
         steps = check_int(self.steps if steps is None else steps, "steps", 1, self.alphas_cumprod.numel())
         ensemble = check_int(ensemble, "ensemble", 1)
         fusion = check_step_fusion(self.step_fusion if step_fusion is None else step_fusion)
-        B, _, H, W = images.shape
+        B, _, *spatial = images.shape  # (H, W), or (D, H, W) for a 3-D model's volumes
         if noise_keys is not None:
             noise_keys = list(noise_keys)
             if len(noise_keys) != B or any(not is_int(k) or k < 0 for k in noise_keys):
                 raise ValueError(f"`noise_keys` must be {B} ints >= 0 (one per image), got {noise_keys!r}")
         device = self._model_device()
         K = ensemble
-        x_T = self._initial_noise(B, K, H, W, seed, noise_keys)
+        x_T = self._initial_noise(B, K, spatial, seed, noise_keys)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         eta_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if self.eta > 0 else None
         imgs = images.to(device=device, dtype=torch.float32)
-        if self.channels_last:
+        if self.channels_last and imgs.dim() == 4:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         was_training = self.model.training
         self.model.eval()
@@ -459,7 +482,7 @@ class DDIMSampler:
         try:
             per_image = self._per_image_context(imgs)
             if self.objective == "supervised":
-                x = self._supervised_probs(per_image, B, H, W, device)
+                x = self._supervised_probs(per_image, B, spatial, device)
             else:
                 outs = []
                 # uncertainty fusion reads all members of an image at every step: chunks of whole images
@@ -474,9 +497,9 @@ class DDIMSampler:
             self.model.train(was_training)
         M = self.mask_channels
         if self.objective == "supervised":  # one deterministic prediction: every member is it, the std is 0
-            members = x.view(B, 1, M, H, W).expand(B, K, M, H, W)
+            members = x.view(B, 1, M, *spatial).expand(B, K, M, *spatial)
         else:
-            members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, M, H, W)
+            members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, M, *spatial)
         if not bool(torch.isfinite(members).all()):
             raise FloatingPointError(
                 "sampling produced non-finite values: the model weights or the images hold NaN/inf"
@@ -492,12 +515,13 @@ def labels_from_probs(probs: torch.Tensor | np.ndarray, threshold: float = 0.5) 
     ``K == 1`` this is exactly ``probs > threshold``, the binary rule.
 
     Args:
-        probs: class probabilities ``[K,H,W]`` or ``[B,K,H,W]`` (the class axis is third from the end), torch tensor
-            (any device) or numpy array, floating.
+        probs: class probabilities ``[K,H,W]`` or ``[B,K,H,W]`` (the class axis is third from the end), or a 3-D
+            model's ``[B,K,D,H,W]`` (class axis 1); torch tensor (any device) or numpy array, floating.
         threshold: a class must exceed this probability to beat the background.
 
     Returns:
-        int64 labels in ``0..K``, ``[H,W]`` or ``[B,H,W]``, of the input's kind (a torch tensor stays on its device).
+        int64 labels in ``0..K``, ``[H,W]``, ``[B,H,W]`` or ``[B,D,H,W]``, of the input's kind (a torch tensor
+        stays on its device).
 
     Example:
         >>> import torch
@@ -505,16 +529,18 @@ def labels_from_probs(probs: torch.Tensor | np.ndarray, threshold: float = 0.5) 
         >>> labels_from_probs(probs)
         tensor([[1, 2, 1]])
     """
-    if probs.ndim not in (3, 4):  # type: ignore[union-attr]
-        raise ValueError(f"`probs` must be [K,H,W] or [B,K,H,W], got shape {tuple(probs.shape)}")  # type: ignore
-    if probs.shape[-3] < 1:  # type: ignore[union-attr]
+    if probs.ndim not in (3, 4, 5):  # type: ignore[union-attr]
+        raise ValueError(  # type: ignore[union-attr]
+            f"`probs` must be [K,H,W], [B,K,H,W] or [B,K,D,H,W], got shape {tuple(probs.shape)}")  # type: ignore
+    c = 1 if probs.ndim == 5 else -3  # the class axis  # type: ignore[union-attr]
+    if probs.shape[c] < 1:  # type: ignore[union-attr]
         raise ValueError(f"`probs` must hold at least one class, got shape {tuple(probs.shape)}")  # type: ignore
     if isinstance(probs, torch.Tensor):
-        best_k = probs.argmax(dim=-3)  # documented: the first maximal index
-        best_p = probs.gather(-3, best_k.unsqueeze(-3)).squeeze(-3)
+        best_k = probs.argmax(dim=c)  # documented: the first maximal index
+        best_p = probs.gather(c, best_k.unsqueeze(c)).squeeze(c)
         return torch.where(best_p > threshold, best_k + 1, torch.zeros_like(best_k)).to(torch.int64)
     if isinstance(probs, np.ndarray):
-        best_k = probs.argmax(axis=-3)
-        best_p = np.take_along_axis(probs, np.expand_dims(best_k, -3), axis=-3).squeeze(-3)
+        best_k = probs.argmax(axis=c)
+        best_p = np.take_along_axis(probs, np.expand_dims(best_k, c), axis=c).squeeze(c)
         return np.where(best_p > threshold, best_k + 1, 0).astype(np.int64)
     raise TypeError(f"`probs` must be a torch.Tensor or numpy.ndarray, got {type(probs).__name__}")

@@ -71,6 +71,11 @@ def check_perturb_mode(config) -> None:
     )
 
 
+def _space(x: torch.Tensor) -> tuple[int, ...]:
+    """The spatial dims of ``[B,K,H,W]`` (``(2, 3)``) or of a volume's ``[B,K,D,H,W]`` (``(2, 3, 4)``)."""
+    return tuple(range(2, x.dim()))
+
+
 def perturbed_rows(batch: int, share: float, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
     """Bool ``[B,1,1,1]``: rows that get the perturbation (a ``share`` of them on average); None when every row does
     (``share == 1``; nothing is drawn, so the random stream is that of an unshared perturbation)."""
@@ -123,7 +128,8 @@ def recycled_pair(prediction_type: str, clean: torch.Tensor, estimate: torch.Ten
 def self_condition_rows(estimate: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
     """Self-conditioning's channel: ``estimate`` (float ``[B,K,H,W]``, detached) on a ``share`` of rows drawn from
     ``generator`` (one uniform per row), zeros on the others."""
-    keep = torch.rand((estimate.shape[0], 1, 1, 1), generator=generator, device=estimate.device) < share
+    ones = (1,) * (estimate.dim() - 1)  # [B,1,1,1], or [B,1,1,1,1] for volumes
+    keep = torch.rand((estimate.shape[0], *ones), generator=generator, device=estimate.device) < share
     return estimate * keep
 
 
@@ -147,8 +153,8 @@ def x0_mask_loss(x0: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | Non
     else:
         bce = (bce * valid).sum() / (valid.sum() * mask.shape[1]).clamp_min(1)
         p, mask = p * valid, mask * valid
-    inter = (p * mask).sum(dim=(2, 3))
-    dice = (2 * inter + smooth) / (p.sum(dim=(2, 3)) + mask.sum(dim=(2, 3)) + smooth)
+    inter = (p * mask).sum(dim=_space(p))
+    dice = (2 * inter + smooth) / (p.sum(dim=_space(p)) + mask.sum(dim=_space(p)) + smooth)
     return bce + (1 - dice.mean())
 
 
@@ -180,8 +186,8 @@ def supervised_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mask, reduction="none")
         bce = (bce * valid).sum() / (valid.sum() * mask.shape[1]).clamp_min(1)
     p = torch.sigmoid(logits) if valid is None else torch.sigmoid(logits) * valid
-    inter = (p * mask).sum(dim=(2, 3))
-    dice = (2 * inter + smooth) / (p.sum(dim=(2, 3)) + mask.sum(dim=(2, 3)) + smooth)
+    inter = (p * mask).sum(dim=_space(p))
+    dice = (2 * inter + smooth) / (p.sum(dim=_space(p)) + mask.sum(dim=_space(p)) + smooth)
     return bce + (1 - dice.mean())
 
 

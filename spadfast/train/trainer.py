@@ -25,8 +25,9 @@ from .._version import __version__
 from ..config import SPADConfig
 from ..data.augmentation import augment_batch
 from ..data.batches import batch_iterator, resume_data_line, resume_source, training_datasets, validation_pairs
+from ..data.patches3d import flips_3d
 from ..diffusion.perturb import perturb_factor, spad_perturb
-from ..diffusion.sampler import DDIMSampler, SampleResult, prior_condition
+from ..diffusion.sampler import DDIMSampler, SampleResult, check_volume_images, prior_condition
 from ..diffusion.schedule import add_noise, alphas_cumprod, make_betas
 from ..diffusion.training_inputs import (
     check_perturb_mode,
@@ -126,7 +127,8 @@ class SPADTrainer:
             prior = build_model(cfg.prior_config())
         # dropout and other global draws differ per rank (DDP ranks must not share dropout masks)
         torch.manual_seed((cfg.seed * 1_000_003 + 7_919 * (self.rank + 1)) % 2**63)
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        channels_last = cfg.channels_last and cfg.model_type != "unet3d"  # 5-D weights have no channels_last
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._train_model: nn.Module = self.model
@@ -204,18 +206,20 @@ class SPADTrainer:
                 image = torch.cat([image, prior_condition(self.prior_ema, image, cfg.mask_channels)], dim=1)
         if cfg.noise_levels > 1:  # every image's mask at several noise levels; the image is encoded once
             mask, valid = (v.repeat_interleave(cfg.noise_levels, 0) if v is not None else None for v in (mask, valid))
-        B, K, H, W = mask.shape
+        B, K = mask.shape[:2]
+        ones = (1,) * (mask.dim() - 1)  # per-row values broadcast over [K,H,W], or [K,D,H,W] for volumes
         if cfg.objective == "supervised":
             empty, t0 = torch.zeros_like(mask), torch.zeros(B, dtype=torch.long, device=self.device)
             return supervised_loss(self._forward(empty, image, None, t0).float(), mask, valid=valid)
         clean = mask * 2 - 1
         t = torch.randint(0, cfg.num_train_timesteps, (B,), generator=self.generator, device=self.device)
         eps = torch.randn(clean.shape, generator=self.generator, device=self.device)
-        a = self.alphas_cumprod[t].view(B, 1, 1, 1)
+        a = self.alphas_cumprod[t].view(B, *ones)
         input_noise = None
         if cfg.input_gamma > 0:
             input_noise = cfg.input_gamma * torch.randn(clean.shape, generator=self.generator, device=self.device)
         rows = perturbed_rows(B, cfg.perturb_prob, self.generator, self.device)
+        rows = rows.view(B, *ones) if rows is not None else None
         estimate = binary = None
         if cfg.perturb_mode == "condition":
             noise = eps if input_noise is None else eps + input_noise
@@ -225,13 +229,13 @@ class SPADTrainer:
             offset = (micro * self.world_size + self.rank) * 2 * mask.numel()
             source = mask if binary is None else binary
             # one perturbation per class channel: channels become rows of the [B*K,1,H,W] batch the ops take
-            perturbed = spad_perturb(source.reshape(B * K, 1, H, W), self._phase_step(self.step) / cfg.pas_horizon,
-                                     cfg.perturb,
+            perturbed = spad_perturb(source.reshape(B * K, 1, *mask.shape[2:]),
+                                     self._phase_step(self.step) / cfg.pas_horizon, cfg.perturb,
                                      seed=cfg.seed, offset=offset, validate=False,
-                                     backend=cfg.ops_backend).view(B, K, H, W)
+                                     backend=cfg.ops_backend).view(mask.shape)
         if cfg.recycle:  # x_t from the model's own estimate at t + 1, re-noised at t; the target stays the truth
             t_re = recycle_timesteps(t, cfg.num_train_timesteps)
-            a_re = self.alphas_cumprod[t_re].view(B, 1, 1, 1)
+            a_re = self.alphas_cumprod[t_re].view(B, *ones)
             recycled = self._self_estimate(image, add_noise(clean, eps, a_re), t_re, a_re)
             eps = torch.randn(clean.shape, generator=self.generator, device=self.device)
             x_t, target = recycled_pair(cfg.prediction_type, clean, recycled, eps, a, input_noise)
@@ -242,7 +246,7 @@ class SPADTrainer:
         if estimate is not None:
             cond = self_condition(estimate, perturbed, binary)
             if cfg.condition_dropout > 0:
-                keep = torch.rand((B, 1, 1, 1), generator=self.generator, device=self.device) >= cfg.condition_dropout
+                keep = torch.rand((B, *ones), generator=self.generator, device=self.device) >= cfg.condition_dropout
                 cond = cond * keep
         elif cfg.self_condition:
             cond = self_condition_rows(self._self_estimate(image, x_t, t, a), cfg.self_condition_prob, self.generator)
@@ -260,7 +264,7 @@ class SPADTrainer:
         levels = self.config.noise_levels if levels is None else levels
         image = image.repeat_interleave(levels, dim=0) if levels > 1 else image
         inp = torch.cat([x_t, image] if cond is None else [x_t, image, cond], dim=1)
-        if self.config.channels_last:
+        if self.config.channels_last and inp.dim() == 4:
             inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             with nvtx_range("forward"):
@@ -300,7 +304,11 @@ class SPADTrainer:
             image, mask = next(batches)
             image = image.to(self.device, non_blocking=True).float()
             mask = mask.to(self.device, non_blocking=True).float()
-            image, mask = augment_batch(image, mask, cfg.augment, self.generator)
+            if image.dim() == 5:  # 3-D patches: flips along D, H, W (the config refuses other augmentation)
+                if cfg.augment.flips:
+                    image, mask = flips_3d(image, mask, self.generator)
+            else:
+                image, mask = augment_batch(image, mask, cfg.augment, self.generator)
             mask, valid = split_ignored(mask) if cfg.ignore_label is not None else (mask, None)
             last = k == cfg.grad_accum - 1
             no_sync = self.distributed and not last and hasattr(train_model, "no_sync")
@@ -409,6 +417,14 @@ class SPADTrainer:
         if self.val_data is None:
             raise ValueError("no validation data: pass `val_data` or use the synthetic default")
         pairs = validation_pairs(self.val_data, n or self.config.val_samples, self.config.seed)
+        if self.config.model_type == "unet3d":  # fixed, seeded 3-D patches (epoch 0 draws), Dice per patch and class
+            images = torch.stack([p[0] for p in pairs])
+            masks = torch.stack([p[1] for p in pairs])
+            result = self._segment_checked(images, None, 1, self.config.seed)
+            pred, truth = result.mask.cpu().flatten(2), masks.flatten(2)
+            pred = pred & (truth >= 0)
+            scores = present_class_dice(pred.flatten(0, 1)[:, None], truth.flatten(0, 1)[:, None] > 0.5)
+            return sum(scores) / len(scores) if scores else 1.0
         size = self.config.image_size
         if any(tuple(p[0].shape[-2:]) != (size, size) for p in pairs):  # native-size images: sliding windows
             from ..infer.sliding_window import validate_whole_images
@@ -433,7 +449,10 @@ class SPADTrainer:
 
         With a supervised prior (config ``prior``), up to the end of its phase (``step <= prior_steps``) this is the
         prior's own prediction (the diffusion model is untrained then), so validation scores the prior."""
-        images, _ = check_images(images, self.config.input_channels, unbatched=True)
+        if self.config.model_type == "unet3d":
+            images = check_volume_images(images, self.config.input_channels)
+        else:
+            images, _ = check_images(images, self.config.input_channels, unbatched=True)
         return self._segment_checked(images, steps, ensemble, seed, return_members, noise_keys)
 
     def _segment_checked(self, images, steps, ensemble, seed, return_members=False, noise_keys=None) -> SampleResult:
@@ -451,7 +470,10 @@ class SPADTrainer:
     ) -> torch.Tensor:
         """Foreground probabilities in [0, 1]: ``[B,M,H,W]`` for ``[B,C,H,W]`` images (``[M,H,W]`` for ``[C,H,W]``),
         M = num_classes - 1."""
-        images_b, squeeze = check_images(images, self.config.input_channels, unbatched=True)
+        if self.config.model_type == "unet3d":
+            images_b, squeeze = check_volume_images(images, self.config.input_channels), False
+        else:
+            images_b, squeeze = check_images(images, self.config.input_channels, unbatched=True)
         probs = self._segment_checked(images_b, steps, ensemble, seed).probs
         return probs[0] if squeeze else probs
 
