@@ -310,6 +310,8 @@ def describe_source(data: Dataset | str | Path | None, synthetic_n: int = 0, syn
         return {"kind": "synthetic", "n": synthetic_n, "seed": synthetic_seed}
     if type(data).__name__ == "PatchDraws":  # patches of a folder or volume set: the source is what they cut
         data = data.dataset
+    elif type(data).__name__ == "VolumePatches3D":
+        data = data.volumes
     root = getattr(data, "root", None) if type(data).__name__ == "VolumeSlices" else None
     if isinstance(data, (str, Path)) or root is not None:
         path = Path(root if root is not None else data).resolve()

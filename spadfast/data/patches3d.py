@@ -36,7 +36,8 @@ class VolumePatches3D(Dataset):
 
     Item ``index`` is case ``index``; ``ds[i]`` is ``ds.draw(i, 0)``. Images are float32 in [-1, 1] (the volume's
     normalisation), masks float32 one-hot over the K foreground classes. ``spacing`` is the median voxel spacing of
-    the cases (mm, ``(d, h, w)``).
+    the cases (mm, ``(d, h, w)``); ``num_classes``, ``class_names``, ``image_channels``, ``modalities``, ``axis``
+    and ``root`` are those of ``volumes``.
 
     Example:
         >>> import tempfile
@@ -66,6 +67,10 @@ class VolumePatches3D(Dataset):
         self.seed = check_int(seed, "seed", 0)
         self.foreground_share = check_number(foreground_share, "foreground_oversample", 0, 1)
         self.num_classes, self.mask_channels = volumes.num_classes, volumes.mask_channels
+        # what callers read off a VolumeSlices (spadfast train takes num_classes, channels and modalities from it)
+        self.image_channels, self.modalities, self.class_names = (volumes.image_channels, volumes.modalities,
+                                                                  volumes.class_names)
+        self.axis, self.root = volumes.axis, volumes.root
         self.spacing = tuple(float(s) for s in np.median(np.array(volumes.spacings), axis=0))
         self._locations: dict[int, list[np.ndarray]] = {}
 

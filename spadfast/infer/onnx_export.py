@@ -89,6 +89,9 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     out = Path(out_dir)
     _, meta = read_checkpoint(checkpoint)
+    if (meta.get("config") or {}).get("model_type") == "unet3d":
+        raise ValueError(f"{str(resolve_path(checkpoint))!r} is a 3-D model (model_type unet3d): ONNX export does not "
+                         "cover it yet; export it with --format safetensors and predict with PyTorch")
     prior = (meta.get("config") or {}).get("prior", "none")
     if prior != "none":  # the sampler would need the prior's graph too; not exported yet
         raise ValueError(f"{str(resolve_path(checkpoint))!r} has a supervised prior (`prior: {prior}`): ONNX "

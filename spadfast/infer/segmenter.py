@@ -8,7 +8,14 @@ import cv2
 import numpy as np
 import torch
 
-from ..diffusion.sampler import DDIMSampler, SampleResult, check_step_fusion, image_noise_key, labels_from_probs
+from ..diffusion.sampler import (
+    DDIMSampler,
+    SampleResult,
+    check_step_fusion,
+    check_volume_images,
+    image_noise_key,
+    labels_from_probs,
+)
 from ..evaluation.visualize import overlay_contour
 from ..io.files import (
     check_channels,
@@ -85,7 +92,8 @@ class Segmenter:
         cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         if amp is not None:
             cfg = SPADConfig.from_dict({**cfg.to_dict(), "amp": _resolve_amp(amp, resolve_device(cfg.device))})
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        channels_last = cfg.channels_last and cfg.model_type != "unet3d"  # 5-D weights have no channels_last
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         nets = {"ema.": build_model(cfg)}
         if cfg.prior != "none":
             nets["prior.ema."] = build_model(cfg.prior_config())
@@ -189,7 +197,10 @@ class Segmenter:
         """``images`` float ``[B,C,H,W]`` in [-1, 1] -> :class:`SampleResult`; ``None`` arguments take the config's
         (``step_fusion``: the sampler's, :attr:`step_fusion`)."""
         cfg = self.config
-        images, _ = check_images(images, cfg.input_channels)
+        if getattr(cfg, "model_type", None) == "unet3d":  # a 3-D model: windows [B,C,D,H,W]
+            images = check_volume_images(images, cfg.input_channels)
+        else:
+            images, _ = check_images(images, cfg.input_channels)
         return self.sampler.sample(
             images, steps=cfg.sample_steps if steps is None else steps,
             ensemble=cfg.ensemble if ensemble is None else ensemble, seed=seed, threshold=cfg.threshold,
@@ -349,7 +360,11 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def check_not_volume_only(config, what: str) -> None:
-    """ValueError for a 2.5-D model (``context_slices`` > 0: it reads neighbouring slices) given a 2-D input."""
+    """ValueError for a 2.5-D model (``context_slices`` > 0: it reads neighbouring slices) or a 3-D model
+    (``model_type: unet3d``) given a 2-D input."""
+    if getattr(config, "model_type", None) == "unet3d":
+        raise ValueError(f"{what}, and the model is 3-D (model_type unet3d): it segments volumes only (NIfTI, "
+                         "NRRD/MetaImage or DICOM series)")
     k = int(getattr(config, "context_slices", 0) or 0)
     if k:
         raise ValueError(f"{what}, and the model reads {k} neighbouring slice(s) on each side (context_slices {k}): "

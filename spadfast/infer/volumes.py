@@ -30,6 +30,7 @@ from ..io.volume_norm import CTStats, ct_stats_from_flat, is_ct, normalize_volum
 from ..ops.checks import check_axis, check_int
 from ..runtime.distributed import shard_of
 from .sliding_window import segment_tiled_many
+from .sliding_window3d import segment_volume_3d
 from .tta import with_tta
 
 __all__ = ["VolumeSettings", "VolumePreprocessing", "model_preprocessing", "segment_volume", "predict_volume",
@@ -191,6 +192,9 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     from .ensemble import check_members
 
     check_members(segmenter, opts.ensemble, opts.tta)
+    three_d = getattr(cfg, "model_type", None) == "unet3d"
+    if three_d and opts.tta:
+        raise ValueError("`tta` is not available for a 3-D model (model_type unet3d) yet: predict without it")
     size = _resolve_size(opts.image_size, segmenter)
     threshold = float(getattr(cfg, "threshold", 0.5)) if opts.threshold is None else opts.threshold
     modalities = prep.modalities
@@ -210,10 +214,12 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     normed, _ = normalize_volume(image, modalities, prep.window, prep.ct_stats)
     normed = [turn.to_standard(ch) for ch in normed]
     case.channels = image = None  # free the raw intensities
+    name = paths[0].name if paths[0].is_dir() else case_stem(volume_stem(paths[0]) or paths[0].name)[0]
+    if three_d:
+        return _segment_case_3d(segmenter, normed, opts, threshold, turn, case.reference, name)
     n_slices = shape[axis]
     context = int(getattr(cfg, "context_slices", 0) or 0)  # 2.5-D: neighbouring slices as channels
     h, w = in_plane_shape(shape, axis)
-    name = paths[0].name if paths[0].is_dir() else case_stem(volume_stem(paths[0]) or paths[0].name)[0]
 
     labels: np.ndarray | None = None
     probs_vol: np.ndarray | None = None
@@ -271,6 +277,26 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     std_vol = turn.to_stored(std_vol) if std_vol is not None else None
     return {"labels": labels, "probs": probs_vol, "std": std_vol, "reference": case.reference,
             "maps_scale": bool(opts.uint8_maps)}
+
+
+def _segment_case_3d(segmenter, normed: list[np.ndarray], opts: VolumeSettings, threshold: float,
+                     turn: Reorientation, reference, name: str) -> dict:
+    """:func:`_segment_case` of a 3-D model: the normalised channels (``[I,J,K]`` float32 each, standard order) as
+    one ``[C,I,J,K]`` volume through :func:`segment_volume_3d` (``batch_size`` windows per ``segment`` call)."""
+    cfg = segmenter.config
+    volume = torch.from_numpy(np.stack(normed).astype(np.float32, copy=False))
+    probs, std = segment_volume_3d(segmenter.segment, volume, cfg.patch_size_3d, float(cfg.tile_overlap), name,
+                                   chunk=check_int(opts.batch_size, "batch_size", 1), steps=opts.steps,
+                                   ensemble=opts.ensemble, seed=opts.seed)
+    k_classes = probs.shape[0]
+    labels = labels_from_probs(probs[None].numpy(), threshold)[0].astype(np.uint8 if k_classes < 255 else np.uint16)
+    maps_dtype = np.uint8 if opts.uint8_maps else np.float32
+    probs_vol = _as_map(np.moveaxis(probs.numpy(), 0, -1), maps_dtype) if opts.write_probabilities else None
+    std_vol = _as_map(np.moveaxis(std.numpy(), 0, -1), maps_dtype) if opts.write_uncertainty else None
+    return {"labels": turn.to_stored(labels),
+            "probs": turn.to_stored(probs_vol) if probs_vol is not None else None,
+            "std": turn.to_stored(std_vol) if std_vol is not None else None,
+            "reference": reference, "maps_scale": bool(opts.uint8_maps)}
 
 
 def predict_volume(

@@ -19,6 +19,7 @@ def volumes(tmp_path_factory):
 def test_patch_shapes_dtypes_and_values(volumes):
     ds = VolumePatches3D(volumes, (8, 12, 6), seed=1)
     assert len(ds) == 2 and ds.spacing == pytest.approx((0.8, 0.8, 2.5))
+    assert (ds.num_classes, ds.image_channels, ds.modalities, ds.root) == (3, 1, ["MR"], volumes.root)
     image, mask = ds.draw(1, 4)
     assert image.shape == (1, 8, 12, 6) and mask.shape == (2, 8, 12, 6)
     assert image.dtype == mask.dtype == torch.float32

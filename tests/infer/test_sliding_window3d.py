@@ -1,0 +1,131 @@
+"""3-D sliding-window prediction (issue 32.2): stitching, keyed noise, predict_volume / Segmenter / export dispatch for
+unet3d checkpoints, refusals."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from spadfast.config import SPADConfig
+from spadfast.data.synthetic_volumes import write_demo_volumes
+from spadfast.diffusion.sampler import labels_from_probs
+from spadfast.infer.segmenter import Segmenter
+from spadfast.infer.sliding_window3d import gaussian_importance_3d, segment_volume_3d, window_positions_3d
+from spadfast.infer.volumes import predict_volume
+from spadfast.models.export import export_model
+from spadfast.train.trainer import SPADTrainer
+
+PATCH = (8, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step unet3d run on 2 tiny demo volumes (12 x 16 x 10), saved; its final conv made non-zero so that the
+    windows' outputs differ."""
+    tmp = tmp_path_factory.mktemp("unet3d_run")
+    root = write_demo_volumes(tmp / "data", n_cases=2, shape=(12, 16, 10), num_classes=3, n_test=1)
+    cfg = SPADConfig(model_type="unet3d", patch_size_3d=PATCH, base_channels=4, channel_mults=(1, 2),
+                     attention_levels=(), num_classes=3, batch_size=2, train_steps=2, warmup_steps=1,
+                     sample_steps=2, ensemble=2, device="cpu", progress_bar=False, log_every=1, tile_overlap=0.5)
+    trainer = SPADTrainer(cfg, train_data=root)
+    trainer.fit(2)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(trainer.ema.out_conv.weight, std=0.3)
+    path = trainer.save(tmp / "run")
+    image = sorted((root / "imagesTs").glob("*.nii.gz"))[0]
+    return SimpleNamespace(trainer=trainer, path=path, image=image, tmp=tmp)
+
+
+def test_gaussian_and_positions_cover_the_volume():
+    g = gaussian_importance_3d((4, 6, 8))
+    assert g.shape == (4, 6, 8) and float(g.max()) == 1.0 and float(g.min()) > 0
+    assert torch.equal(g, g.flip(0)) and torch.equal(g, g.flip(2))
+    covered = torch.zeros(9, 13, 8)
+    for z, y, x in window_positions_3d((9, 13, 8), (4, 6, 8), 0.5):
+        covered[z:z + 4, y:y + 6, x:x + 8] += 1
+    assert bool((covered > 0).all())
+
+
+def test_stitching_returns_each_voxels_own_value_including_padding():
+    volume = torch.linspace(-1, 1, 2 * 5 * 11 * 7).view(2, 5, 11, 7)  # smaller than the window along axis 0
+
+    def echo(tiles, noise_keys, **_):  # each window's "probabilities" are its own voxels
+        return SimpleNamespace(probs=(tiles + 1) / 2, std=tiles.abs())
+
+    probs, std = segment_volume_3d(echo, volume, (6, 6, 6), 0.5, "case", chunk=3)
+    assert probs.shape == std.shape == (2, 5, 11, 7)
+    torch.testing.assert_close(probs, (volume + 1) / 2)
+    torch.testing.assert_close(std, volume.abs())
+
+
+def test_bad_input_refused_before_work():
+    def never(*_, **__):
+        raise AssertionError("segment called")
+
+    with pytest.raises(ValueError, match="`tile_overlap`"):
+        segment_volume_3d(never, torch.zeros(1, 8, 8, 8), PATCH, 1.0, "c")
+    with pytest.raises(ValueError, match="`volume`"):
+        segment_volume_3d(never, torch.zeros(8, 8, 8), PATCH, 0.5, "c")
+    with pytest.raises(ValueError, match="`patch_size_3d`"):
+        segment_volume_3d(never, torch.zeros(1, 8, 8, 8), (8, 8), 0.5, "c")
+
+
+def test_windows_keyed_independent_of_chunk(run):
+    volume = run.trainer.train_data.case(0)[0]
+    a = segment_volume_3d(run.trainer.segment, volume, PATCH, 0.5, "c", chunk=1, seed=2, ensemble=2)
+    b = segment_volume_3d(run.trainer.segment, volume, PATCH, 0.5, "c", chunk=4, seed=2, ensemble=2)
+    assert a[0].shape == (2, 12, 16, 10)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-4)  # batched convs round differently, nothing more
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-4)
+    c = segment_volume_3d(run.trainer.segment, volume, PATCH, 0.5, "other", chunk=4, seed=2, ensemble=2)
+    assert not torch.equal(a[0], c[0])  # another name, other noise
+
+
+def test_predict_volume_maps_on_the_input_grid_equal_a_direct_call(run):
+    seg = Segmenter.from_checkpoint(run.path, device="cpu")
+    out = predict_volume(seg, [run.image], run.tmp / "pred" / "case.nii.gz", write_probabilities=True,
+                         write_uncertainty=True, seed=1, batch_size=3)
+    labels_img, ref = nib.load(str(out)), nib.load(str(run.image))
+    assert labels_img.shape == ref.shape and np.allclose(labels_img.affine, ref.affine)
+    probs = np.asarray(nib.load(str(out.parent / "probabilities" / out.name)).dataobj)
+    std = np.asarray(nib.load(str(out.parent / "uncertainty" / out.name)).dataobj)
+    assert probs.shape == (*ref.shape, 2) and std.shape == (*ref.shape, 2)
+    # the direct call: the model's normalisation of the case, then the 3-D window
+    from spadfast.io.volume_norm import normalize_volume
+
+    normed, _ = normalize_volume([np.asarray(ref.dataobj, dtype=np.float32)], ["MR"], None, None)
+    direct_p, direct_s = segment_volume_3d(seg.segment, torch.from_numpy(np.stack(normed)), PATCH, 0.5, "test_000",
+                                           chunk=1, seed=1)
+    np.testing.assert_allclose(probs, np.moveaxis(direct_p.numpy(), 0, -1), atol=1e-6)
+    np.testing.assert_allclose(std, np.moveaxis(direct_s.numpy(), 0, -1), atol=1e-6)
+    assert np.array_equal(np.asarray(labels_img.dataobj), labels_from_probs(direct_p[None].numpy(), 0.5)[0])
+    # Segmenter.predict of the same file: the same maps (8 windows per call instead of 3: conv rounding differs)
+    pred = seg.predict(run.image, seed=1)
+    np.testing.assert_allclose(pred.probs, probs, atol=1e-4)
+
+
+def test_safetensors_export_predicts_like_the_run(run):
+    exported = export_model(run.path, run.tmp / "model.safetensors")
+    a = Segmenter.from_checkpoint(run.path, device="cpu")
+    b = Segmenter.from_checkpoint(exported, device="cpu")
+    windows = torch.rand(1, 1, *PATCH) * 2 - 1
+    assert torch.equal(a.segment(windows, seed=0).probs, b.segment(windows, seed=0).probs)
+
+
+def test_refusals(run):
+    from spadfast.infer.onnx_export import export_onnx
+
+    seg = Segmenter.from_checkpoint(run.path, device="cpu")
+    with pytest.raises(ValueError, match="model_type unet3d"):
+        export_onnx(run.path, run.tmp / "onnx")
+    assert not (run.tmp / "onnx").exists()
+    with pytest.raises(ValueError, match="3-D"):
+        seg.predict(np.zeros((16, 16), np.float32))
+    with pytest.raises(ValueError, match="`tta`"):
+        predict_volume(seg, [run.image], run.tmp / "tta.nii.gz", tta=True)
+    with pytest.raises(ValueError, match=r"\[B,C,D,H,W\]"):
+        seg.segment(torch.zeros(1, 1, 8, 8))
