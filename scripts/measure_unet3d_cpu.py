@@ -57,7 +57,8 @@ def _one(shape: tuple[int, int, int], threads: int, repeats: int) -> dict:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x, torch.zeros(1))
     per_call = counter.get_total_flops()
-    return {"shape": shape, "seconds": min(times), "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"shape": shape, "seconds": min(times), "peak_mib": peak_mib,
             "windows": windows, "flops_per_window_call": per_call,
             "flops_per_volume": per_call * windows * cfg.ensemble * cfg.sample_steps,
             "params": sum(p.numel() for p in model.parameters()), "threads": threads}
