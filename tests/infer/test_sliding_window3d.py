@@ -129,3 +129,13 @@ def test_refusals(run):
         predict_volume(seg, [run.image], run.tmp / "tta.nii.gz", tta=True)
     with pytest.raises(ValueError, match=r"\[B,C,D,H,W\]"):
         seg.segment(torch.zeros(1, 1, 8, 8))
+    from PIL import Image
+
+    from spadfast.infer.segmenter import predict_folder
+
+    flat = run.tmp / "flat_images"
+    flat.mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(flat / "a.png")
+    with pytest.raises(ValueError, match="holds 2-D images, and the model is 3-D"):
+        predict_folder(seg, flat, run.tmp / "flat_out")
+    assert not (run.tmp / "flat_out").exists()

@@ -83,6 +83,8 @@ def test_refusals_before_work(demo, tmp_path):
     flat = [(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8))]
     with pytest.raises(ValueError, match=r"`train_data` items must be 3-D"):
         SPADTrainer(_cfg(), train_data=flat)
+    with pytest.raises(ValueError, match="`patch_size_3d` .* `batch_size` 64 needs about"):  # before any file is read
+        SPADTrainer(_cfg(patch_size_3d=(512, 512, 512), batch_size=64), train_data=tmp_path / "absent")
     with pytest.raises(ValueError, match="`augment`"):
         _cfg(augment={"gamma_prob": 0.5})
 
