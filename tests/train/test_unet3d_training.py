@@ -116,3 +116,27 @@ def test_cli_train_resume_predict(demo, tmp_path):
     source = sorted((demo / "imagesTs").glob("*.nii.gz"))
     assert len(written) == len(source) >= 1
     assert nib.load(str(written[0])).shape == nib.load(str(source[0])).shape
+
+
+def test_training_inputs_reduce_over_every_spatial_axis_of_volumes():
+    """The x0 and supervised losses' Dice sums over D, H and W of a 5-D batch (not per W column): equal to the same
+    voxels laid out as a 4-D batch; self-conditioning keeps or zeroes whole rows."""
+    from spadfast.diffusion.training_inputs import self_condition_rows, supervised_loss, x0_mask_loss
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 2, 3, 4, 5, generator=g) * 2 - 1
+    mask = (torch.rand(2, 2, 3, 4, 5, generator=g) > 0.5).float()
+    flat = dict(x0=x0.reshape(2, 2, 12, 5), mask=mask.reshape(2, 2, 12, 5))
+    torch.testing.assert_close(x0_mask_loss(x0, mask), x0_mask_loss(flat["x0"], flat["mask"]))
+    torch.testing.assert_close(supervised_loss(x0, mask), supervised_loss(flat["x0"], flat["mask"]))
+    kept = self_condition_rows(x0, 0.5, torch.Generator().manual_seed(1))
+    assert all(torch.equal(kept[b], x0[b]) or not kept[b].any() for b in range(2))
+
+
+@pytest.mark.parametrize("kw", [dict(objective="supervised"), dict(self_condition=True),
+                                dict(x0_loss_weight=0.5, perturb_prob=0.5)])
+def test_training_options_run_on_volumes(demo, kw):
+    trainer = SPADTrainer(_cfg(**kw), train_data=demo)
+    assert torch.isfinite(torch.tensor(trainer.fit(1)[-1]["loss"]))
+    result = trainer.segment(trainer.train_data.case(0)[0][None], seed=0)
+    assert result.probs.shape == (1, 1, 12, 16, 10)
