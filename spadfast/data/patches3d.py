@@ -43,9 +43,9 @@ class VolumePatches3D(Dataset):
         >>> import tempfile
         >>> from spadfast.data.synthetic_volumes import write_demo_volumes
         >>> root = write_demo_volumes(tempfile.mkdtemp(), n_cases=2, shape=(20, 18, 6))
-        >>> ds = VolumePatches3D(VolumeSlices(root, image_size=None), (4, 8, 8))
+        >>> ds = VolumePatches3D(VolumeSlices(root, image_size=None), (8, 8, 4))
         >>> [tuple(t.shape) for t in ds.draw(1, epoch=3)]
-        [(1, 4, 8, 8), (1, 4, 8, 8)]
+        [(1, 8, 8, 4), (2, 8, 8, 4)]
     """
 
     def __init__(self, volumes: VolumeSlices, patch: Sequence[int], seed: int = 0,

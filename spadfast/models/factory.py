@@ -1,7 +1,7 @@
 """The model a config asks for (``model_type``), and a memory estimate that refuses impossible configs early.
 
-The one place that maps config keys to a denoiser: :class:`spadfast.models.unet.SPADUNet` or
-:class:`spadfast.models.cached_unet.SPADCachedUNet`.
+The one place that maps config keys to a denoiser: :class:`spadfast.models.unet.SPADUNet`,
+:class:`spadfast.models.cached_unet.SPADCachedUNet` or the 3-D :class:`spadfast.models.unet3d.SPADUNet3D`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def build_model(config) -> nn.Module:
     """The denoiser a :class:`~spadfast.SPADConfig` describes (``model_type``): the one place that maps keys to it.
 
     ``"unet"``: :class:`SPADUNet` on ``cat[x_t, image(, cond)]``. ``"cached_unet"``:
-    :class:`spadfast.models.cached_unet.SPADCachedUNet`, whose image encoder runs once per image when sampling.
+    :class:`spadfast.models.cached_unet.SPADCachedUNet`, whose image encoder runs once per image when sampling. ``"unet3d"``:
+    :class:`SPADUNet3D` on ``[B, C, D, H, W]`` volumes, pooling planned from ``patch_size_3d`` and ``spacing_3d``.
     """
     kwargs = dict(base_channels=config.base_channels, channel_mults=config.channel_mults,
                   num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
