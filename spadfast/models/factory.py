@@ -20,8 +20,9 @@ def build_model(config) -> nn.Module:
     """The denoiser a :class:`~spadfast.SPADConfig` describes (``model_type``): the one place that maps keys to it.
 
     ``"unet"``: :class:`SPADUNet` on ``cat[x_t, image(, cond)]``. ``"cached_unet"``:
-    :class:`spadfast.models.cached_unet.SPADCachedUNet`, whose image encoder runs once per image when sampling. ``"unet3d"``:
-    :class:`SPADUNet3D` on ``[B, C, D, H, W]`` volumes, pooling planned from ``patch_size_3d`` and ``spacing_3d``.
+    :class:`spadfast.models.cached_unet.SPADCachedUNet`, whose image encoder runs once per image when sampling.
+    ``"unet3d"``: :class:`SPADUNet3D` on ``[B, C, D, H, W]`` volumes, pooling planned from ``patch_size_3d`` and
+    ``spacing_3d``.
     """
     kwargs = dict(base_channels=config.base_channels, channel_mults=config.channel_mults,
                   num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
@@ -60,11 +61,16 @@ def estimate_training_bytes(config) -> int:
 
 def _estimate_3d(config) -> int:
     """:func:`estimate_training_bytes` of ``model_type: unet3d``: ten float32 feature maps per residual block, level
-    sizes following the planned strides (:func:`spadfast.models.unet3d.plan_strides`)."""
+    sizes following the planned strides (:func:`spadfast.models.unet3d.plan_strides`). Before ``spacing_3d`` is
+    known (it is filled from the training volumes, after this check runs), the largest estimate of an isotropic
+    spacing and of each axis being the coarse one."""
+    if not config.spacing_3d:
+        spacings = [(1.0, 1.0, 1.0)] + [tuple(8.0 if a == b else 1.0 for b in range(3)) for a in range(3)]
+        return max(_estimate_3d(_with_spacing(config, sp)) for sp in spacings)
     from .unet3d import plan_strides
 
     size = list(config.patch_size_3d)
-    strides = plan_strides(size, config.spacing_3d or (1.0, 1.0, 1.0), len(config.channel_mults) - 1)
+    strides = plan_strides(size, config.spacing_3d, len(config.channel_mults) - 1)
     total, levels = 0, len(config.channel_mults)
     for i, mult in enumerate(config.channel_mults):
         blocks = 2 * config.num_res_blocks + (2 if i == levels - 1 else 0)
@@ -72,6 +78,12 @@ def _estimate_3d(config) -> int:
         if i < levels - 1:
             size = [-(-s // st) for s, st in zip(size, strides[i])]
     return total * 4 * config.batch_size
+
+
+def _with_spacing(config, spacing: tuple[float, ...]):
+    import dataclasses
+
+    return dataclasses.replace(config, spacing_3d=spacing)
 
 
 def check_fits_memory(config, device: torch.device) -> None:

@@ -84,6 +84,10 @@ def test_memory_estimate_scales_and_refuses_before_work():
     small = estimate_training_bytes(_cfg(batch_size=1))
     assert estimate_training_bytes(_cfg(batch_size=4)) == 4 * small
     assert estimate_training_bytes(_cfg(batch_size=1, patch_size_3d=(16, 16, 16))) == 8 * small
+    # before the volumes fill spacing_3d: the worst of an isotropic and of each axis coarse (pooled less: larger)
+    coarse = estimate_training_bytes(_cfg(batch_size=1, spacing_3d=(5.0, 1.0, 1.0)))
+    assert coarse > estimate_training_bytes(_cfg(batch_size=1, spacing_3d=(1.0, 1.0, 1.0)))
+    assert small == max(coarse, estimate_training_bytes(_cfg(batch_size=1, spacing_3d=(1.0, 1.0, 5.0))))
     with pytest.raises(ValueError, match="`patch_size_3d`.*`batch_size`"):
         check_fits_memory(_cfg(patch_size_3d=(1024, 1024, 1024), batch_size=64), torch.device("cpu"))
     check_fits_memory(_cfg(), torch.device("cpu"))
