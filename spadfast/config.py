@@ -192,6 +192,8 @@ class SPADConfig:
             (self.model_type != "unet3d" or not self.perturb.enabled, "perturb",
              "disabled with model_type unet3d (the SPAD perturbation is 2-D)"),
             (self.model_type != "unet3d" or self.prior == "none", "prior", "'none' with model_type unet3d"),
+            (self.model_type != "unet3d" or not self.target_spacing, "target_spacing",
+             "() with model_type unet3d (3-D patches are cut on each volume's own voxel grid; no resampling yet)"),
             (self.model_type != "unet3d" or not (self.augment.spatial or self.augment.intensity), "augment",
              "flips only with model_type unet3d (3-D patches are flipped along each axis; no 3-D rotation, scaling, "
              "elastic or intensity augmentation yet)"),

@@ -72,6 +72,7 @@ def test_factory_builds_unet3d_with_config_spacing():
     (dict(context_slices=1), "context_slices"),
     (dict(perturb={"enabled": True}), "perturb"),
     (dict(spacing_3d=(1.0, 1.0)), "spacing_3d"),
+    (dict(target_spacing=(1.0, 1.0)), "target_spacing"),
 ])
 def test_config_refuses_unet3d_combinations(kw, key):
     with pytest.raises(ValueError, match=f"`{key}`"):
