@@ -62,19 +62,23 @@ class _TimeEmbedding(nn.Module):
 
 
 class _ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int):
+    """Residual block with a timestep scale/shift; ``dims`` 2 (``[B,C,H,W]``) or 3 (``[B,C,D,H,W]``, unet3d)."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int, dims: int = 2):
         super().__init__()
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
+        self.dims = dims
         self.norm1 = _norm(in_ch, groups)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = conv(in_ch, out_ch, 3, padding=1)
         self.temb = nn.Linear(temb_dim, 2 * out_ch)
         self.norm2 = _norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.conv2 = conv(out_ch, out_ch, 3, padding=1)
+        self.skip = conv(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.temb(temb)[:, :, None, None].chunk(2, dim=1)
+        scale, shift = self.temb(temb)[(...,) + (None,) * self.dims].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.checks import check_int, is_int
-from .unet import _num_groups, _TimeEmbedding, timestep_vector
+from .unet import _norm, _ResBlock, _TimeEmbedding, timestep_vector
 
 __all__ = ["SPADUNet3D", "plan_strides", "MIN_POOLED_SIZE"]
 
@@ -50,29 +50,6 @@ def plan_strides(patch_size: Sequence[int], spacing: Sequence[float], downsample
                 space[a] *= 2
         plan.append(stride)
     return tuple(plan)
-
-
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(_num_groups(channels, groups), channels)
-
-
-class _ResBlock3d(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int):
-        super().__init__()
-        self.norm1 = _norm(in_ch, groups)
-        self.conv1 = nn.Conv3d(in_ch, out_ch, 3, padding=1)
-        self.temb = nn.Linear(temb_dim, 2 * out_ch)
-        self.norm2 = _norm(out_ch, groups)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1)
-        self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.temb(temb)[:, :, None, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
 
 
 class SPADUNet3D(nn.Module):
@@ -132,15 +109,15 @@ class SPADUNet3D(nn.Module):
         self.time_embed = _TimeEmbedding(base_channels, temb_dim)
         self.stem = nn.Conv3d(in_channels, chs[0], 3, padding=1)
         self.down = nn.ModuleList(
-            nn.ModuleList(_ResBlock3d(ch, ch, temb_dim, dropout, groups) for _ in range(num_res_blocks)) for ch in chs
+            nn.ModuleList(_ResBlock(ch, ch, temb_dim, dropout, groups, dims=3) for _ in range(num_res_blocks)) for ch in chs
         )
         self.downsample = nn.ModuleList(
             nn.Conv3d(chs[i], chs[i + 1], 3, stride=self.strides[i], padding=1) for i in range(len(chs) - 1)
         )
-        self.mid1 = _ResBlock3d(chs[-1], chs[-1], temb_dim, dropout, groups)
-        self.mid2 = _ResBlock3d(chs[-1], chs[-1], temb_dim, dropout, groups)
+        self.mid1 = _ResBlock(chs[-1], chs[-1], temb_dim, dropout, groups, dims=3)
+        self.mid2 = _ResBlock(chs[-1], chs[-1], temb_dim, dropout, groups, dims=3)
         self.up = nn.ModuleList(
-            nn.ModuleList(_ResBlock3d(2 * ch, ch, temb_dim, dropout, groups) for _ in range(num_res_blocks))
+            nn.ModuleList(_ResBlock(2 * ch, ch, temb_dim, dropout, groups, dims=3) for _ in range(num_res_blocks))
             for ch in chs
         )
         self.upsample = nn.ModuleList(nn.Conv3d(chs[i], chs[i - 1], 3, padding=1) for i in range(1, len(chs)))
