@@ -128,6 +128,20 @@ def _evaluate_volumes(pred: dict[str, Path], gt: dict[str, Path], names: list[st
     info = read_dataset_json(gt_dir.parent)
     n_classes = len(info.class_names) or None
 
+    if ignore is not None:  # before any case is scored: 0/V label maps with --ignore V would score nothing
+        first = None
+        for name in names:
+            values = set(np.unique(read_label(gt[name], None, None)).tolist())
+            if values - {0, ignore}:
+                break  # a class value beside the ignored one: --ignore marks unannotated voxels, as meant
+            first = first or (str(gt[name]) if ignore in values else None)
+        else:
+            if first is not None:
+                raise ValueError(f"--ignore {ignore}: every nonzero ground-truth voxel holds {ignore} (e.g. {first}), "
+                                 "so all foreground would be ignored and nothing scored; for 0/{0} binary label maps "
+                                 "drop --ignore (use it where {0} marks unannotated voxels beside the class "
+                                 "values)".format(ignore))
+
     def score_share() -> list[dict[str, Any]]:
         warned: set[int] = set()
         cases = []

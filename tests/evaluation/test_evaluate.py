@@ -321,3 +321,24 @@ def test_ignore_equal_to_the_foreground_of_binary_masks_is_refused(tmp_path, cap
     report = evaluate_folders(write_pngs(tmp_path / "p1", {k: np.where(v == 1, 255, 0) for k, v in labelled.items()}),
                               write_pngs(tmp_path / "g1", labelled), ignore=255)
     assert report["mean"]["dice"] == 1.0
+
+
+def test_ignore_equal_to_the_foreground_of_binary_label_volumes_is_refused(tmp_path):
+    """Issue 29.14 on volumes: --ignore 255 on 0/255 NIfTI label maps would ignore every foreground voxel; refused
+    before any case is scored, naming a file. A set where 255 marks unannotated voxels beside classes scores."""
+    from spadfast.io.nifti import write_nifti
+
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    binary = np.zeros((10, 10, 4), np.uint8)
+    binary[2:6, 3:7, 1:3] = 255
+    for folder in ("p", "g"):
+        write_nifti(tmp_path / folder / "case_a.nii.gz", binary, affine=aff)
+        write_nifti(tmp_path / folder / "case_b.nii.gz", np.roll(binary, 2, axis=0), affine=aff)
+    with pytest.raises(ValueError, match=r"--ignore 255: every nonzero ground-truth voxel holds 255 \(e.g. .*case_a"):
+        evaluate_folders(tmp_path / "p", tmp_path / "g", ignore=255)
+    labels = np.where(binary > 0, 1, 0).astype(np.uint8)
+    labels[0, :, :] = 255  # not annotated
+    for folder in ("p1", "g1"):
+        write_nifti(tmp_path / folder / "case_a.nii.gz", np.where(labels == 255, 0, labels).astype(np.uint8)
+                    if folder == "p1" else labels, affine=aff)
+    assert evaluate_folders(tmp_path / "p1", tmp_path / "g1", ignore=255)["mean"]["dice"] == 1.0
