@@ -363,6 +363,7 @@ def evaluate(out: Path, log=print) -> int:
 
     torch.set_num_threads(1)
     fn = grid_eval.evaluate_checkpoint
+    code = _commit()  # the code this process loaded, recorded with every cell (HEAD may move while it runs)
     n = 0
     for cell_file in sorted((out / "runs").glob(f"*/fold*/*/seed*/{CELL_FILE}")):
         run_dir = cell_file.parent
@@ -385,7 +386,7 @@ def evaluate(out: Path, log=print) -> int:
             grid = fn(run_dir, test / "images", test / "masks", **grid_args, **kwargs)
         seconds = time.perf_counter() - t0
         write_text_atomic(run_dir / EVAL_FILE, json.dumps({"grid": grid, "seconds": seconds, "left_out": left_out,
-                                                           "evaluated_at": _commit()}))
+                                                           "evaluated_at": code}))
         log(f"evaluated {run_dir} ({seconds:.0f} s){'; left out: ' + ', '.join(left_out) if left_out else ''}")
         n += 1
     return n + evaluate_supervised_x5(out, log)
