@@ -311,9 +311,15 @@ class DDIMSampler:
         return tuple(c[first:last].repeat_interleave(K, dim=0)[lo:hi] for c in per_image)
 
     def _loop(self, x: torch.Tensor, *context: torch.Tensor, steps: int, eta_seed: int | None = None,
-              total_rows: int = 0, row0: int = 0, fusion: str = "none", members: int = 1) -> torch.Tensor:
+              total_rows: int = 0, row0: int = 0, fusion: str = "none", members: int = 1,
+              subsets: tuple[int, ...] = ()) -> torch.Tensor:
         """Run the S-step loop from ``x = x_T``; returns the final sample ``[N,M,H,W]`` (float32), or with
         ``fusion`` other than ``"none"`` the fused x0 estimate (accumulated on the device). No host sync.
+
+        ``fusion="grid"`` (:meth:`DDIMSampler.sample_fusion_grid`; ``x`` holds whole images of ``members`` rows)
+        returns every fusion of the one trajectory, concatenated along rows: the final sample ``[N]``, the
+        ``"mean"`` fusion ``[N]``, then for each ``e`` in ``subsets`` the ``"uncertainty"`` fusion of each image's
+        first ``e`` members ``[N / members * e]`` (weights from those members alone, as an ``e``-member call has).
 
         ``context`` is ``(images,)`` for a plain denoiser or the image features of a cached-encoder model. With
         ``eta > 0`` the step noise is keyed by ``eta_seed`` and offset by step, row and pixel: ``x`` holds rows
@@ -325,6 +331,9 @@ class DDIMSampler:
         cached = self._cached_encoder()
         autocast = self._autocast(x.device)
         fused = weights = None
+        grid = fusion == "grid"
+        sub_fused: list[torch.Tensor | None] = [None] * len(subsets)
+        sub_weights: list[torch.Tensor | None] = [None] * len(subsets)
         for i in range(steps):
             with nvtx_range(f"ddim_step_{i}"):
                 with autocast:
@@ -346,9 +355,17 @@ class DDIMSampler:
                     cond = x0
                 if fusion != "none":
                     est = x0.clamp(-1, 1)
-                    w = fusion_weight(est, i, steps, members, fusion)
+                    w = fusion_weight(est, i, steps, members, "mean" if grid else fusion)
                     fused = w * est if fused is None else fused + w * est
                     weights = w if weights is None else weights + w
+                if grid:
+                    for j, e in enumerate(subsets):
+                        sub = est.view(-1, members, *est.shape[1:])[:, :e].reshape(-1, *est.shape[1:])
+                        w = fusion_weight(sub, i, steps, e, "uncertainty")
+                        sub_fused[j] = w * sub if sub_fused[j] is None else sub_fused[j] + w * sub
+                        sub_weights[j] = w if sub_weights[j] is None else sub_weights[j] + w
+        if grid:
+            return torch.cat([x, fused / weights, *(f / w for f, w in zip(sub_fused, sub_weights))])
         return x if fused is None else fused / weights
 
     def _supervised_probs(self, per_image: tuple[torch.Tensor, ...], B: int, spatial: Sequence[int],
@@ -370,8 +387,8 @@ class DDIMSampler:
         return torch.sigmoid(torch.cat(outs))
 
     def _graph_key(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int, fusion: str = "none",
-                   members: int = 1) -> tuple:
-        return (fusion, members if fusion == "uncertainty" else 0,
+                   members: int = 1, subsets: tuple[int, ...] = ()) -> tuple:
+        return (fusion, members if fusion in ("uncertainty", "grid") else 0, subsets,
             tuple(x.shape), tuple((tuple(c.shape), c.dtype, c.is_contiguous(memory_format=torch.channels_last))
                                   for c in context),
             steps, x.device, id(self.model), self.prediction_type, self.perturb_mode, self.self_condition, self.eta,
@@ -380,20 +397,21 @@ class DDIMSampler:
         )
 
     def _run(self, x: torch.Tensor, context: tuple[torch.Tensor, ...], steps: int, eta_seed: int | None = None,
-             total_rows: int = 0, row0: int = 0, fusion: str = "none", members: int = 1) -> torch.Tensor:
+             total_rows: int = 0, row0: int = 0, fusion: str = "none", members: int = 1,
+             subsets: tuple[int, ...] = ()) -> torch.Tensor:
         """The loop on rows ``row0 .. row0 + len(x)`` of ``total_rows`` (see :meth:`_loop`): replayed from a cached
         CUDA graph when ``eta == 0`` (no step noise, so the graph does not depend on the rows), else eager."""
         use_graph = self.cuda_graph and self.eta == 0.0 and self._graph_backend.supports(x)
         if not use_graph:
             return self._loop(x, *context, steps=steps, eta_seed=eta_seed, total_rows=total_rows, row0=row0,
-                              fusion=fusion, members=members)
-        key = self._graph_key(x, context, steps, fusion, members)
+                              fusion=fusion, members=members, subsets=subsets)
+        key = self._graph_key(x, context, steps, fusion, members, subsets)
         entry = self._graphs.get(key)
         if entry is None:
             static = (x.clone(), *(c.clone() for c in context))
             try:
                 replay, static_out = self._graph_backend.capture(
-                    lambda *a: self._loop(*a, steps=steps, fusion=fusion, members=members), static)
+                    lambda *a: self._loop(*a, steps=steps, fusion=fusion, members=members, subsets=subsets), static)
             except Exception as e:  # noqa: BLE001  (any capture failure: sample eagerly instead)
                 if not self._graph_failed_warned:
                     warnings.warn(f"CUDA-graph capture of the sampling loop failed ({type(e).__name__}: {e}); "
@@ -401,7 +419,7 @@ class DDIMSampler:
                     self._graph_failed_warned = True
                 self.cuda_graph = False
                 return self._loop(x, *context, steps=steps, eta_seed=eta_seed, total_rows=total_rows, row0=row0,
-                              fusion=fusion, members=members)
+                                  fusion=fusion, members=members, subsets=subsets)
             # the model is kept alive by the entry, so id(model) in the key cannot be reused while it is cached
             entry = (replay, static, static_out, self.model)
             self._graphs[key] = entry
@@ -417,17 +435,24 @@ class DDIMSampler:
     def _initial_noise(
         self, B: int, K: int, spatial: Sequence[int], seed: int | None, keys: Sequence[int] | None
     ) -> torch.Tensor:
-        """``x_T`` ``[B*K,M,*spatial]`` on the CPU: one draw for the batch, or per image from ``(seed, keys[b])``."""
+        """``x_T`` ``[B*K,M,*spatial]`` on the CPU: one draw for the batch, or per image from ``(seed, keys[b])``.
+
+        Keyed draws give each member a row padded to a multiple of 16 values: torch's CPU ``randn`` transforms
+        uniforms in blocks of 16 and redraws the last 16 of a length that is not a multiple of 16, so without the
+        padding member k of a K-member draw would differ from member k of a larger one whenever ``M*H*W`` is not a
+        multiple of 16 (sizes that are draw exactly what an unpadded draw does)."""
         M = self.mask_channels
         if keys is None:
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             return torch.randn((B * K, M, *spatial), generator=gen)
         base = 0 if seed is None else seed
+        n = M * math.prod(spatial)
+        row = -(-n // 16) * 16
         parts = [
-            torch.randn((K, M, *spatial), generator=torch.Generator().manual_seed((base * 1_000_003 + k) % 2**63))
+            torch.randn((K, row), generator=torch.Generator().manual_seed((base * 1_000_003 + k) % 2**63))[:, :n]
             for k in keys
         ]
-        return torch.cat(parts)
+        return torch.cat(parts).reshape(B * K, M, *spatial)
 
     @torch.no_grad()
     def sample(
@@ -453,6 +478,61 @@ class DDIMSampler:
         skips the image checks, for a caller that has run :func:`~spadfast.ops.checks.check_images` already.
         ``step_fusion`` (None: the sampler's own) fuses every step's x0 estimate (:func:`fusion_weight`).
         """
+        fusion = check_step_fusion(self.step_fusion if step_fusion is None else step_fusion)
+        members = self._sample_members(images, steps, ensemble, seed, noise_keys, validate, fusion, ())[0]
+        return SampleResult.from_members(members, threshold, return_members)
+
+    @torch.no_grad()
+    def sample_fusion_grid(
+        self,
+        images: torch.Tensor,
+        steps: int | None = None,
+        ensemble: int = 1,
+        subsets: Sequence[int] | None = None,
+        seed: int | None = 0,
+        noise_keys: Sequence[int] | None = None,
+        validate: bool = True,
+    ) -> dict[tuple[str, int], torch.Tensor]:
+        """Every step fusion of one ``ensemble``-member trajectory, for ensembles of the first ``e`` members.
+
+        Returns ``{(fusion, e): members}`` for each fusion in :data:`STEP_FUSIONS` and each ``e`` in ``subsets``
+        (ints in ``1..ensemble``, default ``(ensemble,)``), ``members`` float32 ``[B,e,M,*spatial]`` in [0, 1]:
+        what :meth:`sample` with ``ensemble=e, step_fusion=fusion, return_members=True`` and the same ``seed`` and
+        ``noise_keys`` returns as members (``SampleResult.from_members`` gives its means, std and labels), from
+        one sampling pass instead of ``3 * len(subsets)``: the trajectory does not depend on the fusion, an
+        ensemble of ``e`` holds the first ``e`` members of a larger one (noise keyed per image), and the
+        uncertainty fusion of ``e`` members is weighted by those members alone. Needs ``noise_keys`` (an unkeyed
+        draw lays the batch's noise out image-major, so its first ``e`` members are not an ``e``-member draw),
+        ``eta == 0`` (with step noise the rows of a larger call draw other noise) and the diffusion objective.
+        """
+        if noise_keys is None:
+            raise ValueError("`noise_keys` is required by `sample_fusion_grid`: only keyed noise makes an ensemble of "
+                             "e members the first e members of a larger one (image_noise_key of each image's name)")
+        if self.objective == "supervised":
+            raise ValueError("`sample_fusion_grid` needs a diffusion model: a supervised network has no steps to fuse")
+        if self.eta != 0.0:
+            raise ValueError(f"`sample_fusion_grid` needs eta == 0 (got {self.eta}): with step noise an ensemble of "
+                             "e members is not the first e members of a larger one")
+        ensemble = check_int(ensemble, "ensemble", 1)
+        subsets = (ensemble,) if subsets is None else tuple(check_int(e, "subsets", 1, ensemble) for e in subsets)
+        if not subsets or len(set(subsets)) != len(subsets):
+            raise ValueError(f"`subsets` must list distinct member counts in 1..{ensemble}, got {list(subsets)}")
+        last, mean, *fused = self._sample_members(images, steps, ensemble, seed, noise_keys, validate, "grid",
+                                                  subsets)
+        out = {}
+        for j, e in enumerate(subsets):
+            out["none", e] = last[:, :e]
+            out["mean", e] = mean[:, :e]
+            out["uncertainty", e] = fused[j]
+        return out
+
+    def _sample_members(
+        self, images: torch.Tensor, steps: int | None, ensemble: int, seed: int | None,
+        noise_keys: Sequence[int] | None, validate: bool, fusion: str, subsets: tuple[int, ...],
+    ) -> list[torch.Tensor]:
+        """Member probabilities float32 ``[B,K,M,*spatial]`` in [0, 1] (:meth:`sample`'s arguments); with
+        ``fusion="grid"`` (:meth:`sample_fusion_grid`) the last sample's, the ``"mean"`` fusion's, and one
+        ``[B,e,M,*spatial]`` uncertainty fusion per ``e`` in ``subsets``."""
         if validate:
             if isinstance(images, torch.Tensor) and images.dim() == 5:
                 check_volume_images(images)
@@ -461,7 +541,6 @@ class DDIMSampler:
         seed = check_int(seed, "seed", 0, optional=True)
         steps = check_int(self.steps if steps is None else steps, "steps", 1, self.alphas_cumprod.numel())
         ensemble = check_int(ensemble, "ensemble", 1)
-        fusion = check_step_fusion(self.step_fusion if step_fusion is None else step_fusion)
         B, _, *spatial = images.shape  # (H, W), or (D, H, W) for a 3-D model's volumes
         if noise_keys is not None:
             noise_keys = list(noise_keys)
@@ -484,27 +563,35 @@ class DDIMSampler:
             if self.objective == "supervised":
                 x = self._supervised_probs(per_image, B, spatial, device)
             else:
-                outs = []
+                # the row counts of each output of one chunk of n rows (n / K whole images in grid mode)
+                def sizes(n: int) -> list[int]:
+                    return [n, n, *(n // K * e for e in subsets)] if fusion == "grid" else [n]
+
+                parts: list[list[torch.Tensor]] = [[] for _ in sizes(K)]
                 # uncertainty fusion reads all members of an image at every step: chunks of whole images
-                chunk = max(K, self.chunk // K * K) if fusion == "uncertainty" else self.chunk
+                whole = fusion in ("uncertainty", "grid")
+                chunk = max(K, self.chunk // K * K) if whole else self.chunk
                 for start in range(0, B * K, chunk):
                     stop = min(start + chunk, B * K)
                     context = self._rows_context(per_image, K, start, stop)
-                    outs.append(self._run(x_T[start:stop].to(device), context, steps, eta_seed, B * K, start,
-                                          fusion, K))
-                x = torch.cat(outs)
+                    out = self._run(x_T[start:stop].to(device), context, steps, eta_seed, B * K, start, fusion, K,
+                                    subsets)
+                    for part, piece in zip(parts, out.split(sizes(stop - start))):
+                        part.append(piece)
+                outs = [torch.cat(part) for part in parts]
         finally:
             self.model.train(was_training)
         M = self.mask_channels
         if self.objective == "supervised":  # one deterministic prediction: every member is it, the std is 0
-            members = x.view(B, 1, M, *spatial).expand(B, K, M, *spatial)
+            results = [x.view(B, 1, M, *spatial).expand(B, K, M, *spatial)]
         else:
-            members = ((x.float().clamp(-1, 1) + 1) / 2).view(B, K, M, *spatial)
-        if not bool(torch.isfinite(members).all()):
+            counts = [K, K, *subsets] if fusion == "grid" else [K]
+            results = [((x.float().clamp(-1, 1) + 1) / 2).view(B, k, M, *spatial) for x, k in zip(outs, counts)]
+        if not all(bool(torch.isfinite(r).all()) for r in results):
             raise FloatingPointError(
                 "sampling produced non-finite values: the model weights or the images hold NaN/inf"
             )
-        return SampleResult.from_members(members, threshold, return_members)
+        return results
 
 
 def labels_from_probs(probs: torch.Tensor | np.ndarray, threshold: float = 0.5) -> torch.Tensor | np.ndarray:

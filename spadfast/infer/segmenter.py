@@ -207,6 +207,24 @@ class Segmenter:
             return_members=return_members, noise_keys=noise_keys, validate=False, step_fusion=step_fusion,
         )
 
+    def segment_fusion_grid(self, images: torch.Tensor, steps: int | None = None, ensemble: int | None = None,
+                            subsets: list[int] | None = None, seed: int | None = 0,
+                            noise_keys: list[int] | None = None) -> dict[tuple[str, int], torch.Tensor]:
+        """Every step fusion x the first-``e``-member ensembles of one sampling pass
+        (:meth:`~spadfast.diffusion.sampler.DDIMSampler.sample_fusion_grid`): ``{(fusion, e): members}``, float32
+        ``[B,e,M,H,W]`` in [0, 1], each what :meth:`segment` with that ``step_fusion`` and ``ensemble=e`` returns
+        as members. ``images`` as for :meth:`segment`."""
+        cfg = self.config
+        if getattr(cfg, "model_type", None) == "unet3d":
+            images = check_volume_images(images, cfg.input_channels)
+        else:
+            images, _ = check_images(images, cfg.input_channels)
+        return self.sampler.sample_fusion_grid(
+            images, steps=cfg.sample_steps if steps is None else steps,
+            ensemble=cfg.ensemble if ensemble is None else ensemble, subsets=subsets, seed=seed,
+            noise_keys=noise_keys, validate=False,
+        )
+
 
 def check_min_side(hw: tuple[int, int], what: str) -> None:
     """The one size rule of native-resolution prediction (CLI and API): at least ``MIN_SIDE`` px on each side."""

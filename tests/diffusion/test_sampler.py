@@ -442,6 +442,23 @@ def test_mean_fusion_members_do_not_depend_on_the_ensemble_size():
                                             return_members=True).members[:, :1], atol=1e-6)
 
 
+def test_keyed_noise_of_k_members_is_the_first_k_of_a_larger_draw_at_every_size():
+    """torch's CPU randn redraws the tail of a length that is not a multiple of 16: keyed rows are padded, so the
+    prefix property holds at odd sizes too (and sizes that are multiples of 16 draw what they always drew)."""
+    s = _fusion_sampler()
+    for channels in (1, 2, 3):
+        s.mask_channels = channels
+        for h in range(1, 21):
+            for w in (1, 2, 5, 7, 8, 13, 16, 33):
+                big = s._initial_noise(2, 5, (h, w), 7, [11, 0]).view(2, 5, channels, h, w)
+                for k in (1, 2, 4):
+                    small = s._initial_noise(2, k, (h, w), 7, [11, 0]).view(2, k, channels, h, w)
+                    assert torch.equal(small, big[:, :k]), (channels, h, w, k)
+    s.mask_channels = 1
+    gen = torch.Generator().manual_seed((7 * 1_000_003 + 11) % 2**63)
+    assert torch.equal(s._initial_noise(1, 3, (32, 32), 7, [11]), torch.randn((3, 1, 32, 32), generator=gen))
+
+
 @pytest.mark.parametrize("fusion", ["mean", "uncertainty"])
 def test_step_fusion_graph_replay_equals_eager_and_keys_the_cache(fusion):
     images = torch.rand(2, 1, 8, 8) * 2 - 1
@@ -453,6 +470,75 @@ def test_step_fusion_graph_replay_equals_eager_and_keys_the_cache(fusion):
     plain = graph.sample(images, ensemble=2, seed=4, step_fusion="none")  # a new graph, not a stale replay
     assert graph._graph_backend.captures == 2
     assert torch.equal(plain.probs, _fusion_sampler(steps=3).sample(images, ensemble=2, seed=4).probs)
+
+
+def _grid_matches_separate_calls(s, images, ensemble, subsets, keys, steps, **sample_kw):
+    grid = s.sample_fusion_grid(images, steps=steps, ensemble=ensemble, subsets=subsets, seed=5, noise_keys=keys)
+    assert sorted(grid) == sorted((f, e) for f in ("none", "mean", "uncertainty") for e in subsets)
+    for (fusion, e), members in grid.items():
+        alone = s.sample(images, steps=steps, ensemble=e, seed=5, noise_keys=keys, step_fusion=fusion,
+                         return_members=True, **sample_kw).members
+        alone = alone if alone.dim() == members.dim() else alone.unsqueeze(2)  # binary members come as [B,K,H,W]
+        assert members.dtype == torch.float32 and members.shape == alone.shape, (fusion, e)
+        # other batch compositions round the convolutions differently: equal up to float32 noise
+        torch.testing.assert_close(members, alone, rtol=0, atol=1e-5, msg=lambda m: f"{fusion} x{e}: {m}")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_fusion_grid_equals_separate_calls_at_every_step_count_and_chunk(chunk):
+    images = torch.rand(3, 1, 9, 7) * 2 - 1
+    s = _fusion_sampler(chunk=chunk)
+    for steps in range(1, 9):
+        _grid_matches_separate_calls(s, images, 5, (1, 2, 5), [3, 1, 4], steps)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_fusion_grid_equals_separate_calls_for_each_target_and_conditioning(prediction_type):
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    _grid_matches_separate_calls(_fusion_sampler(prediction_type=prediction_type), images, 4, (4, 1, 3), [2, 6], 4)
+    cond = _fusion_sampler(model=ToyDenoiser(3), self_condition=True, prediction_type=prediction_type)
+    _grid_matches_separate_calls(cond, images, 3, (2,), [7, 7], 3)
+    two_class = ToyDenoiser(3)
+    two_class.weight = torch.nn.Parameter(torch.cat([two_class.weight, -two_class.weight.flip(1)]))
+    multi = _fusion_sampler(model=two_class, mask_channels=2, prediction_type=prediction_type)
+    _grid_matches_separate_calls(multi, images, 3, (1, 3), [0, 9], 5)
+
+
+def test_fusion_grid_graph_replay_equals_eager_and_keys_the_cache_by_subsets():
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    keys = [1, 2]
+    eager = _fusion_sampler(steps=3).sample_fusion_grid(images, ensemble=3, subsets=(1, 3), seed=4, noise_keys=keys)
+    graph = _graph_sampler()
+    first = graph.sample_fusion_grid(images, ensemble=3, subsets=(1, 3), seed=4, noise_keys=keys)
+    second = graph.sample_fusion_grid(images, ensemble=3, subsets=(1, 3), seed=4, noise_keys=keys)
+    for key in eager:
+        torch.testing.assert_close(first[key], eager[key], rtol=0, atol=1e-6)
+        assert torch.equal(first[key], second[key])
+    assert graph._graph_backend.captures == 1
+    graph.sample_fusion_grid(images, ensemble=3, subsets=(2, 3), seed=4, noise_keys=keys)  # other subsets: another graph
+    assert graph._graph_backend.captures == 2
+
+
+def test_fusion_grid_refuses_what_it_cannot_share():
+    images = torch.rand(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="`noise_keys`"):
+        _fusion_sampler().sample_fusion_grid(images, ensemble=3)
+    with pytest.raises(ValueError, match="`noise_keys`"):
+        _fusion_sampler().sample_fusion_grid(images, ensemble=3, noise_keys=[1, 2])
+    with pytest.raises(ValueError, match="`subsets`"):
+        _fusion_sampler().sample_fusion_grid(images, noise_keys=[0], ensemble=3, subsets=(4,))
+    with pytest.raises(ValueError, match="`subsets`"):
+        _fusion_sampler().sample_fusion_grid(images, noise_keys=[0], ensemble=3, subsets=(2, 2))
+    with pytest.raises(ValueError, match="`subsets`"):
+        _fusion_sampler().sample_fusion_grid(images, noise_keys=[0], ensemble=3, subsets=())
+    with pytest.raises(ValueError, match="eta == 0"):
+        _fusion_sampler(eta=0.5).sample_fusion_grid(images, noise_keys=[0], ensemble=2)
+    with pytest.raises(ValueError, match="supervised"):
+        _fusion_sampler(objective="supervised").sample_fusion_grid(images, noise_keys=[0], ensemble=2)
+    with pytest.raises(ValueError, match="`images`"):
+        _fusion_sampler().sample_fusion_grid(torch.zeros(1, 8, 8), ensemble=2, noise_keys=[0])
+    grid = _fusion_sampler().sample_fusion_grid(images, noise_keys=[0], ensemble=2)  # default: the whole ensemble
+    assert sorted(grid) == [("mean", 2), ("none", 2), ("uncertainty", 2)]
 
 
 def test_bad_step_fusion_is_refused_naming_the_argument():

@@ -115,7 +115,8 @@ def test_aurc_in_image_scores_uses_the_given_uncertainty():
 def test_grid_has_a_fusion_axis_timings_and_ambiguity_scores(tiny_run):
     data = tiny_run / "data"
     recs = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", steps=(3,), ensembles=(1, 2),
-                               fusions=("none", "uncertainty"), annotator_dirs=[data / "masks", data / "masks"])
+                               fusions=("none", "uncertainty"), annotator_dirs=[data / "masks", data / "masks"],
+                               shared=False)
     assert [(r["steps"], r["step_fusion"], r["ensemble"]) for r in recs] == [
         (3, "none", 1), (3, "none", 2), (3, "uncertainty", 1), (3, "uncertainty", 2)]
     assert all(r["seconds_per_image"] > 0 for r in recs)
@@ -206,3 +207,28 @@ def test_several_runs_are_scored_as_one_ensemble(tiny_run):
     assert len(rec["cases"]) == len(one["cases"]) and all(0 <= c["dice"] <= 1 for c in rec["cases"])
     with pytest.raises(ValueError, match="`ensembles` must be >= the 2 runs"):
         evaluate_checkpoint(runs, data / "images", data / "masks", steps=(2,), ensembles=(1,))
+
+
+@pytest.mark.parametrize("whole_image", [False, True])
+def test_shared_pass_scores_equal_separate_sampling(tiny_run, whole_image):
+    """One pass per step count (the default) scores every (fusion, ensemble) cell as sampling it on its own does."""
+    data = tiny_run / "data"
+    kw = dict(steps=(1, 2, 3), ensembles=(1, 3), fusions=("none", "mean", "uncertainty"), whole_image=whole_image,
+              annotator_dirs=[data / "masks", data / "masks"], tile=8)
+    shared = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", **kw)
+    alone = evaluate_checkpoint(tiny_run / "run", data / "images", data / "masks", shared=False, **kw)
+    assert [(r["steps"], r["step_fusion"], r["ensemble"]) for r in shared] == [
+        (r["steps"], r["step_fusion"], r["ensemble"]) for r in alone]
+    assert all(r["seconds_per_image"] is None and r["pass_seconds_per_image"] > 0 for r in shared)
+    assert all(r["seconds_per_image"] > 0 for r in alone)
+    names = [k for k in alone[0]["cases"][0] if k != "name"]
+    assert {"ged", "hm_iou", "aurc"} <= set(names) and (not whole_image or "dice_nonempty_tiles" in names)
+    for r, q in zip(shared, alone):
+        for a, b in zip(r["cases"], q["cases"]):
+            for k in names:  # other batch compositions round differently: equal up to float32 noise
+                # AURC ranks pixels by uncertainty: on this untrained model most pixels nearly tie, and 1e-6 of
+                # rounding reorders them (the ranking, not the maps, moves)
+                tol = dict(abs=1e-3) if k == "aurc" else dict(rel=1e-4, abs=1e-5)
+                assert a[k] == pytest.approx(b[k], nan_ok=True, **tol), (r["step_fusion"], k)
+    # the fusions differ from each other, so equality above is not one repeated cell
+    assert any(a["brier"] != b["brier"] for a, b in zip(shared[-1]["cases"], shared[-5]["cases"]))
