@@ -6,6 +6,7 @@ Steps (each resumable; rerunning skips what is done):
     python scripts/diffusion_study.py run --out STUDY         # train variants x folds x seeds (hours to days on a CPU)
     python scripts/diffusion_study.py evaluate --out STUDY    # each finished run: DDIM steps x members, keyed noise
     python scripts/diffusion_study.py collect --out STUDY     # finished cells into docs/diffusion_study/cells
+    python scripts/diffusion_study.py choose                  # the pilot's choice: docs/diffusion_study/choice.json
     python scripts/diffusion_study.py report                  # docs/diffusion_study.md from the cells
 
 Data sets: ``nuclei-clean`` / ``nuclei-noisy``: the SPAD study's folds (helpers imported from ``spad_study``), each
@@ -475,48 +476,20 @@ def collect(out: Path, dest: Path) -> int:
 
 
 def write_report(cells_root: Path, page: Path) -> str:
-    """docs/diffusion_study.md from the collected cells: progress, the pilot's choices, the registered comparisons
-    that have data (estimate [95 % CI] (n), verdict against +-0.003), and the validation curves' last values."""
-    from spad_study_report import _cell, compare, load_cells
+    """docs/diffusion_study.md from the collected cells (``diffusion_study_report.write_report``: progress, the pilot's
+    choice, the positive control, the registered primaries and secondaries, the pilot table, the validation curves);
+    returns the page's text."""
+    import diffusion_study_report
 
-    cells = load_cells(cells_root)
-    lines = ["# Does diffusion earn its steps?", "",
-             "Registered before any run: [diffusion_study/registration.md](diffusion_study/registration.md). "
-             "Built by `python scripts/diffusion_study.py report` from `docs/diffusion_study/cells` (one JSON per "
-             "training run, with the commit that trained it).", "",
-             f"Runs collected: **{len(cells)}**.", ""]
-    choice = json.loads(CHOICE_FILE.read_text()) if CHOICE_FILE.is_file() else None
-    lines += ["## Pilot choices", "", f"`{json.dumps(choice)}`" if choice else
-              "Not made yet: the pilot (fold 0, nuclei-noisy) chooses them (`docs/diffusion_study/choice.json`).", ""]
-    primary = [f"fold{k}" for k in PRIMARY_FOLDS]
-    lines += ["## Every variant minus supervised, whole held-out strips, Dice (primary folds)", "",
-              "| data | variant | 1 step x 1 | 10 steps x 1 |", "|---|---|---|---|"]
-    primary_cells = {key: c for key, c in cells.items() if key[0] != "ambiguous" and key[1] in primary}
-    for d in NUCLEI:
-        for v in sorted({key[2] for key in primary_cells if key[0] == d and not key[2].startswith("supervised")}):
-            row = []
-            for steps in (1, 10):
-                try:
-                    row.append(_cell(compare(primary_cells, d, v, d, "supervised", steps, 1, "dice")))
-                except KeyError:
-                    row.append("not evaluated")
-            lines.append(f"| {d} | {v} | {' | '.join(row)} |")
-    lines += ["", "## Positive control: baseline, noisy minus clean annotations, Dice at 1 step x 1 member", ""]
-    try:
-        lines.append(_cell(compare(primary_cells, "nuclei-noisy", "baseline", "nuclei-clean", "baseline", 1, 1,
-                                   "dice")))
-    except KeyError:
-        lines.append("not evaluated")
-    lines += ["", "## Validation curves (last value, mean over runs)", "", "| data | variant | runs | val Dice |",
-              "|---|---|---|---|"]
-    by: dict[tuple[str, str], list[float]] = {}
-    for (d, _, v, _), c in cells.items():
-        if c.get("curve"):
-            by.setdefault((d, v), []).append(c["curve"][-1][1])
-    lines += [f"| {d} | {v} | {len(x)} | {np.mean(x):.4f} |" for (d, v), x in sorted(by.items())]
-    text = "\n".join(lines) + "\n"
-    page.write_text(text)
-    return text
+    return diffusion_study_report.write_report(cells_root, page, choice_file=CHOICE_FILE)
+
+
+def choose(cells_root: Path) -> dict[str, Any]:
+    """The pilot's choice (registration rules 1-4) from the cells under ``cells_root`` into ``CHOICE_FILE`` and
+    ``choice.md`` beside it (``diffusion_study_report.write_choice``: refuses to change a frozen choice); returns it."""
+    import diffusion_study_report
+
+    return diffusion_study_report.write_choice(cells_root, CHOICE_FILE, CHOICE_FILE.parent / "choice.md")
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -524,7 +497,7 @@ def write_report(cells_root: Path, page: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("step", choices=["prepare", "run", "evaluate", "collect", "report"])
+    p.add_argument("step", choices=["prepare", "run", "evaluate", "collect", "choose", "report"])
     p.add_argument("--out", type=Path, default=Path("diffusion_study"))
     p.add_argument("--phase", choices=["pilot", "primary"], default="pilot",
                    help="run: pilot = fold 0, seeds 0-1, the pilot variants; primary = folds 1-3, every seed")
@@ -560,6 +533,14 @@ def main(argv: list[str] | None = None) -> int:
         evaluate(args.out)
     elif args.step == "collect":
         collect(args.out, args.dest)
+    elif args.step == "choose":
+        try:
+            made = choose(args.dest)
+        except ValueError as e:  # pilot runs missing, or a frozen choice it would change: one line, nothing written
+            print(f"diffusion_study choose: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {CHOICE_FILE}: x0_loss_weight {made['x0_loss_weight']}, best combination "
+              f"{' + '.join(made['best_combination'])}, best variant {made.get('best_variant', 'pending')}")
     else:
         page = ROOT / "docs" / "diffusion_study.md"
         write_report(args.dest, page)
