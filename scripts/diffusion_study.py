@@ -353,10 +353,23 @@ def _grid_kwargs(fn, data: str, test: Path, diffusion: bool) -> tuple[dict[str, 
             [f"{k} (grid_eval.evaluate_checkpoint takes no `{k}`)" for k in wanted if k not in accepted])
 
 
+def primary_runs_may_be_scored(choice_file: Path | None = None) -> bool:
+    """Whether runs outside the pilot (primary folds, the ambiguous set) may be evaluated: only once the pilot's
+    whole choice, its best variant included, is in ``choice_file`` (registration.md: the choice is committed before
+    any primary-fold run is evaluated; primary runs may train before it)."""
+    path = CHOICE_FILE if choice_file is None else choice_file
+    return path.is_file() and "best_variant" in json.loads(path.read_text())
+
+
+def is_pilot_run(cell: dict[str, Any]) -> bool:
+    """A run of the pilot: nuclei, fold ``PILOT_FOLD``."""
+    return cell["data"] in NUCLEI and int(cell["fold"]) == PILOT_FOLD
+
+
 def evaluate(out: Path, log=print) -> int:
     """Score every trained run without ``study_eval.json`` on its whole test images at ``EVAL_STEPS`` x
     ``EVAL_MEMBERS`` x step fusions (supervised runs: one pass): ``{"grid": [...], "seconds", "left_out",
-    "evaluated_at"}``."""
+    "evaluated_at"}``. Runs outside the pilot wait until :func:`primary_runs_may_be_scored`."""
     import torch
 
     from spadfast.io.files import write_text_atomic
@@ -365,12 +378,15 @@ def evaluate(out: Path, log=print) -> int:
     torch.set_num_threads(1)
     fn = grid_eval.evaluate_checkpoint
     code = _commit()  # the code this process loaded, recorded with every cell (HEAD may move while it runs)
-    n = 0
+    n = waiting = 0
     for cell_file in sorted((out / "runs").glob(f"*/fold*/*/seed*/{CELL_FILE}")):
         run_dir = cell_file.parent
         if (run_dir / EVAL_FILE).is_file():
             continue
         cell = json.loads(cell_file.read_text())
+        if not is_pilot_run(cell) and not primary_runs_may_be_scored():
+            waiting += 1
+            continue
         d = cell["data"]
         test = out / "data" / d / (f"fold{cell['fold']}" if d in NUCLEI else "") / "test"
         supervised = cell["variant"].startswith("supervised")
@@ -390,6 +406,8 @@ def evaluate(out: Path, log=print) -> int:
                                                            "evaluated_at": code}))
         log(f"evaluated {run_dir} ({seconds:.0f} s){'; left out: ' + ', '.join(left_out) if left_out else ''}")
         n += 1
+    if waiting:
+        log(f"{waiting} trained runs outside the pilot wait for the pilot's committed choice ({CHOICE_FILE})")
     return n + evaluate_supervised_x5(out, log)
 
 
@@ -410,6 +428,8 @@ def evaluate_supervised_x5(out: Path, log=print) -> int:
         if (dest / EVAL_FILE).is_file():
             continue
         cell = json.loads(first.read_text())
+        if not is_pilot_run(cell) and not primary_runs_may_be_scored():
+            continue
         d = cell["data"]
         test = out / "data" / d / (f"fold{cell['fold']}" if d in NUCLEI else "") / "test"
         kwargs, left_out = _grid_kwargs(grid_eval.evaluate_checkpoint, d, test, diffusion=False)

@@ -121,6 +121,12 @@ def test_variant_table_is_data_driven_and_refuses_missing_keys(tmp_path, monkeyp
     assert combo["lr"] == 1e-3 and combo["batch_size"] == 4
 
 
+def test_only_pilot_runs_are_pilot_runs():
+    assert ds.is_pilot_run({"data": "nuclei-noisy", "fold": 0}) and ds.is_pilot_run({"data": "nuclei-clean", "fold": 0})
+    assert not ds.is_pilot_run({"data": "nuclei-noisy", "fold": 1})
+    assert not ds.is_pilot_run({"data": "ambiguous", "fold": 0})
+
+
 def test_plan_is_seed_major_and_the_ambiguous_set_has_one_split():
     cells = ds.plan(("nuclei-noisy", "ambiguous"), (1, 2), 2, ("baseline", "supervised"))
     assert cells[:6] == [("nuclei-noisy", 1, "baseline", 0), ("nuclei-noisy", 1, "supervised", 0),
@@ -147,6 +153,15 @@ def test_smoke_one_cell_runs_evaluates_collects_and_resumes(tmp_path, monkeypatc
     assert ds.run(out, cells, extra=tiny, log=messages.append) == 0  # done: skipped
     monkeypatch.setattr(ds, "EVAL_STEPS", (1, 2))
     monkeypatch.setattr(ds, "EVAL_MEMBERS", (1, 2))
+    # the ambiguous set is primary data: it waits for the pilot's whole choice (registration.md)
+    choice = tmp_path / "choice.json"
+    monkeypatch.setattr(ds, "CHOICE_FILE", choice)
+    assert ds.evaluate(out, log=messages.append) == 0 and "wait for the pilot's committed choice" in messages[-1]
+    choice.write_text(json.dumps({"x0_loss_weight": 0.3, "best_combination": ["recycle", "prior"]}))
+    assert ds.evaluate(out, log=messages.append) == 0 and not (run_dir / ds.EVAL_FILE).is_file()
+    choice.write_text(json.dumps({"x0_loss_weight": 0.3, "best_combination": ["recycle", "prior"],
+                                  "best_variant": "recycle", "settings": {"recycle": {
+                                      "steps": 2, "members": 1, "fusion": "none", "dice": 0.9, "passes": 2}}}))
     assert ds.evaluate(out, log=messages.append) == 1
     study = json.loads((run_dir / ds.EVAL_FILE).read_text())
     unfused = [(r["steps"], r["ensemble"]) for r in study["grid"] if r.get("step_fusion", "none") == "none"]
