@@ -509,6 +509,25 @@ def secondary_results(cells: Cells, choice: Mapping[str, Any] | None) -> list[di
             out.append({"data": data, "metric": metric, "label": "supervised x5 minus supervised",
                         "result": compare_settings(cells, data, "supervised-x5", (1, 5, "none"), "supervised", one,
                                                    metric, folds)})
+            for v in DIFFUSION:  # step fusion on minus off, at the variant's best steps and members
+                if v not in settings:
+                    continue
+                steps, members, _ = _setting(settings[v])
+                for fusion in FUSIONS[1:]:
+                    out.append({"data": data, "metric": metric,
+                                "label": f"{v}, {fusion} fusion minus none, {steps} steps x {members} members",
+                                "result": compare_settings(cells, data, v, (steps, members, fusion), v,
+                                                           (steps, members, "none"), metric, folds)})
+    # the ambiguous set: HM-IoU (higher is better) of each variant's 16 samples at its best step count and fusion
+    # against the 5 networks of supervised x5, as primary 3 compares GED
+    for v in DIFFUSION:
+        if v not in settings:
+            continue
+        steps, _, fusion = _setting(settings[v])
+        out.append({"data": "ambiguous", "metric": "hm_iou",
+                    "label": f"{v} minus supervised x5, {steps} steps x 16 members, fusion {fusion}",
+                    "result": compare_settings(cells, "ambiguous", v, (steps, 16, fusion), "supervised-x5",
+                                               (1, 5, "none"), "hm_iou", {_fold(0)})})
     adjusted = holm({i: r["result"]["p"] for i, r in enumerate(out)})
     for i, r in enumerate(out):
         r["holm"] = adjusted[i]
@@ -524,22 +543,25 @@ def _secondaries(cells: Cells, choice: dict | None) -> list[str]:
              f"pass), at 1 step x 1 member and at the variant's best setting from the pilot; supervised x5 minus "
              f"supervised. Raw and Holm-adjusted p (two-sided t-test over runs); Holm runs over the {tested} "
              "comparisons that have a p-value so far, so adjusted values grow as runs arrive. None changes a default "
-             "by itself. Not on this page yet (registered): HM-IoU, seconds per image, step fusion on minus off.", ""]
+             "by itself. Step fusion on minus off is compared at each variant's best steps and members; HM-IoU on "
+             "the ambiguous set. Seconds per image per setting are measured apart from the runs "
+             "(`benchmarks/test_bench_settings.py`, benchmarks/RESULTS.md): the runs were timed beside other study "
+             "processes.", ""]
     if not settings:
         lines += ["The best-setting rows wait for the pilot's choice.", ""]
     folds = {_fold(f) for f in ds.PRIMARY_FOLDS}
-    for data in ds.NUCLEI:
-        for metric, name, better in SECONDARY_METRICS:
-            rs = [r for r in results if r["data"] == data and r["metric"] == metric]
-            if not any(r["result"]["n"] for r in rs):
-                continue
-            lines += [f"### {data}, {name} ({better} is better)", "",
-                      "| comparison | estimate [95 % CI] (n) | p | Holm p |", "|---|---|---|---|"]
-            lines += [f"| {r['label']} | {_estimate(r['result'])} | {_p(r['result']['p'])} | {_p(r['holm'])} |"
-                      for r in rs]
-            if metric == "dice":
-                lines.append(_supervised_row(cells, data, folds, 4))
-            lines.append("")
+    for data, metric, name, better in [*((d, *m) for d in ds.NUCLEI for m in SECONDARY_METRICS),
+                                       ("ambiguous", "hm_iou", "HM-IoU", "higher")]:
+        rs = [r for r in results if r["data"] == data and r["metric"] == metric]
+        if not any(r["result"]["n"] for r in rs):
+            continue
+        lines += [f"### {data}, {name} ({better} is better)", "",
+                  "| comparison | estimate [95 % CI] (n) | p | Holm p |", "|---|---|---|---|"]
+        lines += [f"| {r['label']} | {_estimate(r['result'])} | {_p(r['result']['p'])} | {_p(r['holm'])} |"
+                  for r in rs]
+        if metric == "dice":
+            lines.append(_supervised_row(cells, data, folds, 4))
+        lines.append("")
     if not any(r["result"]["n"] for r in results):
         lines += ["No primary-fold runs with paired references yet.", ""]
     return lines

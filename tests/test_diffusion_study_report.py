@@ -408,3 +408,32 @@ def test_page_marks_what_the_cells_add_to_a_committed_choice(tmp_path):
     write_pilot(cells, {"x0-loss-1": (0.90, {(10, 1, "none"): 0.95})})
     page = rep.write_report(cells, tmp_path / "page.md")
     assert "Warning: the pilot cells now give a different choice" in page and "x0-loss weight: **0.3**" in page
+
+
+def test_secondaries_compare_fusion_on_and_off_and_hm_iou_on_the_ambiguous_set(tmp_path):
+    """Step fusion on minus off at the variant's best steps and members, per fusion; HM-IoU of the 16 samples at its
+    best step count and fusion against supervised x5 on the ambiguous set; both inside Holm's family."""
+    for fold in (1, 2, 3):
+        for seed in range(2):
+            u = _noise("f", fold, seed)
+            write_cell(tmp_path, "nuclei-noisy", fold, "recycle", seed,
+                       lambda s, n, u=u: 0.90 + u + {"none": 0.0, "mean": 0.01, "uncertainty": 0.02}[s[2]])
+    names = ("z1", "z2")
+    for seed in range(3):
+        write_cell(tmp_path, "ambiguous", 0, "recycle", seed, 0.8, cases=names,
+                   ged=lambda s, n: 0.3)  # hm_iou = dice - 0.2 = 0.6 at every setting
+        write_cell(tmp_path, "ambiguous", 0, "supervised-x5", seed, 0.7 + 0.01 * seed, cases=names,
+                   grid=[(1, 5, "none")], ged=lambda s, n: 0.3)  # hm_iou 0.5 + 0.01 seed
+    choice = {"settings": {"recycle": {"steps": 10, "members": 5, "fusion": "mean"}}, "best_variant": "recycle"}
+    results = rep.secondary_results(rep.load(tmp_path), choice)
+    by_label = {(r["data"], r["metric"], r["label"]): r for r in results}
+    mean_on = by_label["nuclei-noisy", "dice", "recycle, mean fusion minus none, 10 steps x 5 members"]["result"]
+    unc_on = by_label["nuclei-noisy", "dice", "recycle, uncertainty fusion minus none, 10 steps x 5 members"]["result"]
+    assert mean_on["n"] == 6 and mean_on["mean"] == pytest.approx(0.01)
+    assert unc_on["n"] == 6 and unc_on["mean"] == pytest.approx(0.02)
+    hm = by_label["ambiguous", "hm_iou", "recycle minus supervised x5, 10 steps x 16 members, fusion mean"]["result"]
+    assert hm["n"] == 3 and hm["mean"] == pytest.approx(0.6 - np.mean([0.5, 0.51, 0.52]))
+    tested = {i: r["result"]["p"] for i, r in enumerate(results)}
+    assert [r["holm"] for r in results] == pytest.approx(list(holm(tested).values()), nan_ok=True)
+    page = rep.write_report(tmp_path, tmp_path / "page.md", choice_file=tmp_path / "none.json")
+    assert "HM-IoU" in page and "benchmarks/test_bench_settings.py" in page
