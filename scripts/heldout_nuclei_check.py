@@ -1,0 +1,215 @@
+"""Issue 31's last check, on nuclei the diffusion study never saw: is the chosen diffusion setting no worse than the
+supervised network of the same encoder, and are 10 DDIM steps no worse than 1?
+
+    python scripts/heldout_nuclei_check.py prepare --out CHECK    # training tiles and held-out slices (stardist wheel)
+    python scripts/heldout_nuclei_check.py run --out CHECK        # seeds x (chosen variant, supervised), 3000 steps
+    python scripts/heldout_nuclei_check.py evaluate --out CHECK   # whole slices, sliding windows, keyed noise
+    python scripts/heldout_nuclei_check.py report --out CHECK     # docs/diffusion_study/heldout_nuclei.md
+
+Data: training = the whole DSB2018 image of the study (stardist 0.9.2 wheel) with the study's noisy annotation
+(``spad_study.noisy_annotation``, seed 0), cut into 32x32 tiles at stride 16 (the study's tiles, from every row);
+held-out = the z-slices of the wheel's *other* nuclei sample (``img3d.tif``/``mask3d.tif``: 31 slices of 61x57,
+another microscope), each slice holding a nucleus, stretched to 8 bits between its 1st and 99.8th percentiles (the
+study's images are 8-bit), clean masks (``mask3d > 0``). No held-out slice is in the study.
+
+Arms: the pilot's best variant (``docs/diffusion_study/choice.json``; the study's config for it) and ``supervised``,
+seeds 0..SEEDS-1, the training run as the unit. The variant is scored at its chosen setting and at 1 and 10 steps (its
+chosen members and fusion); supervised in one pass. The report gives the paired differences with 95 % t-intervals
+beside Otsu and a tuned intensity threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import diffusion_study as study  # noqa: E402
+import spad_study  # noqa: E402
+
+SEEDS, TILE, STRIDE = 4, 32, 16
+EVAL_FILE = "heldout_eval.json"
+PAGE = ROOT / "docs" / "diffusion_study" / "heldout_nuclei.md"
+
+
+def stretch_to_uint8(plane: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """``plane`` (any real dtype ``[H,W]``) linearly mapped from its ``low``/``high`` percentiles to 0..255, uint8."""
+    lo, hi = np.percentile(plane.astype(np.float64), [low, high])
+    scaled = (plane.astype(np.float64) - lo) / max(hi - lo, 1e-9) * 255
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def heldout_slices(wheel: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The held-out images (uint8 ``[61,57]``) and masks (bool) of the wheel's 3-D nuclei sample, one per z-slice
+    holding a nucleus."""
+    import tifffile
+
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        members = [f"stardist/data/images/{n}.tif" for n in ("img3d", "mask3d")]
+        missing = [m for m in members if m not in names]
+        if missing:
+            raise ValueError(f"{wheel}: holds no {missing[0]} (the stardist 0.9.2 wheel?)")
+        image, labels = (tifffile.imread(io.BytesIO(z.read(m))) for m in members)
+    if image.shape != labels.shape or image.ndim != 3:
+        raise ValueError(f"{wheel}: img3d {image.shape} and mask3d {labels.shape} must be one 3-D grid")
+    keep = [k for k in range(image.shape[0]) if (labels[k] > 0).any()]
+    return [stretch_to_uint8(image[k]) for k in keep], [labels[k] > 0 for k in keep]
+
+
+def prepare(out: Path, wheel: Path | None) -> None:
+    """``out/train/{images,masks}`` (tiles of the noisy-annotated study image) and ``out/test/{images,masks}``
+    (the held-out slices), plus ``out/baselines.json`` (Otsu, tuned threshold)."""
+    from spadfast.evaluation.baselines import trivial_baselines
+
+    if (out / "done").is_file():
+        return
+    image, labels = spad_study._dsb(wheel, out / "source")
+    wheel = wheel or next((out / "source").glob("stardist-0.9.2-*.whl"))
+    noisy = spad_study.noisy_annotation(labels, seed=0)
+    tiles, tile_masks = [], []
+    for y in range(0, image.shape[0] - TILE + 1, STRIDE):
+        for x in range(0, image.shape[1] - TILE + 1, STRIDE):
+            tile, mask = image[y:y + TILE, x:x + TILE], noisy[y:y + TILE, x:x + TILE]
+            spad_study._write_pair(out / "train", f"y{y:03d}_x{x:03d}", tile, mask)
+            tiles.append(tile)
+            tile_masks.append(mask)
+    test_images, test_masks = heldout_slices(wheel)
+    for k, (im, m) in enumerate(zip(test_images, test_masks)):
+        spad_study._write_pair(out / "test", f"slice{k:02d}", im, m)
+    baselines = trivial_baselines(tiles, tile_masks, test_images, test_masks)
+    (out / "baselines.json").write_text(json.dumps(baselines, indent=1))
+    (out / "done").write_text("")
+    print(f"prepared {len(tiles)} training tiles and {len(test_images)} held-out slices in {out}")
+
+
+def chosen(choice_file: Path | None = None) -> tuple[str, tuple[int, int, str]]:
+    """The pilot's best variant and its setting ``(steps, members, fusion)``; ValueError before the pilot chose."""
+    path = study.CHOICE_FILE if choice_file is None else choice_file
+    choice = json.loads(path.read_text()) if path.is_file() else {}
+    best = choice.get("best_variant")
+    if not best:
+        raise ValueError(f"{path} records no best_variant yet: this check runs after the pilot's choice")
+    s = choice["settings"][best]
+    return best, (int(s["steps"]), int(s["members"]), str(s["fusion"]))
+
+
+def run(out: Path, seeds: int, steps: int | None, log=print) -> None:
+    """Train the chosen variant and supervised for ``seeds`` seeds (resumable)."""
+    from spadfast.io.files import write_text_atomic
+    from spadfast.study.ablate import DONE_FILE, slug, train_and_evaluate
+
+    variant, _ = chosen()
+    extra = {"train_steps": steps} if steps else None
+    for seed in range(seeds):
+        for arm in (variant, "supervised"):
+            run_dir = out / "runs" / slug(arm) / f"seed{seed}"
+            if (run_dir / DONE_FILE).is_file() and (run_dir / study.CELL_FILE).is_file():
+                continue
+            cfg = study.run_config(arm, seed, extra=extra)
+            started = study._commit()
+            log(f"[{arm} seed{seed}] training {cfg['train_steps']} steps at {started['commit']}")
+            record = train_and_evaluate(run_dir, cfg, out / "train", out / "test" / "images", out / "test" / "masks",
+                                        log=lambda m, tag=f"[{arm} seed{seed}]": log(f"{tag} {m}"))
+            write_text_atomic(run_dir / study.CELL_FILE, json.dumps({
+                "variant": arm, "seed": seed, "started_at": started, "finished_at": study._commit(),
+                "train_seconds": record["train_seconds"]}, indent=1))
+
+
+def evaluate(out: Path, log=print) -> int:
+    """Score each trained run on the whole held-out slices: the variant at its setting and at 1 and 10 steps,
+    supervised in one pass."""
+    import torch
+
+    from spadfast.io.files import write_text_atomic
+    from spadfast.study import grid_eval
+
+    torch.set_num_threads(1)
+    _, (steps, members, fusion) = chosen()
+    code, n = study._commit(), 0
+    for cell_file in sorted((out / "runs").glob(f"*/seed*/{study.CELL_FILE}")):
+        run_dir = cell_file.parent
+        if (run_dir / EVAL_FILE).is_file():
+            continue
+        supervised = json.loads(cell_file.read_text())["variant"] == "supervised"
+        kwargs: dict[str, Any] = dict(steps=(1,), ensembles=(1,)) if supervised else dict(
+            steps=tuple(sorted({1, 10, steps})), ensembles=(members,), fusions=(fusion,))
+        t0 = time.perf_counter()
+        grid = grid_eval.evaluate_checkpoint(run_dir, out / "test" / "images", out / "test" / "masks",
+                                             whole_image=True, tile=TILE, **kwargs)
+        write_text_atomic(run_dir / EVAL_FILE, json.dumps({"grid": grid, "seconds": time.perf_counter() - t0,
+                                                           "evaluated_at": code}))
+        log(f"evaluated {run_dir}")
+        n += 1
+    return n
+
+
+def _dice(run_dir: Path, steps: int) -> float:
+    grid = json.loads((run_dir / EVAL_FILE).read_text())["grid"]
+    return next(float(r["mean"]["dice"]) for r in grid if int(r["steps"]) == steps)
+
+
+def report(out: Path, page: Path = PAGE) -> str:
+    """The check's page: per seed Dice, the paired differences with 95 % t-intervals, the trivial baselines."""
+    from spadfast.study.ablate import slug
+    from spadfast.study.stats import t_interval, verdict
+
+    variant, (steps, members, fusion) = chosen()
+    rows, diff_sup, diff_steps = [], [], []
+    for seed in range(SEEDS):
+        v, s = out / "runs" / slug(variant) / f"seed{seed}", out / "runs" / "supervised" / f"seed{seed}"
+        if not ((v / EVAL_FILE).is_file() and (s / EVAL_FILE).is_file()):
+            continue
+        at, one, ten, sup = _dice(v, steps), _dice(v, 1), _dice(v, 10), _dice(s, 1)
+        rows.append(f"| {seed} | {at:.4f} | {one:.4f} | {ten:.4f} | {sup:.4f} |")
+        diff_sup.append(at - sup)
+        diff_steps.append(ten - one)
+    baselines = json.loads((out / "baselines.json").read_text())
+    lines = ["# Held-out nuclei check (issue 31)", "",
+             f"Made by `python scripts/heldout_nuclei_check.py report` ({__doc__.splitlines()[0][:-1].lower()}).",
+             f"Variant: **{variant}** at {steps} steps x {members} members, fusion {fusion} (the pilot's choice); "
+             "trained on the study image's noisy annotation, scored on the wheel's 3-D nuclei sample's slices.", "",
+             "| seed | variant at its setting | 1 step | 10 steps | supervised |", "|---|---|---|---|---|", *rows, ""]
+    for label, diffs in (("variant at its setting minus supervised", diff_sup), ("10 steps minus 1 step", diff_steps)):
+        mean, lo, hi = t_interval(diffs)
+        text = (f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}] (n={len(diffs)}), {verdict(lo, hi, 0.003)}"
+                if len(diffs) >= 2 else f"not evaluated ({len(diffs)} of {SEEDS} seeds)")
+        lines.append(f"- {label}: {text}")
+    lines += ["", "Trivial baselines on the same slices: " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()),
+              ""]
+    text = "\n".join(lines)
+    page.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("step", choices=["prepare", "run", "evaluate", "report"])
+    p.add_argument("--out", type=Path, default=Path("heldout_nuclei"))
+    p.add_argument("--stardist-wheel", type=Path)
+    p.add_argument("--seeds", type=int, default=SEEDS)
+    p.add_argument("--steps", type=int, help="training steps (default: the study's; smaller only for a smoke test)")
+    args = p.parse_args(argv)
+    if args.step == "prepare":
+        prepare(args.out, args.stardist_wheel)
+    elif args.step == "run":
+        run(args.out, args.seeds, args.steps)
+    elif args.step == "evaluate":
+        evaluate(args.out)
+    else:
+        print(report(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
