@@ -87,6 +87,7 @@ SEEDS = (0, 1, 2)
 DIFFUSION_SETTINGS, SUPERVISED_SETTINGS = ((1, 1), (5, 5)), ((1, 1),)
 PRIMARY_SETTING = "5x5"
 CELL_FILE, EVAL_FILE, BASELINE_FILE = "cell.json", "study_eval.json", "baseline.json"
+PARTIAL_FILE = "partial_seconds.json"  # training seconds of a run stopped by a signal, summed over its processes
 NULL_MARGIN = 0.003
 
 
@@ -358,7 +359,9 @@ def plan(datasets: Sequence[str], arms: Sequence[str], seeds: Sequence[int]) -> 
 
 def run(out: Path, cells: list[tuple[str, str, int]], extra: dict[str, Any] | None = None, log=print) -> int:
     """Train (or resume, or skip) every cell in ``out/runs/<data>/<arm>/seed<s>``; returns how many were trained.
-    Every config is built and checked before the first run starts."""
+    Every config is built and checked before the first run starts. A run stopped by a signal (SIGTERM, SIGUSR1)
+    saves its checkpoint and raises ``Stopped``; the next call resumes it, and its ``train_seconds`` sum every
+    process that trained it."""
     import torch
 
     from spadfast.io.files import write_text_atomic
@@ -375,9 +378,13 @@ def run(out: Path, cells: list[tuple[str, str, int]], extra: dict[str, Any] | No
     for d, a, s in cells:
         data = out / "data" / d
         run_dir = out / "runs" / d / a / f"seed{s}"
-        if (run_dir / CELL_FILE).is_file():
-            continue
         cfg = configs[d, a, s]
+        if (run_dir / CELL_FILE).is_file():
+            done = json.loads((run_dir / CELL_FILE).read_text())["config"]["train_steps"]
+            if done != cfg["train_steps"]:  # e.g. a --steps smoke run in the study's folder
+                raise ValueError(f"{run_dir} was trained for {done} steps but this call asks for "
+                                 f"{cfg['train_steps']}: use another --out")
+            continue
         started = _commit()
         t0 = time.perf_counter()
         if resolve_path(run_dir).is_file():
@@ -387,14 +394,20 @@ def run(out: Path, cells: list[tuple[str, str, int]], extra: dict[str, Any] | No
             run_dir.mkdir(parents=True, exist_ok=True)
             trainer = SPADTrainer(cfg, data, None, out_dir=run_dir)
             log(f"[{d} {a} seed{s}] training {cfg['train_steps']} steps at {started['commit']}")
+        start_step = trainer.step
+        earlier = run_dir / PARTIAL_FILE  # seconds of the processes a signal stopped before this one
+        before = json.loads(earlier.read_text()) if earlier.is_file() else {"seconds": 0.0, "stops": []}
         trainer.fit()
         if trainer.stopped_by:
+            before["seconds"] += time.perf_counter() - t0
+            before["stops"].append({"step": trainer.step, "commit": started["commit"]})
+            write_text_atomic(earlier, json.dumps(before))
             raise Stopped(f"{run_dir} stopped at step {trainer.step} by {trainer.stopped_by}; rerun to resume")
         trainer.save(run_dir)
         cell = {"data": d, "arm": a, "seed": s, "config": json.loads(json.dumps(trainer.config.to_dict())),
-                "steps": trainer.step, "started_at": started, "finished_at": _commit(),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "train_seconds": time.perf_counter() - t0}
+                "steps": trainer.step, "resumed_from": start_step, "stops": before["stops"], "started_at": started,
+                "finished_at": _commit(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "train_seconds": before["seconds"] + time.perf_counter() - t0}
         write_text_atomic(run_dir / CELL_FILE, json.dumps(cell, indent=1))
         log(f"[{d} {a} seed{s}] trained in {cell['train_seconds']:.0f} s")
         trained += 1
@@ -575,7 +588,8 @@ def write_report(cells_root: Path, page: Path) -> str:
              "a training run (one seed); intervals are 95 % t-intervals over runs, paired differences pair runs of "
              "the same seed. Diffusion arms are scored at 1 step x 1 member and at 5 steps x 5 members (the library "
              "default, primary); supervised arms in one pass. Dice is the mean over held-out volumes of each class's "
-             "3-D Dice (`spadfast evaluate`), HD95 in mm. The two-threshold baseline is deterministic: no interval.",
+             "3-D Dice (`spadfast evaluate`), HD95 in mm (inf where a run predicted a class nowhere in a volume). The "
+             "two-threshold baseline is deterministic: no interval.",
              ""]
     lines[-2] = textwrap.fill(lines[-2], 120, break_on_hyphens=False)
     for d in DATASETS:

@@ -156,6 +156,8 @@ def test_smoke_run_evaluate_collect_report(study, tmp_path):
         cell = json.loads((study / "runs" / "brain" / arm / "seed0" / vs.CELL_FILE).read_text())
         assert cell["steps"] == 2 and cell["train_seconds"] > 0 and cell["started_at"]["commit"]
     assert vs.run(study, vs.plan(["brain"], arms, [0]), {"train_steps": 2}) == 0  # resumable: nothing to train
+    with pytest.raises(ValueError, match="trained for 2 steps but this call asks for 3"):
+        vs.run(study, vs.plan(["brain"], arms, [0]), {"train_steps": 3})
     assert vs.evaluate(study, log=lambda m: None) == len(arms)
     assert vs.evaluate(study, log=lambda m: None) == 0
     dest, page = tmp_path / "cells", tmp_path / "volume_study.md"
