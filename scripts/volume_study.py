@@ -340,10 +340,9 @@ def run_config(arm: str, seed: int, extra: dict[str, Any] | None = None,
 
 
 def _commit() -> dict[str, Any]:
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "spadfast"], capture_output=True,
-                           text=True)
-    return {"commit": head.stdout.strip() or "unknown", "spadfast_dirty": bool(dirty.stdout.strip())}
+    from spadfast.study.provenance import code_commit
+
+    return code_commit(ROOT)
 
 
 def plan(datasets: Sequence[str], arms: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, str, int]]:
