@@ -21,6 +21,7 @@ import diffusion_study as ds
 import numpy as np
 from spad_study_report import load_cells
 
+from spadfast.study.ablate import slug
 from spadfast.study.stats import hierarchical_bootstrap, holm, t_interval, t_pvalue, unit_differences, verdict
 
 FUSIONS = ("none", "mean", "uncertainty")  # spadfast.diffusion.sampler.STEP_FUSIONS; the order breaks exact ties
@@ -45,8 +46,51 @@ Cells = dict[tuple[str, str, str, int], dict]  # (data, "fold<k>", variant name,
 
 def load(cells_root: Path) -> Cells:
     """(data set, ``"fold<k>"``, variant name, seed) -> cell, for every ``<data>/fold<k>/<slug>/seed<s>.json`` under
-    ``cells_root`` (the variant name from the cell's JSON, the folder's slug where it has none)."""
-    return {(d, f, c.get("variant", v), s): c for (d, f, v, s), c in load_cells(Path(cells_root)).items()}
+    ``cells_root`` (the variant name from the cell's JSON, the folder's slug where it has none); every cell checked
+    by :func:`check_cell` first."""
+    cells = load_cells(Path(cells_root))
+    for (d, f, v, s), c in cells.items():
+        check_cell(Path(cells_root) / d / f / v / f"seed{s}.json", c)
+    return {(d, f, c.get("variant", v), s): c for (d, f, v, s), c in cells.items()}
+
+
+def registered_steps(variant: str) -> int:
+    """The training steps the registration gives ``variant``: ``BASE``'s, or the variant's own (6000 with a prior;
+    ``best-combination``: its two chosen variants' overrides merged, so the pilot's choice must exist)."""
+    entry = ds.VARIANTS.get(variant, {})
+    if isinstance(entry, str):
+        entry = ds.variant_overrides(variant)
+    return int(entry.get("train_steps", ds.BASE["train_steps"]))
+
+
+def check_cell(path: Path, cell: Mapping[str, Any]) -> None:
+    """A cell of this study's protocol: a known data set and variant matching its folder, a grid of scored records,
+    and the registered training steps (a smoke run's cell, or one of the SPAD study's, is another protocol).
+
+    Raises:
+        ValueError: naming ``path`` and what does not fit.
+    """
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path}: {why} (a cell of another protocol? this study's cells come from "
+                          "`scripts/diffusion_study.py collect`)")
+
+    known = {*ds.VARIANTS, "supervised-x5"}
+    if cell.get("data") not in ds.DATASETS:
+        raise bad(f"data set {cell.get('data')!r} is not one of {ds.DATASETS}")
+    if cell.get("variant") not in known:
+        raise bad(f"variant {cell.get('variant')!r} is not one of the study's")
+    if path.parts[-4] != cell["data"] or path.parts[-2] != slug(cell["variant"]):
+        raise bad(f"it holds {cell['data']}/{cell['variant']} but sits under {'/'.join(path.parts[-4:-1])}")
+    records = cell.get("study")
+    if not isinstance(records, list) or not records or not all(
+            isinstance(r, Mapping) and {"steps", "ensemble", "cases"} <= set(r) for r in records):
+        raise bad("no grid of scored records (`study`: steps, ensemble, cases)")
+    config = cell.get("config")
+    if cell["variant"] != "supervised-x5":
+        trained = (config or {}).get("train_steps"), cell.get("steps")
+        want = registered_steps(cell["variant"])
+        if trained != (want, want):
+            raise bad(f"trained {trained[1]} of {trained[0]} steps where the registration gives {want}")
 
 
 def _setting(value: Setting | Mapping[str, Any]) -> Setting:

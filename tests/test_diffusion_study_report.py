@@ -47,7 +47,9 @@ def write_cell(root: Path, data: str, fold: int, variant: str, seed: int, dice, 
                       "mean": {"dice": float(np.mean([c["dice"] for c in cs]))}, "cases": cs})
     path = root / data / f"fold{fold}" / slug(variant) / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    steps = rep.registered_steps(variant) if variant != "supervised-x5" else None
     path.write_text(json.dumps({"data": data, "fold": fold, "variant": variant, "seed": seed, "train_seconds": 1.0,
+                                "config": {"train_steps": steps} if steps else None, "steps": steps,
                                 "curve": curve or [[3000, 0.9]], "study": study}))
     return path
 
@@ -437,3 +439,20 @@ def test_secondaries_compare_fusion_on_and_off_and_hm_iou_on_the_ambiguous_set(t
     assert [r["holm"] for r in results] == pytest.approx(list(holm(tested).values()), nan_ok=True)
     page = rep.write_report(tmp_path, tmp_path / "page.md", choice_file=tmp_path / "none.json")
     assert "HM-IoU" in page and "benchmarks/test_bench_settings.py" in page
+
+
+def test_cells_of_another_protocol_are_refused_naming_the_file(tmp_path):
+    good = write_cell(tmp_path, "nuclei-noisy", 1, "baseline", 0, 0.9)
+    assert len(rep.load(tmp_path)) == 1
+    cell = json.loads(good.read_text())
+    for change, match in ((dict(config={"train_steps": 4}, steps=4), "trained 4 of 4 steps where the registration "
+                                                                     "gives 3000"),
+                          (dict(variant="spad-input"), "variant 'spad-input'"),
+                          (dict(data="clean"), "data set 'clean'"),
+                          (dict(variant="recycle"), "sits under"),
+                          (dict(study=[]), "no grid")):
+        good.write_text(json.dumps({**cell, **change}))
+        with pytest.raises(ValueError, match=match) as err:
+            rep.load(tmp_path)
+        assert str(good) in str(err.value) and "another protocol" in str(err.value)
+    assert rep.registered_steps("prior") == 6000 and rep.registered_steps("x0-loss") == 3000

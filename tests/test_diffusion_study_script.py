@@ -176,5 +176,8 @@ def test_smoke_one_cell_runs_evaluates_collects_and_resumes(tmp_path, monkeypatc
     assert ds.collect(out, dest) == 1
     collected = json.loads((dest / "ambiguous" / "fold0" / "baseline" / "seed0.json").read_text())
     assert [s for s, _ in collected["curve"]] == [2, 4] and collected["config"]["train_steps"] == 4
+    with pytest.raises(ValueError, match="trained 4 of 4 steps where the registration gives 3000"):
+        ds.write_report(dest, tmp_path / "page.md")  # a smoke run's cell is not the registered protocol
+    monkeypatch.setitem(ds.BASE, "train_steps", 4)
     page = ds.write_report(dest, tmp_path / "page.md")
     assert "Runs collected: **1**" in page and "| ambiguous | baseline | 1 |" in page
