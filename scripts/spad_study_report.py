@@ -173,7 +173,11 @@ def write_report(cells_root: Path, page: Path, baselines: dict | None = None, pl
         f"Runs finished: **{n_runs}** (training time {hours:.1f} h on a shared 2-core CPU, one thread per run); "
         f"(fold, seed) units with at least one run: {len(units)}. Protocol, data and reproduction: below. "
         "Every difference is variant minus baseline on the same fold, seed and sampling noise (the training run is "
-        "the unit); [95 % t-interval over runs] (n = runs). Null: the whole interval inside +-0.003 Dice.", ""]
+        "the unit); [95 % t-interval over runs] (n = runs). Null: the whole interval inside +-0.003 Dice.", "",
+        "Scored on 32x32 test tiles. The later endpoints (whole held-out strips through sliding windows, Dice over "
+        "non-empty tiles, AURC, GED) could not be applied here: this study kept its cells, not its checkpoints. The "
+        "diffusion study ([diffusion_study.md](diffusion_study.md)) measures them on its own runs of the same image "
+        "and folds.", ""]
     s, e = PRIMARY_AT
     # registered extension: the primary comparisons again on the later folds, shown pooled beside the planned result
     extended = {k: c for k, c in all_cells.items() if k[1] in STUDY_FOLDS + EXTENSION_FOLDS}
