@@ -50,7 +50,8 @@ def _id(setting: tuple[int, int, str]) -> str:
     return f"{setting[0]}x{setting[1]}-{setting[2]}"
 
 
-@pytest.mark.parametrize("setting", [*SETTINGS, *_chosen()], ids=lambda s: _id(s))
+@pytest.mark.parametrize("setting", [*(pytest.param(s, id=_id(s)) for s in SETTINGS),
+                                     *(pytest.param(s, id=f"chosen-{_id(s)}") for s in _chosen())])
 def test_bench_settings(benchmark, setting, base_info, device):
     steps, members, fusion = setting
     cfg = SPADConfig.preset("cpu-small", device=str(device), progress_bar=False, synthetic_train=2, synthetic_val=1,
@@ -59,7 +60,7 @@ def test_bench_settings(benchmark, setting, base_info, device):
     image = torch.rand(1, *STRIP, generator=torch.Generator().manual_seed(0)) * 2 - 1
     benchmark.group = f"settings-{STRIP[0]}x{STRIP[1]}-{cfg.model_type}-{cfg.image_size}px-windows"
     benchmark.extra_info.update(base_info, provider=_id(setting), steps=steps, members=members, step_fusion=fusion,
-                                network_passes=steps * members)
+                                network_passes=steps * members, chosen=setting in _chosen())
 
     def timed():
         out = segment_image(trainer, image, "bench", steps=steps, ensemble=members)
