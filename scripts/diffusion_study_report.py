@@ -1,6 +1,6 @@
-"""The diffusion study's pilot choice (``docs/diffusion_study/choice.json``, ``choice.md``) and its page
-(``docs/diffusion_study.md``) from the collected cells (``docs/diffusion_study/cells``), as registered in
-``docs/diffusion_study/registration.md``.
+"""The diffusion study's pilot choice (``docs/diffusion_study/choice.json``, ``choice.md``), its page
+(``docs/diffusion_study.md``) and the default the registered rule gives, from the collected cells
+(``docs/diffusion_study/cells``), as registered in ``docs/diffusion_study/registration.md``.
 
 Used by ``python scripts/diffusion_study.py choose`` and ``... report``; reads only the committed cells, so both can be
 rebuilt anywhere. The unit is a training run (fold, seed); a comparison is the mean paired difference over the units
@@ -522,6 +522,129 @@ def _positive_control(cells: Cells) -> tuple[list[str], list[str]]:
     return lines, warning
 
 
+# ------------------------------------------------------------------------------------------- the default decision
+
+DECISION_SETS = ds.NUCLEI  # a candidate must qualify on both nuclei sets (registration addendum, third session)
+AURC_RELATIVE_MARGIN = 0.10  # AURC "no worse": upper end <= 10 % of supervised's mean AURC on the set
+
+
+def _candidate_grid() -> list[Setting]:
+    return [(s, m, f) for s in ds.EVAL_STEPS for m in ds.EVAL_MEMBERS for f in FUSIONS]
+
+
+def _complete(cells: Cells, data: str, variant: str) -> int:
+    folds = {_fold(f) for f in (ds.PRIMARY_FOLDS if data in ds.NUCLEI else (ds.PILOT_FOLD,))}
+    return sum(1 for (d, f, v, s) in cells if d == data and v == variant and f in folds and s < ds.SEEDS[data])
+
+
+def default_decision(cells: Cells, choice: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The registered default rule ("What the result decides", with the third session's addendum): among the best
+    variant and ``baseline`` at every grid setting, the cheapest (fewest passes) whose Dice minus supervised has a
+    95 % lower end >= -0.003, whose band ECE minus supervised has an upper end <= +0.003 and whose AURC minus
+    supervised has an upper end <= ``AURC_RELATIVE_MARGIN`` x supervised's mean AURC, on both nuclei sets; when none
+    qualifies, the candidate with the highest Dice averaged over the two sets. The chosen setting's variant, members
+    and fusion then get the multi-step check: Dice(10 steps) minus Dice(1 step), lower end >= -0.003 on every set
+    where the variant has all its runs.
+
+    Returns a dict: ``status`` ("waiting" or "decided"); ``missing`` (sentences naming arms without all their runs);
+    when decided, ``rows`` (one per candidate and setting: ``variant``, ``setting``, ``passes``, ``dice`` {set: mean
+    Dice}, ``checks`` {set: {"dice", "ece_band", "aurc": compare dict}}, ``failed`` [criteria], ``qualifies``),
+    ``default`` (the chosen row), ``qualified`` (whether it met the rule) and ``multistep`` {set: compare dict}.
+    """
+    bv = choice.get("best_variant") if choice else None
+    if bv is None:
+        return {"status": "waiting", "missing": ["the pilot's best variant (rule 4)"]}
+    variants = list(dict.fromkeys([bv, "baseline"]))
+    missing = [f"{v} on {d}: {_complete(cells, d, v)} runs of {_planned(d)}" for d in DECISION_SETS
+               for v in (*variants, "supervised") if _complete(cells, d, v) < _planned(d)]
+    if missing:
+        return {"status": "waiting", "missing": missing}
+    folds = list(ds.PRIMARY_FOLDS)
+    one = (1, 1, "none")
+    rows = []
+    for v in variants:
+        for setting in _candidate_grid():
+            checks, dice, failed = {}, {}, []
+            for d in DECISION_SETS:
+                seeds = range(ds.SEEDS[d])
+                c = {m: compare_settings(cells, d, v, setting, "supervised", one, m, folds, seeds=seeds)
+                     for m in ("dice", "ece_band", "aurc")}
+                if c["dice"]["n"] < _planned(d):
+                    break  # not every run was scored at this setting: no candidate
+                checks[d] = c
+                dice[d] = _mean_over_runs(cells, d, v, setting, {_fold(f) for f in folds})[0]
+                aurc_ref = _mean_over_runs(cells, d, "supervised", one, {_fold(f) for f in folds}, "aurc")[0]
+                if not c["dice"]["ci"][0] >= -NULL_MARGIN - TOL:
+                    failed.append(f"Dice on {d}")
+                if not c["ece_band"]["ci"][1] <= NULL_MARGIN + TOL:
+                    failed.append(f"band ECE on {d}")
+                if not c["aurc"]["ci"][1] <= AURC_RELATIVE_MARGIN * aurc_ref + TOL:
+                    failed.append(f"AURC on {d}")
+            else:
+                rows.append({"variant": v, "setting": setting, "passes": _passes(setting), "dice": dice,
+                             "checks": checks, "failed": failed, "qualifies": not failed})
+
+    def mean_dice(row: Mapping[str, Any]) -> float:
+        return float(np.mean(list(row["dice"].values())))
+
+    def order(row: Mapping[str, Any]) -> tuple:
+        return (variants.index(row["variant"]), FUSIONS.index(row["setting"][2]), row["setting"])
+
+    if not rows:
+        return {"status": "waiting", "missing": ["no candidate setting was scored on every run"]}
+    qualified = [r for r in rows if r["qualifies"]]
+    if qualified:
+        default = min(qualified, key=lambda r: (r["passes"], -mean_dice(r), *order(r)))
+    else:
+        default = min(rows, key=lambda r: (-round(mean_dice(r), 12), r["passes"], *order(r)))
+    steps, members, fusion = default["setting"]
+    multistep = {}
+    for d in ds.DATASETS:
+        if _complete(cells, d, default["variant"]) < _planned(d):
+            continue
+        fold_list = list(ds.PRIMARY_FOLDS) if d in ds.NUCLEI else [ds.PILOT_FOLD]
+        multistep[d] = compare_settings(cells, d, default["variant"], (10, members, fusion), default["variant"],
+                                        (1, members, fusion), "dice", fold_list, seeds=range(ds.SEEDS[d]))
+    return {"status": "decided", "missing": [], "rows": rows, "default": default, "qualified": bool(qualified),
+            "multistep": multistep}
+
+
+def _decision(cells: Cells, choice: dict | None) -> list[str]:
+    lines = ["## What the result decides (registered rule; addendum of the third session)", "",
+             "Candidates: the best variant and baseline at every grid setting. A candidate qualifies when, on both "
+             "nuclei sets, Dice minus supervised has a 95 % lower end >= -0.003, band ECE minus supervised an upper "
+             f"end <= +0.003 and AURC minus supervised an upper end <= {AURC_RELATIVE_MARGIN:.0%} of supervised's "
+             "AURC. The "
+             "default is the cheapest qualifying setting (fewest passes); when none qualifies, the best measured "
+             "setting (highest Dice over the two sets). Then Dice(10 steps) - Dice(1 step) at the default's members "
+             "and fusion must have a lower end >= -0.003 on every set.", ""]
+    decision = default_decision(cells, choice)
+    if decision["status"] == "waiting":
+        return lines + ["Not decided: waits for " + "; ".join(decision["missing"]) + ".", ""]
+    d = decision["default"]
+    mean = float(np.mean(list(d["dice"].values())))
+    how = "the cheapest qualifying setting" if decision["qualified"] else \
+        "no candidate qualifies; the best measured setting"
+    lines += [f"**Default: {d['variant']} at {_fmt_setting(d['setting'])}** ({how}; Dice {mean:.4f} averaged over "
+              "the two nuclei sets).", ""]
+    if not decision["qualified"]:
+        lines += [f"It fails: {', '.join(d['failed'])}.", ""]
+    lines += ["| set | Dice(10 steps) - Dice(1 step) at the default's members and fusion | holds |", "|---|---|---|"]
+    for data, r in decision["multistep"].items():
+        holds = "yes" if r["ci"][0] >= -NULL_MARGIN - TOL else "**no**"
+        lines.append(f"| {data} | {_estimate(r)} | {holds} |")
+    lines += ["", "Candidates at one member without fusion and the default (every setting is in the script's "
+              "output):", "", "| candidate | passes | " + " | ".join(f"Dice - supervised, {x}" for x in DECISION_SETS)
+              + " | fails |", "|---|---|" + "---|" * len(DECISION_SETS) + "---|"]
+    for r in decision["rows"]:
+        if (r["setting"][1], r["setting"][2]) != (1, "none") and r is not d:
+            continue
+        cols = " | ".join(_estimate(r["checks"][x]["dice"]) for x in DECISION_SETS)
+        lines.append(f"| {r['variant']}, {_fmt_setting(r['setting'])} | {r['passes']} | {cols} | "
+                     f"{', '.join(r['failed']) or 'qualifies'} |")
+    return lines + [""]
+
+
 def secondary_results(cells: Cells, choice: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The registered secondary comparisons on the primary folds of nuclei-noisy and nuclei-clean, for each metric of
     ``SECONDARY_METRICS``: every diffusion variant minus baseline (at the same setting) and minus supervised (its one
@@ -671,7 +794,8 @@ def write_report(cells_root: Path, page: Path, choice_file: Path | None = None) 
     """Write ``page`` (``docs/diffusion_study.md``) from the cells under ``cells_root`` and return its text: the runs
     collected, the pilot's choice (``choice_file``, default ``cells_root/../choice.json``; computed from the pilot
     cells, marked uncommitted, when absent; or what it waits for), the positive control, the three registered
-    primaries (each "not evaluated (n runs of m)" until it has all its runs), the secondary comparisons with raw and
+    primaries (each "not evaluated (n runs of m)" until it has all its runs), the default the registered rule gives
+    (:func:`default_decision`; "not decided" until its runs are complete), the secondary comparisons with raw and
     Holm-adjusted p, the pilot table and the validation curves' last values. No verdict is printed for n < 2."""
     cells_root, page = Path(cells_root), Path(page)
     cells = load(cells_root)
@@ -684,7 +808,8 @@ def write_report(cells_root: Path, page: Path, choice_file: Path | None = None) 
              "training run, with the commit that trained it). The unit is a training run (fold, seed); every "
              "difference is paired on the same fold, seed and sampling noise.", "",
              f"Runs collected: **{len(cells)}**.", ""]
-    lines += _runs_table(cells) + choice_lines + control + _primaries(cells, choice) + _secondaries(cells, choice)
+    lines += _runs_table(cells) + choice_lines + control + _primaries(cells, choice) + _decision(cells, choice)
+    lines += _secondaries(cells, choice)
     lines += _pilot_tables(cells, choice) + _curves(cells)
     text = "\n".join(lines).rstrip() + "\n"
     page.parent.mkdir(parents=True, exist_ok=True)

@@ -456,3 +456,76 @@ def test_cells_of_another_protocol_are_refused_naming_the_file(tmp_path):
             rep.load(tmp_path)
         assert str(good) in str(err.value) and "another protocol" in str(err.value)
     assert rep.registered_steps("prior") == 6000 and rep.registered_steps("x0-loss") == 3000
+
+
+def _choose(cells: Path, tmp_path: Path) -> dict:
+    write_pilot(cells)
+    write_pilot(cells, {"best-combination": COMBINATION})
+    return rep.write_choice(cells, tmp_path / "choice.json", tmp_path / "choice.md")
+
+
+def test_default_decision_waits_for_every_run_and_names_what_is_missing(tmp_path):
+    cells = tmp_path / "cells"
+    choice = _choose(cells, tmp_path)
+    assert rep.default_decision(rep.load(cells), None)["status"] == "waiting"
+    write_primary(cells, folds=(1, 2, 3), seeds=range(3))
+    decision = rep.default_decision(rep.load(cells), choice)
+    assert decision["status"] == "waiting"
+    assert "best-combination on nuclei-noisy: 9 runs of 12" in decision["missing"]
+    assert "supervised on nuclei-clean: 9 runs of 12" in decision["missing"]
+    page = rep.write_report(cells, tmp_path / "page.md")
+    assert "Not decided: waits for best-combination on nuclei-clean: 9 runs of 12" in page
+
+
+def test_default_decision_takes_the_cheapest_qualifying_setting_and_checks_multistep(tmp_path):
+    cells = tmp_path / "cells"
+    choice = _choose(cells, tmp_path)
+    write_primary(cells)
+    decision = rep.default_decision(rep.load(cells), choice)
+    assert decision["status"] == "decided" and decision["qualified"]
+    # best-combination and baseline both qualify at 1 x 1 (1 pass); the higher Dice over both sets wins
+    assert (decision["default"]["variant"], decision["default"]["setting"]) == ("best-combination", ONE)
+    assert len(decision["rows"]) == 2 * len(GRID)
+    assert set(decision["multistep"]) == {"nuclei-noisy", "nuclei-clean", "ambiguous"}
+    assert all(r["ci"][0] >= -0.003 for r in decision["multistep"].values())
+    page = rep.write_report(cells, tmp_path / "page.md")
+    assert "**Default: best-combination at 1 step x 1 member, fusion none** (the cheapest qualifying" in page
+    assert page.index("## What the result decides") < page.index("## Secondary comparisons")
+
+    # best-combination loses 0.05 Dice at 1 member: the cheapest qualifying setting is baseline's 1 x 1
+    for fold in (1, 2, 3):
+        for seed in range(4):
+            for data, base in (("nuclei-noisy", 0.90), ("nuclei-clean", 0.93)):
+                u = _noise(data, fold, seed)
+                write_cell(cells, data, fold, "best-combination", seed,
+                           lambda s, n, b=base + 0.03 + u: b - (0.05 if s[1] == 1 else 0))
+    decision = rep.default_decision(rep.load(cells), choice)
+    assert (decision["default"]["variant"], decision["default"]["setting"]) == ("baseline", ONE)
+    failed = next(r for r in decision["rows"] if r["variant"] == "best-combination" and r["setting"] == ONE)["failed"]
+    # -0.017 Dice; band ECE (1 - Dice) / 5: +0.0034 > 0.003; AURC (1 - Dice) / 10: +0.0017 > 10 % of about 0.01
+    assert failed == [f"{m} on {d}" for d in ("nuclei-clean", "nuclei-noisy") for m in ("Dice", "band ECE", "AURC")]
+
+
+def test_default_decision_when_nothing_qualifies_and_steps_lower_dice(tmp_path):
+    cells = tmp_path / "cells"
+    choice = _choose(cells, tmp_path)
+    write_primary(cells)
+    for fold in (1, 2, 3):
+        for seed in range(4):
+            for data, base in (("nuclei-noisy", 0.90), ("nuclei-clean", 0.93)):
+                # supervised 0.05 above everything; best-combination loses 0.02 per step count above 1
+                write_cell(cells, data, fold, "supervised", seed, base + 0.08 + _noise(data, fold, seed, "s"),
+                           grid=[ONE])
+                u = _noise(data, fold, seed)
+                write_cell(cells, data, fold, "best-combination", seed,
+                           lambda s, n, b=base + 0.03 + u: b - (0.02 if s[0] > 1 else 0) + 0.001 * (s[1] > 1))
+    decision = rep.default_decision(rep.load(cells), choice)
+    assert decision["status"] == "decided" and not decision["qualified"]
+    # the highest Dice: best-combination at 1 step with 5 members (16 ties it at more passes)
+    assert (decision["default"]["variant"], decision["default"]["setting"]) == ("best-combination", (1, 5, "none"))
+    assert "Dice on nuclei-noisy" in decision["default"]["failed"]
+    noisy = decision["multistep"]["nuclei-noisy"]
+    assert noisy["mean"] == pytest.approx(-0.02) and noisy["ci"][0] < -0.003
+    page = rep.write_report(cells, tmp_path / "page.md")
+    assert "no candidate qualifies; the best measured setting" in page
+    assert "| nuclei-noisy | -0.0200 [" in page and _row(page, "| nuclei-noisy | -0.0200").endswith("| **no** |")
