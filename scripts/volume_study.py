@@ -22,6 +22,9 @@ Data sets (``STUDY/data/<name>``, Decathlon layout: ``imagesTr``/``labelsTr``/``
   seeded intensity transform (:func:`subject_transform`: smooth bias field, gamma contrast, Gaussian noise).
 - ``ct``: :func:`spadfast.data.synthetic_volumes.write_demo_volumes` with ``modality="CT"``, background + two
   classes (organ, lesion), seed 0, ``CT_TRAIN`` training and ``CT_TEST`` held-out cases.
+- ``brain-clean`` (``CLEAN_SET``, a secondary added after registration; no run trains on it): the brain slabs
+  without their intensity transform, read through the brain set's window; ``evaluate`` also scores every brain run
+  on its held-out slabs, beside thresholds tuned on its clean training slabs and the brain set's own thresholds.
 
 The two-threshold baseline (:func:`spadfast.evaluation.baselines.tune_two_thresholds`) is tuned in ``prepare`` on
 the training volumes normalised as the models see them, its held-out label maps are written to
@@ -87,6 +90,8 @@ SEEDS = (0, 1, 2)
 DIFFUSION_SETTINGS, SUPERVISED_SETTINGS = ((1, 1), (5, 5)), ((1, 1),)
 PRIMARY_SETTING = "5x5"
 CELL_FILE, EVAL_FILE, BASELINE_FILE = "cell.json", "study_eval.json", "baseline.json"
+# secondary (registration addendum, third session): the brain slabs without their per-slab intensity transform
+CLEAN_SET, CLEAN_EVAL_FILE, STUDY_THRESHOLDS_FILE = "brain-clean", "clean_eval.json", "baseline_study_thresholds.json"
 PARTIAL_FILE = "partial_seconds.json"  # training seconds of a run stopped by a signal, summed over its processes
 NULL_MARGIN = 0.003
 
@@ -185,8 +190,10 @@ def _dataset_json(root: Path, name: str, modality: str, classes: Sequence[str], 
     (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def prepare_brain(wheel: Path, root: Path) -> dict[str, Any]:
-    """The brain set in ``root`` (Decathlon layout; module docstring); returns what ``split.json`` records."""
+def prepare_brain(wheel: Path, root: Path, transform: bool = True) -> dict[str, Any]:
+    """The brain set in ``root`` (Decathlon layout; module docstring); returns what ``split.json`` records. With
+    ``transform=False`` the same slabs, labels and split without the per-slab intensity transform (the T1 as the
+    template stores it, float32): ``CLEAN_SET``."""
     from spadfast.io.nifti import write_nifti
 
     t1, gm, wm, affine = read_mni(wheel)
@@ -203,7 +210,10 @@ def prepare_brain(wheel: Path, root: Path) -> dict[str, Any]:
     names: dict[str, list[str]] = {"train": [], "test": []}
     train_voxels = []
     for s, z0 in enumerate(starts):
-        image, params = subject_transform(t1[:, :, z0:z0 + SLAB], rng)
+        if transform:
+            image, params = subject_transform(t1[:, :, z0:z0 + SLAB], rng)
+        else:
+            image, params = np.ascontiguousarray(t1[:, :, z0:z0 + SLAB], np.float32), {}
         slab_affine = affine.copy()
         slab_affine[:3, 3] = affine[:3, :3] @ np.array([lo[0], lo[1], lo[2] + z0], np.float64) + affine[:3, 3]
         tag = "Ts" if s in test else "Tr"
@@ -261,10 +271,10 @@ def data_overrides(root: Path) -> dict[str, Any]:
     return {"intensity_window": info["intensity_window"]} if "intensity_window" in info else {}
 
 
-def baseline(root: Path) -> dict[str, Any]:
-    """Tune the two-threshold baseline on ``root``'s training volumes, normalised exactly as the models see them
-    (:func:`data_overrides`), write its held-out label maps to ``root/baseline_pred`` and score them
-    (:func:`spadfast.evaluation.evaluate.evaluate_folders`)."""
+def baseline(root: Path, tune_on: Path | None = None, pred_name: str = "baseline_pred") -> dict[str, Any]:
+    """Tune the two-threshold baseline on the training volumes of ``tune_on`` (default ``root``), normalised exactly
+    as the models see them (:func:`data_overrides` of ``tune_on``), write its label maps of ``root``'s held-out
+    volumes to ``root/<pred_name>`` and score them (:func:`spadfast.evaluation.evaluate.evaluate_folders`)."""
     import nibabel as nib
 
     from spadfast.data.volumes import VolumeSlices
@@ -272,14 +282,15 @@ def baseline(root: Path) -> dict[str, Any]:
     from spadfast.evaluation.evaluate import evaluate_folders
     from spadfast.io.nifti import write_nifti
 
+    tune_on = root if tune_on is None else tune_on
     # the CT statistics the models compute at training start (ct_normalization: dataset); None for MR
-    window = data_overrides(root).get("intensity_window")
+    window = data_overrides(tune_on).get("intensity_window")
     stats = None
     if window is None:
-        stats = VolumeSlices(root, image_size=None, axis=2, foreground_fraction=None, ct_stats="compute").ct_stats
+        stats = VolumeSlices(tune_on, image_size=None, axis=2, foreground_fraction=None, ct_stats="compute").ct_stats
         stats = stats if any(s is not None for s in stats) else None
-    tuned = tune_two_thresholds(*normalized_volumes(root, "Tr", stats, window)[:2])
-    pred = root / "baseline_pred"
+    tuned = tune_two_thresholds(*normalized_volumes(tune_on, "Tr", stats, window)[:2])
+    pred = root / pred_name
     shutil.rmtree(pred, ignore_errors=True)
     for image, _, case in zip(*normalized_volumes(root, "Ts", stats, window)):
         ref = nib.load(str(root / "labelsTs" / f"{case}.nii.gz"))
@@ -317,7 +328,33 @@ def prepare(out: Path, nilearn_wheel: Path | None, log=print) -> None:
         (root / "done").write_text("")
         log(f"{name}: {len(list((root / 'labelsTr').iterdir()))} training, {len(list((root / 'labelsTs').iterdir()))}"
             f" held-out volumes; two-threshold baseline Dice {base['report']['mean']['dice']:.4f}")
+    prepare_clean(out, nilearn_wheel, log)
     log(f"prepared {out / 'data'}")
+
+
+def prepare_clean(out: Path, nilearn_wheel: Path | None, log=print) -> None:
+    """``out/data/CLEAN_SET`` (skipped where ``done`` exists): the brain set's slabs without their intensity
+    transform, normalised with the brain set's fixed window (the models' own), with two baselines: thresholds tuned
+    on its clean training slabs (``baseline.json``) and the study's thresholds, tuned on the transformed training
+    slabs, applied to its clean held-out slabs (``STUDY_THRESHOLDS_FILE``)."""
+    brain, root = out / "data" / "brain", out / "data" / CLEAN_SET
+    if (root / "done").is_file():
+        return
+    if not (brain / "done").is_file():
+        raise ValueError(f"{brain} is not prepared: the clean slabs take its intensity window")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    info = prepare_brain(find_wheel(out, nilearn_wheel), root, transform=False)
+    info.update(intensity_window=json.loads((brain / "split.json").read_text())["intensity_window"],
+                window_of="brain", subject_seed=None)
+    (root / "split.json").write_text(json.dumps(info, indent=1))
+    base = baseline(root)
+    (root / BASELINE_FILE).write_text(json.dumps(base, indent=1))
+    study = baseline(root, tune_on=brain, pred_name="study_thresholds_pred")
+    (root / STUDY_THRESHOLDS_FILE).write_text(json.dumps(study, indent=1))
+    (root / "done").write_text("")
+    log(f"{CLEAN_SET}: thresholds tuned on clean slabs Dice {base['report']['mean']['dice']:.4f}, the study's "
+        f"thresholds {study['report']['mean']['dice']:.4f}")
 
 
 # ---------------------------------------------------------------------------------------------------------- run
@@ -421,40 +458,51 @@ def settings_of(arm: str) -> tuple[tuple[int, int], ...]:
     return SUPERVISED_SETTINGS if ARMS[arm].get("objective") == "supervised" else DIFFUSION_SETTINGS
 
 
+def _score_run(run_dir: Path, arm: str, data: Path, pred_root: Path) -> dict[str, Any]:
+    """``{"<steps>x<members>": {"report", "seconds"}}``: the run's predictions of ``data``'s held-out volumes at the
+    arm's registered settings (seed 0) under ``pred_root``, scored by ``evaluate_folders``."""
+    from spadfast.evaluation.evaluate import evaluate_folders
+    from spadfast.infer.segmenter import Segmenter
+    from spadfast.infer.volumes import predict_volume_folder
+
+    segmenter = Segmenter.from_checkpoint(run_dir, device="cpu")
+    results = {}
+    for steps, members in settings_of(arm):
+        pred = pred_root / f"{steps}x{members}"
+        shutil.rmtree(pred, ignore_errors=True)
+        t0 = time.perf_counter()
+        predict_volume_folder(segmenter, data / "imagesTs", pred, steps=steps, ensemble=members, seed=0)
+        seconds = time.perf_counter() - t0
+        results[f"{steps}x{members}"] = {"report": evaluate_folders(pred, data / "labelsTs"), "seconds": seconds}
+    return results
+
+
 def evaluate(out: Path, log=print) -> int:
     """Predict the held-out volumes of every trained run without ``study_eval.json`` at its registered settings
     (``spadfast.infer.volumes.predict_volume_folder``, seed 0) and score them (``evaluate_folders``: per-class
     Dice and HD95 in mm per volume): ``{"settings": {"<steps>x<members>": {"report", "seconds"}},
-    "evaluated_at"}``."""
+    "evaluated_at"}``; brain runs also on ``CLEAN_SET``'s held-out slabs when it is prepared
+    (``clean_eval.json``, the same form). Returns how many runs were scored (either file)."""
     import torch
 
-    from spadfast.evaluation.evaluate import evaluate_folders
-    from spadfast.infer.segmenter import Segmenter
-    from spadfast.infer.volumes import predict_volume_folder
     from spadfast.io.files import write_text_atomic
 
     torch.set_num_threads(1)
     code = _commit()  # the code this process loaded (HEAD may move while it runs)
+    clean = out / "data" / CLEAN_SET
     n = 0
     for cell_file in sorted((out / "runs").glob(f"*/*/seed*/{CELL_FILE}")):
         run_dir = cell_file.parent
-        if (run_dir / EVAL_FILE).is_file():
-            continue
         cell = json.loads(cell_file.read_text())
-        data = out / "data" / cell["data"]
-        segmenter = Segmenter.from_checkpoint(run_dir, device="cpu")
-        results = {}
-        for steps, members in settings_of(cell["arm"]):
-            pred = run_dir / "pred" / f"{steps}x{members}"
-            shutil.rmtree(pred, ignore_errors=True)
-            t0 = time.perf_counter()
-            predict_volume_folder(segmenter, data / "imagesTs", pred, steps=steps, ensemble=members, seed=0)
-            seconds = time.perf_counter() - t0
-            results[f"{steps}x{members}"] = {"report": evaluate_folders(pred, data / "labelsTs"), "seconds": seconds}
-        write_text_atomic(run_dir / EVAL_FILE, json.dumps({"settings": results, "evaluated_at": code}))
-        log(f"evaluated {run_dir}: " + ", ".join(f"{k} Dice {v['report']['mean']['dice']:.4f}"
-                                                 for k, v in results.items()))
-        n += 1
+        todo = [] if (run_dir / EVAL_FILE).is_file() else [(EVAL_FILE, out / "data" / cell["data"], "pred")]
+        if cell["data"] == "brain" and (clean / "done").is_file() and not (run_dir / CLEAN_EVAL_FILE).is_file():
+            todo.append((CLEAN_EVAL_FILE, clean, "pred_clean"))
+        for name, data, pred in todo:
+            results = _score_run(run_dir, cell["arm"], data, run_dir / pred)
+            write_text_atomic(run_dir / name, json.dumps({"settings": results, "evaluated_at": code}))
+            log(f"evaluated {run_dir} ({data.name}): " + ", ".join(f"{k} Dice {v['report']['mean']['dice']:.4f}"
+                                                                   for k, v in results.items()))
+        n += bool(todo)
     return n
 
 
@@ -481,6 +529,12 @@ def collect(out: Path, dest: Path, log=print) -> int:
             (dest / d).mkdir(parents=True, exist_ok=True)
             (dest / d / BASELINE_FILE).write_text(json.dumps(_num(json.loads(base.read_text())),
                                                              separators=(",", ":")))
+    clean = out / "data" / CLEAN_SET
+    for name in (BASELINE_FILE, STUDY_THRESHOLDS_FILE):
+        if (clean / name).is_file():
+            (dest / CLEAN_SET).mkdir(parents=True, exist_ok=True)
+            (dest / CLEAN_SET / name).write_text(json.dumps(_num(json.loads((clean / name).read_text())),
+                                                            separators=(",", ":")))
     for cell_file in sorted((out / "runs").glob(f"*/*/seed*/{CELL_FILE}")):
         run_dir = cell_file.parent
         if not (run_dir / EVAL_FILE).is_file():
@@ -489,6 +543,9 @@ def collect(out: Path, dest: Path, log=print) -> int:
         study = json.loads((run_dir / EVAL_FILE).read_text())
         slim = {**cell, "train_seconds": round(cell["train_seconds"], 1), "evaluated_at": study["evaluated_at"],
                 "settings": _num(study["settings"])}
+        if (run_dir / CLEAN_EVAL_FILE).is_file():
+            extra = json.loads((run_dir / CLEAN_EVAL_FILE).read_text())
+            slim.update(clean_settings=_num(extra["settings"]), clean_evaluated_at=extra["evaluated_at"])
         target = dest / cell["data"] / cell["arm"] / f"seed{cell['seed']}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(slim, separators=(",", ":")))
@@ -512,16 +569,26 @@ def _scores(report: dict[str, Any], classes: Sequence[str]) -> dict[str, float]:
 
 
 def load_cells(cells_root: Path) -> dict[str, dict[str, Any]]:
-    """``{data: {"baseline": record or None, "runs": {(arm, setting): {seed: scores}}}}`` from the collected cells."""
+    """``{data: {"baseline": record or None, "runs": {(arm, setting): {seed: scores}}}}`` from the collected cells,
+    and ``CLEAN_SET``: the brain runs' scores on the clean slabs, with ``baseline`` (thresholds tuned on the clean
+    slabs) and ``study_thresholds`` (the brain set's thresholds applied to them)."""
     out: dict[str, dict[str, Any]] = {}
+
+    def read(path: Path) -> Any:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    clean_runs: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     for d in DATASETS:
-        base_file = cells_root / d / BASELINE_FILE
         runs: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
         for f in sorted((cells_root / d).glob("*/seed*.json")):
             cell = json.loads(f.read_text())
-            for setting, rec in cell["settings"].items():
-                runs.setdefault((cell["arm"], setting), {})[int(cell["seed"])] = _scores(rec["report"], CLASSES[d])
-        out[d] = {"baseline": json.loads(base_file.read_text()) if base_file.is_file() else None, "runs": runs}
+            for key, target in (("settings", runs), ("clean_settings", clean_runs)):
+                for setting, rec in cell.get(key, {}).items():
+                    target.setdefault((cell["arm"], setting), {})[int(cell["seed"])] = _scores(rec["report"],
+                                                                                               CLASSES[d])
+        out[d] = {"baseline": read(cells_root / d / BASELINE_FILE), "runs": runs}
+    out[CLEAN_SET] = {"baseline": read(cells_root / CLEAN_SET / BASELINE_FILE),
+                      "study_thresholds": read(cells_root / CLEAN_SET / STUDY_THRESHOLDS_FILE), "runs": clean_runs}
     return out
 
 
@@ -572,6 +639,54 @@ def recommendation(runs: dict[tuple[str, str], dict[int, dict[str, float]]]) -> 
     cheapest = next(a for a in COST_ORDER if means[best] - means[a] <= NULL_MARGIN)
     return (f"`{cheapest}` (the cheapest arm within {NULL_MARGIN} of the best, `{best}`: its interval against `{nxt}` "
             "does not exclude 0)")
+
+
+def _clean_section(entry: dict[str, Any]) -> list[str]:
+    """The secondary of the third session's addendum: brain runs (trained on the transformed slabs) on the held-out
+    slabs without their intensity transform, beside thresholds tuned on the clean training slabs and the study's."""
+    from spadfast.study.stats import t_interval
+
+    classes = CLASSES["brain"][1:]
+    lines = [f"## `{CLEAN_SET}` (secondary, registration addendum): the held-out slabs without their intensity "
+             "transform", "",
+             "The same held-out slabs as the T1 template stores them (no gamma, bias field or noise), read through the "
+             "brain set's fixed window; the models are the brain runs above (trained on the transformed slabs). "
+             "Beside them: two thresholds tuned on the clean training slabs (the setting in which thresholds were "
+             "first seen to win) and the study's thresholds (tuned on the transformed training slabs). A secondary: "
+             "it changes no default.", ""]
+    bases = {"tuned on clean slabs": entry["baseline"], "the study's thresholds": entry["study_thresholds"]}
+    scores = {k: _scores(v["report"], CLASSES["brain"]) for k, v in bases.items() if v}
+    if not scores:
+        return lines + ["Not evaluated (the clean slabs are not prepared).", ""]
+    lines += [", ".join(f"Thresholds {k}: mean Dice {v['dice']:.4f} ("
+                        + ", ".join(f"{c} {v[c]:.4f}" for c in classes) + ")" for k, v in scores.items()) + ".", "",
+              "| arm | setting | runs | mean Dice | " + " | ".join(f"{c} Dice" for c in classes) + " |",
+              "|---|---|---|---|" + "---|" * len(classes)]
+    ref = scores.get("tuned on clean slabs")
+    above, below, unclear, complete = [], [], [], True
+    for arm in ARMS:
+        setting = _primary(arm)
+        runs = entry["runs"].get((arm, setting), {})
+        label = "one pass" if ARMS[arm].get("objective") == "supervised" else setting.replace("x", " x ")
+        if not runs:
+            lines.append(f"| `{arm}` | {label} | 0 | not evaluated |" + " |" * len(classes))
+            complete = False
+            continue
+        lines.append(f"| `{arm}` | {label} | {len(runs)} | {_ci([r['dice'] for r in runs.values()])} | "
+                     + " | ".join(_ci([r[c] for r in runs.values()]) for c in classes) + " |")
+        complete &= len(runs) >= 2
+        if ref and len(runs) >= 2:
+            _, lo, hi = t_interval([r["dice"] for r in runs.values()])
+            (above if lo > ref["dice"] else below if hi < ref["dice"] else unclear).append(f"`{arm}`")
+    lines.append("")
+    if not ref or not complete:
+        lines.append("Against thresholds tuned on the clean slabs: no verdict yet (some arm has fewer than 2 runs).")
+    else:
+        t = f"{ref['dice']:.4f}"
+        lines.append(f"Against thresholds tuned on the clean slabs ({t}): beating them (whole interval above): "
+                     f"{', '.join(above) or 'none'}; losing (below): {', '.join(below) or 'none'}; not "
+                     f"distinguishable: {', '.join(unclear) or 'none'}.")
+    return lines + [""]
 
 
 def write_report(cells_root: Path, page: Path) -> str:
@@ -646,6 +761,7 @@ def write_report(cells_root: Path, page: Path) -> str:
         if d == "brain":
             lines += ["", f"The volume default by the registered rule: {recommendation(entry['runs'])}."]
         lines.append("")
+    lines += _clean_section(data[CLEAN_SET])
     text = "\n".join(lines).rstrip() + "\n"
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(text)

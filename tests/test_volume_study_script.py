@@ -127,6 +127,32 @@ def test_prepared_sets_follow_the_decathlon_layout_and_the_split(study):
     assert json.loads((brain / vs.BASELINE_FILE).read_text())["report"]["mean"]["dice"] > 0.8  # separable classes
 
 
+def test_the_clean_slabs_are_the_brain_slabs_without_their_transform(study):
+    brain, clean = study / "data" / "brain", study / "data" / vs.CLEAN_SET
+    info, clean_info = (json.loads((d / "split.json").read_text()) for d in (brain, clean))
+    assert clean_info["intensity_window"] == info["intensity_window"] and clean_info["window_of"] == "brain"
+    assert (clean_info["train"], clean_info["test"]) == (info["train"], info["test"])
+    t1 = vs.downsample2(_maps()[0].astype(np.float32))
+    lo = [a for a, _ in info["crop"]]
+    for tag, cases in (("Tr", info["train"]), ("Ts", info["test"])):
+        for case in cases:
+            image = np.asarray(nib.load(str(clean / f"images{tag}" / f"{case}_0000.nii.gz")).dataobj)
+            transformed = np.asarray(nib.load(str(brain / f"images{tag}" / f"{case}_0000.nii.gz")).dataobj)
+            z0 = clean_info["subjects"][case]["z"][0]
+            want = t1[lo[0]:lo[0] + image.shape[0], lo[1]:lo[1] + image.shape[1], z0:z0 + vs.SLAB]
+            np.testing.assert_array_equal(image, want)
+            assert not np.allclose(image, transformed)
+            for kind in ("labels",):
+                a = np.asarray(nib.load(str(clean / f"{kind}{tag}" / f"{case}.nii.gz")).dataobj)
+                b = np.asarray(nib.load(str(brain / f"{kind}{tag}" / f"{case}.nii.gz")).dataobj)
+                np.testing.assert_array_equal(a, b)
+    tuned, study_thr = (json.loads((clean / f).read_text()) for f in (vs.BASELINE_FILE, vs.STUDY_THRESHOLDS_FILE))
+    brain_base = json.loads((brain / vs.BASELINE_FILE).read_text())
+    assert study_thr["thresholds"] == brain_base["thresholds"] and study_thr["order"] == brain_base["order"]
+    assert tuned["report"]["mean"]["dice"] > 0.8
+    assert len(list((clean / "study_thresholds_pred").glob("*.nii.gz"))) == len(info["test"])
+
+
 def test_arms_configs_and_unknown_arms():
     cfg = vs.run_config("3d", 1, {"train_steps": 2}, {"intensity_window": [0.0, 200.0]})
     assert cfg["model_type"] == "unet3d" and tuple(cfg["patch_size_3d"]) == vs.PATCH_3D and cfg["seed"] == 1
@@ -168,8 +194,15 @@ def test_smoke_run_evaluate_collect_report(study, tmp_path):
         per_class = cell["settings"]["1x1"]["report"]["mean"]
         assert "dice" in per_class and "hd95" in per_class
     assert (dest / "brain" / vs.BASELINE_FILE).is_file()
+    # every brain run is scored on the clean slabs too, at the same settings
+    for arm in arms:
+        cell = json.loads((dest / "brain" / arm / "seed0.json").read_text())
+        assert set(cell["clean_settings"]) == set(cell["settings"]) and cell["clean_evaluated_at"]["commit"]
+    assert (dest / vs.CLEAN_SET / vs.STUDY_THRESHOLDS_FILE).is_file()
     assert vs.main(["report", "--dest", str(dest), "--page", str(page)]) == 0
     text = page.read_text()
     assert "| `2d` | 5 x 5 | 1 |" in text and "| `supervised-3d` | one pass | 0 | not evaluated |" in text
     assert "n = 1, no interval" in text and "n = 1: no verdict" in text
     assert "No verdict yet" in text and "pending" in text
+    assert f"## `{vs.CLEAN_SET}` (secondary" in text and "| `2.5d-k1` | 5 x 5 | 1 |" in text.split(vs.CLEAN_SET)[-1]
+    assert "Against thresholds tuned on the clean slabs: no verdict yet" in text
