@@ -29,7 +29,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,13 +1,14 @@
-"""CPU seconds and peak memory per volume of 3-D sliding-window prediction (``model_type: unet3d``), and the FLOPs
-behind a GPU estimate.
+"""CPU seconds and peak memory per volume of 3-D sliding-window prediction (``model_type: unet3d`` or
+``cached_unet3d``), and the FLOPs behind a GPU estimate.
 
-    .venv/bin/python scripts/measure_unet3d_cpu.py [--shapes 32x32x12 64x64x24] [--threads 2]
+    .venv/bin/python scripts/measure_unet3d_cpu.py [--shapes 32x32x12 64x64x24] [--threads 2] [--model-type T]
 
 Each volume size runs in a fresh process (so the peak resident memory, ``ru_maxrss``, is that volume's): synthetic
 Decathlon volumes (``write_demo_volumes``, spacing 0.8 x 0.8 x 2.5 mm), an untrained tiny unet3d (the time does not
 depend on the weights), ``predict_volume`` with the config's sampling settings, best of ``--repeats``. FLOPs of one
-denoiser call on one window come from ``torch.utils.flop_counter``; a volume costs windows x members x steps of them.
-Prints one Markdown row per volume.
+denoiser call on one window come from ``torch.utils.flop_counter``; a volume costs windows x members x steps of them
+(``cached_unet3d``: windows x (one encoder pass + members x steps light denoiser calls)). Prints one Markdown row per
+volume.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ CONFIG = dict(model_type="unet3d", patch_size_3d=(32, 32, 8), base_channels=8, c
               progress_bar=False, modalities=("MR",), ct_normalization="volume")
 
 
-def _one(shape: tuple[int, int, int], threads: int, repeats: int) -> dict:
+def _one(shape: tuple[int, int, int], threads: int, repeats: int, model_type: str = "unet3d") -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -39,7 +40,7 @@ def _one(shape: tuple[int, int, int], threads: int, repeats: int) -> dict:
     from spadfast.models.factory import build_model
 
     torch.set_num_threads(threads)
-    cfg = SPADConfig(**CONFIG, spacing_3d=(0.8, 0.8, 2.5))
+    cfg = SPADConfig(**{**CONFIG, "model_type": model_type}, spacing_3d=(0.8, 0.8, 2.5))
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     seg = Segmenter(cfg, model, alphas_cumprod(make_betas(cfg.beta_schedule, cfg.num_train_timesteps,
@@ -54,13 +55,24 @@ def _one(shape: tuple[int, int, int], threads: int, repeats: int) -> dict:
             times.append(time.perf_counter() - t0)
     windows = len(window_positions_3d(shape, cfg.patch_size_3d, cfg.tile_overlap))
     x = torch.zeros(1, cfg.model_in_channels, *cfg.patch_size_3d)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, torch.zeros(1))
+    encode_flops = 0
+    with torch.no_grad():
+        if model_type == "cached_unet3d":
+            image = x[:, cfg.mask_channels : cfg.mask_channels + model.image_channels]
+            with FlopCounterMode(display=False) as counter:
+                features = model.encode(image)
+            encode_flops = counter.get_total_flops()
+            with FlopCounterMode(display=False) as counter:
+                model.denoise(x[:, : cfg.mask_channels], features, torch.zeros(1))
+        else:
+            with FlopCounterMode(display=False) as counter:
+                model(x, torch.zeros(1))
     per_call = counter.get_total_flops()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return {"shape": shape, "seconds": min(times), "peak_mib": peak_mib,
             "windows": windows, "flops_per_window_call": per_call,
-            "flops_per_volume": per_call * windows * cfg.ensemble * cfg.sample_steps,
+            "flops_per_volume": windows * (encode_flops + per_call * cfg.ensemble * cfg.sample_steps),
+            "encode_flops": encode_flops, "model_type": model_type,
             "params": sum(p.numel() for p in model.parameters()), "threads": threads}
 
 
@@ -69,21 +81,24 @@ def main() -> int:
     parser.add_argument("--shapes", nargs="+", default=["32x32x12", "64x64x24"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model-type", default="unet3d", choices=["unet3d", "cached_unet3d"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         shape = tuple(int(v) for v in args.child.split("x"))
-        print(json.dumps(_one(shape, args.threads, args.repeats)))
+        print(json.dumps(_one(shape, args.threads, args.repeats, args.model_type)))
         return 0
     print("| volume (voxels) | windows | CPU s / volume | peak RSS MiB | GFLOP / volume |")
     print("|---|---|---|---|---|")
     for s in args.shapes:
         out = subprocess.run([sys.executable, __file__, "--child", s, "--threads", str(args.threads),
-                              "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+                              "--repeats", str(args.repeats), "--model-type", args.model_type],
+                             capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {s} | {r['windows']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | "
               f"{r['flops_per_volume'] / 1e9:.1f} |  (per window call {r['flops_per_window_call'] / 1e9:.3f} GFLOP, "
-              f"{r['params']} params, {r['threads']} threads)", flush=True)
+              f"encoder once per window {r['encode_flops'] / 1e9:.3f} GFLOP, {r['params']} params, "
+              f"{r['threads']} threads, {r['model_type']})", flush=True)
     return 0
 
 

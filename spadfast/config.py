@@ -19,7 +19,8 @@ from .ops.fields import check_fields
 CT_NORMALIZATIONS = ("dataset", "volume")
 PERTURB_MODES = ("target", "input", "condition")  # spadfast.diffusion.training_inputs
 AMP_DTYPES = ("none", "bf16", "fp16")
-MODEL_TYPES = ("unet", "cached_unet", "unet3d")
+MODEL_TYPES = ("unet", "cached_unet", "unet3d", "cached_unet3d")
+MODEL_TYPES_3D = ("unet3d", "cached_unet3d")  # models of [B, C, D, H, W] volumes
 OBJECTIVES = ("diffusion", "supervised")
 PRIORS = ("none", "supervised")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
@@ -35,12 +36,13 @@ class SPADConfig:
 
     # model
     # cached_unet (default): image encoder once per image + light mask denoiser per step, 13.8x faster sampling than
-    # the unet on CPU at equal Dice (benchmarks/RESULTS.md); unet: the plain concatenating UNet
-    # unet3d: a 3-D UNet on 3-D patches of NIfTI volumes (spadfast.models.unet3d; needs patch_size_3d)
+    # the unet on CPU at equal Dice (benchmarks/RESULTS.md); unet: the plain concatenating UNet;
+    # unet3d: a 3-D UNet on 3-D patches of NIfTI volumes (spadfast.models.unet3d; needs patch_size_3d);
+    # cached_unet3d: its cached-encoder form (image encoder once per 3-D window, light denoiser per step)
     model_type: str = "cached_unet"
-    # unet3d: (d, h, w) voxels of a training patch and of a prediction window, along the volume's array axes
+    # 3-D models: (d, h, w) voxels of a training patch and of a prediction window, along the volume's array axes
     patch_size_3d: tuple[int, ...] = ()
-    # unet3d: (d, h, w) voxel spacing in mm the pooling is planned for (an axis is not pooled while it is over twice
+    # 3-D models: (d, h, w) voxel spacing in mm the pooling is planned for (an axis is not pooled while it is over twice
     # the finest); () fills it at training start with the training volumes' median spacing
     spacing_3d: tuple[float, ...] = ()
     image_size: int = 64  # side of the training patch and inference window (resize: true: every image resized to it)
@@ -180,25 +182,27 @@ class SPADConfig:
         checks = [
             (self.model_type in MODEL_TYPES, "model_type", f"one of {MODEL_TYPES}"),
             (self.image_size >= 8, "image_size", ">= 8"),
-            (self.model_type == "unet3d" or not self.patch_size_3d, "patch_size_3d", "() unless model_type is unet3d"),
-            (self.model_type != "unet3d" or (len(self.patch_size_3d) == 3 and min(self.patch_size_3d) >= 1),
-             "patch_size_3d", "(d, h, w), 3 ints >= 1, with model_type unet3d"),
+            (self.is_3d or not self.patch_size_3d, "patch_size_3d",
+             f"() unless model_type is a 3-D model {MODEL_TYPES_3D}"),
+            (not self.is_3d or (len(self.patch_size_3d) == 3 and min(self.patch_size_3d) >= 1),
+             "patch_size_3d", f"(d, h, w), 3 ints >= 1, with model_type {self.model_type}"),
             (not self.spacing_3d or (len(self.spacing_3d) == 3 and min(self.spacing_3d) > 0), "spacing_3d",
              "() or (d, h, w) mm, all > 0"),
-            (self.model_type != "unet3d" or not self.attention_levels, "attention_levels",
-             "() with model_type unet3d (the 3-D UNet has no attention)"),
-            (self.model_type != "unet3d" or self.context_slices == 0, "context_slices",
-             "0 with model_type unet3d (the 3-D model sees the neighbouring slices already)"),
-            (self.model_type != "unet3d" or not self.perturb.enabled, "perturb",
-             "disabled with model_type unet3d (the SPAD perturbation is 2-D)"),
-            (self.model_type != "unet3d" or self.prior == "none", "prior", "'none' with model_type unet3d"),
-            (self.model_type != "unet3d" or not self.target_spacing, "target_spacing",
-             "() with model_type unet3d (3-D patches are cut on each volume's own voxel grid; no resampling yet)"),
-            (self.model_type != "unet3d" or not (self.augment.spatial or self.augment.intensity), "augment",
-             "flips only with model_type unet3d (3-D patches are flipped along each axis; no 3-D rotation, scaling, "
-             "elastic or intensity augmentation yet)"),
-            (self.model_type != "unet3d" or not self.resize, "resize",
-             "false with model_type unet3d (volumes are read at their own voxel grid)"),
+            (not self.is_3d or not self.attention_levels, "attention_levels",
+             f"() with model_type {self.model_type} (the 3-D UNet has no attention)"),
+            (not self.is_3d or self.context_slices == 0, "context_slices",
+             f"0 with model_type {self.model_type} (the 3-D model sees the neighbouring slices already)"),
+            (not self.is_3d or not self.perturb.enabled, "perturb",
+             f"disabled with model_type {self.model_type} (the SPAD perturbation is 2-D)"),
+            (not self.is_3d or self.prior == "none", "prior", f"'none' with model_type {self.model_type}"),
+            (not self.is_3d or not self.target_spacing, "target_spacing",
+             f"() with model_type {self.model_type} (3-D patches are cut on each volume's own voxel grid; no "
+             "resampling yet)"),
+            (not self.is_3d or not (self.augment.spatial or self.augment.intensity), "augment",
+             f"flips only with model_type {self.model_type} (3-D patches are flipped along each axis; no 3-D "
+             "rotation, scaling, elastic or intensity augmentation yet)"),
+            (not self.is_3d or not self.resize, "resize",
+             f"false with model_type {self.model_type} (volumes are read at their own voxel grid)"),
             (self.image_channels >= 1, "image_channels", ">= 1"),
             (self.num_classes >= 2, "num_classes", ">= 2 (background + at least one class)"),
             (self.slice_axis in (None, 0, 1, 2), "slice_axis", "None, 0, 1 or 2"),
@@ -309,6 +313,11 @@ class SPADConfig:
     def mask_channels(self) -> int:
         """K = num_classes - 1: one mask channel per foreground class (one-hot, in [-1, 1] for the diffusion)."""
         return self.num_classes - 1
+
+    @property
+    def is_3d(self) -> bool:
+        """Whether ``model_type`` is a 3-D model (``MODEL_TYPES_3D``): it trains on 3-D patches of volumes."""
+        return self.model_type in MODEL_TYPES_3D
 
     @property
     def model_in_channels(self) -> int:

@@ -31,7 +31,7 @@ def volume_dataset(root: str | Path, config, name: str = "train_data") -> Datase
     from .volumes import VolumeSlices
 
     train = name == "train_data"
-    three_d = config.model_type == "unet3d"
+    three_d = config.is_3d
     dataset_ct = config.ct_normalization == "dataset" and not config.intensity_window
     ct_stats = ct_stats_from_flat(config.ct_stats) if dataset_ct else None
     if dataset_ct and ct_stats is None and train:
@@ -95,9 +95,9 @@ def coerce_dataset(
     image_size, channels, mask_channels = config.image_size, config.image_channels, config.mask_channels
     intensity_norm, resize, ignore_label = config.intensity_norm, config.resize, config.ignore_label
     context = config.context_slices
-    if config.model_type == "unet3d" and not (isinstance(data, (str, Path)) and _is_volume_folder(data)) and (
+    if config.is_3d and not (isinstance(data, (str, Path)) and _is_volume_folder(data)) and (
             data is None or isinstance(data, (str, Path))):
-        raise ValueError(f"`{name}`: model_type unet3d trains on 3-D patches of volumes, and "
+        raise ValueError(f"`{name}`: model_type {config.model_type} trains on 3-D patches of volumes, and "
                          f"{'the synthetic lesions are' if data is None else repr(str(data)) + ' is'} 2-D: use a "
                          "Decathlon / nnU-Net volume folder, or a 2-D model_type")
     if context and not (isinstance(data, (str, Path)) and _is_volume_folder(data)) and (
@@ -154,10 +154,10 @@ def coerce_dataset(
     if not bool(allowed.all()):
         extra = " (and -1, ignored, with ignore_label)" if ignore_label is not None else ""
         raise ValueError(f"`{name}` masks must hold only 0 and 1{extra} (item 0 holds {mask.unique()[:4].tolist()})")
-    if config.model_type == "unet3d":
+    if config.is_3d:
         if image.dim() != 4 or image.shape[0] != config.input_channels or mask.dim() != 4 or (
                 mask.shape[0] != mask_channels or mask.shape[1:] != image.shape[1:]):
-            raise ValueError(f"`{name}` items must be 3-D for model_type unet3d: image "
+            raise ValueError(f"`{name}` items must be 3-D for model_type {config.model_type}: image "
                              f"[C={config.input_channels},D,H,W] and mask [K={mask_channels},D,H,W], got "
                              f"{tuple(image.shape)} and {tuple(mask.shape)}")
         return data

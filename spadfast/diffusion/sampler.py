@@ -107,8 +107,8 @@ def check_volume_images(images: object, channels: int | None = None) -> torch.Te
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"`images` must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 5 or images.shape[0] == 0:
-        raise ValueError(f"`images` must have shape [B,C,D,H,W] with B >= 1 for a 3-D model (model_type unet3d), got "
-                         f"{tuple(images.shape)}")
+        raise ValueError(f"`images` must have shape [B,C,D,H,W] with B >= 1 for a 3-D model (model_type unet3d or "
+                         f"cached_unet3d), got {tuple(images.shape)}")
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"`images` must have {channels} channel(s) (config.image_channels), got shape "
                          f"{tuple(images.shape)}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .._version import __version__
+from ..config import MODEL_TYPES_3D
 from ..io.files import write_atomic, write_text_atomic
 from .onnx_model import ONNX_KIND, ONNX_META, file_sha256
 
@@ -89,8 +90,9 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     out = Path(out_dir)
     _, meta = read_checkpoint(checkpoint)
-    if (meta.get("config") or {}).get("model_type") == "unet3d":
-        raise ValueError(f"{str(resolve_path(checkpoint))!r} is a 3-D model (model_type unet3d): ONNX export does not "
+    if (meta.get("config") or {}).get("model_type") in MODEL_TYPES_3D:
+        raise ValueError(f"{str(resolve_path(checkpoint))!r} is a 3-D model (model_type "
+                         f"{meta['config']['model_type']}): ONNX export does not "
                          "cover it yet; export it with --format safetensors and predict with PyTorch")
     prior = (meta.get("config") or {}).get("prior", "none")
     if prior != "none":  # the sampler would need the prior's graph too; not exported yet

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..config import MODEL_TYPES_3D
 from ..diffusion.sampler import (
     DDIMSampler,
     SampleResult,
@@ -92,7 +93,7 @@ class Segmenter:
         cfg = SPADConfig.from_checkpoint_meta(meta, source, device)
         if amp is not None:
             cfg = SPADConfig.from_dict({**cfg.to_dict(), "amp": _resolve_amp(amp, resolve_device(cfg.device))})
-        channels_last = cfg.channels_last and cfg.model_type != "unet3d"  # 5-D weights have no channels_last
+        channels_last = cfg.channels_last and not cfg.is_3d  # 5-D weights have no channels_last
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         nets = {"ema.": build_model(cfg)}
         if cfg.prior != "none":
@@ -197,7 +198,7 @@ class Segmenter:
         """``images`` float ``[B,C,H,W]`` in [-1, 1] -> :class:`SampleResult`; ``None`` arguments take the config's
         (``step_fusion``: the sampler's, :attr:`step_fusion`)."""
         cfg = self.config
-        if getattr(cfg, "model_type", None) == "unet3d":  # a 3-D model: windows [B,C,D,H,W]
+        if getattr(cfg, "model_type", None) in MODEL_TYPES_3D:  # a 3-D model: windows [B,C,D,H,W]
             images = check_volume_images(images, cfg.input_channels)
         else:
             images, _ = check_images(images, cfg.input_channels)
@@ -215,7 +216,7 @@ class Segmenter:
         ``[B,e,M,H,W]`` in [0, 1], each what :meth:`segment` with that ``step_fusion`` and ``ensemble=e`` returns
         as members. ``images`` as for :meth:`segment`."""
         cfg = self.config
-        if getattr(cfg, "model_type", None) == "unet3d":
+        if getattr(cfg, "model_type", None) in MODEL_TYPES_3D:
             images = check_volume_images(images, cfg.input_channels)
         else:
             images, _ = check_images(images, cfg.input_channels)
@@ -379,9 +380,9 @@ def _png(array: np.ndarray) -> bytes:
 
 def check_not_volume_only(config, what: str) -> None:
     """ValueError for a 2.5-D model (``context_slices`` > 0: it reads neighbouring slices) or a 3-D model
-    (``model_type: unet3d``) given a 2-D input."""
-    if getattr(config, "model_type", None) == "unet3d":
-        raise ValueError(f"{what}, and the model is 3-D (model_type unet3d): it segments volumes only (NIfTI, "
+    (``model_type`` in ``MODEL_TYPES_3D``) given a 2-D input."""
+    if getattr(config, "model_type", None) in MODEL_TYPES_3D:
+        raise ValueError(f"{what}, and the model is 3-D (model_type {config.model_type}): it segments volumes only (NIfTI, "
                          "NRRD/MetaImage or DICOM series)")
     k = int(getattr(config, "context_slices", 0) or 0)
     if k:

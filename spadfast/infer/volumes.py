@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import MODEL_TYPES_3D
 from ..data.volumes import coarsest_axis, in_plane_shape, resize_plane, slice_volume, spacing_size
 from ..diffusion.sampler import image_noise_key, labels_from_probs
 from ..io.input_folders import check_one_input_kind
@@ -192,9 +193,9 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     from .ensemble import check_members
 
     check_members(segmenter, opts.ensemble, opts.tta)
-    three_d = getattr(cfg, "model_type", None) == "unet3d"
+    three_d = getattr(cfg, "model_type", None) in MODEL_TYPES_3D
     if three_d and opts.tta:
-        raise ValueError("`tta` is not available for a 3-D model (model_type unet3d) yet: predict without it")
+        raise ValueError(f"`tta` is not available for a 3-D model (model_type {cfg.model_type}) yet: predict without it")
     size = _resolve_size(opts.image_size, segmenter)
     threshold = float(getattr(cfg, "threshold", 0.5)) if opts.threshold is None else opts.threshold
     modalities = prep.modalities

@@ -22,7 +22,8 @@ from torch import nn
 from ..ops.checks import check_int, is_int
 from .unet import _norm, _ResBlock, _TimeEmbedding, timestep_vector
 
-__all__ = ["SPADUNet3D", "plan_strides", "MIN_POOLED_SIZE"]
+__all__ = ["SPADUNet3D", "plan_strides", "MIN_POOLED_SIZE", "add_unet3d_levels", "run_unet3d_levels",
+           "pad_to_multiples"]
 
 MIN_POOLED_SIZE = 4  # an axis stops being pooled when pooling would leave fewer voxels than this (nnU-Net: 4)
 
@@ -50,6 +51,76 @@ def plan_strides(patch_size: Sequence[int], spacing: Sequence[float], downsample
                 space[a] *= 2
         plan.append(stride)
     return tuple(plan)
+
+
+def add_unet3d_levels(module: nn.Module, chs: list[int], num_res_blocks: int, temb_dim: int, dropout: float,
+                      groups: int, strides: Sequence[Sequence[int]]) -> None:
+    """Give ``module`` a 3-D UNet's levels as attributes (``down``, ``downsample``, ``mid1``, ``mid2``, ``up``,
+    ``upsample``), level ``i`` of width ``chs[i]``, down-sampling step ``i`` with per-axis ``strides[i]``.
+
+    Shared by :class:`SPADUNet3D` and the cached-encoder model's trunks (both run by :func:`run_unet3d_levels`);
+    attribute names are checkpoint keys."""
+    module.down = nn.ModuleList(
+        nn.ModuleList(_ResBlock(ch, ch, temb_dim, dropout, groups, dims=3) for _ in range(num_res_blocks)) for ch in chs
+    )
+    module.downsample = nn.ModuleList(
+        nn.Conv3d(chs[i], chs[i + 1], 3, stride=tuple(strides[i]), padding=1) for i in range(len(chs) - 1)
+    )
+    module.mid1 = _ResBlock(chs[-1], chs[-1], temb_dim, dropout, groups, dims=3)
+    module.mid2 = _ResBlock(chs[-1], chs[-1], temb_dim, dropout, groups, dims=3)
+    module.up = nn.ModuleList(
+        nn.ModuleList(_ResBlock(2 * ch, ch, temb_dim, dropout, groups, dims=3) for _ in range(num_res_blocks))
+        for ch in chs
+    )
+    module.upsample = nn.ModuleList(nn.Conv3d(chs[i], chs[i - 1], 3, padding=1) for i in range(1, len(chs)))
+
+
+def run_unet3d_levels(module: nn.Module, h: torch.Tensor, temb: torch.Tensor, strides: Sequence[Sequence[int]],
+                      inject: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Down path, bottleneck and up path of the levels :func:`add_unet3d_levels` gave ``module``.
+
+    Args:
+        h: ``[N, chs[0], D, H, W]`` stem output, each size a multiple of its axis's total stride.
+        temb: ``[N, temb_dim]`` embedding every residual block is modulated by.
+        strides: the per-axis strides the levels were built with.
+        inject: optional, one ``[N, 2 * chs[i], ...]`` map per level ``i`` (level ``i``'s size): its first half is
+            added to the input of level ``i``'s down path, its second half to the input of its up path.
+
+    Returns:
+        The up-path output of every level, finest first: ``[N, chs[i], ...]`` at level ``i``'s size.
+    """
+    halves = [f.chunk(2, dim=1) for f in inject] if inject is not None else None
+    skips = []
+    for i, blocks in enumerate(module.down):
+        if halves is not None:
+            h = h + halves[i][0]
+        for block in blocks:
+            h = block(h, temb)
+            skips.append(h)
+        if i < len(module.downsample):
+            h = module.downsample[i](h)
+    h = module.mid2(module.mid1(h, temb), temb)
+    outs: list[torch.Tensor] = [h] * len(module.up)
+    for i in reversed(range(len(module.up))):
+        if halves is not None:
+            h = h + halves[i][1]
+        for block in module.up[i]:
+            h = block(torch.cat([h, skips.pop()], dim=1), temb)
+        outs[i] = h
+        if i > 0:
+            h = module.upsample[i - 1](F.interpolate(h, scale_factor=tuple(float(s) for s in strides[i - 1]),
+                                                     mode="nearest"))
+    return outs
+
+
+def pad_to_multiples(x: torch.Tensor, multiple: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``x`` (``[N, C, D, H, W]``) padded at the end of each spatial axis by edge replication up to a multiple of
+    ``multiple`` along it, and the original ``(D, H, W)`` to crop back to."""
+    size = tuple(x.shape[2:])
+    pad = [-s % m for s, m in zip(size, multiple)]
+    if any(pad):
+        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+    return x, size
 
 
 class SPADUNet3D(nn.Module):
@@ -108,19 +179,7 @@ class SPADUNet3D(nn.Module):
         temb_dim = 4 * base_channels
         self.time_embed = _TimeEmbedding(base_channels, temb_dim)
         self.stem = nn.Conv3d(in_channels, chs[0], 3, padding=1)
-        self.down = nn.ModuleList(
-            nn.ModuleList(_ResBlock(ch, ch, temb_dim, dropout, groups, dims=3) for _ in range(num_res_blocks)) for ch in chs
-        )
-        self.downsample = nn.ModuleList(
-            nn.Conv3d(chs[i], chs[i + 1], 3, stride=self.strides[i], padding=1) for i in range(len(chs) - 1)
-        )
-        self.mid1 = _ResBlock(chs[-1], chs[-1], temb_dim, dropout, groups, dims=3)
-        self.mid2 = _ResBlock(chs[-1], chs[-1], temb_dim, dropout, groups, dims=3)
-        self.up = nn.ModuleList(
-            nn.ModuleList(_ResBlock(2 * ch, ch, temb_dim, dropout, groups, dims=3) for _ in range(num_res_blocks))
-            for ch in chs
-        )
-        self.upsample = nn.ModuleList(nn.Conv3d(chs[i], chs[i - 1], 3, padding=1) for i in range(1, len(chs)))
+        add_unet3d_levels(self, chs, num_res_blocks, temb_dim, dropout, groups, self.strides)
         self.out_norm = _norm(chs[0], groups)
         self.out_conv = nn.Conv3d(chs[0], out_channels, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
@@ -138,25 +197,8 @@ class SPADUNet3D(nn.Module):
         """
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"`x` must have shape [B, {self.in_channels}, D, H, W], got {tuple(x.shape)}")
-        size = tuple(x.shape[2:])
-        pad = [-s % m for s, m in zip(size, self.multiple)]
-        if any(pad):
-            x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+        x, size = pad_to_multiples(x, self.multiple)
         temb = self.time_embed(timestep_vector(t, x.shape[0], x.device))
-        h = self.stem(x)
-        skips = []
-        for i, blocks in enumerate(self.down):
-            for block in blocks:
-                h = block(h, temb)
-                skips.append(h)
-            if i < len(self.downsample):
-                h = self.downsample[i](h)
-        h = self.mid2(self.mid1(h, temb), temb)
-        for i in reversed(range(len(self.up))):
-            for block in self.up[i]:
-                h = block(torch.cat([h, skips.pop()], dim=1), temb)
-            if i > 0:
-                h = self.upsample[i - 1](F.interpolate(h, scale_factor=tuple(float(s) for s in self.strides[i - 1]),
-                                                       mode="nearest"))
+        h = run_unet3d_levels(self, self.stem(x), temb, self.strides)[0]
         h = self.out_conv(F.silu(self.out_norm(h)))
-        return h[:, :, :size[0], :size[1], :size[2]] if any(pad) else h
+        return h[:, :, :size[0], :size[1], :size[2]]

@@ -127,7 +127,7 @@ class SPADTrainer:
             prior = build_model(cfg.prior_config())
         # dropout and other global draws differ per rank (DDP ranks must not share dropout masks)
         torch.manual_seed((cfg.seed * 1_000_003 + 7_919 * (self.rank + 1)) % 2**63)
-        channels_last = cfg.channels_last and cfg.model_type != "unet3d"  # 5-D weights have no channels_last
+        channels_last = cfg.channels_last and not cfg.is_3d  # 5-D weights have no channels_last
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -417,7 +417,7 @@ class SPADTrainer:
         if self.val_data is None:
             raise ValueError("no validation data: pass `val_data` or use the synthetic default")
         pairs = validation_pairs(self.val_data, n or self.config.val_samples, self.config.seed)
-        if self.config.model_type == "unet3d":  # fixed, seeded 3-D patches (epoch 0 draws), Dice per patch and class
+        if self.config.is_3d:  # fixed, seeded 3-D patches (epoch 0 draws), Dice per patch and class
             images = torch.stack([p[0] for p in pairs])
             masks = torch.stack([p[1] for p in pairs])
             result = self._segment_checked(images, None, 1, self.config.seed)
@@ -449,7 +449,7 @@ class SPADTrainer:
 
         With a supervised prior (config ``prior``), up to the end of its phase (``step <= prior_steps``) this is the
         prior's own prediction (the diffusion model is untrained then), so validation scores the prior."""
-        if self.config.model_type == "unet3d":
+        if self.config.is_3d:
             images = check_volume_images(images, self.config.input_channels)
         else:
             images, _ = check_images(images, self.config.input_channels, unbatched=True)
@@ -470,7 +470,7 @@ class SPADTrainer:
     ) -> torch.Tensor:
         """Foreground probabilities in [0, 1]: ``[B,M,H,W]`` for ``[B,C,H,W]`` images (``[M,H,W]`` for ``[C,H,W]``),
         M = num_classes - 1."""
-        if self.config.model_type == "unet3d":
+        if self.config.is_3d:
             images_b, squeeze = check_volume_images(images, self.config.input_channels), False
         else:
             images_b, squeeze = check_images(images, self.config.input_channels, unbatched=True)

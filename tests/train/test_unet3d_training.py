@@ -1,4 +1,5 @@
-"""Training a 3-D denoiser (issue 32.2): 5-D batches through the trainer, bit-exact resume, validation, refusals."""
+"""Training a 3-D denoiser (issue 32.2): 5-D batches through the trainer, bit-exact resume, validation, refusals;
+both 3-D model types (the plain 3-D UNet and its cached-encoder form)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from spadfast.config import SPADConfig
 from spadfast.data.patches3d import VolumePatches3D
 from spadfast.data.synthetic_volumes import write_demo_volumes
 from spadfast.diffusion.sampler import labels_from_probs
+from spadfast.models.cached_unet3d import SPADCachedUNet3D
 from spadfast.models.unet3d import SPADUNet3D
 from spadfast.train.trainer import SPADTrainer
 
@@ -25,17 +27,22 @@ def _cfg(**kw) -> SPADConfig:
     return SPADConfig(**{**base, **kw})
 
 
+MODEL_TYPES_3D = pytest.mark.parametrize("model_type", ["unet3d", "cached_unet3d"])
+MODEL_CLASS = {"unet3d": SPADUNet3D, "cached_unet3d": SPADCachedUNet3D}
+
+
 def _state(trainer: SPADTrainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.state_tensors().items()}
 
 
-def test_fit_resume_is_bit_exact_and_5d_throughout(demo, tmp_path):
-    full = SPADTrainer(_cfg(), train_data=demo)
-    assert isinstance(full.model, SPADUNet3D) and isinstance(full.train_data, VolumePatches3D)
+@MODEL_TYPES_3D
+def test_fit_resume_is_bit_exact_and_5d_throughout(demo, tmp_path, model_type):
+    full = SPADTrainer(_cfg(model_type=model_type), train_data=demo)
+    assert isinstance(full.model, MODEL_CLASS[model_type]) and isinstance(full.train_data, VolumePatches3D)
     assert full.config.spacing_3d == pytest.approx((0.8, 0.8, 2.5))  # filled from the volumes: z pooled never
     assert full.model.strides == ((2, 2, 1),)
     full.fit(4)
-    half = SPADTrainer(_cfg(), train_data=demo)
+    half = SPADTrainer(_cfg(model_type=model_type), train_data=demo)
     half.fit(2)
     path = half.save(tmp_path / "run")
     resumed = SPADTrainer.from_checkpoint(path)
@@ -47,8 +54,9 @@ def test_fit_resume_is_bit_exact_and_5d_throughout(demo, tmp_path):
     assert [r["loss"] for r in full.history[2:]] == [r["loss"] for r in resumed.history[2:]]
 
 
-def test_segment_validate_and_determinism(demo):
-    trainer = SPADTrainer(_cfg(val_every=2), train_data=demo, val_data=demo)
+@MODEL_TYPES_3D
+def test_segment_validate_and_determinism(demo, model_type):
+    trainer = SPADTrainer(_cfg(val_every=2, model_type=model_type), train_data=demo, val_data=demo)
     records = trainer.fit(2)
     assert 0.0 <= records[-1]["val_dice"] <= 1.0
     volume = trainer.val_data.case(0)[0][None]  # [1, 1, 12, 16, 10]: not a multiple of the pooling
@@ -89,7 +97,8 @@ def test_refusals_before_work(demo, tmp_path):
         _cfg(augment={"gamma_prob": 0.5})
 
 
-def test_cli_train_resume_predict(demo, tmp_path):
+@MODEL_TYPES_3D
+def test_cli_train_resume_predict(demo, tmp_path, model_type):
     """``spadfast train`` / ``--resume`` / ``predict`` with a unet3d config: the run records the volume folder (so
     the resume finds it), ends on the tensors of an uninterrupted run, and predict writes label maps on the input's
     grid."""
@@ -101,7 +110,7 @@ def test_cli_train_resume_predict(demo, tmp_path):
     from spadfast.models.checkpoint import read_checkpoint
 
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({**_cfg(seed=7).to_dict(), "spacing_3d": []}))
+    config.write_text(json.dumps({**_cfg(seed=7, model_type=model_type).to_dict(), "spacing_3d": []}))
     base = ["train", "--data", str(demo), "--config", str(config)]
     assert main([*base, "--out", str(tmp_path / "whole"), "--steps", "3"]) == 0
     assert main([*base, "--out", str(tmp_path / "split"), "--steps", "1"]) == 0
@@ -135,8 +144,9 @@ def test_training_inputs_reduce_over_every_spatial_axis_of_volumes():
 
 @pytest.mark.parametrize("kw", [dict(objective="supervised"), dict(self_condition=True),
                                 dict(x0_loss_weight=0.5, perturb_prob=0.5)])
-def test_training_options_run_on_volumes(demo, kw):
-    trainer = SPADTrainer(_cfg(**kw), train_data=demo)
+@MODEL_TYPES_3D
+def test_training_options_run_on_volumes(demo, kw, model_type):
+    trainer = SPADTrainer(_cfg(**kw, model_type=model_type), train_data=demo)
     assert torch.isfinite(torch.tensor(trainer.fit(1)[-1]["loss"]))
     result = trainer.segment(trainer.train_data.case(0)[0][None], seed=0)
     assert result.probs.shape == (1, 1, 12, 16, 10)
