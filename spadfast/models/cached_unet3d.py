@@ -30,7 +30,7 @@ from torch import nn
 
 from ..ops.checks import check_int, is_int
 from .unet import _norm, _TimeEmbedding, timestep_vector
-from .unet3d import add_unet3d_levels, pad_to_multiples, plan_strides, run_unet3d_levels
+from .unet3d import add_unet3d_levels, check_unet3d_args, pad_to_multiples, run_unet3d_levels
 
 __all__ = ["SPADCachedUNet3D"]
 
@@ -101,19 +101,9 @@ class SPADCachedUNet3D(nn.Module):
         if not is_int(mask_channels) or mask_channels not in (out_channels, 2 * out_channels):
             raise ValueError(f"`mask_channels` must be out_channels ({out_channels}, noisy mask) or 2 * out_channels "
                              f"(noisy mask + condition), got {mask_channels!r}")
-        channel_mults = tuple(channel_mults)
-        if not channel_mults or any(not is_int(m) or m < 1 for m in channel_mults):
-            raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
-        if len(patch_size) != 3 or any(not is_int(s) or s < 1 for s in patch_size):
-            raise ValueError(f"`patch_size` must be 3 ints >= 1 (d, h, w), got {tuple(patch_size)!r}")
-        if len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
-            raise ValueError(f"`spacing` must be 3 numbers > 0 (d, h, w mm), got {tuple(spacing)!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+        channel_mults, self.strides, self.multiple = check_unet3d_args(channel_mults, patch_size, spacing, dropout)
         self.image_channels, self.mask_channels, self.out_channels = image_channels, mask_channels, out_channels
         self.in_channels = mask_channels + image_channels  # forward's input, like SPADUNet3D.in_channels
-        self.strides = plan_strides(patch_size, spacing, len(channel_mults) - 1)
-        self.multiple = tuple(int(torch.tensor([s[a] for s in self.strides] or [1]).prod()) for a in range(3))
         chs = [base_channels * m for m in channel_mults]
         dchs = [denoiser_channels * m for m in channel_mults]
 

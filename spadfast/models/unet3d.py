@@ -23,7 +23,7 @@ from ..ops.checks import check_int, is_int
 from .unet import _norm, _ResBlock, _TimeEmbedding, timestep_vector
 
 __all__ = ["SPADUNet3D", "plan_strides", "MIN_POOLED_SIZE", "add_unet3d_levels", "run_unet3d_levels",
-           "pad_to_multiples"]
+           "pad_to_multiples", "check_unet3d_args"]
 
 MIN_POOLED_SIZE = 4  # an axis stops being pooled when pooling would leave fewer voxels than this (nnU-Net: 4)
 
@@ -51,6 +51,28 @@ def plan_strides(patch_size: Sequence[int], spacing: Sequence[float], downsample
                 space[a] *= 2
         plan.append(stride)
     return tuple(plan)
+
+
+def check_unet3d_args(channel_mults: Sequence[int], patch_size: Sequence[int], spacing: Sequence[float],
+                      dropout: float) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """The arguments every 3-D model shares, checked: returns ``(channel_mults, strides, multiple)``, the pooling
+    plan of :func:`plan_strides` and each axis's total stride (inputs are padded up to a multiple of it).
+
+    Raises:
+        ValueError: naming ``channel_mults``, ``patch_size``, ``spacing`` or ``dropout``.
+    """
+    channel_mults = tuple(channel_mults)
+    if not channel_mults or any(not is_int(m) or m < 1 for m in channel_mults):
+        raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
+    if len(patch_size) != 3 or any(not is_int(s) or s < 1 for s in patch_size):
+        raise ValueError(f"`patch_size` must be 3 ints >= 1 (d, h, w), got {tuple(patch_size)!r}")
+    if len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
+        raise ValueError(f"`spacing` must be 3 numbers > 0 (d, h, w mm), got {tuple(spacing)!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+    strides = plan_strides(patch_size, spacing, len(channel_mults) - 1)
+    multiple = tuple(int(torch.tensor([s[a] for s in strides] or [1]).prod()) for a in range(3))
+    return channel_mults, strides, multiple
 
 
 def add_unet3d_levels(module: nn.Module, chs: list[int], num_res_blocks: int, temb_dim: int, dropout: float,
@@ -163,18 +185,8 @@ class SPADUNet3D(nn.Module):
         for name, value in dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
                                 num_res_blocks=num_res_blocks, groups=groups).items():
             check_int(value, name, 1)
-        channel_mults = tuple(channel_mults)
-        if not channel_mults or any(not is_int(m) or m < 1 for m in channel_mults):
-            raise ValueError(f"`channel_mults` must be a non-empty tuple of ints >= 1, got {channel_mults!r}")
-        if len(patch_size) != 3 or any(not is_int(s) or s < 1 for s in patch_size):
-            raise ValueError(f"`patch_size` must be 3 ints >= 1 (d, h, w), got {tuple(patch_size)!r}")
-        if len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
-            raise ValueError(f"`spacing` must be 3 numbers > 0 (d, h, w mm), got {tuple(spacing)!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+        channel_mults, self.strides, self.multiple = check_unet3d_args(channel_mults, patch_size, spacing, dropout)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.strides = plan_strides(patch_size, spacing, len(channel_mults) - 1)
-        self.multiple = tuple(int(torch.tensor([s[a] for s in self.strides] or [1]).prod()) for a in range(3))
         chs = [base_channels * m for m in channel_mults]
         temb_dim = 4 * base_channels
         self.time_embed = _TimeEmbedding(base_channels, temb_dim)
