@@ -12,7 +12,9 @@ The export is a folder:
 - ``spadfast.json``: ``{"kind": "onnx", "config", "class_names", "step", "spadfast_version", "files": {name:
   sha256}}``.
 
-S is the model's ``image_size`` (the window every image is resized or tiled to) and N is dynamic. The EMA weights
+S is the model's ``image_size`` (the window every image is resized or tiled to) and N is dynamic. A 3-D model
+(``unet3d``, ``cached_unet3d``) exports the same graphs on ``[N, ., d, h, w]`` windows, ``(d, h, w)`` its
+``patch_size_3d`` (every 3-D sliding window has that size). The EMA weights
 are exported in float32; the graphs are traced by ``torch.onnx.export`` (dynamo) and each file is written
 atomically.
 """
@@ -90,10 +92,6 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     out = Path(out_dir)
     _, meta = read_checkpoint(checkpoint)
-    if (meta.get("config") or {}).get("model_type") in MODEL_TYPES_3D:
-        raise ValueError(f"{str(resolve_path(checkpoint))!r} is a 3-D model (model_type "
-                         f"{meta['config']['model_type']}): ONNX export does not "
-                         "cover it yet; export it with --format safetensors and predict with PyTorch")
     prior = (meta.get("config") or {}).get("prior", "none")
     if prior != "none":  # the sampler would need the prior's graph too; not exported yet
         raise ValueError(f"{str(resolve_path(checkpoint))!r} has a supervised prior (`prior: {prior}`): ONNX "
@@ -106,11 +104,12 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"--labels names {len(names)} classes but the model in {str(resolve_path(checkpoint))!r} "
                          f"has num_classes = {n} (background included)")
     out.mkdir(parents=True, exist_ok=True)
-    S, C, M = cfg.image_size, cfg.input_channels, cfg.mask_channels  # input: modalities x 2.5-D slices
+    C, M = cfg.input_channels, cfg.mask_channels  # input: modalities x 2.5-D slices
+    window = tuple(cfg.patch_size_3d) if cfg.model_type in MODEL_TYPES_3D else (cfg.image_size, cfg.image_size)
     x_channels = 2 * M if cfg.condition_channel else M  # the condition channels: condition mode or self_condition
     cached = callable(getattr(model, "encode", None)) and callable(getattr(model, "denoise", None))
     gen = torch.Generator().manual_seed(0)
-    image = torch.rand(2, C, S, S, generator=gen) * 2 - 1
+    image = torch.rand(2, C, *window, generator=gen) * 2 - 1
     t = torch.tensor([10.0, 500.0])
     files = []
     with torch.no_grad():
@@ -118,12 +117,12 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             features = tuple(model.encode(image))
             level_names = [f"f{i}" for i in range(len(features))]
             _export_graph(_Encoder(model), (image,), ["image"], level_names, out / "encoder.onnx")
-            x = torch.randn(2, x_channels, S, S, generator=gen)
+            x = torch.randn(2, x_channels, *window, generator=gen)
             _export_graph(_Denoiser(model, True), (x, t, *features), ["x", "t", *level_names], ["out"],
                           out / "denoiser.onnx")
             files = ["encoder.onnx", "denoiser.onnx"]
         else:
-            x = torch.randn(2, x_channels + C, S, S, generator=gen)
+            x = torch.randn(2, x_channels + C, *window, generator=gen)
             _export_graph(_Denoiser(model, False), (x, t), ["x", "t"], ["out"], out / "denoiser.onnx")
             files = ["denoiser.onnx"]
     record = {"kind": ONNX_KIND, "config": meta["config"], "class_names": names, "step": meta.get("step"),
