@@ -1,5 +1,6 @@
 """2.5-D input (``context_slices: k``): each slice arrives with its k neighbours on each side as extra channels, in
-training, validation and prediction alike; edge slices are replicated; 2-D inputs are refused in one line."""
+training, validation, prediction and both exports alike; edge slices are replicated; 2-D inputs are refused in one
+line."""
 
 import gzip
 import shutil
@@ -92,3 +93,36 @@ def test_2d_inputs_are_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="holds 2-D images.*segments volumes only"):
         predict_folder(seg, folder / "images", tmp_path / "pred")
     assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.slow  # tracing the ONNX graphs takes seconds
+def test_exports_of_a_2_5d_model_predict_like_the_run(tmp_path):
+    """A 2.5-D model's safetensors export gives the run's volume maps exactly, its ONNX export (graphs taking the
+    2k + 1 slices as channels) within 1e-3."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import nibabel as nib
+
+    from spadfast.infer.onnx_export import export_onnx
+    from spadfast.models.export import export_model
+
+    root = write_demo_volumes(tmp_path / "d", n_cases=2, shape=(12, 10, 5), num_classes=3, n_test=1)
+    trainer = SPADTrainer(tiny_config(train_steps=2, num_classes=3, image_size=8, resize=True, context_slices=2),
+                          root)
+    trainer.fit()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # every layer shapes the output (the output convolution starts at zero)
+        for p in trainer.ema.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    run = trainer.save(tmp_path / "run")
+    export_model(run, tmp_path / "model.safetensors")
+    export_onnx(run, tmp_path / "onnx")
+    case = root / "imagesTs" / "test_000_0000.nii.gz"
+    maps = {}
+    for name, source in (("run", run), ("safetensors", tmp_path / "model.safetensors"), ("onnx", tmp_path / "onnx")):
+        seg = Segmenter.load(source) if name == "onnx" else Segmenter.from_checkpoint(source, device="cpu", amp="none")
+        assert seg.config.context_slices == 2
+        out = predict_volume(seg, case, tmp_path / name / "t.nii.gz", steps=2, ensemble=2, write_probabilities=True)
+        maps[name] = np.asarray(nib.load(str(out.parent / "probabilities" / out.name)).dataobj)
+    assert np.array_equal(maps["safetensors"], maps["run"])
+    np.testing.assert_allclose(maps["onnx"], maps["run"], atol=1e-3)
