@@ -12,10 +12,12 @@ held-out = the z-slices of the wheel's *other* nuclei sample (``img3d.tif``/``ma
 another microscope), each slice holding a nucleus, stretched to 8 bits between its 1st and 99.8th percentiles (the
 study's images are 8-bit), clean masks (``mask3d > 0``). No held-out slice is in the study.
 
-Arms: the pilot's best variant (``docs/diffusion_study/choice.json``; the study's config for it) and ``supervised``,
-seeds 0..SEEDS-1, the training run as the unit. The variant is scored at its chosen setting and at 1 and 10 steps (its
-chosen members and fusion); supervised in one pass. The report gives the paired differences with 95 % t-intervals
-beside Otsu and a tuned intensity threshold.
+Arms: the study's default once its registered rule has decided it (``diffusion_study_report.default_decision`` on
+the committed cells), until then the pilot's best variant and setting (``docs/diffusion_study/choice.json``), with
+the study's config for the variant; and ``supervised``; seeds 0..SEEDS-1, the training run as the unit. The variant
+is scored at that setting and at 1 and 10 steps (the setting's members and fusion); supervised in one pass. A run
+scored at another setting (the default decided after it was evaluated) is scored again. The report gives the paired
+differences with 95 % t-intervals beside Otsu and a tuned intensity threshold.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import spad_study  # noqa: E402
 SEEDS, TILE, STRIDE = 4, 32, 16
 EVAL_FILE = "heldout_eval.json"
 PAGE = ROOT / "docs" / "diffusion_study" / "heldout_nuclei.md"
+CELLS_ROOT = ROOT / "docs" / "diffusion_study" / "cells"  # the study's committed cells: its default comes from them
 
 
 def stretch_to_uint8(plane: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
@@ -103,12 +106,30 @@ def chosen(choice_file: Path | None = None) -> tuple[str, tuple[int, int, str]]:
     return best, (int(s["steps"]), int(s["members"]), str(s["fusion"]))
 
 
+def target(choice_file: Path | None = None, cells_root: Path | None = None
+           ) -> tuple[str, tuple[int, int, str], str]:
+    """``(variant, (steps, members, fusion), source)``: the study's default when its rule has decided one from the
+    cells under ``cells_root`` (default ``CELLS_ROOT``), else the pilot's choice (:func:`chosen`);
+    ``source`` says which, for the page."""
+    import diffusion_study_report as rep
+
+    variant, setting = chosen(choice_file)
+    cells_root = CELLS_ROOT if cells_root is None else cells_root
+    path = study.CHOICE_FILE if choice_file is None else choice_file
+    decision = rep.default_decision(rep.load(cells_root), json.loads(path.read_text())) if cells_root.is_dir() \
+        else {"status": "waiting"}
+    if decision["status"] == "decided":
+        d = decision["default"]
+        return d["variant"], tuple(d["setting"]), "the study's default (its registered rule)"
+    return variant, setting, "the pilot's choice (the study has not decided its default yet)"
+
+
 def run(out: Path, seeds: int, steps: int | None, log=print) -> None:
-    """Train the chosen variant and supervised for ``seeds`` seeds (resumable)."""
+    """Train the :func:`target` variant and supervised for ``seeds`` seeds (resumable)."""
     from spadfast.io.files import write_text_atomic
     from spadfast.study.ablate import DONE_FILE, slug, train_and_evaluate
 
-    variant, _ = chosen()
+    variant, _, _ = target()
     extra = {"train_steps": steps} if steps else None
     for seed in range(seeds):
         for arm in (variant, "supervised"):
@@ -134,28 +155,31 @@ def evaluate(out: Path, log=print) -> int:
     from spadfast.study import grid_eval
 
     torch.set_num_threads(1)
-    _, (steps, members, fusion) = chosen()
+    _, (steps, members, fusion), _ = target()
     code, n = study._commit(), 0
     for cell_file in sorted((out / "runs").glob(f"*/seed*/{study.CELL_FILE}")):
         run_dir = cell_file.parent
-        if (run_dir / EVAL_FILE).is_file():
-            continue
         supervised = json.loads(cell_file.read_text())["variant"] == "supervised"
+        setting = None if supervised else [steps, members, fusion]
+        if (run_dir / EVAL_FILE).is_file() and json.loads((run_dir / EVAL_FILE).read_text()).get(
+                "setting") == setting:
+            continue
         kwargs: dict[str, Any] = dict(steps=(1,), ensembles=(1,)) if supervised else dict(
             steps=tuple(sorted({1, 10, steps})), ensembles=(members,), fusions=(fusion,))
         t0 = time.perf_counter()
         grid = grid_eval.evaluate_checkpoint(run_dir, out / "test" / "images", out / "test" / "masks",
                                              whole_image=True, tile=TILE, **kwargs)
         write_text_atomic(run_dir / EVAL_FILE, json.dumps({"grid": grid, "seconds": time.perf_counter() - t0,
-                                                           "evaluated_at": code}))
+                                                           "evaluated_at": code, "setting": setting}))
         log(f"evaluated {run_dir}")
         n += 1
     return n
 
 
-def _dice(run_dir: Path, steps: int) -> float:
+def _dice(run_dir: Path, steps: int, members: int = 1, fusion: str = "none") -> float:
     grid = json.loads((run_dir / EVAL_FILE).read_text())["grid"]
-    return next(float(r["mean"]["dice"]) for r in grid if int(r["steps"]) == steps)
+    return next(float(r["mean"]["dice"]) for r in grid if int(r["steps"]) == steps and int(r["ensemble"]) == members
+                and r.get("step_fusion", "none") == fusion)
 
 
 def report(out: Path, page: Path = PAGE) -> str:
@@ -163,20 +187,21 @@ def report(out: Path, page: Path = PAGE) -> str:
     from spadfast.study.ablate import slug
     from spadfast.study.stats import t_interval, verdict
 
-    variant, (steps, members, fusion) = chosen()
+    variant, (steps, members, fusion), source = target()
     rows, diff_sup, diff_steps = [], [], []
     for seed in range(SEEDS):
         v, s = out / "runs" / slug(variant) / f"seed{seed}", out / "runs" / "supervised" / f"seed{seed}"
         if not ((v / EVAL_FILE).is_file() and (s / EVAL_FILE).is_file()):
             continue
-        at, one, ten, sup = _dice(v, steps), _dice(v, 1), _dice(v, 10), _dice(s, 1)
+        at, one, ten = (_dice(v, k, members, fusion) for k in (steps, 1, 10))
+        sup = _dice(s, 1)
         rows.append(f"| {seed} | {at:.4f} | {one:.4f} | {ten:.4f} | {sup:.4f} |")
         diff_sup.append(at - sup)
         diff_steps.append(ten - one)
     baselines = json.loads((out / "baselines.json").read_text())
     lines = ["# Held-out nuclei check (issue 31)", "",
              f"Made by `python scripts/heldout_nuclei_check.py report` ({__doc__.splitlines()[0][:-1].lower()}).",
-             f"Variant: **{variant}** at {steps} steps x {members} members, fusion {fusion} (the pilot's choice); "
+             f"Variant: **{variant}** at {steps} steps x {members} members, fusion {fusion} ({source}); "
              "trained on the study image's noisy annotation, scored on the wheel's 3-D nuclei sample's slices.", "",
              "| seed | variant at its setting | 1 step | 10 steps | supervised |", "|---|---|---|---|---|", *rows, ""]
     for label, diffs in (("variant at its setting minus supervised", diff_sup), ("10 steps minus 1 step", diff_steps)):

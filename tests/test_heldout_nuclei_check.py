@@ -67,6 +67,20 @@ def test_check_waits_for_the_pilot_choice(tmp_path):
     assert check.chosen(tmp_path / "choice.json") == ("recycle", (2, 5, "mean"))
 
 
+def test_the_check_follows_the_studys_default_once_decided(tmp_path, monkeypatch):
+    import diffusion_study_report as rep
+
+    (tmp_path / "choice.json").write_text(json.dumps({"best_variant": "recycle", "settings": {
+        "recycle": {"steps": 2, "members": 5, "fusion": "mean"}}}))
+    (tmp_path / "cells").mkdir()
+    variant, setting, source = check.target(tmp_path / "choice.json", tmp_path / "cells")
+    assert (variant, setting) == ("recycle", (2, 5, "mean")) and "pilot's choice" in source
+    monkeypatch.setattr(rep, "default_decision", lambda cells, choice: {
+        "status": "decided", "default": {"variant": "baseline", "setting": (1, 5, "none")}})
+    variant, setting, source = check.target(tmp_path / "choice.json", tmp_path / "cells")
+    assert (variant, setting) == ("baseline", (1, 5, "none")) and "study's default" in source
+
+
 @pytest.mark.slow
 def test_smoke_prepare_run_evaluate_report(tmp_path, monkeypatch):
     out = tmp_path / "check"
@@ -79,6 +93,7 @@ def test_smoke_prepare_run_evaluate_report(tmp_path, monkeypatch):
     choice.write_text(json.dumps({"best_variant": "recycle", "settings": {
         "recycle": {"steps": 2, "members": 2, "fusion": "mean"}}}))
     monkeypatch.setattr(check.study, "CHOICE_FILE", choice)
+    monkeypatch.setattr(check, "CELLS_ROOT", tmp_path / "no_cells")  # the study has not decided: the pilot's choice
     monkeypatch.setattr(check, "SEEDS", 2)
     check.run(out, seeds=2, steps=2, log=lambda m: None)
     assert check.evaluate(out, log=lambda m: None) == 4
@@ -87,4 +102,11 @@ def test_smoke_prepare_run_evaluate_report(tmp_path, monkeypatch):
                                                                           (10, 2, "mean")]
     page = check.report(out, tmp_path / "page.md")
     assert "recycle" in page and "10 steps minus 1 step: " in page and "(n=2)" in page
-    assert "Otsu per image" in page
+    assert "Otsu per image" in page and "the pilot's choice" in page
+    assert check.evaluate(out, log=lambda m: None) == 0  # scored at this setting already
+    # the default decided later at another setting: the variant's runs are scored again at it, supervised is not
+    choice.write_text(json.dumps({"best_variant": "recycle", "settings": {
+        "recycle": {"steps": 1, "members": 1, "fusion": "none"}}}))
+    assert check.evaluate(out, log=lambda m: None) == 2
+    grid = json.loads((out / "runs" / "recycle" / "seed0" / check.EVAL_FILE).read_text())["grid"]
+    assert [(r["steps"], r["ensemble"], r["step_fusion"]) for r in grid] == [(1, 1, "none"), (10, 1, "none")]
