@@ -382,8 +382,8 @@ def check_not_volume_only(config, what: str) -> None:
     """ValueError for a 2.5-D model (``context_slices`` > 0: it reads neighbouring slices) or a 3-D model
     (``model_type`` in ``MODEL_TYPES_3D``) given a 2-D input."""
     if getattr(config, "model_type", None) in MODEL_TYPES_3D:
-        raise ValueError(f"{what}, and the model is 3-D (model_type {config.model_type}): it segments volumes only (NIfTI, "
-                         "NRRD/MetaImage or DICOM series)")
+        raise ValueError(f"{what}, and the model is 3-D (model_type {config.model_type}): it segments volumes only "
+                         "(NIfTI, NRRD/MetaImage or DICOM series)")
     k = int(getattr(config, "context_slices", 0) or 0)
     if k:
         raise ValueError(f"{what}, and the model reads {k} neighbouring slice(s) on each side (context_slices {k}): "

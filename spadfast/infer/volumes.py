@@ -195,7 +195,8 @@ def _segment_case(segmenter, image_paths, opts: VolumeSettings, prep: VolumePrep
     check_members(segmenter, opts.ensemble, opts.tta)
     three_d = getattr(cfg, "model_type", None) in MODEL_TYPES_3D
     if three_d and opts.tta:
-        raise ValueError(f"`tta` is not available for a 3-D model (model_type {cfg.model_type}) yet: predict without it")
+        raise ValueError(f"`tta` is not available for a 3-D model (model_type {cfg.model_type}) yet: predict "
+                         "without it")
     size = _resolve_size(opts.image_size, segmenter)
     threshold = float(getattr(cfg, "threshold", 0.5)) if opts.threshold is None else opts.threshold
     modalities = prep.modalities
