@@ -465,12 +465,48 @@ def _slim(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "cases": [{k: num(x) for k, x in c.items()} for c in r["cases"]]} for r in records]
 
 
+BASELINES_FILE = "baselines.json"
+
+
+def trivial_baselines(data_root: Path, fold: int) -> dict[str, float]:
+    """Dice, on the held-out images the runs are scored on (whole strips; the ambiguous set's test slices against the
+    consensus), of Otsu per image and of one intensity threshold tuned on the training images with the masks the
+    models trained on (nuclei: the set's own, noisy or clean; ambiguous: the consensus of the training slices' maps):
+    :func:`spadfast.evaluation.baselines.trivial_baselines`, mean over the held-out images."""
+    import cv2
+
+    from spadfast.evaluation.baselines import trivial_baselines as baselines
+    from spadfast.io.files import index_folder, read_mask
+
+    def folder(root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        files = index_folder(root / "images")
+        return ([cv2.imread(str(files[n]), cv2.IMREAD_GRAYSCALE) for n in sorted(files)],
+                [read_mask(root / "masks" / f"{n}.png") for n in sorted(files)])
+
+    if (data_root / "slices.npz").is_file():  # the ambiguous set
+        slices = np.load(data_root / "slices.npz")
+        train = (list(slices["image"]), [p > CONSENSUS for p in slices["prob"]])
+        test = folder(data_root / "test")
+    else:
+        root = data_root / f"fold{fold}"
+        train, test = folder(root / "train"), folder(root / "test")
+    return baselines(*train, *test)
+
+
 def collect(out: Path, dest: Path) -> int:
     """Each evaluated run to ``dest/<data>/fold<k>/<variant>/seed<s>.json``: config, commit, training time, the
-    validation curve, the grid per image (steps x members x step fusion), what was left out."""
+    validation curve, the grid per image (steps x members x step fusion), what was left out; and for every data set
+    and fold with a run, its trivial baselines (:func:`trivial_baselines`) to ``dest/<data>/fold<k>/baselines.json``."""
     from spadfast.study.ablate import DONE_FILE
 
     n = 0
+    for fold_dir in sorted({c.parent.parent.parent for c in (out / "runs").glob(f"*/fold*/*/seed*/{CELL_FILE}")}):
+        data, fold = fold_dir.parent.name, int(fold_dir.name.removeprefix("fold"))
+        target = dest / data / fold_dir.name / BASELINES_FILE
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            values = trivial_baselines(out / "data" / data, fold)
+            target.write_text(json.dumps({k: round(v, 6) for k, v in values.items()}, indent=1) + "\n")
     for cell_file in sorted((out / "runs").glob(f"*/fold*/*/seed*/{CELL_FILE}")):
         run_dir = cell_file.parent
         if not (run_dir / EVAL_FILE).is_file():

@@ -39,6 +39,7 @@ N_BOOT = 2000
 
 Setting = tuple[int, int, str]  # (DDIM steps, members, step fusion)
 Cells = dict[tuple[str, str, str, int], dict]  # (data, "fold<k>", variant name, seed) -> cell
+Baselines = dict[tuple[str, str], dict[str, float]]  # (data, "fold<k>") -> {baseline name: Dice}
 
 
 # -------------------------------------------------------------------------------------------------------- cells
@@ -398,10 +399,25 @@ def _mean_over_runs(cells: Cells, data: str, variant: str, setting: Setting, fol
     return (float(np.nanmean(values)) if values and not np.all(np.isnan(values)) else math.nan), len(values)
 
 
-def _supervised_row(cells: Cells, data: str, folds: set[str], width: int) -> str:
+def load_baselines(cells_root: Path) -> Baselines:
+    """(data set, ``"fold<k>"``) -> the trivial baselines ``scripts/diffusion_study.py collect`` wrote there
+    (``<data>/fold<k>/baselines.json``: Otsu per image and a tuned threshold, Dice on the same held-out images)."""
+    return {(p.parts[-3], p.parts[-2]): json.loads(p.read_text())
+            for p in sorted(Path(cells_root).glob(f"*/fold*/{ds.BASELINES_FILE}"))}
+
+
+def _supervised_row(cells: Cells, data: str, folds: set[str], width: int, baselines: Baselines | None = None) -> str:
+    """The supervised network's mean Dice on ``data``'s ``folds``, and beneath it the trivial baselines' mean over
+    the same folds (when collected): the references printed beside every Dice table."""
     mean, n = _mean_over_runs(cells, data, "supervised", (1, 1, "none"), folds)
     value = f"{mean:.4f} (mean of {n} runs)" if n else "no runs yet"
-    return f"| *supervised network's mean Dice ({data}), for reference* | {value} |" + " |" * (width - 2)
+    rows = [f"| *supervised network's mean Dice ({data}), for reference* | {value} |" + " |" * (width - 2)]
+    have = [baselines[data, f] for f in sorted(folds) if baselines and (data, f) in baselines]
+    if have:
+        text = ", ".join(f"{name} {np.mean([b[name] for b in have]):.4f}" for name in have[0])
+        rows.append(f"| *trivial baselines ({data}), same held-out images, mean over {len(have)} fold(s)* | {text} |"
+                    + " |" * (width - 2))
+    return "\n".join(rows)
 
 
 def _choice_for_page(cells: Cells, choice_file: Path) -> tuple[dict | None, list[str]]:
@@ -462,7 +478,7 @@ def _primary_row(label: str, r: Mapping[str, Any] | None, planned: int, waits: s
     return f"| {label} | {_estimate(r)} | {_boot(r)} | {shown} |"
 
 
-def _primaries(cells: Cells, choice: dict | None) -> list[str]:
+def _primaries(cells: Cells, choice: dict | None, baselines: Baselines | None = None) -> list[str]:
     noisy, amb = "nuclei-noisy", "ambiguous"
     folds = list(ds.PRIMARY_FOLDS)
     n_noisy, n_amb = _planned(noisy), _planned(amb)
@@ -495,11 +511,11 @@ def _primaries(cells: Cells, choice: dict | None) -> list[str]:
                              "ambiguous set, 8 annotators (**lower is better**: a negative difference favours "
                              "diffusion)", r3, n_amb)]
     lines += rows
-    lines.append(_supervised_row(cells, noisy, {_fold(f) for f in folds}, 4))
+    lines.append(_supervised_row(cells, noisy, {_fold(f) for f in folds}, 4, baselines))
     return lines + [""]
 
 
-def _positive_control(cells: Cells) -> tuple[list[str], list[str]]:
+def _positive_control(cells: Cells, baselines: Baselines | None = None) -> tuple[list[str], list[str]]:
     """The section, and a warning for the top of the page when the complete control fails."""
     planned = _planned("nuclei-noisy")
     r = compare_arms(cells, ("nuclei-noisy", "baseline", (1, 1, "none")), ("nuclei-clean", "baseline", (1, 1, "none")),
@@ -509,7 +525,7 @@ def _positive_control(cells: Cells) -> tuple[list[str], list[str]]:
              "Dice at 1 step x 1 member, folds 1-3 x seeds 0-3. Expected: the interval lies below 0.", "",
              "| comparison | estimate [95 % CI] (n) | bootstrap 95 % | verdict |", "|---|---|---|---|",
              _primary_row("baseline, noisy minus clean annotations", r, planned),
-             _supervised_row(cells, "nuclei-noisy", {_fold(f) for f in ds.PRIMARY_FOLDS}, 4), ""]
+             _supervised_row(cells, "nuclei-noisy", {_fold(f) for f in ds.PRIMARY_FOLDS}, 4, baselines), ""]
     warning = []
     if r["n"] >= planned:
         passed = r["ci"][1] < 0
@@ -701,7 +717,7 @@ def secondary_results(cells: Cells, choice: Mapping[str, Any] | None) -> list[di
     return out
 
 
-def _secondaries(cells: Cells, choice: dict | None) -> list[str]:
+def _secondaries(cells: Cells, choice: dict | None, baselines: Baselines | None = None) -> list[str]:
     results = secondary_results(cells, choice)
     settings = choice["settings"] if choice else {}
     tested = sum(not math.isnan(r["result"]["p"]) for r in results)
@@ -727,14 +743,14 @@ def _secondaries(cells: Cells, choice: dict | None) -> list[str]:
         lines += [f"| {r['label']} | {_estimate(r['result'])} | {_p(r['result']['p'])} | {_p(r['holm'])} |"
                   for r in rs]
         if metric == "dice":
-            lines.append(_supervised_row(cells, data, folds, 4))
+            lines.append(_supervised_row(cells, data, folds, 4, baselines))
         lines.append("")
     if not any(r["result"]["n"] for r in results):
         lines += ["No primary-fold runs with paired references yet.", ""]
     return lines
 
 
-def _pilot_tables(cells: Cells, choice: dict | None) -> list[str]:
+def _pilot_tables(cells: Cells, choice: dict | None, baselines: Baselines | None = None) -> list[str]:
     fold = _fold(ds.PILOT_FOLD)
     chosen = {}
     if choice:
@@ -765,7 +781,7 @@ def _pilot_tables(cells: Cells, choice: dict | None) -> list[str]:
                         text = "-" if not n else f"{mean:.4f}"
                         row.append(f"**{text}**" if data == PILOT_DATA and chosen.get(v) == (s, m, fu) else text)
                     lines.append(f"| {v} | {len(runs)} | {m} | {fu} | " + " | ".join(row) + " |")
-        lines.append(_supervised_row(cells, data, {fold}, 5 + len(ds.EVAL_STEPS) - 1))
+        lines.append(_supervised_row(cells, data, {fold}, 5 + len(ds.EVAL_STEPS) - 1, baselines))
         lines.append("")
     return lines if found else lines + ["No pilot runs yet.", ""]
 
@@ -801,16 +817,17 @@ def write_report(cells_root: Path, page: Path, choice_file: Path | None = None) 
     cells = load(cells_root)
     choice, choice_lines = _choice_for_page(cells, Path(choice_file) if choice_file else cells_root.parent /
                                             "choice.json")
-    control, warning = _positive_control(cells)
+    baselines = load_baselines(cells_root)
+    control, warning = _positive_control(cells, baselines)
     lines = ["# Does diffusion earn its steps?", "", *warning,
              "Registered before any run: [diffusion_study/registration.md](diffusion_study/registration.md). "
              "Built by `python scripts/diffusion_study.py report` from `docs/diffusion_study/cells` (one JSON per "
              "training run, with the commit that trained it). The unit is a training run (fold, seed); every "
              "difference is paired on the same fold, seed and sampling noise.", "",
              f"Runs collected: **{len(cells)}**.", ""]
-    lines += _runs_table(cells) + choice_lines + control + _primaries(cells, choice) + _decision(cells, choice)
-    lines += _secondaries(cells, choice)
-    lines += _pilot_tables(cells, choice) + _curves(cells)
+    lines += _runs_table(cells) + choice_lines + control + _primaries(cells, choice, baselines)
+    lines += _decision(cells, choice) + _secondaries(cells, choice, baselines)
+    lines += _pilot_tables(cells, choice, baselines) + _curves(cells)
     text = "\n".join(lines).rstrip() + "\n"
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(text)

@@ -361,6 +361,27 @@ def test_page_with_full_data_shows_verdicts_and_holm(tmp_path):
            f"{rep._p(row['holm'])} |" in page
 
 
+def test_trivial_baselines_stand_beside_every_supervised_reference(tmp_path):
+    cells = tmp_path / "cells"
+    write_pilot(cells)
+    write_primary(cells, folds=(1, 2), seeds=(0,), amb_seeds=())
+    for fold, otsu in ((0, 0.70), (1, 0.80), (2, 0.90)):
+        (cells / "nuclei-noisy" / f"fold{fold}" / ds.BASELINES_FILE).write_text(json.dumps(
+            {"Otsu per image": otsu, "intensity threshold tuned on training images": otsu + 0.01}))
+    assert rep.load_baselines(cells)["nuclei-noisy", "fold1"]["Otsu per image"] == 0.80
+    page = rep.write_report(cells, tmp_path / "page.md")
+    rows = [line for line in page.splitlines() if line.startswith("| *trivial baselines (nuclei-noisy)")]
+    # primaries, positive control and the secondary Dice table over the primary folds (1, 2); the pilot table (fold 0)
+    primary = ("| *trivial baselines (nuclei-noisy), same held-out images, mean over 2 fold(s)* | Otsu per image "
+               "0.8500, intensity threshold tuned on training images 0.8600 |")
+    assert sum(r.startswith(primary) for r in rows) == 3
+    assert any(r.startswith("| *trivial baselines (nuclei-noisy), same held-out images, mean over 1 fold(s)* | Otsu "
+                            "per image 0.7000,") for r in rows)
+    supervised = [i for i, line in enumerate(page.splitlines()) if line.startswith("| *supervised network's")]
+    assert all(page.splitlines()[i + 1].startswith("| *trivial baselines") for i in supervised
+               if "(nuclei-noisy)" in page.splitlines()[i])
+
+
 def test_a_failed_positive_control_is_said_first(tmp_path):
     cells = tmp_path / "cells"
     for fold in (1, 2, 3):

@@ -176,6 +176,11 @@ def test_smoke_one_cell_runs_evaluates_collects_and_resumes(tmp_path, monkeypatc
     assert ds.collect(out, dest) == 1
     collected = json.loads((dest / "ambiguous" / "fold0" / "baseline" / "seed0.json").read_text())
     assert [s for s, _ in collected["curve"]] == [2, 4] and collected["config"]["train_steps"] == 4
+    # the trivial baselines of the run's data set and fold, on the same held-out slices (against the consensus)
+    baselines = json.loads((dest / "ambiguous" / "fold0" / ds.BASELINES_FILE).read_text())
+    assert baselines == pytest.approx(ds.trivial_baselines(out / "data" / "ambiguous", 0), abs=1e-6)
+    assert set(baselines) == {"Otsu per image", "intensity threshold tuned on training images"}
+    assert all(0 < v <= 1 for v in baselines.values())
     with pytest.raises(ValueError, match="trained 4 of 4 steps where the registration gives 3000"):
         ds.write_report(dest, tmp_path / "page.md")  # a smoke run's cell is not the registered protocol
     monkeypatch.setitem(ds.BASE, "train_steps", 4)
