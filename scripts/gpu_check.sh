@@ -14,7 +14,7 @@ python -m pip install -q --no-deps -e . || exit 1
   python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } > "$out/device.txt" 2>&1
 python -m spadfast verify > "$out/verify.txt" 2>&1; echo "verify exit $?" >> "$out/verify.txt"
-python -m pytest tests/kernels tests/test_sampler.py -m "" -q -rs > "$out/tests.txt" 2>&1; echo "tests exit $?" >> "$out/tests.txt"
+python -m pytest tests/kernels tests/diffusion tests/ops -m "" -q -rs > "$out/tests.txt" 2>&1; echo "tests exit $?" >> "$out/tests.txt"
 python -m pytest benchmarks/ --benchmark-only -q --benchmark-json "$out/bench.json" > "$out/bench.txt" 2>&1
 echo "benchmarks exit $?" >> "$out/bench.txt"
 [ -f "$out/bench.json" ] && python benchmarks/to_markdown.py "$out/bench.json" > "$out/tables.md"

@@ -34,3 +34,16 @@ def test_full_runs_select_every_test():
     assert full.index("-m") < full.index("$@")  # a caller's own -m still wins
     gpu_runs = [args for args in _pytest_args("gpu_check.sh") if "tests/kernels" in args]
     assert gpu_runs and all(args[args.index("-m") + 1] == "" for args in gpu_runs)
+
+
+def test_every_path_the_scripts_hand_pytest_exists():
+    """A moved test file must not leave the GPU check (or CI) running a path that is gone: pytest stops at it, so
+    the lent GPU's minutes would test nothing. The CUDA-graph tests (tests/diffusion) are in the GPU check."""
+    for script in ("test.sh", "gpu_check.sh"):
+        for args in _pytest_args(script):
+            words = args[:next((i for i, a in enumerate(args) if ">" in a or ";" in a), len(args))]  # pytest's own
+            paths = [a for a in words if a.startswith(("tests", "spadfast", "kernels", "benchmarks"))]
+            assert paths, (script, args)
+            assert [a for a in paths if not (ROOT / a.split("::")[0]).exists()] == [], (script, args)
+    gpu_paths = {a for args in _pytest_args("gpu_check.sh") for a in args}
+    assert {"tests/kernels", "tests/diffusion"} <= gpu_paths
