@@ -51,8 +51,8 @@ def test_readme_links_reach_the_guides():
 
 
 @pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_named_scripts_exist(path):
-    named = set(re.findall(r"\b(scripts/[\w./-]+\.(?:py|sh)|benchmarks/[\w./-]+\.py)", path.read_text()))
+def test_named_scripts_and_tests_exist(path):
+    named = set(re.findall(r"\b(scripts/[\w./-]+\.(?:py|sh)|(?:benchmarks|tests)/[\w./-]+\.py)", path.read_text()))
     missing = sorted(n for n in named if not (ROOT / n).exists())
     assert not missing, f"{path.relative_to(ROOT)} names scripts that do not exist: {missing}"
 
