@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import gc  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 
@@ -48,6 +49,16 @@ def x_display():
         pytest.skip("Xvfb did not start")
     os.environ["DISPLAY"] = f":{number}"
     yield os.environ["DISPLAY"]
+
+
+@pytest.fixture(autouse=True)
+def no_stale_gl_canvas():
+    """napari asks vispy for the *current* canvas to read the GL extensions of the first image layer (cached for the
+    process); a closed viewer's canvas that only the cyclic garbage collector would free still counts as current,
+    its GL context is gone and the query returns nothing (AttributeError inside vispy). When that happens depends on
+    how many objects earlier tests left, so collect before each viewer test."""
+    gc.collect()
+    yield
 
 
 def test_the_manifest_validates_and_napari_lists_the_plugin():
