@@ -21,7 +21,8 @@ if [ ! -f "$stamp" ]; then
   printf 'torch==2.13.0\ntriton==3.6.0\nnumpy==%s\n' "$(.venv/bin/python -c 'import numpy; print(numpy.__version__)')" > "$pins"
   .venv/bin/python -m pip install -q -c "$pins" "napari[pyqt5]==0.9.2" "npe2==0.10.0" "pytest-qt==4.5.0" \
     || echo "bootstrap: napari not installed (optional): tests/viewers/test_napari_plugin.py will skip"
-  # napari's OpenGL canvas needs an X display even with Qt offscreen: Xvfb (apt, root only, skipped when present)
+  # napari's OpenGL canvas needs an X display (the tests run Qt's xcb platform on it): Xvfb (apt, root only,
+  # skipped when present)
   if ! command -v Xvfb >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get install -y -qq xvfb >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq xvfb >/dev/null 2>&1; }) \
       || echo "bootstrap: xvfb not installed (optional): the napari viewer tests will skip"
@@ -38,4 +39,8 @@ if [ ! -f "$stamp" ]; then
     || echo "bootstrap: monailabel not installed (optional): tests/viewers/test_monailabel.py will skip"
   touch "$stamp"
 fi
+# Optional, outside the stamp so that existing environments get it too: scripts/test.sh spreads the tests over the
+# CPU cores with it (one process when it is missing).
+.venv/bin/python -c "import xdist" 2>/dev/null || .venv/bin/python -m pip install -q "pytest-xdist==3.8.0" \
+  || echo "bootstrap: pytest-xdist not installed (optional): scripts/test.sh runs the tests in one process"
 .venv/bin/python -m pip install -q --no-deps -e .

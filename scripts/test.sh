@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Bootstrap ./.venv if needed, then run the whole test suite on CPU (Triton kernels under TRITON_INTERPRET=1):
-# every test, slow ones included (-m "" overrides pytest.ini's `-m "not slow"`), and the doctests.
+# every test, slow ones included (-m "" overrides pytest.ini's `-m "not slow"`), and the doctests, spread over the
+# CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 export TRITON_INTERPRET=1
-exec .venv/bin/python -m pytest tests spadfast kernels --doctest-modules -m "" -q "$@"
+# One worker process per CPU core (pytest-xdist, each file's tests in one worker; every worker runs torch on one
+# thread, tests/conftest.py). SPADFAST_TEST_WORKERS=0 runs everything in this process.
+workers=()
+if .venv/bin/python -c "import xdist" 2>/dev/null && [ "${SPADFAST_TEST_WORKERS:-auto}" != 0 ]; then
+  workers=(-n "${SPADFAST_TEST_WORKERS:-auto}" --dist loadfile)
+fi
+exec .venv/bin/python -m pytest tests spadfast kernels --doctest-modules -m "" -q ${workers[@]+"${workers[@]}"} "$@"

@@ -1,20 +1,17 @@
-"""The napari plugin in a real (offscreen) viewer: the manifest, the Segment widget, the reader and the samples.
+"""The napari plugin in a real (hidden) viewer: the manifest, the Segment widget, the reader and the samples.
 
 Needs napari and a Qt binding (``pip install -e .[napari]``); where the Qt binding cannot be installed these tests
 skip with the import error as their reason (CI's bootstrap installs it).
 """
 
 import os
+import shutil
+import subprocess
+import sys
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-import gc  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import cv2
+import numpy as np
+import pytest
 
 napari = pytest.importorskip("napari", reason="napari is not installed (pip install -e .[napari])")
 pytest.importorskip("qtpy.QtWidgets", reason="no Qt binding (PyQt5) could be imported")
@@ -26,17 +23,10 @@ from spadfast.viewers.napari_reader import napari_get_reader, read_prediction_fo
 from spadfast.viewers.napari_widget import segment_widget  # noqa: E402
 
 
-@pytest.fixture(scope="session", autouse=True)
-def x_display():
-    """Qt's offscreen platform still draws napari's OpenGL canvas through GLX: an X display, Xvfb when none is
-    set (scripts/bootstrap.sh installs it), on a display number Xvfb picks itself. Qt keeps its X connection until
-    the interpreter exits (closing it earlier is a fatal XIO error and exit status 1), so a watcher stops Xvfb once
-    this test process is gone."""
-    if os.environ.get("DISPLAY"):
-        yield os.environ["DISPLAY"]
-        return
-    if shutil.which("Xvfb") is None:
-        pytest.skip("no X display and no Xvfb for napari's OpenGL canvas (apt-get install xvfb)")
+def _start_xvfb() -> str | None:
+    """A private Xvfb on a display number it picks itself; ``":<n>"``, or None when it did not start. Qt keeps its X
+    connection until the interpreter exits (closing it earlier is a fatal XIO error and exit status 1), so a watcher
+    stops Xvfb once this test process is gone."""
     read, write = os.pipe()
     watcher = (f"Xvfb -displayfd {write} -screen 0 1024x768x24 -nolisten tcp >/dev/null 2>&1 & x=$!; "
                f"while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 1; done; kill $x")
@@ -45,20 +35,31 @@ def x_display():
     os.close(write)
     with os.fdopen(read) as f:
         number = f.readline().strip()  # Xvfb writes the display number once it accepts clients
-    if not number:
-        pytest.skip("Xvfb did not start")
-    os.environ["DISPLAY"] = f":{number}"
-    yield os.environ["DISPLAY"]
+    return f":{number}" if number else None
 
 
-@pytest.fixture(autouse=True)
-def no_stale_gl_canvas():
-    """napari asks vispy for the *current* canvas to read the GL extensions of the first image layer (cached for the
-    process); a closed viewer's canvas that only the cyclic garbage collector would free still counts as current,
-    its GL context is gone and the query returns nothing (AttributeError inside vispy). When that happens depends on
-    how many objects earlier tests left, so collect before each viewer test."""
-    gc.collect()
-    yield
+@pytest.fixture(scope="session", autouse=True)
+def x_display():
+    """napari's OpenGL canvas needs an X display: the one set, else Xvfb (scripts/bootstrap.sh installs it).
+
+    Qt runs its X11 platform (``xcb``) on it where that plugin loads, else ``offscreen``; an explicit
+    ``QT_QPA_PLATFORM`` is kept. ``offscreen`` decided, in about one process in five on a loaded CPU, that it had no
+    OpenGL (libGL never loaded its driver), and napari's first image layer then failed reading the GL extensions
+    (AttributeError inside vispy); ``xcb`` on the same Xvfb did not fail in 22 loaded trials. Set before the first
+    test creates the QApplication."""
+    display = os.environ.get("DISPLAY")
+    if not display:
+        if shutil.which("Xvfb") is None:
+            pytest.skip("no X display and no Xvfb for napari's OpenGL canvas (apt-get install xvfb)")
+        display = _start_xvfb()
+        if display is None:
+            pytest.skip("Xvfb did not start")
+        os.environ["DISPLAY"] = display
+    if "QT_QPA_PLATFORM" not in os.environ:
+        probe = subprocess.run([sys.executable, "-c", "from qtpy.QtWidgets import QApplication; QApplication([])"],
+                               env={**os.environ, "QT_QPA_PLATFORM": "xcb"}, capture_output=True, timeout=120)
+        os.environ["QT_QPA_PLATFORM"] = "xcb" if probe.returncode == 0 else "offscreen"
+    yield display
 
 
 def test_the_manifest_validates_and_napari_lists_the_plugin():
