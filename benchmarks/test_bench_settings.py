@@ -37,7 +37,7 @@ PREVIOUS_DEFAULT = (5, 5, "none")
 SETTINGS = list(dict.fromkeys([DEFAULT, PREVIOUS_DEFAULT, (1, 1, "none"), (1, 5, "none"), (2, 5, "none"),
                                (5, 5, "mean"), (10, 1, "none"), (10, 5, "uncertainty")]))
 CHOICE = Path(__file__).resolve().parents[1] / "docs" / "diffusion_study" / "choice.json"
-_DEFAULT_MEAN: dict[str, float] = {}
+_REFERENCE_MEANS: dict[str, float] = {}  # "default" / "previous_default": that row's mean seconds
 
 
 def _chosen() -> list[tuple[int, int, str]]:
@@ -77,8 +77,8 @@ def test_bench_settings(benchmark, setting, base_info, device):
     if mean:
         for name, reference in (("default", DEFAULT), ("previous_default", PREVIOUS_DEFAULT)):
             if setting == reference:
-                _DEFAULT_MEAN[name] = mean
-            known = _DEFAULT_MEAN.get(name)
+                _REFERENCE_MEANS[name] = mean
+            known = _REFERENCE_MEANS.get(name)
             benchmark.extra_info[f"ratio_to_{name}"] = round(known / mean, 2) if known else None
         print(f"\n{benchmark.group} {_id(setting)}: {mean:.3f} s/image, ratio_to_default "
               f"{benchmark.extra_info['ratio_to_default'] or 'n/a'}, ratio_to_previous_default "

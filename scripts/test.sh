@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 export TRITON_INTERPRET=1
 # One worker process per CPU core (pytest-xdist, each file's tests in one worker; every worker runs torch on one
 # thread, tests/conftest.py). SPADFAST_TEST_WORKERS=0 runs everything in this process.
+count=${SPADFAST_TEST_WORKERS:-auto}
 workers=()
-if .venv/bin/python -c "import xdist" 2>/dev/null && [ "${SPADFAST_TEST_WORKERS:-auto}" != 0 ]; then
-  workers=(-n "${SPADFAST_TEST_WORKERS:-auto}" --dist loadfile)
+if [ "$count" != 0 ] && .venv/bin/python -c "import xdist" 2>/dev/null; then
+  workers=(-n "$count" --dist loadfile)
 fi
 exec .venv/bin/python -m pytest tests spadfast kernels --doctest-modules -m "" -q ${workers[@]+"${workers[@]}"} "$@"

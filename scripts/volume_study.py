@@ -666,9 +666,9 @@ def _clean_section(entry: dict[str, Any]) -> list[str]:
     scores = {k: _scores(v["report"], CLASSES["brain"]) for k, v in bases.items() if v}
     if not scores:
         return lines + ["Not evaluated (the clean slabs are not prepared).", ""]
-    lines += ["; ".join(f"{'T' if i == 0 else 't'}hresholds {k}: mean Dice {v['dice']:.4f} ("
-                        + ", ".join(f"{c} {v[c]:.4f}" for c in classes) + ")"
-                        for i, (k, v) in enumerate(scores.items())) + ".", "",
+    sentence = "; ".join(f"thresholds {k}: mean Dice {v['dice']:.4f} (" + ", ".join(f"{c} {v[c]:.4f}" for c in classes)
+                         + ")" for k, v in scores.items())
+    lines += [sentence[:1].upper() + sentence[1:] + ".", "",
               "| arm | setting | runs | mean Dice | " + " | ".join(f"{c} Dice" for c in classes) + " |",
               "|---|---|---|---|" + "---|" * len(classes)]
     ref = scores.get("tuned on the clean training slabs")
