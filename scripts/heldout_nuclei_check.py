@@ -4,7 +4,8 @@ supervised network of the same encoder, and are 10 DDIM steps no worse than 1?
     python scripts/heldout_nuclei_check.py prepare --out CHECK    # training tiles and held-out slices (stardist wheel)
     python scripts/heldout_nuclei_check.py run --out CHECK        # seeds x (chosen variant, supervised), 3000 steps
     python scripts/heldout_nuclei_check.py evaluate --out CHECK   # whole slices, sliding windows, keyed noise
-    python scripts/heldout_nuclei_check.py report --out CHECK     # docs/diffusion_study/heldout_nuclei.md
+    python scripts/heldout_nuclei_check.py collect --out CHECK    # scored runs into docs/diffusion_study/heldout_cells
+    python scripts/heldout_nuclei_check.py report                 # docs/diffusion_study/heldout_nuclei.md from them
 
 Data: training = the whole DSB2018 image of the study (stardist 0.9.2 wheel) with the study's noisy annotation
 (``spad_study.noisy_annotation``, seed 0), cut into 32x32 tiles at stride 16 (the study's tiles, from every row);
@@ -17,7 +18,8 @@ the committed cells), until then the pilot's best variant and setting (``docs/di
 the study's config for the variant; and ``supervised``; seeds 0..SEEDS-1, the training run as the unit. The variant
 is scored at that setting and at 1 and 10 steps (the setting's members and fusion); supervised in one pass. A run
 scored at another setting (the default decided after it was evaluated) is scored again. The report gives the paired
-differences with 95 % t-intervals beside Otsu and a tuned intensity threshold.
+differences with 95 % t-intervals beside Otsu and a tuned intensity threshold, from the committed cells (each with
+the commit it trained and was scored at), so a run folder lost with its machine loses no result.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import spad_study  # noqa: E402
 SEEDS, TILE, STRIDE = 4, 32, 16
 EVAL_FILE = "heldout_eval.json"
 PAGE = ROOT / "docs" / "diffusion_study" / "heldout_nuclei.md"
+HELDOUT_CELLS = ROOT / "docs" / "diffusion_study" / "heldout_cells"  # this check's committed cells
 CELLS_ROOT = ROOT / "docs" / "diffusion_study" / "cells"  # the study's committed cells: its default comes from them
 
 
@@ -142,8 +145,8 @@ def run(out: Path, seeds: int, steps: int | None, log=print) -> None:
             record = train_and_evaluate(run_dir, cfg, out / "train", out / "test" / "images", out / "test" / "masks",
                                         log=lambda m, tag=f"[{arm} seed{seed}]": log(f"{tag} {m}"))
             write_text_atomic(run_dir / study.CELL_FILE, json.dumps({
-                "variant": arm, "seed": seed, "started_at": started, "finished_at": study._commit(),
-                "train_seconds": record["train_seconds"]}, indent=1))
+                "variant": arm, "seed": seed, "steps": cfg["train_steps"], "started_at": started,
+                "finished_at": study._commit(), "train_seconds": record["train_seconds"]}, indent=1))
 
 
 def evaluate(out: Path, log=print) -> int:
@@ -176,41 +179,81 @@ def evaluate(out: Path, log=print) -> int:
     return n
 
 
-def _dice(run_dir: Path, steps: int, members: int = 1, fusion: str = "none") -> float:
-    grid = json.loads((run_dir / EVAL_FILE).read_text())["grid"]
-    return next(float(r["mean"]["dice"]) for r in grid if int(r["steps"]) == steps and int(r["ensemble"]) == members
-                and r.get("step_fusion", "none") == fusion)
+def collect(out: Path, dest: Path = HELDOUT_CELLS) -> int:
+    """Each scored run to ``dest/<variant>/seed<s>.json`` (the run's cell: variant, seed, commits, training seconds;
+    its setting, scoring commit and seconds; per grid row the mean scores and each slice's Dice) and the trivial
+    baselines to ``dest/baselines.json``; returns how many runs."""
+    from spadfast.study.ablate import slug
+
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "baselines.json").write_text((out / "baselines.json").read_text())
+    n = 0
+    for cell_file in sorted((out / "runs").glob(f"*/seed*/{study.CELL_FILE}")):
+        run_dir = cell_file.parent
+        if not (run_dir / EVAL_FILE).is_file():
+            continue
+        cell, scored = json.loads(cell_file.read_text()), json.loads((run_dir / EVAL_FILE).read_text())
+        grid = [{"steps": int(r["steps"]), "ensemble": int(r["ensemble"]),
+                 "step_fusion": r.get("step_fusion", "none"), "mean": r["mean"],
+                 "dice": {c["name"]: c["dice"] for c in r["cases"]}} for r in scored["grid"]]
+        target_file = dest / slug(cell["variant"]) / f"seed{cell['seed']}.json"
+        target_file.parent.mkdir(parents=True, exist_ok=True)
+        target_file.write_text(json.dumps({**cell, "setting": scored["setting"], "evaluated_at": scored["evaluated_at"],
+                                           "eval_seconds": round(scored["seconds"], 1), "grid": grid}, indent=1))
+        n += 1
+    return n
 
 
-def report(out: Path, page: Path = PAGE) -> str:
-    """The check's page: per seed Dice, the paired differences with 95 % t-intervals, the trivial baselines."""
+def _dice(cell: dict[str, Any], steps: int, members: int = 1, fusion: str = "none") -> float | None:
+    """The cell's mean Dice at one grid row, None when it was not scored there."""
+    return next((float(r["mean"]["dice"]) for r in cell["grid"] if (r["steps"], r["ensemble"], r["step_fusion"])
+                 == (steps, members, fusion)), None)
+
+
+def report(cells_root: Path = HELDOUT_CELLS, page: Path = PAGE) -> str:
+    """The check's page from the committed cells: per seed Dice, the paired differences with 95 % t-intervals, the
+    commits, the trivial baselines."""
     from spadfast.study.ablate import slug
     from spadfast.study.stats import t_interval, verdict
 
     variant, (steps, members, fusion), source = target()
-    rows, diff_sup, diff_steps = [], [], []
+    rows, diff_sup, diff_steps, commits, budgets = [], [], [], set(), set()
     for seed in range(SEEDS):
-        v, s = out / "runs" / slug(variant) / f"seed{seed}", out / "runs" / "supervised" / f"seed{seed}"
-        if not ((v / EVAL_FILE).is_file() and (s / EVAL_FILE).is_file()):
+        files = (cells_root / slug(variant) / f"seed{seed}.json", cells_root / "supervised" / f"seed{seed}.json")
+        if not all(f.is_file() for f in files):
             continue
+        v, s = (json.loads(f.read_text()) for f in files)
         at, one, ten = (_dice(v, k, members, fusion) for k in (steps, 1, 10))
         sup = _dice(s, 1)
+        if None in (at, one, ten, sup):
+            continue  # scored at another setting than the one this page reports: evaluate again
         rows.append(f"| {seed} | {at:.4f} | {one:.4f} | {ten:.4f} | {sup:.4f} |")
         diff_sup.append(at - sup)
         diff_steps.append(ten - one)
-    baselines = json.loads((out / "baselines.json").read_text())
+        for c in (v, s):
+            budgets.add(str(c.get("steps", "?")))
+            commits.add(f"trained at {c['started_at']['commit']}, scored at {c['evaluated_at']['commit']}")
+    baselines = json.loads((cells_root / "baselines.json").read_text()) if (cells_root / "baselines.json").is_file() \
+        else {}
     lines = ["# Held-out nuclei check (issue 31)", "",
-             f"Made by `python scripts/heldout_nuclei_check.py report` ({__doc__.splitlines()[0][:-1].lower()}).",
+             "<!-- Generated by `python scripts/heldout_nuclei_check.py report` from docs/diffusion_study/"
+             "heldout_cells; do not edit. -->", "",
+             __doc__.split("\n\n")[0].replace("\n", " "), "",
              f"Variant: **{variant}** at {steps} steps x {members} members, fusion {fusion} ({source}); "
-             "trained on the study image's noisy annotation, scored on the wheel's 3-D nuclei sample's slices.", "",
+             f"trained on the study image's noisy annotation ({'/'.join(sorted(budgets)) or '?'} steps, the study's "
+             "config), scored on the "
+             "z-slices of the stardist wheel's 3-D nuclei sample (another microscope; clean masks), each slice "
+             "whole. The training run is the unit; differences pair runs of the same seed.", "",
              "| seed | variant at its setting | 1 step | 10 steps | supervised |", "|---|---|---|---|---|", *rows, ""]
     for label, diffs in (("variant at its setting minus supervised", diff_sup), ("10 steps minus 1 step", diff_steps)):
         mean, lo, hi = t_interval(diffs)
         text = (f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}] (n={len(diffs)}), {verdict(lo, hi, 0.003)}"
                 if len(diffs) >= 2 else f"not evaluated ({len(diffs)} of {SEEDS} seeds)")
         lines.append(f"- {label}: {text}")
-    lines += ["", "Trivial baselines on the same slices: " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()),
-              ""]
+    lines += ["", "Trivial baselines on the same slices: "
+              + (", ".join(f"{k} {v:.4f}" for k, v in baselines.items()) or "not collected yet"), "",
+              "Runs: " + ("; ".join(sorted(commits)) or "none collected yet") + " (one CPU thread each, the project's "
+              "2-core machine).", ""]
     text = "\n".join(lines)
     page.write_text(text)
     return text
@@ -218,10 +261,11 @@ def report(out: Path, page: Path = PAGE) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("step", choices=["prepare", "run", "evaluate", "report"])
+    p.add_argument("step", choices=["prepare", "run", "evaluate", "collect", "report"])
     p.add_argument("--out", type=Path, default=Path("heldout_nuclei"))
     p.add_argument("--stardist-wheel", type=Path)
     p.add_argument("--seeds", type=int, default=SEEDS)
+    p.add_argument("--dest", type=Path, default=HELDOUT_CELLS, help="the committed cells (collect writes, report reads)")
     p.add_argument("--steps", type=int, help="training steps (default: the study's; smaller only for a smoke test)")
     args = p.parse_args(argv)
     if args.step == "prepare":
@@ -230,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         run(args.out, args.seeds, args.steps)
     elif args.step == "evaluate":
         evaluate(args.out)
+    elif args.step == "collect":
+        print(f"collected {collect(args.out, args.dest)} scored runs into {args.dest}")
     else:
-        print(report(args.out))
+        print(report(args.dest))
     return 0
 
 

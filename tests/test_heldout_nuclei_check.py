@@ -1,5 +1,6 @@
 """scripts/heldout_nuclei_check.py: the held-out slices come from the wheel's 3-D sample (8-bit, non-empty masks),
-the check waits for the pilot's choice, and a 2-step smoke run goes through prepare / run / evaluate / report."""
+the check waits for the pilot's choice, and a 2-step smoke run goes through prepare / run / evaluate / collect /
+report (the page made from the collected cells alone)."""
 
 from __future__ import annotations
 
@@ -100,9 +101,16 @@ def test_smoke_prepare_run_evaluate_report(tmp_path, monkeypatch):
     grid = json.loads((out / "runs" / "recycle" / "seed0" / check.EVAL_FILE).read_text())["grid"]
     assert [(r["steps"], r["ensemble"], r["step_fusion"]) for r in grid] == [(1, 2, "mean"), (2, 2, "mean"),
                                                                           (10, 2, "mean")]
-    page = check.report(out, tmp_path / "page.md")
+    cells = tmp_path / "cells"
+    assert check.collect(out, cells) == 4
+    cell = json.loads((cells / "recycle" / "seed1.json").read_text())
+    assert cell["seed"] == 1 and cell["steps"] == 2 and cell["setting"] == [2, 2, "mean"]
+    assert cell["started_at"]["commit"] and cell["evaluated_at"]["commit"]
+    assert len(cell["grid"]) == 3 and len(cell["grid"][0]["dice"]) == 4  # every slice's Dice kept
+    page = check.report(cells, tmp_path / "page.md")
     assert "recycle" in page and "10 steps minus 1 step: " in page and "(n=2)" in page
-    assert "Otsu per image" in page and "the pilot's choice" in page
+    assert "Otsu per image" in page and "the pilot's choice" in page and "(2 steps" in page
+    assert "trained at " in page and "scored at " in page
     assert check.evaluate(out, log=lambda m: None) == 0  # scored at this setting already
     # the default decided later at another setting: the variant's runs are scored again at it, supervised is not
     choice.write_text(json.dumps({"best_variant": "recycle", "settings": {
@@ -110,3 +118,10 @@ def test_smoke_prepare_run_evaluate_report(tmp_path, monkeypatch):
     assert check.evaluate(out, log=lambda m: None) == 2
     grid = json.loads((out / "runs" / "recycle" / "seed0" / check.EVAL_FILE).read_text())["grid"]
     assert [(r["steps"], r["ensemble"], r["step_fusion"]) for r in grid] == [(1, 1, "none"), (10, 1, "none")]
+    # a page made from the cells alone (the run folders may be gone), at the setting they were collected at
+    import shutil
+
+    shutil.rmtree(out / "runs")
+    choice.write_text(json.dumps({"best_variant": "recycle", "settings": {
+        "recycle": {"steps": 2, "members": 2, "fusion": "mean"}}}))
+    assert check.report(cells, tmp_path / "page2.md") == page
