@@ -5,8 +5,8 @@ depend on the pixels or the weights), segmented whole at native resolution with 
 ``cpu-small``: 32 px windows, the cached-encoder UNet, the config's ``tile_overlap``) through
 :func:`spadfast.infer.sliding_window.segment_image`. Providers are settings ``<steps>x<members>-<fusion>``:
 
-- the library default (``SPADConfig.sample_steps`` x ``SPADConfig.ensemble``, fusion none) and ``5x5-none``, the
-  default before the diffusion study (the same row while they agree);
+- the library default (``SPADConfig.sample_steps`` x ``SPADConfig.ensemble``, ``SPADConfig.step_fusion``) and
+  ``5x5-none``, the default before the diffusion study;
 - ``1x1-none``: one network pass per window, what a supervised network costs;
 - the settings the diffusion study compares (docs/diffusion_study/registration.md) and, once the pilot has chosen
   (``docs/diffusion_study/choice.json``), the best variant's best setting as ``chosen-<...>``.
@@ -30,7 +30,7 @@ from spadfast.infer.sliding_window import segment_image
 from spadfast.train.trainer import SPADTrainer
 
 STRIP = (128, 512)
-DEFAULT = (SPADConfig.sample_steps, SPADConfig.ensemble, "none")
+DEFAULT = (SPADConfig.sample_steps, SPADConfig.ensemble, SPADConfig.step_fusion)
 # The default before the diffusion study (issue 31.6 compares the new default with it): kept as a row whatever the
 # library default becomes.
 PREVIOUS_DEFAULT = (5, 5, "none")

@@ -41,8 +41,9 @@ PRIMARY_VARIANTS = ("baseline", "SPAD input", "SPAD no-fade", "SPAD input no-fad
 VARIANTS = PRIMARY_VARIANTS + ("SPAD", "DDPM-IP", "supervised", "structured")
 DATASETS = ("clean", "noisy")
 # SPAD on in the base, as when the study started (the default is now off): the variants are relative to it
+# x0_loss_weight and step_fusion pinned to the values the study ran with (the library defaults changed after it)
 BASE = {"train_steps": 1000, "checkpoint_every": 250, "val_every": 0, "num_workers": 0, "progress_bar": False,
-        "perturb": {"enabled": True}}
+        "perturb": {"enabled": True}, "x0_loss_weight": 0.0, "step_fusion": "none"}
 
 
 def _dsb(wheel: Path | None, cache: Path) -> tuple[np.ndarray, np.ndarray]:

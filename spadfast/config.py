@@ -22,6 +22,9 @@ AMP_DTYPES = ("none", "bf16", "fp16")
 MODEL_TYPES = ("unet", "cached_unet", "unet3d", "cached_unet3d")
 MODEL_TYPES_3D = ("unet3d", "cached_unet3d")  # models of [B, C, D, H, W] volumes
 OBJECTIVES = ("diffusion", "supervised")
+# x0_loss_weight of a diffusion model when the config leaves it None: the diffusion study's best variant (x0-loss,
+# weight chosen by its pilot; docs/diffusion_study.md, docs/diffusion_study/choice.md)
+DEFAULT_X0_LOSS_WEIGHT = 0.3
 PRIORS = ("none", "supervised")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch >= 2.1
 
@@ -101,8 +104,10 @@ class SPADConfig:
     # recycling (ImgX-DiffSeg, Fu et al. 2023): x_t is re-noised from the model's own no-grad x0 estimate at t + 1,
     # never from the ground truth; the loss targets the ground truth (needs prediction_type sample, SPAD off)
     recycle: bool = False
-    # Diff-UNet (Xing et al. 2023): + weight * (BCE + soft Dice) of the x0 estimate against the mask (0: off)
-    x0_loss_weight: float = 0.0
+    # Diff-UNet (Xing et al. 2023): + weight * (BCE + soft Dice) of the x0 estimate against the mask (0: off). None
+    # (the default): DEFAULT_X0_LOSS_WEIGHT with objective diffusion (the diffusion study's best variant,
+    # docs/diffusion_study.md), 0 with objective supervised
+    x0_loss_weight: float | None = None
     # supervised prior (MedSegDiff-V2, HiDiff, PGRD): "supervised" first trains the same architecture with objective
     # supervised for prior_steps steps, freezes it, and feeds its probabilities (scaled to [-1, 1]) to the diffusion
     # model as K more channels after the image; "none": off
@@ -147,8 +152,10 @@ class SPADConfig:
     stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     progress_bar: bool = True  # tqdm bar during fit
     # sampling
-    sample_steps: int = 5  # the knee of docs/fewstep_curve.png: more steps did not improve Dice on the demo split
-    ensemble: int = 5  # K members averaged per image; their std is the uncertainty
+    # the default (5 steps x 16 members, step_fusion mean) is the diffusion study's best measured setting
+    # (docs/diffusion_study.md); 1 step x 1 member is one network pass (within 0.003 Dice there)
+    sample_steps: int = 5
+    ensemble: int = 16  # K members averaged per image; their std is the uncertainty
     eta: float = 0.0  # DDIM eta in [0, 1] (0: deterministic given the initial noise)
     timestep_spacing: str = "trailing"  # DDIM step selection: leading | trailing | linspace
     clip_sample: float | None = 1.0  # x0 estimate clipped to [-v, v] at each step (None: off)
@@ -157,9 +164,11 @@ class SPADConfig:
     cuda_graph: bool = True  # CUDA: capture the whole DDIM loop as one CUDA graph
     # "none": keep the last DDIM sample; "mean" / "uncertainty": fuse every step's x0 estimate, plain or weighted by
     # step and members' entropy (Diff-UNet's step-uncertainty fusion; spadfast.diffusion.sampler.fusion_weight)
-    step_fusion: str = "none"
+    step_fusion: str = "mean"
 
     def __post_init__(self) -> None:
+        if self.x0_loss_weight is None:
+            self.x0_loss_weight = DEFAULT_X0_LOSS_WEIGHT if self.objective == "diffusion" else 0.0
         check_fields(self, _NULLABLE)
         self.channel_mults = tuple(int(c) for c in self.channel_mults)
         self.modalities = tuple(self.modalities)
@@ -268,8 +277,8 @@ class SPADConfig:
              "false with perturb_mode 'condition' or a SPAD perturbation on (the model's own estimate is the "
              "perturbation; use self_condition for a condition channel)"),
             (self.objective == "diffusion" or not (self.self_condition or self.recycle or self.x0_loss_weight),
-             "objective", "'diffusion' with self_condition, recycle or x0_loss_weight (a supervised model is trained "
-             "by BCE + Dice in one pass)"),
+             "objective", "'diffusion' with self_condition, recycle or x0_loss_weight > 0 (a supervised model is "
+             "trained by BCE + Dice in one pass; x0_loss_weight None or 0 with objective supervised)"),
             (self.train_steps >= 1, "train_steps", ">= 1"),
             (self.pas_steps is None or self.pas_steps >= 1, "pas_steps", "None or >= 1"),
             (self.batch_size >= 1, "batch_size", ">= 1"),
@@ -403,6 +412,8 @@ class SPADConfig:
         cfg_dict = dict(meta["config"])
         cfg_dict.setdefault("resize", True)  # written before native resolution existed: it resized every image
         cfg_dict.setdefault("ct_normalization", "volume")  # written before data-set CT statistics existed
+        cfg_dict.setdefault("x0_loss_weight", 0.0)  # written before the x0 loss existed: trained without it
+        cfg_dict.setdefault("step_fusion", "none")  # written before step fusion existed: kept the last step
         if device is not None:
             cfg_dict["device"] = device
         if cfg_dict.get("amp") == "fp16" and resolve_device(cfg_dict.get("device", "auto")).type != "cuda":
@@ -437,16 +448,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": dict(
         image_size=32, base_channels=16, channel_mults=(1, 2, 2), attention_levels=(), train_steps=1000,
         batch_size=16, lr=2e-3, warmup_steps=50, ema_decay=0.99, log_every=50, prediction_type="sample",
-        sample_steps=5, ensemble=3, val_every=250, val_samples=16, device="cpu",
+        val_every=250, val_samples=16, device="cpu",
     ),
     "cpu-medium": dict(
         image_size=64, base_channels=24, channel_mults=(1, 2, 2), attention_levels=(), train_steps=3000,
         batch_size=16, lr=1e-3, warmup_steps=100, ema_decay=0.995, log_every=100, prediction_type="sample",
-        sample_steps=5, ensemble=3, val_every=500, val_samples=16, device="cpu",
+        val_every=500, val_samples=16, device="cpu",
     ),
     "gpu-base": dict(
         image_size=128, base_channels=32, train_steps=20000, batch_size=32, lr=5e-4, warmup_steps=500,
-        ema_decay=0.999, log_every=100, prediction_type="sample", amp="bf16", sample_steps=5, ensemble=5,
+        ema_decay=0.999, log_every=100, prediction_type="sample", amp="bf16",
         val_every=1000, val_samples=32, device="auto",
     ),
 }

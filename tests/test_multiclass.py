@@ -45,7 +45,8 @@ def test_binary_is_the_c2_case_against_diffusers():
     DDIMScheduler = pytest.importorskip("diffusers").DDIMScheduler  # absent on some GPU machines
     from spadfast.diffusion.schedule import make_betas
 
-    trainer = SPADTrainer(tiny_config(num_classes=2, threshold=0.3))
+    # diffusers keeps the last step: step fusion off (the default fuses; tests/infer/test_step_fusion.py)
+    trainer = SPADTrainer(tiny_config(num_classes=2, threshold=0.3, step_fusion="none"))
     assert trainer.config.mask_channels == 1
     trainer.fit(2)
     B, K, S, H, W = 2, 2, 4, 16, 16  # S divides T, so diffusers' "t - T//S" previous step is right

@@ -97,7 +97,7 @@ def variant_overrides(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out["SPAD input no-fade"] = {**input_share, **no_fade}
     out["structured"] = {**input_share, "perturb": {"scd_kind": "erase", "morph_px": 2, "warp_px": 1.5,
                                                       "blob_count": 1.0}}
-    out["supervised"] = {"objective": "supervised", "perturb": {"enabled": False}}
+    out["supervised"] = {"objective": "supervised", "perturb": {"enabled": False}, "x0_loss_weight": 0.0}
     # the baseline with nnU-Net's 2-D augmentation (rotation, scaling, gamma, noise, blur) on top of the flips
     from dataclasses import asdict
 

@@ -188,10 +188,11 @@ def evaluate_checkpoint(
                                     whole_image, window, float(cfg.tile_overlap), score)
             continue
         for fusion in fusions:
+            # every cell samples at its own fusion, "none" included, whatever the checkpoint's default (a model
+            # ensemble takes it on every model through the property, not as a keyword)
+            default_fusion, segmenter.step_fusion = segmenter.step_fusion, fusion
             for e in ensembles:
                 kwargs: dict[str, Any] = dict(steps=n_steps, ensemble=e, seed=seed)
-                if fusion != "none":  # a model ensemble samples without fusion only
-                    kwargs["step_fusion"] = fusion
                 cases, elapsed = [], 0.0
                 for start in range(0, len(stems), batch_size):
                     chunk = stems[start:start + batch_size]
@@ -216,6 +217,7 @@ def evaluate_checkpoint(
                 records.append({"steps": n_steps, "ensemble": e, "step_fusion": fusion,
                                 "seconds_per_image": elapsed / len(stems), "cases": cases,
                                 "mean": summarize_cases(cases)})
+            segmenter.step_fusion = default_fusion
     return records
 
 

@@ -115,12 +115,12 @@ def _masks(seed: int):
 
 def test_input_mode_loss_equals_the_hand_computed_loss():
     image, mask = _masks(0)
-    trainer = SPADTrainer(tiny_config(prediction_type="sample", perturb_mode="input",
+    trainer = SPADTrainer(tiny_config(prediction_type="sample", perturb_mode="input", x0_loss_weight=0.0,
                                       perturb={"scd_max": 0.9, "keep_ratio": 0.1}), model=_Recorder(0.0))
-    # a model that outputs 0 against the clean target (+-1 everywhere): the MSE is exactly 1
+    # a model that outputs 0 against the clean target (+-1 everywhere): the MSE is exactly 1 (the x0 loss off)
     assert float(trainer._loss(image, mask, 0).detach()) == 1.0
-    target_mode = SPADTrainer(tiny_config(prediction_type="sample", perturb={"scd_max": 0.9, "keep_ratio": 0.1}),
-                              model=_Recorder(0.0))
+    target_mode = SPADTrainer(tiny_config(prediction_type="sample", perturb={"scd_max": 0.9, "keep_ratio": 0.1},
+                                          x0_loss_weight=0.0), model=_Recorder(0.0))
     assert float(target_mode._loss(image, mask, 0).detach()) < 0.99  # against the perturbed target: values inside (-1, 1)
 
 

@@ -91,7 +91,7 @@ def test_each_variant_changes_exactly_the_keys_its_name_says(spad_in_base):
         "SPAD input no-fade": {"perturb_mode": "input", "perturb_prob": 0.5, "pas_steps": 2 * base["train_steps"]},
         "structured": {"perturb_mode": "input", "perturb_prob": 0.5, "perturb.scd_kind": "erase", "perturb.morph_px": 2,
                        "perturb.warp_px": 1.5, "perturb.blob_count": 1.0},
-        "supervised": {"objective": "supervised", "perturb.enabled": False},
+        "supervised": {"objective": "supervised", "perturb.enabled": False, "x0_loss_weight": 0.0},
         "nnU-Net augmentation": {"perturb.enabled": False, "augment.rotate_prob": 0.2, "augment.scale_prob": 0.2,
                                  "augment.gamma_prob": 0.3, "augment.noise_prob": 0.1, "augment.blur_prob": 0.2},
         "SPAD input object-BcD": {"perturb_mode": "input", "perturb_prob": 0.5, "perturb.bcd_object_frac": 0.5},

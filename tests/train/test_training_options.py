@@ -87,8 +87,8 @@ def test_x0_loss_adds_the_weighted_bce_dice_of_the_estimate():
         # an exact model: MSE 0, and the x0 loss only the clip's BCE floor and Dice's smoothing
         assert oracle._loss(image, mask, 0).item() < 2 * 0.02
     _, _, trainer = _spy_loss(1.0, x0_loss_weight=0.5)
-    plain = SPADTrainer(tiny_config(prediction_type="sample", channels_last=False), train_data=MaskAsImage(),
-                        model=Spy())
+    plain = SPADTrainer(tiny_config(prediction_type="sample", channels_last=False, x0_loss_weight=0.0),
+                        train_data=MaskAsImage(), model=Spy())
     g = trainer.generator.get_state()
     plain.generator.set_state(g)
     trainer.generator.set_state(g)
@@ -202,14 +202,29 @@ def test_option_types_are_checked():
             SPADConfig.from_dict({"x0_loss_weight": bad})
 
 
-def test_defaults_are_off_and_checkpoints_without_the_keys_load_with_them_off():
+def test_defaults_follow_the_study_and_checkpoints_without_the_keys_load_as_they_were_trained():
+    from spadfast.config import DEFAULT_X0_LOSS_WEIGHT
+
     cfg = SPADConfig()
-    assert (cfg.self_condition, cfg.recycle, cfg.x0_loss_weight, cfg.condition_channel) == (False, False, 0.0, False)
+    assert (cfg.self_condition, cfg.recycle, cfg.condition_channel) == (False, False, False)
+    # the diffusion study's best measured setting: x0-loss 0.3, 5 steps x 16 members, step fusion mean
+    assert (cfg.x0_loss_weight, cfg.sample_steps, cfg.ensemble, cfg.step_fusion) == (0.3, 5, 16, "mean")
+    assert DEFAULT_X0_LOSS_WEIGHT == 0.3
+    for preset in ("cpu-small", "cpu-medium", "gpu-base"):  # the presets sample at the default too
+        p = SPADConfig.preset(preset)
+        assert (p.x0_loss_weight, p.sample_steps, p.ensemble, p.step_fusion) == (0.3, 5, 16, "mean"), preset
+    # the x0 loss is a diffusion term: left unset, a supervised model gets 0 (set explicitly, it is refused)
+    assert SPADConfig(objective="supervised").x0_loss_weight == 0.0
+    assert SPADConfig.from_dict({"objective": "supervised", "x0_loss_weight": None}).x0_loss_weight == 0.0
+    assert SPADConfig.from_dict({"x0_loss_weight": 0}).x0_loss_weight == 0.0  # an explicit 0 stays off
+    assert SPADConfig(**SPADConfig().to_dict()) == SPADConfig()  # the resolved weight round-trips
     meta = {"config": {k: v for k, v in tiny_config().to_dict().items()
-                       if k not in ("self_condition", "self_condition_prob", "recycle", "x0_loss_weight")},
+                       if k not in ("self_condition", "self_condition_prob", "recycle", "x0_loss_weight",
+                                    "step_fusion")},
             "step": 0, "optimizer_param_groups": []}
     old = SPADConfig.from_checkpoint_meta(meta, "old.safetensors")
-    assert not old.self_condition and not old.recycle and old.x0_loss_weight == 0 and old.model_in_channels == 2
+    assert not old.self_condition and not old.recycle and old.model_in_channels == 2
+    assert old.x0_loss_weight == 0 and old.step_fusion == "none"  # what a checkpoint from before the keys did
 
 
 DDP_SCRIPT = """
