@@ -111,6 +111,7 @@ def test_smoke_prepare_run_evaluate_report(tmp_path, monkeypatch):
     assert "recycle" in page and "10 steps minus 1 step: " in page and "(n=2)" in page
     assert "Otsu per image" in page and "the pilot's choice" in page and "(2 steps" in page
     assert "trained at " in page and "scored at " in page
+    assert page.count("no worse (lower end >= -0.003): ") == 2  # the criterion, stated for both checks
     assert check.evaluate(out, log=lambda m: None) == 0  # scored at this setting already
     # the default decided later at another setting: the variant's runs are scored again at it, supervised is not
     choice.write_text(json.dumps({"best_variant": "recycle", "settings": {
