@@ -15,30 +15,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LANE = ROOT / "scripts" / "study_lane.py"
 
-FAKE_DIFFUSION = """
+# a runner's run/evaluate that record their calls; evaluate writes EVAL_LOG (which tree scored is visible)
+FAKE_RUNNER = """
 import json
 from pathlib import Path
+def run(out, cells):
+    with open(Path(out) / "trained.jsonl", "a") as f:
+        f.write(json.dumps(cells) + "\\n")
+def evaluate(out):
+    with open(Path(out) / "EVAL_LOG", "a") as f:
+        f.write("x\\n")
+"""
+FAKE_DIFFUSION = FAKE_RUNNER.replace("EVAL_LOG", "evaluated.txt") + """
 PRIMARY_FOLDS = (1, 2)
 def plan(datasets, folds, seeds, variants):
     return [(d, k, v, s) for s in range(2) for d in datasets for k in folds for v in variants]
-def run(out, cells):
-    with open(Path(out) / "trained.jsonl", "a") as f:
-        f.write(json.dumps(cells) + "\\n")
-def evaluate(out):
-    with open(Path(out) / "evaluated.txt", "a") as f:
-        f.write("x\\n")
 """
-
-FAKE_VOLUME = """
-import json
-from pathlib import Path
-def run(out, cells):
-    with open(Path(out) / "trained.jsonl", "a") as f:
-        f.write(json.dumps(cells) + "\\n")
-def evaluate(out):
-    with open(Path(out) / "evaluated_by_eval_tree.txt", "a") as f:
-        f.write("x\\n")
-"""
+FAKE_VOLUME = FAKE_RUNNER.replace("EVAL_LOG", "evaluated_by_eval_tree.txt")
 
 
 def _worktree(root: Path, script: str, body: str) -> Path:
