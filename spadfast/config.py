@@ -105,7 +105,7 @@ class SPADConfig:
     # never from the ground truth; the loss targets the ground truth (needs prediction_type sample, SPAD off)
     recycle: bool = False
     # Diff-UNet (Xing et al. 2023): + weight * (BCE + soft Dice) of the x0 estimate against the mask (0: off). None
-    # (the default): DEFAULT_X0_LOSS_WEIGHT with objective diffusion (the diffusion study's best variant,
+    # (the default): 0.3 (DEFAULT_X0_LOSS_WEIGHT) with objective diffusion (the diffusion study's best variant,
     # docs/diffusion_study.md), 0 with objective supervised
     x0_loss_weight: float | None = None
     # supervised prior (MedSegDiff-V2, HiDiff, PGRD): "supervised" first trains the same architecture with objective
